@@ -1,0 +1,147 @@
+//! The cluster configuration a node reads at start-up (`cluster.json` in the
+//! cluster's ConfigMap), and where the pod template puts things.
+
+use serde::{Deserialize, Serialize};
+
+/// File name of the configuration inside the ConfigMap and its mount.
+pub const CONFIG_FILE: &str = "cluster.json";
+/// Where the pod template mounts the ConfigMap.
+pub const CONFIG_DIR: &str = "/etc/torcus/config";
+/// Where the pod template mounts the node's TLS Secret (`tls.crt`, `tls.key`, `ca.crt`).
+pub const TLS_DIR: &str = "/etc/torcus/tls";
+/// Where the pod template mounts the node's persistent volume.
+pub const DATA_DIR: &str = "/var/lib/torcus";
+/// HTTP API port (health, metrics, session API).
+pub const HTTP_PORT: u16 = 8080;
+/// Peer-to-peer port: UDP for QUIC, TCP for the TCP transport.
+pub const P2P_PORT: u16 = 7443;
+
+/// Environment variable carrying the node's party index.
+pub const ENV_PARTY_INDEX: &str = "TORCUS_PARTY_INDEX";
+/// Environment variable carrying the configuration file path.
+pub const ENV_CONFIG: &str = "TORCUS_CONFIG";
+/// Environment variable carrying the TLS directory.
+pub const ENV_TLS_DIR: &str = "TORCUS_TLS_DIR";
+/// Environment variable carrying the data directory.
+pub const ENV_DATA_DIR: &str = "TORCUS_DATA_DIR";
+/// Environment variable carrying the pod IP (downward API).
+pub const ENV_POD_IP: &str = "POD_IP";
+
+/// A cluster as its nodes see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterConfig {
+    /// MpcCluster name.
+    pub cluster: String,
+    /// MpcCluster namespace.
+    pub namespace: String,
+    /// Number of parties.
+    pub nodes: u16,
+    /// Parties needed to sign.
+    pub threshold: u16,
+    /// Curve name, `secp256k1`.
+    pub curve: String,
+    /// Transport mode: `quic`, `tcp`, `http` or `hybrid`.
+    pub transport: String,
+    /// Key names to generate.
+    pub keys: Vec<String>,
+    /// Hex Ed25519 public key that verifies the operator's grants.
+    pub grant_public_key: String,
+    /// Presignatures to keep per signer set.
+    pub presignature_pool_size: u16,
+    /// Operator registry/relay base URL, when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_url: Option<String>,
+    /// How to reach each party, in index order.
+    pub peers: Vec<Peer>,
+}
+
+/// How to reach one party.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    /// Party index, 0-based.
+    pub index: u16,
+    /// Stable DNS name of the party's pod; also the TLS server name.
+    pub host: String,
+    /// Peer-to-peer port.
+    pub p2p_port: u16,
+    /// HTTP API port.
+    pub http_port: u16,
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not valid JSON of the expected shape.
+    #[error("cluster configuration is malformed: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// The numbers do not describe a valid cluster.
+    #[error("cluster configuration is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl ClusterConfig {
+    /// Parses and checks a configuration.
+    pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
+        let config: Self = serde_json::from_slice(json)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks the invariants a node relies on.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let inconsistent = |m: String| Err(ConfigError::Inconsistent(m));
+        if self.threshold < 2 || self.threshold > self.nodes {
+            return inconsistent(format!("threshold {} is not within 2..={}", self.threshold, self.nodes));
+        }
+        if self.peers.len() != usize::from(self.nodes) {
+            return inconsistent(format!("{} peers listed for {} nodes", self.peers.len(), self.nodes));
+        }
+        if let Some((i, p)) = self.peers.iter().enumerate().find(|(i, p)| usize::from(p.index) != *i) {
+            return inconsistent(format!("peer at position {i} has index {}", p.index));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(nodes: u16, threshold: u16) -> ClusterConfig {
+        ClusterConfig {
+            cluster: "demo".into(),
+            namespace: "default".into(),
+            nodes,
+            threshold,
+            curve: "secp256k1".into(),
+            transport: "quic".into(),
+            keys: vec!["default".into()],
+            grant_public_key: "00".repeat(32),
+            presignature_pool_size: 4,
+            registry_url: None,
+            peers: (0..nodes)
+                .map(|index| Peer { index, host: format!("demo-{index}-0.demo-nodes"), p2p_port: P2P_PORT, http_port: HTTP_PORT })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_checks() {
+        let c = config(3, 2);
+        let json = serde_json::to_vec(&c).unwrap();
+        assert_eq!(ClusterConfig::from_json(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn refuses_inconsistent() {
+        let mut c = config(3, 2);
+        c.threshold = 4;
+        assert!(matches!(c.check(), Err(ConfigError::Inconsistent(m)) if m.contains("threshold")));
+        let mut c = config(3, 2);
+        c.peers.swap(0, 1);
+        assert!(c.check().is_err());
+        assert!(ClusterConfig::from_json(b"{not json").is_err());
+    }
+}

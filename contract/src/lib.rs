@@ -1,0 +1,8 @@
+//! What the operator and the nodes agree on, kept in one place so neither
+//! side carries a copy: the cluster configuration file the operator publishes
+//! in a ConfigMap and every node reads at start-up, and the fixed paths,
+//! ports and environment variables that tie a pod's template to the node.
+
+pub mod config;
+
+pub use config::*;

@@ -1,0 +1,184 @@
+//! `SigningRequest`: a request to sign one digest (or the hash of one payload)
+//! with a key of an `MpcCluster` in the same namespace.
+//!
+//! The spec is immutable: what was approved is exactly what gets signed.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What to sign, and with which key.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "mpc.torcus.io",
+    version = "v1alpha1",
+    kind = "SigningRequest",
+    namespaced,
+    status = "SigningRequestStatus",
+    shortname = "sr",
+    category = "torcus",
+    derive = "PartialEq",
+    doc = "A request to sign a digest, or the hash of a payload, with a key of an MpcCluster in the same namespace.",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
+    printcolumn(name = "Key", type_ = "string", json_path = ".spec.key"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Signature", type_ = "string", json_path = ".status.signature.short"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: create a new SigningRequest instead"))]
+#[x_kube(validation = Rule::new("has(self.digest) != has(self.payload)").message("exactly one of digest or payload must be set"))]
+#[x_kube(validation = Rule::new("has(self.payload) || !has(self.hash)").message("hash applies only to payload"))]
+#[x_kube(validation = Rule::new("has(self.payload) || !has(self.payloadEncoding)").message("payloadEncoding applies only to payload"))]
+#[serde(rename_all = "camelCase")]
+pub struct SigningRequestSpec {
+    /// Name of the MpcCluster, in this namespace.
+    #[schemars(length(min = 1, max = 63))]
+    pub cluster: String,
+
+    /// Name of the key within the cluster.
+    #[serde(default = "default_key")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub key: String,
+
+    /// The 32-byte message digest to sign, as 64 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(0x)?[0-9a-fA-F]{64}$"))]
+    pub digest: Option<String>,
+
+    /// A payload to hash with `hash` and sign, encoded as `payloadEncoding`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1_398_104))]
+    pub payload: Option<String>,
+
+    /// Encoding of `payload`: `hex` (default) or `base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_encoding: Option<PayloadEncoding>,
+
+    /// Hash applied to `payload`: `sha256` (default) or `keccak256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<HashAlgorithm>,
+
+    /// Non-hardened BIP-32 style derivation path, such as `m/0/7`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^m(/[0-9]{1,10}){0,16}$"))]
+    #[x_kube(validation = Rule::new("self.split('/').all(c, c == 'm' || int(c) < 2147483648)").message("derivationPath components must be non-hardened (below 2^31)"))]
+    pub derivation_path: Option<String>,
+
+    /// Free-form labels the cluster's policy can read (requester, amount, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_key() -> String {
+    "default".to_owned()
+}
+
+/// Encoding of a payload.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadEncoding {
+    /// Hex digits, optionally `0x`-prefixed.
+    #[default]
+    Hex,
+    /// Standard base64 with padding.
+    Base64,
+}
+
+/// Hash applied to a payload before signing.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HashAlgorithm {
+    /// SHA-256.
+    #[default]
+    Sha256,
+    /// Keccak-256, as Ethereum uses.
+    Keccak256,
+}
+
+/// What happened to a request.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningRequestStatus {
+    /// Pending → Approved → Signing → Completed, or Denied / Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<SigningPhase>,
+    /// The signature, once `Completed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+    /// Compressed public key (hex) the signature verifies under, after derivation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// Party indices that signed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub participants: Vec<u16>,
+    /// Party index of the node that ran the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<u16>,
+    /// Identifier of the grant the operator issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    /// Identifier of the signing session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Why the request was denied or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the operator approved the request, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_at: Option<String>,
+    /// When the request reached a final phase, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    /// Signing sessions tried.
+    #[serde(default)]
+    pub attempts: u16,
+    /// Detail behind the phase.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Lifecycle of a SigningRequest.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SigningPhase {
+    /// Accepted, not yet checked against policy.
+    Pending,
+    /// Policy passed; a grant is issued.
+    Approved,
+    /// A signing session is running.
+    Signing,
+    /// Signed; the signature is verified and in status.
+    Completed,
+    /// Refused by policy; `reason` names the rule.
+    Denied,
+    /// Could not be signed; `reason` says why.
+    Failed,
+}
+
+impl SigningPhase {
+    /// Whether nothing more will happen to the request.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Denied | Self::Failed)
+    }
+}
+
+/// An ECDSA signature over secp256k1.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Signature {
+    /// r, 32 bytes hex.
+    pub r: String,
+    /// s, 32 bytes hex, normalized to the lower half of the order.
+    pub s: String,
+    /// Recovery id (0 or 1) for public-key recovery.
+    pub recovery_id: u8,
+    /// ASN.1 DER encoding, hex.
+    pub der: String,
+    /// First bytes of r‖s for printer columns.
+    pub short: String,
+}

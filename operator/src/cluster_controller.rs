@@ -1,0 +1,550 @@
+//! The MpcCluster reconciler: keeps a cluster's certificates, grant key,
+//! configuration, Service, StatefulSets and PodDisruptionBudget in shape with
+//! server-side apply, and reports what it sees in the status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use torcus_certs::{IssuedCertificate, OffsetDateTime, SecretPem};
+use torcus_crds::{CertificatesStatus, ClusterPhase, MpcCluster, MpcClusterStatus, NodeStatus};
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use crate::pki::{self, Leaf, LeafRequest, Lifetimes};
+use crate::resources::{self, BuildContext, Names, LABEL_CLUSTER};
+use crate::{Error, Metrics, Result};
+
+/// Field manager of everything the operator applies.
+pub const FIELD_MANAGER: &str = "torcus-operator";
+
+/// Longest the operator waits before looking at a cluster again, even when
+/// nothing changed (certificate renewal is time-driven).
+const MAX_REQUEUE: StdDuration = StdDuration::from_secs(300);
+
+/// What every reconciliation shares.
+#[derive(Clone)]
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Defaults for the children.
+    pub build: BuildContext,
+    /// Operator metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("build", &self.build).finish_non_exhaustive()
+    }
+}
+
+/// Brings one MpcCluster's children in line with its spec.
+pub async fn reconcile(mpc: Arc<MpcCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_inner(&mpc, &ctx).await;
+    ctx.metrics.reconcile_duration.with_label_values(&["mpccluster"]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Counts the failure and retries; a spec the operator cannot use waits for
+/// the object to change instead of retrying in a loop.
+pub fn error_policy(mpc: Arc<MpcCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.with_label_values(&["mpccluster", error.metric_label()]).inc();
+    warn!(cluster = %mpc.name_any(), namespace = ?mpc.namespace(), %error, "reconcile failed");
+    match error {
+        Error::InvalidSpec(_) => Action::await_change(),
+        _ => Action::requeue(StdDuration::from_secs(10)),
+    }
+}
+
+async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
+    let name = mpc.name_any();
+    let ns = mpc.namespace().ok_or_else(|| Error::InvalidSpec("MpcCluster has no namespace".into()))?;
+    if mpc.metadata.deletion_timestamp.is_some() {
+        // Children go with the owner references; nothing else to clean up.
+        return Ok(Action::await_change());
+    }
+    let lifetimes = match check_spec(mpc) {
+        Ok(l) => l,
+        Err(message) => {
+            publish_status(ctx, mpc, failed_status(mpc, &message)).await?;
+            return Err(Error::InvalidSpec(message));
+        }
+    };
+    let names = Names::new(&name);
+    let now = OffsetDateTime::now_utc();
+
+    let grant_public_key = ensure_grant_key(ctx, mpc, &ns).await?;
+
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods = pods.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"))).await?;
+    let pod_ips: BTreeMap<String, String> = pods
+        .items
+        .iter()
+        .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
+        .collect();
+
+    // Certificates: keep what is good, issue what is not.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = read_existing_pki(&secrets, mpc).await?;
+    let mut requests = BTreeMap::new();
+    for index in 0..mpc.spec.nodes {
+        let ips = pod_ips.get(&names.pod(index)).and_then(|ip| ip.parse().ok()).into_iter().collect();
+        let dns_names = resources::node_dns_names(mpc, index, &ctx.build.cluster_domain);
+        requests.insert(Leaf::Node(index), LeafRequest { dns_names, ips });
+    }
+    requests.insert(Leaf::Operator, LeafRequest::default());
+    let pki = pki::plan(&ns, &name, &existing, &requests, lifetimes, now)?;
+    let bundle = pki.bundle.to_pem();
+
+    let mut ca_secret = resources::tls_secret(mpc, names.ca_secret(), pki.ca.cert_pem(), pki.ca.key_pem().expose(), &bundle);
+    ca_secret.type_ = Some("Opaque".into());
+    apply(&ctx.client, &ns, &ca_secret).await?;
+    for (leaf, cert) in &pki.leaves {
+        let secret_name = match leaf {
+            Leaf::Node(i) => names.node_secret(*i),
+            Leaf::Operator => names.operator_secret(),
+        };
+        apply(&ctx.client, &ns, &resources::tls_secret(mpc, secret_name, &cert.cert_pem, cert.key_pem.expose(), &bundle))
+            .await?;
+    }
+    for change in &pki.changes {
+        info!(cluster = %name, namespace = %ns, "{change}");
+        ctx.metrics.certificates_issued.with_label_values(&[change_kind(change)]).inc();
+        event(ctx, mpc, EventType::Normal, "CertificateIssued", "IssueCertificate", change.to_string()).await;
+    }
+
+    // Configuration, addressing and the nodes themselves.
+    let config = resources::cluster_config(mpc, &grant_public_key, &ctx.build);
+    let config_hash = resources::config_hash(&config);
+    apply(&ctx.client, &ns, &resources::config_map(mpc, &config)).await?;
+    apply(&ctx.client, &ns, &resources::headless_service(mpc)).await?;
+    let mut stateful_sets = Vec::new();
+    for index in 0..mpc.spec.nodes {
+        stateful_sets.push(apply(&ctx.client, &ns, &resources::stateful_set(mpc, index, &config_hash, &ctx.build)).await?);
+    }
+    apply(&ctx.client, &ns, &resources::pod_disruption_budget(mpc)).await?;
+
+    // Status.
+    let nodes: Vec<NodeStatus> = (0..mpc.spec.nodes)
+        .map(|index| {
+            let pod_name = names.pod(index);
+            let pod = pods.items.iter().find(|p| p.name_any() == pod_name);
+            NodeStatus {
+                index,
+                address: pod_ips.get(&pod_name).cloned(),
+                ready: pod.is_some_and(pod_ready) && sts_ready(&stateful_sets[usize::from(index)]),
+                pod: pod_name,
+                ..NodeStatus::default()
+            }
+        })
+        .collect();
+    let certificates = certificates_status(&pki)?;
+    let status = cluster_status(mpc, nodes, grant_public_key, certificates);
+    let old_phase = mpc.status.as_ref().and_then(|s| s.phase);
+    if old_phase != status.phase {
+        let phase = status.phase.map(|p| format!("{p:?}")).unwrap_or_default();
+        event(ctx, mpc, EventType::Normal, "PhaseChanged", "Reconcile", format!("phase is now {phase}")).await;
+    }
+    publish_status(ctx, mpc, status).await?;
+
+    let next_renewal = pki
+        .leaves
+        .values()
+        .filter_map(|c| torcus_certs::inspect(&c.cert_pem).ok())
+        .map(|i| i.not_after - lifetimes.renew_before - now)
+        .min()
+        .and_then(|d| StdDuration::try_from(d).ok())
+        .unwrap_or(MAX_REQUEUE);
+    Ok(Action::requeue(next_renewal.clamp(StdDuration::from_secs(1), MAX_REQUEUE)))
+}
+
+/// What the API server's schema cannot check, or an object admitted before
+/// the schema could: refused with a message, never a panic.
+fn check_spec(mpc: &MpcCluster) -> std::result::Result<Lifetimes, String> {
+    let spec = &mpc.spec;
+    if spec.threshold < 2 || spec.threshold > spec.nodes || spec.nodes > torcus_crds::MAX_NODES {
+        return Err(format!(
+            "threshold {} of {} nodes is not allowed: need 2 ≤ threshold ≤ nodes ≤ {}",
+            spec.threshold,
+            spec.nodes,
+            torcus_crds::MAX_NODES
+        ));
+    }
+    let duration = |field: &str, text: &str| {
+        pki::parse_duration(text).filter(|d| d.is_positive()).ok_or_else(|| format!("certificates.{field} {text:?} is not a duration like 2160h"))
+    };
+    let leaf_validity = duration("validity", &spec.certificates.validity)?;
+    let renew_before = duration("renewBefore", &spec.certificates.renew_before)?;
+    if renew_before >= leaf_validity {
+        return Err("certificates.renewBefore must be shorter than certificates.validity".into());
+    }
+    Ok(Lifetimes { leaf_validity, renew_before })
+}
+
+/// Returns the hex public key of the cluster's grant signing key, creating
+/// the key once. The Secret is created, never patched: a key is not rotated
+/// behind anyone's back. If the Secret was deleted, a new key is made and a
+/// Warning Event says so, since every grant from then on verifies only under
+/// the new key.
+async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<String> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = Names::new(&mpc.name_any()).grant_key_secret();
+    if let Some(secret) = secrets.get_opt(&name).await? {
+        return grant_public_key(&secret).ok_or(Error::GrantKey(name));
+    }
+    let mut seed = Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut()).map_err(|e| Error::Random(e.to_string()))?;
+    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let public = hex::encode(signing.verifying_key().as_bytes());
+    let secret = resources::secret(
+        mpc,
+        name.clone(),
+        "Opaque",
+        BTreeMap::from([
+            (GRANT_PRIVATE_KEY.to_owned(), seed.to_vec()),
+            (GRANT_PUBLIC_KEY.to_owned(), public.clone().into_bytes()),
+        ]),
+    );
+    match secrets.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }, &secret).await {
+        Ok(_) => {}
+        // Another reconcile won the race: use its key.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let secret = secrets.get(&name).await?;
+            return grant_public_key(&secret).ok_or(Error::GrantKey(name));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let previous = mpc.status.as_ref().and_then(|s| s.grant_public_key.as_deref());
+    match previous {
+        Some(previous) if previous != public => {
+            let note = format!("grant key Secret {name} was missing; created a new grant key {public} (was {previous})");
+            warn!(cluster = %mpc.name_any(), namespace = %ns, "{note}");
+            event(ctx, mpc, EventType::Warning, "GrantKeyReplaced", "CreateGrantKey", note).await;
+        }
+        _ => event(ctx, mpc, EventType::Normal, "GrantKeyCreated", "CreateGrantKey", format!("created grant key {public}")).await,
+    }
+    Ok(public)
+}
+
+/// Key of the grant key Secret holding the 32-byte Ed25519 seed.
+pub const GRANT_PRIVATE_KEY: &str = "ed25519.seed";
+/// Key of the grant key Secret holding the hex public key.
+pub const GRANT_PUBLIC_KEY: &str = "ed25519.pub";
+
+fn grant_public_key(secret: &Secret) -> Option<String> {
+    let data = secret.data.as_ref()?;
+    let seed: [u8; 32] = data.get(GRANT_PRIVATE_KEY)?.0.as_slice().try_into().ok()?;
+    let seed = Zeroizing::new(seed);
+    let public = hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes());
+    // The stored public key is for people; the seed is the truth.
+    (data.get(GRANT_PUBLIC_KEY).map(|p| p.0.as_slice()) == Some(public.as_bytes())).then_some(public)
+}
+
+async fn read_existing_pki(secrets: &Api<Secret>, mpc: &MpcCluster) -> Result<pki::Existing> {
+    let names = Names::new(mpc.metadata.name.as_deref().unwrap_or_default());
+    let field = |s: &Secret, key: &str| {
+        s.data.as_ref().and_then(|d| d.get(key)).and_then(|v| String::from_utf8(v.0.clone()).ok())
+    };
+    let mut existing = pki::Existing::default();
+    if let Some(ca) = secrets.get_opt(&names.ca_secret()).await? {
+        if let (Some(cert), Some(key)) = (field(&ca, "tls.crt"), field(&ca, "tls.key")) {
+            existing.ca = Some((cert, SecretPem::new(key)));
+        }
+        existing.bundle = field(&ca, "ca.crt");
+    }
+    let leaves = (0..mpc.spec.nodes).map(|i| (Leaf::Node(i), names.node_secret(i))).chain([(Leaf::Operator, names.operator_secret())]);
+    for (leaf, secret_name) in leaves {
+        if let Some(s) = secrets.get_opt(&secret_name).await? {
+            if let (Some(cert_pem), Some(key)) = (field(&s, "tls.crt"), field(&s, "tls.key")) {
+                existing.leaves.insert(leaf, IssuedCertificate { cert_pem, key_pem: SecretPem::new(key) });
+            }
+        }
+    }
+    Ok(existing)
+}
+
+fn change_kind(change: &pki::Change) -> &'static str {
+    match change {
+        pki::Change::CaCreated => "ca_created",
+        pki::Change::CaRolled => "ca_rolled",
+        pki::Change::LeafIssued(Leaf::Node(_), _) => "node",
+        pki::Change::LeafIssued(Leaf::Operator, _) => "operator",
+    }
+}
+
+fn certificates_status(pki: &pki::Pki) -> Result<CertificatesStatus> {
+    let mut earliest = None;
+    for cert in pki.leaves.values() {
+        let not_after = torcus_certs::inspect(&cert.cert_pem)?.not_after;
+        earliest = Some(earliest.map_or(not_after, |e: OffsetDateTime| e.min(not_after)));
+    }
+    let rfc3339 = |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    Ok(CertificatesStatus {
+        ca_not_after: rfc3339(pki.ca.not_after()),
+        earliest_leaf_not_after: earliest.map(rfc3339).unwrap_or_default(),
+        trusted_cas: u16::try_from(pki.bundle.len()).unwrap_or(u16::MAX),
+    })
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn sts_ready(sts: &StatefulSet) -> bool {
+    sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= 1
+}
+
+/// The status a reconcile that went through reports.
+pub fn cluster_status(
+    mpc: &MpcCluster,
+    nodes: Vec<NodeStatus>,
+    grant_public_key: String,
+    certificates: CertificatesStatus,
+) -> MpcClusterStatus {
+    let spec = &mpc.spec;
+    let ready = u16::try_from(nodes.iter().filter(|n| n.ready).count()).unwrap_or(u16::MAX);
+    let generation = mpc.metadata.generation;
+    let keys_ready = spec
+        .keys
+        .iter()
+        .all(|k| mpc.status.iter().flat_map(|s| &s.keys).any(|s| &s.name == k && s.public_key.is_some()));
+
+    let mut conditions = Vec::new();
+    let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
+        conditions.push(condition(mpc, type_, ok, reason, message, generation));
+    };
+    set(
+        "CertificatesReady",
+        true,
+        "Issued",
+        format!("CA and {} node certificates are valid; {} CA(s) trusted", spec.nodes, certificates.trusted_cas),
+    );
+    let all_ready = ready == spec.nodes;
+    set(
+        "NodesReady",
+        all_ready,
+        if all_ready { "AllNodesReady" } else { "WaitingForNodes" },
+        format!("{ready}/{} nodes ready", spec.nodes),
+    );
+    set(
+        "KeysReady",
+        keys_ready,
+        if keys_ready { "KeysGenerated" } else { "KeygenPending" },
+        if keys_ready {
+            format!("{} key(s) generated", spec.keys.len())
+        } else {
+            "key generation starts once every node is ready".to_owned()
+        },
+    );
+    let degraded = !all_ready && ready >= spec.threshold && keys_ready;
+    set(
+        "Degraded",
+        degraded,
+        if degraded { "NodesUnavailable" } else { "AsExpected" },
+        if degraded {
+            format!("{ready}/{} nodes ready: signing still possible, with no margin for further loss below {}", spec.nodes, spec.threshold)
+        } else {
+            String::new()
+        },
+    );
+    let all_good = all_ready && keys_ready;
+    set(
+        "Ready",
+        all_good,
+        if all_good { "Ready" } else { "NotReady" },
+        if all_good { "cluster can sign".to_owned() } else { "cluster cannot sign yet".to_owned() },
+    );
+
+    let phase = if all_good {
+        ClusterPhase::Ready
+    } else if degraded {
+        ClusterPhase::Degraded
+    } else if all_ready {
+        ClusterPhase::GeneratingKeys
+    } else {
+        ClusterPhase::WaitingForNodes
+    };
+    MpcClusterStatus {
+        phase: Some(phase),
+        conditions,
+        observed_generation: generation,
+        ready_nodes: ready,
+        nodes,
+        keys: mpc.status.as_ref().map(|s| s.keys.clone()).unwrap_or_default(),
+        grant_public_key: Some(grant_public_key),
+        certificates: Some(certificates),
+    }
+}
+
+fn failed_status(mpc: &MpcCluster, message: &str) -> MpcClusterStatus {
+    let mut status = mpc.status.clone().unwrap_or_default();
+    let generation = mpc.metadata.generation;
+    status.phase = Some(ClusterPhase::Failed);
+    status.observed_generation = generation;
+    status.conditions.retain(|c| c.type_ != "Ready");
+    status.conditions.push(condition(mpc, "Ready", false, "InvalidSpec", message.to_owned(), generation));
+    status
+}
+
+/// A condition that keeps its `lastTransitionTime` while its status holds.
+fn condition(mpc: &MpcCluster, type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let previous = mpc.status.iter().flat_map(|s| &s.conditions).find(|c| c.type_ == type_ && c.status == status);
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: previous.map(|c| c.last_transition_time.clone()).unwrap_or_else(|| Time(Timestamp::now())),
+    }
+}
+
+async fn publish_status(ctx: &Context, mpc: &MpcCluster, status: MpcClusterStatus) -> Result<()> {
+    if mpc.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<MpcCluster> = Api::namespaced(ctx.client.clone(), &mpc.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": MpcCluster::api_version(&()),
+        "kind": MpcCluster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&mpc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+/// Server-side applies `obj` under the operator's field manager and returns
+/// what the API server stored.
+pub async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await?)
+}
+
+/// Publishes an Event; a failure to publish is logged, never fatal.
+async fn event(ctx: &Context, mpc: &MpcCluster, type_: EventType, reason: &str, action: &str, note: String) {
+    let ev = Event { type_, reason: reason.to_owned(), note: Some(note), action: action.to_owned(), secondary: None };
+    if let Err(error) = ctx.recorder.publish(&ev, &mpc.object_ref(&())).await {
+        warn!(%error, reason, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::fixtures::cluster;
+
+    fn certs() -> CertificatesStatus {
+        CertificatesStatus { ca_not_after: "x".into(), earliest_leaf_not_after: "y".into(), trusted_cas: 1 }
+    }
+
+    fn nodes(ready: &[bool]) -> Vec<NodeStatus> {
+        ready.iter().enumerate().map(|(i, r)| NodeStatus { index: i as u16, ready: *r, ..NodeStatus::default() }).collect()
+    }
+
+    fn cond<'a>(s: &'a MpcClusterStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn waiting_for_nodes_until_all_are_ready() {
+        let mpc = cluster("demo", 3, 2);
+        let s = cluster_status(&mpc, nodes(&[true, false, false]), "ab".into(), certs());
+        assert_eq!(s.phase, Some(ClusterPhase::WaitingForNodes));
+        assert_eq!(s.ready_nodes, 1);
+        assert_eq!(cond(&s, "NodesReady").status, "False");
+        assert_eq!(cond(&s, "NodesReady").message, "1/3 nodes ready");
+        assert_eq!(cond(&s, "CertificatesReady").status, "True");
+        assert_eq!(cond(&s, "Ready").status, "False");
+        assert!(s.conditions.iter().all(|c| c.observed_generation == Some(1)));
+    }
+
+    #[test]
+    fn all_nodes_ready_waits_for_keys() {
+        let mpc = cluster("demo", 3, 2);
+        let s = cluster_status(&mpc, nodes(&[true, true, true]), "ab".into(), certs());
+        assert_eq!(s.phase, Some(ClusterPhase::GeneratingKeys));
+        assert_eq!(cond(&s, "KeysReady").reason, "KeygenPending");
+    }
+
+    #[test]
+    fn degraded_once_keys_exist_and_a_node_is_lost() {
+        let mut mpc = cluster("demo", 3, 2);
+        mpc.status = Some(MpcClusterStatus {
+            keys: vec![torcus_crds::KeyStatus { name: "default".into(), public_key: Some("02ab".into()), ethereum_address: None }],
+            ..MpcClusterStatus::default()
+        });
+        let s = cluster_status(&mpc, nodes(&[true, true, true]), "ab".into(), certs());
+        assert_eq!(s.phase, Some(ClusterPhase::Ready));
+        let s = cluster_status(&mpc, nodes(&[true, false, true]), "ab".into(), certs());
+        assert_eq!(s.phase, Some(ClusterPhase::Degraded));
+        assert_eq!(cond(&s, "Degraded").status, "True");
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_the_status_holds() {
+        let mut mpc = cluster("demo", 3, 2);
+        let first = cluster_status(&mpc, nodes(&[false, false, false]), "ab".into(), certs());
+        mpc.status = Some(first.clone());
+        std::thread::sleep(StdDuration::from_millis(5));
+        let second = cluster_status(&mpc, nodes(&[true, false, false]), "ab".into(), certs());
+        assert_eq!(cond(&first, "NodesReady").last_transition_time, cond(&second, "NodesReady").last_transition_time);
+    }
+
+    #[test]
+    fn spec_checks_explain_themselves() {
+        let mut mpc = cluster("demo", 3, 2);
+        mpc.spec.threshold = 4;
+        assert!(check_spec(&mpc).unwrap_err().contains("threshold 4 of 3 nodes"));
+        let mut mpc = cluster("demo", 3, 2);
+        mpc.spec.certificates.renew_before = "5000h".into();
+        assert!(check_spec(&mpc).unwrap_err().contains("renewBefore"));
+        let mut mpc = cluster("demo", 3, 2);
+        mpc.spec.certificates.validity = "soon".into();
+        assert!(check_spec(&mpc).unwrap_err().contains("validity"));
+        assert!(check_spec(&cluster("demo", 3, 2)).is_ok());
+    }
+
+    #[test]
+    fn grant_key_secret_must_be_consistent() {
+        let mpc = cluster("demo", 3, 2);
+        let seed = [7u8; 32];
+        let public = hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes());
+        let good = resources::secret(
+            &mpc,
+            "k".into(),
+            "Opaque",
+            BTreeMap::from([(GRANT_PRIVATE_KEY.to_owned(), seed.to_vec()), (GRANT_PUBLIC_KEY.to_owned(), public.clone().into_bytes())]),
+        );
+        assert_eq!(grant_public_key(&good), Some(public));
+        let bad = resources::secret(
+            &mpc,
+            "k".into(),
+            "Opaque",
+            BTreeMap::from([(GRANT_PRIVATE_KEY.to_owned(), seed.to_vec()), (GRANT_PUBLIC_KEY.to_owned(), b"00".to_vec())]),
+        );
+        assert_eq!(grant_public_key(&bad), None);
+    }
+}

@@ -1,0 +1,239 @@
+//! The Torcus operator: turns `MpcCluster` objects into running signing
+//! clusters (certificates, grant key, configuration, Service, StatefulSets,
+//! PodDisruptionBudget) and reports their state.
+//!
+//! `main` only parses [`Args`] and calls [`Args::run`]; tests call
+//! [`Args::run`] directly with their own client and shutdown signal.
+
+pub mod cluster_controller;
+pub mod metrics;
+pub mod pki;
+pub mod resources;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+use torcus_crds::MpcCluster;
+use tracing::{info, warn};
+
+pub use metrics::Metrics;
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or could not be reached.
+    #[error("kubernetes api: {0}")]
+    Kube(#[from] kube::Error),
+    /// A certificate could not be issued or parsed.
+    #[error("certificates: {0}")]
+    Certs(#[from] torcus_certs::Error),
+    /// The object's spec cannot be acted on; its status says why.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// The grant key Secret exists but does not hold a consistent key.
+    #[error("grant key secret {0} is malformed; refusing to replace it")]
+    GrantKey(String),
+    /// The operating system's random source failed.
+    #[error("random source: {0}")]
+    Random(String),
+}
+
+impl Error {
+    /// Low-cardinality label for the error counter.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Certs(_) => "certs",
+            Self::InvalidSpec(_) => "invalid_spec",
+            Self::GrantKey(_) => "grant_key",
+            Self::Random(_) => "random",
+        }
+    }
+}
+
+/// Result with the operator's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Command-line and environment configuration of the operator.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "torcus-operator", version, about = "Runs Torcus MPC signing clusters on Kubernetes")]
+pub struct Args {
+    /// Watch only this namespace; all namespaces when unset.
+    #[arg(long, env = "TORCUS_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Node image for clusters that do not set `spec.image`.
+    #[arg(long, env = "TORCUS_NODE_IMAGE", default_value = concat!("ghcr.io/torcus/torcus-node:", env!("CARGO_PKG_VERSION")))]
+    pub node_image: String,
+
+    /// Registry and relay URL the nodes report to.
+    #[arg(long, env = "TORCUS_REGISTRY_URL")]
+    pub registry_url: Option<String>,
+
+    /// Kubernetes cluster DNS domain.
+    #[arg(long, env = "TORCUS_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// Address of the metrics and health endpoints.
+    #[arg(long, env = "TORCUS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Take part in leader election, so only one replica acts at a time.
+    #[arg(long, env = "TORCUS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Name of the leader election Lease.
+    #[arg(long, env = "TORCUS_LEASE_NAME", default_value = "torcus-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the leader election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// Identity in the Lease and in Events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+
+    /// Log format: `plain` or `json`.
+    #[arg(long, env = "TORCUS_LOG_FORMAT", default_value = "plain")]
+    pub log_format: String,
+}
+
+impl Args {
+    /// Sets up logging from `RUST_LOG` and the `--log-format` flag.
+    pub fn init_tracing(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,torcus_operator=info"));
+        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        // A subscriber may already be set (tests); keeping it is fine.
+        let _ = if self.log_format == "json" { builder.json().try_init() } else { builder.try_init() };
+    }
+
+    /// Runs the operator until `shutdown` completes or leadership is lost.
+    pub async fn run(self, client: Client, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self {
+            namespace,
+            node_image,
+            registry_url,
+            cluster_domain,
+            http_addr,
+            leader_election,
+            lease_name,
+            lease_namespace,
+            instance,
+            log_format: _,
+        } = self;
+        let instance = instance.unwrap_or_else(|| format!("torcus-operator-{}", std::process::id()));
+        let metrics = Arc::new(Metrics::new()?);
+        let stop = CancellationToken::new();
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stop.cancel();
+            });
+        }
+
+        let listener = tokio::net::TcpListener::bind(http_addr).await?;
+        info!(addr = %listener.local_addr()?, "serving metrics and health");
+        let server = tokio::spawn(metrics::serve(listener, metrics.clone(), stop.clone().cancelled_owned()));
+
+        if leader_election {
+            let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &lease_name)
+                .with_namespace(&lease_namespace)
+                .with_identity(&instance)
+                .with_duration(15)
+                .with_grace(5)
+                .build()
+                .await?;
+            let (mut leader, lease_task) = lease.watch().await;
+            info!(lease = %lease_name, %instance, "waiting for leadership");
+            let acquired = tokio::select! {
+                result = leader.wait_for(|is_leader| *is_leader) => result.is_ok(),
+                () = stop.cancelled() => false,
+            };
+            if !acquired {
+                // Closing the channel makes the lease task release the lease and end.
+                drop(leader);
+                let _ = lease_task.await;
+                return Ok(());
+            }
+            info!("acquired leadership");
+            let lost = stop.clone();
+            tokio::spawn(async move {
+                let _ = leader.wait_for(|is_leader| !*is_leader).await;
+                if !lost.is_cancelled() {
+                    warn!("lost leadership; stopping");
+                    lost.cancel();
+                }
+                drop(leader);
+                let _ = lease_task.await;
+            });
+        }
+
+        let ctx = Arc::new(cluster_controller::Context {
+            client: client.clone(),
+            recorder: Recorder::new(client.clone(), Reporter { controller: "torcus-operator".into(), instance: Some(instance) }),
+            build: resources::BuildContext { default_node_image: node_image, registry_url, cluster_domain },
+            metrics: metrics.clone(),
+        });
+        metrics.ready.set(1);
+        let controller = cluster_controller_stream(client, namespace.as_deref(), ctx, stop.clone());
+        controller.await;
+        metrics.ready.set(0);
+        stop.cancel();
+        let _ = server.await;
+        Ok(())
+    }
+}
+
+/// Runs the MpcCluster controller until `stop` is cancelled.
+async fn cluster_controller_stream(
+    client: Client,
+    namespace: Option<&str>,
+    ctx: Arc<cluster_controller::Context>,
+    stop: CancellationToken,
+) {
+    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=torcus-operator");
+    Controller::new(api::<MpcCluster>(&client, namespace), watcher::Config::default())
+        .owns(api::<Secret>(&client, namespace), owned.clone())
+        .owns(api::<ConfigMap>(&client, namespace), owned.clone())
+        .owns(api::<Service>(&client, namespace), owned.clone())
+        .owns(api::<StatefulSet>(&client, namespace), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, namespace), owned.clone())
+        // Pods belong to the StatefulSets; their readiness and IPs feed the
+        // cluster's status and certificates.
+        .watches(api::<Pod>(&client, namespace), owned, |pod| {
+            let cluster = pod.metadata.labels.as_ref()?.get(resources::LABEL_CLUSTER)?.clone();
+            Some(ObjectRef::<MpcCluster>::new(&cluster).within(pod.metadata.namespace.as_deref()?))
+        })
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(cluster_controller::reconcile, cluster_controller::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                // Reconcile errors are counted in error_policy; these are
+                // watch or queue errors, which the controller retries.
+                tracing::debug!(%error, "controller event");
+            }
+        })
+        .await;
+}

@@ -1,0 +1,81 @@
+//! The operator's Prometheus metrics and its `/metrics`, `/healthz` and
+//! `/readyz` endpoints.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// Every metric the operator exports, registered in its own registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Reconcile duration by controller.
+    pub reconcile_duration: HistogramVec,
+    /// Failed reconciles by controller and error kind.
+    pub reconcile_errors: IntCounterVec,
+    /// Certificates issued by kind (ca_created, ca_rolled, node, operator).
+    pub certificates_issued: IntCounterVec,
+    /// 1 while this replica leads and reconciles.
+    pub ready: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new("torcus_reconcile_duration_seconds", "Time spent in one reconcile")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["controller"],
+        )?;
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new("torcus_reconcile_errors_total", "Reconciles that failed, by error kind"),
+            &["controller", "error"],
+        )?;
+        let certificates_issued = IntCounterVec::new(
+            Opts::new("torcus_certificates_issued_total", "Certificates issued, by kind"),
+            &["kind"],
+        )?;
+        let ready = IntGauge::new("torcus_operator_leader", "1 while this replica holds leadership and reconciles")?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
+        registry.register(Box::new(reconcile_errors.clone()))?;
+        registry.register(Box::new(certificates_issued.clone()))?;
+        registry.register(Box::new(ready.clone()))?;
+        Ok(Self { registry, reconcile_duration, reconcile_errors, certificates_issued, ready })
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Serves the metrics and health endpoints on `listener` until `shutdown`.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(metrics);
+    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        tracing::warn!(%error, "metrics server stopped");
+    }
+}
+
+async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+}
+
+async fn ready(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    // A standby replica is healthy but not ready: it does not reconcile.
+    if metrics.ready.get() == 1 { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "standby") }
+}

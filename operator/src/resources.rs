@@ -1,0 +1,583 @@
+//! Pure builders for the children of an `MpcCluster`: `&MpcCluster -> K8s
+//! object`. The reconciler only decides what to issue and applies what these
+//! return, so everything about the shape of a child is tested here without a
+//! cluster.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use torcus_contract::{self as contract, ClusterConfig, Peer};
+use torcus_crds::MpcCluster;
+
+/// Label: the MpcCluster a child belongs to.
+pub const LABEL_CLUSTER: &str = "mpc.torcus.io/cluster";
+/// Label: the party index of a node's StatefulSet and pod.
+pub const LABEL_PARTY: &str = "mpc.torcus.io/party-index";
+/// Pod template annotation: digest of the node configuration, so a change
+/// (such as the transport mode) rolls the nodes.
+pub const ANNOTATION_CONFIG_HASH: &str = "mpc.torcus.io/config-hash";
+/// UID and GID the node runs as (the distroless `nonroot` user).
+pub const NODE_UID: i64 = 65532;
+
+/// What the builders need beyond the MpcCluster itself.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    /// Image used when `spec.image` is unset.
+    pub default_node_image: String,
+    /// Registry/relay URL nodes report to, when the operator serves one.
+    pub registry_url: Option<String>,
+    /// Kubernetes cluster domain, for the nodes' DNS names.
+    pub cluster_domain: String,
+}
+
+/// Names of an MpcCluster's children, in one place.
+#[derive(Clone, Debug)]
+pub struct Names<'a> {
+    cluster: &'a str,
+}
+
+impl<'a> Names<'a> {
+    /// Names for the cluster called `cluster`.
+    pub fn new(cluster: &'a str) -> Self {
+        Self { cluster }
+    }
+
+    /// CA Secret: the CA certificate and key and the trust bundle.
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca", self.cluster)
+    }
+
+    /// TLS Secret of party `index`.
+    pub fn node_secret(&self, index: u16) -> String {
+        format!("{}-node-{index}", self.cluster)
+    }
+
+    /// TLS client certificate the operator uses towards the nodes.
+    pub fn operator_secret(&self) -> String {
+        format!("{}-operator-client", self.cluster)
+    }
+
+    /// Ed25519 key the operator signs grants with.
+    pub fn grant_key_secret(&self) -> String {
+        format!("{}-grant-key", self.cluster)
+    }
+
+    /// Node configuration.
+    pub fn config_map(&self) -> String {
+        format!("{}-config", self.cluster)
+    }
+
+    /// Headless Service giving each node a stable DNS name.
+    pub fn service(&self) -> String {
+        format!("{}-nodes", self.cluster)
+    }
+
+    /// StatefulSet of party `index`.
+    pub fn stateful_set(&self, index: u16) -> String {
+        format!("{}-{index}", self.cluster)
+    }
+
+    /// The one pod of party `index`'s StatefulSet.
+    pub fn pod(&self, index: u16) -> String {
+        format!("{}-0", self.stateful_set(index))
+    }
+
+    /// PodDisruptionBudget over all nodes.
+    pub fn pdb(&self) -> String {
+        self.cluster.to_owned()
+    }
+}
+
+/// Labels every child carries.
+pub fn labels(mpc: &MpcCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "torcus-node".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), mpc.name_any()),
+        ("app.kubernetes.io/managed-by".to_owned(), "torcus-operator".to_owned()),
+        (LABEL_CLUSTER.to_owned(), mpc.name_any()),
+    ])
+}
+
+/// Labels that select all node pods of a cluster.
+pub fn node_selector(mpc: &MpcCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "torcus-node".to_owned()),
+        (LABEL_CLUSTER.to_owned(), mpc.name_any()),
+    ])
+}
+
+fn party_selector(mpc: &MpcCluster, index: u16) -> BTreeMap<String, String> {
+    let mut labels = node_selector(mpc);
+    labels.insert(LABEL_PARTY.to_owned(), index.to_string());
+    labels
+}
+
+/// Metadata of a child: name, namespace, labels and the controller owner
+/// reference, so deleting the MpcCluster garbage-collects it.
+pub fn child_meta(mpc: &MpcCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: mpc.namespace(),
+        labels: Some(labels(mpc)),
+        owner_references: owner_reference(mpc).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn owner_reference(mpc: &MpcCluster) -> Option<OwnerReference> {
+    // `controller_owner_ref` is None only for an object without a UID, which
+    // an object read from the API server always has.
+    mpc.controller_owner_ref(&())
+}
+
+/// Stable DNS name of party `index`: `<pod>.<service>.<namespace>.svc.<domain>`.
+pub fn node_host(mpc: &MpcCluster, index: u16, cluster_domain: &str) -> String {
+    let names = Names::new(mpc.metadata.name.as_deref().unwrap_or_default());
+    format!(
+        "{}.{}.{}.svc.{cluster_domain}",
+        names.pod(index),
+        names.service(),
+        mpc.namespace().unwrap_or_default()
+    )
+}
+
+/// DNS names a node certificate carries: the FQDN and its shorter forms.
+pub fn node_dns_names(mpc: &MpcCluster, index: u16, cluster_domain: &str) -> Vec<String> {
+    let names = Names::new(mpc.metadata.name.as_deref().unwrap_or_default());
+    let ns = mpc.namespace().unwrap_or_default();
+    let short = format!("{}.{}", names.pod(index), names.service());
+    vec![node_host(mpc, index, cluster_domain), format!("{short}.{ns}.svc"), format!("{short}.{ns}"), short]
+}
+
+/// A Secret holding `data`, owned by the cluster.
+pub fn secret(mpc: &MpcCluster, name: String, type_: &str, data: BTreeMap<String, Vec<u8>>) -> Secret {
+    Secret {
+        metadata: child_meta(mpc, name),
+        type_: Some(type_.to_owned()),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Secret::default()
+    }
+}
+
+/// A `kubernetes.io/tls` Secret: certificate, key and the CA trust bundle.
+pub fn tls_secret(mpc: &MpcCluster, name: String, cert_pem: &str, key_pem: &str, trust_bundle_pem: &str) -> Secret {
+    secret(
+        mpc,
+        name,
+        "kubernetes.io/tls",
+        BTreeMap::from([
+            ("tls.crt".to_owned(), cert_pem.as_bytes().to_vec()),
+            ("tls.key".to_owned(), key_pem.as_bytes().to_vec()),
+            ("ca.crt".to_owned(), trust_bundle_pem.as_bytes().to_vec()),
+        ]),
+    )
+}
+
+/// The configuration every node of the cluster reads.
+pub fn cluster_config(mpc: &MpcCluster, grant_public_key_hex: &str, ctx: &BuildContext) -> ClusterConfig {
+    let spec = &mpc.spec;
+    ClusterConfig {
+        cluster: mpc.name_any(),
+        namespace: mpc.namespace().unwrap_or_default(),
+        nodes: spec.nodes,
+        threshold: spec.threshold,
+        curve: "secp256k1".to_owned(),
+        transport: spec.transport.mode.as_str().to_owned(),
+        keys: spec.keys.clone(),
+        grant_public_key: grant_public_key_hex.to_owned(),
+        presignature_pool_size: spec.presignatures.pool_size,
+        registry_url: ctx.registry_url.clone(),
+        peers: (0..spec.nodes)
+            .map(|index| Peer {
+                index,
+                host: node_host(mpc, index, &ctx.cluster_domain),
+                p2p_port: contract::P2P_PORT,
+                http_port: contract::HTTP_PORT,
+            })
+            .collect(),
+    }
+}
+
+/// ConfigMap carrying `cluster.json`.
+pub fn config_map(mpc: &MpcCluster, config: &ClusterConfig) -> ConfigMap {
+    // A ClusterConfig has only strings, integers and lists: serializing it
+    // cannot fail.
+    let json = serde_json::to_string_pretty(config).expect("ClusterConfig serializes");
+    ConfigMap {
+        metadata: child_meta(mpc, Names::new(&mpc.name_any()).config_map()),
+        data: Some(BTreeMap::from([(contract::CONFIG_FILE.to_owned(), json)])),
+        ..ConfigMap::default()
+    }
+}
+
+/// Digest of the node configuration, for the pod template annotation.
+pub fn config_hash(config: &ClusterConfig) -> String {
+    let json = serde_json::to_vec(config).expect("ClusterConfig serializes");
+    hex::encode(&Sha256::digest(&json)[..8])
+}
+
+/// Headless Service: stable DNS per node, published before nodes are ready
+/// because peers must reach each other to become ready at all.
+pub fn headless_service(mpc: &MpcCluster) -> Service {
+    let port = |name: &str, port: u16, protocol: &str| ServicePort {
+        name: Some(name.to_owned()),
+        port: i32::from(port),
+        protocol: Some(protocol.to_owned()),
+        target_port: Some(IntOrString::String(name.to_owned())),
+        ..ServicePort::default()
+    };
+    Service {
+        metadata: child_meta(mpc, Names::new(&mpc.name_any()).service()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(node_selector(mpc)),
+            ports: Some(vec![
+                port("http", contract::HTTP_PORT, "TCP"),
+                port("quic", contract::P2P_PORT, "UDP"),
+                port("p2p-tcp", contract::P2P_PORT, "TCP"),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// PodDisruptionBudget: voluntary disruptions may take down at most
+/// `nodes − threshold` nodes, so `threshold` can always still sign.
+pub fn pod_disruption_budget(mpc: &MpcCluster) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: child_meta(mpc, Names::new(&mpc.name_any()).pdb()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(i32::from(mpc.spec.nodes - mpc.spec.threshold))),
+            selector: Some(LabelSelector { match_labels: Some(node_selector(mpc)), ..LabelSelector::default() }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+/// The StatefulSet of party `index`: one pod with its own TLS Secret and its
+/// own volume.
+///
+/// Why one StatefulSet per party rather than one for all: a pod template is
+/// shared by every replica, so a single StatefulSet could only mount a Secret
+/// shared by all pods, handing every node every other node's TLS key and
+/// letting one compromised pod impersonate any party. With one StatefulSet
+/// per party each pod mounts exactly its own Secret, its party index is fixed
+/// in its template instead of derived, and its volume (the key share) can
+/// never be attached to another index.
+pub fn stateful_set(mpc: &MpcCluster, index: u16, config_hash: &str, ctx: &BuildContext) -> StatefulSet {
+    let names = Names::new(mpc.metadata.name.as_deref().unwrap_or_default());
+    let mut pod_labels = labels(mpc);
+    pod_labels.insert(LABEL_PARTY.to_owned(), index.to_string());
+    let mut meta = child_meta(mpc, names.stateful_set(index));
+    meta.labels = Some(pod_labels.clone());
+
+    StatefulSet {
+        metadata: meta,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(names.service()),
+            pod_management_policy: Some("Parallel".to_owned()),
+            selector: LabelSelector { match_labels: Some(party_selector(mpc, index)), ..LabelSelector::default() },
+            // Key shares outlive the MpcCluster object: deleting it by
+            // mistake must not destroy the only copies of the shares.
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some("Retain".to_owned()),
+                when_scaled: Some("Retain".to_owned()),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels.clone()),
+                    annotations: Some(BTreeMap::from([(ANNOTATION_CONFIG_HASH.to_owned(), config_hash.to_owned())])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(node_pod_spec(mpc, index, ctx)),
+            },
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".to_owned()),
+                    labels: Some(pod_labels),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                    storage_class_name: mpc.spec.storage.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([("storage".to_owned(), Quantity(mpc.spec.storage.size.clone()))])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            }]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+fn node_pod_spec(mpc: &MpcCluster, index: u16, ctx: &BuildContext) -> PodSpec {
+    let names = Names::new(mpc.metadata.name.as_deref().unwrap_or_default());
+    let env = |name: &str, value: String| EnvVar { name: name.to_owned(), value: Some(value), ..EnvVar::default() };
+    let field_env = |name: &str, path: &str| EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.to_owned(), ..ObjectFieldSelector::default() }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    };
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    let port = |name: &str, port: u16, protocol: &str| ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: i32::from(port),
+        protocol: Some(protocol.to_owned()),
+        ..ContainerPort::default()
+    };
+
+    PodSpec {
+        // Nodes have no business with the Kubernetes API.
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(NODE_UID),
+            run_as_group: Some(NODE_UID),
+            fs_group: Some(NODE_UID),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), ..SeccompProfile::default() }),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![Container {
+            name: "node".to_owned(),
+            image: Some(mpc.spec.image.clone().unwrap_or_else(|| ctx.default_node_image.clone())),
+            args: Some(vec!["serve".to_owned()]),
+            env: Some(vec![
+                env(contract::ENV_PARTY_INDEX, index.to_string()),
+                env(contract::ENV_CONFIG, format!("{}/{}", contract::CONFIG_DIR, contract::CONFIG_FILE)),
+                env(contract::ENV_TLS_DIR, contract::TLS_DIR.to_owned()),
+                env(contract::ENV_DATA_DIR, contract::DATA_DIR.to_owned()),
+                field_env(contract::ENV_POD_IP, "status.podIP"),
+                field_env("POD_NAME", "metadata.name"),
+                field_env("POD_NAMESPACE", "metadata.namespace"),
+            ]),
+            ports: Some(vec![
+                port("http", contract::HTTP_PORT, "TCP"),
+                port("quic", contract::P2P_PORT, "UDP"),
+                port("p2p-tcp", contract::P2P_PORT, "TCP"),
+            ]),
+            readiness_probe: Some(probe("/readyz", 5)),
+            liveness_probe: Some(probe("/healthz", 10)),
+            resources: Some(mpc.spec.resources.clone().unwrap_or_else(default_resources)),
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                run_as_non_root: Some(true),
+                capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), ..Capabilities::default() }),
+                ..SecurityContext::default()
+            }),
+            volume_mounts: Some(vec![
+                mount("tls", contract::TLS_DIR, true),
+                mount("config", contract::CONFIG_DIR, true),
+                mount("data", contract::DATA_DIR, false),
+                mount("tmp", "/tmp", false),
+            ]),
+            ..Container::default()
+        }],
+        volumes: Some(vec![
+            Volume {
+                name: "tls".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(names.node_secret(index)),
+                    default_mode: Some(0o400),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "config".to_owned(),
+                config_map: Some(ConfigMapVolumeSource { name: names.config_map(), ..ConfigMapVolumeSource::default() }),
+                ..Volume::default()
+            },
+            Volume { name: "tmp".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
+        ]),
+        ..PodSpec::default()
+    }
+}
+
+/// Requests sized for keygen and signing on secp256k1; a cluster sets its own
+/// in `spec.resources`.
+fn default_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.to_owned());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([("cpu".to_owned(), q("250m")), ("memory".to_owned(), q("128Mi"))])),
+        limits: Some(BTreeMap::from([("memory".to_owned(), q("512Mi"))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// Fixture builders for tests in this crate and others.
+#[cfg(any(test, feature = "test-util"))]
+pub mod fixtures {
+    use kube::api::ObjectMeta;
+    use torcus_crds::{MpcCluster, MpcClusterSpec};
+
+    /// A minimal MpcCluster as it would come back from the API server.
+    pub fn cluster(name: &str, nodes: u16, threshold: u16) -> MpcCluster {
+        let spec: MpcClusterSpec =
+            serde_json::from_value(serde_json::json!({"nodes": nodes, "threshold": threshold})).expect("valid spec");
+        let mut mpc = MpcCluster::new(name, spec);
+        mpc.metadata = ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some("vault".to_owned()),
+            uid: Some("0a0b0c0d-0000-4000-8000-000000000001".to_owned()),
+            generation: Some(1),
+            ..ObjectMeta::default()
+        };
+        mpc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::cluster;
+    use super::*;
+
+    fn ctx() -> BuildContext {
+        BuildContext {
+            default_node_image: "torcus/torcus-node:test".into(),
+            registry_url: Some("http://torcus-operator.torcus-system.svc:8080".into()),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+
+    #[test]
+    fn pdb_allows_losing_n_minus_t() {
+        for (n, t) in [(3, 2), (5, 3), (4, 4)] {
+            let pdb = pod_disruption_budget(&cluster("demo", n, t));
+            assert_eq!(pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(i32::from(n - t))));
+        }
+    }
+
+    #[test]
+    fn children_are_owned_by_the_cluster() {
+        let mpc = cluster("demo", 3, 2);
+        let sts = stateful_set(&mpc, 1, "abc", &ctx());
+        let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "MpcCluster");
+        assert_eq!(owner.name, "demo");
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(sts.metadata.namespace.as_deref(), Some("vault"));
+    }
+
+    #[test]
+    fn stateful_set_runs_one_locked_down_node_with_its_own_secret() {
+        let mpc = cluster("demo", 3, 2);
+        let sts = stateful_set(&mpc, 2, "abc", &ctx());
+        assert_eq!(sts.metadata.name.as_deref(), Some("demo-2"));
+        let spec = sts.spec.unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.service_name.as_deref(), Some("demo-nodes"));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let tls = pod.volumes.unwrap().into_iter().find(|v| v.name == "tls").unwrap();
+        assert_eq!(tls.secret.unwrap().secret_name.as_deref(), Some("demo-node-2"));
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("torcus/torcus-node:test"));
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref() == Some("/readyz"));
+        assert!(c.resources.as_ref().unwrap().requests.as_ref().unwrap().contains_key("cpu"));
+        let party = c.env.as_ref().unwrap().iter().find(|e| e.name == contract::ENV_PARTY_INDEX).unwrap();
+        assert_eq!(party.value.as_deref(), Some("2"));
+        let pvc = &spec.volume_claim_templates.unwrap()[0];
+        assert_eq!(pvc.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "1Gi");
+        assert_eq!(
+            spec.persistent_volume_claim_retention_policy.unwrap().when_deleted.as_deref(),
+            Some("Retain"),
+            "deleting the cluster must not delete key shares"
+        );
+    }
+
+    #[test]
+    fn spec_image_and_resources_win() {
+        let mut mpc = cluster("demo", 3, 2);
+        mpc.spec.image = Some("registry.example/node:1".into());
+        mpc.spec.resources = Some(ResourceRequirements::default());
+        let sts = stateful_set(&mpc, 0, "abc", &ctx());
+        let c = &sts.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(c.image.as_deref(), Some("registry.example/node:1"));
+        assert_eq!(c.resources, Some(ResourceRequirements::default()));
+    }
+
+    #[test]
+    fn config_lists_every_peer_and_its_hash_follows_the_transport() {
+        let mut mpc = cluster("demo", 5, 3);
+        let config = cluster_config(&mpc, "ab", &ctx());
+        config.check().unwrap();
+        assert_eq!(config.peers[4].host, "demo-4-0.demo-nodes.vault.svc.cluster.local");
+        assert_eq!(config.transport, "quic");
+        let cm = config_map(&mpc, &config);
+        let parsed = ClusterConfig::from_json(cm.data.unwrap()[contract::CONFIG_FILE].as_bytes()).unwrap();
+        assert_eq!(parsed, config);
+
+        mpc.spec.transport.mode = torcus_crds::TransportMode::Tcp;
+        let changed = cluster_config(&mpc, "ab", &ctx());
+        assert_ne!(config_hash(&config), config_hash(&changed), "a transport change must roll the nodes");
+    }
+
+    #[test]
+    fn service_is_headless_and_publishes_unready_nodes() {
+        let svc = headless_service(&cluster("demo", 3, 2)).spec.unwrap();
+        assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(svc.publish_not_ready_addresses, Some(true));
+        assert_eq!(svc.selector.unwrap()[LABEL_CLUSTER], "demo");
+    }
+
+    #[test]
+    fn tls_secret_has_the_standard_keys() {
+        let s = tls_secret(&cluster("demo", 3, 2), "demo-node-0".into(), "CERT", "KEY", "CA");
+        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+        let data = s.data.unwrap();
+        assert_eq!(data["tls.crt"].0, b"CERT");
+        assert_eq!(data["ca.crt"].0, b"CA");
+    }
+
+    #[test]
+    fn dns_names_cover_short_and_full_forms() {
+        let names = node_dns_names(&cluster("demo", 3, 2), 1, "cluster.local");
+        assert!(names.contains(&"demo-1-0.demo-nodes.vault.svc.cluster.local".to_owned()));
+        assert!(names.contains(&"demo-1-0.demo-nodes".to_owned()));
+    }
+}
