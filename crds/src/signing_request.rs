@@ -63,7 +63,7 @@ pub struct SigningRequestSpec {
 
     /// Non-hardened BIP-32 style derivation path, such as `m/0/7`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^m(/[0-9]{1,10}){0,16}$"))]
+    #[schemars(length(max = 200), regex(pattern = r"^m(/[0-9]{1,10}){0,16}$"))]
     #[x_kube(validation = Rule::new("self.split('/').all(c, c == 'm' || int(c) < 2147483648)").message("derivationPath components must be non-hardened (below 2^31)"))]
     pub derivation_path: Option<String>,
 

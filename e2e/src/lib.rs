@@ -1,1 +1,10 @@
-//! placeholder
+//! End-to-end harness: a real Kubernetes control plane on loopback
+//! (upstream etcd, kube-apiserver and kube-controller-manager linked from
+//! their Go modules), the `torcus-sandbox` command built on it, and the
+//! scaffolding the end-to-end tests share.
+
+pub mod controlplane;
+pub mod pki;
+pub mod process;
+pub mod sandbox;
+pub mod testing;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
@@ -125,7 +125,22 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
     for change in &pki.changes {
         info!(cluster = %name, namespace = %ns, "{change}");
         ctx.metrics.certificates_issued.with_label_values(&[change_kind(change)]).inc();
-        event(ctx, mpc, EventType::Normal, "CertificateIssued", "IssueCertificate", change.to_string()).await;
+        // Events are grouped by reason and related object, so name the
+        // Secret: each one gets its own series instead of one "x6" line.
+        let secret_name = match change {
+            pki::Change::CaCreated | pki::Change::CaRolled => names.ca_secret(),
+            pki::Change::LeafIssued(Leaf::Node(i), _) => names.node_secret(*i),
+            pki::Change::LeafIssued(Leaf::Operator, _) => names.operator_secret(),
+        };
+        let related = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            name: Some(secret_name),
+            namespace: Some(ns.clone()),
+            ..ObjectReference::default()
+        };
+        let reason = if matches!(change, pki::Change::CaRolled) { "CARolled" } else { "CertificateIssued" };
+        event_about(ctx, mpc, EventType::Normal, reason, "IssueCertificate", change.to_string(), Some(related)).await;
     }
 
     // Configuration, addressing and the nodes themselves.
@@ -445,7 +460,19 @@ where
 
 /// Publishes an Event; a failure to publish is logged, never fatal.
 async fn event(ctx: &Context, mpc: &MpcCluster, type_: EventType, reason: &str, action: &str, note: String) {
-    let ev = Event { type_, reason: reason.to_owned(), note: Some(note), action: action.to_owned(), secondary: None };
+    event_about(ctx, mpc, type_, reason, action, note, None).await;
+}
+
+async fn event_about(
+    ctx: &Context,
+    mpc: &MpcCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    secondary: Option<ObjectReference>,
+) {
+    let ev = Event { type_, reason: reason.to_owned(), note: Some(note), action: action.to_owned(), secondary };
     if let Err(error) = ctx.recorder.publish(&ev, &mpc.object_ref(&())).await {
         warn!(%error, reason, "could not publish event");
     }

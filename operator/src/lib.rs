@@ -148,6 +148,7 @@ impl Args {
         info!(addr = %listener.local_addr()?, "serving metrics and health");
         let server = tokio::spawn(metrics::serve(listener, metrics.clone(), stop.clone().cancelled_owned()));
 
+        let mut lease_handle = None;
         if leader_election {
             let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &lease_name)
                 .with_namespace(&lease_namespace)
@@ -170,15 +171,19 @@ impl Args {
             }
             info!("acquired leadership");
             let lost = stop.clone();
-            tokio::spawn(async move {
-                let _ = leader.wait_for(|is_leader| !*is_leader).await;
-                if !lost.is_cancelled() {
-                    warn!("lost leadership; stopping");
-                    lost.cancel();
+            lease_handle = Some(tokio::spawn(async move {
+                tokio::select! {
+                    _ = leader.wait_for(|is_leader| !*is_leader) => {
+                        warn!("lost leadership; stopping");
+                        lost.cancel();
+                    }
+                    () = lost.cancelled() => {}
                 }
+                // Closing the channel makes the lease task release the lease
+                // and end, so a standby takes over without waiting for expiry.
                 drop(leader);
                 let _ = lease_task.await;
-            });
+            }));
         }
 
         let ctx = Arc::new(cluster_controller::Context {
@@ -193,6 +198,9 @@ impl Args {
         metrics.ready.set(0);
         stop.cancel();
         let _ = server.await;
+        if let Some(lease) = lease_handle {
+            let _ = lease.await;
+        }
         Ok(())
     }
 }

@@ -1,0 +1,272 @@
+//! `torcus-sandbox`: a local Kubernetes with Torcus in it, for people (like
+//! `kind create cluster`). `up` starts a supervisor in the background that
+//! runs the control plane and the operator; `status` and `down` find it
+//! through the files it keeps in its folder.
+//!
+//! Folder layout: `kubeconfig`, `bin/kubectl`, `sandbox.pid` (supervisor),
+//! `ready` (written once everything is up), `sandbox.log`, `logs/`, `etcd/`.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio_util::sync::CancellationToken;
+
+use crate::controlplane::{self, ControlPlane};
+
+/// Command line of `torcus-sandbox`.
+#[derive(Debug, clap::Parser)]
+#[command(name = "torcus-sandbox", version, about = "A local Kubernetes control plane with the Torcus operator, on loopback")]
+pub struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Start the sandbox in the background and return once it is ready.
+    Up {
+        /// Folder for the sandbox's state, kubeconfig and logs.
+        #[arg(long, default_value = ".torcus-sandbox")]
+        dir: PathBuf,
+        /// How long to wait for it to become ready.
+        #[arg(long, default_value = "300")]
+        timeout_secs: u64,
+    },
+    /// Tell whether the sandbox is running and ready.
+    Status {
+        /// The sandbox's folder.
+        #[arg(long, default_value = ".torcus-sandbox")]
+        dir: PathBuf,
+    },
+    /// Stop the sandbox and every process it started.
+    Down {
+        /// The sandbox's folder.
+        #[arg(long, default_value = ".torcus-sandbox")]
+        dir: PathBuf,
+    },
+    /// Run the sandbox in the foreground (what `up` starts in the background).
+    Run {
+        /// The sandbox's folder.
+        #[arg(long, default_value = ".torcus-sandbox")]
+        dir: PathBuf,
+    },
+}
+
+impl Args {
+    /// Carries out the command.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Cmd::Up { dir, timeout_secs } => up(&dir, Duration::from_secs(timeout_secs)).await,
+            Cmd::Status { dir } => status(&dir).await,
+            Cmd::Down { dir } => down(&dir),
+            Cmd::Run { dir } => supervise(&dir).await,
+        }
+    }
+}
+
+async fn up(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    if let Some(pid) = running_pid(&dir) {
+        if dir.join("ready").exists() {
+            println!("sandbox already running (pid {pid})");
+            print_usage(&dir);
+            return Ok(());
+        }
+        anyhow::bail!("a sandbox (pid {pid}) is starting or stuck in {}; run `torcus-sandbox down` first", dir.display());
+    }
+    let _ = std::fs::remove_file(dir.join("ready"));
+    // Build (or find) the control plane now, so its progress shows here.
+    controlplane::binary()?;
+
+    let log = std::fs::File::create(dir.join("sandbox.log"))?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("run")
+        .arg("--dir")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group, so a Ctrl-C in this terminal does not reach it.
+        .process_group(0)
+        .spawn()
+        .context("starting the sandbox supervisor")?;
+    let started = Instant::now();
+    eprintln!("starting the sandbox in {} ...", dir.display());
+    loop {
+        if dir.join("ready").exists() {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "the sandbox exited with {status} while starting; {}:\n{}",
+                dir.join("sandbox.log").display(),
+                crate::process::tail(&dir.join("sandbox.log"), 40)
+            );
+        }
+        if started.elapsed() > timeout {
+            let _ = down(&dir);
+            anyhow::bail!("the sandbox was not ready after {timeout:?}; see {}", dir.join("sandbox.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("sandbox is up in {:.1}s (pid {})", started.elapsed().as_secs_f64(), child.id());
+    print_usage(&dir);
+    Ok(())
+}
+
+fn print_usage(dir: &Path) {
+    let kubeconfig = dir.join("kubeconfig");
+    let kubectl = dir.join("bin/kubectl");
+    println!(
+        "\nUse it with:\n  export KUBECONFIG={}\n  {} get mpcclusters -A\n\n(`{}` is the upstream kubectl; any kubectl works with that kubeconfig.)\nStop it with: torcus-sandbox down --dir {}",
+        kubeconfig.display(),
+        kubectl.display(),
+        kubectl.display(),
+        dir.display()
+    );
+}
+
+async fn status(dir: &Path) -> anyhow::Result<()> {
+    let Some(pid) = running_pid(dir) else {
+        println!("sandbox: not running");
+        std::process::exit(1);
+    };
+    let client = controlplane::client_for(&dir.join("kubeconfig")).await?;
+    let ready = client.request_text(http::Request::get("/readyz").body(Vec::new())?).await;
+    let api = match ready {
+        Ok(text) if text == "ok" => "ready".to_owned(),
+        Ok(text) => format!("not ready ({text})"),
+        Err(e) => format!("unreachable ({e})"),
+    };
+    println!("sandbox: running (supervisor pid {pid})");
+    println!("api server: {api}");
+    println!("operator: {}", if dir.join("ready").exists() { "running" } else { "starting" });
+    println!("kubeconfig: {}", dir.join("kubeconfig").display());
+    if let Ok(pids) = std::fs::read_to_string(dir.join("processes")) {
+        print!("{pids}");
+    }
+    Ok(())
+}
+
+/// Stops the supervisor (which stops its children) and makes sure every
+/// process it recorded is gone.
+fn down(dir: &Path) -> anyhow::Result<()> {
+    let Some(pid) = running_pid(dir) else {
+        println!("sandbox: not running");
+        return Ok(());
+    };
+    let pid = Pid::from_raw(pid);
+    kill(pid, Signal::SIGTERM).context("signalling the sandbox")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Anything still there (the supervisor stuck, or a child it lost) goes
+    // the hard way: the supervisor's process group, then each recorded pid.
+    if alive(pid) {
+        let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+    }
+    for child in recorded_pids(dir) {
+        if alive(child) {
+            let _ = kill(child, Signal::SIGKILL);
+        }
+    }
+    for file in ["sandbox.pid", "ready", "processes"] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
+    println!("sandbox: stopped");
+    Ok(())
+}
+
+/// The foreground supervisor: control plane, CRDs, operator; stops on
+/// SIGTERM or Ctrl-C.
+async fn supervise(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    std::fs::write(dir.join("sandbox.pid"), std::process::id().to_string())?;
+    let result = supervise_inner(&dir).await;
+    for file in ["sandbox.pid", "ready", "processes"] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
+    result
+}
+
+async fn supervise_inner(dir: &Path) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn,kube_client::client::builder=off".into()),
+    ).try_init();
+    // State from an earlier run would hold another CA's certificates.
+    for stale in ["etcd", "pki", "apiserver"] {
+        let _ = std::fs::remove_dir_all(dir.join(stale));
+    }
+    let mut cp = ControlPlane::start(dir).await?;
+    cp.install_crds().await?;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let _ = std::fs::remove_file(bin.join("kubectl"));
+    std::os::unix::fs::symlink(controlplane::binary()?, bin.join("kubectl"))?;
+
+    let stop = CancellationToken::new();
+    let client = cp.client().await?;
+    let mut operator = crate::testing::operator_args("default");
+    operator.namespace = None;
+    operator.node_image = concat!("ghcr.io/torcus/torcus-node:", env!("CARGO_PKG_VERSION")).to_owned();
+    operator.http_addr = format!("127.0.0.1:{}", crate::process::free_port()?).parse()?;
+    operator.instance = Some("sandbox".to_owned());
+    let metrics_addr = operator.http_addr;
+    let operator = tokio::spawn(operator.run(client, stop.clone().cancelled_owned()));
+
+    let mut processes: String = cp.pids().iter().map(|(name, pid)| format!("{name}: pid {pid}\n")).collect();
+    processes.push_str(&format!("operator: in the supervisor, metrics at http://{metrics_addr}/metrics\n"));
+    std::fs::write(dir.join("processes"), processes)?;
+    std::fs::write(dir.join("ready"), "")?;
+    tracing::info!(server = cp.server(), "sandbox ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut watchdog = tokio::time::interval(Duration::from_secs(2));
+    let outcome = loop {
+        tokio::select! {
+            _ = term.recv() => break Ok(()),
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = watchdog.tick() => if let Err(e) = cp.check_running() { break Err(e) },
+        }
+    };
+    tracing::info!("stopping the sandbox");
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
+    cp.stop();
+    outcome
+}
+
+fn running_pid(dir: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(dir.join("sandbox.pid")).ok()?.trim().parse().ok()?;
+    alive(Pid::from_raw(pid)).then_some(pid)
+}
+
+fn recorded_pids(dir: &Path) -> Vec<Pid> {
+    std::fs::read_to_string(dir.join("processes"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split("pid ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .map(Pid::from_raw)
+        .collect()
+}
+
+fn alive(pid: Pid) -> bool {
+    // Signal 0 checks existence; a zombie child of ours still counts as gone
+    // once reaped, which `up` never leaves around (it exits).
+    kill(pid, None).is_ok() && !is_zombie(pid)
+}
+
+fn is_zombie(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}

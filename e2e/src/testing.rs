@@ -1,0 +1,190 @@
+//! Test scaffolding on the local control plane: one control plane per test
+//! binary, and for each test its own namespace with its own operator
+//! watching only that namespace (linkerd's `with_temp_ns`).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+
+use crate::controlplane::{self, ControlPlane};
+
+/// What tests need of the shared control plane.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// Admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The control plane binary, for kubectl.
+    pub binary: PathBuf,
+}
+
+/// Starts the control plane on first use and keeps it for the life of the
+/// test process. It lives on a thread of its own with its own runtime, since
+/// each test has its own runtime that ends with the test; the processes end
+/// with the test process (they watch their parent).
+pub fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("controlplane".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                let dir = tempfile::Builder::new().prefix("torcus-e2e-").tempdir().expect("temp dir").keep();
+                let started = runtime.block_on(async {
+                    let cp = ControlPlane::start(&dir).await?;
+                    cp.install_crds().await?;
+                    anyhow::Ok(cp)
+                });
+                match started {
+                    Ok(cp) => {
+                        let shared = Shared { kubeconfig: cp.kubeconfig().to_owned(), binary: controlplane::binary().expect("binary") };
+                        tx.send(Ok(shared)).expect("test thread waits");
+                        // Keep the control plane (and its Drop) parked here for the process's life.
+                        loop {
+                            std::thread::park();
+                        }
+                    }
+                    Err(e) => tx.send(Err(format!("{e:#}"))).expect("test thread waits"),
+                }
+            })
+            .expect("spawn control plane thread");
+        match rx.recv().expect("control plane thread answers") {
+            Ok(shared) => shared,
+            Err(e) => panic!("local control plane did not start: {e}"),
+        }
+    })
+}
+
+/// A namespace of one test, with an operator watching only it.
+pub struct TestNamespace {
+    /// Admin client.
+    pub client: Client,
+    /// The namespace's name.
+    pub name: String,
+    operator: Option<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl TestNamespace {
+    /// Creates a fresh namespace `torcus-<prefix>-<random>`.
+    pub async fn new(prefix: &str) -> anyhow::Result<Self> {
+        let shared = shared();
+        let client = controlplane::client_for(&shared.kubeconfig).await?;
+        let suffix: String = format!("{:08x}", rand_u32());
+        let name = format!("torcus-{prefix}-{suffix}");
+        let ns = Namespace { metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+        Ok(Self { client, name, operator: None })
+    }
+
+    /// Another handle on the same namespace, for a second operator.
+    pub fn second(&self) -> Self {
+        Self { client: self.client.clone(), name: self.name.clone(), operator: None }
+    }
+
+    /// Starts an operator watching only this namespace, leader election on
+    /// with its Lease in this namespace.
+    pub fn start_operator(&mut self) {
+        self.start_with(operator_args(&self.name));
+    }
+
+    /// Like [`Self::start_operator`], with `instance` as its Lease identity.
+    pub fn start_operator_as(&mut self, instance: &str) {
+        let mut args = operator_args(&self.name);
+        args.instance = Some(instance.to_owned());
+        self.start_with(args);
+    }
+
+    fn start_with(&mut self, args: torcus_operator::Args) {
+        let stop = CancellationToken::new();
+        let client = self.client.clone();
+        let shutdown = stop.clone().cancelled_owned();
+        self.operator = Some((stop, tokio::spawn(async move { args.run(client, shutdown).await })));
+    }
+
+    /// Stops the operator and returns how it ended.
+    pub async fn stop_operator(&mut self) -> anyhow::Result<()> {
+        if let Some((stop, task)) = self.operator.take() {
+            stop.cancel();
+            tokio::time::timeout(Duration::from_secs(30), task).await???;
+        }
+        Ok(())
+    }
+
+    /// `kubectl` in this namespace.
+    pub fn kubectl(&self) -> std::process::Command {
+        let shared = shared();
+        let mut c = std::process::Command::new(&shared.binary);
+        c.arg("kubectl").arg(format!("--kubeconfig={}", shared.kubeconfig.display())).arg(format!("--namespace={}", self.name));
+        c
+    }
+
+    /// An Api for namespaced objects in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Stops the operator and deletes the namespace.
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        self.stop_operator().await?;
+        Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await?;
+        Ok(())
+    }
+}
+
+/// Operator configuration for a test namespace.
+pub fn operator_args(namespace: &str) -> torcus_operator::Args {
+    torcus_operator::Args {
+        namespace: Some(namespace.to_owned()),
+        node_image: "torcus/torcus-node:e2e".to_owned(),
+        registry_url: None,
+        cluster_domain: "cluster.local".to_owned(),
+        http_addr: "127.0.0.1:0".parse().expect("valid address"),
+        leader_election: true,
+        lease_name: "torcus-operator".to_owned(),
+        lease_namespace: namespace.to_owned(),
+        instance: None,
+        log_format: "plain".to_owned(),
+    }
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes; the error
+/// names what was awaited and the last thing seen.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("nothing yet");
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last error: {last}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish() as u32
+}

@@ -1,0 +1,339 @@
+//! The operator against a real API server: CRDs, admission, children,
+//! self-healing, garbage collection, status, renewal and leader election.
+//! Each test has its own namespace and its own operator.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use torcus_certs::{OffsetDateTime, Role};
+use torcus_contract::ClusterConfig;
+use torcus_crds::{ClusterPhase, MpcCluster, SigningRequest};
+use torcus_e2e::testing::{eventually, TestNamespace};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn cluster(name: &str, nodes: u16, threshold: u16) -> MpcCluster {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "mpc.torcus.io/v1alpha1",
+        "kind": "MpcCluster",
+        "metadata": {"name": name},
+        "spec": {"nodes": nodes, "threshold": threshold},
+    }))
+    .unwrap()
+}
+
+fn secret_text(s: &Secret, key: &str) -> String {
+    String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+async fn wait_for_status(ns: &TestNamespace, name: &str) -> MpcCluster {
+    let api: Api<MpcCluster> = ns.api();
+    eventually("cluster status with certificates", WAIT, || async {
+        let mpc = api.get(name).await?;
+        let ok = mpc.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| c.type_ == "CertificatesReady" && c.status == "True") && s.grant_public_key.is_some()
+        });
+        Ok(ok.then_some(mpc))
+    })
+    .await
+    .unwrap()
+}
+
+/// An error's message as the API server wrote it.
+fn api_message(e: kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message.clone(),
+        other => panic!("expected a refusal from the API server, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn admission_refuses_bad_objects_with_readable_messages() {
+    let ns = TestNamespace::new("admission").await.unwrap();
+    let clusters: Api<MpcCluster> = ns.api();
+    let pp = PostParams::default();
+
+    let e = clusters.create(&pp, &cluster("four-of-three", 3, 4)).await.unwrap_err();
+    assert!(api_message(e).contains("threshold must not be greater than nodes"));
+    let e = clusters.create(&pp, &cluster("alone", 1, 1)).await.unwrap_err();
+    assert!(api_message(e).contains("should be greater than or equal to 2"));
+    let e = clusters.create(&pp, &cluster("huge", 40, 2)).await.unwrap_err();
+    assert!(api_message(e).contains("should be less than or equal to 16"));
+
+    clusters.create(&pp, &cluster("good", 3, 2)).await.unwrap();
+    for (patch, expected) in [
+        (serde_json::json!({"spec": {"threshold": 3}}), "threshold is immutable"),
+        (serde_json::json!({"spec": {"nodes": 5}}), "nodes is immutable"),
+        (serde_json::json!({"spec": {"keys": ["other"]}}), "keys may be added but not removed"),
+        (serde_json::json!({"spec": {"certificates": {"validity": "1h", "renewBefore": "2h"}}}), "renewBefore must be shorter"),
+    ] {
+        let e = clusters.patch("good", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap_err();
+        let message = api_message(e);
+        assert!(message.contains(expected), "{message}");
+    }
+    // Adding a key is allowed.
+    let added = serde_json::json!({"spec": {"keys": ["default", "treasury"]}});
+    clusters.patch("good", &PatchParams::default(), &Patch::Merge(&added)).await.unwrap();
+
+    // What a person sees from kubectl.
+    let out = ns
+        .kubectl()
+        .args(["patch", "mpc", "good", "--type=merge", "-p", r#"{"spec":{"threshold":3}}"#])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("threshold is immutable"));
+
+    let requests: Api<SigningRequest> = ns.api();
+    let request = |spec: serde_json::Value| -> SigningRequest {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "mpc.torcus.io/v1alpha1", "kind": "SigningRequest",
+            "metadata": {"name": "r"}, "spec": spec,
+        }))
+        .unwrap()
+    };
+    let digest = "ab".repeat(32);
+    for (spec, expected) in [
+        (serde_json::json!({"cluster": "good", "digest": "zz"}), "spec.digest"),
+        (serde_json::json!({"cluster": "good", "digest": digest, "payload": "00"}), "exactly one of digest or payload"),
+        (serde_json::json!({"cluster": "good"}), "exactly one of digest or payload"),
+        (serde_json::json!({"cluster": "good", "digest": digest, "hash": "sha256"}), "hash applies only to payload"),
+        (serde_json::json!({"cluster": "good", "digest": digest, "derivationPath": "m/0'/1"}), "spec.derivationPath"),
+        (serde_json::json!({"cluster": "good", "digest": digest, "derivationPath": "m/2147483648"}), "non-hardened"),
+    ] {
+        let e = requests.create(&pp, &request(spec.clone())).await.unwrap_err();
+        let message = api_message(e);
+        assert!(message.contains(expected), "{spec}: {message}");
+    }
+    requests.create(&pp, &request(serde_json::json!({"cluster": "good", "digest": digest, "derivationPath": "m/44/60/0"}))).await.unwrap();
+    let changed = serde_json::json!({"spec": {"digest": "cd".repeat(32)}});
+    let e = requests.patch("r", &PatchParams::default(), &Patch::Merge(&changed)).await.unwrap_err();
+    assert!(api_message(e).contains("spec is immutable"));
+    ns.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn operator_creates_every_child_with_the_right_contents() {
+    let mut ns = TestNamespace::new("children").await.unwrap();
+    ns.start_operator();
+    let clusters: Api<MpcCluster> = ns.api();
+    clusters.create(&PostParams::default(), &cluster("vault", 5, 3)).await.unwrap();
+    let mpc = wait_for_status(&ns, "vault").await;
+    let status = mpc.status.clone().unwrap();
+    let uid = mpc.uid().unwrap();
+    let owned_by_cluster = |meta: &kube::api::ObjectMeta| {
+        meta.owner_references.iter().flatten().any(|o| o.uid == uid && o.kind == "MpcCluster" && o.controller == Some(true))
+    };
+
+    // Certificates: every node certificate verifies against the CA Secret and names its own party.
+    let secrets: Api<Secret> = ns.api();
+    let ca = secrets.get("vault-ca").await.unwrap();
+    assert!(owned_by_cluster(&ca.metadata));
+    let bundle = secret_text(&ca, "ca.crt");
+    assert!(bundle.contains(secret_text(&ca, "tls.crt").trim()));
+    let now = OffsetDateTime::now_utc();
+    for index in 0..5u16 {
+        let s = secrets.get(&format!("vault-node-{index}")).await.unwrap();
+        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert!(owned_by_cluster(&s.metadata));
+        let cert = secret_text(&s, "tls.crt");
+        torcus_certs::verify_leaf(&cert, &bundle, now).unwrap();
+        let info = torcus_certs::inspect(&cert).unwrap();
+        let identity = info.identity.unwrap();
+        assert_eq!(identity.role, Role::Node { party_index: index });
+        assert_eq!((identity.namespace.as_str(), identity.cluster.as_str()), (ns.name.as_str(), "vault"));
+        assert!(info.dns_names.contains(&format!("vault-{index}-0.vault-nodes.{}.svc.cluster.local", ns.name)));
+        assert_eq!(secret_text(&s, "ca.crt"), bundle);
+    }
+    let operator = secrets.get("vault-operator-client").await.unwrap();
+    torcus_certs::verify_leaf(&secret_text(&operator, "tls.crt"), &bundle, now).unwrap();
+    assert_eq!(torcus_certs::inspect(&secret_text(&operator, "tls.crt")).unwrap().identity.unwrap().role, Role::Operator);
+
+    // Grant key: status shows the public half of the Secret's key.
+    let grant = secrets.get("vault-grant-key").await.unwrap();
+    let seed: [u8; 32] = grant.data.as_ref().unwrap()["ed25519.seed"].0.as_slice().try_into().unwrap();
+    let public = hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes());
+    assert_eq!(status.grant_public_key.as_deref(), Some(public.as_str()));
+
+    // Configuration: every peer, the transport, the grant key.
+    let cm: Api<ConfigMap> = ns.api();
+    let cm = cm.get("vault-config").await.unwrap();
+    assert!(owned_by_cluster(&cm.metadata));
+    let config = ClusterConfig::from_json(cm.data.unwrap()["cluster.json"].as_bytes()).unwrap();
+    assert_eq!((config.nodes, config.threshold, config.transport.as_str()), (5, 3, "quic"));
+    assert_eq!(config.grant_public_key, public);
+    assert_eq!(config.peers.len(), 5);
+
+    let svc: Api<Service> = ns.api();
+    let svc = svc.get("vault-nodes").await.unwrap();
+    assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+
+    let sts: Api<StatefulSet> = ns.api();
+    for index in 0..5 {
+        let s = sts.get(&format!("vault-{index}")).await.unwrap();
+        assert!(owned_by_cluster(&s.metadata));
+        let pod = s.spec.unwrap().template.spec.unwrap();
+        let secret = pod.volumes.unwrap().into_iter().find_map(|v| v.secret).unwrap();
+        assert_eq!(secret.secret_name, Some(format!("vault-node-{index}")), "each pod mounts only its own key");
+        assert_eq!(pod.containers[0].security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+    }
+
+    let pdb: Api<PodDisruptionBudget> = ns.api();
+    let pdb = pdb.get("vault").await.unwrap();
+    assert_eq!(pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(2)));
+
+    // Status conditions carry the generation they describe.
+    assert_eq!(status.phase, Some(ClusterPhase::WaitingForNodes));
+    assert_eq!(status.ready_nodes, 0);
+    for t in ["Ready", "CertificatesReady", "NodesReady", "KeysReady", "Degraded"] {
+        let c = status.conditions.iter().find(|c| c.type_ == t).unwrap_or_else(|| panic!("no {t} condition"));
+        assert_eq!(c.observed_generation, Some(1), "{t}");
+    }
+    assert_eq!(status.nodes.len(), 5);
+    assert_eq!(status.certificates.as_ref().unwrap().trusted_cas, 1);
+
+    // Events tell what happened.
+    let events: Api<Event> = ns.api();
+    let reasons = eventually("events", WAIT, || async {
+        let list = events.list(&ListParams::default()).await?;
+        let reasons: Vec<String> = list
+            .items
+            .iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some("vault"))
+            .filter_map(|e| e.reason.clone())
+            .collect();
+        Ok((reasons.iter().any(|r| r == "PhaseChanged")).then_some(reasons))
+    })
+    .await
+    .unwrap();
+    for r in ["GrantKeyCreated", "CertificateIssued", "PhaseChanged"] {
+        assert!(reasons.iter().any(|x| x == r), "no {r} event in {reasons:?}");
+    }
+
+    // What a person sees.
+    let out = ns.kubectl().args(["get", "mpc"]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("NODES") && table.contains("THRESHOLD") && table.contains("TRANSPORT") && table.contains("PHASE"), "{table}");
+    assert!(table.contains("WaitingForNodes"), "{table}");
+    ns.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn deleted_children_come_back_and_the_ca_stays() {
+    let mut ns = TestNamespace::new("heal").await.unwrap();
+    ns.start_operator();
+    let clusters: Api<MpcCluster> = ns.api();
+    clusters.create(&PostParams::default(), &cluster("demo", 3, 2)).await.unwrap();
+    let before = wait_for_status(&ns, "demo").await.status.unwrap();
+    let secrets: Api<Secret> = ns.api();
+    let ca_before = secret_text(&secrets.get("demo-ca").await.unwrap(), "tls.crt");
+    let node_before = secret_text(&secrets.get("demo-node-1").await.unwrap(), "tls.crt");
+
+    let dp = DeleteParams::default();
+    secrets.delete("demo-node-1", &dp).await.unwrap();
+    ns.api::<StatefulSet>().delete("demo-2", &dp).await.unwrap();
+    ns.api::<ConfigMap>().delete("demo-config", &dp).await.unwrap();
+    ns.api::<PodDisruptionBudget>().delete("demo", &dp).await.unwrap();
+    ns.api::<Service>().delete("demo-nodes", &dp).await.unwrap();
+
+    eventually("deleted children to come back", WAIT, || async {
+        let back = secrets.get_opt("demo-node-1").await?.is_some()
+            && ns.api::<StatefulSet>().get_opt("demo-2").await?.is_some_and(|s| s.metadata.deletion_timestamp.is_none())
+            && ns.api::<ConfigMap>().get_opt("demo-config").await?.is_some()
+            && ns.api::<PodDisruptionBudget>().get_opt("demo").await?.is_some()
+            && ns.api::<Service>().get_opt("demo-nodes").await?.is_some();
+        Ok(back.then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // A new certificate for node 1, under the same CA: nothing else had to change.
+    let ca = secrets.get("demo-ca").await.unwrap();
+    assert_eq!(secret_text(&ca, "tls.crt"), ca_before);
+    let node = secret_text(&secrets.get("demo-node-1").await.unwrap(), "tls.crt");
+    assert_ne!(node, node_before);
+    torcus_certs::verify_leaf(&node, &secret_text(&ca, "ca.crt"), OffsetDateTime::now_utc()).unwrap();
+    // The grant key was not touched.
+    let after = clusters.get("demo").await.unwrap().status.unwrap();
+    assert_eq!(after.grant_public_key, before.grant_public_key);
+    ns.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_the_cluster_removes_its_children() {
+    let mut ns = TestNamespace::new("gc").await.unwrap();
+    ns.start_operator();
+    let clusters: Api<MpcCluster> = ns.api();
+    clusters.create(&PostParams::default(), &cluster("gone", 3, 2)).await.unwrap();
+    wait_for_status(&ns, "gone").await;
+    clusters.delete("gone", &DeleteParams::foreground()).await.unwrap();
+    eventually("children to be garbage-collected", WAIT, || async {
+        let left = ns.api::<StatefulSet>().list(&ListParams::default()).await?.items.len()
+            + ns.api::<Secret>().list(&ListParams::default().labels("mpc.torcus.io/cluster=gone")).await?.items.len()
+            + ns.api::<ConfigMap>().list(&ListParams::default().labels("mpc.torcus.io/cluster=gone")).await?.items.len()
+            + ns.api::<PodDisruptionBudget>().list(&ListParams::default()).await?.items.len()
+            + usize::from(clusters.get_opt("gone").await?.is_some());
+        Ok((left == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    ns.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn certificates_are_renewed_before_they_expire() {
+    let mut ns = TestNamespace::new("renew").await.unwrap();
+    ns.start_operator();
+    let clusters: Api<MpcCluster> = ns.api();
+    let mut mpc = cluster("short", 3, 2);
+    // Leaves live 90 s and are renewed with 80 s left: the first renewal is due after about 10 s.
+    mpc.spec.certificates.validity = "90s".into();
+    mpc.spec.certificates.renew_before = "80s".into();
+    clusters.create(&PostParams::default(), &mpc).await.unwrap();
+    wait_for_status(&ns, "short").await;
+    let secrets: Api<Secret> = ns.api();
+    let first = torcus_certs::inspect(&secret_text(&secrets.get("short-node-0").await.unwrap(), "tls.crt")).unwrap();
+    let renewed = eventually("node certificate renewal", WAIT, || async {
+        let cert = secret_text(&secrets.get("short-node-0").await?, "tls.crt");
+        let info = torcus_certs::inspect(&cert)?;
+        Ok((info.serial_hex != first.serial_hex).then_some((cert, info)))
+    })
+    .await
+    .unwrap();
+    assert!(renewed.1.not_after > first.not_after);
+    let bundle = secret_text(&secrets.get("short-ca").await.unwrap(), "ca.crt");
+    torcus_certs::verify_leaf(&renewed.0, &bundle, OffsetDateTime::now_utc()).unwrap();
+    ns.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn leadership_hands_over_through_the_lease() {
+    let mut ns = TestNamespace::new("leader").await.unwrap();
+    ns.start_operator();
+    let leases: Api<Lease> = ns.api();
+    let holder = eventually("a lease holder", WAIT, || async {
+        Ok(leases.get_opt("torcus-operator").await?.and_then(|l| l.spec?.holder_identity))
+    })
+    .await
+    .unwrap();
+    assert!(holder.starts_with("torcus-operator-"), "{holder}");
+
+    // A second operator waits: the first keeps reconciling alone. Stopping
+    // the first hands over, and the second reconciles new clusters.
+    let mut standby = ns.second();
+    standby.start_operator_as("standby");
+    ns.stop_operator().await.unwrap();
+    let clusters: Api<MpcCluster> = ns.api();
+    clusters.create(&PostParams::default(), &cluster("after-handover", 3, 2)).await.unwrap();
+    wait_for_status(&ns, "after-handover").await;
+    let holder = leases.get("torcus-operator").await.unwrap().spec.unwrap().holder_identity.unwrap();
+    assert_eq!(holder, "standby");
+    standby.stop_operator().await.unwrap();
+    ns.finish().await.unwrap();
+}
