@@ -25,10 +25,8 @@ impl TrustBundle {
         let mut cas = Vec::new();
         let mut rest = bundle_pem;
         while let Some(start) = rest.find(BEGIN) {
-            let len = rest[start..].find(END).ok_or_else(|| {
-                rustls::pki_types::pem::Error::MissingSectionEnd {
-                    end_marker: END.as_bytes().to_vec(),
-                }
+            let len = rest[start..].find(END).ok_or_else(|| rustls::pki_types::pem::Error::MissingSectionEnd {
+                end_marker: END.as_bytes().to_vec(),
             })?;
             let end = start + len + END.len();
             let block = canonical(&rest[start..end]);
@@ -45,9 +43,7 @@ impl TrustBundle {
     /// A bundle of one CA, typically [`CertificateAuthority::cert_pem`]. The PEM is not
     /// checked here, only when the bundle is used.
     pub fn single(ca_cert_pem: &str) -> Self {
-        Self {
-            cas: vec![canonical(ca_cert_pem)],
-        }
+        Self { cas: vec![canonical(ca_cert_pem)] }
     }
 
     /// The bundle as concatenated PEM, newest CA first. Deterministic: equal bundles give
@@ -69,11 +65,7 @@ impl TrustBundle {
     /// The bundle after a roll to `new_ca_pem`: the new CA first, then every CA of this
     /// bundle not yet expired at `now`, without duplicates.
     pub fn rolled(&self, new_ca_pem: &str, now: OffsetDateTime) -> Result<Self> {
-        let new = Self::from_pem(new_ca_pem)?
-            .cas
-            .into_iter()
-            .next()
-            .ok_or(Error::EmptyBundle)?;
+        let new = Self::from_pem(new_ca_pem)?.cas.into_iter().next().ok_or(Error::EmptyBundle)?;
         if !crate::inspect(&new)?.is_ca {
             return Err(Error::NotCa);
         }
@@ -94,13 +86,8 @@ impl TrustBundle {
     /// kept, and so is any CA that cannot be parsed (it is not this function's to judge).
     pub fn pruned(&self, now: OffsetDateTime) -> Self {
         let expired = |ca: &String| crate::inspect(ca).is_ok_and(|info| info.not_after < now);
-        let cas = self
-            .cas
-            .iter()
-            .enumerate()
-            .filter(|(i, ca)| *i == 0 || !expired(ca))
-            .map(|(_, ca)| ca.clone())
-            .collect();
+        let cas =
+            self.cas.iter().enumerate().filter(|(i, ca)| *i == 0 || !expired(ca)).map(|(_, ca)| ca.clone()).collect();
         Self { cas }
     }
 }
@@ -136,22 +123,15 @@ pub fn renew_ca(
         return Ok(CaRenewal::Keep);
     }
     let new = CertificateAuthority::generate(ca.common_name(), validity, now)?;
-    let current = TrustBundle {
-        cas: std::iter::once(canonical(ca.cert_pem()))
-            .chain(bundle.cas.iter().cloned())
-            .collect(),
-    };
+    let current =
+        TrustBundle { cas: std::iter::once(canonical(ca.cert_pem())).chain(bundle.cas.iter().cloned()).collect() };
     let bundle = current.rolled(new.cert_pem(), now)?;
     Ok(CaRenewal::Renewed { ca: new, bundle })
 }
 
 /// One PEM block with `\n` line endings, no blank lines or indentation, and a final newline.
 fn canonical(pem: &str) -> String {
-    pem.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .flat_map(|line| [line, "\n"])
-        .collect()
+    pem.lines().map(str::trim).filter(|line| !line.is_empty()).flat_map(|line| [line, "\n"]).collect()
 }
 
 #[cfg(test)]
@@ -160,10 +140,7 @@ mod tests {
     use crate::test_util::{ca, issue_node, t0};
     use crate::verify_leaf;
 
-    fn roll_at(
-        ca: &CertificateAuthority,
-        now: OffsetDateTime,
-    ) -> (CertificateAuthority, TrustBundle) {
+    fn roll_at(ca: &CertificateAuthority, now: OffsetDateTime) -> (CertificateAuthority, TrustBundle) {
         let bundle = TrustBundle::single(ca.cert_pem());
         match renew_ca(ca, &bundle, Duration::days(365), Duration::days(30), now).unwrap() {
             CaRenewal::Renewed { ca, bundle } => (ca, bundle),
@@ -174,19 +151,12 @@ mod tests {
     #[test]
     fn pem_round_trips() {
         let (a, b) = (ca(t0()), ca(t0()));
-        let text = format!(
-            "{}\r\n\n{}",
-            a.cert_pem().replace('\n', "\r\n"),
-            b.cert_pem()
-        );
+        let text = format!("{}\r\n\n{}", a.cert_pem().replace('\n', "\r\n"), b.cert_pem());
         let bundle = TrustBundle::from_pem(&text).unwrap();
         assert_eq!(bundle.len(), 2);
         assert_eq!(bundle.to_pem(), format!("{}{}", a.cert_pem(), b.cert_pem()));
         assert_eq!(TrustBundle::from_pem(&bundle.to_pem()).unwrap(), bundle);
-        assert_eq!(
-            TrustBundle::single(a.cert_pem()),
-            TrustBundle::from_pem(a.cert_pem()).unwrap()
-        );
+        assert_eq!(TrustBundle::single(a.cert_pem()), TrustBundle::from_pem(a.cert_pem()).unwrap());
     }
 
     #[test]
@@ -195,34 +165,19 @@ mod tests {
         let a = ca(t0());
         // Keys are not certificates, and are not carried into the bundle.
         let with_key = format!("{}{}", a.key_pem().expose(), a.cert_pem());
-        assert_eq!(
-            TrustBundle::from_pem(&with_key).unwrap().to_pem(),
-            a.cert_pem()
-        );
+        assert_eq!(TrustBundle::from_pem(&with_key).unwrap().to_pem(), a.cert_pem());
         let truncated = &a.cert_pem()[..a.cert_pem().len() - 10];
-        assert!(matches!(
-            TrustBundle::from_pem(truncated),
-            Err(Error::Pem(_))
-        ));
+        assert!(matches!(TrustBundle::from_pem(truncated), Err(Error::Pem(_))));
         let not_x509 = format!("{BEGIN}\nAAAA\n{END}\n");
-        assert!(matches!(
-            TrustBundle::from_pem(&not_x509),
-            Err(Error::X509(_))
-        ));
+        assert!(matches!(TrustBundle::from_pem(&not_x509), Err(Error::X509(_))));
     }
 
     #[test]
     fn renew_ca_keeps_a_ca_outside_the_window() {
         let ca = ca(t0());
         let bundle = TrustBundle::single(ca.cert_pem());
-        let renewal = renew_ca(
-            &ca,
-            &bundle,
-            Duration::days(365),
-            Duration::days(30),
-            t0() + Duration::days(300),
-        )
-        .unwrap();
+        let renewal =
+            renew_ca(&ca, &bundle, Duration::days(365), Duration::days(30), t0() + Duration::days(300)).unwrap();
         assert!(matches!(renewal, CaRenewal::Keep));
     }
 
@@ -235,10 +190,7 @@ mod tests {
         let (new, bundle) = roll_at(&old, now);
         assert_eq!(inspect_cn(new.cert_pem()), inspect_cn(old.cert_pem()));
         assert_eq!(new.not_after(), now + Duration::days(365));
-        assert_eq!(
-            bundle.to_pem(),
-            format!("{}{}", new.cert_pem(), old.cert_pem())
-        );
+        assert_eq!(bundle.to_pem(), format!("{}{}", new.cert_pem(), old.cert_pem()));
 
         // Both generations verify against the rolled bundle, though the CAs share a name;
         // neither verifies against the other CA alone.
@@ -254,12 +206,7 @@ mod tests {
         let later = old.not_after() + Duration::seconds(1);
         let pruned = bundle.pruned(later);
         assert_eq!(pruned, TrustBundle::single(new.cert_pem()));
-        verify_leaf(
-            &issue_node(&new, 2, later).cert_pem,
-            &pruned.to_pem(),
-            later,
-        )
-        .unwrap();
+        verify_leaf(&issue_node(&new, 2, later).cert_pem, &pruned.to_pem(), later).unwrap();
 
         // Rolling again later drops the expired CA too, and never duplicates.
         let again = bundle.rolled(new.cert_pem(), later).unwrap();
@@ -271,14 +218,9 @@ mod tests {
         let old = ca(t0());
         let unrelated = TrustBundle::single(ca(t0()).cert_pem());
         let now = t0() + Duration::days(340);
-        let CaRenewal::Renewed { ca: new, bundle } = renew_ca(
-            &old,
-            &unrelated,
-            Duration::days(365),
-            Duration::days(30),
-            now,
-        )
-        .unwrap() else {
+        let CaRenewal::Renewed { ca: new, bundle } =
+            renew_ca(&old, &unrelated, Duration::days(365), Duration::days(30), now).unwrap()
+        else {
             panic!("not renewed");
         };
         let expected = [new.cert_pem(), old.cert_pem()].concat() + &unrelated.to_pem();
@@ -289,10 +231,7 @@ mod tests {
     fn pruned_never_drops_the_current_ca() {
         let a = ca(t0());
         let long_after = a.not_after() + Duration::days(1000);
-        assert_eq!(
-            TrustBundle::single(a.cert_pem()).pruned(long_after).len(),
-            1
-        );
+        assert_eq!(TrustBundle::single(a.cert_pem()).pruned(long_after).len(), 1);
     }
 
     #[test]
@@ -300,10 +239,7 @@ mod tests {
         let a = ca(t0());
         let leaf = issue_node(&a, 0, t0());
         let bundle = TrustBundle::single(a.cert_pem());
-        assert!(matches!(
-            bundle.rolled(&leaf.cert_pem, t0()),
-            Err(Error::NotCa)
-        ));
+        assert!(matches!(bundle.rolled(&leaf.cert_pem, t0()), Err(Error::NotCa)));
     }
 
     fn inspect_cn(pem: &str) -> String {

@@ -8,8 +8,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use zeroize::Zeroizing;
 
@@ -161,31 +161,20 @@ impl CertificateAuthority {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = match identity.role {
-            Role::Node { .. } => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
+            Role::Node { .. } => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
             Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
         // During a CA roll old and new CA share a subject; the key identifier tells them apart.
         params.use_authority_key_identifier_extension = true;
         params.subject_alt_names = std::iter::once(Ok(SanType::URI(uri.try_into()?)))
-            .chain(
-                dns_names
-                    .iter()
-                    .map(|name| Ok(SanType::DnsName(name.as_str().try_into()?))),
-            )
+            .chain(dns_names.iter().map(|name| Ok(SanType::DnsName(name.as_str().try_into()?))))
             .chain(ips.iter().map(|ip| Ok(SanType::IpAddress(*ip))))
             .collect::<Result<_>>()?;
 
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let issuer =
-            Issuer::from_ca_cert_pem(&self.cert_pem, KeyPair::from_pem(self.key_pem.expose())?)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, KeyPair::from_pem(self.key_pem.expose())?)?;
         let cert = params.signed_by(&key, &issuer)?;
-        Ok(IssuedCertificate {
-            cert_pem: cert.pem(),
-            key_pem: SecretPem::new(key.serialize_pem()),
-        })
+        Ok(IssuedCertificate { cert_pem: cert.pem(), key_pem: SecretPem::new(key.serialize_pem()) })
     }
 }
 
@@ -198,10 +187,7 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 /// A positive 127-bit random serial (RFC 5280 allows up to 20 octets).
 fn random_serial() -> Result<SerialNumber> {
     let mut bytes = [0u8; 16];
-    crate::provider()
-        .secure_random
-        .fill(&mut bytes)
-        .map_err(|_| Error::Random)?;
+    crate::provider().secure_random.fill(&mut bytes).map_err(|_| Error::Random)?;
     bytes[0] &= 0x7f;
     Ok(SerialNumber::from_slice(&bytes))
 }
@@ -230,25 +216,14 @@ mod tests {
         let ku = cert.key_usage().unwrap().unwrap().value;
         assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
         assert!(cert.public_key().parsed().is_ok());
-        assert_eq!(
-            cert.signature_algorithm.algorithm,
-            x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256
-        );
+        assert_eq!(cert.signature_algorithm.algorithm, x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256);
     }
 
     #[test]
     fn leaf_has_the_expected_shape() {
         let ca = ca(t0());
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
-        let leaf = ca
-            .issue(
-                &node(2),
-                &["demo-2.demo.default.svc".into()],
-                &[ip],
-                Duration::days(30),
-                t0(),
-            )
-            .unwrap();
+        let leaf = ca.issue(&node(2), &["demo-2.demo.default.svc".into()], &[ip], Duration::days(30), t0()).unwrap();
         let info = inspect(&leaf.cert_pem).unwrap();
         assert!(!info.is_ca);
         assert_eq!(info.subject, "CN=party-2.demo.default");
@@ -263,17 +238,12 @@ mod tests {
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && eku.client_auth);
 
-        let op = ca
-            .issue(&operator(), &[], &[], Duration::days(1), t0())
-            .unwrap();
+        let op = ca.issue(&operator(), &[], &[], Duration::days(1), t0()).unwrap();
         let der = crate::first_certificate(&op.cert_pem).unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.client_auth && !eku.server_auth);
-        assert_eq!(
-            inspect(&op.cert_pem).unwrap().subject,
-            "CN=operator.demo.default"
-        );
+        assert_eq!(inspect(&op.cert_pem).unwrap().subject, "CN=operator.demo.default");
     }
 
     #[test]
@@ -287,9 +257,7 @@ mod tests {
     #[test]
     fn leaf_never_outlives_its_ca() {
         let ca = CertificateAuthority::generate("short", Duration::days(10), t0()).unwrap();
-        let leaf = ca
-            .issue(&node(0), &[], &[], Duration::days(30), t0())
-            .unwrap();
+        let leaf = ca.issue(&node(0), &[], &[], Duration::days(30), t0()).unwrap();
         assert_eq!(inspect(&leaf.cert_pem).unwrap().not_after, ca.not_after());
 
         let late = t0() + Duration::days(11);
@@ -304,10 +272,7 @@ mod tests {
         let ca = ca(t0());
         let mut bad = node(0);
         bad.namespace = "default/mpccluster/other".into();
-        assert!(matches!(
-            ca.issue(&bad, &[], &[], Duration::days(1), t0()),
-            Err(Error::InvalidIdentity(_))
-        ));
+        assert!(matches!(ca.issue(&bad, &[], &[], Duration::days(1), t0()), Err(Error::InvalidIdentity(_))));
     }
 
     #[test]
@@ -338,10 +303,7 @@ mod tests {
     fn from_pem_refuses_a_leaf() {
         let ca = ca(t0());
         let leaf = issue_node(&ca, 0, t0());
-        assert!(matches!(
-            CertificateAuthority::from_pem(&leaf.cert_pem, leaf.key_pem.expose()),
-            Err(Error::NotCa)
-        ));
+        assert!(matches!(CertificateAuthority::from_pem(&leaf.cert_pem, leaf.key_pem.expose()), Err(Error::NotCa)));
     }
 
     #[test]
@@ -357,12 +319,9 @@ mod tests {
         let ca = ca(t0());
         let leaf = issue_node(&ca, 0, t0());
         assert!(leaf.key_pem.expose().contains("PRIVATE KEY"));
-        for debug in [
-            format!("{:?}", leaf.key_pem),
-            format!("{leaf:?}"),
-            format!("{ca:?}"),
-            format!("{:#?}", ca.key_pem()),
-        ] {
+        for debug in
+            [format!("{:?}", leaf.key_pem), format!("{leaf:?}"), format!("{ca:?}"), format!("{:#?}", ca.key_pem())]
+        {
             assert!(!debug.contains("PRIVATE KEY"), "{debug}");
         }
         assert_eq!(format!("{:?}", leaf.key_pem), "SecretPem(<redacted>)");

@@ -36,11 +36,7 @@ pub enum Role {
 impl Identity {
     /// The identity as a URI, as found in the certificate's URI SAN.
     pub fn uri(&self) -> String {
-        let Self {
-            namespace,
-            cluster,
-            role,
-        } = self;
+        let Self { namespace, cluster, role } = self;
         match role {
             Role::Node { party_index } => {
                 format!("{PREFIX}ns/{namespace}/mpccluster/{cluster}/party/{party_index}")
@@ -62,28 +58,18 @@ impl Identity {
                 let party_index = parse_index(index).ok_or_else(invalid)?;
                 (namespace, cluster, Role::Node { party_index })
             }
-            ["ns", namespace, "mpccluster", cluster, "operator"] => {
-                (namespace, cluster, Role::Operator)
-            }
+            ["ns", namespace, "mpccluster", cluster, "operator"] => (namespace, cluster, Role::Operator),
             _ => return Err(invalid()),
         };
         if !is_dns_label(namespace) || !is_dns_subdomain(cluster) {
             return Err(invalid());
         }
-        Ok(Self {
-            namespace: namespace.to_owned(),
-            cluster: cluster.to_owned(),
-            role,
-        })
+        Ok(Self { namespace: namespace.to_owned(), cluster: cluster.to_owned(), role })
     }
 
     /// A short readable name for the certificate's subject CN, e.g. `party-2.demo.default`.
     pub(crate) fn common_name(&self) -> String {
-        let Self {
-            namespace,
-            cluster,
-            role,
-        } = self;
+        let Self { namespace, cluster, role } = self;
         match role {
             Role::Node { party_index } => format!("party-{party_index}.{cluster}.{namespace}"),
             Role::Operator => format!("operator.{cluster}.{namespace}"),
@@ -101,9 +87,7 @@ fn parse_index(s: &str) -> Option<u16> {
 fn is_dns_label(s: &str) -> bool {
     let bytes = s.as_bytes();
     (1..=63).contains(&bytes.len())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
         && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
 }
@@ -118,11 +102,7 @@ mod tests {
     use super::*;
 
     fn node(party_index: u16) -> Identity {
-        Identity {
-            namespace: "default".into(),
-            cluster: "demo".into(),
-            role: Role::Node { party_index },
-        }
+        Identity { namespace: "default".into(), cluster: "demo".into(), role: Role::Node { party_index } }
     }
 
     #[test]
@@ -131,18 +111,11 @@ mod tests {
             node(0),
             node(2),
             node(u16::MAX),
-            Identity {
-                namespace: "torcus-system".into(),
-                cluster: "prod.eu-1".into(),
-                role: Role::Operator,
-            },
+            Identity { namespace: "torcus-system".into(), cluster: "prod.eu-1".into(), role: Role::Operator },
         ] {
             assert_eq!(Identity::from_uri(&id.uri()).unwrap(), id);
         }
-        assert_eq!(
-            node(2).uri(),
-            "spiffe://torcus.io/ns/default/mpccluster/demo/party/2"
-        );
+        assert_eq!(node(2).uri(), "spiffe://torcus.io/ns/default/mpccluster/demo/party/2");
         assert_eq!(node(2).common_name(), "party-2.demo.default");
     }
 
@@ -178,10 +151,7 @@ mod tests {
             "spiffe://torcus.io/ns/default/mpccluster/de..mo/party/2",
             "spiffe://torcus.io/ns/default/mpccluster/demo?x/party/2",
         ] {
-            assert!(
-                matches!(Identity::from_uri(uri), Err(Error::InvalidIdentity(u)) if u == uri),
-                "accepted {uri:?}"
-            );
+            assert!(matches!(Identity::from_uri(uri), Err(Error::InvalidIdentity(u)) if u == uri), "accepted {uri:?}");
         }
     }
 }

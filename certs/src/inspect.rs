@@ -62,13 +62,10 @@ pub fn inspect_der(der: &[u8]) -> Result<CertificateInfo> {
             _ => {}
         }
     }
-    let serial_hex = cert
-        .raw_serial()
-        .iter()
-        .fold(String::new(), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}"); // writing to a String cannot fail
-            hex
-        });
+    let serial_hex = cert.raw_serial().iter().fold(String::new(), |mut hex, byte| {
+        let _ = write!(hex, "{byte:02x}"); // writing to a String cannot fail
+        hex
+    });
     Ok(CertificateInfo {
         not_before: cert.validity().not_before.to_datetime(),
         not_after: cert.validity().not_after.to_datetime(),
@@ -126,9 +123,7 @@ mod tests {
             assert_eq!((&*id.namespace, &*id.cluster), ("default", "demo"));
             assert_eq!(info.dns_names, [dns(index)]);
         }
-        let op = ca
-            .issue(&operator(), &[], &[], Duration::days(1), t0())
-            .unwrap();
+        let op = ca.issue(&operator(), &[], &[], Duration::days(1), t0()).unwrap();
         assert_eq!(inspect(&op.cert_pem).unwrap().identity, Some(operator()));
     }
 
@@ -170,15 +165,10 @@ mod tests {
         // Only a CA could mint this; inspect must still not pick one of the two.
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::default();
-        params.subject_alt_names = [node(1), node(2)]
-            .iter()
-            .map(|id| rcgen::SanType::URI(id.uri().try_into().unwrap()))
-            .collect();
+        params.subject_alt_names =
+            [node(1), node(2)].iter().map(|id| rcgen::SanType::URI(id.uri().try_into().unwrap())).collect();
         let cert = params.self_signed(&ca_key).unwrap();
-        assert!(matches!(
-            inspect_der(cert.der()),
-            Err(Error::AmbiguousIdentity)
-        ));
+        assert!(matches!(inspect_der(cert.der()), Err(Error::AmbiguousIdentity)));
     }
 
     #[test]

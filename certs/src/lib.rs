@@ -114,26 +114,19 @@ fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
 
 /// The first certificate in `pem`.
 fn first_certificate(pem: &str) -> Result<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()
-        .ok_or(Error::NoCertificate)?
-        .map_err(Error::from)
+    CertificateDer::pem_slice_iter(pem.as_bytes()).next().ok_or(Error::NoCertificate)?.map_err(Error::from)
 }
 
 fn unix_time(now: OffsetDateTime) -> Result<UnixTime> {
     let secs = u64::try_from(now.unix_timestamp()).map_err(|_| Error::TimeBeforeEpoch(now))?;
-    Ok(UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-        secs,
-    )))
+    Ok(UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs)))
 }
 
 #[cfg(test)]
 mod test_util {
     //! Fixtures shared by the tests of several modules.
 
-    use crate::{
-        CertificateAuthority, Duration, Identity, IssuedCertificate, OffsetDateTime, Role,
-    };
+    use crate::{CertificateAuthority, Duration, Identity, IssuedCertificate, OffsetDateTime, Role};
 
     /// A fixed, recent instant, for tests that do not involve a live handshake.
     pub(crate) fn t0() -> OffsetDateTime {
@@ -141,18 +134,11 @@ mod test_util {
     }
 
     pub(crate) fn node(party_index: u16) -> Identity {
-        Identity {
-            namespace: "default".into(),
-            cluster: "demo".into(),
-            role: Role::Node { party_index },
-        }
+        Identity { namespace: "default".into(), cluster: "demo".into(), role: Role::Node { party_index } }
     }
 
     pub(crate) fn operator() -> Identity {
-        Identity {
-            role: Role::Operator,
-            ..node(0)
-        }
+        Identity { role: Role::Operator, ..node(0) }
     }
 
     pub(crate) fn ca(now: OffsetDateTime) -> CertificateAuthority {
@@ -164,18 +150,7 @@ mod test_util {
         format!("demo-{party_index}.demo.default.svc")
     }
 
-    pub(crate) fn issue_node(
-        ca: &CertificateAuthority,
-        party_index: u16,
-        now: OffsetDateTime,
-    ) -> IssuedCertificate {
-        ca.issue(
-            &node(party_index),
-            &[dns(party_index)],
-            &[],
-            Duration::days(30),
-            now,
-        )
-        .unwrap()
+    pub(crate) fn issue_node(ca: &CertificateAuthority, party_index: u16, now: OffsetDateTime) -> IssuedCertificate {
+        ca.issue(&node(party_index), &[dns(party_index)], &[], Duration::days(30), now).unwrap()
     }
 }

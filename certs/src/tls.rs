@@ -60,10 +60,9 @@ pub fn client_config(
     alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>> {
     let provider = crate::provider();
-    let verifier =
-        WebPkiServerVerifier::builder_with_provider(roots(trust_bundle_pem)?, provider.clone())
-            .build()
-            .map_err(verifier_error)?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots(trust_bundle_pem)?, provider.clone())
+        .build()
+        .map_err(verifier_error)?;
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(Error::Tls)?
@@ -79,9 +78,7 @@ pub fn client_config(
 ///
 /// Call only on a certificate the handshake has verified: this parses, it does not verify.
 pub fn peer_identity(end_entity_der: &[u8]) -> Result<Identity> {
-    crate::inspect_der(end_entity_der)?
-        .identity
-        .ok_or(Error::NoIdentity)
+    crate::inspect_der(end_entity_der)?.identity.ok_or(Error::NoIdentity)
 }
 
 fn client_verifier(trust_bundle_pem: &str) -> Result<Arc<dyn ClientCertVerifier>> {
@@ -207,12 +204,7 @@ mod tests {
     fn nodes_of_one_ca_handshake_and_learn_each_others_identity() {
         let ca = ca(now());
         let (a, b) = (issue_node(&ca, 0, now()), issue_node(&ca, 1, now()));
-        let (client, server) = handshake(
-            as_client(&a, ca.cert_pem()),
-            as_server(&b, ca.cert_pem()),
-            &dns(1),
-        )
-        .unwrap();
+        let (client, server) = handshake(as_client(&a, ca.cert_pem()), as_server(&b, ca.cert_pem()), &dns(1)).unwrap();
         assert_eq!(peer(&server), node(0));
         assert_eq!(peer(&client), node(1));
         assert_eq!(client.alpn_protocol(), Some(&b"torcus/1"[..]));
@@ -222,35 +214,21 @@ mod tests {
     #[test]
     fn operator_connects_as_client_only() {
         let ca = ca(now());
-        let op = ca
-            .issue(&operator(), &[], &[], Duration::hours(1), now())
-            .unwrap();
+        let op = ca.issue(&operator(), &[], &[], Duration::hours(1), now()).unwrap();
         let n = issue_node(&ca, 0, now());
-        let (_, server) = handshake(
-            as_client(&op, ca.cert_pem()),
-            as_server(&n, ca.cert_pem()),
-            &dns(0),
-        )
-        .unwrap();
+        let (_, server) = handshake(as_client(&op, ca.cert_pem()), as_server(&n, ca.cert_pem()), &dns(0)).unwrap();
         assert_eq!(peer(&server), operator());
 
         // Its certificate lacks serverAuth, so it cannot pose as a node's server.
-        let op_named = ca
-            .issue(&operator(), &[dns(0)], &[], Duration::hours(1), now())
-            .unwrap();
-        let result = handshake(
-            as_client(&n, ca.cert_pem()),
-            as_server(&op_named, ca.cert_pem()),
-            &dns(0),
-        );
+        let op_named = ca.issue(&operator(), &[dns(0)], &[], Duration::hours(1), now()).unwrap();
+        let result = handshake(as_client(&n, ca.cert_pem()), as_server(&op_named, ca.cert_pem()), &dns(0));
         assert!(
             matches!(
                 result,
                 Err((
                     Side::Client,
                     rustls::Error::InvalidCertificate(
-                        CertificateError::InvalidPurposeContext { .. }
-                            | CertificateError::InvalidPurpose
+                        CertificateError::InvalidPurposeContext { .. } | CertificateError::InvalidPurpose
                     )
                 ))
             ),
@@ -264,11 +242,7 @@ mod tests {
         let intruder = issue_node(&theirs, 0, now());
         let n = issue_node(&ours, 1, now());
         // The intruder trusts our CA, so only the server's check stands in its way.
-        let result = handshake(
-            as_client(&intruder, ours.cert_pem()),
-            as_server(&n, ours.cert_pem()),
-            &dns(1),
-        );
+        let result = handshake(as_client(&intruder, ours.cert_pem()), as_server(&n, ours.cert_pem()), &dns(1));
         refused(result, Side::Server, CertificateError::UnknownIssuer);
     }
 
@@ -277,11 +251,7 @@ mod tests {
         let (ours, theirs) = (ca(now()), other_ca());
         let n = issue_node(&ours, 0, now());
         let intruder = issue_node(&theirs, 1, now());
-        let result = handshake(
-            as_client(&n, ours.cert_pem()),
-            as_server(&intruder, ours.cert_pem()),
-            &dns(1),
-        );
+        let result = handshake(as_client(&n, ours.cert_pem()), as_server(&intruder, ours.cert_pem()), &dns(1));
         refused(result, Side::Client, CertificateError::UnknownIssuer);
     }
 
@@ -293,25 +263,12 @@ mod tests {
         let fake = issue_node(&impostor, 1, now());
         let err = verify_leaf(&fake.cert_pem, ours.cert_pem(), now()).unwrap_err();
         assert!(
-            matches!(
-                err,
-                Error::Rejected(rustls::Error::InvalidCertificate(
-                    CertificateError::BadSignature
-                ))
-            ),
+            matches!(err, Error::Rejected(rustls::Error::InvalidCertificate(CertificateError::BadSignature))),
             "{err}"
         );
-        let result = handshake(
-            as_client(&fake, ours.cert_pem()),
-            as_server(&n, ours.cert_pem()),
-            &dns(0),
-        );
+        let result = handshake(as_client(&fake, ours.cert_pem()), as_server(&n, ours.cert_pem()), &dns(0));
         refused(result, Side::Server, CertificateError::BadSignature);
-        let result = handshake(
-            as_client(&n, ours.cert_pem()),
-            as_server(&fake, ours.cert_pem()),
-            &dns(1),
-        );
+        let result = handshake(as_client(&n, ours.cert_pem()), as_server(&fake, ours.cert_pem()), &dns(1));
         refused(result, Side::Client, CertificateError::BadSignature);
     }
 
@@ -326,84 +283,42 @@ mod tests {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let result = handshake(Arc::new(anonymous), as_server(&n, ca.cert_pem()), &dns(1));
-        assert!(
-            matches!(
-                result,
-                Err((Side::Server, rustls::Error::NoCertificatesPresented))
-            ),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err((Side::Server, rustls::Error::NoCertificatesPresented))), "{result:?}");
     }
 
     #[test]
     fn client_checks_the_server_name() {
         let ca = ca(now());
         let (a, b) = (issue_node(&ca, 0, now()), issue_node(&ca, 1, now()));
-        let result = handshake(
-            as_client(&a, ca.cert_pem()),
-            as_server(&b, ca.cert_pem()),
-            &dns(2),
-        );
-        assert!(
-            matches!(
-                result,
-                Err((Side::Client, rustls::Error::InvalidCertificate(_)))
-            ),
-            "{result:?}"
-        );
+        let result = handshake(as_client(&a, ca.cert_pem()), as_server(&b, ca.cert_pem()), &dns(2));
+        assert!(matches!(result, Err((Side::Client, rustls::Error::InvalidCertificate(_)))), "{result:?}");
     }
 
     #[test]
     fn handshake_across_a_ca_roll() {
-        let old = CertificateAuthority::generate(
-            "torcus demo CA",
-            Duration::days(365),
-            now() - Duration::days(340),
-        )
-        .unwrap();
+        let old =
+            CertificateAuthority::generate("torcus demo CA", Duration::days(365), now() - Duration::days(340)).unwrap();
         let old_leaf = issue_node(&old, 0, now() - Duration::days(1));
-        let CaRenewal::Renewed { ca: new, bundle } = crate::renew_ca(
-            &old,
-            &TrustBundle::single(old.cert_pem()),
-            Duration::days(365),
-            Duration::days(30),
-            now(),
-        )
-        .unwrap() else {
+        let CaRenewal::Renewed { ca: new, bundle } =
+            crate::renew_ca(&old, &TrustBundle::single(old.cert_pem()), Duration::days(365), Duration::days(30), now())
+                .unwrap()
+        else {
             panic!("not renewed");
         };
         let new_leaf = issue_node(&new, 1, now());
         let bundle = bundle.to_pem();
 
-        let (client, server) = handshake(
-            as_client(&old_leaf, &bundle),
-            as_server(&new_leaf, &bundle),
-            &dns(1),
-        )
-        .unwrap();
+        let (client, server) =
+            handshake(as_client(&old_leaf, &bundle), as_server(&new_leaf, &bundle), &dns(1)).unwrap();
         assert_eq!((peer(&client), peer(&server)), (node(1), node(0)));
-        let (client, server) = handshake(
-            as_client(&new_leaf, &bundle),
-            as_server(&old_leaf, &bundle),
-            &dns(0),
-        )
-        .unwrap();
+        let (client, server) =
+            handshake(as_client(&new_leaf, &bundle), as_server(&old_leaf, &bundle), &dns(0)).unwrap();
         assert_eq!((peer(&client), peer(&server)), (node(0), node(1)));
 
         // A node that has not received the rolled bundle yet refuses the new CA's leaves;
         // this is why the bundle is distributed before the new CA issues.
-        let result = handshake(
-            as_client(&new_leaf, &bundle),
-            as_server(&old_leaf, old.cert_pem()),
-            &dns(0),
-        );
-        assert!(
-            matches!(
-                result,
-                Err((Side::Server, rustls::Error::InvalidCertificate(_)))
-            ),
-            "{result:?}"
-        );
+        let result = handshake(as_client(&new_leaf, &bundle), as_server(&old_leaf, old.cert_pem()), &dns(0));
+        assert!(matches!(result, Err((Side::Server, rustls::Error::InvalidCertificate(_)))), "{result:?}");
     }
 
     #[test]
@@ -414,19 +329,9 @@ mod tests {
         let chain = format!("{}{}", leaf.cert_pem, ours.cert_pem());
         verify_leaf(&chain, ours.cert_pem(), now()).unwrap();
 
-        let err = verify_leaf(
-            &issue_node(&theirs, 0, now()).cert_pem,
-            ours.cert_pem(),
-            now(),
-        )
-        .unwrap_err();
+        let err = verify_leaf(&issue_node(&theirs, 0, now()).cert_pem, ours.cert_pem(), now()).unwrap_err();
         assert!(
-            matches!(
-                err,
-                Error::Rejected(rustls::Error::InvalidCertificate(
-                    CertificateError::UnknownIssuer
-                ))
-            ),
+            matches!(err, Error::Rejected(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))),
             "{err}"
         );
     }
@@ -434,34 +339,16 @@ mod tests {
     #[test]
     fn verify_leaf_refuses_a_ca_as_leaf_and_an_empty_bundle() {
         let ca = ca(now());
-        assert!(matches!(
-            verify_leaf(ca.cert_pem(), ca.cert_pem(), now()),
-            Err(Error::Rejected(_))
-        ));
+        assert!(matches!(verify_leaf(ca.cert_pem(), ca.cert_pem(), now()), Err(Error::Rejected(_))));
         let leaf = issue_node(&ca, 0, now());
-        assert!(matches!(
-            verify_leaf(&leaf.cert_pem, "", now()),
-            Err(Error::EmptyBundle)
-        ));
+        assert!(matches!(verify_leaf(&leaf.cert_pem, "", now()), Err(Error::EmptyBundle)));
     }
 
     #[test]
     fn expired_certificate_is_refused() {
-        let ca = CertificateAuthority::generate(
-            "torcus demo CA",
-            Duration::days(365),
-            now() - Duration::days(100),
-        )
-        .unwrap();
-        let leaf = ca
-            .issue(
-                &node(0),
-                &[dns(0)],
-                &[],
-                Duration::days(30),
-                now() - Duration::days(60),
-            )
-            .unwrap();
+        let ca =
+            CertificateAuthority::generate("torcus demo CA", Duration::days(365), now() - Duration::days(100)).unwrap();
+        let leaf = ca.issue(&node(0), &[dns(0)], &[], Duration::days(30), now() - Duration::days(60)).unwrap();
         let err = verify_leaf(&leaf.cert_pem, ca.cert_pem(), now()).unwrap_err();
         assert!(
             matches!(
@@ -476,11 +363,7 @@ mod tests {
 
         // And in a handshake, as a server's certificate.
         let fresh = issue_node(&ca, 1, now());
-        let result = handshake(
-            as_client(&fresh, ca.cert_pem()),
-            as_server(&leaf, ca.cert_pem()),
-            &dns(0),
-        );
+        let result = handshake(as_client(&fresh, ca.cert_pem()), as_server(&leaf, ca.cert_pem()), &dns(0));
         assert!(
             matches!(
                 result,
@@ -498,15 +381,7 @@ mod tests {
     #[test]
     fn not_yet_valid_certificate_is_refused() {
         let ca = ca(now());
-        let leaf = ca
-            .issue(
-                &node(0),
-                &[dns(0)],
-                &[],
-                Duration::days(30),
-                now() + Duration::days(1),
-            )
-            .unwrap();
+        let leaf = ca.issue(&node(0), &[dns(0)], &[], Duration::days(30), now() + Duration::days(1)).unwrap();
         let err = verify_leaf(&leaf.cert_pem, ca.cert_pem(), now()).unwrap_err();
         assert!(
             matches!(
@@ -521,11 +396,7 @@ mod tests {
 
         // And in a handshake, as a client's certificate.
         let fresh = issue_node(&ca, 1, now());
-        let result = handshake(
-            as_client(&leaf, ca.cert_pem()),
-            as_server(&fresh, ca.cert_pem()),
-            &dns(1),
-        );
+        let result = handshake(as_client(&leaf, ca.cert_pem()), as_server(&fresh, ca.cert_pem()), &dns(1));
         assert!(
             matches!(
                 result,
@@ -545,22 +416,11 @@ mod tests {
         let ca = ca(now());
         for index in [0, 5, 1000] {
             let leaf = issue_node(&ca, index, now());
-            assert_eq!(
-                peer_identity(&end_entity(&leaf.cert_pem)).unwrap(),
-                node(index)
-            );
+            assert_eq!(peer_identity(&end_entity(&leaf.cert_pem)).unwrap(), node(index));
         }
-        let op = ca
-            .issue(&operator(), &[], &[], Duration::hours(1), now())
-            .unwrap();
-        assert_eq!(
-            peer_identity(&end_entity(&op.cert_pem)).unwrap(),
-            operator()
-        );
-        assert!(matches!(
-            peer_identity(&end_entity(ca.cert_pem())),
-            Err(Error::NoIdentity)
-        ));
+        let op = ca.issue(&operator(), &[], &[], Duration::hours(1), now()).unwrap();
+        assert_eq!(peer_identity(&end_entity(&op.cert_pem)).unwrap(), operator());
+        assert!(matches!(peer_identity(&end_entity(ca.cert_pem())), Err(Error::NoIdentity)));
     }
 
     #[test]
@@ -570,13 +430,7 @@ mod tests {
         assert!(server_config(&a.cert_pem, &b.key_pem, ca.cert_pem(), ALPN).is_err());
         assert!(client_config(&a.cert_pem, &b.key_pem, ca.cert_pem(), ALPN).is_err());
         let no_key = SecretPem::new(String::new());
-        assert!(matches!(
-            server_config(&a.cert_pem, &no_key, ca.cert_pem(), ALPN),
-            Err(Error::Pem(_))
-        ));
-        assert!(matches!(
-            client_config(&a.cert_pem, &a.key_pem, "", ALPN),
-            Err(Error::EmptyBundle)
-        ));
+        assert!(matches!(server_config(&a.cert_pem, &no_key, ca.cert_pem(), ALPN), Err(Error::Pem(_))));
+        assert!(matches!(client_config(&a.cert_pem, &a.key_pem, "", ALPN), Err(Error::EmptyBundle)));
     }
 }

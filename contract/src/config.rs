@@ -122,7 +122,12 @@ mod tests {
             presignature_pool_size: 4,
             registry_url: None,
             peers: (0..nodes)
-                .map(|index| Peer { index, host: format!("demo-{index}-0.demo-nodes"), p2p_port: P2P_PORT, http_port: HTTP_PORT })
+                .map(|index| Peer {
+                    index,
+                    host: format!("demo-{index}-0.demo-nodes"),
+                    p2p_port: P2P_PORT,
+                    http_port: HTTP_PORT,
+                })
                 .collect(),
         }
     }

@@ -61,7 +61,10 @@ pub struct MpcClusterSpec {
     /// Names of the keys to generate. Keys may be added; a key is never
     /// removed, since its shares would be orphaned.
     #[serde(default = "default_keys")]
-    #[schemars(length(min = 1, max = 16), inner(length(max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")))]
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(length(max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))
+    )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     #[x_kube(validation = Rule::new("oldSelf.all(k, k in self)").message("keys may be added but not removed"))]
     pub keys: Vec<String>,

@@ -18,12 +18,19 @@ if [[ -x "$bin" && -f "$out/stamp" && "$(cat "$out/stamp")" == "$stamp" ]]; then
 fi
 
 mkdir -p "$out"
+# One build at a time: tests and the sandbox may ask at once.
+exec 9>"$out/lock"
+flock 9
+if [[ -x "$bin" && -f "$out/stamp" && "$(cat "$out/stamp")" == "$stamp" ]]; then
+  echo "$bin"
+  exit 0
+fi
 echo "building the local control plane (kubernetes $k8s_version) into $out; the first build takes several minutes" >&2
 start=$(date +%s)
 cd "$here"
 # The version variables are what `kubectl version` and /version report; the
 # upstream build stamps them the same way.
-go build -trimpath -o "$bin.tmp" \
+go build -trimpath -o "$bin.tmp.$$" \
   -ldflags "-s -w \
     -X k8s.io/component-base/version.gitVersion=$k8s_version \
     -X k8s.io/component-base/version.gitMajor=1 \
@@ -32,7 +39,7 @@ go build -trimpath -o "$bin.tmp" \
     -X k8s.io/client-go/pkg/version.gitMajor=1 \
     -X k8s.io/client-go/pkg/version.gitMinor=36" \
   .
-mv "$bin.tmp" "$bin"
+mv "$bin.tmp.$$" "$bin"
 echo "$stamp" > "$out/stamp"
 echo "built the local control plane in $(( $(date +%s) - start ))s" >&2
 echo "$bin"

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use base64::Engine as _;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::pki;
-use crate::process::{free_port, Process};
+use crate::process::{Process, free_port};
 
 /// Controllers the tests and the sandbox need: StatefulSets make pods, the
 /// garbage collector follows owner references, the disruption controller
@@ -89,7 +89,8 @@ impl ControlPlane {
             .args(["--enable-priority-and-fairness=false", "--profiling=false", "--v=0"]);
         processes.push(Process::spawn("kube-apiserver", apiserver, &logs.join("kube-apiserver.log"))?);
 
-        let mut this = Self { dir: dir.clone(), binary: binary.clone(), kubeconfig: kubeconfig.clone(), server, processes };
+        let mut this =
+            Self { dir: dir.clone(), binary: binary.clone(), kubeconfig: kubeconfig.clone(), server, processes };
         this.wait_ready(Duration::from_secs(120)).await?;
 
         let mut manager = component("kube-controller-manager");
@@ -100,7 +101,11 @@ impl ControlPlane {
             .arg(format!("--service-account-private-key-file={}", pki.sa_key.display()))
             .arg(format!("--root-ca-file={}", pki.ca_crt.display()))
             .args(["--bind-address=127.0.0.1", "--secure-port=0", "--v=0"]);
-        this.processes.push(Process::spawn("kube-controller-manager", manager, &logs.join("kube-controller-manager.log"))?);
+        this.processes.push(Process::spawn(
+            "kube-controller-manager",
+            manager,
+            &logs.join("kube-controller-manager.log"),
+        )?);
         Ok(this)
     }
 
@@ -145,10 +150,20 @@ impl ControlPlane {
     pub async fn install_crds(&self) -> anyhow::Result<()> {
         let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/yaml");
         let out = self.kubectl().args(["apply", "--server-side", "-f"]).arg(&crds).output()?;
-        anyhow::ensure!(out.status.success(), "kubectl apply of the CRDs failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl apply of the CRDs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = self
             .kubectl()
-            .args(["wait", "--for=condition=Established", "--timeout=60s", "crd/mpcclusters.mpc.torcus.io", "crd/signingrequests.mpc.torcus.io"])
+            .args([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/mpcclusters.mpc.torcus.io",
+                "crd/signingrequests.mpc.torcus.io",
+            ])
             .output()?;
         anyhow::ensure!(out.status.success(), "CRDs not established: {}", String::from_utf8_lossy(&out.stderr));
         Ok(())
@@ -184,7 +199,8 @@ impl Drop for ControlPlane {
 
 /// A client from a kubeconfig file.
 pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<Client> {
-    let config = kube::Config::from_custom_kubeconfig(Kubeconfig::read_from(kubeconfig)?, &KubeConfigOptions::default()).await?;
+    let config =
+        kube::Config::from_custom_kubeconfig(Kubeconfig::read_from(kubeconfig)?, &KubeConfigOptions::default()).await?;
     Ok(Client::try_from(config)?)
 }
 

@@ -39,7 +39,8 @@ pub fn write(dir: &Path) -> anyhow::Result<Files> {
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name = name("torcus-local-ca", None);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, &ca_key);
 
@@ -75,7 +76,8 @@ pub fn write(dir: &Path) -> anyhow::Result<Files> {
         admin_key: admin_key.serialize_pem(),
         ca_pem: ca_cert.pem(),
     };
-    let write = |path: &Path, text: &str| std::fs::write(path, text).with_context(|| format!("writing {}", path.display()));
+    let write =
+        |path: &Path, text: &str| std::fs::write(path, text).with_context(|| format!("writing {}", path.display()));
     write(&files.ca_crt, &files.ca_pem)?;
     write(&files.server_crt, &server_cert.pem())?;
     write(&files.server_key, &server_key.serialize_pem())?;

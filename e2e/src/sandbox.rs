@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +20,11 @@ use crate::controlplane::{self, ControlPlane};
 
 /// Command line of `torcus-sandbox`.
 #[derive(Debug, clap::Parser)]
-#[command(name = "torcus-sandbox", version, about = "A local Kubernetes control plane with the Torcus operator, on loopback")]
+#[command(
+    name = "torcus-sandbox",
+    version,
+    about = "A local Kubernetes control plane with the Torcus operator, on loopback"
+)]
 pub struct Args {
     #[command(subcommand)]
     command: Cmd,
@@ -78,7 +82,10 @@ async fn up(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
             print_usage(&dir);
             return Ok(());
         }
-        anyhow::bail!("a sandbox (pid {pid}) is starting or stuck in {}; run `torcus-sandbox down` first", dir.display());
+        anyhow::bail!(
+            "a sandbox (pid {pid}) is starting or stuck in {}; run `torcus-sandbox down` first",
+            dir.display()
+        );
     }
     let _ = std::fs::remove_file(dir.join("ready"));
     // Build (or find) the control plane now, so its progress shows here.
@@ -198,9 +205,12 @@ async fn supervise(dir: &Path) -> anyhow::Result<()> {
 }
 
 async fn supervise_inner(dir: &Path) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn,kube_client::client::builder=off".into()),
-    ).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn,kube_client::client::builder=off".into()),
+        )
+        .try_init();
     // State from an earlier run would hold another CA's certificates.
     for stale in ["etcd", "pki", "apiserver"] {
         let _ = std::fs::remove_dir_all(dir.join(stale));

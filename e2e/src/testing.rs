@@ -43,7 +43,10 @@ pub fn shared() -> &'static Shared {
                 });
                 match started {
                     Ok(cp) => {
-                        let shared = Shared { kubeconfig: cp.kubeconfig().to_owned(), binary: controlplane::binary().expect("binary") };
+                        let shared = Shared {
+                            kubeconfig: cp.kubeconfig().to_owned(),
+                            binary: controlplane::binary().expect("binary"),
+                        };
                         tx.send(Ok(shared)).expect("test thread waits");
                         // Keep the control plane (and its Drop) parked here for the process's life.
                         loop {
@@ -83,7 +86,10 @@ impl TestNamespace {
         let client = controlplane::client_for(&shared.kubeconfig).await?;
         let suffix: String = format!("{:08x}", rand_u32());
         let name = format!("torcus-{prefix}-{suffix}");
-        let ns = Namespace { metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+            ..Default::default()
+        };
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
         Ok(Self { client, name, operator: None })
     }
@@ -126,7 +132,9 @@ impl TestNamespace {
     pub fn kubectl(&self) -> std::process::Command {
         let shared = shared();
         let mut c = std::process::Command::new(&shared.binary);
-        c.arg("kubectl").arg(format!("--kubeconfig={}", shared.kubeconfig.display())).arg(format!("--namespace={}", self.name));
+        c.arg("kubectl")
+            .arg(format!("--kubeconfig={}", shared.kubeconfig.display()))
+            .arg(format!("--namespace={}", self.name));
         c
     }
 
@@ -177,7 +185,10 @@ where
             Ok(None) => {}
             Err(e) => last = format!("{e:#}"),
         }
-        anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last error: {last}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last error: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt};
 use torcus_certs::{OffsetDateTime, Role};
 use torcus_contract::ClusterConfig;
 use torcus_crds::{ClusterPhase, MpcCluster, SigningRequest};
-use torcus_e2e::testing::{eventually, TestNamespace};
+use torcus_e2e::testing::{TestNamespace, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -37,7 +37,8 @@ async fn wait_for_status(ns: &TestNamespace, name: &str) -> MpcCluster {
     eventually("cluster status with certificates", WAIT, || async {
         let mpc = api.get(name).await?;
         let ok = mpc.status.as_ref().is_some_and(|s| {
-            s.conditions.iter().any(|c| c.type_ == "CertificatesReady" && c.status == "True") && s.grant_public_key.is_some()
+            s.conditions.iter().any(|c| c.type_ == "CertificatesReady" && c.status == "True")
+                && s.grant_public_key.is_some()
         });
         Ok(ok.then_some(mpc))
     })
@@ -71,7 +72,10 @@ async fn admission_refuses_bad_objects_with_readable_messages() {
         (serde_json::json!({"spec": {"threshold": 3}}), "threshold is immutable"),
         (serde_json::json!({"spec": {"nodes": 5}}), "nodes is immutable"),
         (serde_json::json!({"spec": {"keys": ["other"]}}), "keys may be added but not removed"),
-        (serde_json::json!({"spec": {"certificates": {"validity": "1h", "renewBefore": "2h"}}}), "renewBefore must be shorter"),
+        (
+            serde_json::json!({"spec": {"certificates": {"validity": "1h", "renewBefore": "2h"}}}),
+            "renewBefore must be shorter",
+        ),
     ] {
         let e = clusters.patch("good", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap_err();
         let message = api_message(e);
@@ -111,7 +115,10 @@ async fn admission_refuses_bad_objects_with_readable_messages() {
         let message = api_message(e);
         assert!(message.contains(expected), "{spec}: {message}");
     }
-    requests.create(&pp, &request(serde_json::json!({"cluster": "good", "digest": digest, "derivationPath": "m/44/60/0"}))).await.unwrap();
+    requests
+        .create(&pp, &request(serde_json::json!({"cluster": "good", "digest": digest, "derivationPath": "m/44/60/0"})))
+        .await
+        .unwrap();
     let changed = serde_json::json!({"spec": {"digest": "cd".repeat(32)}});
     let e = requests.patch("r", &PatchParams::default(), &Patch::Merge(&changed)).await.unwrap_err();
     assert!(api_message(e).contains("spec is immutable"));
@@ -128,7 +135,10 @@ async fn operator_creates_every_child_with_the_right_contents() {
     let status = mpc.status.clone().unwrap();
     let uid = mpc.uid().unwrap();
     let owned_by_cluster = |meta: &kube::api::ObjectMeta| {
-        meta.owner_references.iter().flatten().any(|o| o.uid == uid && o.kind == "MpcCluster" && o.controller == Some(true))
+        meta.owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == uid && o.kind == "MpcCluster" && o.controller == Some(true))
     };
 
     // Certificates: every node certificate verifies against the CA Secret and names its own party.
@@ -153,7 +163,10 @@ async fn operator_creates_every_child_with_the_right_contents() {
     }
     let operator = secrets.get("vault-operator-client").await.unwrap();
     torcus_certs::verify_leaf(&secret_text(&operator, "tls.crt"), &bundle, now).unwrap();
-    assert_eq!(torcus_certs::inspect(&secret_text(&operator, "tls.crt")).unwrap().identity.unwrap().role, Role::Operator);
+    assert_eq!(
+        torcus_certs::inspect(&secret_text(&operator, "tls.crt")).unwrap().identity.unwrap().role,
+        Role::Operator
+    );
 
     // Grant key: status shows the public half of the Secret's key.
     let grant = secrets.get("vault-grant-key").await.unwrap();
@@ -219,7 +232,13 @@ async fn operator_creates_every_child_with_the_right_contents() {
     // What a person sees.
     let out = ns.kubectl().args(["get", "mpc"]).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("NODES") && table.contains("THRESHOLD") && table.contains("TRANSPORT") && table.contains("PHASE"), "{table}");
+    assert!(
+        table.contains("NODES")
+            && table.contains("THRESHOLD")
+            && table.contains("TRANSPORT")
+            && table.contains("PHASE"),
+        "{table}"
+    );
     assert!(table.contains("WaitingForNodes"), "{table}");
     ns.finish().await.unwrap();
 }
@@ -244,7 +263,11 @@ async fn deleted_children_come_back_and_the_ca_stays() {
 
     eventually("deleted children to come back", WAIT, || async {
         let back = secrets.get_opt("demo-node-1").await?.is_some()
-            && ns.api::<StatefulSet>().get_opt("demo-2").await?.is_some_and(|s| s.metadata.deletion_timestamp.is_none())
+            && ns
+                .api::<StatefulSet>()
+                .get_opt("demo-2")
+                .await?
+                .is_some_and(|s| s.metadata.deletion_timestamp.is_none())
             && ns.api::<ConfigMap>().get_opt("demo-config").await?.is_some()
             && ns.api::<PodDisruptionBudget>().get_opt("demo").await?.is_some()
             && ns.api::<Service>().get_opt("demo-nodes").await?.is_some();
@@ -276,7 +299,11 @@ async fn deleting_the_cluster_removes_its_children() {
     eventually("children to be garbage-collected", WAIT, || async {
         let left = ns.api::<StatefulSet>().list(&ListParams::default()).await?.items.len()
             + ns.api::<Secret>().list(&ListParams::default().labels("mpc.torcus.io/cluster=gone")).await?.items.len()
-            + ns.api::<ConfigMap>().list(&ListParams::default().labels("mpc.torcus.io/cluster=gone")).await?.items.len()
+            + ns.api::<ConfigMap>()
+                .list(&ListParams::default().labels("mpc.torcus.io/cluster=gone"))
+                .await?
+                .items
+                .len()
             + ns.api::<PodDisruptionBudget>().list(&ListParams::default()).await?.items.len()
             + usize::from(clusters.get_opt("gone").await?.is_some());
         Ok((left == 0).then_some(()))

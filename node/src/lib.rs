@@ -12,11 +12,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use prometheus::{Encoder, IntGauge, Registry, TextEncoder};
 use torcus_contract as contract;
 use tracing::{info, warn};
@@ -121,7 +121,9 @@ pub async fn serve(
 
 async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
     match node.check() {
-        Ok(identity) => (StatusCode::OK, format!("ready: party {} of {}", identity.party_index, identity.config.cluster)),
+        Ok(identity) => {
+            (StatusCode::OK, format!("ready: party {} of {}", identity.party_index, identity.config.cluster))
+        }
         Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {error}")),
     }
 }

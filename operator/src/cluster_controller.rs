@@ -6,24 +6,24 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use k8s_openapi::NamespaceResourceScope;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use torcus_certs::{IssuedCertificate, OffsetDateTime, SecretPem};
 use torcus_crds::{CertificatesStatus, ClusterPhase, MpcCluster, MpcClusterStatus, NodeStatus};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::pki::{self, Leaf, LeafRequest, Lifetimes};
-use crate::resources::{self, BuildContext, Names, LABEL_CLUSTER};
+use crate::resources::{self, BuildContext, LABEL_CLUSTER, Names};
 use crate::{Error, Metrics, Result};
 
 /// Field manager of everything the operator applies.
@@ -92,11 +92,8 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods = pods.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"))).await?;
-    let pod_ips: BTreeMap<String, String> = pods
-        .items
-        .iter()
-        .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
-        .collect();
+    let pod_ips: BTreeMap<String, String> =
+        pods.items.iter().filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?))).collect();
 
     // Certificates: keep what is good, issue what is not.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -111,7 +108,8 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
     let pki = pki::plan(&ns, &name, &existing, &requests, lifetimes, now)?;
     let bundle = pki.bundle.to_pem();
 
-    let mut ca_secret = resources::tls_secret(mpc, names.ca_secret(), pki.ca.cert_pem(), pki.ca.key_pem().expose(), &bundle);
+    let mut ca_secret =
+        resources::tls_secret(mpc, names.ca_secret(), pki.ca.cert_pem(), pki.ca.key_pem().expose(), &bundle);
     ca_secret.type_ = Some("Opaque".into());
     apply(&ctx.client, &ns, &ca_secret).await?;
     for (leaf, cert) in &pki.leaves {
@@ -119,8 +117,12 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
             Leaf::Node(i) => names.node_secret(*i),
             Leaf::Operator => names.operator_secret(),
         };
-        apply(&ctx.client, &ns, &resources::tls_secret(mpc, secret_name, &cert.cert_pem, cert.key_pem.expose(), &bundle))
-            .await?;
+        apply(
+            &ctx.client,
+            &ns,
+            &resources::tls_secret(mpc, secret_name, &cert.cert_pem, cert.key_pem.expose(), &bundle),
+        )
+        .await?;
     }
     for change in &pki.changes {
         info!(cluster = %name, namespace = %ns, "{change}");
@@ -150,7 +152,8 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
     apply(&ctx.client, &ns, &resources::headless_service(mpc)).await?;
     let mut stateful_sets = Vec::new();
     for index in 0..mpc.spec.nodes {
-        stateful_sets.push(apply(&ctx.client, &ns, &resources::stateful_set(mpc, index, &config_hash, &ctx.build)).await?);
+        stateful_sets
+            .push(apply(&ctx.client, &ns, &resources::stateful_set(mpc, index, &config_hash, &ctx.build)).await?);
     }
     apply(&ctx.client, &ns, &resources::pod_disruption_budget(mpc)).await?;
 
@@ -201,7 +204,9 @@ fn check_spec(mpc: &MpcCluster) -> std::result::Result<Lifetimes, String> {
         ));
     }
     let duration = |field: &str, text: &str| {
-        pki::parse_duration(text).filter(|d| d.is_positive()).ok_or_else(|| format!("certificates.{field} {text:?} is not a duration like 2160h"))
+        pki::parse_duration(text)
+            .filter(|d| d.is_positive())
+            .ok_or_else(|| format!("certificates.{field} {text:?} is not a duration like 2160h"))
     };
     let leaf_validity = duration("validity", &spec.certificates.validity)?;
     let renew_before = duration("renewBefore", &spec.certificates.renew_before)?;
@@ -235,7 +240,10 @@ async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<S
             (GRANT_PUBLIC_KEY.to_owned(), public.clone().into_bytes()),
         ]),
     );
-    match secrets.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }, &secret).await {
+    match secrets
+        .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }, &secret)
+        .await
+    {
         Ok(_) => {}
         // Another reconcile won the race: use its key.
         Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -247,11 +255,22 @@ async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<S
     let previous = mpc.status.as_ref().and_then(|s| s.grant_public_key.as_deref());
     match previous {
         Some(previous) if previous != public => {
-            let note = format!("grant key Secret {name} was missing; created a new grant key {public} (was {previous})");
+            let note =
+                format!("grant key Secret {name} was missing; created a new grant key {public} (was {previous})");
             warn!(cluster = %mpc.name_any(), namespace = %ns, "{note}");
             event(ctx, mpc, EventType::Warning, "GrantKeyReplaced", "CreateGrantKey", note).await;
         }
-        _ => event(ctx, mpc, EventType::Normal, "GrantKeyCreated", "CreateGrantKey", format!("created grant key {public}")).await,
+        _ => {
+            event(
+                ctx,
+                mpc,
+                EventType::Normal,
+                "GrantKeyCreated",
+                "CreateGrantKey",
+                format!("created grant key {public}"),
+            )
+            .await
+        }
     }
     Ok(public)
 }
@@ -282,12 +301,14 @@ async fn read_existing_pki(secrets: &Api<Secret>, mpc: &MpcCluster) -> Result<pk
         }
         existing.bundle = field(&ca, "ca.crt");
     }
-    let leaves = (0..mpc.spec.nodes).map(|i| (Leaf::Node(i), names.node_secret(i))).chain([(Leaf::Operator, names.operator_secret())]);
+    let leaves = (0..mpc.spec.nodes)
+        .map(|i| (Leaf::Node(i), names.node_secret(i)))
+        .chain([(Leaf::Operator, names.operator_secret())]);
     for (leaf, secret_name) in leaves {
-        if let Some(s) = secrets.get_opt(&secret_name).await? {
-            if let (Some(cert_pem), Some(key)) = (field(&s, "tls.crt"), field(&s, "tls.key")) {
-                existing.leaves.insert(leaf, IssuedCertificate { cert_pem, key_pem: SecretPem::new(key) });
-            }
+        if let Some(s) = secrets.get_opt(&secret_name).await?
+            && let (Some(cert_pem), Some(key)) = (field(&s, "tls.crt"), field(&s, "tls.key"))
+        {
+            existing.leaves.insert(leaf, IssuedCertificate { cert_pem, key_pem: SecretPem::new(key) });
         }
     }
     Ok(existing)
@@ -375,7 +396,10 @@ pub fn cluster_status(
         degraded,
         if degraded { "NodesUnavailable" } else { "AsExpected" },
         if degraded {
-            format!("{ready}/{} nodes ready: signing still possible, with no margin for further loss below {}", spec.nodes, spec.threshold)
+            format!(
+                "{ready}/{} nodes ready: signing still possible, with no margin for further loss below {}",
+                spec.nodes, spec.threshold
+            )
         } else {
             String::new()
         },
@@ -420,7 +444,14 @@ fn failed_status(mpc: &MpcCluster, message: &str) -> MpcClusterStatus {
 }
 
 /// A condition that keeps its `lastTransitionTime` while its status holds.
-fn condition(mpc: &MpcCluster, type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+fn condition(
+    mpc: &MpcCluster,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
     let status = if ok { "True" } else { "False" };
     let previous = mpc.status.iter().flat_map(|s| &s.conditions).find(|c| c.type_ == type_ && c.status == status);
     Condition {
@@ -429,7 +460,9 @@ fn condition(mpc: &MpcCluster, type_: &str, ok: bool, reason: &str, message: Str
         reason: reason.to_owned(),
         message,
         observed_generation: generation,
-        last_transition_time: previous.map(|c| c.last_transition_time.clone()).unwrap_or_else(|| Time(Timestamp::now())),
+        last_transition_time: previous
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| Time(Timestamp::now())),
     }
 }
 
@@ -451,7 +484,11 @@ async fn publish_status(ctx: &Context, mpc: &MpcCluster, status: MpcClusterStatu
 /// what the API server stored.
 pub async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
@@ -488,7 +525,11 @@ mod tests {
     }
 
     fn nodes(ready: &[bool]) -> Vec<NodeStatus> {
-        ready.iter().enumerate().map(|(i, r)| NodeStatus { index: i as u16, ready: *r, ..NodeStatus::default() }).collect()
+        ready
+            .iter()
+            .enumerate()
+            .map(|(i, r)| NodeStatus { index: i as u16, ready: *r, ..NodeStatus::default() })
+            .collect()
     }
 
     fn cond<'a>(s: &'a MpcClusterStatus, t: &str) -> &'a Condition {
@@ -520,7 +561,11 @@ mod tests {
     fn degraded_once_keys_exist_and_a_node_is_lost() {
         let mut mpc = cluster("demo", 3, 2);
         mpc.status = Some(MpcClusterStatus {
-            keys: vec![torcus_crds::KeyStatus { name: "default".into(), public_key: Some("02ab".into()), ethereum_address: None }],
+            keys: vec![torcus_crds::KeyStatus {
+                name: "default".into(),
+                public_key: Some("02ab".into()),
+                ethereum_address: None,
+            }],
             ..MpcClusterStatus::default()
         });
         let s = cluster_status(&mpc, nodes(&[true, true, true]), "ab".into(), certs());
@@ -563,14 +608,20 @@ mod tests {
             &mpc,
             "k".into(),
             "Opaque",
-            BTreeMap::from([(GRANT_PRIVATE_KEY.to_owned(), seed.to_vec()), (GRANT_PUBLIC_KEY.to_owned(), public.clone().into_bytes())]),
+            BTreeMap::from([
+                (GRANT_PRIVATE_KEY.to_owned(), seed.to_vec()),
+                (GRANT_PUBLIC_KEY.to_owned(), public.clone().into_bytes()),
+            ]),
         );
         assert_eq!(grant_public_key(&good), Some(public));
         let bad = resources::secret(
             &mpc,
             "k".into(),
             "Opaque",
-            BTreeMap::from([(GRANT_PRIVATE_KEY.to_owned(), seed.to_vec()), (GRANT_PUBLIC_KEY.to_owned(), b"00".to_vec())]),
+            BTreeMap::from([
+                (GRANT_PRIVATE_KEY.to_owned(), seed.to_vec()),
+                (GRANT_PUBLIC_KEY.to_owned(), b"00".to_vec()),
+            ]),
         );
         assert_eq!(grant_public_key(&bad), None);
     }

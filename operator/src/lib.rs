@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use torcus_crds::MpcCluster;
@@ -188,7 +188,10 @@ impl Args {
 
         let ctx = Arc::new(cluster_controller::Context {
             client: client.clone(),
-            recorder: Recorder::new(client.clone(), Reporter { controller: "torcus-operator".into(), instance: Some(instance) }),
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter { controller: "torcus-operator".into(), instance: Some(instance) },
+            ),
             build: resources::BuildContext { default_node_image: node_image, registry_url, cluster_domain },
             metrics: metrics.clone(),
         });

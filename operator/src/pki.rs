@@ -10,7 +10,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use torcus_certs::{CaRenewal, CertificateAuthority, Duration, Identity, IssuedCertificate, OffsetDateTime, Role, SecretPem, TrustBundle};
+use torcus_certs::{
+    CaRenewal, CertificateAuthority, Duration, Identity, IssuedCertificate, OffsetDateTime, Role, SecretPem,
+    TrustBundle,
+};
 
 /// Whose certificate a leaf is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -181,7 +184,9 @@ fn reissue_reason(
     if info.identity.as_ref() != Some(identity) {
         return Some("wrong identity");
     }
-    if request.dns_names.iter().any(|d| !info.dns_names.contains(d)) || request.ips.iter().any(|ip| !info.ips.contains(ip)) {
+    if request.dns_names.iter().any(|d| !info.dns_names.contains(d))
+        || request.ips.iter().any(|ip| !info.ips.contains(ip))
+    {
         return Some("addresses changed");
     }
     match torcus_certs::needs_renewal(&current.cert_pem, lifetimes.renew_before, now) {
@@ -251,7 +256,8 @@ mod tests {
                 Leaf::Operator => assert_eq!(role, Role::Operator),
             }
         }
-        let second = plan("vault", "demo", &existing(&first), &requests(3), lifetimes(), now + Duration::days(1)).unwrap();
+        let second =
+            plan("vault", "demo", &existing(&first), &requests(3), lifetimes(), now + Duration::days(1)).unwrap();
         assert!(second.changes.is_empty(), "{:?}", second.changes);
         assert_eq!(second.leaves[&Leaf::Node(1)].cert_pem, first.leaves[&Leaf::Node(1)].cert_pem);
     }
@@ -277,7 +283,8 @@ mod tests {
         assert_eq!(rolled.bundle.len(), 2);
         let bundle = rolled.bundle.to_pem();
         // A node that has not picked up its new certificate yet is still trusted.
-        torcus_certs::verify_leaf(&first.leaves[&Leaf::Node(0)].cert_pem, &bundle, later - Duration::days(170)).unwrap();
+        torcus_certs::verify_leaf(&first.leaves[&Leaf::Node(0)].cert_pem, &bundle, later - Duration::days(170))
+            .unwrap();
         torcus_certs::verify_leaf(&rolled.leaves[&Leaf::Node(0)].cert_pem, &bundle, later).unwrap();
     }
 

@@ -5,18 +5,19 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use torcus_contract::{self as contract, ClusterConfig, Peer};
@@ -146,12 +147,7 @@ fn owner_reference(mpc: &MpcCluster) -> Option<OwnerReference> {
 /// Stable DNS name of party `index`: `<pod>.<service>.<namespace>.svc.<domain>`.
 pub fn node_host(mpc: &MpcCluster, index: u16, cluster_domain: &str) -> String {
     let names = Names::new(mpc.metadata.name.as_deref().unwrap_or_default());
-    format!(
-        "{}.{}.{}.svc.{cluster_domain}",
-        names.pod(index),
-        names.service(),
-        mpc.namespace().unwrap_or_default()
-    )
+    format!("{}.{}.{}.svc.{cluster_domain}", names.pod(index), names.service(), mpc.namespace().unwrap_or_default())
 }
 
 /// DNS names a node certificate carries: the FQDN and its shorter forms.
@@ -318,7 +314,10 @@ pub fn stateful_set(mpc: &MpcCluster, index: u16, config_hash: &str, ctx: &Build
                     access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
                     storage_class_name: mpc.spec.storage.storage_class_name.clone(),
                     resources: Some(VolumeResourceRequirements {
-                        requests: Some(BTreeMap::from([("storage".to_owned(), Quantity(mpc.spec.storage.size.clone()))])),
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_owned(),
+                            Quantity(mpc.spec.storage.size.clone()),
+                        )])),
                         ..VolumeResourceRequirements::default()
                     }),
                     ..PersistentVolumeClaimSpec::default()
@@ -425,7 +424,10 @@ fn node_pod_spec(mpc: &MpcCluster, index: u16, ctx: &BuildContext) -> PodSpec {
             },
             Volume {
                 name: "config".to_owned(),
-                config_map: Some(ConfigMapVolumeSource { name: names.config_map(), ..ConfigMapVolumeSource::default() }),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: names.config_map(),
+                    ..ConfigMapVolumeSource::default()
+                }),
                 ..Volume::default()
             },
             Volume { name: "tmp".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
@@ -522,7 +524,10 @@ mod tests {
         let party = c.env.as_ref().unwrap().iter().find(|e| e.name == contract::ENV_PARTY_INDEX).unwrap();
         assert_eq!(party.value.as_deref(), Some("2"));
         let pvc = &spec.volume_claim_templates.unwrap()[0];
-        assert_eq!(pvc.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "1Gi");
+        assert_eq!(
+            pvc.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+            "1Gi"
+        );
         assert_eq!(
             spec.persistent_volume_claim_retention_policy.unwrap().when_deleted.as_deref(),
             Some("Retain"),

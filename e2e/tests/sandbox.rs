@@ -1,0 +1,76 @@
+//! `torcus-sandbox` as a person uses it: `up`, kubectl against the
+//! kubeconfig it wrote, `status`, and `down` leaving no process behind.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn sandbox(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_torcus-sandbox")).args(args).arg("--dir").arg(dir).output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.rsplit(')').next().unwrap_or_default().trim_start().starts_with('Z')
+}
+
+#[test]
+fn up_status_kubectl_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sandbox");
+
+    let up = sandbox(&dir, &["up"]);
+    assert!(up.status.success(), "{}", text(&up));
+    assert!(text(&up).contains("export KUBECONFIG="), "{}", text(&up));
+
+    let status = sandbox(&dir, &["status"]);
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(text(&status).contains("api server: ready"), "{}", text(&status));
+    let pids: Vec<i32> = std::fs::read_to_string(dir.join("processes"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split("pid ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    let supervisor: i32 = std::fs::read_to_string(dir.join("sandbox.pid")).unwrap().trim().parse().unwrap();
+    assert_eq!(pids.len(), 3, "etcd, kube-apiserver, kube-controller-manager");
+    assert!(pids.iter().chain([&supervisor]).all(|p| alive(*p)));
+
+    // A second `up` finds the running sandbox instead of starting another.
+    let again = sandbox(&dir, &["up"]);
+    assert!(again.status.success() && text(&again).contains("already running"), "{}", text(&again));
+
+    // kubectl, as printed by `up`, works; the CRDs are installed and the operator acts.
+    let kubectl = |args: &[&str]| {
+        Command::new(dir.join("bin/kubectl"))
+            .arg("--kubeconfig")
+            .arg(dir.join("kubeconfig"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let get = kubectl(&["get", "mpcclusters"]);
+    assert!(get.status.success(), "{}", text(&get));
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mpccluster.yaml");
+    let apply = kubectl(&["apply", "-f", example.to_str().unwrap()]);
+    assert!(apply.status.success(), "{}", text(&apply));
+    let wait = kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.conditions[?(@.type==\"CertificatesReady\")].status}=True",
+        "mpc/demo",
+        "--timeout=60s",
+    ]);
+    assert!(wait.status.success(), "{}", text(&wait));
+    let sts = kubectl(&["get", "statefulsets", "-o", "name"]);
+    assert_eq!(String::from_utf8_lossy(&sts.stdout).lines().count(), 3, "{}", text(&sts));
+
+    let down = sandbox(&dir, &["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    for pid in pids.iter().chain([&supervisor]) {
+        assert!(!alive(*pid), "process {pid} survived `down`");
+    }
+    let status = sandbox(&dir, &["status"]);
+    assert!(!status.status.success() && text(&status).contains("not running"));
+}
