@@ -82,3 +82,87 @@ impl Identity {
         Ok(Self { party_index, config })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use torcus_certs::{CertificateAuthority, Duration};
+    use torcus_contract::{HTTP_PORT, P2P_PORT, Peer};
+
+    use super::*;
+
+    struct Files {
+        dir: tempfile::TempDir,
+    }
+
+    /// Writes `cluster.json` for a 3-node cluster and a TLS folder holding a
+    /// certificate issued by `ca` for `role`.
+    fn files(ca: &CertificateAuthority, trusted: &CertificateAuthority, role: Role) -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ClusterConfig {
+            cluster: "demo".into(),
+            namespace: "vault".into(),
+            nodes: 3,
+            threshold: 2,
+            curve: "secp256k1".into(),
+            transport: "quic".into(),
+            keys: vec!["default".into()],
+            grant_public_key: "00".repeat(32),
+            presignature_pool_size: 4,
+            registry_url: None,
+            peers: (0..3)
+                .map(|index| Peer { index, host: format!("n{index}"), p2p_port: P2P_PORT, http_port: HTTP_PORT })
+                .collect(),
+        };
+        std::fs::write(dir.path().join("cluster.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+        let identity = torcus_certs::Identity { namespace: "vault".into(), cluster: "demo".into(), role };
+        let ips: [IpAddr; 0] = [];
+        let cert = ca.issue(&identity, &["n0".into()], &ips, Duration::hours(1), OffsetDateTime::now_utc()).unwrap();
+        std::fs::write(dir.path().join("tls.crt"), &cert.cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), cert.key_pem.expose()).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), trusted.cert_pem()).unwrap();
+        Files { dir }
+    }
+
+    fn load(f: &Files, party: u16) -> Result<Identity, IdentityError> {
+        Identity::load(party, &f.dir.path().join("cluster.json"), f.dir.path())
+    }
+
+    fn ca() -> CertificateAuthority {
+        CertificateAuthority::generate("test CA", Duration::days(1), OffsetDateTime::now_utc()).unwrap()
+    }
+
+    #[test]
+    fn accepts_its_own_certificate() {
+        let ca = ca();
+        let f = files(&ca, &ca, Role::Node { party_index: 1 });
+        let identity = load(&f, 1).unwrap();
+        assert_eq!(identity.party_index, 1);
+        assert_eq!(identity.config.cluster, "demo");
+    }
+
+    #[test]
+    fn refuses_another_partys_certificate() {
+        let ca = ca();
+        let f = files(&ca, &ca, Role::Node { party_index: 2 });
+        assert!(matches!(load(&f, 1), Err(IdentityError::WrongIdentity { .. })));
+        let f = files(&ca, &ca, Role::Operator);
+        assert!(matches!(load(&f, 0), Err(IdentityError::WrongIdentity { .. })));
+    }
+
+    #[test]
+    fn refuses_a_certificate_from_another_ca() {
+        let f = files(&ca(), &ca(), Role::Node { party_index: 0 });
+        assert!(matches!(load(&f, 0), Err(IdentityError::Certificate(_))));
+    }
+
+    #[test]
+    fn refuses_an_index_outside_the_cluster_and_missing_files() {
+        let ca = ca();
+        let f = files(&ca, &ca, Role::Node { party_index: 0 });
+        assert!(matches!(load(&f, 3), Err(IdentityError::NoSuchParty(3, 3))));
+        std::fs::remove_file(f.dir.path().join("tls.key")).unwrap();
+        assert!(matches!(load(&f, 0), Err(IdentityError::Read { .. })));
+    }
+}
