@@ -23,7 +23,8 @@ kubectl get mpcclusters
 step kubectl get statefulsets,services,poddisruptionbudgets,secrets,configmaps -l mpc.torcus.io/cluster=demo
 kubectl get statefulsets,services,poddisruptionbudgets,secrets,configmaps -l mpc.torcus.io/cluster=demo
 step kubectl get mpc demo -o jsonpath='{.status.conditions}'
-kubectl get mpc demo -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.reason}{"\t"}{.message}{"\n"}{end}' | column -t -s $'\t'
+kubectl get mpc demo -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.reason}{"\t"}{.message}{"\n"}{end}' |
+  while IFS=$'\t' read -r type status reason message; do printf '%-18s %-6s %-16s %s\n' "$type" "$status" "$reason" "$message"; done
 
 # An independent check of the certificates, with OpenSSL: each node's
 # certificate chains to the cluster CA and names its own party.

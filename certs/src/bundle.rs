@@ -82,6 +82,13 @@ impl TrustBundle {
         Ok(Self { cas })
     }
 
+    /// Whether the bundle holds the (first) certificate of `ca_pem`; compared
+    /// by DER bytes, so formatting differences do not matter.
+    pub fn contains(&self, ca_pem: &str) -> bool {
+        let Ok(wanted) = crate::first_certificate(ca_pem) else { return false };
+        self.cas.iter().any(|ca| crate::first_certificate(ca).is_ok_and(|der| der == wanted))
+    }
+
     /// The bundle without the CAs that expired before `now`. The first (current) CA is always
     /// kept, and so is any CA that cannot be parsed (it is not this function's to judge).
     pub fn pruned(&self, now: OffsetDateTime) -> Self {

@@ -117,8 +117,8 @@ impl CertificateAuthority {
         &self.key_pem
     }
 
-    /// The subject common name.
-    pub(crate) fn common_name(&self) -> &str {
+    /// The CA's common name.
+    pub fn common_name(&self) -> &str {
         &self.common_name
     }
 

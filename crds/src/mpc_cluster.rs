@@ -34,6 +34,7 @@ pub const MAX_NODES: u16 = 16;
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+#[kube(validation = Rule::new("size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("name must be a DNS label of at most 40 characters: it prefixes the names of the cluster's pods, Services and Secrets"))]
 #[x_kube(validation = Rule::new("self.threshold <= self.nodes").message("threshold must not be greater than nodes"))]
 #[serde(rename_all = "camelCase")]
 pub struct MpcClusterSpec {
@@ -77,8 +78,10 @@ pub struct MpcClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Persistent storage for each node's key shares.
+    /// Persistent storage for each node's key shares. Immutable: a
+    /// StatefulSet's volume claims cannot change after creation.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage is immutable: the nodes' volume claims cannot change"))]
     pub storage: StorageSpec,
 
     /// Lifetime of the cluster's certificates.
@@ -171,6 +174,7 @@ impl Default for StorageSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("duration(self.renewBefore) < duration(self.validity)").message("renewBefore must be shorter than validity"))]
+#[x_kube(validation = Rule::new("duration(self.validity) >= duration('1m') && duration(self.renewBefore) >= duration('1s') && duration(self.validity) - duration(self.renewBefore) >= duration('10s')").message("validity must be at least 1m, renewBefore at least 1s, and a certificate must be used for at least 10s before renewal"))]
 pub struct CertificatesSpec {
     /// How long node and operator certificates are valid. The CA is valid for
     /// four times as long.

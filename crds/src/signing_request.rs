@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("has(self.digest) != has(self.payload)").message("exactly one of digest or payload must be set"))]
 #[x_kube(validation = Rule::new("has(self.payload) || !has(self.hash)").message("hash applies only to payload"))]
 #[x_kube(validation = Rule::new("has(self.payload) || !has(self.payloadEncoding)").message("payloadEncoding applies only to payload"))]
+#[x_kube(validation = Rule::new("!has(self.payload) || (has(self.payloadEncoding) && self.payloadEncoding == 'base64' ? self.payload.matches('^[A-Za-z0-9+/]*={0,2}$') && size(self.payload) % 4 == 0 : self.payload.matches('^(0x)?([0-9a-fA-F]{2})*$'))").message("payload must be hex (an even number of hex digits) or, with payloadEncoding base64, padded standard base64"))]
 #[serde(rename_all = "camelCase")]
 pub struct SigningRequestSpec {
     /// Name of the MpcCluster, in this namespace.
@@ -48,9 +49,10 @@ pub struct SigningRequestSpec {
     #[schemars(regex(pattern = r"^(0x)?[0-9a-fA-F]{64}$"))]
     pub digest: Option<String>,
 
-    /// A payload to hash with `hash` and sign, encoded as `payloadEncoding`.
+    /// A payload to hash with `hash` and sign, encoded as `payloadEncoding`
+    /// (at most 128 KiB as hex, 192 KiB as base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1_398_104))]
+    #[schemars(length(max = 262_144))]
     pub payload: Option<String>,
 
     /// Encoding of `payload`: `hex` (default) or `base64`.

@@ -230,7 +230,7 @@ async fn supervise_inner(dir: &Path) -> anyhow::Result<()> {
     operator.http_addr = format!("127.0.0.1:{}", crate::process::free_port()?).parse()?;
     operator.instance = Some("sandbox".to_owned());
     let metrics_addr = operator.http_addr;
-    let operator = tokio::spawn(operator.run(client, stop.clone().cancelled_owned()));
+    let mut operator = tokio::spawn(operator.run(client, stop.clone().cancelled_owned()));
 
     let mut processes: String = cp.pids().iter().map(|(name, pid)| format!("{name}: pid {pid}\n")).collect();
     processes.push_str(&format!("operator: in the supervisor, metrics at http://{metrics_addr}/metrics\n"));
@@ -245,27 +245,44 @@ async fn supervise_inner(dir: &Path) -> anyhow::Result<()> {
             _ = term.recv() => break Ok(()),
             _ = tokio::signal::ctrl_c() => break Ok(()),
             _ = watchdog.tick() => if let Err(e) = cp.check_running() { break Err(e) },
+            ended = &mut operator => {
+                break Err(anyhow::anyhow!("the operator stopped: {:?}", ended.map(|r| r.map_err(|e| e.to_string()))));
+            }
         }
     };
     tracing::info!("stopping the sandbox");
     stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
+    if !operator.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
+    }
     cp.stop();
     outcome
 }
 
+/// The supervisor's pid, if the pid file names a live sandbox supervisor (a
+/// stale file after a reboot may name some unrelated process).
 fn running_pid(dir: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(dir.join("sandbox.pid")).ok()?.trim().parse().ok()?;
-    alive(Pid::from_raw(pid)).then_some(pid)
+    (alive(Pid::from_raw(pid)) && runs(Pid::from_raw(pid), "torcus-sandbox")).then_some(pid)
 }
 
+/// Control plane pids the supervisor recorded that still run the control plane.
 fn recorded_pids(dir: &Path) -> Vec<Pid> {
     std::fs::read_to_string(dir.join("processes"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split("pid ").nth(1)?.split_whitespace().next()?.parse().ok())
         .map(Pid::from_raw)
+        .filter(|pid| runs(*pid, "torcus-controlplane"))
         .collect()
+}
+
+/// Whether process `pid` runs a program whose path contains `program`.
+fn runs(pid: Pid, program: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|cmdline| cmdline.split(|b| *b == 0).next().map(|argv0| String::from_utf8_lossy(argv0).into_owned()))
+        .is_some_and(|argv0| argv0.contains(program))
 }
 
 fn alive(pid: Pid) -> bool {

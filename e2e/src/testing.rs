@@ -35,7 +35,9 @@ pub fn shared() -> &'static Shared {
             .name("controlplane".into())
             .spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                remove_stale_dirs();
                 let dir = tempfile::Builder::new().prefix("torcus-e2e-").tempdir().expect("temp dir").keep();
+                std::fs::write(dir.join("owner.pid"), std::process::id().to_string()).expect("write owner.pid");
                 let started = runtime.block_on(async {
                     let cp = ControlPlane::start(&dir).await?;
                     cp.install_crds().await?;
@@ -64,7 +66,22 @@ pub fn shared() -> &'static Shared {
     })
 }
 
-/// A namespace of one test, with an operator watching only it.
+/// The control plane's folder outlives its test process (nothing drops a
+/// static); remove the folders whose owner process is gone.
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let owned = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("torcus-e2e-"));
+        let owner = std::fs::read_to_string(path.join("owner.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
+        if owned && owner.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// A namespace of one test, with an operator watching only it. When a test
+/// fails, dropping it prints what the namespace held, for the log.
 pub struct TestNamespace {
     /// Admin client.
     pub client: Client,
@@ -76,6 +93,25 @@ pub struct TestNamespace {
 impl std::fmt::Debug for TestNamespace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestNamespace").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let out = self
+                .kubectl()
+                .args(["get", "mpc,sr,statefulsets,pods,services,pdb,secrets,configmaps,leases,events", "-o", "wide"])
+                .output();
+            if let Ok(out) = out {
+                eprintln!(
+                    "--- namespace {} at the failure ---\n{}{}",
+                    self.name,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
     }
 }
 
@@ -116,7 +152,7 @@ impl TestNamespace {
         let stop = CancellationToken::new();
         let client = self.client.clone();
         let shutdown = stop.clone().cancelled_owned();
-        self.operator = Some((stop, tokio::spawn(async move { args.run(client, shutdown).await })));
+        self.operator = Some((stop, tokio::spawn(async move { Ok(args.run(client, shutdown).await?) })));
     }
 
     /// Stops the operator and returns how it ended.

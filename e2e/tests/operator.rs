@@ -66,6 +66,16 @@ async fn admission_refuses_bad_objects_with_readable_messages() {
     assert!(api_message(e).contains("should be greater than or equal to 2"));
     let e = clusters.create(&pp, &cluster("huge", 40, 2)).await.unwrap_err();
     assert!(api_message(e).contains("should be less than or equal to 16"));
+    // Names prefix pods, Services and Secrets, so they must fit those rules.
+    let e = clusters.create(&pp, &cluster("has.dots", 3, 2)).await.unwrap_err();
+    assert!(api_message(e).contains("name must be a DNS label"));
+    let e = clusters.create(&pp, &cluster(&"x".repeat(41), 3, 2)).await.unwrap_err();
+    assert!(api_message(e).contains("name must be a DNS label"));
+    let mut short = cluster("short-lived", 3, 2);
+    short.spec.certificates.validity = "30s".into();
+    short.spec.certificates.renew_before = "10s".into();
+    let e = clusters.create(&pp, &short).await.unwrap_err();
+    assert!(api_message(e).contains("validity must be at least 1m"));
 
     clusters.create(&pp, &cluster("good", 3, 2)).await.unwrap();
     for (patch, expected) in [
@@ -76,6 +86,7 @@ async fn admission_refuses_bad_objects_with_readable_messages() {
             serde_json::json!({"spec": {"certificates": {"validity": "1h", "renewBefore": "2h"}}}),
             "renewBefore must be shorter",
         ),
+        (serde_json::json!({"spec": {"storage": {"size": "5Gi"}}}), "storage is immutable"),
     ] {
         let e = clusters.patch("good", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap_err();
         let message = api_message(e);
@@ -110,6 +121,10 @@ async fn admission_refuses_bad_objects_with_readable_messages() {
         (serde_json::json!({"cluster": "good", "digest": digest, "hash": "sha256"}), "hash applies only to payload"),
         (serde_json::json!({"cluster": "good", "digest": digest, "derivationPath": "m/0'/1"}), "spec.derivationPath"),
         (serde_json::json!({"cluster": "good", "digest": digest, "derivationPath": "m/2147483648"}), "non-hardened"),
+        (serde_json::json!({"cluster": "good", "payload": "zz"}), "payload must be hex"),
+        (serde_json::json!({"cluster": "good", "payload": "abc"}), "payload must be hex"),
+        (serde_json::json!({"cluster": "good", "payload": "aGk", "payloadEncoding": "base64"}), "payload must be hex"),
+        (serde_json::json!({"cluster": "good", "digest": null, "payload": null}), "exactly one of digest or payload"),
     ] {
         let e = requests.create(&pp, &request(spec.clone())).await.unwrap_err();
         let message = api_message(e);
@@ -119,6 +134,20 @@ async fn admission_refuses_bad_objects_with_readable_messages() {
         .create(&pp, &request(serde_json::json!({"cluster": "good", "digest": digest, "derivationPath": "m/44/60/0"})))
         .await
         .unwrap();
+    // An explicit null is the same as leaving the field out: no way around
+    // "exactly one of digest or payload".
+    let mut r = request(serde_json::json!({"cluster": "good", "digest": digest, "payload": null}));
+    r.metadata.name = Some("null-payload".into());
+    let stored = requests.create(&pp, &r).await.unwrap();
+    assert_eq!(stored.spec.payload, None);
+    for (name, spec) in [
+        ("hex", serde_json::json!({"cluster": "good", "payload": "0xdeadbeef", "hash": "keccak256"})),
+        ("b64", serde_json::json!({"cluster": "good", "payload": "aGk=", "payloadEncoding": "base64"})),
+    ] {
+        let mut r = request(spec);
+        r.metadata.name = Some(name.into());
+        requests.create(&pp, &r).await.unwrap();
+    }
     let changed = serde_json::json!({"spec": {"digest": "cd".repeat(32)}});
     let e = requests.patch("r", &PatchParams::default(), &Patch::Merge(&changed)).await.unwrap_err();
     assert!(api_message(e).contains("spec is immutable"));
@@ -244,7 +273,7 @@ async fn operator_creates_every_child_with_the_right_contents() {
 }
 
 #[tokio::test]
-async fn deleted_children_come_back_and_the_ca_stays() {
+async fn deleted_children_come_back_without_cutting_trust() {
     let mut ns = TestNamespace::new("heal").await.unwrap();
     ns.start_operator();
     let clusters: Api<MpcCluster> = ns.api();
@@ -254,12 +283,16 @@ async fn deleted_children_come_back_and_the_ca_stays() {
     let ca_before = secret_text(&secrets.get("demo-ca").await.unwrap(), "tls.crt");
     let node_before = secret_text(&secrets.get("demo-node-1").await.unwrap(), "tls.crt");
 
+    // With the operator stopped, so no reconcile in flight puts back what it
+    // read a moment before the deletion.
+    ns.stop_operator().await.unwrap();
     let dp = DeleteParams::default();
     secrets.delete("demo-node-1", &dp).await.unwrap();
     ns.api::<StatefulSet>().delete("demo-2", &dp).await.unwrap();
     ns.api::<ConfigMap>().delete("demo-config", &dp).await.unwrap();
     ns.api::<PodDisruptionBudget>().delete("demo", &dp).await.unwrap();
     ns.api::<Service>().delete("demo-nodes", &dp).await.unwrap();
+    ns.start_operator();
 
     eventually("deleted children to come back", WAIT, || async {
         let back = secrets.get_opt("demo-node-1").await?.is_some()
@@ -285,6 +318,40 @@ async fn deleted_children_come_back_and_the_ca_stays() {
     // The grant key was not touched.
     let after = clusters.get("demo").await.unwrap().status.unwrap();
     assert_eq!(after.grant_public_key, before.grant_public_key);
+
+    // Losing the CA Secret makes a new CA, loudly, and keeps trusting the
+    // old one, so nodes still on their old certificates are not cut off.
+    let old_leaf = node;
+    ns.stop_operator().await.unwrap();
+    secrets.delete("demo-ca", &dp).await.unwrap();
+    ns.start_operator();
+    let new_ca = eventually("a new CA", WAIT, || async {
+        Ok(secrets.get_opt("demo-ca").await?.map(|s| secret_text(&s, "tls.crt")).filter(|c| *c != ca_before))
+    })
+    .await
+    .unwrap();
+    let bundle = eventually("node 0 to carry the new bundle", WAIT, || async {
+        let s = secrets.get("demo-node-0").await?;
+        let bundle = secret_text(&s, "ca.crt");
+        Ok(bundle.contains(new_ca.trim()).then_some(bundle))
+    })
+    .await
+    .unwrap();
+    let now = OffsetDateTime::now_utc();
+    torcus_certs::verify_leaf(&old_leaf, &bundle, now).unwrap();
+    torcus_certs::verify_leaf(&secret_text(&secrets.get("demo-node-0").await.unwrap(), "tls.crt"), &bundle, now)
+        .unwrap();
+    let events: Api<Event> = ns.api();
+    eventually("a CAReplaced warning", WAIT, || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("CAReplaced") && e.type_.as_deref() == Some("Warning"))
+            .then_some(()))
+    })
+    .await
+    .unwrap();
     ns.finish().await.unwrap();
 }
 
@@ -349,12 +416,15 @@ async fn leadership_hands_over_through_the_lease() {
     })
     .await
     .unwrap();
-    assert!(holder.starts_with("torcus-operator-"), "{holder}");
 
     // A second operator waits: the first keeps reconciling alone. Stopping
     // the first hands over, and the second reconciles new clusters.
     let mut standby = ns.second();
     standby.start_operator_as("standby");
+    // While the first runs, the standby does not take the Lease.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = leases.get("torcus-operator").await.unwrap().spec.unwrap().holder_identity.unwrap();
+    assert_eq!(still, holder);
     ns.stop_operator().await.unwrap();
     let clusters: Api<MpcCluster> = ns.api();
     clusters.create(&PostParams::default(), &cluster("after-handover", 3, 2)).await.unwrap();

@@ -65,13 +65,33 @@ impl Args {
     }
 
     /// Serves until `shutdown` completes.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
         let Self { command, party_index, config, tls_dir, data_dir: _, listen_ip, http_port } = self;
-        anyhow::ensure!(command == "serve", "unknown command {command:?}; expected `serve`");
-        let listener = tokio::net::TcpListener::bind(SocketAddr::new(listen_ip, http_port)).await?;
-        info!(addr = %listener.local_addr()?, party_index, "node listening");
+        if command != "serve" {
+            return Err(Error::UnknownCommand(command));
+        }
+        let addr = SocketAddr::new(listen_ip, http_port);
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::Bind(addr, e))?;
+        info!(%addr, party_index, "node listening");
         serve(listener, Node::new(party_index, config, tls_dir)?, shutdown).await
     }
+}
+
+/// Why a node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line names no known command.
+    #[error("unknown command {0:?}; expected `serve`")]
+    UnknownCommand(String),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+    /// The metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Serve(#[source] std::io::Error),
 }
 
 /// A node's state as far as this skeleton goes.
@@ -106,7 +126,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Arc<Node>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     if let Err(error) = node.check() {
         warn!(%error, "not ready yet");
     }
@@ -115,8 +135,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(node);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
-    Ok(())
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(Error::Serve)
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {

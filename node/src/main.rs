@@ -6,7 +6,7 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let args = torcus_node::Args::parse();
     args.init_tracing();
-    args.run(shutdown_signal()).await
+    Ok(args.run(shutdown_signal()).await?)
 }
 
 async fn shutdown_signal() {

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use torcus_certs::{IssuedCertificate, OffsetDateTime, SecretPem};
 use torcus_crds::{CertificatesStatus, ClusterPhase, MpcCluster, MpcClusterStatus, NodeStatus};
 use tracing::{info, warn};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::pki::{self, Leaf, LeafRequest, Lifetimes};
 use crate::resources::{self, BuildContext, LABEL_CLUSTER, Names};
@@ -44,6 +44,8 @@ pub struct Context {
     pub build: BuildContext,
     /// Operator metrics.
     pub metrics: Arc<Metrics>,
+    /// Consecutive failures per cluster (namespace/name), for backoff.
+    pub failures: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -57,18 +59,41 @@ pub async fn reconcile(mpc: Arc<MpcCluster>, ctx: Arc<Context>) -> Result<Action
     let started = Instant::now();
     let result = reconcile_inner(&mpc, &ctx).await;
     ctx.metrics.reconcile_duration.with_label_values(&["mpccluster"]).observe(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(_) => {
+            ctx.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key(&mpc));
+        }
+        // The API server refused something: say so where a person looks.
+        Err(Error::Kube(kube::Error::Api(status))) => {
+            let message = format!("the API server refused a change: {}", status.message);
+            event(&ctx, &mpc, EventType::Warning, "ApplyFailed", "Reconcile", message).await;
+        }
+        Err(_) => {}
+    }
     result
 }
 
-/// Counts the failure and retries; a spec the operator cannot use waits for
-/// the object to change instead of retrying in a loop.
+/// Counts the failure and retries with exponential backoff (1 s doubling to
+/// 5 min); a spec the operator cannot use waits for the object to change.
 pub fn error_policy(mpc: Arc<MpcCluster>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.with_label_values(&["mpccluster", error.metric_label()]).inc();
     warn!(cluster = %mpc.name_any(), namespace = ?mpc.namespace(), %error, "reconcile failed");
-    match error {
-        Error::InvalidSpec(_) => Action::await_change(),
-        _ => Action::requeue(StdDuration::from_secs(10)),
+    if matches!(error, Error::InvalidSpec(_)) {
+        return Action::await_change();
     }
+    let mut failures = ctx.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let n = failures.entry(key(&mpc)).or_insert(0);
+    *n = n.saturating_add(1);
+    Action::requeue(backoff(*n))
+}
+
+fn key(mpc: &MpcCluster) -> String {
+    format!("{}/{}", mpc.namespace().unwrap_or_default(), mpc.name_any())
+}
+
+/// Delay before retry number `failures` (1-based).
+fn backoff(failures: u32) -> StdDuration {
+    StdDuration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(MAX_REQUEUE)
 }
 
 async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
@@ -81,14 +106,12 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
     let lifetimes = match check_spec(mpc) {
         Ok(l) => l,
         Err(message) => {
-            publish_status(ctx, mpc, failed_status(mpc, &message)).await?;
+            publish_status(ctx, mpc, failed_status(mpc, "InvalidSpec", &message)).await?;
             return Err(Error::InvalidSpec(message));
         }
     };
     let names = Names::new(&name);
     let now = OffsetDateTime::now_utc();
-
-    let grant_public_key = ensure_grant_key(ctx, mpc, &ns).await?;
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods = pods.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"))).await?;
@@ -105,34 +128,42 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
         requests.insert(Leaf::Node(index), LeafRequest { dns_names, ips });
     }
     requests.insert(Leaf::Operator, LeafRequest::default());
-    let pki = pki::plan(&ns, &name, &existing, &requests, lifetimes, now)?;
+    let pki = match pki::plan(&ns, &name, &existing, &requests, lifetimes, now) {
+        Ok(pki) => pki,
+        Err(e @ pki::PlanError::CaUnreadable(_)) => {
+            let message = format!("{e}: repair or delete Secret {}", names.ca_secret());
+            event(ctx, mpc, EventType::Warning, "CAUnreadable", "IssueCertificate", message.clone()).await;
+            publish_status(ctx, mpc, failed_status(mpc, "CAUnreadable", &message)).await?;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let bundle = pki.bundle.to_pem();
-
-    let mut ca_secret =
-        resources::tls_secret(mpc, names.ca_secret(), pki.ca.cert_pem(), pki.ca.key_pem().expose(), &bundle);
-    ca_secret.type_ = Some("Opaque".into());
-    apply(&ctx.client, &ns, &ca_secret).await?;
+    apply_secret(ctx, &ns, resources::ca_secret(mpc, &pki)).await?;
     for (leaf, cert) in &pki.leaves {
         let secret_name = match leaf {
             Leaf::Node(i) => names.node_secret(*i),
             Leaf::Operator => names.operator_secret(),
         };
-        apply(
-            &ctx.client,
-            &ns,
-            &resources::tls_secret(mpc, secret_name, &cert.cert_pem, cert.key_pem.expose(), &bundle),
-        )
-        .await?;
+        let secret = resources::tls_secret(mpc, secret_name, &cert.cert_pem, cert.key_pem.expose(), &bundle);
+        apply_secret(ctx, &ns, secret).await?;
     }
     for change in &pki.changes {
         info!(cluster = %name, namespace = %ns, "{change}");
         ctx.metrics.certificates_issued.with_label_values(&[change_kind(change)]).inc();
         // Events are grouped by reason and related object, so name the
         // Secret: each one gets its own series instead of one "x6" line.
-        let secret_name = match change {
-            pki::Change::CaCreated | pki::Change::CaRolled => names.ca_secret(),
-            pki::Change::LeafIssued(Leaf::Node(i), _) => names.node_secret(*i),
-            pki::Change::LeafIssued(Leaf::Operator, _) => names.operator_secret(),
+        let (secret_name, reason, type_) = match change {
+            pki::Change::CaCreated => (names.ca_secret(), "CACreated", EventType::Normal),
+            pki::Change::CaReplaced => (names.ca_secret(), "CAReplaced", EventType::Warning),
+            pki::Change::CaStaged => (names.ca_secret(), "CAStaged", EventType::Normal),
+            pki::Change::CaPromoted => (names.ca_secret(), "CAPromoted", EventType::Normal),
+            pki::Change::LeafIssued(Leaf::Node(i), _) => {
+                (names.node_secret(*i), "CertificateIssued", EventType::Normal)
+            }
+            pki::Change::LeafIssued(Leaf::Operator, _) => {
+                (names.operator_secret(), "CertificateIssued", EventType::Normal)
+            }
         };
         let related = ObjectReference {
             api_version: Some("v1".into()),
@@ -141,9 +172,21 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
             namespace: Some(ns.clone()),
             ..ObjectReference::default()
         };
-        let reason = if matches!(change, pki::Change::CaRolled) { "CARolled" } else { "CertificateIssued" };
-        event_about(ctx, mpc, EventType::Normal, reason, "IssueCertificate", change.to_string(), Some(related)).await;
+        event_about(ctx, mpc, type_, reason, "IssueCertificate", change.to_string(), Some(related)).await;
     }
+
+    // The grant key comes after the certificates, so a broken grant key
+    // Secret cannot stop certificate renewal.
+    let grant_public_key = match ensure_grant_key(ctx, mpc, &ns).await {
+        Ok(key) => key,
+        Err(e @ Error::GrantKey(_)) => {
+            let message = e.to_string();
+            event(ctx, mpc, EventType::Warning, "GrantKeyUnreadable", "CreateGrantKey", message.clone()).await;
+            publish_status(ctx, mpc, failed_status(mpc, "GrantKeyUnreadable", &message)).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
 
     // Configuration, addressing and the nodes themselves.
     let config = resources::cluster_config(mpc, &grant_public_key, &ctx.build);
@@ -180,15 +223,8 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
     }
     publish_status(ctx, mpc, status).await?;
 
-    let next_renewal = pki
-        .leaves
-        .values()
-        .filter_map(|c| torcus_certs::inspect(&c.cert_pem).ok())
-        .map(|i| i.not_after - lifetimes.renew_before - now)
-        .min()
-        .and_then(|d| StdDuration::try_from(d).ok())
-        .unwrap_or(MAX_REQUEUE);
-    Ok(Action::requeue(next_renewal.clamp(StdDuration::from_secs(1), MAX_REQUEUE)))
+    let due = StdDuration::try_from(pki.due - OffsetDateTime::now_utc()).unwrap_or(StdDuration::ZERO);
+    Ok(Action::requeue(due.clamp(StdDuration::from_secs(1), MAX_REQUEUE)))
 }
 
 /// What the API server's schema cannot check, or an object admitted before
@@ -213,7 +249,7 @@ fn check_spec(mpc: &MpcCluster) -> std::result::Result<Lifetimes, String> {
     if renew_before >= leaf_validity {
         return Err("certificates.renewBefore must be shorter than certificates.validity".into());
     }
-    Ok(Lifetimes { leaf_validity, renew_before })
+    Ok(Lifetimes { leaf_validity, renew_before, propagation: pki::DEFAULT_PROPAGATION })
 }
 
 /// Returns the hex public key of the cluster's grant signing key, creating
@@ -224,14 +260,16 @@ fn check_spec(mpc: &MpcCluster) -> std::result::Result<Lifetimes, String> {
 async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<String> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = Names::new(&mpc.name_any()).grant_key_secret();
-    if let Some(secret) = secrets.get_opt(&name).await? {
-        return grant_public_key(&secret).ok_or(Error::GrantKey(name));
+    if let Some(mut secret) = secrets.get_opt(&name).await? {
+        let public = grant_public_key(&secret);
+        scrub(&mut secret);
+        return public.ok_or(Error::GrantKey(name));
     }
     let mut seed = Zeroizing::new([0u8; 32]);
     getrandom::fill(seed.as_mut()).map_err(|e| Error::Random(e.to_string()))?;
     let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
     let public = hex::encode(signing.verifying_key().as_bytes());
-    let secret = resources::secret(
+    let mut secret = resources::secret(
         mpc,
         name.clone(),
         "Opaque",
@@ -240,15 +278,18 @@ async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<S
             (GRANT_PUBLIC_KEY.to_owned(), public.clone().into_bytes()),
         ]),
     );
-    match secrets
+    let created = secrets
         .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }, &secret)
-        .await
-    {
-        Ok(_) => {}
+        .await;
+    scrub(&mut secret);
+    match created {
+        Ok(mut stored) => scrub(&mut stored),
         // Another reconcile won the race: use its key.
         Err(kube::Error::Api(e)) if e.code == 409 => {
-            let secret = secrets.get(&name).await?;
-            return grant_public_key(&secret).ok_or(Error::GrantKey(name));
+            let mut secret = secrets.get(&name).await?;
+            let public = grant_public_key(&secret);
+            scrub(&mut secret);
+            return public.ok_or(Error::GrantKey(name));
         }
         Err(e) => return Err(e.into()),
     }
@@ -295,20 +336,37 @@ async fn read_existing_pki(secrets: &Api<Secret>, mpc: &MpcCluster) -> Result<pk
         s.data.as_ref().and_then(|d| d.get(key)).and_then(|v| String::from_utf8(v.0.clone()).ok())
     };
     let mut existing = pki::Existing::default();
-    if let Some(ca) = secrets.get_opt(&names.ca_secret()).await? {
-        if let (Some(cert), Some(key)) = (field(&ca, "tls.crt"), field(&ca, "tls.key")) {
-            existing.ca = Some((cert, SecretPem::new(key)));
+    if let Some(mut ca) = secrets.get_opt(&names.ca_secret()).await? {
+        // A CA Secret that exists is taken as it is, even half empty: the
+        // planner refuses to replace what it cannot read.
+        existing.ca = Some((
+            field(&ca, "tls.crt").unwrap_or_default(),
+            SecretPem::new(field(&ca, "tls.key").unwrap_or_default()),
+        ));
+        let since = field(&ca, resources::CA_NEXT_SINCE)
+            .and_then(|t| OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok());
+        if let (Some(cert), Some(key), Some(since)) =
+            (field(&ca, resources::CA_NEXT_CERT), field(&ca, resources::CA_NEXT_KEY), since)
+        {
+            existing.next = Some((cert, SecretPem::new(key), since));
         }
         existing.bundle = field(&ca, "ca.crt");
+        scrub(&mut ca);
     }
     let leaves = (0..mpc.spec.nodes)
         .map(|i| (Leaf::Node(i), names.node_secret(i)))
         .chain([(Leaf::Operator, names.operator_secret())]);
     for (leaf, secret_name) in leaves {
-        if let Some(s) = secrets.get_opt(&secret_name).await?
-            && let (Some(cert_pem), Some(key)) = (field(&s, "tls.crt"), field(&s, "tls.key"))
-        {
-            existing.leaves.insert(leaf, IssuedCertificate { cert_pem, key_pem: SecretPem::new(key) });
+        if let Some(mut s) = secrets.get_opt(&secret_name).await? {
+            if let (Some(cert_pem), Some(key)) = (field(&s, "tls.crt"), field(&s, "tls.key")) {
+                existing.leaves.insert(leaf, IssuedCertificate { cert_pem, key_pem: SecretPem::new(key) });
+            }
+            // Without a CA Secret, the bundle the nodes hold says which CAs
+            // their certificates chain to; the new CA must trust them too.
+            if existing.bundle.is_none() {
+                existing.bundle = field(&s, "ca.crt");
+            }
+            scrub(&mut s);
         }
     }
     Ok(existing)
@@ -317,7 +375,9 @@ async fn read_existing_pki(secrets: &Api<Secret>, mpc: &MpcCluster) -> Result<pk
 fn change_kind(change: &pki::Change) -> &'static str {
     match change {
         pki::Change::CaCreated => "ca_created",
-        pki::Change::CaRolled => "ca_rolled",
+        pki::Change::CaReplaced => "ca_replaced",
+        pki::Change::CaStaged => "ca_staged",
+        pki::Change::CaPromoted => "ca_promoted",
         pki::Change::LeafIssued(Leaf::Node(_), _) => "node",
         pki::Change::LeafIssued(Leaf::Operator, _) => "operator",
     }
@@ -433,13 +493,13 @@ pub fn cluster_status(
     }
 }
 
-fn failed_status(mpc: &MpcCluster, message: &str) -> MpcClusterStatus {
+fn failed_status(mpc: &MpcCluster, reason: &str, message: &str) -> MpcClusterStatus {
     let mut status = mpc.status.clone().unwrap_or_default();
     let generation = mpc.metadata.generation;
     status.phase = Some(ClusterPhase::Failed);
     status.observed_generation = generation;
     status.conditions.retain(|c| c.type_ != "Ready");
-    status.conditions.push(condition(mpc, "Ready", false, "InvalidSpec", message.to_owned(), generation));
+    status.conditions.push(condition(mpc, "Ready", false, reason, message.to_owned(), generation));
     status
 }
 
@@ -478,6 +538,21 @@ async fn publish_status(ctx: &Context, mpc: &MpcCluster, status: MpcClusterStatu
     });
     api.patch_status(&mpc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
     Ok(())
+}
+
+/// Applies a Secret and wipes the key material from both copies in memory.
+async fn apply_secret(ctx: &Context, ns: &str, mut secret: Secret) -> Result<()> {
+    let result = apply(&ctx.client, ns, &secret).await;
+    scrub(&mut secret);
+    scrub(&mut result?);
+    Ok(())
+}
+
+/// Zeroizes a Secret's data in place (the API types do not do it on drop).
+fn scrub(secret: &mut Secret) {
+    for value in secret.data.iter_mut().flat_map(|d| d.values_mut()) {
+        value.0.zeroize();
+    }
 }
 
 /// Server-side applies `obj` under the operator's field manager and returns
@@ -583,6 +658,12 @@ mod tests {
         std::thread::sleep(StdDuration::from_millis(5));
         let second = cluster_status(&mpc, nodes(&[true, false, false]), "ab".into(), certs());
         assert_eq!(cond(&first, "NodesReady").last_transition_time, cond(&second, "NodesReady").last_transition_time);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let delays: Vec<u64> = [1, 2, 3, 9, 10, 50].map(|n| backoff(n).as_secs()).to_vec();
+        assert_eq!(delays, [1, 2, 4, 256, 300, 300]);
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub enum Error {
     /// The object's spec cannot be acted on; its status says why.
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
+    /// The certificates cannot be planned (an unreadable CA is never replaced).
+    #[error("certificates: {0}")]
+    Pki(#[from] pki::PlanError),
     /// The grant key Secret exists but does not hold a consistent key.
     #[error("grant key secret {0} is malformed; refusing to replace it")]
     GrantKey(String),
@@ -53,7 +56,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube",
-            Self::Certs(_) => "certs",
+            Self::Certs(_) | Self::Pki(_) => "certs",
             Self::InvalidSpec(_) => "invalid_spec",
             Self::GrantKey(_) => "grant_key",
             Self::Random(_) => "random",
@@ -120,7 +123,11 @@ impl Args {
     }
 
     /// Runs the operator until `shutdown` completes or leadership is lost.
-    pub async fn run(self, client: Client, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        client: Client,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RunError> {
         let Self {
             namespace,
             node_image,
@@ -133,7 +140,7 @@ impl Args {
             instance,
             log_format: _,
         } = self;
-        let instance = instance.unwrap_or_else(|| format!("torcus-operator-{}", std::process::id()));
+        let instance = instance.unwrap_or_else(default_instance);
         let metrics = Arc::new(Metrics::new()?);
         let stop = CancellationToken::new();
         {
@@ -144,8 +151,8 @@ impl Args {
             });
         }
 
-        let listener = tokio::net::TcpListener::bind(http_addr).await?;
-        info!(addr = %listener.local_addr()?, "serving metrics and health");
+        let listener = tokio::net::TcpListener::bind(http_addr).await.map_err(|e| RunError::Bind(http_addr, e))?;
+        info!(addr = %http_addr, "serving metrics and health");
         let server = tokio::spawn(metrics::serve(listener, metrics.clone(), stop.clone().cancelled_owned()));
 
         let mut lease_handle = None;
@@ -194,11 +201,12 @@ impl Args {
             ),
             build: resources::BuildContext { default_node_image: node_image, registry_url, cluster_domain },
             metrics: metrics.clone(),
+            failures: Arc::default(),
         });
-        metrics.ready.set(1);
+        metrics.leader.set(1);
         let controller = cluster_controller_stream(client, namespace.as_deref(), ctx, stop.clone());
         controller.await;
-        metrics.ready.set(0);
+        metrics.leader.set(0);
         stop.cancel();
         let _ = server.await;
         if let Some(lease) = lease_handle {
@@ -206,6 +214,32 @@ impl Args {
         }
         Ok(())
     }
+}
+
+/// Why the operator could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The metrics address could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+    /// Leader election could not start.
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+}
+
+/// A Lease identity unique per process even where every replica is PID 1
+/// and `POD_NAME` is not given: the host name plus a random suffix.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    let mut suffix = [0u8; 4];
+    // Without randomness the host name alone still tells replicas apart on
+    // separate pods; the suffix covers two processes on one host.
+    let _ = getrandom::fill(&mut suffix);
+    format!("{}-{}", if host.is_empty() { "torcus-operator" } else { host }, hex::encode(suffix))
 }
 
 /// Runs the MpcCluster controller until `stop` is cancelled.

@@ -7,7 +7,7 @@ async fn main() -> anyhow::Result<()> {
     let args = torcus_operator::Args::parse();
     args.init_tracing();
     let client = kube::Client::try_default().await?;
-    args.run(client, shutdown_signal()).await
+    Ok(args.run(client, shutdown_signal()).await?)
 }
 
 async fn shutdown_signal() {

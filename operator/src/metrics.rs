@@ -22,7 +22,7 @@ pub struct Metrics {
     /// Certificates issued by kind (ca_created, ca_rolled, node, operator).
     pub certificates_issued: IntCounterVec,
     /// 1 while this replica leads and reconciles.
-    pub ready: IntGauge,
+    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -42,12 +42,12 @@ impl Metrics {
             Opts::new("torcus_certificates_issued_total", "Certificates issued, by kind"),
             &["kind"],
         )?;
-        let ready = IntGauge::new("torcus_operator_leader", "1 while this replica holds leadership and reconciles")?;
+        let leader = IntGauge::new("torcus_operator_leader", "1 while this replica holds leadership and reconciles")?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(certificates_issued.clone()))?;
-        registry.register(Box::new(ready.clone()))?;
-        Ok(Self { registry, reconcile_duration, reconcile_errors, certificates_issued, ready })
+        registry.register(Box::new(leader.clone()))?;
+        Ok(Self { registry, reconcile_duration, reconcile_errors, certificates_issued, leader })
     }
 
     /// The text exposition of every metric.
@@ -80,6 +80,7 @@ async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
 }
 
 async fn ready(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    // A standby replica is healthy but not ready: it does not reconcile.
-    if metrics.ready.get() == 1 { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "standby") }
+    // A standby is ready too: it is up and will take over when the leader
+    // goes. Reporting it unready would stall rolling updates of two replicas.
+    (StatusCode::OK, if metrics.leader.get() == 1 { "leader" } else { "standby" })
 }

@@ -3,16 +3,18 @@
 //! expiry. Pure (time goes in as an argument), so renewal and CA rolls are
 //! tested without a cluster.
 //!
-//! A CA roll never cuts trust hard: the new CA signs every leaf from then on,
-//! and the trust bundle every node and the operator use holds old and new CA
-//! until the old one expires.
+//! A CA roll never cuts trust hard. It has two phases: first the next CA is
+//! *staged* — added to the trust bundle every node and the operator use,
+//! while leaves are still issued by the current CA — and only after
+//! [`Lifetimes::propagation`] (long enough for every kubelet to refresh the
+//! mounted Secrets) is it *promoted* and leaves are re-issued under it. The
+//! old CA stays in the bundle until it expires.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use torcus_certs::{
-    CaRenewal, CertificateAuthority, Duration, Identity, IssuedCertificate, OffsetDateTime, Role, SecretPem,
-    TrustBundle,
+    CertificateAuthority, Duration, Identity, IssuedCertificate, OffsetDateTime, Role, SecretPem, TrustBundle,
 };
 
 /// Whose certificate a leaf is.
@@ -31,7 +33,14 @@ pub struct Lifetimes {
     pub leaf_validity: Duration,
     /// Renew a leaf with less than this left.
     pub renew_before: Duration,
+    /// How long a staged CA is trusted before it issues anything: the time a
+    /// kubelet may take to refresh a mounted Secret, with margin.
+    pub propagation: Duration,
 }
+
+/// Default for [`Lifetimes::propagation`]: kubelets refresh Secret volumes
+/// within their sync period plus cache TTL (about two minutes by default).
+pub const DEFAULT_PROPAGATION: Duration = Duration::minutes(5);
 
 impl Lifetimes {
     /// The CA outlives four leaves.
@@ -39,10 +48,10 @@ impl Lifetimes {
         self.leaf_validity * 4
     }
 
-    /// Roll the CA early enough that a leaf issued just before the roll still
-    /// gets its full validity.
+    /// Stage the next CA early enough that, after propagation, a leaf issued
+    /// by the old one still gets its full validity.
     pub fn ca_renew_before(&self) -> Duration {
-        self.leaf_validity + self.renew_before
+        self.leaf_validity + self.renew_before + self.propagation
     }
 }
 
@@ -51,7 +60,9 @@ impl Lifetimes {
 pub struct Existing {
     /// CA certificate and key.
     pub ca: Option<(String, SecretPem)>,
-    /// Trust bundle from the CA Secret.
+    /// The staged next CA, its key, and when it was staged.
+    pub next: Option<(String, SecretPem, OffsetDateTime)>,
+    /// Trust bundle from the CA Secret or, if that is gone, from a leaf's Secret.
     pub bundle: Option<String>,
     /// Leaf certificates and keys.
     pub leaves: BTreeMap<Leaf, IssuedCertificate>,
@@ -69,14 +80,18 @@ pub struct LeafRequest {
 /// The certificates a cluster should have, and what changed to get there.
 #[derive(Debug)]
 pub struct Pki {
-    /// The current CA.
+    /// The CA that issues leaves.
     pub ca: CertificateAuthority,
-    /// The CAs everyone trusts, current first.
+    /// The staged next CA and when it was staged.
+    pub next: Option<(CertificateAuthority, OffsetDateTime)>,
+    /// The CAs everyone trusts, newest first.
     pub bundle: TrustBundle,
     /// Every leaf.
     pub leaves: BTreeMap<Leaf, IssuedCertificate>,
     /// What was issued, for Events and logs (never key material).
     pub changes: Vec<Change>,
+    /// When this plan must be made again (renewal, promotion), at the latest.
+    pub due: OffsetDateTime,
 }
 
 /// One issuance.
@@ -84,8 +99,14 @@ pub struct Pki {
 pub enum Change {
     /// A CA was created where none existed.
     CaCreated,
-    /// The CA entered its renewal window and was replaced; the old one stays trusted.
-    CaRolled,
+    /// The CA Secret was gone while certificates of the old CA were still in
+    /// use: a new CA was made, and the old one stays trusted until it expires.
+    CaReplaced,
+    /// The current CA entered its renewal window; its successor is now trusted
+    /// but issues nothing yet.
+    CaStaged,
+    /// The staged CA took over issuing; the previous CA stays trusted.
+    CaPromoted,
     /// A leaf was issued, with the reason.
     LeafIssued(Leaf, &'static str),
 }
@@ -94,11 +115,29 @@ impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::CaCreated => f.write_str("created the cluster CA"),
-            Self::CaRolled => f.write_str("rolled the cluster CA; the previous CA stays trusted until it expires"),
+            Self::CaReplaced => {
+                f.write_str("the CA Secret was missing: created a new cluster CA; the previous CA stays trusted")
+            }
+            Self::CaStaged => f.write_str("staged the next cluster CA: trusted now, issuing after propagation"),
+            Self::CaPromoted => {
+                f.write_str("promoted the next cluster CA; the previous CA stays trusted until it expires")
+            }
             Self::LeafIssued(Leaf::Node(i), why) => write!(f, "issued the certificate of node {i} ({why})"),
             Self::LeafIssued(Leaf::Operator, why) => write!(f, "issued the operator client certificate ({why})"),
         }
     }
+}
+
+/// Why no plan could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The CA Secret exists but does not hold a usable CA. Replacing it would
+    /// cut every node off; a person has to look.
+    #[error("CA secret holds no usable CA ({0}); refusing to replace it")]
+    CaUnreadable(#[source] torcus_certs::Error),
+    /// Issuing failed.
+    #[error(transparent)]
+    Certs(#[from] torcus_certs::Error),
 }
 
 /// Plans the certificates of cluster `namespace/cluster`.
@@ -109,35 +148,59 @@ pub fn plan(
     requests: &BTreeMap<Leaf, LeafRequest>,
     lifetimes: Lifetimes,
     now: OffsetDateTime,
-) -> torcus_certs::Result<Pki> {
+) -> Result<Pki, PlanError> {
     let mut changes = Vec::new();
-    let common_name = format!("torcus {namespace}/{cluster} CA");
+    let earlier = existing.bundle.as_deref().and_then(|b| TrustBundle::from_pem(b).ok());
 
-    let current = existing.ca.as_ref().and_then(|(cert, key)| CertificateAuthority::from_pem(cert, key.expose()).ok());
-    let (ca, bundle) = match current {
+    let (mut ca, mut next, mut bundle) = match &existing.ca {
         None => {
-            changes.push(Change::CaCreated);
+            let common_name = format!("torcus {namespace}/{cluster} CA");
             let ca = CertificateAuthority::generate(&common_name, lifetimes.ca_validity(), now)?;
-            let bundle = TrustBundle::single(ca.cert_pem());
-            (ca, bundle)
-        }
-        Some(ca) => {
-            let bundle = existing
-                .bundle
-                .as_deref()
-                .and_then(|b| TrustBundle::from_pem(b).ok())
-                .filter(|b| b.to_pem().contains(ca.cert_pem().trim()))
-                .unwrap_or_else(|| TrustBundle::single(ca.cert_pem()));
-            match torcus_certs::renew_ca(&ca, &bundle, lifetimes.ca_validity(), lifetimes.ca_renew_before(), now)? {
-                CaRenewal::Keep => (ca, bundle.pruned(now)),
-                CaRenewal::Renewed { ca, bundle } => {
-                    changes.push(Change::CaRolled);
-                    (ca, bundle)
+            let bundle = match earlier {
+                Some(earlier) => {
+                    changes.push(Change::CaReplaced);
+                    earlier.rolled(ca.cert_pem(), now)?
                 }
-            }
+                None => {
+                    changes.push(Change::CaCreated);
+                    TrustBundle::single(ca.cert_pem())
+                }
+            };
+            (ca, None, bundle)
+        }
+        Some((cert, key)) => {
+            let ca = CertificateAuthority::from_pem(cert, key.expose()).map_err(PlanError::CaUnreadable)?;
+            // A staged CA that does not parse is simply staged again.
+            let next = existing.next.as_ref().and_then(|(cert, key, since)| {
+                CertificateAuthority::from_pem(cert, key.expose()).ok().map(|next| (next, *since))
+            });
+            let bundle = earlier.unwrap_or_else(|| TrustBundle::single(ca.cert_pem()));
+            (ca, next, bundle)
         }
     };
-    let ca_changed = !changes.is_empty();
+
+    match next.take() {
+        Some((staged, since)) if now - since >= lifetimes.propagation => {
+            changes.push(Change::CaPromoted);
+            ca = staged;
+        }
+        Some(staged) => next = Some(staged),
+        None if torcus_certs::needs_renewal(ca.cert_pem(), lifetimes.ca_renew_before(), now)? => {
+            let staged = CertificateAuthority::generate(ca.common_name(), lifetimes.ca_validity(), now)?;
+            changes.push(Change::CaStaged);
+            next = Some((staged, now));
+        }
+        None => {}
+    }
+    // Whatever happened above, the bundle trusts the issuing CA and the
+    // staged one, and forgets only CAs that have expired.
+    for trusted in std::iter::once(&ca).chain(next.as_ref().map(|(n, _)| n)) {
+        if !bundle.contains(trusted.cert_pem()) {
+            bundle = bundle.rolled(trusted.cert_pem(), now)?;
+        }
+    }
+    let bundle = bundle.pruned(now);
+    let new_issuer = changes.iter().any(|c| matches!(c, Change::CaCreated | Change::CaReplaced | Change::CaPromoted));
 
     let mut leaves = BTreeMap::new();
     for (&leaf, request) in requests {
@@ -150,7 +213,7 @@ pub fn plan(
             },
         };
         let reason = match existing.leaves.get(&leaf) {
-            _ if ca_changed => Some("new CA"),
+            _ if new_issuer => Some("new CA"),
             None => Some("new"),
             Some(current) => reissue_reason(current, &ca, &identity, request, lifetimes, now),
         };
@@ -163,7 +226,16 @@ pub fn plan(
         };
         leaves.insert(leaf, cert);
     }
-    Ok(Pki { ca, bundle, leaves, changes })
+
+    // Next CA step: promote the staged CA, or stage one.
+    let mut due = match &next {
+        Some((_, since)) => *since + lifetimes.propagation,
+        None => ca.not_after() - lifetimes.ca_renew_before(),
+    };
+    for cert in leaves.values() {
+        due = due.min(torcus_certs::inspect(&cert.cert_pem)?.not_after - lifetimes.renew_before);
+    }
+    Ok(Pki { ca, next, bundle, leaves, changes, due })
 }
 
 /// Why a leaf that exists must be issued again, if it must.
@@ -223,7 +295,11 @@ mod tests {
     use super::*;
 
     fn lifetimes() -> Lifetimes {
-        Lifetimes { leaf_validity: Duration::days(90), renew_before: Duration::days(30) }
+        Lifetimes {
+            leaf_validity: Duration::days(90),
+            renew_before: Duration::days(30),
+            propagation: DEFAULT_PROPAGATION,
+        }
     }
 
     fn requests(n: u16) -> BTreeMap<Leaf, LeafRequest> {
@@ -237,6 +313,7 @@ mod tests {
     fn existing(pki: &Pki) -> Existing {
         Existing {
             ca: Some((pki.ca.cert_pem().to_owned(), pki.ca.key_pem().clone())),
+            next: pki.next.as_ref().map(|(n, since)| (n.cert_pem().to_owned(), n.key_pem().clone(), *since)),
             bundle: Some(pki.bundle.to_pem()),
             leaves: pki.leaves.clone(),
         }
@@ -269,23 +346,67 @@ mod tests {
         let later = now + Duration::days(61);
         let second = plan("vault", "demo", &existing(&first), &requests(2), lifetimes(), later).unwrap();
         assert!(second.changes.contains(&Change::LeafIssued(Leaf::Node(0), "renewal")));
-        assert!(!second.changes.contains(&Change::CaRolled));
+        assert!(!second.changes.contains(&Change::CaStaged));
     }
 
     #[test]
-    fn ca_roll_keeps_the_old_ca_trusted() {
+    fn ca_roll_stages_then_promotes_without_a_hard_cut() {
+        let t0 = OffsetDateTime::now_utc();
+        let first = plan("vault", "demo", &Existing::default(), &requests(2), lifetimes(), t0).unwrap();
+        // CA validity 360 days; the next CA is staged 120 days + propagation before the end.
+        let t1 = t0 + Duration::days(235);
+        let before = plan("vault", "demo", &existing(&first), &requests(2), lifetimes(), t1).unwrap();
+        assert!(before.next.is_none(), "{:?}", before.changes);
+        let old_leaf = before.leaves[&Leaf::Node(0)].cert_pem.clone();
+
+        let t2 = t0 + Duration::days(241);
+        let staged = plan("vault", "demo", &existing(&before), &requests(2), lifetimes(), t2).unwrap();
+        assert!(staged.changes.contains(&Change::CaStaged));
+        assert_eq!(staged.bundle.len(), 2, "next CA is trusted");
+        assert_eq!(staged.ca.cert_pem(), first.ca.cert_pem(), "the old CA still issues");
+        assert!(!staged.changes.iter().any(|c| matches!(c, Change::LeafIssued(..))), "{:?}", staged.changes);
+        assert_eq!(staged.due, t2 + DEFAULT_PROPAGATION);
+
+        // Before propagation nothing moves.
+        let t3 = t2 + Duration::minutes(1);
+        let waiting = plan("vault", "demo", &existing(&staged), &requests(2), lifetimes(), t3).unwrap();
+        assert!(waiting.changes.is_empty(), "{:?}", waiting.changes);
+
+        let t4 = t2 + DEFAULT_PROPAGATION;
+        let promoted = plan("vault", "demo", &existing(&waiting), &requests(2), lifetimes(), t4).unwrap();
+        assert!(promoted.changes.contains(&Change::CaPromoted));
+        assert!(promoted.changes.contains(&Change::LeafIssued(Leaf::Node(0), "new CA")));
+        assert!(promoted.next.is_none());
+        let bundle = promoted.bundle.to_pem();
+        assert_eq!(promoted.bundle.len(), 2);
+        // At the same instant, a node still holding the old CA's leaf and one
+        // holding the new CA's leaf both verify under the bundle both have.
+        torcus_certs::verify_leaf(&old_leaf, &bundle, t4).unwrap();
+        torcus_certs::verify_leaf(&promoted.leaves[&Leaf::Node(0)].cert_pem, &bundle, t4).unwrap();
+        // ... and the bundle nodes had during staging already trusted the new leaf.
+        torcus_certs::verify_leaf(&promoted.leaves[&Leaf::Node(1)].cert_pem, &staged.bundle.to_pem(), t4).unwrap();
+    }
+
+    #[test]
+    fn a_lost_ca_secret_keeps_the_old_ca_trusted() {
         let now = OffsetDateTime::now_utc();
         let first = plan("vault", "demo", &Existing::default(), &requests(2), lifetimes(), now).unwrap();
-        // CA validity 360 days, rolled 120 days before its end.
-        let later = now + Duration::days(250);
-        let rolled = plan("vault", "demo", &existing(&first), &requests(2), lifetimes(), later).unwrap();
-        assert!(rolled.changes.contains(&Change::CaRolled));
-        assert_eq!(rolled.bundle.len(), 2);
-        let bundle = rolled.bundle.to_pem();
-        // A node that has not picked up its new certificate yet is still trusted.
-        torcus_certs::verify_leaf(&first.leaves[&Leaf::Node(0)].cert_pem, &bundle, later - Duration::days(170))
-            .unwrap();
-        torcus_certs::verify_leaf(&rolled.leaves[&Leaf::Node(0)].cert_pem, &bundle, later).unwrap();
+        let mut lost = existing(&first);
+        lost.ca = None;
+        let replaced = plan("vault", "demo", &lost, &requests(2), lifetimes(), now).unwrap();
+        assert!(replaced.changes.contains(&Change::CaReplaced));
+        torcus_certs::verify_leaf(&first.leaves[&Leaf::Node(0)].cert_pem, &replaced.bundle.to_pem(), now).unwrap();
+        torcus_certs::verify_leaf(&replaced.leaves[&Leaf::Node(0)].cert_pem, &replaced.bundle.to_pem(), now).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_ca_is_not_replaced() {
+        let now = OffsetDateTime::now_utc();
+        let broken = Existing { ca: Some(("garbage".into(), SecretPem::new("garbage".into()))), ..Existing::default() };
+        assert!(matches!(
+            plan("vault", "demo", &broken, &requests(1), lifetimes(), now),
+            Err(PlanError::CaUnreadable(_))
+        ));
     }
 
     #[test]

@@ -23,6 +23,8 @@ use sha2::{Digest, Sha256};
 use torcus_contract::{self as contract, ClusterConfig, Peer};
 use torcus_crds::MpcCluster;
 
+use crate::pki::Pki;
+
 /// Label: the MpcCluster a child belongs to.
 pub const LABEL_CLUSTER: &str = "mpc.torcus.io/cluster";
 /// Label: the party index of a node's StatefulSet and pod.
@@ -180,6 +182,30 @@ pub fn tls_secret(mpc: &MpcCluster, name: String, cert_pem: &str, key_pem: &str,
             ("ca.crt".to_owned(), trust_bundle_pem.as_bytes().to_vec()),
         ]),
     )
+}
+
+/// CA Secret key: the staged next CA certificate, during a roll.
+pub const CA_NEXT_CERT: &str = "next.crt";
+/// CA Secret key: the staged next CA key, during a roll.
+pub const CA_NEXT_KEY: &str = "next.key";
+/// CA Secret key: when the next CA was staged, RFC 3339.
+pub const CA_NEXT_SINCE: &str = "next.since";
+
+/// The CA Secret: the issuing CA (`tls.crt`, `tls.key`), the trust bundle
+/// (`ca.crt`) and, during a roll, the staged next CA.
+pub fn ca_secret(mpc: &MpcCluster, pki: &Pki) -> Secret {
+    let mut data = BTreeMap::from([
+        ("tls.crt".to_owned(), pki.ca.cert_pem().as_bytes().to_vec()),
+        ("tls.key".to_owned(), pki.ca.key_pem().expose().as_bytes().to_vec()),
+        ("ca.crt".to_owned(), pki.bundle.to_pem().into_bytes()),
+    ]);
+    if let Some((next, since)) = &pki.next {
+        let since = since.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        data.insert(CA_NEXT_CERT.to_owned(), next.cert_pem().as_bytes().to_vec());
+        data.insert(CA_NEXT_KEY.to_owned(), next.key_pem().expose().as_bytes().to_vec());
+        data.insert(CA_NEXT_SINCE.to_owned(), since.into_bytes());
+    }
+    secret(mpc, Names::new(&mpc.name_any()).ca_secret(), "Opaque", data)
 }
 
 /// The configuration every node of the cluster reads.
@@ -577,6 +603,35 @@ mod tests {
         let data = s.data.unwrap();
         assert_eq!(data["tls.crt"].0, b"CERT");
         assert_eq!(data["ca.crt"].0, b"CA");
+    }
+
+    #[test]
+    fn ca_secret_carries_the_staged_ca_only_during_a_roll() {
+        use crate::pki::{self, Existing, Leaf, LeafRequest, Lifetimes};
+        use torcus_certs::{Duration, OffsetDateTime};
+        let mpc = cluster("demo", 3, 2);
+        let lifetimes = Lifetimes {
+            leaf_validity: Duration::days(90),
+            renew_before: Duration::days(30),
+            propagation: pki::DEFAULT_PROPAGATION,
+        };
+        let requests = BTreeMap::from([(Leaf::Operator, LeafRequest::default())]);
+        let now = OffsetDateTime::now_utc();
+        let plan = pki::plan("vault", "demo", &Existing::default(), &requests, lifetimes, now).unwrap();
+        let data = ca_secret(&mpc, &plan).data.unwrap();
+        assert_eq!(data["tls.crt"].0, plan.ca.cert_pem().as_bytes());
+        assert!(!data.contains_key(CA_NEXT_CERT));
+
+        let existing = Existing {
+            ca: Some((plan.ca.cert_pem().to_owned(), plan.ca.key_pem().clone())),
+            bundle: Some(plan.bundle.to_pem()),
+            leaves: plan.leaves.clone(),
+            next: None,
+        };
+        let staged = pki::plan("vault", "demo", &existing, &requests, lifetimes, now + Duration::days(300)).unwrap();
+        let data = ca_secret(&mpc, &staged).data.unwrap();
+        assert_eq!(data[CA_NEXT_CERT].0, staged.next.as_ref().unwrap().0.cert_pem().as_bytes());
+        assert!(data.contains_key(CA_NEXT_SINCE));
     }
 
     #[test]
