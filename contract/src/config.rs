@@ -105,14 +105,13 @@ impl ClusterConfig {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(nodes: u16, threshold: u16) -> ClusterConfig {
-        ClusterConfig {
-            cluster: "demo".into(),
-            namespace: "default".into(),
+#[cfg(any(test, feature = "test-util"))]
+impl ClusterConfig {
+    /// A consistent configuration of `nodes` parties for tests.
+    pub fn sample(cluster: &str, namespace: &str, nodes: u16, threshold: u16) -> Self {
+        Self {
+            cluster: cluster.into(),
+            namespace: namespace.into(),
             nodes,
             threshold,
             curve: "secp256k1".into(),
@@ -124,27 +123,32 @@ mod tests {
             peers: (0..nodes)
                 .map(|index| Peer {
                     index,
-                    host: format!("demo-{index}-0.demo-nodes"),
+                    host: format!("{cluster}-{index}-0.{cluster}-nodes"),
                     p2p_port: P2P_PORT,
                     http_port: HTTP_PORT,
                 })
                 .collect(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn round_trips_and_checks() {
-        let c = config(3, 2);
+        let c = ClusterConfig::sample("demo", "default", 3, 2);
         let json = serde_json::to_vec(&c).unwrap();
         assert_eq!(ClusterConfig::from_json(&json).unwrap(), c);
     }
 
     #[test]
     fn refuses_inconsistent() {
-        let mut c = config(3, 2);
+        let mut c = ClusterConfig::sample("demo", "default", 3, 2);
         c.threshold = 4;
         assert!(matches!(c.check(), Err(ConfigError::Inconsistent(m)) if m.contains("threshold")));
-        let mut c = config(3, 2);
+        let mut c = ClusterConfig::sample("demo", "default", 3, 2);
         c.peers.swap(0, 1);
         assert!(c.check().is_err());
         assert!(ClusterConfig::from_json(b"{not json").is_err());

@@ -88,7 +88,6 @@ mod tests {
     use std::net::IpAddr;
 
     use torcus_certs::{CertificateAuthority, Duration};
-    use torcus_contract::{HTTP_PORT, P2P_PORT, Peer};
 
     use super::*;
 
@@ -100,21 +99,7 @@ mod tests {
     /// certificate issued by `ca` for `role`.
     fn files(ca: &CertificateAuthority, trusted: &CertificateAuthority, role: Role) -> Files {
         let dir = tempfile::tempdir().unwrap();
-        let config = ClusterConfig {
-            cluster: "demo".into(),
-            namespace: "vault".into(),
-            nodes: 3,
-            threshold: 2,
-            curve: "secp256k1".into(),
-            transport: "quic".into(),
-            keys: vec!["default".into()],
-            grant_public_key: "00".repeat(32),
-            presignature_pool_size: 4,
-            registry_url: None,
-            peers: (0..3)
-                .map(|index| Peer { index, host: format!("n{index}"), p2p_port: P2P_PORT, http_port: HTTP_PORT })
-                .collect(),
-        };
+        let config = ClusterConfig::sample("demo", "vault", 3, 2);
         std::fs::write(dir.path().join("cluster.json"), serde_json::to_vec(&config).unwrap()).unwrap();
         let identity = torcus_certs::Identity { namespace: "vault".into(), cluster: "demo".into(), role };
         let ips: [IpAddr; 0] = [];
