@@ -1,8 +1,14 @@
 //! What the operator and the nodes agree on, kept in one place so neither
 //! side carries a copy: the cluster configuration file the operator publishes
 //! in a ConfigMap and every node reads at start-up, and the fixed paths,
-//! ports and environment variables that tie a pod's template to the node.
+//! ports and environment variables that tie a pod's template to the node;
+//! the signed grants the operator issues and the nodes verify; and how
+//! participants are chosen and agree to start a session.
 
 pub mod config;
+pub mod grant;
+pub mod session;
 
 pub use config::*;
+pub use grant::*;
+pub use session::*;

@@ -5,7 +5,12 @@
 //! they belong together, and serves `/healthz`, `/readyz` and `/metrics`. The
 //! protocol engine and transports build on it.
 
+pub mod engine;
 pub mod identity;
+pub mod router;
+pub mod store;
+pub mod transport;
+pub mod used_sessions;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

@@ -1,0 +1,808 @@
+//! Grants: the operator's signed permission for an exact set of nodes to run
+//! one MPC session (a key generation or one signature), and how a node checks
+//! one before it takes part.
+//!
+//! The operator builds a [`Grant`], [`sign`]s its [`Grant::canonical_bytes`]
+//! with the cluster's Ed25519 grant key and sends the [`SignedGrant`] as JSON.
+//! A node accepts it only through [`SignedGrant::verify`]: version, shape,
+//! signature, validity window, membership, and finally replay, so that a grant
+//! that fails any other check never uses up its session id. Everything both
+//! sides derive from a grant (session id, MPC execution id, initiator) comes
+//! from the signed bytes, never from the JSON.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::io;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The only grant format version this crate issues and accepts.
+pub const GRANT_VERSION: u8 = 1;
+/// How far in the future `issued_at` may be before a grant is refused, to
+/// absorb clock differences between the operator and the nodes.
+pub const CLOCK_SKEW_SECS: u64 = 30;
+/// First bytes of every [`Grant::canonical_bytes`], so a grant signature can
+/// never be mistaken for a signature over anything else.
+pub const GRANT_DOMAIN: &[u8] = b"torcus-grant-v1";
+/// First hardened BIP-32 index; grants only carry non-hardened derivation
+/// indices (the nodes derive child keys from the shared public key alone).
+pub const HARDENED_INDEX: u32 = 1 << 31;
+/// Deepest derivation path a grant may carry (BIP-32 stores depth in a byte).
+pub const MAX_DERIVATION_DEPTH: usize = 255;
+
+const SESSION_DOMAIN: &[u8] = b"torcus-session:";
+const EXECUTION_DOMAIN: &[u8] = b"torcus-eid:";
+const INITIATOR_DOMAIN: &[u8] = b"torcus-initiator:";
+
+const KIND_KEYGEN: u8 = 0x01;
+const KIND_SIGN: u8 = 0x02;
+
+/// What a grant allows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum GrantKind {
+    /// Generate the threshold key `key` (aux info, then keygen).
+    Keygen {
+        /// Key name, as listed in the cluster configuration.
+        key: String,
+    },
+    /// Sign one 32-byte digest with the key `key`, derived along `derivation_path`.
+    Sign {
+        /// Key name, as listed in the cluster configuration.
+        key: String,
+        /// The message digest to sign (the payload is hashed by the requester).
+        #[serde(with = "hex")]
+        digest: [u8; 32],
+        /// Non-hardened BIP-32 child indices, each below [`HARDENED_INDEX`];
+        /// empty signs with the key itself.
+        derivation_path: Vec<u32>,
+    },
+}
+
+impl GrantKind {
+    /// The key the grant is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Keygen { key } | Self::Sign { key, .. } => key,
+        }
+    }
+}
+
+/// The operator's permission for `participants` to run one session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Grant {
+    /// Format version, [`GRANT_VERSION`].
+    pub version: u8,
+    /// Random identifier chosen by the issuer ([`Grant::new_id`]).
+    #[serde(with = "hex")]
+    pub grant_id: [u8; 16],
+    /// Namespace of the MpcCluster.
+    pub namespace: String,
+    /// Name of the MpcCluster.
+    pub cluster: String,
+    /// What the participants may do.
+    pub kind: GrantKind,
+    /// Party indices that take part, strictly ascending.
+    pub participants: Vec<u16>,
+    /// Fresh randomness ([`Grant::new_nonce`]); with `grant_id` it picks the
+    /// initiator, so the issuer cannot steer that choice without re-rolling both.
+    #[serde(with = "hex")]
+    pub nonce: [u8; 16],
+    /// Unix seconds at which the issuer made the grant.
+    pub issued_at: u64,
+    /// Unix seconds from which the grant is refused.
+    pub expires_at: u64,
+}
+
+impl Grant {
+    /// The deterministic, unambiguous encoding that the issuer signs.
+    ///
+    /// Integers are big-endian; every variable-length field is preceded by its
+    /// length, so no two distinct grants share an encoding:
+    ///
+    /// | bytes   | field                                                    |
+    /// |---------|----------------------------------------------------------|
+    /// | 15      | domain tag `b"torcus-grant-v1"` ([`GRANT_DOMAIN`])       |
+    /// | 1       | `version`                                                |
+    /// | 16      | `grant_id`                                               |
+    /// | 8 + n   | `namespace`: byte length as u64, then UTF-8 bytes        |
+    /// | 8 + n   | `cluster`: byte length as u64, then UTF-8 bytes          |
+    /// | 1       | kind tag: `0x01` keygen, `0x02` sign                     |
+    /// | 8 + n   | `key`: byte length as u64, then UTF-8 bytes              |
+    /// | 32      | sign only: `digest`                                      |
+    /// | 8 + 4·k | sign only: `derivation_path`: count as u64, then each u32 |
+    /// | 8 + 2·p | `participants`: count as u64, then each u16              |
+    /// | 16      | `nonce`                                                  |
+    /// | 8       | `issued_at` as u64                                       |
+    /// | 8       | `expires_at` as u64                                      |
+    ///
+    /// The JSON form is only how a grant travels; a change of this layout is a
+    /// change of [`GRANT_VERSION`] and of the domain tag.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let Self { version, grant_id, namespace, cluster, kind, participants, nonce, issued_at, expires_at } = self;
+        let mut out = Vec::with_capacity(128 + namespace.len() + cluster.len());
+        out.extend_from_slice(GRANT_DOMAIN);
+        out.push(*version);
+        out.extend_from_slice(grant_id);
+        put_bytes(&mut out, namespace.as_bytes());
+        put_bytes(&mut out, cluster.as_bytes());
+        match kind {
+            GrantKind::Keygen { key } => {
+                out.push(KIND_KEYGEN);
+                put_bytes(&mut out, key.as_bytes());
+            }
+            GrantKind::Sign { key, digest, derivation_path } => {
+                out.push(KIND_SIGN);
+                put_bytes(&mut out, key.as_bytes());
+                out.extend_from_slice(digest);
+                put_len(&mut out, derivation_path.len());
+                for index in derivation_path {
+                    out.extend_from_slice(&index.to_be_bytes());
+                }
+            }
+        }
+        put_len(&mut out, participants.len());
+        for party in participants {
+            out.extend_from_slice(&party.to_be_bytes());
+        }
+        out.extend_from_slice(nonce);
+        out.extend_from_slice(&issued_at.to_be_bytes());
+        out.extend_from_slice(&expires_at.to_be_bytes());
+        out
+    }
+
+    /// The session id: SHA-256(`b"torcus-session:"` ‖ canonical bytes). Nodes
+    /// refuse a session id they have already used.
+    pub fn session_id(&self) -> [u8; 32] {
+        Sha256::new().chain_update(SESSION_DOMAIN).chain_update(self.canonical_bytes()).finalize().into()
+    }
+
+    /// The bytes handed to the MPC library as the session's unique
+    /// ExecutionId: `b"torcus-eid:"` ‖ session id.
+    pub fn execution_id(&self) -> Vec<u8> {
+        [EXECUTION_DOMAIN, &self.session_id()].concat()
+    }
+
+    /// The participant that proposes and starts the session:
+    /// `participants[u64_be(SHA-256(b"torcus-initiator:" ‖ grant_id ‖ nonce)[..8]) mod len]`.
+    ///
+    /// # Panics
+    ///
+    /// If `participants` is empty, which [`Grant::check`] (and so
+    /// [`SignedGrant::verify`]) refuses.
+    pub fn initiator(&self) -> u16 {
+        let hash = Sha256::new()
+            .chain_update(INITIATOR_DOMAIN)
+            .chain_update(self.grant_id)
+            .chain_update(self.nonce)
+            .finalize();
+        let mut first = [0; 8];
+        first.copy_from_slice(&hash[..8]);
+        // usize is at most 64 bits on every supported target, and the
+        // remainder is below the length, so both casts are lossless.
+        let position = u64::from_be_bytes(first) % self.participants.len() as u64;
+        self.participants[position as usize]
+    }
+
+    /// A fresh random grant id.
+    pub fn new_id() -> [u8; 16] {
+        random()
+    }
+
+    /// A fresh random nonce.
+    pub fn new_nonce() -> [u8; 16] {
+        random()
+    }
+
+    /// Checks the version and the shape of the grant, not its signature nor
+    /// its time window: participants non-empty and strictly ascending,
+    /// derivation indices non-hardened and at most [`MAX_DERIVATION_DEPTH`] of
+    /// them, `expires_at` after `issued_at`. The issuer runs it before signing.
+    pub fn check(&self) -> Result<(), GrantError> {
+        if self.version != GRANT_VERSION {
+            return Err(GrantError::UnsupportedVersion(self.version));
+        }
+        let malformed = |m: String| Err(GrantError::Malformed(m));
+        if self.participants.is_empty() {
+            return malformed("no participants".into());
+        }
+        if let Some(pair) = self.participants.windows(2).find(|pair| pair[0] >= pair[1]) {
+            return if pair[0] == pair[1] {
+                malformed(format!("participant {} is listed twice", pair[0]))
+            } else {
+                malformed(format!("participants are not sorted ascending ({} before {})", pair[0], pair[1]))
+            };
+        }
+        if let GrantKind::Sign { derivation_path, .. } = &self.kind {
+            if derivation_path.len() > MAX_DERIVATION_DEPTH {
+                return malformed(format!("derivation path is {} deep", derivation_path.len()));
+            }
+            if let Some(index) = derivation_path.iter().find(|index| **index >= HARDENED_INDEX) {
+                return malformed(format!("derivation index {index} is hardened"));
+            }
+        }
+        if self.expires_at <= self.issued_at {
+            return malformed(format!("expires at {} but issued at {}", self.expires_at, self.issued_at));
+        }
+        Ok(())
+    }
+}
+
+/// A grant with the issuer's Ed25519 signature over its canonical bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignedGrant {
+    /// The grant as signed.
+    pub grant: Grant,
+    /// Ed25519 signature over [`Grant::canonical_bytes`].
+    #[serde(with = "hex")]
+    pub signature: [u8; 64],
+}
+
+/// Signs `grant` with the cluster's grant key. Run [`Grant::check`] first:
+/// nodes refuse a malformed grant however it is signed.
+pub fn sign(grant: Grant, key: &SigningKey) -> SignedGrant {
+    let signature = key.sign(&grant.canonical_bytes()).to_bytes();
+    SignedGrant { grant, signature }
+}
+
+impl SignedGrant {
+    /// Accepts the grant for party `me` at unix time `now`, or says why not.
+    ///
+    /// Checks, in order: version, shape ([`Grant::check`]), the signature by
+    /// `issuer` (strict Ed25519: no small-order keys, no malleable
+    /// signatures), not yet valid (`issued_at` more than [`CLOCK_SKEW_SECS`]
+    /// after `now`), expired (`now >= expires_at`), membership of `me`, and
+    /// last replay: the session id is recorded in `used`, and an id already
+    /// there is refused. Only a grant that passed every other check records
+    /// its session id.
+    pub fn verify(
+        &self,
+        issuer: &VerifyingKey,
+        me: u16,
+        now: u64,
+        used: &mut impl UsedSessions,
+    ) -> Result<&Grant, GrantError> {
+        let grant = &self.grant;
+        grant.check()?;
+        issuer
+            .verify_strict(&grant.canonical_bytes(), &Signature::from_bytes(&self.signature))
+            .map_err(|_| GrantError::BadSignature)?;
+        if grant.issued_at > now.saturating_add(CLOCK_SKEW_SECS) {
+            return Err(GrantError::NotYetValid { issued_at: grant.issued_at, now });
+        }
+        if now >= grant.expires_at {
+            return Err(GrantError::Expired { expires_at: grant.expires_at, now });
+        }
+        if grant.participants.binary_search(&me).is_err() {
+            return Err(GrantError::NotAMember { me });
+        }
+        if !used.insert(grant.session_id(), grant.expires_at)? {
+            return Err(GrantError::Replayed);
+        }
+        Ok(grant)
+    }
+}
+
+/// The session ids a node has already accepted.
+pub trait UsedSessions {
+    /// Records `session_id`, kept at least until `expires_at` (unix seconds).
+    /// Returns `false` if it was already recorded. An implementation may
+    /// forget ids whose `expires_at` has passed: such grants fail the expiry
+    /// check before they get here.
+    fn insert(&mut self, session_id: [u8; 32], expires_at: u64) -> Result<bool, io::Error>;
+}
+
+/// Used session ids kept in memory, for tests and for the operator side; a
+/// node keeps its own on disk so that a restart does not reopen old grants.
+#[derive(Debug)]
+pub struct MemoryUsedSessions {
+    /// Session id → `expires_at`.
+    used: HashMap<[u8; 32], u64>,
+    /// Unix seconds, for pruning; a plain function so tests can fix it.
+    clock: fn() -> u64,
+}
+
+impl MemoryUsedSessions {
+    /// An empty set that prunes by the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(unix_now)
+    }
+
+    /// An empty set that prunes by `clock` (unix seconds). Use the clock that
+    /// supplies `now` to [`SignedGrant::verify`].
+    pub fn with_clock(clock: fn() -> u64) -> Self {
+        Self { used: HashMap::new(), clock }
+    }
+
+    /// Number of ids held.
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    /// Whether no id is held.
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
+
+impl Default for MemoryUsedSessions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UsedSessions for MemoryUsedSessions {
+    fn insert(&mut self, session_id: [u8; 32], expires_at: u64) -> Result<bool, io::Error> {
+        let now = (self.clock)();
+        // Same boundary as the expiry check: from `expires_at` on, the grant
+        // is refused before replay is looked at.
+        self.used.retain(|_, expires_at| *expires_at > now);
+        match self.used.entry(session_id) {
+            Entry::Occupied(_) => Ok(false),
+            Entry::Vacant(entry) => {
+                entry.insert(expires_at);
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// Why a node refuses a grant.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// The signature is not the cluster grant key's over these exact bytes.
+    #[error("grant signature does not verify with the issuer key")]
+    BadSignature,
+    /// The grant's validity has ended.
+    #[error("grant expired at {expires_at} (now {now})")]
+    Expired {
+        /// The grant's `expires_at`.
+        expires_at: u64,
+        /// The verifier's time.
+        now: u64,
+    },
+    /// The grant was issued further in the future than the allowed clock skew.
+    #[error("grant is issued at {issued_at}, in the future (now {now})")]
+    NotYetValid {
+        /// The grant's `issued_at`.
+        issued_at: u64,
+        /// The verifier's time.
+        now: u64,
+    },
+    /// The verifying party is not among the participants.
+    #[error("party {me} is not a participant of the grant")]
+    NotAMember {
+        /// The verifying party.
+        me: u16,
+    },
+    /// The grant's session id has been used already.
+    #[error("grant session id has already been used")]
+    Replayed,
+    /// The grant is well-signed JSON of the wrong shape.
+    #[error("grant is malformed: {0}")]
+    Malformed(String),
+    /// The grant is of a format version this node does not know.
+    #[error("grant version {0} is not supported")]
+    UnsupportedVersion(u8),
+    /// The used-session store could not record the session id.
+    #[error("cannot record the grant session id")]
+    Storage(#[from] io::Error),
+}
+
+impl GrantError {
+    /// A low-cardinality label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadSignature => "bad_signature",
+            Self::Expired { .. } => "expired",
+            Self::NotYetValid { .. } => "not_yet_valid",
+            Self::NotAMember { .. } => "not_a_member",
+            Self::Replayed => "replayed",
+            Self::Malformed(_) => "malformed",
+            Self::UnsupportedVersion(_) => "unsupported_version",
+            Self::Storage(_) => "storage",
+        }
+    }
+}
+
+/// The system clock in unix seconds, for callers of [`SignedGrant::verify`].
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    // usize is at most 64 bits on every supported target: lossless.
+    out.extend_from_slice(&(len as u64).to_be_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_len(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0; N];
+    // The OS random source is there on every platform a node or the operator
+    // runs on; without it no grant can be issued safely, so stopping is right.
+    getrandom::fill(&mut bytes).expect("the operating system random source failed");
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    const NOW: u64 = 1_750_000_000;
+
+    fn grant() -> Grant {
+        Grant {
+            version: GRANT_VERSION,
+            grant_id: [1; 16],
+            namespace: "payments".into(),
+            cluster: "demo".into(),
+            kind: GrantKind::Sign { key: "default".into(), digest: [9; 32], derivation_path: vec![0, 7] },
+            participants: vec![0, 2, 4],
+            nonce: [3; 16],
+            issued_at: NOW,
+            expires_at: NOW + 60,
+        }
+    }
+
+    fn issuer() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    fn used() -> MemoryUsedSessions {
+        MemoryUsedSessions::with_clock(|| NOW)
+    }
+
+    /// A named change to a grant.
+    type Mutation = (&'static str, fn(&mut Grant));
+
+    /// Single-field changes that keep the grant well-formed, party 2 a member
+    /// and the version supported.
+    fn mutations() -> Vec<Mutation> {
+        fn path(g: &mut Grant) -> &mut Vec<u32> {
+            match &mut g.kind {
+                GrantKind::Sign { derivation_path, .. } => derivation_path,
+                GrantKind::Keygen { .. } => unreachable!("the sample grant is a sign grant"),
+            }
+        }
+        vec![
+            ("grant id", |g| g.grant_id[15] ^= 1),
+            ("namespace", |g| g.namespace.push('x')),
+            ("cluster", |g| g.cluster.push('x')),
+            ("namespace/cluster boundary", |g| {
+                g.namespace = "payment".into();
+                g.cluster = "sdemo".into();
+            }),
+            ("key", |g| {
+                if let GrantKind::Sign { key, .. } = &mut g.kind {
+                    key.push('x');
+                }
+            }),
+            ("kind", |g| g.kind = GrantKind::Keygen { key: "default".into() }),
+            ("digest", |g| {
+                if let GrantKind::Sign { digest, .. } = &mut g.kind {
+                    digest[31] ^= 1;
+                }
+            }),
+            ("derivation index", |g| path(g)[1] += 1),
+            ("derivation order", |g| path(g).reverse()),
+            ("derivation longer", |g| path(g).push(0)),
+            ("derivation empty", |g| path(g).clear()),
+            ("participant", |g| g.participants = vec![0, 2, 3]),
+            ("participant removed", |g| g.participants = vec![0, 2]),
+            ("participant added", |g| g.participants = vec![0, 1, 2, 4]),
+            ("nonce", |g| g.nonce[0] ^= 0x80),
+            ("issued at", |g| g.issued_at -= 1),
+            ("expires at", |g| g.expires_at += 1),
+        ]
+    }
+
+    #[test]
+    fn canonical_bytes_change_with_every_field() {
+        let base = grant();
+        let mut seen = HashSet::from([base.canonical_bytes()]);
+        let mut versioned = base.clone();
+        versioned.version = 2;
+        assert!(seen.insert(versioned.canonical_bytes()), "version");
+        for (name, mutate) in mutations() {
+            let mut g = base.clone();
+            mutate(&mut g);
+            assert_ne!(g, base, "{name} did not change the grant");
+            g.check().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(seen.insert(g.canonical_bytes()), "{name} collides with another grant");
+            assert_ne!(g.session_id(), base.session_id(), "{name}");
+        }
+    }
+
+    #[test]
+    fn canonical_layout_is_pinned() {
+        let g = Grant {
+            version: 1,
+            grant_id: [0xaa; 16],
+            namespace: "ns".into(),
+            cluster: "c".into(),
+            kind: GrantKind::Keygen { key: "k".into() },
+            participants: vec![1, 0x0203],
+            nonce: [0xbb; 16],
+            issued_at: 5,
+            expires_at: 0x0102,
+        };
+        let mut expected = b"torcus-grant-v1".to_vec();
+        expected.push(1);
+        expected.extend([0xaa; 16]);
+        expected.extend([0, 0, 0, 0, 0, 0, 0, 2, b'n', b's']);
+        expected.extend([0, 0, 0, 0, 0, 0, 0, 1, b'c']);
+        expected.extend([0x01, 0, 0, 0, 0, 0, 0, 0, 1, b'k']);
+        expected.extend([0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 2, 3]);
+        expected.extend([0xbb; 16]);
+        expected.extend([0, 0, 0, 0, 0, 0, 0, 5]);
+        expected.extend([0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(g.canonical_bytes(), expected);
+
+        let mut sign = grant();
+        sign.kind = GrantKind::Sign { key: "k".into(), digest: [0xcc; 32], derivation_path: vec![0x0a0b_0c0d] };
+        let bytes = sign.canonical_bytes();
+        let mut kind = vec![0x02, 0, 0, 0, 0, 0, 0, 0, 1, b'k'];
+        kind.extend([0xcc; 32]);
+        kind.extend([0, 0, 0, 0, 0, 0, 0, 1, 0x0a, 0x0b, 0x0c, 0x0d]);
+        assert!(bytes.windows(kind.len()).any(|w| w == kind), "sign kind layout");
+
+        let mut eid = b"torcus-eid:".to_vec();
+        eid.extend(g.session_id());
+        assert_eq!(g.execution_id(), eid);
+        let mut preimage = b"torcus-session:".to_vec();
+        preimage.extend(expected);
+        assert_eq!(g.session_id(), <[u8; 32]>::from(Sha256::digest(&preimage)));
+    }
+
+    #[test]
+    fn json_round_trip_keeps_the_signed_bytes() {
+        let signed = sign(grant(), &issuer());
+        let json = serde_json::to_string(&signed).unwrap();
+        let back: SignedGrant = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, signed);
+        assert_eq!(back.grant.canonical_bytes(), signed.grant.canonical_bytes());
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
+        back.verify(&issuer().verifying_key(), 2, NOW, &mut used()).unwrap();
+
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let g = &value["grant"];
+        assert_eq!(g["grantId"], "01".repeat(16));
+        assert_eq!(g["nonce"], "03".repeat(16));
+        assert_eq!(g["issuedAt"], NOW);
+        assert_eq!(g["kind"]["type"], "sign");
+        assert_eq!(g["kind"]["digest"], "09".repeat(32));
+        assert_eq!(g["kind"]["derivationPath"], serde_json::json!([0, 7]));
+        assert_eq!(value["signature"], hex::encode(signed.signature));
+
+        let keygen = Grant { kind: GrantKind::Keygen { key: "default".into() }, ..grant() };
+        let value = serde_json::to_value(&keygen).unwrap();
+        assert_eq!(value["kind"], serde_json::json!({"type": "keygen", "key": "default"}));
+        assert_eq!(serde_json::from_value::<Grant>(value).unwrap(), keygen);
+    }
+
+    #[test]
+    fn json_refuses_unknown_fields_and_bad_hex() {
+        let mut value = serde_json::to_value(sign(grant(), &issuer())).unwrap();
+        value["grant"]["maxAmount"] = 1.into();
+        assert!(serde_json::from_value::<SignedGrant>(value).is_err());
+        let mut value = serde_json::to_value(sign(grant(), &issuer())).unwrap();
+        value["signature"] = "00".repeat(63).into();
+        assert!(serde_json::from_value::<SignedGrant>(value).is_err());
+        let mut value = serde_json::to_value(grant()).unwrap();
+        value["grantId"] = "zz".repeat(16).into();
+        assert!(serde_json::from_value::<Grant>(value).is_err());
+    }
+
+    #[test]
+    fn valid_grant_verifies() {
+        let signed = sign(grant(), &issuer());
+        let key = issuer().verifying_key();
+        for me in [0, 2, 4] {
+            // Each node has its own used set.
+            assert_eq!(signed.verify(&key, me, NOW, &mut used()).unwrap(), &signed.grant);
+        }
+        // Within the clock skew, and up to the last second.
+        signed.verify(&key, 2, NOW - CLOCK_SKEW_SECS, &mut used()).unwrap();
+        signed.verify(&key, 2, NOW + 59, &mut used()).unwrap();
+        let mut store = used();
+        signed.verify(&key, 2, NOW, &mut store).unwrap();
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn refusals_name_the_reason_and_consume_nothing() {
+        let key = issuer().verifying_key();
+        let good = sign(grant(), &issuer());
+        let resign = |mutate: fn(&mut Grant)| {
+            let mut g = grant();
+            mutate(&mut g);
+            sign(g, &issuer())
+        };
+        let mut bad_bit = good.clone();
+        bad_bit.signature[10] ^= 1;
+        let cases: Vec<(&str, SignedGrant, u16, u64, &str)> = vec![
+            ("forged", sign(grant(), &SigningKey::from_bytes(&[8; 32])), 2, NOW, "bad_signature"),
+            ("flipped signature bit", bad_bit, 2, NOW, "bad_signature"),
+            ("zero signature", SignedGrant { signature: [0; 64], ..good.clone() }, 2, NOW, "bad_signature"),
+            ("expired", good.clone(), 2, NOW + 60, "expired"),
+            ("long expired", good.clone(), 2, NOW + 10_000, "expired"),
+            ("not yet valid", good.clone(), 2, NOW - CLOCK_SKEW_SECS - 1, "not_yet_valid"),
+            ("non-member", good.clone(), 3, NOW, "not_a_member"),
+            ("unsorted", resign(|g| g.participants = vec![0, 4, 2]), 2, NOW, "malformed"),
+            ("duplicate", resign(|g| g.participants = vec![0, 2, 2, 4]), 2, NOW, "malformed"),
+            ("empty", resign(|g| g.participants.clear()), 2, NOW, "malformed"),
+            (
+                "hardened",
+                resign(|g| {
+                    g.kind =
+                        GrantKind::Sign { key: "default".into(), digest: [9; 32], derivation_path: vec![0, 1 << 31] }
+                }),
+                2,
+                NOW,
+                "malformed",
+            ),
+            (
+                "too deep",
+                resign(|g| {
+                    g.kind = GrantKind::Sign { key: "k".into(), digest: [9; 32], derivation_path: vec![0; 256] }
+                }),
+                2,
+                NOW,
+                "malformed",
+            ),
+            ("expires before issued", resign(|g| g.expires_at = g.issued_at), 2, NOW, "malformed"),
+            ("version", resign(|g| g.version = 2), 2, NOW, "unsupported_version"),
+        ];
+        let mut used = used();
+        for (name, signed, me, now, reason) in cases {
+            let err = signed.verify(&key, me, now, &mut used).unwrap_err();
+            assert_eq!(err.reason(), reason, "{name}: {err}");
+            assert!(used.is_empty(), "{name} consumed a session id");
+        }
+        // The same grant, refused above for its context, is still usable.
+        good.verify(&key, 2, NOW, &mut used).unwrap();
+    }
+
+    #[test]
+    fn refusals_carry_details() {
+        let key = issuer().verifying_key();
+        let signed = sign(grant(), &issuer());
+        let err = signed.verify(&key, 2, NOW + 61, &mut used()).unwrap_err();
+        assert!(matches!(err, GrantError::Expired { expires_at, now } if expires_at == NOW + 60 && now == NOW + 61));
+        let err = signed.verify(&key, 2, NOW - 31, &mut used()).unwrap_err();
+        assert!(matches!(err, GrantError::NotYetValid { issued_at: NOW, now } if now == NOW - 31));
+        let err = signed.verify(&key, 9, NOW, &mut used()).unwrap_err();
+        assert!(matches!(err, GrantError::NotAMember { me: 9 }));
+        let err = sign(Grant { version: 0, ..grant() }, &issuer()).verify(&key, 2, NOW, &mut used()).unwrap_err();
+        assert!(matches!(err, GrantError::UnsupportedVersion(0)));
+        let hardened = Grant {
+            kind: GrantKind::Sign { key: "k".into(), digest: [0; 32], derivation_path: vec![HARDENED_INDEX] },
+            ..grant()
+        };
+        let err = sign(hardened, &issuer()).verify(&key, 2, NOW, &mut used()).unwrap_err();
+        assert!(matches!(&err, GrantError::Malformed(m) if m.contains("hardened")), "{err}");
+        let duplicate = Grant { participants: vec![2, 2], ..grant() };
+        let err = sign(duplicate, &issuer()).verify(&key, 2, NOW, &mut used()).unwrap_err();
+        assert!(matches!(&err, GrantError::Malformed(m) if m.contains("twice")), "{err}");
+    }
+
+    #[test]
+    fn tampering_after_signing_breaks_the_signature() {
+        let key = issuer().verifying_key();
+        for (name, mutate) in mutations() {
+            let mut signed = sign(grant(), &issuer());
+            mutate(&mut signed.grant);
+            let mut used = used();
+            let err = signed.verify(&key, 2, NOW, &mut used).unwrap_err();
+            assert!(matches!(err, GrantError::BadSignature), "{name}: {err}");
+            assert!(used.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn replay_is_refused() {
+        let key = issuer().verifying_key();
+        let signed = sign(grant(), &issuer());
+        let mut used = used();
+        signed.verify(&key, 2, NOW, &mut used).unwrap();
+        let err = signed.verify(&key, 2, NOW + 1, &mut used).unwrap_err();
+        assert!(matches!(err, GrantError::Replayed));
+        // A re-serialized copy is the same session.
+        let copy: SignedGrant = serde_json::from_slice(&serde_json::to_vec(&signed).unwrap()).unwrap();
+        assert!(matches!(copy.verify(&key, 2, NOW, &mut used), Err(GrantError::Replayed)));
+        // A new grant for the same work is a new session.
+        let fresh = sign(Grant { grant_id: [2; 16], ..grant() }, &issuer());
+        fresh.verify(&key, 2, NOW, &mut used).unwrap();
+    }
+
+    #[test]
+    fn storage_failure_is_reported() {
+        #[derive(Debug)]
+        struct Broken;
+        impl UsedSessions for Broken {
+            fn insert(&mut self, _: [u8; 32], _: u64) -> Result<bool, io::Error> {
+                Err(io::Error::other("disk full"))
+            }
+        }
+        let err = sign(grant(), &issuer()).verify(&issuer().verifying_key(), 2, NOW, &mut Broken).unwrap_err();
+        assert_eq!(err.reason(), "storage");
+        assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "disk full");
+    }
+
+    #[test]
+    fn memory_used_sessions_prunes_expired_entries() {
+        let mut used = MemoryUsedSessions::with_clock(|| NOW);
+        assert!(used.insert([1; 32], NOW - 1).unwrap());
+        assert!(used.insert([2; 32], NOW + 1).unwrap());
+        assert_eq!(used.len(), 1, "the expired entry went on the second insert");
+        assert!(!used.insert([2; 32], NOW + 1).unwrap());
+        assert!(used.insert([1; 32], NOW + 5).unwrap());
+    }
+
+    #[test]
+    fn error_labels_and_messages() {
+        let errors = [
+            GrantError::BadSignature,
+            GrantError::Expired { expires_at: 1, now: 2 },
+            GrantError::NotYetValid { issued_at: 2, now: 1 },
+            GrantError::NotAMember { me: 1 },
+            GrantError::Replayed,
+            GrantError::Malformed("x".into()),
+            GrantError::UnsupportedVersion(9),
+            GrantError::Storage(io::Error::other("x")),
+        ];
+        let labels: HashSet<_> = errors.iter().map(GrantError::reason).collect();
+        assert_eq!(labels.len(), errors.len());
+        for e in &errors {
+            assert!(e.reason().chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{}", e.reason());
+            assert!(e.to_string().starts_with(char::is_lowercase), "{e}");
+        }
+    }
+
+    #[test]
+    fn initiator_is_a_deterministic_member() {
+        let g = grant();
+        assert!(g.participants.contains(&g.initiator()));
+        assert_eq!(g.initiator(), g.clone().initiator());
+        // Only grant id and nonce choose it.
+        let other = Grant { namespace: "other".into(), expires_at: NOW + 1, ..g.clone() };
+        assert_eq!(other.initiator(), g.initiator());
+        let single = Grant { participants: vec![6], ..g };
+        assert_eq!(single.initiator(), 6);
+    }
+
+    #[test]
+    fn initiator_spreads_over_members() {
+        let participants = vec![1, 3, 5, 7, 9];
+        let mut chosen = HashSet::new();
+        for _ in 0..300 {
+            let g = Grant {
+                grant_id: Grant::new_id(),
+                nonce: Grant::new_nonce(),
+                participants: participants.clone(),
+                ..grant()
+            };
+            let initiator = g.initiator();
+            assert!(participants.contains(&initiator));
+            chosen.insert(initiator);
+        }
+        assert_eq!(chosen.len(), participants.len(), "chosen: {chosen:?}");
+    }
+
+    #[test]
+    fn new_ids_are_random() {
+        assert_ne!(Grant::new_id(), Grant::new_id());
+        assert_ne!(Grant::new_nonce(), Grant::new_nonce());
+    }
+}

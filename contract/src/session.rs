@@ -1,0 +1,531 @@
+//! Who takes part in a session and how they agree to start it.
+//!
+//! The operator picks participants with [`select_participants`] (or
+//! [`select_participants_preferring`], to reuse a signer set that has
+//! presignatures). The nodes then run a short handshake before the MPC
+//! protocol: the initiator ([`Grant::initiator`]) sends a
+//! [`Control::Proposal`] with the signed grant, every other participant
+//! verifies it and answers [`Control::Ack`], and once all acks are in the
+//! initiator sends [`Control::Start`]. Anyone may send [`Control::Abort`].
+//!
+//! [`InitiatorHandshake`] and [`ParticipantHandshake`] are sans-IO: the driver
+//! feeds them the messages it received (with the sender's index as the
+//! transport authenticated it, never as the message claims) and the current
+//! time, and sends what they return.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::grant::{Grant, SignedGrant};
+
+const SELECT_DOMAIN: &[u8] = b"torcus-select:";
+
+/// Picks `threshold` of the `healthy` party indices for the grant `grant_id`.
+///
+/// Every index is ranked by SHA-256(`b"torcus-select:"` ‖ grant_id ‖ index as
+/// u16 big-endian) and the `threshold` lowest are returned, ascending. The
+/// choice depends only on the grant id and the set of healthy indices (not
+/// their order or repetitions), so anyone can recompute it, and load spreads
+/// over the healthy nodes. `None` if `threshold` is 0 or fewer than
+/// `threshold` distinct indices are healthy.
+pub fn select_participants(grant_id: &[u8; 16], healthy: &[u16], threshold: u16) -> Option<Vec<u16>> {
+    let healthy: BTreeSet<u16> = healthy.iter().copied().collect();
+    if threshold == 0 || healthy.len() < usize::from(threshold) {
+        return None;
+    }
+    let mut ranked: Vec<([u8; 32], u16)> =
+        healthy.into_iter().map(|index| (selection_rank(grant_id, index), index)).collect();
+    ranked.sort_unstable();
+    let mut chosen: Vec<u16> = ranked.into_iter().take(usize::from(threshold)).map(|(_, index)| index).collect();
+    chosen.sort_unstable();
+    Some(chosen)
+}
+
+/// Like [`select_participants`], but first tries the `warm` signer sets (those
+/// with presignatures in their pool), in the order given: the first one made
+/// of exactly `threshold` distinct healthy parties is returned, ascending.
+/// Presignatures only work with the exact set that made them, so a warm set
+/// with an unhealthy member, or of another size, is passed over.
+pub fn select_participants_preferring(
+    grant_id: &[u8; 16],
+    healthy: &[u16],
+    threshold: u16,
+    warm: &[Vec<u16>],
+) -> Option<Vec<u16>> {
+    let usable = |set: &Vec<u16>| {
+        let mut set = set.clone();
+        set.sort_unstable();
+        set.dedup();
+        (set.len() == usize::from(threshold) && threshold > 0 && set.iter().all(|index| healthy.contains(index)))
+            .then_some(set)
+    };
+    warm.iter().find_map(usable).or_else(|| select_participants(grant_id, healthy, threshold))
+}
+
+fn selection_rank(grant_id: &[u8; 16], index: u16) -> [u8; 32] {
+    Sha256::new().chain_update(SELECT_DOMAIN).chain_update(grant_id).chain_update(index.to_be_bytes()).finalize().into()
+}
+
+/// A session control message between nodes.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one proposal per session, moved once; boxing would only make the contract clumsier to build and match"
+)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Control {
+    /// Initiator → participants: run this grant.
+    Proposal {
+        /// The grant, as the issuer signed it.
+        grant: SignedGrant,
+    },
+    /// Participant → initiator: the grant verified, ready to start.
+    Ack {
+        /// The grant's session id.
+        #[serde(with = "hex")]
+        session_id: [u8; 32],
+        /// The sender's party index; receivers go by the authenticated sender.
+        from: u16,
+    },
+    /// Initiator → participants: everyone acked, run the protocol.
+    Start {
+        /// The grant's session id.
+        #[serde(with = "hex")]
+        session_id: [u8; 32],
+    },
+    /// Any → all: the session will not run.
+    Abort {
+        /// The grant's session id.
+        #[serde(with = "hex")]
+        session_id: [u8; 32],
+        /// The sender's party index; receivers go by the authenticated sender.
+        from: u16,
+        /// Why, for logs and the session status.
+        reason: String,
+    },
+}
+
+impl Control {
+    /// The session the message is about; for a proposal, the grant's.
+    pub fn session_id(&self) -> [u8; 32] {
+        match self {
+            Self::Proposal { grant } => grant.grant.session_id(),
+            Self::Ack { session_id, .. } | Self::Start { session_id } | Self::Abort { session_id, .. } => *session_id,
+        }
+    }
+}
+
+/// Where a handshake stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeState {
+    /// Waiting for acks (initiator) or for Start (participant).
+    Waiting,
+    /// The protocol may run.
+    Started,
+    /// The session will not run.
+    Aborted,
+}
+
+/// The initiator's side of the handshake: collects acks, then starts.
+#[derive(Debug)]
+pub struct InitiatorHandshake {
+    session_id: [u8; 32],
+    me: u16,
+    participants: Vec<u16>,
+    /// Participants other than `me` that have not acked yet.
+    missing: BTreeSet<u16>,
+    deadline: Instant,
+    state: HandshakeState,
+}
+
+impl InitiatorHandshake {
+    /// A handshake for `session_id` run by `me`, which has sent the proposal
+    /// to the other `participants`, who must all ack before `deadline`.
+    /// Sessions have at least two participants (threshold ≥ 2); with no other
+    /// participant there is no ack to wait for and only the timeout fires.
+    pub fn new(session_id: [u8; 32], participants: Vec<u16>, me: u16, deadline: Instant) -> Self {
+        let missing = participants.iter().copied().filter(|index| *index != me).collect();
+        Self { session_id, me, participants, missing, deadline, state: HandshakeState::Waiting }
+    }
+
+    /// The handshake for a verified grant, run by its initiator. Panics on a
+    /// grant without participants, which verification refuses.
+    pub fn for_grant(grant: &Grant, deadline: Instant) -> Self {
+        Self::new(grant.session_id(), grant.participants.clone(), grant.initiator(), deadline)
+    }
+
+    /// An ack from party `from` (the authenticated sender). Returns the Start
+    /// to send to the participants once every other participant has acked;
+    /// duplicate acks, acks from non-participants and acks after the
+    /// handshake ended change nothing.
+    pub fn on_ack(&mut self, from: u16) -> Option<Control> {
+        if self.state != HandshakeState::Waiting || !self.missing.remove(&from) || !self.missing.is_empty() {
+            return None;
+        }
+        self.state = HandshakeState::Started;
+        Some(Control::Start { session_id: self.session_id })
+    }
+
+    /// An abort from party `from` (the authenticated sender). Returns whether
+    /// it ended the session: aborts from non-participants are ignored.
+    pub fn on_abort(&mut self, from: u16) -> bool {
+        on_abort(&mut self.state, &self.participants, self.me, from)
+    }
+
+    /// Gives up once `now` has reached the deadline while acks are missing,
+    /// returning the Abort to send to the participants; it names the
+    /// participants that did not ack.
+    pub fn poll_timeout(&mut self, now: Instant) -> Option<Control> {
+        if self.state != HandshakeState::Waiting || now < self.deadline {
+            return None;
+        }
+        let missing: Vec<u16> = self.missing.iter().copied().collect();
+        self.abort(format!("no ack from participants {missing:?}"))
+    }
+
+    /// Ends the session for a local reason (e.g. the proposal could not be
+    /// sent); returns the Abort to send, or `None` if it had already ended.
+    pub fn abort(&mut self, reason: impl Into<String>) -> Option<Control> {
+        abort(&mut self.state, self.session_id, self.me, reason.into())
+    }
+
+    /// Participants that have not acked yet, ascending.
+    pub fn missing(&self) -> Vec<u16> {
+        self.missing.iter().copied().collect()
+    }
+
+    /// When the acks are due.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The session.
+    pub fn session_id(&self) -> [u8; 32] {
+        self.session_id
+    }
+
+    /// Where the handshake stands.
+    pub fn state(&self) -> HandshakeState {
+        self.state
+    }
+}
+
+/// A participant's side of the handshake: acks a verified proposal, then
+/// waits for the initiator's Start.
+#[derive(Debug)]
+pub struct ParticipantHandshake {
+    session_id: [u8; 32],
+    me: u16,
+    initiator: u16,
+    participants: Vec<u16>,
+    deadline: Instant,
+    state: HandshakeState,
+}
+
+impl ParticipantHandshake {
+    /// The handshake for `grant`, which `me` has verified, with Start due
+    /// before `deadline`. Panics on a grant without participants, which
+    /// verification refuses.
+    pub fn new(grant: &Grant, me: u16, deadline: Instant) -> Self {
+        Self {
+            session_id: grant.session_id(),
+            me,
+            initiator: grant.initiator(),
+            participants: grant.participants.clone(),
+            deadline,
+            state: HandshakeState::Waiting,
+        }
+    }
+
+    /// The ack to send to the initiator.
+    pub fn ack(&self) -> Control {
+        Control::Ack { session_id: self.session_id, from: self.me }
+    }
+
+    /// A Start from party `from` (the authenticated sender). Returns whether
+    /// the protocol may now run: only the initiator's Start counts, and only
+    /// while waiting.
+    pub fn on_start(&mut self, from: u16) -> bool {
+        if self.state != HandshakeState::Waiting || from != self.initiator {
+            return false;
+        }
+        self.state = HandshakeState::Started;
+        true
+    }
+
+    /// An abort from party `from` (the authenticated sender). Returns whether
+    /// it ended the session: aborts from non-participants are ignored.
+    pub fn on_abort(&mut self, from: u16) -> bool {
+        on_abort(&mut self.state, &self.participants, self.me, from)
+    }
+
+    /// Gives up once `now` has reached the deadline without a Start,
+    /// returning the Abort to send to the participants.
+    pub fn poll_timeout(&mut self, now: Instant) -> Option<Control> {
+        if self.state != HandshakeState::Waiting || now < self.deadline {
+            return None;
+        }
+        self.abort("no start from initiator")
+    }
+
+    /// Ends the session for a local reason; returns the Abort to send, or
+    /// `None` if it had already ended.
+    pub fn abort(&mut self, reason: impl Into<String>) -> Option<Control> {
+        abort(&mut self.state, self.session_id, self.me, reason.into())
+    }
+
+    /// The party expected to send Start.
+    pub fn initiator(&self) -> u16 {
+        self.initiator
+    }
+
+    /// When Start is due.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The session.
+    pub fn session_id(&self) -> [u8; 32] {
+        self.session_id
+    }
+
+    /// Where the handshake stands.
+    pub fn state(&self) -> HandshakeState {
+        self.state
+    }
+}
+
+fn on_abort(state: &mut HandshakeState, participants: &[u16], me: u16, from: u16) -> bool {
+    if *state == HandshakeState::Aborted || from == me || !participants.contains(&from) {
+        return false;
+    }
+    *state = HandshakeState::Aborted;
+    true
+}
+
+fn abort(state: &mut HandshakeState, session_id: [u8; 32], me: u16, reason: String) -> Option<Control> {
+    if *state == HandshakeState::Aborted {
+        return None;
+    }
+    *state = HandshakeState::Aborted;
+    Some(Control::Abort { session_id, from: me, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::grant::{GRANT_VERSION, GrantKind, MemoryUsedSessions, sign};
+
+    const NOW: u64 = 1_750_000_000;
+    const SID: [u8; 32] = [5; 32];
+
+    fn grant(participants: Vec<u16>) -> Grant {
+        Grant {
+            version: GRANT_VERSION,
+            grant_id: [1; 16],
+            namespace: "payments".into(),
+            cluster: "demo".into(),
+            kind: GrantKind::Sign { key: "default".into(), digest: [9; 32], derivation_path: vec![] },
+            participants,
+            nonce: [3; 16],
+            issued_at: NOW,
+            expires_at: NOW + 60,
+        }
+    }
+
+    #[test]
+    fn selection_is_deterministic_and_exact() {
+        let healthy = [0, 1, 2, 3, 4, 5, 6];
+        let chosen = select_participants(&[1; 16], &healthy, 3).unwrap();
+        assert_eq!(chosen.len(), 3);
+        assert!(chosen.windows(2).all(|w| w[0] < w[1]), "{chosen:?}");
+        assert!(chosen.iter().all(|i| healthy.contains(i)));
+        assert_eq!(select_participants(&[1; 16], &healthy, 3).unwrap(), chosen);
+        // Order and repetitions of the healthy list do not matter.
+        assert_eq!(select_participants(&[1; 16], &[6, 5, 4, 3, 2, 1, 0, 0, 3], 3).unwrap(), chosen);
+        assert_eq!(select_participants(&[1; 16], &healthy, 7).unwrap(), healthy.to_vec());
+    }
+
+    #[test]
+    fn selection_needs_enough_healthy_nodes() {
+        assert_eq!(select_participants(&[1; 16], &[0, 1], 3), None);
+        assert_eq!(select_participants(&[1; 16], &[0, 1, 1], 3), None, "duplicates do not count twice");
+        assert_eq!(select_participants(&[1; 16], &[], 1), None);
+        assert_eq!(select_participants(&[1; 16], &[0, 1, 2], 0), None);
+    }
+
+    #[test]
+    fn selection_varies_with_the_grant() {
+        let healthy = [0, 1, 2, 3, 4];
+        let sets: HashSet<Vec<u16>> =
+            (0..50).map(|_| select_participants(&Grant::new_id(), &healthy, 3).unwrap()).collect();
+        assert!(sets.len() > 1, "{sets:?}");
+        assert!(sets.iter().all(|s| s.len() == 3 && s.iter().all(|i| healthy.contains(i))));
+        // Every healthy node gets chosen for some grant.
+        let covered: HashSet<u16> = sets.iter().flatten().copied().collect();
+        assert_eq!(covered.len(), healthy.len(), "{covered:?}");
+    }
+
+    #[test]
+    fn preferring_picks_a_healthy_warm_set() {
+        let healthy = [0, 1, 2, 3, 4];
+        let warm = vec![vec![4, 1, 0], vec![2, 3, 4]];
+        assert_eq!(select_participants_preferring(&[1; 16], &healthy, 3, &warm).unwrap(), vec![0, 1, 4]);
+        // A warm set with an unhealthy member is passed over for the next.
+        assert_eq!(select_participants_preferring(&[1; 16], &[0, 2, 3, 4], 3, &warm).unwrap(), vec![2, 3, 4]);
+        // No usable warm set: the hash-based choice.
+        let degraded = [0, 2, 3];
+        let warm = vec![vec![0, 1, 2], vec![0, 2], vec![0, 2, 2], vec![0, 2, 3, 5]];
+        assert_eq!(
+            select_participants_preferring(&[1; 16], &degraded, 3, &warm),
+            select_participants(&[1; 16], &degraded, 3)
+        );
+        assert_eq!(select_participants_preferring(&[1; 16], &[0, 1], 3, &[vec![0, 1, 2]]), None);
+    }
+
+    #[test]
+    fn control_json_shape_and_session_id() {
+        let ack = Control::Ack { session_id: SID, from: 2 };
+        let value = serde_json::to_value(&ack).unwrap();
+        assert_eq!(value, serde_json::json!({"type": "ack", "sessionId": "05".repeat(32), "from": 2}));
+        let abort = Control::Abort { session_id: SID, from: 1, reason: "x".into() };
+        let start = Control::Start { session_id: SID };
+        let signed = sign(grant(vec![0, 1, 2]), &SigningKey::from_bytes(&[7; 32]));
+        let proposal = Control::Proposal { grant: signed.clone() };
+        assert_eq!(serde_json::to_value(&proposal).unwrap()["type"], "proposal");
+        for message in [ack, abort, start, proposal.clone()] {
+            let back: Control = serde_json::from_slice(&serde_json::to_vec(&message).unwrap()).unwrap();
+            assert_eq!(back, message);
+        }
+        assert_eq!(proposal.session_id(), signed.grant.session_id());
+        assert_eq!(Control::Start { session_id: SID }.session_id(), SID);
+        assert!(serde_json::from_str::<Control>(r#"{"type":"start","sessionId":"05"}"#).is_err());
+    }
+
+    #[test]
+    fn initiator_starts_only_after_every_ack() {
+        let t0 = Instant::now();
+        let mut hs = InitiatorHandshake::new(SID, vec![0, 2, 4, 6], 2, t0 + Duration::from_secs(5));
+        assert_eq!(hs.missing(), vec![0, 4, 6]);
+        assert_eq!(hs.on_ack(0), None);
+        assert_eq!(hs.on_ack(0), None, "duplicate");
+        assert_eq!(hs.on_ack(2), None, "self");
+        assert_eq!(hs.on_ack(7), None, "non-participant");
+        assert_eq!(hs.on_ack(4), None);
+        assert_eq!(hs.missing(), vec![6]);
+        assert_eq!(hs.state(), HandshakeState::Waiting);
+        assert_eq!(hs.on_ack(6), Some(Control::Start { session_id: SID }));
+        assert_eq!(hs.state(), HandshakeState::Started);
+        assert_eq!(hs.on_ack(6), None, "start is sent once");
+        assert_eq!(hs.poll_timeout(t0 + Duration::from_secs(60)), None, "started sessions do not time out here");
+    }
+
+    #[test]
+    fn initiator_times_out_naming_the_missing() {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(5);
+        let mut hs = InitiatorHandshake::new(SID, vec![0, 2, 4], 0, deadline);
+        assert_eq!(hs.on_ack(2), None);
+        assert_eq!(hs.poll_timeout(t0 + Duration::from_secs(4)), None);
+        let Some(Control::Abort { session_id, from, reason }) = hs.poll_timeout(deadline) else {
+            panic!("no abort at the deadline");
+        };
+        assert_eq!((session_id, from), (SID, 0));
+        assert!(reason.contains('4') && !reason.contains('2'), "{reason}");
+        assert_eq!(hs.state(), HandshakeState::Aborted);
+        assert_eq!(hs.poll_timeout(deadline), None, "abort is sent once");
+        assert_eq!(hs.on_ack(4), None, "late ack does not start");
+    }
+
+    #[test]
+    fn initiator_aborts_on_a_participant_abort() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut hs = InitiatorHandshake::new(SID, vec![0, 2, 4], 0, deadline);
+        assert!(!hs.on_abort(9), "non-participant");
+        assert!(!hs.on_abort(0), "self");
+        assert_eq!(hs.state(), HandshakeState::Waiting);
+        assert!(hs.on_abort(4));
+        assert_eq!(hs.state(), HandshakeState::Aborted);
+        assert_eq!(hs.on_ack(2), None);
+        assert_eq!(hs.on_ack(4), None);
+        assert_eq!(hs.poll_timeout(deadline), None);
+        assert_eq!(hs.abort("again"), None);
+    }
+
+    #[test]
+    fn participant_acks_and_waits_for_the_initiator() {
+        let g = grant(vec![0, 2, 4]);
+        let initiator = g.initiator();
+        let me = *g.participants.iter().find(|i| **i != initiator).unwrap();
+        let other = *g.participants.iter().find(|i| **i != initiator && **i != me).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut hs = ParticipantHandshake::new(&g, me, deadline);
+        assert_eq!(hs.ack(), Control::Ack { session_id: g.session_id(), from: me });
+        assert!(!hs.on_start(other), "only the initiator starts");
+        assert!(!hs.on_start(9));
+        assert!(hs.on_start(initiator));
+        assert_eq!(hs.state(), HandshakeState::Started);
+        assert!(!hs.on_start(initiator));
+        assert_eq!(hs.poll_timeout(deadline + Duration::from_secs(1)), None);
+        assert!(hs.on_abort(other), "a started session can still be aborted");
+    }
+
+    #[test]
+    fn participant_times_out_without_start() {
+        let g = grant(vec![0, 2, 4]);
+        let me = *g.participants.iter().find(|i| **i != g.initiator()).unwrap();
+        let t0 = Instant::now();
+        let mut hs = ParticipantHandshake::new(&g, me, t0 + Duration::from_secs(5));
+        assert_eq!(hs.poll_timeout(t0), None);
+        assert_eq!(
+            hs.poll_timeout(t0 + Duration::from_secs(5)),
+            Some(Control::Abort { session_id: g.session_id(), from: me, reason: "no start from initiator".into() })
+        );
+        assert!(!hs.on_start(g.initiator()), "late start does not run");
+        assert_eq!(hs.poll_timeout(t0 + Duration::from_secs(6)), None);
+    }
+
+    /// Three nodes in memory: the proposal travels as JSON, each node
+    /// verifies the grant, and the handshake starts everyone.
+    #[test]
+    fn simulated_handshake_starts_every_node() {
+        let issuer = SigningKey::from_bytes(&[7; 32]);
+        let healthy = [0, 1, 2, 3, 4];
+        let grant_id = Grant::new_id();
+        let participants = select_participants(&grant_id, &healthy, 3).unwrap();
+        let g = Grant { grant_id, nonce: Grant::new_nonce(), ..grant(participants.clone()) };
+        let wire = serde_json::to_vec(&Control::Proposal { grant: sign(g.clone(), &issuer) }).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+
+        let initiator = g.initiator();
+        let mut lead = InitiatorHandshake::for_grant(&g, deadline);
+        let mut others = Vec::new();
+        for me in participants.iter().copied().filter(|i| *i != initiator) {
+            let Control::Proposal { grant } = serde_json::from_slice(&wire).unwrap() else {
+                panic!("not a proposal");
+            };
+            let verified = grant.verify(&issuer.verifying_key(), me, NOW, &mut MemoryUsedSessions::with_clock(|| NOW));
+            let hs = ParticipantHandshake::new(verified.unwrap(), me, deadline);
+            assert_eq!(hs.initiator(), initiator);
+            others.push(hs);
+        }
+        let mut start = None;
+        for hs in &others {
+            let Control::Ack { session_id, from } = hs.ack() else { panic!("not an ack") };
+            assert_eq!(session_id, lead.session_id());
+            start = start.or(lead.on_ack(from));
+        }
+        assert_eq!(start, Some(Control::Start { session_id: g.session_id() }));
+        for hs in &mut others {
+            assert!(hs.on_start(initiator));
+        }
+    }
+}

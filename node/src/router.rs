@@ -1,0 +1,168 @@
+//! Connects sessions to a transport: incoming envelopes go to the session
+//! they name, outgoing ones to the transport (a broadcast to every other
+//! party of the session).
+//!
+//! A peer may start a session a moment before this node does, so envelopes
+//! for a session not open yet wait in a small buffer. The buffer is bounded
+//! per session and in number of sessions, so a peer cannot fill memory by
+//! inventing session ids.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::engine::{Envelope, SessionNet};
+use crate::transport::Transport;
+
+/// Envelopes kept for one session that is not open yet.
+const MAX_WAITING_PER_SESSION: usize = 1024;
+/// Sessions that may have envelopes waiting at once.
+const MAX_WAITING_SESSIONS: usize = 64;
+/// How long envelopes wait for their session to open.
+const WAITING_TTL: Duration = Duration::from_secs(60);
+/// Channel depth between router and session.
+const SESSION_QUEUE: usize = 4096;
+
+/// Routes envelopes between a transport and the sessions of this node.
+#[derive(Debug, Default)]
+pub struct Router {
+    slots: Mutex<HashMap<[u8; 32], Slot>>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Waiting { envelopes: Vec<Envelope>, since: Instant },
+    Open(mpsc::Sender<Envelope>),
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Opens `session` and returns its incoming channel, with whatever
+    /// arrived for it before.
+    pub fn open(&self, session: [u8; 32]) -> mpsc::Receiver<Envelope> {
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(Slot::Waiting { envelopes, .. }) = slots.remove(&session) {
+            for env in envelopes {
+                // The channel is new and deeper than the waiting buffer.
+                let _ = tx.try_send(env);
+            }
+        }
+        slots.insert(session, Slot::Open(tx));
+        rx
+    }
+
+    /// Forgets `session`; later envelopes for it are dropped after the TTL.
+    pub fn close(&self, session: &[u8; 32]) {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner).remove(session);
+    }
+
+    /// Hands an envelope to its session, or keeps it until the session
+    /// opens. Returns false when it had to be dropped.
+    pub async fn deliver(&self, env: Envelope) -> bool {
+        let sender = {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            slots.retain(|_, slot| !matches!(slot, Slot::Waiting { since, .. } if now - *since > WAITING_TTL));
+            let waiting = slots.values().filter(|s| matches!(s, Slot::Waiting { .. })).count();
+            match slots.get_mut(&env.session) {
+                Some(Slot::Open(tx)) => tx.clone(),
+                Some(Slot::Waiting { envelopes, .. }) => {
+                    if envelopes.len() >= MAX_WAITING_PER_SESSION {
+                        return false;
+                    }
+                    envelopes.push(env);
+                    return true;
+                }
+                None if waiting < MAX_WAITING_SESSIONS => {
+                    slots.insert(env.session, Slot::Waiting { envelopes: vec![env], since: now });
+                    return true;
+                }
+                None => return false,
+            }
+        };
+        sender.send(env).await.is_ok()
+    }
+
+    /// Feeds every envelope from a transport's incoming channel to its session.
+    pub fn spawn_inbound(self: &Arc<Self>, mut incoming: mpsc::Receiver<Envelope>) -> tokio::task::JoinHandle<()> {
+        let router = Arc::clone(self);
+        tokio::spawn(async move {
+            while let Some(env) = incoming.recv().await {
+                if !router.deliver(env).await {
+                    tracing::debug!("dropped an envelope for an unknown or full session");
+                }
+            }
+        })
+    }
+
+    /// A [`SessionNet`] for `session` among `parties`, whose outgoing
+    /// envelopes go out through `transport`.
+    pub fn session<T: Transport>(
+        &self,
+        transport: Arc<T>,
+        session: [u8; 32],
+        me: u16,
+        parties: Vec<u16>,
+    ) -> SessionNet {
+        let incoming = self.open(session);
+        let (outgoing, mut out_rx) = mpsc::channel::<Envelope>(SESSION_QUEUE);
+        let others: Vec<u16> = parties.iter().copied().filter(|p| *p != me).collect();
+        tokio::spawn(async move {
+            while let Some(env) = out_rx.recv().await {
+                let targets = match env.to {
+                    Some(to) => vec![to],
+                    None => others.clone(),
+                };
+                for to in targets {
+                    if let Err(error) = transport.send(to, env.clone()).await {
+                        // The protocol notices the missing message and
+                        // aborts at its timeout; nothing else to do here.
+                        tracing::warn!(to, %error, "could not send a protocol message");
+                    }
+                }
+            }
+        });
+        SessionNet { session, me, parties, incoming, outgoing }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(session: u8, seq: u64) -> Envelope {
+        Envelope { session: [session; 32], from: 1, to: Some(0), seq, payload: vec![] }
+    }
+
+    #[tokio::test]
+    async fn early_envelopes_wait_for_their_session() {
+        let router = Router::new();
+        assert!(router.deliver(env(1, 1)).await);
+        assert!(router.deliver(env(1, 2)).await);
+        let mut rx = router.open([1; 32]);
+        assert!(router.deliver(env(1, 3)).await);
+        for seq in 1..=3 {
+            assert_eq!(rx.recv().await.unwrap().seq, seq, "in order, early ones first");
+        }
+    }
+
+    #[tokio::test]
+    async fn waiting_is_bounded() {
+        let router = Router::new();
+        for seq in 0..MAX_WAITING_PER_SESSION as u64 {
+            assert!(router.deliver(env(1, seq)).await);
+        }
+        assert!(!router.deliver(env(1, 9999)).await, "per-session cap");
+        for s in 2..(MAX_WAITING_SESSIONS as u8 + 1) {
+            assert!(router.deliver(env(s, 0)).await);
+        }
+        assert!(!router.deliver(env(250, 0)).await, "session cap");
+    }
+}

@@ -1,0 +1,359 @@
+//! QUIC transport (quinn + rustls): mutual TLS against the cluster CA.
+//!
+//! Who sent a message is read from the peer's certificate — the party index
+//! in its `spiffe://…/party/<i>` identity — never from the message: an
+//! envelope whose `from` differs from the certificate's index is dropped and
+//! counted. A peer whose certificate is not a node of this very cluster is
+//! refused at connection time. Each direction between two nodes uses one
+//! long-lived unidirectional stream, so messages arrive in the order sent;
+//! a broken connection is re-established on the next send.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, SendStream};
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+use torcus_certs::{Role, SecretPem};
+use tracing::{debug, warn};
+
+use super::{SendError, Transport, frame};
+use crate::engine::Envelope;
+
+/// ALPN protocol of node-to-node traffic.
+pub const ALPN: &[u8] = b"torcus-p2p/1";
+/// Most connections one peer may hold open to this node at once.
+const MAX_CONNECTIONS_PER_PEER: usize = 4;
+
+/// Where a peer listens and the name its certificate carries.
+#[derive(Clone, Debug)]
+pub struct PeerAddr {
+    /// UDP address.
+    pub addr: SocketAddr,
+    /// TLS server name (a DNS SAN of the peer's certificate).
+    pub server_name: String,
+}
+
+/// Everything a QUIC transport needs.
+#[derive(Clone, Debug)]
+pub struct QuicConfig {
+    /// This node's party index.
+    pub me: u16,
+    /// Namespace of the cluster; peers must be nodes of the same cluster.
+    pub namespace: String,
+    /// Name of the cluster.
+    pub cluster: String,
+    /// Local UDP address to bind.
+    pub listen: SocketAddr,
+    /// Other parties.
+    pub peers: HashMap<u16, PeerAddr>,
+    /// This node's certificate chain (PEM).
+    pub cert_chain_pem: String,
+    /// This node's private key.
+    pub key: SecretPem,
+    /// CAs to trust (PEM bundle).
+    pub trust_bundle_pem: String,
+}
+
+/// Why the transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    /// TLS configuration failed.
+    #[error("tls: {0}")]
+    Tls(#[from] torcus_certs::Error),
+    /// rustls configuration unusable for QUIC.
+    #[error("quic tls: {0}")]
+    QuicTls(String),
+    /// The socket could not be bound.
+    #[error("binding {0}: {1}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+    /// The metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Counters of the transport, labelled `transport="quic"`.
+#[derive(Clone, Debug)]
+pub struct TransportMetrics {
+    /// Envelopes sent.
+    pub sent: IntCounter,
+    /// Envelopes received and delivered.
+    pub received: IntCounter,
+    /// Envelopes dropped, by reason (`spoofed_sender`, `malformed_frame`, ...).
+    pub dropped: IntCounterVec,
+    /// Connections refused or failed, by reason.
+    pub connection_failures: IntCounterVec,
+}
+
+impl TransportMetrics {
+    /// Registers the counters in `registry`.
+    pub fn register(registry: &Registry, transport: &str) -> prometheus::Result<Self> {
+        let labels = |name: &str, help: &str| Opts::new(name, help).const_label("transport", transport);
+        let sent = IntCounter::with_opts(labels("torcus_p2p_messages_sent_total", "Protocol messages sent"))?;
+        let received =
+            IntCounter::with_opts(labels("torcus_p2p_messages_received_total", "Protocol messages received"))?;
+        let dropped = IntCounterVec::new(
+            labels("torcus_p2p_messages_dropped_total", "Protocol messages dropped, by reason"),
+            &["reason"],
+        )?;
+        let connection_failures = IntCounterVec::new(
+            labels("torcus_p2p_connection_failures_total", "Peer connections refused or failed, by reason"),
+            &["reason"],
+        )?;
+        registry.register(Box::new(sent.clone()))?;
+        registry.register(Box::new(received.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(connection_failures.clone()))?;
+        Ok(Self { sent, received, dropped, connection_failures })
+    }
+}
+
+/// A running QUIC transport.
+#[derive(Debug)]
+pub struct QuicTransport {
+    me: u16,
+    namespace: String,
+    cluster: String,
+    endpoint: Endpoint,
+    peers: std::sync::RwLock<HashMap<u16, PeerAddr>>,
+    outbound: Mutex<HashMap<u16, Arc<Outbound>>>,
+    metrics: TransportMetrics,
+}
+
+#[derive(Debug)]
+struct Outbound {
+    connection: Connection,
+    stream: Mutex<SendStream>,
+}
+
+impl QuicTransport {
+    /// Binds the endpoint and starts accepting peers; received envelopes go
+    /// to `incoming` until `shutdown` is cancelled.
+    pub fn bind(
+        config: QuicConfig,
+        incoming: mpsc::Sender<Envelope>,
+        metrics: TransportMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, QuicError> {
+        let QuicConfig { me, namespace, cluster, listen, peers, cert_chain_pem, key, trust_bundle_pem } = config;
+        let server_tls = torcus_certs::server_config(&cert_chain_pem, &key, &trust_bundle_pem, &[ALPN])?;
+        let client_tls = torcus_certs::client_config(&cert_chain_pem, &key, &trust_bundle_pem, &[ALPN])?;
+        let mut transport_config = quinn::TransportConfig::default();
+        transport_config
+            .max_concurrent_uni_streams(8u32.into())
+            .max_concurrent_bidi_streams(0u32.into())
+            .keep_alive_interval(Some(Duration::from_secs(5)))
+            .max_idle_timeout(Some(
+                Duration::from_secs(30).try_into().map_err(|e| QuicError::QuicTls(format!("{e}")))?,
+            ));
+        let transport_config = Arc::new(transport_config);
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            QuicServerConfig::try_from(server_tls).map_err(|e| QuicError::QuicTls(e.to_string()))?,
+        ));
+        server.transport_config(transport_config.clone());
+        let mut client = quinn::ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from(client_tls).map_err(|e| QuicError::QuicTls(e.to_string()))?,
+        ));
+        client.transport_config(transport_config);
+        let mut endpoint = Endpoint::server(server, listen).map_err(|e| QuicError::Bind(listen, e))?;
+        endpoint.set_default_client_config(client);
+
+        let this = Arc::new(Self {
+            me,
+            namespace,
+            cluster,
+            endpoint,
+            peers: std::sync::RwLock::new(peers),
+            outbound: Mutex::new(HashMap::new()),
+            metrics,
+        });
+        tokio::spawn(Arc::clone(&this).accept_loop(incoming, shutdown));
+        Ok(this)
+    }
+
+    /// Sets or replaces where party `index` is reached (addresses become
+    /// known as pods start).
+    pub fn set_peer(&self, index: u16, peer: PeerAddr) {
+        self.peers.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(index, peer);
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Closes every connection and waits until peers were told.
+    pub async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+        self.endpoint.wait_idle().await;
+    }
+
+    async fn accept_loop(self: Arc<Self>, incoming: mpsc::Sender<Envelope>, shutdown: CancellationToken) {
+        let per_peer: Arc<std::sync::Mutex<HashMap<u16, usize>>> = Arc::default();
+        loop {
+            let connecting = tokio::select! {
+                c = self.endpoint.accept() => match c { Some(c) => c, None => break },
+                () = shutdown.cancelled() => break,
+            };
+            let this = Arc::clone(&self);
+            let incoming = incoming.clone();
+            let per_peer = Arc::clone(&per_peer);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let connection = match connecting.await {
+                    Ok(c) => c,
+                    Err(error) => {
+                        // Includes handshakes refused by the certificate verifier.
+                        this.metrics.connection_failures.with_label_values(&["handshake"]).inc();
+                        debug!(%error, "inbound handshake failed");
+                        return;
+                    }
+                };
+                let Some(peer) = this.authenticate(&connection) else { return };
+                {
+                    let mut counts = per_peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let count = counts.entry(peer).or_default();
+                    if *count >= MAX_CONNECTIONS_PER_PEER {
+                        this.metrics.connection_failures.with_label_values(&["connection_limit"]).inc();
+                        connection.close(2u32.into(), b"too many connections");
+                        return;
+                    }
+                    *count += 1;
+                }
+                this.serve_connection(peer, connection, incoming, shutdown).await;
+                let mut counts = per_peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(count) = counts.get_mut(&peer) {
+                    *count = count.saturating_sub(1);
+                }
+            });
+        }
+    }
+
+    /// The party index of a connected peer, if its certificate names a node
+    /// of this cluster; otherwise the connection is closed and counted.
+    fn authenticate(&self, connection: &Connection) -> Option<u16> {
+        let identity = connection
+            .peer_identity()
+            .and_then(|any| any.downcast::<Vec<torcus_certs::rustls::pki_types::CertificateDer<'static>>>().ok())
+            .and_then(|chain| chain.first().and_then(|leaf| torcus_certs::peer_identity(leaf).ok()));
+        match identity {
+            Some(id) if id.namespace == self.namespace && id.cluster == self.cluster => match id.role {
+                Role::Node { party_index } if party_index != self.me => Some(party_index),
+                _ => {
+                    self.metrics.connection_failures.with_label_values(&["not_a_peer"]).inc();
+                    connection.close(1u32.into(), b"not a peer node");
+                    None
+                }
+            },
+            _ => {
+                self.metrics.connection_failures.with_label_values(&["foreign_identity"]).inc();
+                connection.close(1u32.into(), b"not a node of this cluster");
+                None
+            }
+        }
+    }
+
+    async fn serve_connection(
+        &self,
+        peer: u16,
+        connection: Connection,
+        incoming: mpsc::Sender<Envelope>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let mut stream = tokio::select! {
+                s = connection.accept_uni() => match s { Ok(s) => s, Err(_) => return },
+                () = shutdown.cancelled() => return,
+            };
+            loop {
+                match frame::read(&mut stream).await {
+                    Ok(Some(env)) if env.from == peer => {
+                        self.metrics.received.inc();
+                        if incoming.send(env).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(env)) => {
+                        // The certificate says who sent it; the message lied.
+                        self.metrics.dropped.with_label_values(&["spoofed_sender"]).inc();
+                        warn!(peer, claimed = env.from, "dropped a message claiming another party index");
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        self.metrics.dropped.with_label_values(&["malformed_frame"]).inc();
+                        warn!(peer, %error, "malformed frame; closing the connection");
+                        connection.close(3u32.into(), b"malformed frame");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn outbound(&self, to: u16) -> Result<Arc<Outbound>, SendError> {
+        let mut outbound = self.outbound.lock().await;
+        if let Some(existing) = outbound.get(&to) {
+            if existing.connection.close_reason().is_none() {
+                return Ok(Arc::clone(existing));
+            }
+            outbound.remove(&to);
+        }
+        let peer = self
+            .peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&to)
+            .cloned()
+            .ok_or(SendError::NoRoute(to))?;
+        let failed = |reason: String| {
+            self.metrics.connection_failures.with_label_values(&["connect"]).inc();
+            SendError::Connection { party: to, reason }
+        };
+        let connection = self
+            .endpoint
+            .connect(peer.addr, &peer.server_name)
+            .map_err(|e| failed(e.to_string()))?
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        // The server name proves the certificate is for that address; the
+        // identity must also be that very party.
+        if self.authenticate(&connection) != Some(to) {
+            connection.close(1u32.into(), b"wrong party");
+            return Err(failed(format!("peer at {} is not party {to}", peer.addr)));
+        }
+        let stream = connection.open_uni().await.map_err(|e| failed(e.to_string()))?;
+        let out = Arc::new(Outbound { connection, stream: Mutex::new(stream) });
+        outbound.insert(to, Arc::clone(&out));
+        Ok(out)
+    }
+}
+
+impl Transport for QuicTransport {
+    async fn send(&self, to: u16, envelope: Envelope) -> Result<(), SendError> {
+        // One retry: a cached connection may have died since its last use.
+        for attempt in 0..2 {
+            let out = self.outbound(to).await?;
+            let mut stream = out.stream.lock().await;
+            match frame::write(&mut *stream, &envelope).await {
+                Ok(()) => {
+                    self.metrics.sent.inc();
+                    return Ok(());
+                }
+                Err(frame::FrameError::TooLarge(n)) => return Err(SendError::TooLarge(n)),
+                Err(error) => {
+                    drop(stream);
+                    out.connection.close(0u32.into(), b"stream failed");
+                    self.outbound.lock().await.remove(&to);
+                    if attempt == 1 {
+                        return Err(SendError::Connection { party: to, reason: error.to_string() });
+                    }
+                }
+            }
+        }
+        Err(SendError::NoRoute(to))
+    }
+}

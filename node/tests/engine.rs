@@ -1,0 +1,127 @@
+//! The protocol engine end to end in one process, over the in-memory
+//! network: aux info, threshold keygen, and signing with and without a
+//! presignature and with a derivation path. Every signature is checked with
+//! libsecp256k1, an implementation that shares no code with cggmp21.
+
+use std::sync::OnceLock;
+
+use torcus_node::engine::{self, Primes, Share, memory};
+
+/// Safe primes are the slow part of aux info (tens of seconds per party);
+/// tests take them from a fixture made once with `PregeneratedPrimes::generate`.
+/// The product generates its own at start-up.
+fn primes() -> &'static Vec<Primes> {
+    static PRIMES: OnceLock<Vec<Primes>> = OnceLock::new();
+    PRIMES.get_or_init(|| serde_json::from_str(include_str!("fixtures/primes.json")).expect("primes fixture"))
+}
+
+fn session(tag: &str) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    id[..tag.len()].copy_from_slice(tag.as_bytes());
+    id
+}
+
+/// Runs aux info and keygen for `n` parties with threshold `t`.
+async fn cluster(n: u16, t: u16) -> Vec<Share> {
+    let parties: Vec<u16> = (0..n).collect();
+    let aux = futures::future::try_join_all(
+        memory::network(session("aux"), &parties)
+            .into_iter()
+            .map(|net| engine::aux_info(b"test-aux", n, primes()[usize::from(net.me)].clone(), net)),
+    );
+    let keygen = futures::future::try_join_all(
+        memory::network(session("keygen"), &parties).into_iter().map(|net| engine::keygen(b"test-keygen", n, t, net)),
+    );
+    let (aux, cores) = tokio::try_join!(aux, keygen).unwrap();
+    cores.into_iter().zip(aux).map(|(core, aux)| engine::complete(core, aux).unwrap()).collect()
+}
+
+/// Checks `signature` over `digest` under `share`'s key (derived along
+/// `path`) with libsecp256k1, and returns the compressed public key.
+fn verify_independently(share: &Share, path: &[u32], digest: &[u8; 32], r: &[u8], s: &[u8]) {
+    let public = engine::public_key(share, path).unwrap().to_bytes(true);
+    let key = secp256k1::PublicKey::from_slice(&public).unwrap();
+    let mut compact = [0u8; 64];
+    compact[..32].copy_from_slice(r);
+    compact[32..].copy_from_slice(s);
+    let signature = secp256k1::ecdsa::Signature::from_compact(&compact).unwrap();
+    let message = secp256k1::Message::from_digest(*digest);
+    secp256k1::Secp256k1::verification_only().verify_ecdsa(message, &signature, &key).unwrap();
+}
+
+fn rs(signature: &cggmp21::Signature<engine::Curve>) -> (Vec<u8>, Vec<u8>) {
+    (signature.r.to_be_bytes().to_vec(), signature.s.to_be_bytes().to_vec())
+}
+
+async fn sign_full(
+    shares: &[Share],
+    signers: &[u16],
+    digest: [u8; 32],
+    path: &[u32],
+) -> cggmp21::Signature<engine::Curve> {
+    let nets = memory::network(session("sign"), signers);
+    let runs = nets.into_iter().map(|net| {
+        let share = &shares[usize::from(net.me)];
+        engine::sign(b"test-sign", share, &digest, path, net)
+    });
+    let signatures = futures::future::try_join_all(runs).await.unwrap();
+    assert!(signatures.windows(2).all(|w| w[0] == w[1]), "every signer outputs the same signature");
+    signatures[0]
+}
+
+async fn sign_presigned(
+    shares: &[Share],
+    signers: &[u16],
+    digest: [u8; 32],
+    path: &[u32],
+) -> cggmp21::Signature<engine::Curve> {
+    let nets = memory::network(session("presign"), signers);
+    let presigs = futures::future::try_join_all(
+        nets.into_iter().map(|net| engine::presign(b"test-presign", &shares[usize::from(net.me)], net)),
+    )
+    .await
+    .unwrap();
+    let partials: Vec<_> = presigs
+        .into_iter()
+        .zip(signers)
+        .map(|(p, i)| engine::partial_sign(p, &shares[usize::from(*i)], &digest, path).unwrap())
+        .collect();
+    engine::combine(&partials, &shares[usize::from(signers[0])], &digest, path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_parties_threshold_two() {
+    let shares = cluster(3, 2).await;
+    let key = shares[0].shared_public_key;
+    assert!(shares.iter().all(|s| s.shared_public_key == key), "all parties agree on the public key");
+
+    let digest = [7u8; 32];
+    for signers in [[0, 1], [1, 2], [0, 2]] {
+        let sig = sign_full(&shares, &signers, digest, &[]).await;
+        let (r, s) = rs(&sig);
+        verify_independently(&shares[0], &[], &digest, &r, &s);
+    }
+    let sig = sign_presigned(&shares, &[0, 2], [9u8; 32], &[]).await;
+    let (r, s) = rs(&sig);
+    verify_independently(&shares[0], &[], &[9u8; 32], &r, &s);
+
+    // Non-hardened derivation: the signature verifies under the child key only.
+    let path = [44, 60, 0, 7];
+    let sig = sign_full(&shares, &[1, 2], digest, &path).await;
+    let (r, s) = rs(&sig);
+    verify_independently(&shares[0], &path, &digest, &r, &s);
+    assert_ne!(engine::public_key(&shares[0], &path).unwrap(), *key);
+    let sig = sign_presigned(&shares, &[0, 1], digest, &path).await;
+    let (r, s) = rs(&sig);
+    verify_independently(&shares[1], &path, &digest, &r, &s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_outside_the_signer_set_cannot_join() {
+    let shares = cluster(3, 2).await;
+    let mut nets = memory::network(session("outsider"), &[0, 1]);
+    let mut net = nets.remove(0);
+    net.me = 2;
+    let err = engine::sign(b"x", &shares[2], &[1u8; 32], &[], net).await.unwrap_err();
+    assert!(matches!(err, engine::EngineError::NotAParticipant(2)));
+}
