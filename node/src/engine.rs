@@ -39,10 +39,12 @@ pub type Presig = Presignature<Curve>;
 /// One protocol message between two parties of a session, as transports
 /// carry it. `from` is what the transport authenticated (for QUIC, the party
 /// index in the peer's certificate), never what the sender claims.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// Session the message belongs to.
     pub session: [u8; 32],
+    /// Session control (Proposal, Ack, Start, Abort) or protocol traffic.
+    pub channel: Channel,
     /// Sending party (keygen index).
     pub from: u16,
     /// Receiving party, or `None` for a broadcast.
@@ -51,6 +53,16 @@ pub struct Envelope {
     pub seq: u64,
     /// The protocol message, serialized.
     pub payload: Vec<u8>,
+}
+
+/// What an envelope carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Channel {
+    /// A message of the MPC protocol.
+    #[default]
+    Protocol,
+    /// A session control message (`torcus_contract::Control`, JSON).
+    Control,
 }
 
 /// Why a protocol run failed.
@@ -112,7 +124,7 @@ where
         let sender = positions.iter().position(|p| *p == env.from);
         let msg = serde_json::from_slice::<M>(&env.payload);
         let out = match (sender, msg) {
-            (Some(sender), Ok(msg)) if env.session == session => {
+            (Some(sender), Ok(msg)) if env.session == session && env.channel == Channel::Protocol => {
                 next_id += 1;
                 Some(Ok(Incoming {
                     id: next_id,
@@ -138,7 +150,8 @@ where
             }
         };
         let payload = serde_json::to_vec(&out.msg).map_err(DeliveryError::Encode);
-        let env = to.and_then(|to| Ok(Envelope { session, from: me, to, seq, payload: payload? }));
+        let env = to
+            .and_then(|to| Ok(Envelope { session, channel: Channel::Protocol, from: me, to, seq, payload: payload? }));
         async move {
             tx.send(env?).await.map_err(|_| DeliveryError::Closed)?;
             Ok::<_, DeliveryError>(tx)

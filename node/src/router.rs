@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::engine::{Envelope, SessionNet};
+use crate::engine::{Channel, Envelope, SessionNet};
 use crate::transport::Transport;
 
 /// Envelopes kept for one session that is not open yet.
@@ -90,11 +90,22 @@ impl Router {
         sender.send(env).await.is_ok()
     }
 
-    /// Feeds every envelope from a transport's incoming channel to its session.
-    pub fn spawn_inbound(self: &Arc<Self>, mut incoming: mpsc::Receiver<Envelope>) -> tokio::task::JoinHandle<()> {
+    /// Feeds every envelope from a transport's incoming channel to its
+    /// session; control envelopes go to `control` when given, else are dropped.
+    pub fn spawn_inbound(
+        self: &Arc<Self>,
+        mut incoming: mpsc::Receiver<Envelope>,
+        control: Option<mpsc::Sender<Envelope>>,
+    ) -> tokio::task::JoinHandle<()> {
         let router = Arc::clone(self);
         tokio::spawn(async move {
             while let Some(env) = incoming.recv().await {
+                if env.channel == Channel::Control {
+                    if let Some(control) = &control {
+                        let _ = control.send(env).await;
+                    }
+                    continue;
+                }
                 if !router.deliver(env).await {
                     tracing::debug!("dropped an envelope for an unknown or full session");
                 }
@@ -138,7 +149,7 @@ mod tests {
     use super::*;
 
     fn env(session: u8, seq: u64) -> Envelope {
-        Envelope { session: [session; 32], from: 1, to: Some(0), seq, payload: vec![] }
+        Envelope { session: [session; 32], from: 1, to: Some(0), seq, ..Envelope::default() }
     }
 
     #[tokio::test]

@@ -15,7 +15,8 @@ use torcus_certs::{CertificateAuthority, Identity, IssuedCertificate, OffsetDate
 use torcus_node::engine::{self, Envelope, Primes};
 use torcus_node::router::Router;
 use torcus_node::transport::Transport;
-use torcus_node::transport::quic::{PeerAddr, QuicConfig, QuicTransport, TransportMetrics};
+use torcus_node::transport::TransportMetrics;
+use torcus_node::transport::quic::{PeerAddr, QuicConfig, QuicTransport};
 
 fn ca() -> CertificateAuthority {
     CertificateAuthority::generate("test CA", torcus_certs::Duration::days(1), OffsetDateTime::now_utc()).unwrap()
@@ -78,7 +79,7 @@ fn cluster(n: u16) -> Vec<Node> {
 }
 
 fn env(from: u16, to: u16, seq: u64) -> Envelope {
-    Envelope { session: [9; 32], from, to: Some(to), seq, payload: seq.to_be_bytes().to_vec() }
+    Envelope { session: [9; 32], from, to: Some(to), seq, payload: seq.to_be_bytes().to_vec(), ..Envelope::default() }
 }
 
 fn dropped(node: &Node, reason: &str) -> u64 {
@@ -241,7 +242,7 @@ async fn keygen_and_signing_over_quic() {
     let mut transports = Vec::new();
     let mut guards = Vec::new();
     for (node, router) in nodes.into_iter().zip(&routers) {
-        router.spawn_inbound(node.incoming);
+        router.spawn_inbound(node.incoming, None);
         transports.push(node.transport);
         guards.push(node._stop);
     }

@@ -8,6 +8,8 @@ pub mod quic;
 
 use std::future::Future;
 
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+
 use crate::engine::Envelope;
 
 /// Why a message could not be sent.
@@ -34,4 +36,40 @@ pub enum SendError {
 pub trait Transport: Send + Sync + 'static {
     /// Sends `envelope` to party `to`, in order with earlier sends to `to`.
     fn send(&self, to: u16, envelope: Envelope) -> impl Future<Output = Result<(), SendError>> + Send;
+}
+
+/// Counters of a transport, labelled with its name (`transport="quic"`).
+#[derive(Clone, Debug)]
+pub struct TransportMetrics {
+    /// Envelopes sent.
+    pub sent: IntCounter,
+    /// Envelopes received and delivered.
+    pub received: IntCounter,
+    /// Envelopes dropped, by reason (`spoofed_sender`, `malformed_frame`, ...).
+    pub dropped: IntCounterVec,
+    /// Connections refused or failed, by reason.
+    pub connection_failures: IntCounterVec,
+}
+
+impl TransportMetrics {
+    /// Registers the counters in `registry`.
+    pub fn register(registry: &Registry, transport: &str) -> prometheus::Result<Self> {
+        let labels = |name: &str, help: &str| Opts::new(name, help).const_label("transport", transport);
+        let sent = IntCounter::with_opts(labels("torcus_p2p_messages_sent_total", "Protocol messages sent"))?;
+        let received =
+            IntCounter::with_opts(labels("torcus_p2p_messages_received_total", "Protocol messages received"))?;
+        let dropped = IntCounterVec::new(
+            labels("torcus_p2p_messages_dropped_total", "Protocol messages dropped, by reason"),
+            &["reason"],
+        )?;
+        let connection_failures = IntCounterVec::new(
+            labels("torcus_p2p_connection_failures_total", "Peer connections refused or failed, by reason"),
+            &["reason"],
+        )?;
+        registry.register(Box::new(sent.clone()))?;
+        registry.register(Box::new(received.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(connection_failures.clone()))?;
+        Ok(Self { sent, received, dropped, connection_failures })
+    }
 }

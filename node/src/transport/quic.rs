@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, SendStream};
 use tokio::sync::{Mutex, mpsc};
@@ -21,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use torcus_certs::{Role, SecretPem};
 use tracing::{debug, warn};
 
-use super::{SendError, Transport, frame};
+use super::{SendError, Transport, TransportMetrics, frame};
 use crate::engine::Envelope;
 
 /// ALPN protocol of node-to-node traffic.
@@ -74,42 +73,6 @@ pub enum QuicError {
     /// The metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-}
-
-/// Counters of the transport, labelled `transport="quic"`.
-#[derive(Clone, Debug)]
-pub struct TransportMetrics {
-    /// Envelopes sent.
-    pub sent: IntCounter,
-    /// Envelopes received and delivered.
-    pub received: IntCounter,
-    /// Envelopes dropped, by reason (`spoofed_sender`, `malformed_frame`, ...).
-    pub dropped: IntCounterVec,
-    /// Connections refused or failed, by reason.
-    pub connection_failures: IntCounterVec,
-}
-
-impl TransportMetrics {
-    /// Registers the counters in `registry`.
-    pub fn register(registry: &Registry, transport: &str) -> prometheus::Result<Self> {
-        let labels = |name: &str, help: &str| Opts::new(name, help).const_label("transport", transport);
-        let sent = IntCounter::with_opts(labels("torcus_p2p_messages_sent_total", "Protocol messages sent"))?;
-        let received =
-            IntCounter::with_opts(labels("torcus_p2p_messages_received_total", "Protocol messages received"))?;
-        let dropped = IntCounterVec::new(
-            labels("torcus_p2p_messages_dropped_total", "Protocol messages dropped, by reason"),
-            &["reason"],
-        )?;
-        let connection_failures = IntCounterVec::new(
-            labels("torcus_p2p_connection_failures_total", "Peer connections refused or failed, by reason"),
-            &["reason"],
-        )?;
-        registry.register(Box::new(sent.clone()))?;
-        registry.register(Box::new(received.clone()))?;
-        registry.register(Box::new(dropped.clone()))?;
-        registry.register(Box::new(connection_failures.clone()))?;
-        Ok(Self { sent, received, dropped, connection_failures })
-    }
 }
 
 /// A running QUIC transport.
