@@ -63,6 +63,8 @@ pub enum Channel {
     Protocol,
     /// A session control message (`torcus_contract::Control`, JSON).
     Control,
+    /// A transport's own greeting (the sender's boot id); never reaches a session.
+    Hello,
 }
 
 /// Why a protocol run failed.

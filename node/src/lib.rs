@@ -1,13 +1,16 @@
-//! The Torcus MPC node.
+//! The Torcus MPC node: one party of a threshold-signing cluster.
 //!
-//! This is the node's skeleton: it loads the cluster configuration and its
-//! TLS identity as the operator's StatefulSet hands them over, checks that
-//! they belong together, and serves `/healthz`, `/readyz` and `/metrics`. The
-//! protocol engine and transports build on it.
+//! It loads the cluster configuration and its TLS identity as the operator's
+//! StatefulSet hands them over, opens its encrypted share store, connects to
+//! its peers over the configured transport, and serves the HTTP API through
+//! which grants start key generation and signing sessions.
 
+pub mod api;
 pub mod engine;
 pub mod identity;
+pub mod metrics;
 pub mod router;
+pub mod service;
 pub mod store;
 pub mod transport;
 pub mod used_sessions;
@@ -16,23 +19,27 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use prometheus::{Encoder, IntGauge, Registry, TextEncoder};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use torcus_contract as contract;
 use tracing::{info, warn};
 
 pub use identity::{Identity, IdentityError};
 
+use crate::engine::Primes;
+use crate::metrics::NodeMetrics;
+use crate::router::Router;
+use crate::service::{Service, ServiceParts};
+use crate::transport::TransportMetrics;
+use crate::transport::quic::{PeerAddr, QuicConfig, QuicTransport};
+
 /// Command-line and environment configuration of a node.
 #[derive(Clone, Debug, clap::Parser)]
 #[command(name = "torcus-node", version, about = "One party of a Torcus threshold-signing cluster")]
 pub struct Args {
-    /// What to do; `serve` is the only command so far.
+    /// What to do; `serve` is the only command.
     #[arg(default_value = "serve")]
     pub command: String,
 
@@ -48,17 +55,74 @@ pub struct Args {
     #[arg(long, env = contract::ENV_TLS_DIR, default_value = contract::TLS_DIR)]
     pub tls_dir: PathBuf,
 
-    /// Folder for key shares (the pod's volume).
+    /// Folder for key shares and the used-session set (the pod's volume).
     #[arg(long, env = contract::ENV_DATA_DIR, default_value = contract::DATA_DIR)]
     pub data_dir: PathBuf,
+
+    /// File holding the 64-hex-digit key that encrypts shares at rest;
+    /// `<tls-dir>/store.key` when unset.
+    #[arg(long, env = "TORCUS_STORE_KEY_FILE")]
+    pub store_key_file: Option<PathBuf>,
 
     /// Address to listen on (the pod IP).
     #[arg(long, env = contract::ENV_POD_IP, default_value = "0.0.0.0")]
     pub listen_ip: IpAddr,
 
-    /// Port of the HTTP API, health and metrics.
-    #[arg(long, env = "TORCUS_HTTP_PORT", default_value_t = contract::HTTP_PORT)]
-    pub http_port: u16,
+    /// Port of the HTTP API, health and metrics; the configuration's port
+    /// for this party when unset.
+    #[arg(long, env = "TORCUS_HTTP_PORT")]
+    pub http_port: Option<u16>,
+
+    /// Peer-to-peer port; the configuration's port for this party when unset.
+    #[arg(long, env = "TORCUS_P2P_PORT")]
+    pub p2p_port: Option<u16>,
+
+    /// TEST ONLY: take the safe primes for aux info from this JSON file (a
+    /// list indexed by party) instead of generating them. Safe primes must
+    /// be secret and fresh; a product node never sets this.
+    #[arg(long, env = "TORCUS_TEST_PRIMES_FIXTURE", hide = true)]
+    pub test_primes_fixture: Option<PathBuf>,
+}
+
+/// Why a node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line names no known command.
+    #[error("unknown command {0:?}; expected `serve`")]
+    UnknownCommand(String),
+    /// Configuration or certificate are unusable.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The grant public key in the configuration is malformed.
+    #[error("grant public key in the configuration is not a hex Ed25519 key")]
+    GrantKey,
+    /// The configured transport is not available.
+    #[error("transport {0:?} is not available")]
+    Transport(String),
+    /// The QUIC transport could not start.
+    #[error(transparent)]
+    Quic(#[from] transport::quic::QuicError),
+    /// The share store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// A file could not be read or written.
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// The service could not start.
+    #[error(transparent)]
+    Session(#[from] service::SessionError),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+    /// The metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Serve(#[source] std::io::Error),
+    /// The test primes fixture is unusable.
+    #[error("primes fixture: {0}")]
+    Primes(String),
 }
 
 impl Args {
@@ -69,91 +133,189 @@ impl Args {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
     }
 
-    /// Serves until `shutdown` completes.
+    /// Runs the node until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
-        let Self { command, party_index, config, tls_dir, data_dir: _, listen_ip, http_port } = self;
+        let Self {
+            command,
+            party_index: me,
+            config,
+            tls_dir,
+            data_dir,
+            store_key_file,
+            listen_ip,
+            http_port,
+            p2p_port,
+            test_primes_fixture,
+        } = self;
         if command != "serve" {
             return Err(Error::UnknownCommand(command));
         }
-        let addr = SocketAddr::new(listen_ip, http_port);
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::Bind(addr, e))?;
-        info!(%addr, party_index, "node listening");
-        serve(listener, Node::new(party_index, config, tls_dir)?, shutdown).await
-    }
-}
+        let identity = Identity::load(me, &config, &tls_dir)?;
+        let cluster = identity.config.clone();
+        let read = |path: PathBuf| std::fs::read_to_string(&path).map_err(|e| Error::Io(path.display().to_string(), e));
+        let cert_chain_pem = read(tls_dir.join("tls.crt"))?;
+        let key = torcus_certs::SecretPem::new(read(tls_dir.join("tls.key"))?);
+        let trust_bundle_pem = read(tls_dir.join("ca.crt"))?;
+        let grant_key = hex::decode(&cluster.grant_public_key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+            .ok_or(Error::GrantKey)?;
+        let own = &cluster.peers[usize::from(me)];
+        let http_addr = SocketAddr::new(listen_ip, http_port.unwrap_or(own.http_port));
+        let p2p_addr = SocketAddr::new(listen_ip, p2p_port.unwrap_or(own.p2p_port));
 
-/// Why a node could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The command line names no known command.
-    #[error("unknown command {0:?}; expected `serve`")]
-    UnknownCommand(String),
-    /// The HTTP address could not be bound.
-    #[error("cannot listen on {0}: {1}")]
-    Bind(SocketAddr, #[source] std::io::Error),
-    /// The metrics could not be registered.
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-    /// The HTTP server failed.
-    #[error("http server: {0}")]
-    Serve(#[source] std::io::Error),
-}
+        let store_key = store::StoreKey::from_file(store_key_file.unwrap_or_else(|| tls_dir.join("store.key")))?;
+        let store = store::ShareStore::open(data_dir.join("shares"), store_key)?;
+        let used_path = data_dir.join("used-sessions");
+        let used = used_sessions::FileUsedSessions::open(&used_path)
+            .map_err(|e| Error::Io(used_path.display().to_string(), e))?;
 
-/// A node's state as far as this skeleton goes.
-#[derive(Debug)]
-pub struct Node {
-    party_index: u16,
-    config: PathBuf,
-    tls_dir: PathBuf,
-    registry: Registry,
-    ready: IntGauge,
-}
+        let stop = CancellationToken::new();
+        let metrics = NodeMetrics::new()?;
+        metrics.ready.set(1);
+        let (incoming_tx, incoming) = mpsc::channel(1 << 14);
+        let transport = match cluster.transport.as_str() {
+            "quic" => {
+                let config = QuicConfig {
+                    me,
+                    namespace: cluster.namespace.clone(),
+                    cluster: cluster.cluster.clone(),
+                    listen: p2p_addr,
+                    peers: Default::default(),
+                    cert_chain_pem,
+                    key,
+                    trust_bundle_pem,
+                };
+                let transport_metrics = TransportMetrics::register(&metrics.registry, "quic")?;
+                QuicTransport::bind(config, incoming_tx, transport_metrics, stop.clone())?
+            }
+            other => return Err(Error::Transport(other.to_owned())),
+        };
+        let announced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(resolve_peers(Arc::clone(&transport), cluster.clone(), me, Arc::clone(&announced), stop.clone()));
 
-impl Node {
-    /// A node of party `party_index` reading its files from the given paths.
-    pub fn new(party_index: u16, config: PathBuf, tls_dir: PathBuf) -> prometheus::Result<Arc<Self>> {
-        let registry = Registry::new();
-        let ready = IntGauge::new("torcus_node_ready", "1 while the node's configuration and TLS identity check out")?;
-        registry.register(Box::new(ready.clone()))?;
-        Ok(Arc::new(Self { party_index, config, tls_dir, registry, ready }))
-    }
-
-    /// Loads configuration and identity afresh (Secrets are rotated in place).
-    pub fn check(&self) -> Result<Identity, IdentityError> {
-        let identity = Identity::load(self.party_index, &self.config, &self.tls_dir);
-        self.ready.set(i64::from(identity.is_ok()));
-        identity
-    }
-}
-
-/// Serves the node's HTTP endpoints on `listener` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    node: Arc<Node>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    if let Err(error) = node.check() {
-        warn!(%error, "not ready yet");
-    }
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(node);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(Error::Serve)
-}
-
-async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    match node.check() {
-        Ok(identity) => {
-            (StatusCode::OK, format!("ready: party {} of {}", identity.party_index, identity.config.cluster))
+        let router = Router::new();
+        let service = Service::new(ServiceParts {
+            me,
+            threshold: cluster.threshold,
+            namespace: cluster.namespace.clone(),
+            cluster: cluster.cluster.clone(),
+            grant_key,
+            transport: Arc::clone(&transport),
+            router: Arc::clone(&router),
+            store,
+            used,
+            metrics: metrics.clone(),
+        })?;
+        let (control_tx, mut control_rx) = mpsc::channel(1024);
+        router.spawn_inbound(incoming, Some(control_tx));
+        {
+            let service = Arc::clone(&service);
+            tokio::spawn(async move {
+                while let Some(env) = control_rx.recv().await {
+                    service.on_control(env).await;
+                }
+            });
         }
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {error}")),
+        if !service.primes_ready() {
+            let service = Arc::clone(&service);
+            let primes = match test_primes_fixture {
+                Some(path) => Some(fixture_primes(&path, me)?),
+                None => None,
+            };
+            tokio::spawn(async move {
+                let primes = match primes {
+                    Some(p) => p,
+                    None => {
+                        info!("generating safe primes for aux info in the background");
+                        let started = std::time::Instant::now();
+                        let generated = tokio::task::spawn_blocking(|| Primes::generate(&mut rand_core::OsRng)).await;
+                        let Ok(p) = generated else { return };
+                        info!(seconds = started.elapsed().as_secs_f64(), "safe primes ready");
+                        p
+                    }
+                };
+                service.set_primes(primes);
+            });
+        }
+
+        let ready: api::ReadyCheck = {
+            let (me, config, tls_dir, metrics) = (me, config.clone(), tls_dir.clone(), metrics.clone());
+            Arc::new(move || {
+                // Secrets are rotated in place: check what is mounted now.
+                let ok = Identity::load(me, &config, &tls_dir).map(|_| ()).map_err(|e| e.to_string()).and_then(|()| {
+                    // Not ready before it has tried every peer once.
+                    match announced.load(std::sync::atomic::Ordering::Acquire) {
+                        true => Ok(()),
+                        false => Err("still reaching out to peers".to_owned()),
+                    }
+                });
+                metrics.ready.set(i64::from(ok.is_ok()));
+                ok
+            })
+        };
+        let app = api::router(Arc::clone(&service), ready, metrics.registry.clone());
+        let listener = tokio::net::TcpListener::bind(http_addr).await.map_err(|e| Error::Bind(http_addr, e))?;
+        info!(me, %http_addr, %p2p_addr, transport = %cluster.transport, "node serving");
+        let stopping = stop.clone();
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stopping.cancel();
+            })
+            .await
+            .map_err(Error::Serve);
+        stop.cancel();
+        transport.close().await;
+        served
     }
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let mut out = Vec::new();
-    let _ = TextEncoder::new().encode(&node.registry.gather(), &mut out);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+/// Resolves every peer's host name until all are known (pods come up in any
+/// order, and their DNS names appear with them).
+async fn resolve_peers(
+    transport: Arc<QuicTransport>,
+    cluster: contract::ClusterConfig,
+    me: u16,
+    announced: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut missing: Vec<contract::Peer> = cluster.peers.into_iter().filter(|p| p.index != me).collect();
+    while !missing.is_empty() && !stop.is_cancelled() {
+        let mut still = Vec::new();
+        for peer in missing {
+            match tokio::net::lookup_host((peer.host.as_str(), peer.p2p_port)).await.ok().and_then(|mut a| a.next()) {
+                Some(addr) => {
+                    transport.set_peer(peer.index, PeerAddr { addr, server_name: peer.host.clone() });
+                    // Announce this run; a peer that is down dials in when it starts.
+                    if let Err(error) = transport.connect(peer.index).await {
+                        tracing::debug!(peer = peer.index, %error, "peer not reachable yet");
+                    }
+                }
+                None => still.push(peer),
+            }
+        }
+        announced.store(true, std::sync::atomic::Ordering::Release);
+        missing = still;
+        if !missing.is_empty() {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                () = stop.cancelled() => {}
+            }
+        }
+    }
+    if !missing.is_empty() {
+        warn!(count = missing.len(), "stopped resolving peers");
+    }
+}
+
+fn fixture_primes(path: &std::path::Path, me: u16) -> Result<Primes, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io(path.display().to_string(), e))?;
+    let mut all: Vec<Primes> = serde_json::from_str(&text).map_err(|e| Error::Primes(e.to_string()))?;
+    if usize::from(me) >= all.len() {
+        return Err(Error::Primes(format!("no primes for party {me}")));
+    }
+    warn!("using safe primes from a test fixture: never do this outside tests");
+    Ok(all.swap_remove(usize::from(me)))
 }

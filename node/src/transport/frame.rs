@@ -1,7 +1,7 @@
 //! The binary form of an [`Envelope`] on stream transports, and
 //! length-prefixed framing with a size cap.
 //!
-//! Layout (big-endian): `session[32] ‖ channel u8 (0 protocol, 1 control)
+//! Layout (big-endian): `session[32] ‖ channel u8 (0 protocol, 1 control, 2 hello)
 //! ‖ from u16 ‖ to u16 (0xFFFF = broadcast) ‖ seq u64 ‖ payload`. A frame is `len u32 ‖ body`, and a frame
 //! longer than [`MAX_FRAME`] is refused before it is read.
 
@@ -39,6 +39,7 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
     out.push(match env.channel {
         Channel::Protocol => 0,
         Channel::Control => 1,
+        Channel::Hello => 2,
     });
     out.extend_from_slice(&env.from.to_be_bytes());
     out.extend_from_slice(&env.to.unwrap_or(BROADCAST).to_be_bytes());
@@ -56,6 +57,7 @@ pub fn decode(body: &[u8]) -> Result<Envelope, FrameError> {
     let channel = match rest[0] {
         0 => Channel::Protocol,
         1 => Channel::Control,
+        2 => Channel::Hello,
         other => return Err(FrameError::UnknownChannel(other)),
     };
     let rest = &rest[1..];

@@ -4,7 +4,10 @@
 //! verified; anything else is dropped and counted.
 
 pub mod frame;
+pub mod hybrid;
 pub mod quic;
+pub mod relay;
+pub mod tcp;
 
 use std::future::Future;
 

@@ -7,6 +7,13 @@
 //! refused at connection time. Each direction between two nodes uses one
 //! long-lived unidirectional stream, so messages arrive in the order sent;
 //! a broken connection is re-established on the next send.
+//!
+//! Every stream starts with a hello naming the sender's boot id (random per
+//! process). When a peer's boot id changes, the peer restarted: the
+//! connection this node held to its previous run is dead, so it is dropped
+//! at once instead of swallowing messages until the idle timeout. A node
+//! dials every peer when it starts, so its peers learn of the restart
+//! before anything is sent.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,10 +28,12 @@ use torcus_certs::{Role, SecretPem};
 use tracing::{debug, warn};
 
 use super::{SendError, Transport, TransportMetrics, frame};
-use crate::engine::Envelope;
+use crate::engine::{Channel, Envelope};
 
 /// ALPN protocol of node-to-node traffic.
 pub const ALPN: &[u8] = b"torcus-p2p/1";
+/// How long a connection attempt may take before the peer counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most connections one peer may hold open to this node at once.
 const MAX_CONNECTIONS_PER_PEER: usize = 4;
 
@@ -85,6 +94,12 @@ pub struct QuicTransport {
     peers: std::sync::RwLock<HashMap<u16, PeerAddr>>,
     outbound: Mutex<HashMap<u16, Arc<Outbound>>>,
     metrics: TransportMetrics,
+    incoming: mpsc::Sender<Envelope>,
+    shutdown: CancellationToken,
+    /// Random per process: tells peers this is a new run.
+    boot_id: [u8; 16],
+    /// The boot id each peer last greeted with.
+    peer_boots: std::sync::Mutex<HashMap<u16, Vec<u8>>>,
 }
 
 #[derive(Debug)]
@@ -109,9 +124,9 @@ impl QuicTransport {
         transport_config
             .max_concurrent_uni_streams(8u32.into())
             .max_concurrent_bidi_streams(0u32.into())
-            .keep_alive_interval(Some(Duration::from_secs(5)))
+            .keep_alive_interval(Some(Duration::from_secs(2)))
             .max_idle_timeout(Some(
-                Duration::from_secs(30).try_into().map_err(|e| QuicError::QuicTls(format!("{e}")))?,
+                Duration::from_secs(10).try_into().map_err(|e| QuicError::QuicTls(format!("{e}")))?,
             ));
         let transport_config = Arc::new(transport_config);
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(
@@ -125,6 +140,8 @@ impl QuicTransport {
         let mut endpoint = Endpoint::server(server, listen).map_err(|e| QuicError::Bind(listen, e))?;
         endpoint.set_default_client_config(client);
 
+        let mut boot_id = [0u8; 16];
+        getrandom::fill(&mut boot_id).map_err(|e| QuicError::QuicTls(format!("random boot id: {e}")))?;
         let this = Arc::new(Self {
             me,
             namespace,
@@ -133,8 +150,12 @@ impl QuicTransport {
             peers: std::sync::RwLock::new(peers),
             outbound: Mutex::new(HashMap::new()),
             metrics,
+            incoming,
+            shutdown,
+            boot_id,
+            peer_boots: std::sync::Mutex::new(HashMap::new()),
         });
-        tokio::spawn(Arc::clone(&this).accept_loop(incoming, shutdown));
+        tokio::spawn(Arc::clone(&this).accept_loop());
         Ok(this)
     }
 
@@ -142,6 +163,13 @@ impl QuicTransport {
     /// known as pods start).
     pub fn set_peer(&self, index: u16, peer: PeerAddr) {
         self.peers.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(index, peer);
+    }
+
+    /// Connects to party `to` now rather than on the first send. A node does
+    /// this for every peer when it starts, so peers that still hold a
+    /// connection to its previous run switch to the new one at once.
+    pub async fn connect(&self, to: u16) -> Result<(), SendError> {
+        self.outbound(to).await.map(|_| ())
     }
 
     /// The bound UDP address.
@@ -155,7 +183,8 @@ impl QuicTransport {
         self.endpoint.wait_idle().await;
     }
 
-    async fn accept_loop(self: Arc<Self>, incoming: mpsc::Sender<Envelope>, shutdown: CancellationToken) {
+    async fn accept_loop(self: Arc<Self>) {
+        let shutdown = self.shutdown.clone();
         let per_peer: Arc<std::sync::Mutex<HashMap<u16, usize>>> = Arc::default();
         loop {
             let connecting = tokio::select! {
@@ -163,9 +192,7 @@ impl QuicTransport {
                 () = shutdown.cancelled() => break,
             };
             let this = Arc::clone(&self);
-            let incoming = incoming.clone();
             let per_peer = Arc::clone(&per_peer);
-            let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let connection = match connecting.await {
                     Ok(c) => c,
@@ -187,7 +214,7 @@ impl QuicTransport {
                     }
                     *count += 1;
                 }
-                this.serve_connection(peer, connection, incoming, shutdown).await;
+                this.serve_connection(peer, connection).await;
                 let mut counts = per_peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 if let Some(count) = counts.get_mut(&peer) {
                     *count = count.saturating_sub(1);
@@ -220,13 +247,8 @@ impl QuicTransport {
         }
     }
 
-    async fn serve_connection(
-        &self,
-        peer: u16,
-        connection: Connection,
-        incoming: mpsc::Sender<Envelope>,
-        shutdown: CancellationToken,
-    ) {
+    async fn serve_connection(&self, peer: u16, connection: Connection) {
+        let (incoming, shutdown) = (&self.incoming, &self.shutdown);
         loop {
             let mut stream = tokio::select! {
                 s = connection.accept_uni() => match s { Ok(s) => s, Err(_) => return },
@@ -234,6 +256,9 @@ impl QuicTransport {
             };
             loop {
                 match frame::read(&mut stream).await {
+                    Ok(Some(env)) if env.from == peer && env.channel == Channel::Hello => {
+                        self.greeted(peer, env.payload).await;
+                    }
                     Ok(Some(env)) if env.from == peer => {
                         self.metrics.received.inc();
                         if incoming.send(env).await.is_err() {
@@ -257,6 +282,28 @@ impl QuicTransport {
         }
     }
 
+    /// Drops `out` as the way to `to`, unless a newer connection replaced it.
+    async fn forget(&self, to: u16, out: &Arc<Outbound>) {
+        let mut outbound = self.outbound.lock().await;
+        if outbound.get(&to).is_some_and(|o| Arc::ptr_eq(o, out)) {
+            outbound.remove(&to);
+        }
+    }
+
+    /// Records a peer's boot id; a new one means the peer restarted, and the
+    /// connection held to its previous run is dropped.
+    async fn greeted(&self, peer: u16, boot_id: Vec<u8>) {
+        let restarted = {
+            let mut boots = self.peer_boots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let previous = boots.insert(peer, boot_id.clone());
+            previous.is_some_and(|p| p != boot_id)
+        };
+        if restarted && let Some(stale) = self.outbound.lock().await.remove(&peer) {
+            debug!(peer, "peer restarted; dropping the connection to its previous run");
+            stale.connection.close(0u32.into(), b"peer restarted");
+        }
+    }
+
     async fn outbound(&self, to: u16) -> Result<Arc<Outbound>, SendError> {
         let mut outbound = self.outbound.lock().await;
         if let Some(existing) = outbound.get(&to) {
@@ -276,11 +323,10 @@ impl QuicTransport {
             self.metrics.connection_failures.with_label_values(&["connect"]).inc();
             SendError::Connection { party: to, reason }
         };
-        let connection = self
-            .endpoint
-            .connect(peer.addr, &peer.server_name)
-            .map_err(|e| failed(e.to_string()))?
+        let connecting = self.endpoint.connect(peer.addr, &peer.server_name).map_err(|e| failed(e.to_string()))?;
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
+            .map_err(|_| failed(format!("no answer from {} within {CONNECT_TIMEOUT:?}", peer.addr)))?
             .map_err(|e| failed(e.to_string()))?;
         // The server name proves the certificate is for that address; the
         // identity must also be that very party.
@@ -288,7 +334,15 @@ impl QuicTransport {
             connection.close(1u32.into(), b"wrong party");
             return Err(failed(format!("peer at {} is not party {to}", peer.addr)));
         }
-        let stream = connection.open_uni().await.map_err(|e| failed(e.to_string()))?;
+        let mut stream = connection.open_uni().await.map_err(|e| failed(e.to_string()))?;
+        let hello = Envelope {
+            channel: Channel::Hello,
+            from: self.me,
+            to: Some(to),
+            payload: self.boot_id.to_vec(),
+            ..Envelope::default()
+        };
+        frame::write(&mut stream, &hello).await.map_err(|e| failed(e.to_string()))?;
         let out = Arc::new(Outbound { connection, stream: Mutex::new(stream) });
         outbound.insert(to, Arc::clone(&out));
         Ok(out)
@@ -310,7 +364,7 @@ impl Transport for QuicTransport {
                 Err(error) => {
                     drop(stream);
                     out.connection.close(0u32.into(), b"stream failed");
-                    self.outbound.lock().await.remove(&to);
+                    self.forget(to, &out).await;
                     if attempt == 1 {
                         return Err(SendError::Connection { party: to, reason: error.to_string() });
                     }

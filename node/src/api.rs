@@ -1,0 +1,143 @@
+//! The node's HTTP API.
+//!
+//! - `POST /p2p/keygen`, `POST /p2p/sign` — body `{"grant": SignedGrant}`.
+//!   The grant is the authentication: it must verify under the cluster's
+//!   grant key. The initiator runs the session and answers with its outcome;
+//!   any other participant answers 409 with `{"initiator": i}`.
+//! - `GET /p2p/session/{id}` — state of a session (hex session id).
+//! - `GET /p2p/keys` — names and public keys of the keys held here.
+//! - `/healthz`, `/readyz`, `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus::{Encoder, TextEncoder};
+use serde::{Deserialize, Serialize};
+use torcus_contract::{GrantKind, SignedGrant};
+
+use crate::service::{Outcome, Service, SessionError};
+use crate::transport::Transport;
+
+/// Body of the session endpoints.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GrantRequest {
+    /// The grant that authorises the session.
+    pub grant: SignedGrant,
+}
+
+/// An error answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    pub error: String,
+    /// Low-cardinality reason.
+    pub reason: String,
+    /// Who to ask instead, when this node is not the initiator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<u16>,
+}
+
+/// What the readiness check asks.
+pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+struct ApiState<T: Transport> {
+    service: Arc<Service<T>>,
+    ready: ReadyCheck,
+    registry: prometheus::Registry,
+}
+
+/// The API router over `service`.
+pub fn router<T: Transport>(service: Arc<Service<T>>, ready: ReadyCheck, registry: prometheus::Registry) -> Router {
+    let state = Arc::new(ApiState { service, ready, registry });
+    Router::new()
+        .route("/p2p/keygen", post(keygen::<T>))
+        .route("/p2p/sign", post(sign::<T>))
+        .route("/p2p/session/{id}", get(session::<T>))
+        .route("/p2p/keys", get(keys::<T>))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz::<T>))
+        .route("/metrics", get(metrics::<T>))
+        .with_state(state)
+}
+
+async fn keygen<T: Transport>(State(state): State<Arc<ApiState<T>>>, Json(req): Json<GrantRequest>) -> Response {
+    if !matches!(req.grant.grant.kind, GrantKind::Keygen { .. }) {
+        return bad_request("this endpoint takes keygen grants");
+    }
+    answer(state.service.initiate(req.grant).await)
+}
+
+async fn sign<T: Transport>(State(state): State<Arc<ApiState<T>>>, Json(req): Json<GrantRequest>) -> Response {
+    if !matches!(req.grant.grant.kind, GrantKind::Sign { .. }) {
+        return bad_request("this endpoint takes signing grants");
+    }
+    answer(state.service.initiate(req.grant).await)
+}
+
+async fn session<T: Transport>(State(state): State<Arc<ApiState<T>>>, Path(id): Path<String>) -> Response {
+    let Some(session) = hex::decode(&id).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
+        return bad_request("session id must be 64 hex digits");
+    };
+    match state.service.status(&session) {
+        Some(status) => Json(status).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(error_body("no such session", "not_found", None))).into_response(),
+    }
+}
+
+async fn keys<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
+    let keys: Vec<_> = state
+        .service
+        .keys()
+        .into_iter()
+        .map(|(name, public_key)| serde_json::json!({"name": name, "publicKey": public_key}))
+        .collect();
+    Json(keys).into_response()
+}
+
+async fn readyz<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
+    match (state.ready)() {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")).into_response(),
+    }
+}
+
+async fn metrics<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&state.registry.gather(), &mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+fn answer(result: Result<Outcome, SessionError>) -> Response {
+    match result {
+        Ok(outcome) => Json(outcome).into_response(),
+        Err(error) => {
+            let status = match &error {
+                SessionError::NotInitiator { .. } | SessionError::KeyExists(_) => StatusCode::CONFLICT,
+                SessionError::Grant(_) => StatusCode::FORBIDDEN,
+                SessionError::UnknownKey(_) => StatusCode::NOT_FOUND,
+                SessionError::Aborted(_) => StatusCode::SERVICE_UNAVAILABLE,
+                SessionError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                SessionError::Engine(_) | SessionError::Store(_) | SessionError::Corrupt(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            };
+            let initiator = match &error {
+                SessionError::NotInitiator { initiator } => Some(*initiator),
+                _ => None,
+            };
+            (status, Json(error_body(&error.to_string(), error.reason(), initiator))).into_response()
+        }
+    }
+}
+
+fn bad_request(message: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(error_body(message, "bad_request", None))).into_response()
+}
+
+fn error_body(error: &str, reason: &str, initiator: Option<u16>) -> ErrorBody {
+    ErrorBody { error: error.to_owned(), reason: reason.to_owned(), initiator }
+}

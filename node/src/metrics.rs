@@ -1,0 +1,50 @@
+//! The node's Prometheus metrics.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric of the node's own logic (transports register theirs in the
+/// same registry).
+#[derive(Clone, Debug)]
+pub struct NodeMetrics {
+    /// The registry everything is in.
+    pub registry: Registry,
+    /// Sessions by kind and outcome (`completed` or a failure reason).
+    pub sessions: IntCounterVec,
+    /// Duration of the MPC part of sessions, by kind.
+    pub session_duration: HistogramVec,
+    /// Grants refused, by reason.
+    pub grants_rejected: IntCounterVec,
+    /// Control messages that were malformed or for no known session.
+    pub dropped_control: IntCounter,
+    /// 1 while configuration and TLS identity check out.
+    pub ready: IntGauge,
+}
+
+impl NodeMetrics {
+    /// Creates the metrics in a fresh registry.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let sessions = IntCounterVec::new(
+            Opts::new("torcus_node_sessions_total", "Sessions by kind and outcome"),
+            &["kind", "outcome"],
+        )?;
+        let session_duration = HistogramVec::new(
+            HistogramOpts::new("torcus_node_session_duration_seconds", "Time the MPC protocol of a session took")
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+            &["kind"],
+        )?;
+        let grants_rejected = IntCounterVec::new(
+            Opts::new("torcus_node_grants_rejected_total", "Grants refused, by reason"),
+            &["reason"],
+        )?;
+        let dropped_control =
+            IntCounter::new("torcus_node_control_dropped_total", "Control messages malformed or for no session")?;
+        let ready = IntGauge::new("torcus_node_ready", "1 while the node's configuration and TLS identity check out")?;
+        registry.register(Box::new(sessions.clone()))?;
+        registry.register(Box::new(session_duration.clone()))?;
+        registry.register(Box::new(grants_rejected.clone()))?;
+        registry.register(Box::new(dropped_control.clone()))?;
+        registry.register(Box::new(ready.clone()))?;
+        Ok(Self { registry, sessions, session_duration, grants_rejected, dropped_control, ready })
+    }
+}

@@ -1,0 +1,1060 @@
+//! HTTP relay for protocol messages, for clusters whose nodes cannot reach
+//! each other directly (`http` transport mode, and the fallback of
+//! `hybrid`). The operator mounts [`relay_router`]; nodes talk to it with
+//! [`RelayTransport`]. Both live here so that they share one wire format.
+//!
+//! # Security
+//!
+//! **The relay authenticates nobody by itself.** Without an authenticator it
+//! takes the sender's party index from the `x-torcus-party` header and the
+//! cluster from `x-torcus-cluster`, and checks only that the envelope's
+//! `from` agrees with the header. That is acceptable *only* behind mutual
+//! TLS with the cluster's node certificates, where the operator's TLS
+//! terminator passes the verified leaf certificate in as a
+//! [`PeerCertificate`] request extension and the relay is built with
+//! [`Relay::with_authenticator`] (e.g. [`identity_from_certificate`]); then
+//! the certificate's party and cluster must match the headers. Served in
+//! plain HTTP, any client can post as any party and drain any party's queue.
+//!
+//! # Wire format
+//!
+//! - `POST /relay/v1/messages?to=<j>` with headers `x-torcus-party: <i>` and
+//!   `x-torcus-cluster: <namespace>/<cluster>`; the body is one envelope in
+//!   the frame body encoding ([`frame::encode`]). The relay queues it for
+//!   party `j`. `to` may be left out when the envelope names its recipient;
+//!   a broadcast (`envelope.to == None`) must name one: the sending node fans
+//!   out itself, one POST per recipient, and the envelope keeps `to == None`
+//!   so the receiving engine still sees a broadcast. Answers `202` when
+//!   queued, `4xx`/`503` with a lowercase reason otherwise (see
+//!   [`RelayError`]).
+//! - `GET /relay/v1/messages?party=<i>&wait_ms=<n>` with the cluster header:
+//!   waits up to `min(n, 25 s)` for messages and returns all that are queued
+//!   for party `i` (up to [`MAX_POLL_BYTES`]) as `len u32 (BE) ‖ body`
+//!   frames, in arrival order; an empty body when nothing came.
+//!
+//! # Delivery
+//!
+//! Messages for one recipient are kept in arrival order, and a node posts to
+//! one recipient one message at a time, so the order of each sender →
+//! recipient pair holds end to end. Hand-off is **at most once**: a GET
+//! removes what it returns, so messages are lost if the response does not
+//! reach the node (the protocol then times out and the session is retried).
+//! A node sends again only when the relay surely did not queue the message
+//! (connection refused, `429`, `503`), so there are no duplicates. One poller
+//! per party is expected; two would split the messages between them.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Extension;
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use torcus_certs::{Identity, Role};
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::{SendError, Transport, TransportMetrics, frame};
+use crate::engine::Envelope;
+
+/// Path of the relay's only resource.
+pub const MESSAGES_PATH: &str = "/relay/v1/messages";
+/// Header naming the sending (POST) or polling (GET) party.
+pub const PARTY_HEADER: &str = "x-torcus-party";
+/// Header naming the cluster, `<namespace>/<cluster>`.
+pub const CLUSTER_HEADER: &str = "x-torcus-cluster";
+/// Longest a GET waits for messages.
+pub const MAX_WAIT: Duration = Duration::from_secs(25);
+/// Largest GET response body; a single frame always fits.
+pub const MAX_POLL_BYTES: usize = 2 * frame::MAX_FRAME;
+
+/// How long the node's poll asks the relay to wait, below [`MAX_WAIT`].
+const POLL_WAIT: Duration = Duration::from_secs(20);
+/// Extra time for a poll response beyond the wait itself.
+const POLL_SLACK: Duration = Duration::from_secs(10);
+/// Pause after a failed poll, doubled up to [`POLL_BACKOFF_MAX`].
+const POLL_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const POLL_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Tries of one POST when the relay surely did not take it.
+const SEND_ATTEMPTS: u32 = 6;
+/// Pause before the first retry of a POST, doubled each time (≈ 1.5 s in all).
+const SEND_BACKOFF: Duration = Duration::from_millis(50);
+/// Time for one POST, connection included.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest `<namespace>/<cluster>` (63 + 1 + 253).
+const MAX_CLUSTER_LEN: usize = 317;
+
+/// Serves the relay: `POST` and `GET` on [`MESSAGES_PATH`].
+pub fn relay_router(relay: Arc<Relay>) -> axum::Router {
+    axum::Router::new().route(MESSAGES_PATH, get(poll_handler).post(post_handler)).with_state(relay)
+}
+
+/// Bounds on what the relay holds.
+#[derive(Clone, Debug)]
+pub struct RelayLimits {
+    /// Messages queued for one recipient; more are refused with `429`.
+    pub max_messages_per_recipient: usize,
+    /// Bytes queued for one recipient; more are refused with `429`.
+    pub max_bytes_per_recipient: usize,
+    /// Bytes queued in all; more are refused with `503`.
+    pub max_total_bytes: usize,
+    /// Clusters with queues at once; a new one beyond is refused with `503`.
+    pub max_clusters: usize,
+    /// A queue neither posted to nor polled for this long is dropped, with
+    /// whatever it holds (its recipient is gone).
+    pub idle_ttl: Duration,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_messages_per_recipient: 10_000,
+            max_bytes_per_recipient: 64 << 20,
+            max_total_bytes: 1 << 30,
+            max_clusters: 256,
+            idle_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The DER leaf certificate of the TLS client, which the TLS terminator in
+/// front of [`relay_router`] inserts as a request extension once it has
+/// verified the chain against the cluster CA.
+#[derive(Clone, Debug)]
+pub struct PeerCertificate(pub Vec<u8>);
+
+/// Maps a verified client certificate to the identity it carries.
+pub type PeerAuthenticator = Arc<dyn Fn(&PeerCertificate) -> Option<Identity> + Send + Sync>;
+
+/// The authenticator for node certificates issued by the operator: the
+/// identity in the certificate's URI SAN. The chain must have been verified
+/// already; this only reads it.
+pub fn identity_from_certificate(cert: &PeerCertificate) -> Option<Identity> {
+    torcus_certs::peer_identity(&cert.0).ok()
+}
+
+/// Why the relay refused a request; each maps to an HTTP status and a
+/// `reason` label of `torcus_relay_rejected_total`.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// A required header is absent.
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    /// A header is not what it should be.
+    #[error("malformed header {0}")]
+    BadHeader(&'static str),
+    /// The query string is not what it should be.
+    #[error("malformed query: {0}")]
+    BadQuery(String),
+    /// An authenticator is configured and the request carries no identity
+    /// it accepts.
+    #[error("no authenticated node identity")]
+    Unauthenticated,
+    /// The authenticated identity is not a node of the named cluster.
+    #[error("identity is not a node of cluster {0}")]
+    ForeignCluster(String),
+    /// The request speaks for another party than the one it is from.
+    #[error("party {claimed} does not match the sender {actual}")]
+    WrongParty {
+        /// Party in the envelope or query.
+        claimed: u16,
+        /// Party of the header or certificate.
+        actual: u16,
+    },
+    /// The body is larger than a frame may be.
+    #[error("body of {0} bytes exceeds the frame limit")]
+    TooLarge(usize),
+    /// The body could not be read.
+    #[error("reading the body: {0}")]
+    Body(String),
+    /// The body is not an envelope.
+    #[error("malformed envelope: {0}")]
+    Malformed(#[from] frame::FrameError),
+    /// A broadcast envelope came without a recipient in the query.
+    #[error("a broadcast needs a recipient (?to=<party>): the sender fans out")]
+    NoRecipient,
+    /// The query names another recipient than the envelope.
+    #[error("recipient {query} in the query differs from the envelope's {envelope}")]
+    RecipientMismatch {
+        /// Recipient in the query.
+        query: u16,
+        /// Recipient in the envelope.
+        envelope: u16,
+    },
+    /// The recipient's queue is at its limit; try later.
+    #[error("queue of party {0} is full")]
+    QueueFull(u16),
+    /// The relay as a whole holds as much as it may; try later.
+    #[error("relay is full")]
+    RelayFull,
+    /// The relay serves as many clusters as it may.
+    #[error("relay serves too many clusters")]
+    TooManyClusters,
+}
+
+impl RelayError {
+    /// The HTTP status answered.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingHeader(_)
+            | Self::BadHeader(_)
+            | Self::BadQuery(_)
+            | Self::Body(_)
+            | Self::Malformed(_)
+            | Self::NoRecipient
+            | Self::RecipientMismatch { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::ForeignCluster(_) | Self::WrongParty { .. } => StatusCode::FORBIDDEN,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RelayFull | Self::TooManyClusters => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `reason` label counted in `torcus_relay_rejected_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::MissingHeader(_) => "missing_header",
+            Self::BadHeader(_) => "bad_header",
+            Self::BadQuery(_) => "bad_query",
+            Self::Unauthenticated => "unauthenticated",
+            Self::ForeignCluster(_) => "foreign_cluster",
+            Self::WrongParty { .. } => "wrong_party",
+            Self::TooLarge(_) => "too_large",
+            Self::Body(_) => "body",
+            Self::Malformed(_) => "malformed_frame",
+            Self::NoRecipient => "no_recipient",
+            Self::RecipientMismatch { .. } => "recipient_mismatch",
+            Self::QueueFull(_) => "queue_full",
+            Self::RelayFull => "relay_full",
+            Self::TooManyClusters => "too_many_clusters",
+        }
+    }
+}
+
+impl IntoResponse for RelayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, self.to_string()).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The relay's queues, limits and metrics.
+pub struct Relay {
+    limits: RelayLimits,
+    state: Mutex<Queues>,
+    /// `None` trusts the headers; see the module documentation.
+    authenticator: Option<PeerAuthenticator>,
+    metrics: RelayMetrics,
+    /// Cancelled by [`Relay::close`]: waiting polls return at once, so a
+    /// graceful shutdown of the server is not held up by long polls.
+    closed: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct Queues {
+    /// Cluster (`namespace/name`) → recipient → queue.
+    clusters: HashMap<String, HashMap<u16, Queue>>,
+    total_bytes: usize,
+    last_sweep: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    last_active: Instant,
+    /// Woken on every push; a waiting poll holds a clone, which also keeps
+    /// the queue from being swept under it.
+    notify: Arc<Notify>,
+}
+
+#[derive(Clone, Debug)]
+struct RelayMetrics {
+    messages: IntCounterVec,
+    rejected: IntCounterVec,
+    expired: IntCounter,
+    queued_messages: IntGauge,
+    queued_bytes: IntGauge,
+}
+
+impl Relay {
+    /// An empty relay whose metrics are registered in `registry`. It trusts
+    /// the party header until [`Relay::with_authenticator`] is used.
+    pub fn new(registry: &Registry, limits: RelayLimits) -> prometheus::Result<Self> {
+        let messages = IntCounterVec::new(
+            Opts::new("torcus_relay_messages_total", "Protocol messages through the relay, by direction"),
+            &["direction"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new("torcus_relay_rejected_total", "Relay requests refused, by reason"),
+            &["reason"],
+        )?;
+        let expired = IntCounter::new(
+            "torcus_relay_expired_total",
+            "Relayed messages dropped because their recipient stopped polling",
+        )?;
+        let queued_messages = IntGauge::new("torcus_relay_queued_messages", "Messages waiting in the relay")?;
+        let queued_bytes = IntGauge::new("torcus_relay_queued_bytes", "Bytes waiting in the relay")?;
+        registry.register(Box::new(messages.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(expired.clone()))?;
+        registry.register(Box::new(queued_messages.clone()))?;
+        registry.register(Box::new(queued_bytes.clone()))?;
+        Ok(Self {
+            limits,
+            state: Mutex::default(),
+            authenticator: None,
+            metrics: RelayMetrics { messages, rejected, expired, queued_messages, queued_bytes },
+            closed: CancellationToken::new(),
+        })
+    }
+
+    /// Requires every request to carry a [`PeerCertificate`] that
+    /// `authenticator` maps to a node of the named cluster whose party is
+    /// the one the request speaks for.
+    pub fn with_authenticator(
+        mut self,
+        authenticator: impl Fn(&PeerCertificate) -> Option<Identity> + Send + Sync + 'static,
+    ) -> Self {
+        self.authenticator = Some(Arc::new(authenticator));
+        self
+    }
+
+    /// Makes waiting polls return now and later ones return at once.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Checks that the caller may act as `party` of `cluster`.
+    fn authenticate(&self, cert: Option<&PeerCertificate>, cluster: &str, party: u16) -> Result<(), RelayError> {
+        // SECURITY: without an authenticator the party header is taken on
+        // trust. Only acceptable behind mutual TLS with node certificates
+        // whose identity is then checked here; see the module docs.
+        let Some(authenticator) = &self.authenticator else { return Ok(()) };
+        let identity = cert.and_then(|cert| authenticator(cert)).ok_or(RelayError::Unauthenticated)?;
+        if cluster.split_once('/') != Some((identity.namespace.as_str(), identity.cluster.as_str())) {
+            return Err(RelayError::ForeignCluster(cluster.to_owned()));
+        }
+        match identity.role {
+            Role::Node { party_index } if party_index == party => Ok(()),
+            Role::Node { party_index } => Err(RelayError::WrongParty { claimed: party, actual: party_index }),
+            Role::Operator => Err(RelayError::Unauthenticated),
+        }
+    }
+
+    /// Queues one frame body for `to` of `cluster`.
+    fn push(&self, cluster: &str, to: u16, body: Bytes, now: Instant) -> Result<(), RelayError> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        self.sweep(&mut state, now);
+        if !state.clusters.contains_key(cluster) && state.clusters.len() >= self.limits.max_clusters {
+            return Err(RelayError::TooManyClusters);
+        }
+        if state.total_bytes + body.len() > self.limits.max_total_bytes {
+            return Err(RelayError::RelayFull);
+        }
+        let queue = state.clusters.entry(cluster.to_owned()).or_default().entry(to).or_insert_with(|| Queue::new(now));
+        if queue.frames.len() >= self.limits.max_messages_per_recipient
+            || queue.bytes + body.len() > self.limits.max_bytes_per_recipient
+        {
+            return Err(RelayError::QueueFull(to));
+        }
+        let len = body.len();
+        queue.bytes += len;
+        queue.frames.push_back(body);
+        queue.last_active = now;
+        queue.notify.notify_waiters();
+        state.total_bytes += len;
+        self.metrics.queued_messages.inc();
+        self.metrics.queued_bytes.add(len as i64);
+        Ok(())
+    }
+
+    /// Removes and returns what is queued for `party` of `cluster` (up to
+    /// [`MAX_POLL_BYTES`], at least one frame), with the queue's wake-up.
+    fn take(&self, cluster: &str, party: u16, now: Instant) -> Result<(Vec<Bytes>, Arc<Notify>), RelayError> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        self.sweep(&mut state, now);
+        if !state.clusters.contains_key(cluster) && state.clusters.len() >= self.limits.max_clusters {
+            return Err(RelayError::TooManyClusters);
+        }
+        let queue =
+            state.clusters.entry(cluster.to_owned()).or_default().entry(party).or_insert_with(|| Queue::new(now));
+        queue.last_active = now;
+        let mut frames = Vec::new();
+        let mut size = 0;
+        while let Some(next) = queue.frames.front() {
+            let framed = 4 + next.len();
+            if !frames.is_empty() && size + framed > MAX_POLL_BYTES {
+                break;
+            }
+            size += framed;
+            // The loop condition saw a front element.
+            frames.push(queue.frames.pop_front().expect("front exists"));
+        }
+        let taken: usize = frames.iter().map(Bytes::len).sum();
+        queue.bytes -= taken;
+        let notify = Arc::clone(&queue.notify);
+        state.total_bytes -= taken;
+        self.metrics.queued_messages.sub(frames.len() as i64);
+        self.metrics.queued_bytes.sub(taken as i64);
+        Ok((frames, notify))
+    }
+
+    /// Whether anything waits for `party` of `cluster`.
+    fn pending(&self, cluster: &str, party: u16) -> bool {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.clusters.get(cluster).and_then(|c| c.get(&party)).is_some_and(|q| !q.frames.is_empty())
+    }
+
+    /// Drops idle queues (and their messages) and empty clusters; runs at
+    /// most every quarter of the TTL.
+    fn sweep(&self, state: &mut Queues, now: Instant) {
+        let ttl = self.limits.idle_ttl;
+        if state.last_sweep.is_some_and(|last| now.saturating_duration_since(last) < ttl / 4) {
+            return;
+        }
+        state.last_sweep = Some(now);
+        let (mut messages, mut bytes) = (0usize, 0usize);
+        for queues in state.clusters.values_mut() {
+            queues.retain(|_, queue| {
+                let keep =
+                    now.saturating_duration_since(queue.last_active) <= ttl || Arc::strong_count(&queue.notify) > 1;
+                if !keep {
+                    messages += queue.frames.len();
+                    bytes += queue.bytes;
+                }
+                keep
+            });
+        }
+        state.clusters.retain(|_, queues| !queues.is_empty());
+        state.total_bytes -= bytes;
+        self.metrics.expired.inc_by(messages as u64);
+        self.metrics.queued_messages.sub(messages as i64);
+        self.metrics.queued_bytes.sub(bytes as i64);
+    }
+
+    fn reject(&self, error: RelayError) -> Response {
+        self.metrics.rejected.with_label_values(&[error.metric_label()]).inc();
+        debug!(%error, "relay request refused");
+        error.into_response()
+    }
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("limits", &self.limits)
+            .field("authenticated", &self.authenticator.is_some())
+            .field("closed", &self.closed.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    fn new(now: Instant) -> Self {
+        Self { frames: VecDeque::new(), bytes: 0, last_active: now, notify: Arc::default() }
+    }
+}
+
+async fn post_handler(
+    State(relay): State<Arc<Relay>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    cert: Option<Extension<PeerCertificate>>,
+    body: Body,
+) -> Response {
+    match post(&relay, query.as_deref(), &headers, cert.as_ref().map(|c| &c.0), body).await {
+        Ok(()) => {
+            relay.metrics.messages.with_label_values(&["in"]).inc();
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(error) => relay.reject(error),
+    }
+}
+
+async fn post(
+    relay: &Relay,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    cert: Option<&PeerCertificate>,
+    body: Body,
+) -> Result<(), RelayError> {
+    let cluster = cluster_header(headers)?;
+    let party = party_header(headers)?.ok_or(RelayError::MissingHeader(PARTY_HEADER))?;
+    relay.authenticate(cert, cluster, party)?;
+    let mut to = None;
+    for (key, value) in query_pairs(query) {
+        if key == "to" {
+            to = Some(parse_party(value)?);
+        }
+    }
+    let body = read_body(headers, body).await?;
+    let envelope = frame::decode(&body)?;
+    if envelope.from != party {
+        return Err(RelayError::WrongParty { claimed: envelope.from, actual: party });
+    }
+    let to = match (to, envelope.to) {
+        (Some(query), Some(envelope)) if query != envelope => {
+            return Err(RelayError::RecipientMismatch { query, envelope });
+        }
+        (Some(to), _) | (None, Some(to)) => to,
+        (None, None) => return Err(RelayError::NoRecipient),
+    };
+    relay.push(cluster, to, body, Instant::now())
+}
+
+/// Reads at most [`frame::MAX_FRAME`] bytes of body.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, RelayError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    if declared > frame::MAX_FRAME {
+        return Err(RelayError::TooLarge(declared));
+    }
+    let mut out = Vec::with_capacity(declared);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| RelayError::Body(e.to_string()))?;
+        if out.len() + chunk.len() > frame::MAX_FRAME {
+            return Err(RelayError::TooLarge(out.len() + chunk.len()));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.into())
+}
+
+async fn poll_handler(
+    State(relay): State<Arc<Relay>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    cert: Option<Extension<PeerCertificate>>,
+) -> Response {
+    match poll(&relay, query.as_deref(), &headers, cert.as_ref().map(|c| &c.0)).await {
+        Ok(frames) => {
+            relay.metrics.messages.with_label_values(&["out"]).inc_by(frames.len() as u64);
+            let mut body = Vec::with_capacity(frames.iter().map(|f| 4 + f.len()).sum());
+            for frame in &frames {
+                // Each frame passed the MAX_FRAME check, so its length fits u32.
+                body.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+                body.extend_from_slice(frame);
+            }
+            ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+        }
+        Err(error) => relay.reject(error),
+    }
+}
+
+async fn poll(
+    relay: &Relay,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    cert: Option<&PeerCertificate>,
+) -> Result<Vec<Bytes>, RelayError> {
+    let cluster = cluster_header(headers)?;
+    let (mut party, mut wait) = (None, Duration::ZERO);
+    for (key, value) in query_pairs(query) {
+        match key {
+            "party" => party = Some(parse_party(value)?),
+            "wait_ms" => {
+                let ms: u64 = value.parse().map_err(|_| RelayError::BadQuery(format!("wait_ms={value}")))?;
+                wait = Duration::from_millis(ms).min(MAX_WAIT);
+            }
+            _ => {}
+        }
+    }
+    let party = party.ok_or_else(|| RelayError::BadQuery("party is required".into()))?;
+    if let Some(header_party) = party_header(headers)?
+        && header_party != party
+    {
+        return Err(RelayError::WrongParty { claimed: party, actual: header_party });
+    }
+    relay.authenticate(cert, cluster, party)?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (frames, notify) = relay.take(cluster, party, Instant::now())?;
+        if !frames.is_empty() || tokio::time::Instant::now() >= deadline || relay.closed.is_cancelled() {
+            return Ok(frames);
+        }
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // A push between `take` and `enable` woke nobody: look again.
+        if relay.pending(cluster, party) {
+            continue;
+        }
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = relay.closed.cancelled() => {}
+        }
+    }
+}
+
+fn cluster_header(headers: &HeaderMap) -> Result<&str, RelayError> {
+    let value = headers.get(CLUSTER_HEADER).ok_or(RelayError::MissingHeader(CLUSTER_HEADER))?;
+    let value = value.to_str().map_err(|_| RelayError::BadHeader(CLUSTER_HEADER))?;
+    let well_formed = value.len() <= MAX_CLUSTER_LEN
+        && value.split_once('/').is_some_and(|(namespace, name)| {
+            let part =
+                |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            part(namespace) && part(name)
+        });
+    if well_formed { Ok(value) } else { Err(RelayError::BadHeader(CLUSTER_HEADER)) }
+}
+
+fn party_header(headers: &HeaderMap) -> Result<Option<u16>, RelayError> {
+    headers
+        .get(PARTY_HEADER)
+        .map(|v| v.to_str().ok().and_then(|v| v.parse().ok()).ok_or(RelayError::BadHeader(PARTY_HEADER)))
+        .transpose()
+}
+
+fn parse_party(value: &str) -> Result<u16, RelayError> {
+    value.parse().map_err(|_| RelayError::BadQuery(format!("not a party index: {value:?}")))
+}
+
+fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query.unwrap_or_default().split('&').filter_map(|pair| pair.split_once('='))
+}
+
+/// Where a node finds the relay.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// This node's party index.
+    pub me: u16,
+    /// The cluster, `<namespace>/<cluster>`.
+    pub cluster: String,
+    /// Base URL of the relay (`https://operator.torcus-system:8443`); the
+    /// relay's paths are appended to it.
+    pub base_url: String,
+}
+
+/// A node's side of the relay: posts envelopes, and polls for its own in a
+/// background task that delivers them to the incoming channel.
+#[derive(Debug)]
+pub struct RelayTransport {
+    me: u16,
+    cluster: String,
+    messages_url: String,
+    client: reqwest::Client,
+    /// One lock per recipient, held from the POST until the relay queued
+    /// the message: the relay's queue order then is the send order.
+    lanes: Mutex<HashMap<u16, Arc<tokio::sync::Mutex<()>>>>,
+    metrics: TransportMetrics,
+}
+
+/// Outcome of one POST that did not queue the message.
+enum Attempt {
+    /// The relay surely did not take it: sending again cannot duplicate.
+    Retry(String),
+    /// Final.
+    Fail(SendError),
+}
+
+/// Why a poll failed.
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    #[error("request: {0}")]
+    Request(#[from] reqwest::Error),
+    #[error("relay answered {0}")]
+    Status(reqwest::StatusCode),
+    #[error("response exceeds {MAX_POLL_BYTES} bytes")]
+    TooLarge,
+}
+
+impl PollError {
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Request(e) if e.is_connect() => "connect",
+            Self::Request(_) => "poll",
+            Self::Status(_) => "refused",
+            Self::TooLarge => "poll_too_large",
+        }
+    }
+}
+
+impl RelayTransport {
+    /// Starts polling the relay for `config.me`; received envelopes go to
+    /// `incoming` until `shutdown` is cancelled. Plain HTTP or HTTPS with the
+    /// default client; see [`RelayTransport::start_with_client`] for mutual TLS.
+    pub fn start(
+        config: RelayConfig,
+        incoming: mpsc::Sender<Envelope>,
+        metrics: TransportMetrics,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            // The relay is in the cluster; an HTTP(S)_PROXY meant for the
+            // outside world must not see protocol traffic.
+            .no_proxy()
+            .build()
+            // Building fails only when the TLS backend cannot start; rustls
+            // with ring and no system roots to load always can.
+            .expect("the HTTP client builds");
+        Self::start_with_client(config, client, incoming, metrics, shutdown)
+    }
+
+    /// Like [`RelayTransport::start`] with a client of the caller's, e.g.
+    /// one built with `use_preconfigured_tls` from the node's certificate
+    /// (`torcus_certs::client_config`) for mutual TLS with the relay.
+    pub fn start_with_client(
+        config: RelayConfig,
+        client: reqwest::Client,
+        incoming: mpsc::Sender<Envelope>,
+        metrics: TransportMetrics,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let RelayConfig { me, cluster, base_url } = config;
+        let this = Arc::new(Self {
+            me,
+            cluster,
+            messages_url: format!("{}{MESSAGES_PATH}", base_url.trim_end_matches('/')),
+            client,
+            lanes: Mutex::default(),
+            metrics,
+        });
+        let span = info_span!("relay_poll", party = me, cluster = %this.cluster);
+        tokio::spawn(Arc::clone(&this).poll_loop(incoming, shutdown).instrument(span));
+        this
+    }
+
+    async fn poll_loop(self: Arc<Self>, incoming: mpsc::Sender<Envelope>, shutdown: CancellationToken) {
+        let mut backoff = POLL_BACKOFF_MIN;
+        loop {
+            let polled = tokio::select! {
+                polled = self.poll_once() => polled,
+                () = shutdown.cancelled() => return,
+            };
+            match polled {
+                Ok(body) => {
+                    backoff = POLL_BACKOFF_MIN;
+                    for envelope in self.unpack(&body) {
+                        tokio::select! {
+                            sent = incoming.send(envelope) => if sent.is_err() { return },
+                            () = shutdown.cancelled() => return,
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.metrics.connection_failures.with_label_values(&[error.metric_label()]).inc();
+                    warn!(%error, retry_in = ?backoff, "polling the relay failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(POLL_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// One long poll; the raw response body.
+    async fn poll_once(&self) -> Result<Vec<u8>, PollError> {
+        let mut response = self
+            .client
+            .get(format!("{}?party={}&wait_ms={}", self.messages_url, self.me, POLL_WAIT.as_millis()))
+            .header(PARTY_HEADER, self.me)
+            .header(CLUSTER_HEADER, &self.cluster)
+            .timeout(POLL_WAIT + POLL_SLACK)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            return Err(PollError::Status(response.status()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() + chunk.len() > MAX_POLL_BYTES {
+                return Err(PollError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// Splits a poll response into envelopes for this node; anything else
+    /// is dropped and counted, and a broken framing ends the batch.
+    fn unpack(&self, mut body: &[u8]) -> Vec<Envelope> {
+        let mut out = Vec::new();
+        while !body.is_empty() {
+            let Some((len, rest)) = body.split_first_chunk::<4>() else {
+                self.metrics.dropped.with_label_values(&["malformed_frame"]).inc();
+                break;
+            };
+            let len = u32::from_be_bytes(*len) as usize;
+            if len > frame::MAX_FRAME || len > rest.len() {
+                self.metrics.dropped.with_label_values(&["malformed_frame"]).inc();
+                warn!(len, "malformed relay response; dropping the rest of it");
+                break;
+            }
+            let (frame_body, rest) = rest.split_at(len);
+            body = rest;
+            match frame::decode(frame_body) {
+                // A broadcast copy keeps `to == None`; the relay queued it for us.
+                Ok(envelope) if envelope.to.is_none_or(|to| to == self.me) => {
+                    self.metrics.received.inc();
+                    out.push(envelope);
+                }
+                Ok(envelope) => {
+                    self.metrics.dropped.with_label_values(&["misrouted"]).inc();
+                    warn!(to = ?envelope.to, from = envelope.from, "relay handed over a message for another party");
+                }
+                Err(error) => {
+                    self.metrics.dropped.with_label_values(&["malformed_frame"]).inc();
+                    warn!(%error, "malformed envelope from the relay");
+                }
+            }
+        }
+        out
+    }
+
+    fn lane(&self, to: u16) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(self.lanes.lock().unwrap_or_else(PoisonError::into_inner).entry(to).or_default())
+    }
+
+    async fn post(&self, to: u16, body: Bytes) -> Result<(), Attempt> {
+        let len = body.len();
+        let response = self
+            .client
+            .post(format!("{}?to={to}", self.messages_url))
+            .header(PARTY_HEADER, self.me)
+            .header(CLUSTER_HEADER, &self.cluster)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(SEND_TIMEOUT)
+            .body(body)
+            .send()
+            .await;
+        let failed = |reason: String| SendError::Connection { party: to, reason };
+        let mut response = match response {
+            Ok(response) => response,
+            Err(error) if error.is_connect() => {
+                self.metrics.connection_failures.with_label_values(&["connect"]).inc();
+                return Err(Attempt::Retry(error.to_string()));
+            }
+            Err(error) => {
+                // The relay may have queued it before the failure: no retry.
+                self.metrics.connection_failures.with_label_values(&["request"]).inc();
+                return Err(Attempt::Fail(failed(error.to_string())));
+            }
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        // The reason is a short line; read no more than a little of it.
+        let reason = match response.chunk().await {
+            Ok(Some(chunk)) => String::from_utf8_lossy(&chunk[..chunk.len().min(256)]).into_owned(),
+            _ => String::new(),
+        };
+        let reason = format!("relay answered {status}: {reason}");
+        match status {
+            reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                self.metrics.connection_failures.with_label_values(&["relay_busy"]).inc();
+                Err(Attempt::Retry(reason))
+            }
+            reqwest::StatusCode::PAYLOAD_TOO_LARGE => Err(Attempt::Fail(SendError::TooLarge(len))),
+            _ => {
+                self.metrics.connection_failures.with_label_values(&["refused"]).inc();
+                Err(Attempt::Fail(failed(reason)))
+            }
+        }
+    }
+}
+
+impl Transport for RelayTransport {
+    async fn send(&self, to: u16, envelope: Envelope) -> Result<(), SendError> {
+        let body = Bytes::from(frame::encode(&envelope));
+        if body.len() > frame::MAX_FRAME {
+            return Err(SendError::TooLarge(body.len()));
+        }
+        let lane = self.lane(to);
+        let _turn = lane.lock().await;
+        let mut backoff = SEND_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match self.post(to, body.clone()).await {
+                Ok(()) => {
+                    self.metrics.sent.inc();
+                    return Ok(());
+                }
+                Err(Attempt::Fail(error)) => return Err(error),
+                Err(Attempt::Retry(reason)) if attempt < SEND_ATTEMPTS => {
+                    debug!(to, attempt, %reason, "relay post failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(Attempt::Retry(reason)) => return Err(SendError::Connection { party: to, reason }),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay(limits: RelayLimits) -> Relay {
+        Relay::new(&Registry::new(), limits).unwrap()
+    }
+
+    fn body(n: usize) -> Bytes {
+        Bytes::from(vec![7; n])
+    }
+
+    #[test]
+    fn frames_come_out_in_arrival_order_and_only_once() {
+        let relay = relay(RelayLimits::default());
+        let now = Instant::now();
+        for i in 0..5u8 {
+            relay.push("ns/a", 1, Bytes::from(vec![i]), now).unwrap();
+        }
+        let (frames, _) = relay.take("ns/a", 1, now).unwrap();
+        assert_eq!(frames, (0..5u8).map(|i| Bytes::from(vec![i])).collect::<Vec<_>>());
+        assert!(relay.take("ns/a", 1, now).unwrap().0.is_empty());
+        assert!(relay.take("ns/b", 1, now).unwrap().0.is_empty(), "clusters are apart");
+        assert_eq!(relay.metrics.queued_messages.get(), 0);
+        assert_eq!(relay.metrics.queued_bytes.get(), 0);
+    }
+
+    #[test]
+    fn per_recipient_total_and_cluster_limits_hold() {
+        let relay = relay(RelayLimits {
+            max_messages_per_recipient: 2,
+            max_bytes_per_recipient: 100,
+            max_total_bytes: 150,
+            max_clusters: 2,
+            ..RelayLimits::default()
+        });
+        let now = Instant::now();
+        relay.push("ns/a", 1, body(10), now).unwrap();
+        relay.push("ns/a", 1, body(10), now).unwrap();
+        assert!(matches!(relay.push("ns/a", 1, body(10), now), Err(RelayError::QueueFull(1))));
+        relay.push("ns/a", 2, body(80), now).unwrap();
+        assert!(matches!(relay.push("ns/a", 2, body(30), now), Err(RelayError::QueueFull(2))), "bytes");
+        relay.push("ns/b", 1, body(40), now).unwrap();
+        assert!(matches!(relay.push("ns/b", 2, body(20), now), Err(RelayError::RelayFull)));
+        assert!(matches!(relay.push("ns/c", 1, body(1), now), Err(RelayError::TooManyClusters)));
+        assert_eq!(relay.metrics.queued_messages.get(), 4);
+        assert_eq!(relay.metrics.queued_bytes.get(), 140);
+        // Draining makes room again.
+        assert_eq!(relay.take("ns/a", 1, now).unwrap().0.len(), 2);
+        relay.push("ns/a", 1, body(10), now).unwrap();
+    }
+
+    #[test]
+    fn a_poll_returns_at_most_max_poll_bytes_but_always_one_frame() {
+        let relay = relay(RelayLimits { max_bytes_per_recipient: 64 << 20, ..RelayLimits::default() });
+        let now = Instant::now();
+        let big = frame::MAX_FRAME;
+        for _ in 0..3 {
+            relay.push("ns/a", 1, body(big), now).unwrap();
+        }
+        assert_eq!(relay.take("ns/a", 1, now).unwrap().0.len(), 1, "two would exceed the cap with prefixes");
+        assert_eq!(relay.take("ns/a", 1, now).unwrap().0.len(), 1);
+        assert_eq!(relay.take("ns/a", 1, now).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn idle_queues_expire_with_their_messages_unless_polled() {
+        let ttl = Duration::from_secs(60);
+        let relay = relay(RelayLimits { idle_ttl: ttl, max_clusters: 1, ..RelayLimits::default() });
+        let t0 = Instant::now();
+        relay.push("ns/a", 1, body(3), t0).unwrap();
+        relay.push("ns/a", 1, body(3), t0).unwrap();
+        // A waiting poll (holding the wake-up) keeps its queue alive.
+        let (_, waiting) = relay.take("ns/a", 2, t0).unwrap();
+        let later = t0 + ttl + Duration::from_secs(1);
+        // The only cluster slot frees once the idle queue of "ns/a" is gone...
+        assert!(matches!(relay.push("ns/b", 1, body(1), later), Err(RelayError::TooManyClusters)));
+        assert_eq!(relay.metrics.expired.get(), 2);
+        assert_eq!(relay.metrics.queued_messages.get(), 0);
+        // ...but the polled one still holds it.
+        drop(waiting);
+        let much_later = later + ttl;
+        relay.push("ns/b", 1, body(1), much_later).unwrap();
+        assert_eq!(relay.metrics.queued_bytes.get(), 1);
+    }
+
+    #[test]
+    fn an_authenticator_binds_party_and_cluster_to_the_certificate() {
+        let relay = relay(RelayLimits::default()).with_authenticator(|cert: &PeerCertificate| {
+            let party_index = u16::from(*cert.0.first()?);
+            Some(Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Node { party_index } })
+        });
+        let cert = PeerCertificate(vec![2]);
+        relay.authenticate(Some(&cert), "vault/demo", 2).unwrap();
+        assert!(matches!(
+            relay.authenticate(Some(&cert), "vault/demo", 1),
+            Err(RelayError::WrongParty { claimed: 1, actual: 2 })
+        ));
+        assert!(matches!(relay.authenticate(Some(&cert), "vault/other", 2), Err(RelayError::ForeignCluster(_))));
+        assert!(matches!(relay.authenticate(None, "vault/demo", 2), Err(RelayError::Unauthenticated)));
+        assert!(matches!(
+            relay.authenticate(Some(&PeerCertificate(vec![])), "vault/demo", 2),
+            Err(RelayError::Unauthenticated)
+        ));
+        // Without one, headers are trusted (behind mutual TLS only).
+        Relay::new(&Registry::new(), RelayLimits::default()).unwrap().authenticate(None, "vault/demo", 2).unwrap();
+    }
+
+    #[test]
+    fn headers_and_queries_are_checked() {
+        let mut headers = HeaderMap::new();
+        assert!(matches!(cluster_header(&headers), Err(RelayError::MissingHeader(_))));
+        for bad in ["demo", "/demo", "vault/", "vault/demo/x", "vault/de mo"] {
+            headers.insert(CLUSTER_HEADER, HeaderValue::from_static(bad));
+            assert!(matches!(cluster_header(&headers), Err(RelayError::BadHeader(_))), "{bad}");
+        }
+        headers.insert(CLUSTER_HEADER, HeaderValue::from_static("vault/demo-1"));
+        assert_eq!(cluster_header(&headers).unwrap(), "vault/demo-1");
+        assert_eq!(party_header(&headers).unwrap(), None);
+        headers.insert(PARTY_HEADER, HeaderValue::from_static("70000"));
+        assert!(party_header(&headers).is_err());
+        let pairs: Vec<_> = query_pairs(Some("party=1&wait_ms=5&junk")).collect();
+        assert_eq!(pairs, [("party", "1"), ("wait_ms", "5")]);
+    }
+
+    #[test]
+    fn unpack_drops_misrouted_and_stops_at_broken_framing() {
+        let registry = Registry::new();
+        let metrics = TransportMetrics::register(&registry, "relay").unwrap();
+        let transport = RelayTransport {
+            me: 1,
+            cluster: "ns/a".into(),
+            messages_url: String::new(),
+            client: reqwest::Client::new(),
+            lanes: Mutex::default(),
+            metrics: metrics.clone(),
+        };
+        let env = |to: Option<u16>, seq| Envelope { from: 0, to, seq, ..Envelope::default() };
+        let mut body = Vec::new();
+        for e in [env(Some(1), 0), env(None, 1), env(Some(2), 2)] {
+            let frame = frame::encode(&e);
+            body.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            body.extend_from_slice(&frame);
+        }
+        body.extend_from_slice(&1000u32.to_be_bytes());
+        body.extend_from_slice(&[0; 10]);
+        let got = transport.unpack(&body);
+        assert_eq!(got, [env(Some(1), 0), env(None, 1)]);
+        assert_eq!(metrics.dropped.with_label_values(&["misrouted"]).get(), 1);
+        assert_eq!(metrics.dropped.with_label_values(&["malformed_frame"]).get(), 1);
+        assert_eq!(metrics.received.get(), 2);
+    }
+}

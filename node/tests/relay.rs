@@ -1,0 +1,398 @@
+//! The HTTP relay on 127.0.0.1 with real nodes polling it: messages arrive
+//! complete and in order through it, bad posts are refused with the right
+//! status without stopping anyone else, clusters never see each other's
+//! messages, the hybrid transport falls back to it and counts which path
+//! delivered, and a whole keygen runs over it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus::{Registry, TextEncoder};
+use reqwest::StatusCode;
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use torcus_certs::{CertificateAuthority, Identity, OffsetDateTime, Role};
+use torcus_node::engine::{self, Envelope};
+use torcus_node::router::Router;
+use torcus_node::transport::hybrid::HybridTransport;
+use torcus_node::transport::quic::{QuicConfig, QuicTransport};
+use torcus_node::transport::relay::{
+    CLUSTER_HEADER, MESSAGES_PATH, PARTY_HEADER, Relay, RelayConfig, RelayLimits, RelayTransport, relay_router,
+};
+use torcus_node::transport::{SendError, Transport, TransportMetrics, frame};
+
+const CLUSTER: &str = "vault/demo";
+
+/// A relay served on a loopback port until dropped.
+struct RelayServer {
+    addr: SocketAddr,
+    registry: Registry,
+    _stop: DropGuard,
+}
+
+async fn serve_relay(limits: RelayLimits) -> RelayServer {
+    let registry = Registry::new();
+    let relay = Arc::new(Relay::new(&registry, limits).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let app = relay_router(Arc::clone(&relay));
+    let shutdown = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.cancelled().await;
+                relay.close();
+            })
+            .await
+            .unwrap();
+    });
+    RelayServer { addr, registry, _stop: stop.drop_guard() }
+}
+
+impl RelayServer {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A sample of the relay's registry (0 when absent).
+    fn sample(&self, name_and_labels: &str) -> f64 {
+        sample(&self.registry, name_and_labels)
+    }
+}
+
+fn sample(registry: &Registry, name_and_labels: &str) -> f64 {
+    let text = TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name_and_labels).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
+struct Node {
+    transport: Arc<RelayTransport>,
+    incoming: mpsc::Receiver<Envelope>,
+    metrics: TransportMetrics,
+    _stop: DropGuard,
+}
+
+fn node(relay: &RelayServer, cluster: &str, me: u16) -> Node {
+    let registry = Registry::new();
+    let metrics = TransportMetrics::register(&registry, "relay").unwrap();
+    let (tx, incoming) = mpsc::channel(1 << 16);
+    let stop = CancellationToken::new();
+    let config = RelayConfig { me, cluster: cluster.into(), base_url: relay.url() };
+    let transport = RelayTransport::start(config, tx, metrics.clone(), stop.clone());
+    Node { transport, incoming, metrics, _stop: stop.drop_guard() }
+}
+
+fn env(from: u16, to: u16, seq: u64) -> Envelope {
+    Envelope { session: [9; 32], from, to: Some(to), seq, payload: seq.to_be_bytes().to_vec(), ..Envelope::default() }
+}
+
+async fn recv(node: &mut Node) -> Envelope {
+    tokio::time::timeout(Duration::from_secs(20), node.incoming.recv()).await.unwrap().unwrap()
+}
+
+/// Posts raw bytes to the relay as `party` of `cluster`.
+async fn post(relay: &RelayServer, party: u16, cluster: &str, query: &str, body: Vec<u8>) -> StatusCode {
+    reqwest::Client::new()
+        .post(format!("{}{MESSAGES_PATH}{query}", relay.url()))
+        .header(PARTY_HEADER, party)
+        .header(CLUSTER_HEADER, cluster)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// One immediate poll of `party` of `cluster`: its status and frame count.
+async fn poll(relay: &RelayServer, party: u16, cluster: &str) -> (StatusCode, usize) {
+    let response = reqwest::Client::new()
+        .get(format!("{}{MESSAGES_PATH}?party={party}&wait_ms=0", relay.url()))
+        .header(CLUSTER_HEADER, cluster)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let mut body = &response.bytes().await.unwrap()[..];
+    let mut frames = 0;
+    while let Some((len, rest)) = body.split_first_chunk::<4>() {
+        body = &rest[u32::from_be_bytes(*len) as usize..];
+        frames += 1;
+    }
+    (status, frames)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_arrives_once_and_in_order_through_the_relay() {
+    const PER_PAIR: u64 = 2000;
+    let relay = serve_relay(RelayLimits::default()).await;
+    let mut nodes: Vec<Node> = (0..3).map(|i| node(&relay, CLUSTER, i)).collect();
+    // One task per ordered pair: sends to different recipients race, sends
+    // within a pair are in order.
+    let mut senders = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for to in (0..3u16).filter(|t| usize::from(*t) != i) {
+            let transport = Arc::clone(&node.transport);
+            senders.push(tokio::spawn(async move {
+                for seq in 0..PER_PAIR {
+                    transport.send(to, env(i as u16, to, seq)).await.unwrap();
+                }
+            }));
+        }
+    }
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let mut next = [0u64; 3];
+        for _ in 0..2 * PER_PAIR {
+            let e = recv(node).await;
+            assert_eq!(e.to, Some(i as u16));
+            let expected = &mut next[usize::from(e.from)];
+            assert_eq!(e.seq, *expected, "from {} to {i}: lost, duplicated or reordered", e.from);
+            assert_eq!(e.payload, e.seq.to_be_bytes());
+            *expected += 1;
+        }
+        assert_eq!(next.iter().sum::<u64>(), 2 * PER_PAIR);
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for node in &mut nodes {
+        assert!(node.incoming.try_recv().is_err(), "nothing extra");
+        assert_eq!(node.metrics.sent.get(), 2 * PER_PAIR);
+        assert_eq!(node.metrics.received.get(), 2 * PER_PAIR);
+    }
+    let total = (6 * PER_PAIR) as f64;
+    assert_eq!(relay.sample(r#"torcus_relay_messages_total{direction="in"}"#), total);
+    assert_eq!(relay.sample(r#"torcus_relay_messages_total{direction="out"}"#), total);
+    assert_eq!(relay.sample("torcus_relay_queued_messages"), 0.0);
+    assert_eq!(relay.sample("torcus_relay_queued_bytes"), 0.0);
+}
+
+#[tokio::test]
+async fn a_broadcast_copy_stays_a_broadcast() {
+    let relay = serve_relay(RelayLimits::default()).await;
+    let sender = node(&relay, CLUSTER, 0);
+    let mut receivers = [node(&relay, CLUSTER, 1), node(&relay, CLUSTER, 2)];
+    let broadcast = Envelope { to: None, ..env(0, 0, 5) };
+    for to in [1, 2] {
+        sender.transport.send(to, broadcast.clone()).await.unwrap();
+    }
+    for receiver in &mut receivers {
+        assert_eq!(recv(receiver).await, broadcast, "the engine must still see a broadcast");
+    }
+}
+
+#[tokio::test]
+async fn the_relay_refuses_bad_posts_and_keeps_serving_others() {
+    let relay = serve_relay(RelayLimits { max_messages_per_recipient: 3, ..RelayLimits::default() }).await;
+    let body = |from, to, seq| frame::encode(&env(from, to, seq));
+
+    // Party 1 posting an envelope from party 2.
+    assert_eq!(post(&relay, 1, CLUSTER, "", body(2, 0, 0)).await, StatusCode::FORBIDDEN);
+    // Larger than a frame may be.
+    assert_eq!(post(&relay, 1, CLUSTER, "", vec![0; frame::MAX_FRAME + 1]).await, StatusCode::PAYLOAD_TOO_LARGE);
+    // A broadcast without a recipient, garbage, a bad cluster header.
+    let broadcast = frame::encode(&Envelope { to: None, ..env(1, 0, 0) });
+    assert_eq!(post(&relay, 1, CLUSTER, "", broadcast).await, StatusCode::BAD_REQUEST);
+    assert_eq!(post(&relay, 1, CLUSTER, "", vec![1, 2, 3]).await, StatusCode::BAD_REQUEST);
+    assert_eq!(post(&relay, 1, "no-slash", "", body(1, 0, 0)).await, StatusCode::BAD_REQUEST);
+    // Party 2's queue fills up.
+    for seq in 0..3 {
+        assert_eq!(post(&relay, 1, CLUSTER, "", body(1, 2, seq)).await, StatusCode::ACCEPTED);
+    }
+    assert_eq!(post(&relay, 1, CLUSTER, "", body(1, 2, 3)).await, StatusCode::TOO_MANY_REQUESTS);
+
+    // Others are still served: party 0 gets party 1's message.
+    let mut zero = node(&relay, CLUSTER, 0);
+    assert_eq!(post(&relay, 1, CLUSTER, "?to=0", body(1, 0, 7)).await, StatusCode::ACCEPTED);
+    assert_eq!(recv(&mut zero).await, env(1, 0, 7));
+
+    // Another cluster sees none of it; party 2 of this one gets its three.
+    assert_eq!(poll(&relay, 2, "vault/other").await, (StatusCode::OK, 0));
+    assert_eq!(poll(&relay, 0, "vault/other").await, (StatusCode::OK, 0));
+    assert_eq!(poll(&relay, 2, CLUSTER).await, (StatusCode::OK, 3));
+    assert_eq!(post(&relay, 1, CLUSTER, "", body(1, 2, 3)).await, StatusCode::ACCEPTED, "room again");
+
+    for (reason, count) in [
+        ("wrong_party", 1.0),
+        ("too_large", 1.0),
+        ("no_recipient", 1.0),
+        ("malformed_frame", 1.0),
+        ("bad_header", 1.0),
+        ("queue_full", 1.0),
+    ] {
+        assert_eq!(relay.sample(&format!(r#"torcus_relay_rejected_total{{reason="{reason}"}}"#)), count, "{reason}");
+    }
+    assert_eq!(relay.sample(r#"torcus_relay_messages_total{direction="in"}"#), 5.0);
+    assert_eq!(relay.sample("torcus_relay_queued_messages"), 1.0);
+}
+
+#[tokio::test]
+async fn a_sender_retries_while_the_queue_is_full_and_keeps_the_order() {
+    let relay = serve_relay(RelayLimits { max_messages_per_recipient: 2, ..RelayLimits::default() }).await;
+    let sender = node(&relay, CLUSTER, 0);
+    // The recipient starts polling only after the queue has filled.
+    let sends = tokio::spawn({
+        let transport = Arc::clone(&sender.transport);
+        async move {
+            for seq in 0..6 {
+                transport.send(1, env(0, 1, seq)).await.unwrap();
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut receiver = node(&relay, CLUSTER, 1);
+    for seq in 0..6 {
+        assert_eq!(recv(&mut receiver).await.seq, seq);
+    }
+    sends.await.unwrap();
+    assert!(sender.metrics.connection_failures.with_label_values(&["relay_busy"]).get() >= 1);
+    assert!(relay.sample(r#"torcus_relay_rejected_total{reason="queue_full"}"#) >= 1.0);
+}
+
+#[tokio::test]
+async fn a_send_to_an_unreachable_relay_fails_as_a_connection_error() {
+    // A port that was bound a moment ago and is closed now.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let relay = RelayServer { addr, registry: Registry::new(), _stop: CancellationToken::new().drop_guard() };
+    let node = node(&relay, CLUSTER, 0);
+    let err = node.transport.send(1, env(0, 1, 0)).await.unwrap_err();
+    assert!(matches!(err, SendError::Connection { party: 1, .. }), "{err}");
+    assert!(node.metrics.connection_failures.with_label_values(&["connect"]).get() >= 6, "retried, bounded");
+}
+
+/// A transport that always fails to connect, and counts its tries.
+#[derive(Debug, Default)]
+struct Unreachable {
+    attempts: AtomicU64,
+}
+
+impl Transport for Unreachable {
+    async fn send(&self, to: u16, _envelope: Envelope) -> Result<(), SendError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        Err(SendError::Connection { party: to, reason: "connection refused".into() })
+    }
+}
+
+/// A direct path that hands envelopes straight to the recipient.
+#[derive(Debug)]
+struct Direct(mpsc::Sender<Envelope>);
+
+impl Transport for Direct {
+    async fn send(&self, to: u16, envelope: Envelope) -> Result<(), SendError> {
+        self.0.send(envelope).await.map_err(|e| SendError::Connection { party: to, reason: e.to_string() })
+    }
+}
+
+fn path(registry: &Registry, path: &str) -> f64 {
+    sample(registry, &format!(r#"torcus_p2p_messages_total{{path="{path}"}}"#))
+}
+
+#[tokio::test]
+async fn hybrid_relays_when_the_primary_cannot_connect() {
+    let relay = serve_relay(RelayLimits::default()).await;
+    let sender = node(&relay, CLUSTER, 0);
+    let mut receiver = node(&relay, CLUSTER, 1);
+    let registry = Registry::new();
+    let primary = Arc::new(Unreachable::default());
+    let hybrid = HybridTransport::new(Arc::clone(&primary), Arc::clone(&sender.transport), &registry).unwrap();
+    for seq in 0..3 {
+        hybrid.send(1, env(0, 1, seq)).await.unwrap();
+    }
+    for seq in 0..3 {
+        assert_eq!(recv(&mut receiver).await, env(0, 1, seq));
+    }
+    assert_eq!(primary.attempts.load(Ordering::SeqCst), 1, "then relayed for the cool-down");
+    assert!(hybrid.is_relayed(1));
+    assert_eq!((path(&registry, "p2p"), path(&registry, "relay")), (0.0, 3.0));
+    assert_eq!(relay.sample(r#"torcus_relay_messages_total{direction="in"}"#), 3.0);
+}
+
+#[tokio::test]
+async fn hybrid_uses_a_working_primary() {
+    let relay = serve_relay(RelayLimits::default()).await;
+    let sender = node(&relay, CLUSTER, 0);
+    let (tx, mut direct) = mpsc::channel(16);
+    let registry = Registry::new();
+    let hybrid = HybridTransport::new(Arc::new(Direct(tx)), Arc::clone(&sender.transport), &registry).unwrap();
+    for seq in 0..3 {
+        hybrid.send(1, env(0, 1, seq)).await.unwrap();
+        assert_eq!(direct.recv().await.unwrap(), env(0, 1, seq));
+    }
+    assert!(!hybrid.is_relayed(1));
+    assert_eq!((path(&registry, "p2p"), path(&registry, "relay")), (3.0, 0.0));
+    assert_eq!(relay.sample(r#"torcus_relay_messages_total{direction="in"}"#), 0.0);
+}
+
+#[tokio::test]
+async fn hybrid_over_quic_relays_to_a_peer_without_an_address() {
+    let relay = serve_relay(RelayLimits::default()).await;
+    let sender = node(&relay, CLUSTER, 0);
+    let mut receiver = node(&relay, CLUSTER, 1);
+    let ca =
+        CertificateAuthority::generate("test CA", torcus_certs::Duration::days(1), OffsetDateTime::now_utc()).unwrap();
+    let identity = Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Node { party_index: 0 } };
+    let cert = ca
+        .issue(
+            &identity,
+            &["node-0".into()],
+            &["127.0.0.1".parse().unwrap()],
+            torcus_certs::Duration::hours(1),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    let registry = Registry::new();
+    let stop = CancellationToken::new();
+    let quic = QuicTransport::bind(
+        QuicConfig {
+            me: 0,
+            namespace: "vault".into(),
+            cluster: "demo".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            peers: Default::default(),
+            cert_chain_pem: cert.cert_pem.clone(),
+            key: cert.key_pem.clone(),
+            trust_bundle_pem: ca.cert_pem().to_owned(),
+        },
+        mpsc::channel(16).0,
+        TransportMetrics::register(&registry, "quic").unwrap(),
+        stop.clone(),
+    )
+    .unwrap();
+    let _ = TransportMetrics::register(&registry, "relay").unwrap();
+    let hybrid = HybridTransport::new(quic, Arc::clone(&sender.transport), &registry).unwrap();
+    hybrid.send(1, env(0, 1, 42)).await.unwrap();
+    assert_eq!(recv(&mut receiver).await, env(0, 1, 42));
+    assert_eq!(path(&registry, "relay"), 1.0);
+    hybrid.primary().close().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_over_the_relay() {
+    let relay = serve_relay(RelayLimits::default()).await;
+    let nodes: Vec<Node> = (0..3).map(|i| node(&relay, CLUSTER, i)).collect();
+    let routers: Vec<Arc<Router>> = nodes.iter().map(|_| Router::new()).collect();
+    let mut transports = Vec::new();
+    let mut guards = Vec::new();
+    for (node, router) in nodes.into_iter().zip(&routers) {
+        router.spawn_inbound(node.incoming, None);
+        transports.push(node.transport);
+        guards.push(node._stop);
+    }
+    let parties = [0u16, 1, 2];
+    let cores = futures::future::try_join_all((0..3).map(|i| {
+        let net = routers[i].session(Arc::clone(&transports[i]), [2; 32], i as u16, parties.to_vec());
+        engine::keygen(b"keygen over relay", 3, 2, net)
+    }))
+    .await
+    .unwrap();
+    let keys: Vec<_> = cores.iter().map(|c| c.shared_public_key.to_bytes(true).to_vec()).collect();
+    assert!(keys.iter().all(|k| *k == keys[0]), "every party holds the same public key");
+    assert!(relay.sample(r#"torcus_relay_messages_total{direction="out"}"#) > 0.0);
+    drop(guards);
+}
