@@ -68,6 +68,9 @@ pub struct Peer {
     pub p2p_port: u16,
     /// HTTP API port.
     pub http_port: u16,
+    /// Hex Ed25519 public key that signs the party's TCP frames (TCP mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_key: Option<String>,
 }
 
 /// Why a configuration cannot be used.
@@ -126,6 +129,7 @@ impl ClusterConfig {
                     host: format!("{cluster}-{index}-0.{cluster}-nodes"),
                     p2p_port: P2P_PORT,
                     http_port: HTTP_PORT,
+                    identity_key: None,
                 })
                 .collect(),
         }

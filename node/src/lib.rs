@@ -33,7 +33,11 @@ use crate::metrics::NodeMetrics;
 use crate::router::Router;
 use crate::service::{Service, ServiceParts};
 use crate::transport::TransportMetrics;
-use crate::transport::quic::{PeerAddr, QuicConfig, QuicTransport};
+use crate::transport::any::AnyTransport;
+use crate::transport::hybrid::HybridTransport;
+use crate::transport::quic::{QuicConfig, QuicTransport};
+use crate::transport::relay::{RelayConfig, RelayTransport};
+use crate::transport::tcp::{TcpConfig, TcpTransport};
 
 /// Command-line and environment configuration of a node.
 #[derive(Clone, Debug, clap::Parser)]
@@ -175,23 +179,70 @@ impl Args {
         let metrics = NodeMetrics::new()?;
         metrics.ready.set(1);
         let (incoming_tx, incoming) = mpsc::channel(1 << 14);
+        let quic = |incoming_tx: mpsc::Sender<engine::Envelope>| -> Result<Arc<QuicTransport>, Error> {
+            let config = QuicConfig {
+                me,
+                namespace: cluster.namespace.clone(),
+                cluster: cluster.cluster.clone(),
+                listen: p2p_addr,
+                peers: Default::default(),
+                cert_chain_pem: cert_chain_pem.clone(),
+                key: key.clone(),
+                trust_bundle_pem: trust_bundle_pem.clone(),
+            };
+            let transport_metrics = TransportMetrics::register(&metrics.registry, "quic")?;
+            Ok(QuicTransport::bind(config, incoming_tx, transport_metrics, stop.clone())?)
+        };
+        let relay = |incoming_tx: mpsc::Sender<engine::Envelope>| -> Result<Arc<RelayTransport>, Error> {
+            let base_url =
+                cluster.registry_url.clone().ok_or_else(|| Error::Transport("http without a registry URL".into()))?;
+            let config = RelayConfig { me, cluster: format!("{}/{}", cluster.namespace, cluster.cluster), base_url };
+            let transport_metrics = TransportMetrics::register(&metrics.registry, "relay")?;
+            Ok(RelayTransport::start(config, incoming_tx, transport_metrics, stop.clone()))
+        };
         let transport = match cluster.transport.as_str() {
-            "quic" => {
-                let config = QuicConfig {
+            "quic" => AnyTransport::Quic(quic(incoming_tx)?),
+            "http" => AnyTransport::Relay(relay(incoming_tx)?),
+            "hybrid" => {
+                let primary = quic(incoming_tx.clone())?;
+                let fallback = relay(incoming_tx)?;
+                AnyTransport::Hybrid(Arc::new(HybridTransport::new(primary, fallback, &metrics.registry)?))
+            }
+            "tcp" => {
+                let seed = read(tls_dir.join("identity.key"))?;
+                let identity = hex::decode(seed.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .map(|b| ed25519_dalek::SigningKey::from_bytes(&zeroize::Zeroizing::new(b)))
+                    .ok_or_else(|| Error::Transport("tcp: identity.key is not a hex Ed25519 seed".into()))?;
+                let mut peer_keys = std::collections::HashMap::new();
+                for peer in &cluster.peers {
+                    let key = peer
+                        .identity_key
+                        .as_deref()
+                        .and_then(|k| hex::decode(k).ok())
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+                        .ok_or_else(|| Error::Transport(format!("tcp: no identity key for party {}", peer.index)))?;
+                    peer_keys.insert(peer.index, key);
+                }
+                let config = TcpConfig {
                     me,
-                    namespace: cluster.namespace.clone(),
-                    cluster: cluster.cluster.clone(),
                     listen: p2p_addr,
                     peers: Default::default(),
-                    cert_chain_pem,
-                    key,
-                    trust_bundle_pem,
+                    identity,
+                    peer_keys,
+                    window: transport::tcp::DEFAULT_WINDOW,
                 };
-                let transport_metrics = TransportMetrics::register(&metrics.registry, "quic")?;
-                QuicTransport::bind(config, incoming_tx, transport_metrics, stop.clone())?
+                let transport_metrics = TransportMetrics::register(&metrics.registry, "tcp")?;
+                AnyTransport::Tcp(
+                    TcpTransport::bind(config, incoming_tx, transport_metrics, stop.clone())
+                        .map_err(|e| Error::Transport(e.to_string()))?,
+                )
             }
             other => return Err(Error::Transport(other.to_owned())),
         };
+        let transport = Arc::new(transport);
         let announced = Arc::new(std::sync::atomic::AtomicBool::new(false));
         tokio::spawn(resolve_peers(Arc::clone(&transport), cluster.clone(), me, Arc::clone(&announced), stop.clone()));
 
@@ -275,19 +326,26 @@ impl Args {
 /// Resolves every peer's host name until all are known (pods come up in any
 /// order, and their DNS names appear with them).
 async fn resolve_peers(
-    transport: Arc<QuicTransport>,
+    transport: Arc<AnyTransport>,
     cluster: contract::ClusterConfig,
     me: u16,
     announced: Arc<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
 ) {
-    let mut missing: Vec<contract::Peer> = cluster.peers.into_iter().filter(|p| p.index != me).collect();
+    let mut missing: Vec<contract::Peer> = if transport.needs_addresses() {
+        cluster.peers.into_iter().filter(|p| p.index != me).collect()
+    } else {
+        Vec::new()
+    };
+    if missing.is_empty() {
+        announced.store(true, std::sync::atomic::Ordering::Release);
+    }
     while !missing.is_empty() && !stop.is_cancelled() {
         let mut still = Vec::new();
         for peer in missing {
             match tokio::net::lookup_host((peer.host.as_str(), peer.p2p_port)).await.ok().and_then(|mut a| a.next()) {
                 Some(addr) => {
-                    transport.set_peer(peer.index, PeerAddr { addr, server_name: peer.host.clone() });
+                    transport.set_peer(peer.index, addr, &peer.host);
                     // Announce this run; a peer that is down dials in when it starts.
                     if let Err(error) = transport.connect(peer.index).await {
                         tracing::debug!(peer = peer.index, %error, "peer not reachable yet");

@@ -13,6 +13,7 @@ use torcus_certs::{CertificateAuthority, Identity, OffsetDateTime, Role};
 use torcus_contract::{ClusterConfig, Grant, GrantKind, Peer, SignedGrant};
 
 struct Cluster {
+    _relay: Option<tokio::task::JoinHandle<()>>,
     dir: tempfile::TempDir,
     config: ClusterConfig,
     grant_key: SigningKey,
@@ -42,16 +43,42 @@ fn fixture() -> PathBuf {
 }
 
 impl Cluster {
-    fn new(n: u16, t: u16) -> Self {
+    async fn new(n: u16, t: u16, transport: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::generate("test CA", torcus_certs::Duration::days(1), OffsetDateTime::now_utc())
             .unwrap();
         let grant_key = SigningKey::from_bytes(&[42; 32]);
         let mut config = ClusterConfig::sample("demo", "vault", n, t);
+        config.transport = transport.to_owned();
         config.grant_public_key = hex::encode(grant_key.verifying_key().as_bytes());
+        // The relay the operator serves in http and hybrid mode, here in-process.
+        let mut relay_task = None;
+        if transport == "http" || transport == "hybrid" {
+            let relay =
+                torcus_node::transport::relay::Relay::new(&prometheus::Registry::new(), Default::default()).unwrap();
+            let app = torcus_node::transport::relay::relay_router(std::sync::Arc::new(relay));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            config.registry_url = Some(format!("http://{}", listener.local_addr().unwrap()));
+            relay_task = Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }));
+        }
         config.peers = (0..n)
-            .map(|index| Peer { index, host: "127.0.0.1".into(), p2p_port: free_udp(), http_port: free_tcp() })
+            .map(|index| Peer {
+                index,
+                host: "127.0.0.1".into(),
+                p2p_port: free_udp(),
+                http_port: free_tcp(),
+                identity_key: None,
+            })
             .collect();
+        // TCP frames are signed with a per-node Ed25519 identity.
+        let identities: Vec<SigningKey> = (0..n).map(|i| SigningKey::from_bytes(&[100 + i as u8; 32])).collect();
+        if transport == "tcp" {
+            for (peer, key) in config.peers.iter_mut().zip(&identities) {
+                peer.identity_key = Some(hex::encode(key.verifying_key().as_bytes()));
+            }
+        }
         std::fs::write(dir.path().join("cluster.json"), serde_json::to_vec(&config).unwrap()).unwrap();
         for i in 0..n {
             let tls = dir.path().join(format!("tls-{i}"));
@@ -71,9 +98,16 @@ impl Cluster {
             std::fs::write(tls.join("tls.key"), cert.key_pem.expose()).unwrap();
             std::fs::write(tls.join("ca.crt"), ca.cert_pem()).unwrap();
             std::fs::write(tls.join("store.key"), hex::encode([i as u8 + 1; 32])).unwrap();
+            std::fs::write(tls.join("identity.key"), hex::encode(identities[usize::from(i)].to_bytes())).unwrap();
         }
-        let mut cluster =
-            Self { dir, config, grant_key, nodes: (0..n).map(|_| None).collect(), http: reqwest::Client::new() };
+        let mut cluster = Self {
+            _relay: relay_task,
+            dir,
+            config,
+            grant_key,
+            nodes: (0..n).map(|_| None).collect(),
+            http: reqwest::Client::new(),
+        };
         for i in 0..n {
             cluster.start(i);
         }
@@ -198,8 +232,8 @@ fn verify(body: &serde_json::Value, digest: &[u8; 32]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_threshold_two_keygen_sign_refuse_restart() {
-    let mut cluster = Cluster::new(3, 2);
+async fn quic_three_nodes_threshold_two_keygen_sign_refuse_restart() {
+    let mut cluster = Cluster::new(3, 2, "quic").await;
     cluster.wait_ready().await;
     let public_key = cluster.keygen("default").await;
     // The initiator answers once its own part is done; the others store
@@ -280,4 +314,55 @@ async fn three_nodes_threshold_two_keygen_sign_refuse_restart() {
         "{body}"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// Keygen, signing with two signer sets and an HD path, and a restarted
+/// node signing again, over `transport`.
+async fn keygen_and_sign_over(transport: &str) {
+    let mut cluster = Cluster::new(3, 2, transport).await;
+    cluster.wait_ready().await;
+    let public_key = cluster.keygen("default").await;
+    for (n, signers) in [vec![0, 1], vec![1, 2]].into_iter().enumerate() {
+        let body = cluster.sign("default", signers, [n as u8 + 21; 32], vec![]).await;
+        assert_eq!(body["publicKey"], public_key.as_str());
+    }
+    cluster.sign("default", vec![0, 2], [23; 32], vec![1, 2, 3]).await;
+    cluster.kill(0);
+    cluster.start(0);
+    cluster.wait_ready().await;
+    cluster.sign("default", vec![0, 1], [24; 32], vec![]).await;
+    let metrics = cluster.http.get(cluster.url(0, "/metrics")).send().await.unwrap().text().await.unwrap();
+    let label = match transport {
+        "http" => "relay",
+        "hybrid" => "quic",
+        other => other,
+    };
+    assert!(metrics.contains(&format!(r#"torcus_p2p_messages_sent_total{{transport="{label}"}}"#)), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_three_nodes() {
+    keygen_and_sign_over("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_relay_three_nodes() {
+    keygen_and_sign_over("http").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_three_nodes() {
+    keygen_and_sign_over("hybrid").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_five_nodes_threshold_three() {
+    let cluster = Cluster::new(5, 3, "quic").await;
+    cluster.wait_ready().await;
+    let public_key = cluster.keygen("default").await;
+    for (n, signers) in [vec![0, 1, 2], vec![2, 3, 4], vec![0, 2, 4]].into_iter().enumerate() {
+        let body = cluster.sign("default", signers, [n as u8 + 31; 32], vec![]).await;
+        assert_eq!(body["publicKey"], public_key.as_str());
+    }
+    cluster.sign("default", vec![1, 3, 4], [34; 32], vec![7, 0]).await;
 }

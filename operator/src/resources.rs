@@ -228,6 +228,7 @@ pub fn cluster_config(mpc: &MpcCluster, grant_public_key_hex: &str, ctx: &BuildC
                 host: node_host(mpc, index, &ctx.cluster_domain),
                 p2p_port: contract::P2P_PORT,
                 http_port: contract::HTTP_PORT,
+                identity_key: None,
             })
             .collect(),
     }

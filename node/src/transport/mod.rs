@@ -3,6 +3,7 @@
 //! certificate) and hands the engine only envelopes whose `from` it has
 //! verified; anything else is dropped and counted.
 
+pub mod any;
 pub mod frame;
 pub mod hybrid;
 pub mod quic;
