@@ -12,6 +12,8 @@ pub mod metrics;
 pub mod router;
 pub mod service;
 pub mod store;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod transport;
 pub mod used_sessions;
 
