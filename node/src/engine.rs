@@ -106,6 +106,9 @@ pub struct SessionNet {
     pub incoming: mpsc::Receiver<Envelope>,
     /// Where outgoing envelopes go.
     pub outgoing: mpsc::Sender<Envelope>,
+    /// Longest silence from every other party before the run fails: a
+    /// participant that died mid-protocol ends the session, not a hang.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// Adapts a [`SessionNet`] to the library's `Delivery`: keygen indices
@@ -116,13 +119,20 @@ fn delivery<M>(net: SessionNet) -> Result<MpcParty<M, Delivery<M>>, EngineError>
 where
     M: Serialize + DeserializeOwned + Send + 'static,
 {
-    let SessionNet { session, me, parties, incoming, outgoing } = net;
+    let SessionNet { session, me, parties, incoming, outgoing, idle_timeout } = net;
     if !parties.contains(&me) {
         return Err(EngineError::NotAParticipant(me));
     }
     let positions = parties.clone();
     let mut next_id = 0u64;
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming).filter_map(move |env: Envelope| {
+    // Without a limit, a year: the protocol's own timeout ends the run first.
+    let idle = idle_timeout.unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
+    let received = tokio_stream::StreamExt::timeout(tokio_stream::wrappers::ReceiverStream::new(incoming), idle);
+    let incoming = received.filter_map(move |env| {
+        let env: Envelope = match env {
+            Ok(env) => env,
+            Err(_) => return std::future::ready(Some(Err(DeliveryError::Silent(idle)))),
+        };
         let sender = positions.iter().position(|p| *p == env.from);
         let msg = serde_json::from_slice::<M>(&env.payload);
         let out = match (sender, msg) {
@@ -175,6 +185,9 @@ pub enum DeliveryError {
     /// The protocol addressed a position outside the session.
     #[error("no party at protocol position {0}")]
     NoSuchParty(u16),
+    /// No party sent anything for this long.
+    #[error("no message from the other participants for {0:?}")]
+    Silent(std::time::Duration),
     /// A protocol message could not be serialized.
     #[error("encoding a protocol message: {0}")]
     Encode(#[source] serde_json::Error),
@@ -316,7 +329,14 @@ pub mod memory {
         for &me in parties {
             let (tx, rx) = mpsc::channel(1024);
             inboxes.insert(me, tx);
-            nets.push(SessionNet { session, me, parties: parties.to_vec(), incoming: rx, outgoing: out_tx.clone() });
+            nets.push(SessionNet {
+                session,
+                me,
+                parties: parties.to_vec(),
+                incoming: rx,
+                outgoing: out_tx.clone(),
+                idle_timeout: None,
+            });
         }
         drop(out_tx);
         tokio::spawn(async move {

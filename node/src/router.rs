@@ -140,7 +140,7 @@ impl Router {
                 }
             }
         });
-        SessionNet { session, me, parties, incoming, outgoing }
+        SessionNet { session, me, parties, incoming, outgoing, idle_timeout: None }
     }
 }
 

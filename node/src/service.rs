@@ -35,6 +35,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KEYGEN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest a signing session may run.
 pub const SIGN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest silence of every other party in a signing session.
+pub const SIGN_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest silence of every other party in a keygen or aux info session.
+pub const KEYGEN_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const AUX_SHARE: &str = "aux-info";
 
 /// What a session produced.
@@ -468,7 +472,14 @@ impl<T: Transport> Service<T> {
     }
 
     fn net(&self, session: [u8; 32], grant: &Grant) -> engine::SessionNet {
-        self.router.session(Arc::clone(&self.transport), session, self.me, grant.participants.clone())
+        let mut net = self.router.session(Arc::clone(&self.transport), session, self.me, grant.participants.clone());
+        // Between two messages a party computes at most one round: short for
+        // signing, long for aux info's proofs on a slow machine.
+        net.idle_timeout = Some(match grant.kind {
+            GrantKind::Sign { .. } => SIGN_IDLE_TIMEOUT,
+            GrantKind::Keygen { .. } => KEYGEN_IDLE_TIMEOUT,
+        });
+        net
     }
 
     fn share(&self, key: &str) -> Result<Arc<Share>, SessionError> {

@@ -142,6 +142,11 @@ impl Cluster {
         self.nodes[usize::from(i)] = Some(child);
     }
 
+    /// Process id of node `i` (panics if it is not running).
+    pub fn pid(&self, i: u16) -> u32 {
+        self.nodes[usize::from(i)].as_ref().expect("node is running").id()
+    }
+
     /// Kills node `i`.
     pub fn kill(&mut self, i: u16) {
         if let Some(mut child) = self.nodes[usize::from(i)].take() {

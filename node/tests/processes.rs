@@ -65,6 +65,25 @@ async fn quic_three_nodes_threshold_two_keygen_sign_refuse_restart() {
     cluster.wait_ready().await;
     cluster.sign("default", vec![1, 2], [11; 32], vec![]).await;
 
+    // A participant killed in the middle of a session ends it cleanly on
+    // the initiator (an error answer, not a hang) within the idle timeout.
+    let grant = loop {
+        let kind = GrantKind::Sign { key: "default".into(), digest: [13; 32], derivation_path: vec![] };
+        let grant = cluster.grant(kind, vec![0, 1]);
+        if grant.grant.initiator() == 1 {
+            break grant;
+        }
+    };
+    let victim = cluster.pid(0);
+    let started = Instant::now();
+    let ((status, body), ()) = tokio::join!(cluster.post(1, "/p2p/sign", &grant), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::process::Command::new("kill").arg("-9").arg(victim.to_string()).status().unwrap();
+    });
+    assert!(status == 503 || status == 500, "{status} {body}");
+    assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
+    cluster.kill(0);
+
     // A participant that is gone turns into an abort naming it, not a hang.
     cluster.kill(2);
     let grant = loop {
