@@ -89,6 +89,16 @@ pub async fn write(out: &mut (impl AsyncWrite + Unpin), env: &Envelope) -> Resul
 
 /// Reads one frame; `Ok(None)` at a clean end of stream.
 pub async fn read(input: &mut (impl AsyncRead + Unpin)) -> Result<Option<Envelope>, FrameError> {
+    match read_body(input, MAX_FRAME).await? {
+        Some(body) => decode(&body).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads one length-prefixed frame body of at most `max` bytes; `Ok(None)`
+/// at a clean end of stream. Memory grows with the bytes that actually
+/// arrive, not with the announced length.
+pub async fn read_body(input: &mut (impl AsyncRead + Unpin), max: usize) -> Result<Option<Vec<u8>>, FrameError> {
     let mut len = [0u8; 4];
     match input.read_exact(&mut len).await {
         Ok(_) => {}
@@ -96,12 +106,15 @@ pub async fn read(input: &mut (impl AsyncRead + Unpin)) -> Result<Option<Envelop
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(FrameError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    input.read_exact(&mut body).await?;
-    decode(&body).map(Some)
+    let mut body = Vec::with_capacity(len.min(64 << 10));
+    input.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(Some(body))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use super::frame::{self, FrameError, MAX_FRAME};
+use super::frame::{self, MAX_FRAME};
 use super::{SendError, Transport, TransportMetrics};
 use crate::engine::Envelope;
 
@@ -288,7 +288,7 @@ impl TcpTransport {
         let mut reader = BufReader::with_capacity(64 << 10, socket);
         // A hello is exactly a header: an unauthenticated peer cannot make
         // this node allocate more.
-        let body = match read_body(&mut reader, FRAME_HEADER).await {
+        let body = match frame::read_body(&mut reader, FRAME_HEADER).await {
             Ok(Some(body)) if body.len() == FRAME_HEADER => body,
             Ok(None) => return Err(Reject::NoHello),
             Ok(Some(_)) | Err(_) => return Err(Reject::MalformedHello),
@@ -306,7 +306,7 @@ impl TcpTransport {
         let mut bucket = TokenBucket::new(RATE_PER_SEC, RATE_BURST);
         loop {
             let body = tokio::select! {
-                body = read_body(&mut reader, MAX_FRAME) => body,
+                body = frame::read_body(&mut reader, MAX_FRAME) => body,
                 () = self.stop.cancelled() => return,
             };
             let body = match body {
@@ -717,30 +717,9 @@ fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Reads one length-prefixed frame body of at most `max` bytes; `Ok(None)`
-/// at a clean end of stream. Memory grows with the bytes that actually
-/// arrive, not with the announced length.
-async fn read_body(input: &mut (impl AsyncRead + Unpin), max: usize) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut len = [0u8; 4];
-    match input.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(FrameError::TooLarge(len));
-    }
-    let mut body = Vec::with_capacity(len.min(64 << 10));
-    input.take(len as u64).read_to_end(&mut body).await?;
-    if body.len() < len {
-        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-    }
-    Ok(Some(body))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::frame::FrameError;
     use super::*;
 
     #[test]
@@ -812,14 +791,14 @@ mod tests {
     async fn read_body_refuses_oversized_and_truncated_frames() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-        assert!(matches!(read_body(&mut b, MAX_FRAME).await, Err(FrameError::TooLarge(_))));
+        assert!(matches!(frame::read_body(&mut b, MAX_FRAME).await, Err(FrameError::TooLarge(_))));
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         a.write_all(&100u32.to_be_bytes()).await.unwrap();
         a.write_all(&[0; 10]).await.unwrap();
         drop(a);
-        assert!(matches!(read_body(&mut b, MAX_FRAME).await, Err(FrameError::Io(_))));
+        assert!(matches!(frame::read_body(&mut b, MAX_FRAME).await, Err(FrameError::Io(_))));
         let (a, mut b) = tokio::io::duplex(1 << 16);
         drop(a);
-        assert!(matches!(read_body(&mut b, MAX_FRAME).await, Ok(None)));
+        assert!(matches!(frame::read_body(&mut b, MAX_FRAME).await, Ok(None)));
     }
 }
