@@ -248,6 +248,7 @@ pub fn config_map(mpc: &MpcCluster, config: &ClusterConfig) -> ConfigMap {
 
 /// Digest of the node configuration, for the pod template annotation.
 pub fn config_hash(config: &ClusterConfig) -> String {
+    // Strings, integers and lists only: serializing cannot fail.
     let json = serde_json::to_vec(config).expect("ClusterConfig serializes");
     hex::encode(&Sha256::digest(&json)[..8])
 }
