@@ -1,6 +1,7 @@
 //! Certificates for a Torcus cluster: the cluster CA, node and operator leaf certificates,
 //! trust bundles that carry old and new CA through a roll, and rustls configurations for
-//! mutual TLS that trust only the cluster CA.
+//! mutual TLS that trust only the cluster CA; and signatures with a leaf's key over messages sent
+//! without TLS, verified against the trust bundle.
 //!
 //! Sans-IO in the quinn sense: nothing here reads the clock or touches the network. Every
 //! function that depends on time takes `now`; callers pass `OffsetDateTime::now_utc()`.
@@ -14,6 +15,7 @@ mod bundle;
 mod ca;
 mod identity;
 mod inspect;
+mod sign;
 mod tls;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ pub use crate::bundle::{CaRenewal, TrustBundle, renew_ca};
 pub use crate::ca::{CertificateAuthority, IssuedCertificate, SecretPem};
 pub use crate::identity::{Identity, Role};
 pub use crate::inspect::{CertificateInfo, inspect, inspect_der, needs_renewal};
+pub use crate::sign::{sign_with_key, verify_signed};
 pub use crate::tls::{client_config, peer_identity, server_config, verify_leaf};
 pub use rustls;
 pub use time::{Duration, OffsetDateTime};
@@ -93,6 +96,19 @@ pub enum Error {
     /// The system random number generator failed.
     #[error("random number generator failed")]
     Random,
+
+    /// A key or certificate is not ECDSA P-256, the only kind [`sign_with_key`] and
+    /// [`verify_signed`] use.
+    #[error("key is not an ECDSA P-256 key")]
+    UnsupportedKey,
+
+    /// Signing a message failed.
+    #[error("signing failed: {0}")]
+    Sign(#[source] rustls::Error),
+
+    /// A signature does not verify under the certificate's key.
+    #[error("signature does not verify")]
+    BadSignature,
 }
 
 /// Result with this crate's [`Error`].

@@ -125,6 +125,13 @@ pub struct SigningRequestStatus {
     /// Identifier of the signing session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// The rest of the grant of the current attempt, so that an operator
+    /// that restarts re-sends the same grant instead of issuing a second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<IssuedGrant>,
+    /// How long the steps took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
     /// Why the request was denied or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -143,6 +150,33 @@ pub struct SigningRequestStatus {
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// The parts of an issued grant that are not elsewhere in the status.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedGrant {
+    /// The grant's nonce, hex.
+    pub nonce: String,
+    /// Unix seconds the grant was issued at.
+    pub issued_at: u64,
+    /// Unix seconds from which the grant is refused.
+    pub expires_at: u64,
+}
+
+/// Durations of a request's steps, in milliseconds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Timings {
+    /// From creation to the grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_ms: Option<u64>,
+    /// The signing call to the initiator, for the attempt that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_ms: Option<u64>,
+    /// From creation to the final phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
 }
 
 /// Lifecycle of a SigningRequest.

@@ -221,8 +221,15 @@ async fn operator_creates_every_child_with_the_right_contents() {
         let s = sts.get(&format!("vault-{index}")).await.unwrap();
         assert!(owned_by_cluster(&s.metadata));
         let pod = s.spec.unwrap().template.spec.unwrap();
-        let secret = pod.volumes.unwrap().into_iter().find_map(|v| v.secret).unwrap();
-        assert_eq!(secret.secret_name, Some(format!("vault-node-{index}")), "each pod mounts only its own key");
+        let secrets: Vec<String> = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .flat_map(|v| v.projected.and_then(|p| p.sources).unwrap_or_default())
+            .filter_map(|source| source.secret.map(|s| s.name))
+            .collect();
+        let own = [format!("vault-node-{index}"), format!("vault-node-{index}-keys")];
+        assert_eq!(secrets, own, "each pod mounts only its own certificate and keys");
         assert_eq!(pod.containers[0].security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
     }
 

@@ -16,30 +16,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus::{Encoder, TextEncoder};
-use serde::{Deserialize, Serialize};
 use torcus_contract::{GrantKind, SignedGrant};
 
 use crate::service::{Outcome, Service, SessionError};
 use crate::transport::Transport;
 
-/// Body of the session endpoints.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct GrantRequest {
-    /// The grant that authorises the session.
-    pub grant: SignedGrant,
-}
-
-/// An error answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// What went wrong, for people.
-    pub error: String,
-    /// Low-cardinality reason.
-    pub reason: String,
-    /// Who to ask instead, when this node is not the initiator.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initiator: Option<u16>,
-}
+pub use torcus_contract::api::{ErrorBody, GrantRequest, KeyInfo};
 
 /// What the readiness check asks.
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -68,14 +50,25 @@ async fn keygen<T: Transport>(State(state): State<Arc<ApiState<T>>>, Json(req): 
     if !matches!(req.grant.grant.kind, GrantKind::Keygen { .. }) {
         return bad_request("this endpoint takes keygen grants");
     }
-    answer(state.service.initiate(req.grant).await)
+    answer(initiate(&state.service, req.grant).await)
 }
 
 async fn sign<T: Transport>(State(state): State<Arc<ApiState<T>>>, Json(req): Json<GrantRequest>) -> Response {
     if !matches!(req.grant.grant.kind, GrantKind::Sign { .. }) {
         return bad_request("this endpoint takes signing grants");
     }
-    answer(state.service.initiate(req.grant).await)
+    answer(initiate(&state.service, req.grant).await)
+}
+
+/// Runs the session in a task of its own: a caller that hangs up (an
+/// operator that restarts) must not cancel a session the other participants
+/// are in. Its outcome stays readable at `GET /p2p/session/{id}`.
+async fn initiate<T: Transport>(service: &Arc<Service<T>>, grant: SignedGrant) -> Result<Outcome, SessionError> {
+    let service = Arc::clone(service);
+    match tokio::spawn(async move { service.initiate(grant).await }).await {
+        Ok(result) => result,
+        Err(error) => Err(SessionError::Aborted(format!("session task ended: {error}"))),
+    }
 }
 
 async fn session<T: Transport>(State(state): State<Arc<ApiState<T>>>, Path(id): Path<String>) -> Response {
@@ -93,7 +86,7 @@ async fn keys<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
         .service
         .keys()
         .into_iter()
-        .map(|(name, public_key)| serde_json::json!({"name": name, "publicKey": public_key}))
+        .map(|(name, public_key)| KeyInfo { name, public_key })
         .collect();
     Json(keys).into_response()
 }

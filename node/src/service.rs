@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc};
 use torcus_contract::{
@@ -41,36 +40,7 @@ pub const SIGN_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const KEYGEN_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const AUX_SHARE: &str = "aux-info";
 
-/// What a session produced.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "type")]
-pub enum Outcome {
-    /// A key was generated.
-    Keygen {
-        /// Key name.
-        key: String,
-        /// Compressed SEC1 public key, hex.
-        public_key: String,
-    },
-    /// A digest was signed.
-    Signature(SignatureOut),
-}
-
-/// An ECDSA signature as the API returns it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SignatureOut {
-    /// r, 32 bytes hex.
-    pub r: String,
-    /// s, 32 bytes hex (low-s).
-    pub s: String,
-    /// Recovery id, 0 or 1.
-    pub recovery_id: u8,
-    /// ASN.1 DER, hex.
-    pub der: String,
-    /// The (derived) public key it verifies under, compressed hex.
-    pub public_key: String,
-}
+pub use torcus_contract::api::{Outcome, SessionStatus, SignatureOut};
 
 /// Why a session could not run or finish.
 #[derive(Debug, thiserror::Error)]
@@ -121,26 +91,6 @@ impl SessionError {
             Self::Store(_) | Self::Corrupt(_) => "storage",
         }
     }
-}
-
-/// State of a session, for `GET /p2p/session/{id}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "state")]
-pub enum SessionStatus {
-    /// Handshake in progress.
-    Proposed,
-    /// The protocol runs.
-    Running,
-    /// Finished.
-    Completed {
-        /// What it produced.
-        outcome: Outcome,
-    },
-    /// Did not finish.
-    Failed {
-        /// Why.
-        reason: String,
-    },
 }
 
 /// Where control messages of one session go: (authenticated sender, message).

@@ -18,11 +18,14 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use torcus_certs::{IssuedCertificate, OffsetDateTime, SecretPem};
-use torcus_crds::{CertificatesStatus, ClusterPhase, MpcCluster, MpcClusterStatus, NodeStatus};
+use torcus_crds::{CertificatesStatus, ClusterPhase, KeyStatus, MpcCluster, MpcClusterStatus, NodeStatus};
 use tracing::{info, warn};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::keygen::Keygens;
+use crate::node_client::NodeClient;
 use crate::pki::{self, Leaf, LeafRequest, Lifetimes};
+use crate::signing_controller::SigningState;
 use crate::resources::{self, BuildContext, LABEL_CLUSTER, Names};
 use crate::{Error, Metrics, Result};
 
@@ -46,6 +49,34 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per cluster (namespace/name), for backoff.
     pub failures: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+    /// Client of the nodes' API.
+    pub nodes: NodeClient,
+    /// Key generations in flight.
+    pub keygens: Arc<Keygens>,
+    /// The SigningRequest controller's memory.
+    pub signing: Arc<SigningState>,
+}
+
+impl Context {
+    /// A context with empty memory.
+    pub fn new(client: Client, recorder: Recorder, build: BuildContext, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client,
+            recorder,
+            build,
+            metrics,
+            failures: Arc::default(),
+            nodes: NodeClient::new(),
+            keygens: Arc::default(),
+            signing: Arc::default(),
+        }
+    }
+
+    /// Party indices of `mpc` that the registry reports offline.
+    pub fn offline_nodes(&self, mpc: &MpcCluster) -> Vec<u16> {
+        let _ = mpc;
+        Vec::new()
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -96,7 +127,7 @@ fn backoff(failures: u32) -> StdDuration {
     StdDuration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(MAX_REQUEUE)
 }
 
-async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
+async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action> {
     let name = mpc.name_any();
     let ns = mpc.namespace().ok_or_else(|| Error::InvalidSpec("MpcCluster has no namespace".into()))?;
     if mpc.metadata.deletion_timestamp.is_some() {
@@ -175,21 +206,30 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
         event_about(ctx, mpc, type_, reason, "IssueCertificate", change.to_string(), Some(related)).await;
     }
 
-    // The grant key comes after the certificates, so a broken grant key
-    // Secret cannot stop certificate renewal.
-    let grant_public_key = match ensure_grant_key(ctx, mpc, &ns).await {
-        Ok(key) => key,
-        Err(e @ Error::GrantKey(_)) => {
+    // The grant key and the node keys come after the certificates, so a
+    // broken key Secret cannot stop certificate renewal.
+    let keys = async {
+        let grant_public_key = ensure_grant_key(ctx, mpc, &ns).await?;
+        let mut identity_keys = Vec::with_capacity(usize::from(mpc.spec.nodes));
+        for index in 0..mpc.spec.nodes {
+            identity_keys.push(ensure_node_keys(ctx, mpc, &ns, index).await?);
+        }
+        Ok((grant_public_key, identity_keys))
+    };
+    let (grant_public_key, identity_keys) = match keys.await {
+        Ok(keys) => keys,
+        Err(e @ (Error::GrantKey(_) | Error::NodeKeys(_))) => {
+            let reason = if matches!(e, Error::GrantKey(_)) { "GrantKeyUnreadable" } else { "NodeKeysUnreadable" };
             let message = e.to_string();
-            event(ctx, mpc, EventType::Warning, "GrantKeyUnreadable", "CreateGrantKey", message.clone()).await;
-            publish_status(ctx, mpc, failed_status(mpc, "GrantKeyUnreadable", &message)).await?;
+            event(ctx, mpc, EventType::Warning, reason, "CreateKeys", message.clone()).await;
+            publish_status(ctx, mpc, failed_status(mpc, reason, &message)).await?;
             return Err(e);
         }
         Err(e) => return Err(e),
     };
 
     // Configuration, addressing and the nodes themselves.
-    let config = resources::cluster_config(mpc, &grant_public_key, &ctx.build);
+    let config = resources::cluster_config(mpc, &grant_public_key, &identity_keys, &ctx.build);
     let config_hash = resources::config_hash(&config);
     apply(&ctx.client, &ns, &resources::config_map(mpc, &config)).await?;
     apply(&ctx.client, &ns, &resources::headless_service(mpc)).await?;
@@ -215,7 +255,19 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
         })
         .collect();
     let certificates = certificates_status(&pki)?;
-    let status = cluster_status(mpc, nodes, grant_public_key, certificates);
+    let keys = merged_keys(mpc, ctx.keygens.learned(mpc));
+    let missing: Vec<String> =
+        mpc.spec.keys.iter().filter(|k| !keys.iter().any(|s| &s.name == *k && s.public_key.is_some())).cloned().collect();
+    let all_ready = nodes.iter().all(|n| n.ready && n.address.is_some());
+    if all_ready && !missing.is_empty() {
+        let urls: Vec<String> = nodes
+            .iter()
+            .map(|n| crate::node_client::base_url(n.address.as_deref().unwrap_or_default(), torcus_contract::HTTP_PORT))
+            .collect();
+        ctx.keygens.start(ctx, mpc, &missing, &urls);
+    }
+    let keygen_running = ctx.keygens.running(mpc);
+    let status = cluster_status(mpc, nodes, keys, grant_public_key, certificates);
     let old_phase = mpc.status.as_ref().and_then(|s| s.phase);
     if old_phase != status.phase {
         let phase = status.phase.map(|p| format!("{p:?}")).unwrap_or_default();
@@ -224,7 +276,10 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Context) -> Result<Action> {
     publish_status(ctx, mpc, status).await?;
 
     let due = StdDuration::try_from(pki.due - OffsetDateTime::now_utc()).unwrap_or(StdDuration::ZERO);
-    Ok(Action::requeue(due.clamp(StdDuration::from_secs(1), MAX_REQUEUE)))
+    // While keys are missing, look again soon: a keygen reports back, or
+    // waits out a failure, without an event on the MpcCluster.
+    let soon = if !missing.is_empty() { StdDuration::from_secs(if keygen_running { 1 } else { 5 }) } else { MAX_REQUEUE };
+    Ok(Action::requeue(due.clamp(StdDuration::from_secs(1), soon)))
 }
 
 /// What the API server's schema cannot check, or an object admitted before
@@ -258,40 +313,24 @@ fn check_spec(mpc: &MpcCluster) -> std::result::Result<Lifetimes, String> {
 /// Warning Event says so, since every grant from then on verifies only under
 /// the new key.
 async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<String> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = Names::new(&mpc.name_any()).grant_key_secret();
-    if let Some(mut secret) = secrets.get_opt(&name).await? {
-        let public = grant_public_key(&secret);
-        scrub(&mut secret);
-        return public.ok_or(Error::GrantKey(name));
-    }
-    let mut seed = Zeroizing::new([0u8; 32]);
-    getrandom::fill(seed.as_mut()).map_err(|e| Error::Random(e.to_string()))?;
-    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let public = hex::encode(signing.verifying_key().as_bytes());
-    let mut secret = resources::secret(
-        mpc,
-        name.clone(),
-        "Opaque",
-        BTreeMap::from([
-            (GRANT_PRIVATE_KEY.to_owned(), seed.to_vec()),
-            (GRANT_PUBLIC_KEY.to_owned(), public.clone().into_bytes()),
-        ]),
-    );
-    let created = secrets
-        .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }, &secret)
-        .await;
-    scrub(&mut secret);
-    match created {
-        Ok(mut stored) => scrub(&mut stored),
-        // Another reconcile won the race: use its key.
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            let mut secret = secrets.get(&name).await?;
-            let public = grant_public_key(&secret);
-            scrub(&mut secret);
-            return public.ok_or(Error::GrantKey(name));
-        }
-        Err(e) => return Err(e.into()),
+    let make = || {
+        let seed = random_key()?;
+        let public = hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes());
+        Ok(resources::secret(
+            mpc,
+            name.clone(),
+            "Opaque",
+            BTreeMap::from([
+                (GRANT_PRIVATE_KEY.to_owned(), seed.to_vec()),
+                (GRANT_PUBLIC_KEY.to_owned(), public.into_bytes()),
+            ]),
+        ))
+    };
+    let (public, created) =
+        get_or_create_secret(ctx, ns, &name, make, grant_public_key).await?.ok_or_else(|| Error::GrantKey(name.clone()))?;
+    if !created {
+        return Ok(public);
     }
     let previous = mpc.status.as_ref().and_then(|s| s.grant_public_key.as_deref());
     match previous {
@@ -314,6 +353,91 @@ async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<S
         }
     }
     Ok(public)
+}
+
+/// Returns node `index`'s hex Ed25519 identity public key, creating its keys
+/// Secret (share encryption key and TCP identity) once. Like the grant key,
+/// it is created and never patched: a new share encryption key would leave
+/// the shares on the node's volume unreadable, so a Warning says so when a
+/// lost Secret had to be replaced after keys were generated.
+async fn ensure_node_keys(ctx: &Context, mpc: &MpcCluster, ns: &str, index: u16) -> Result<String> {
+    let name = Names::new(&mpc.name_any()).node_keys_secret(index);
+    let make = || {
+        let store = Zeroizing::new(hex::encode(random_key()?));
+        let identity = Zeroizing::new(hex::encode(random_key()?));
+        Ok(resources::node_keys_secret(mpc, index, &store, &identity))
+    };
+    let (public, created) =
+        get_or_create_secret(ctx, ns, &name, make, node_identity_key).await?.ok_or_else(|| Error::NodeKeys(name.clone()))?;
+    let had_keys = mpc.status.iter().flat_map(|s| &s.keys).any(|k| k.public_key.is_some());
+    if created && had_keys {
+        let note = format!(
+            "node keys Secret {name} was missing; created new keys, so the shares already on node {index} \
+             can no longer be decrypted"
+        );
+        warn!(cluster = %mpc.name_any(), namespace = %ns, "{note}");
+        event(ctx, mpc, EventType::Warning, "NodeKeysReplaced", "CreateNodeKeys", note).await;
+    }
+    Ok(public)
+}
+
+/// 32 random bytes.
+fn random_key() -> Result<Zeroizing<[u8; 32]>> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    getrandom::fill(key.as_mut()).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(key)
+}
+
+/// Reads what `read` takes from Secret `name`, creating the Secret with
+/// `make` first when it does not exist. Returns `None` when the Secret
+/// exists but `read` finds nothing usable in it (it is then left alone),
+/// and whether this call created it. Key material is wiped from every copy.
+async fn get_or_create_secret(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    make: impl FnOnce() -> Result<Secret>,
+    read: fn(&Secret) -> Option<String>,
+) -> Result<Option<(String, bool)>> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let read_scrubbed = |mut secret: Secret| {
+        let value = read(&secret);
+        scrub(&mut secret);
+        value
+    };
+    if let Some(secret) = secrets.get_opt(name).await? {
+        return Ok(read_scrubbed(secret).map(|v| (v, false)));
+    }
+    let mut secret = make()?;
+    let value = read(&secret);
+    let created = secrets
+        .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }, &secret)
+        .await;
+    scrub(&mut secret);
+    match created {
+        Ok(stored) => {
+            read_scrubbed(stored);
+            Ok(value.map(|v| (v, true)))
+        }
+        // Another reconcile won the race: use what it made.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(read_scrubbed(secrets.get(name).await?).map(|v| (v, false))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The hex public key of the identity seed in a node keys Secret, when the
+/// Secret holds a well-formed seed and store key.
+fn node_identity_key(secret: &Secret) -> Option<String> {
+    let data = secret.data.as_ref()?;
+    let hex32 = |key: &str| -> Option<Zeroizing<[u8; 32]>> {
+        let text = std::str::from_utf8(&data.get(key)?.0).ok()?;
+        let mut out = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), out.as_mut()).ok()?;
+        Some(out)
+    };
+    hex32(resources::NODE_STORE_KEY)?;
+    let seed = hex32(resources::NODE_IDENTITY_KEY)?;
+    Some(hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes()))
 }
 
 /// Key of the grant key Secret holding the 32-byte Ed25519 seed.
@@ -397,7 +521,7 @@ fn certificates_status(pki: &pki::Pki) -> Result<CertificatesStatus> {
     })
 }
 
-fn pod_ready(pod: &Pod) -> bool {
+pub(crate) fn pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -408,20 +532,30 @@ fn sts_ready(sts: &StatefulSet) -> bool {
     sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= 1
 }
 
+/// The keys in `mpc`'s status, with `learned` added or updated.
+fn merged_keys(mpc: &MpcCluster, learned: Vec<KeyStatus>) -> Vec<KeyStatus> {
+    let mut keys: Vec<KeyStatus> = mpc.status.as_ref().map(|s| s.keys.clone()).unwrap_or_default();
+    for key in learned {
+        match keys.iter_mut().find(|k| k.name == key.name) {
+            Some(existing) => *existing = key,
+            None => keys.push(key),
+        }
+    }
+    keys
+}
+
 /// The status a reconcile that went through reports.
 pub fn cluster_status(
     mpc: &MpcCluster,
     nodes: Vec<NodeStatus>,
+    keys: Vec<KeyStatus>,
     grant_public_key: String,
     certificates: CertificatesStatus,
 ) -> MpcClusterStatus {
     let spec = &mpc.spec;
     let ready = u16::try_from(nodes.iter().filter(|n| n.ready).count()).unwrap_or(u16::MAX);
     let generation = mpc.metadata.generation;
-    let keys_ready = spec
-        .keys
-        .iter()
-        .all(|k| mpc.status.iter().flat_map(|s| &s.keys).any(|s| &s.name == k && s.public_key.is_some()));
+    let keys_ready = spec.keys.iter().all(|k| keys.iter().any(|s| &s.name == k && s.public_key.is_some()));
 
     let mut conditions = Vec::new();
     let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
@@ -487,7 +621,7 @@ pub fn cluster_status(
         observed_generation: generation,
         ready_nodes: ready,
         nodes,
-        keys: mpc.status.as_ref().map(|s| s.keys.clone()).unwrap_or_default(),
+        keys,
         grant_public_key: Some(grant_public_key),
         certificates: Some(certificates),
     }
@@ -571,7 +705,7 @@ where
 }
 
 /// Publishes an Event; a failure to publish is logged, never fatal.
-async fn event(ctx: &Context, mpc: &MpcCluster, type_: EventType, reason: &str, action: &str, note: String) {
+pub(crate) async fn event(ctx: &Context, mpc: &MpcCluster, type_: EventType, reason: &str, action: &str, note: String) {
     event_about(ctx, mpc, type_, reason, action, note, None).await;
 }
 
@@ -607,6 +741,10 @@ mod tests {
             .collect()
     }
 
+    fn keys(mpc: &MpcCluster) -> Vec<KeyStatus> {
+        merged_keys(mpc, Vec::new())
+    }
+
     fn cond<'a>(s: &'a MpcClusterStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
     }
@@ -614,7 +752,7 @@ mod tests {
     #[test]
     fn waiting_for_nodes_until_all_are_ready() {
         let mpc = cluster("demo", 3, 2);
-        let s = cluster_status(&mpc, nodes(&[true, false, false]), "ab".into(), certs());
+        let s = cluster_status(&mpc, nodes(&[true, false, false]), keys(&mpc), "ab".into(), certs());
         assert_eq!(s.phase, Some(ClusterPhase::WaitingForNodes));
         assert_eq!(s.ready_nodes, 1);
         assert_eq!(cond(&s, "NodesReady").status, "False");
@@ -627,7 +765,7 @@ mod tests {
     #[test]
     fn all_nodes_ready_waits_for_keys() {
         let mpc = cluster("demo", 3, 2);
-        let s = cluster_status(&mpc, nodes(&[true, true, true]), "ab".into(), certs());
+        let s = cluster_status(&mpc, nodes(&[true, true, true]), keys(&mpc), "ab".into(), certs());
         assert_eq!(s.phase, Some(ClusterPhase::GeneratingKeys));
         assert_eq!(cond(&s, "KeysReady").reason, "KeygenPending");
     }
@@ -643,9 +781,9 @@ mod tests {
             }],
             ..MpcClusterStatus::default()
         });
-        let s = cluster_status(&mpc, nodes(&[true, true, true]), "ab".into(), certs());
+        let s = cluster_status(&mpc, nodes(&[true, true, true]), keys(&mpc), "ab".into(), certs());
         assert_eq!(s.phase, Some(ClusterPhase::Ready));
-        let s = cluster_status(&mpc, nodes(&[true, false, true]), "ab".into(), certs());
+        let s = cluster_status(&mpc, nodes(&[true, false, true]), keys(&mpc), "ab".into(), certs());
         assert_eq!(s.phase, Some(ClusterPhase::Degraded));
         assert_eq!(cond(&s, "Degraded").status, "True");
     }
@@ -653,10 +791,10 @@ mod tests {
     #[test]
     fn transition_time_is_kept_while_the_status_holds() {
         let mut mpc = cluster("demo", 3, 2);
-        let first = cluster_status(&mpc, nodes(&[false, false, false]), "ab".into(), certs());
+        let first = cluster_status(&mpc, nodes(&[false, false, false]), keys(&mpc), "ab".into(), certs());
         mpc.status = Some(first.clone());
         std::thread::sleep(StdDuration::from_millis(5));
-        let second = cluster_status(&mpc, nodes(&[true, false, false]), "ab".into(), certs());
+        let second = cluster_status(&mpc, nodes(&[true, false, false]), keys(&mpc), "ab".into(), certs());
         assert_eq!(cond(&first, "NodesReady").last_transition_time, cond(&second, "NodesReady").last_transition_time);
     }
 

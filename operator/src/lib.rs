@@ -6,9 +6,16 @@
 //! [`Args::run`] directly with their own client and shutdown signal.
 
 pub mod cluster_controller;
+pub mod crypto;
+pub mod grants;
+pub mod keygen;
 pub mod metrics;
+pub mod node_client;
 pub mod pki;
+pub mod policy;
+pub mod registry;
 pub mod resources;
+pub mod signing_controller;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,7 +30,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
-use torcus_crds::MpcCluster;
+use torcus_crds::{MpcCluster, SigningRequest};
 use tracing::{info, warn};
 
 pub use metrics::Metrics;
@@ -46,6 +53,9 @@ pub enum Error {
     /// The grant key Secret exists but does not hold a consistent key.
     #[error("grant key secret {0} is malformed; refusing to replace it")]
     GrantKey(String),
+    /// A node keys Secret exists but does not hold well-formed keys.
+    #[error("node keys secret {0} is malformed; refusing to replace it")]
+    NodeKeys(String),
     /// The operating system's random source failed.
     #[error("random source: {0}")]
     Random(String),
@@ -59,6 +69,7 @@ impl Error {
             Self::Certs(_) | Self::Pki(_) => "certs",
             Self::InvalidSpec(_) => "invalid_spec",
             Self::GrantKey(_) => "grant_key",
+            Self::NodeKeys(_) => "node_keys",
             Self::Random(_) => "random",
         }
     }
@@ -153,7 +164,12 @@ impl Args {
 
         let listener = tokio::net::TcpListener::bind(http_addr).await.map_err(|e| RunError::Bind(http_addr, e))?;
         info!(addr = %http_addr, "serving metrics and health");
-        let server = tokio::spawn(metrics::serve(listener, metrics.clone(), stop.clone().cancelled_owned()));
+        let server = tokio::spawn(metrics::serve(
+            listener,
+            metrics.clone(),
+            axum::Router::new(),
+            stop.clone().cancelled_owned(),
+        ));
 
         let mut lease_handle = None;
         if leader_election {
@@ -193,19 +209,16 @@ impl Args {
             }));
         }
 
-        let ctx = Arc::new(cluster_controller::Context {
-            client: client.clone(),
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter { controller: "torcus-operator".into(), instance: Some(instance) },
-            ),
-            build: resources::BuildContext { default_node_image: node_image, registry_url, cluster_domain },
-            metrics: metrics.clone(),
-            failures: Arc::default(),
-        });
+        let ctx = Arc::new(cluster_controller::Context::new(
+            client.clone(),
+            Recorder::new(client.clone(), Reporter { controller: "torcus-operator".into(), instance: Some(instance) }),
+            resources::BuildContext { default_node_image: node_image, registry_url, cluster_domain },
+            metrics.clone(),
+        ));
         metrics.leader.set(1);
-        let controller = cluster_controller_stream(client, namespace.as_deref(), ctx, stop.clone());
-        controller.await;
+        let clusters = cluster_controller_stream(client.clone(), namespace.as_deref(), ctx.clone(), stop.clone());
+        let requests = signing_controller_stream(client, namespace.as_deref(), ctx, stop.clone());
+        futures::join!(clusters, requests);
         metrics.leader.set(0);
         stop.cancel();
         let _ = server.await;
@@ -240,6 +253,28 @@ fn default_instance() -> String {
     // separate pods; the suffix covers two processes on one host.
     let _ = getrandom::fill(&mut suffix);
     format!("{}-{}", if host.is_empty() { "torcus-operator" } else { host }, hex::encode(suffix))
+}
+
+/// Runs the SigningRequest controller until `stop` is cancelled.
+async fn signing_controller_stream(
+    client: Client,
+    namespace: Option<&str>,
+    ctx: Arc<cluster_controller::Context>,
+    stop: CancellationToken,
+) {
+    let api: Api<SigningRequest> = match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(signing_controller::reconcile, signing_controller::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "signing controller event");
+            }
+        })
+        .await;
 }
 
 /// Runs the MpcCluster controller until `stop` is cancelled.

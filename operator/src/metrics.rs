@@ -23,6 +23,21 @@ pub struct Metrics {
     pub certificates_issued: IntCounterVec,
     /// 1 while this replica leads and reconciles.
     pub leader: IntGauge,
+    /// Keygens by outcome (completed, failed).
+    pub keygens: IntCounterVec,
+    /// SigningRequests entering each phase.
+    pub signing_requests: IntCounterVec,
+    /// Grants issued, by kind (keygen, sign).
+    pub grants_issued: IntCounterVec,
+    /// Grants a node refused or could not run, by reason.
+    pub grants_rejected: IntCounterVec,
+    /// Requests denied by policy, by rule.
+    pub policy_denials: IntCounterVec,
+    /// From SigningRequest creation to `Completed`.
+    pub signing_latency: HistogramVec,
+    /// Signing sessions by whether the initiator used a presignature
+    /// ("presigned") or ran the full protocol ("full").
+    pub initiator_sessions: IntCounterVec,
 }
 
 impl Metrics {
@@ -43,11 +58,58 @@ impl Metrics {
             &["kind"],
         )?;
         let leader = IntGauge::new("torcus_operator_leader", "1 while this replica holds leadership and reconciles")?;
+        let keygens = IntCounterVec::new(Opts::new("torcus_keygens_total", "Key generations, by outcome"), &["outcome"])?;
+        let signing_requests = IntCounterVec::new(
+            Opts::new("torcus_signing_requests_total", "SigningRequests entering a phase, by phase"),
+            &["phase"],
+        )?;
+        let grants_issued =
+            IntCounterVec::new(Opts::new("torcus_grants_issued_total", "Grants signed by the operator, by kind"), &["kind"])?;
+        let grants_rejected = IntCounterVec::new(
+            Opts::new("torcus_grants_rejected_total", "Grants that did not end in a session outcome, by reason"),
+            &["reason"],
+        )?;
+        let policy_denials =
+            IntCounterVec::new(Opts::new("torcus_policy_denials_total", "SigningRequests denied, by rule"), &["rule"])?;
+        let signing_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "torcus_signing_request_duration_seconds",
+                "From SigningRequest creation to its final phase, by phase",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            &["phase"],
+        )?;
+        let initiator_sessions = IntCounterVec::new(
+            Opts::new("torcus_initiator_sessions_total", "Signing sessions the operator started, by initiator type"),
+            &["type"],
+        )?;
+        for c in [&keygens, &signing_requests, &grants_issued, &grants_rejected, &policy_denials, &initiator_sessions] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(signing_latency.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(certificates_issued.clone()))?;
         registry.register(Box::new(leader.clone()))?;
-        Ok(Self { registry, reconcile_duration, reconcile_errors, certificates_issued, leader })
+        Ok(Self {
+            registry,
+            reconcile_duration,
+            reconcile_errors,
+            certificates_issued,
+            leader,
+            keygens,
+            signing_requests,
+            grants_issued,
+            grants_rejected,
+            policy_denials,
+            signing_latency,
+            initiator_sessions,
+        })
+    }
+
+    /// The registry, for components that register their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The text exposition of every metric.
@@ -63,13 +125,15 @@ impl Metrics {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    extra: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(metrics);
+        .with_state(metrics)
+        .merge(extra);
     if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::warn!(%error, "metrics server stopped");
     }

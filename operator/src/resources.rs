@@ -10,9 +10,9 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRe
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, Secret, SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -69,6 +69,12 @@ impl<'a> Names<'a> {
     }
 
     /// TLS client certificate the operator uses towards the nodes.
+    /// Secret with node `index`'s long-lived keys: the key that encrypts its
+    /// shares at rest and its Ed25519 identity for the TCP transport.
+    pub fn node_keys_secret(&self, index: u16) -> String {
+        format!("{}-node-{index}-keys", self.cluster)
+    }
+
     pub fn operator_secret(&self) -> String {
         format!("{}-operator-client", self.cluster)
     }
@@ -184,6 +190,24 @@ pub fn tls_secret(mpc: &MpcCluster, name: String, cert_pem: &str, key_pem: &str,
     )
 }
 
+/// Key in the node keys Secret: hex key that encrypts the node's shares.
+pub const NODE_STORE_KEY: &str = "store.key";
+/// Key in the node keys Secret: hex Ed25519 seed of the node's TCP identity.
+pub const NODE_IDENTITY_KEY: &str = "identity.key";
+
+/// The node keys Secret ([`Names::node_keys_secret`]); both values are hex.
+pub fn node_keys_secret(mpc: &MpcCluster, index: u16, store_key_hex: &str, identity_seed_hex: &str) -> Secret {
+    secret(
+        mpc,
+        Names::new(&mpc.name_any()).node_keys_secret(index),
+        "Opaque",
+        BTreeMap::from([
+            (NODE_STORE_KEY.to_owned(), store_key_hex.as_bytes().to_vec()),
+            (NODE_IDENTITY_KEY.to_owned(), identity_seed_hex.as_bytes().to_vec()),
+        ]),
+    )
+}
+
 /// CA Secret key: the staged next CA certificate, during a roll.
 pub const CA_NEXT_CERT: &str = "next.crt";
 /// CA Secret key: the staged next CA key, during a roll.
@@ -209,7 +233,15 @@ pub fn ca_secret(mpc: &MpcCluster, pki: &Pki) -> Secret {
 }
 
 /// The configuration every node of the cluster reads.
-pub fn cluster_config(mpc: &MpcCluster, grant_public_key_hex: &str, ctx: &BuildContext) -> ClusterConfig {
+///
+/// `identity_keys[i]` is node `i`'s hex Ed25519 public key, which verifies
+/// its frames in the TCP transport.
+pub fn cluster_config(
+    mpc: &MpcCluster,
+    grant_public_key_hex: &str,
+    identity_keys: &[String],
+    ctx: &BuildContext,
+) -> ClusterConfig {
     let spec = &mpc.spec;
     ClusterConfig {
         cluster: mpc.name_any(),
@@ -228,7 +260,7 @@ pub fn cluster_config(mpc: &MpcCluster, grant_public_key_hex: &str, ctx: &BuildC
                 host: node_host(mpc, index, &ctx.cluster_domain),
                 p2p_port: contract::P2P_PORT,
                 http_port: contract::HTTP_PORT,
-                identity_key: None,
+                identity_key: identity_keys.get(usize::from(index)).cloned(),
             })
             .collect(),
     }
@@ -442,11 +474,20 @@ fn node_pod_spec(mpc: &MpcCluster, index: u16, ctx: &BuildContext) -> PodSpec {
         }],
         volumes: Some(vec![
             Volume {
+                // The certificate Secret (renewed in place) and the keys
+                // Secret (created once) side by side in one folder.
                 name: "tls".to_owned(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(names.node_secret(index)),
+                projected: Some(ProjectedVolumeSource {
                     default_mode: Some(0o400),
-                    ..SecretVolumeSource::default()
+                    sources: Some(
+                        [names.node_secret(index), names.node_keys_secret(index)]
+                            .into_iter()
+                            .map(|name| VolumeProjection {
+                                secret: Some(SecretProjection { name, ..SecretProjection::default() }),
+                                ..VolumeProjection::default()
+                            })
+                            .collect(),
+                    ),
                 }),
                 ..Volume::default()
             },
@@ -540,7 +581,9 @@ mod tests {
         let pod = spec.template.spec.unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
         let tls = pod.volumes.unwrap().into_iter().find(|v| v.name == "tls").unwrap();
-        assert_eq!(tls.secret.unwrap().secret_name.as_deref(), Some("demo-node-2"));
+        let sources: Vec<String> =
+            tls.projected.unwrap().sources.unwrap().into_iter().map(|p| p.secret.unwrap().name).collect();
+        assert_eq!(sources, ["demo-node-2", "demo-node-2-keys"]);
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("torcus/torcus-node:test"));
         let sc = c.security_context.as_ref().unwrap();
@@ -577,16 +620,18 @@ mod tests {
     #[test]
     fn config_lists_every_peer_and_its_hash_follows_the_transport() {
         let mut mpc = cluster("demo", 5, 3);
-        let config = cluster_config(&mpc, "ab", &ctx());
+        let identities: Vec<String> = (0..5).map(|i| format!("{i:064x}")).collect();
+        let config = cluster_config(&mpc, "ab", &identities, &ctx());
         config.check().unwrap();
         assert_eq!(config.peers[4].host, "demo-4-0.demo-nodes.vault.svc.cluster.local");
+        assert_eq!(config.peers[4].identity_key.as_deref(), Some(identities[4].as_str()));
         assert_eq!(config.transport, "quic");
         let cm = config_map(&mpc, &config);
         let parsed = ClusterConfig::from_json(cm.data.unwrap()[contract::CONFIG_FILE].as_bytes()).unwrap();
         assert_eq!(parsed, config);
 
         mpc.spec.transport.mode = torcus_crds::TransportMode::Tcp;
-        let changed = cluster_config(&mpc, "ab", &ctx());
+        let changed = cluster_config(&mpc, "ab", &identities, &ctx());
         assert_ne!(config_hash(&config), config_hash(&changed), "a transport change must roll the nodes");
     }
 

@@ -1,0 +1,99 @@
+//! The node's HTTP API as both sides see it: what the operator sends to
+//! `POST /p2p/keygen` and `POST /p2p/sign`, and what the node answers there
+//! and at `GET /p2p/session/{id}` and `GET /p2p/keys`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::SignedGrant;
+
+/// Path of the keygen endpoint.
+pub const KEYGEN_PATH: &str = "/p2p/keygen";
+/// Path of the signing endpoint.
+pub const SIGN_PATH: &str = "/p2p/sign";
+/// Path of the key list.
+pub const KEYS_PATH: &str = "/p2p/keys";
+
+/// Path of a session's state, by hex session id.
+pub fn session_path(session_id: &[u8; 32]) -> String {
+    format!("/p2p/session/{}", hex::encode(session_id))
+}
+
+/// Body of the session endpoints.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GrantRequest {
+    /// The grant that authorises the session.
+    pub grant: SignedGrant,
+}
+
+/// An error answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    pub error: String,
+    /// Low-cardinality reason.
+    pub reason: String,
+    /// Who to ask instead, when this node is not the initiator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<u16>,
+}
+
+/// What a session produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "type")]
+pub enum Outcome {
+    /// A key was generated.
+    Keygen {
+        /// Key name.
+        key: String,
+        /// Compressed SEC1 public key, hex.
+        public_key: String,
+    },
+    /// A digest was signed.
+    Signature(SignatureOut),
+}
+
+/// An ECDSA signature as the API returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureOut {
+    /// r, 32 bytes hex.
+    pub r: String,
+    /// s, 32 bytes hex (low-s).
+    pub s: String,
+    /// Recovery id, 0 or 1.
+    pub recovery_id: u8,
+    /// ASN.1 DER, hex.
+    pub der: String,
+    /// The (derived) public key it verifies under, compressed hex.
+    pub public_key: String,
+}
+
+/// State of a session, for `GET /p2p/session/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "state")]
+pub enum SessionStatus {
+    /// Handshake in progress.
+    Proposed,
+    /// The protocol runs.
+    Running,
+    /// Finished.
+    Completed {
+        /// What it produced.
+        outcome: Outcome,
+    },
+    /// Did not finish.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One key a node holds, as `GET /p2p/keys` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyInfo {
+    /// Key name.
+    pub name: String,
+    /// Compressed SEC1 public key, hex.
+    pub public_key: String,
+}

@@ -1,0 +1,272 @@
+//! The node registry's wire format: what a node sends the operator to register and
+//! heartbeat, how it signs it, and what the operator answers about a cluster's nodes.
+//!
+//! A node signs with its TLS key: the body of every POST is a [`SignedMessage`] whose
+//! `payload` is the exact JSON text of a [`RegistryMessage`], signed over
+//! [`signing_input`] (the [`SIGNING_DOMAIN`] prefix, then the payload bytes), with the
+//! node's leaf certificate alongside. The operator parses the payload it verified, never a
+//! re-serialization, so both sides agree on the signed bytes without canonical JSON.
+//!
+//! All times are Unix milliseconds.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST`: a node registers ([`RegistryMessage::Register`] in a [`SignedMessage`]).
+pub const REGISTER_PATH: &str = "/registry/v1/register";
+/// `POST`: a node heartbeats ([`RegistryMessage::Heartbeat`] in a [`SignedMessage`]).
+pub const HEARTBEAT_PATH: &str = "/registry/v1/heartbeat";
+/// `GET`: every registered node of a cluster, a list of [`NodeRecord`] ordered by party.
+/// Route syntax; [`nodes_path`] fills it in.
+pub const NODES_PATH: &str = "/registry/v1/clusters/{ns}/{cluster}/nodes";
+/// `GET`: one node, a [`NodeRecord`]. Route syntax; [`node_path`] fills it in.
+pub const NODE_PATH: &str = "/registry/v1/clusters/{ns}/{cluster}/nodes/{party}";
+/// `GET`: a cluster's [`ClusterStats`]. Route syntax; [`stats_path`] fills it in.
+pub const STATS_PATH: &str = "/registry/v1/clusters/{ns}/{cluster}/stats";
+
+/// First bytes of every signed registry message, so that a signature made with a node's
+/// TLS key for the registry is never valid for anything else, nor anything else for it.
+pub const SIGNING_DOMAIN: &[u8] = b"torcus-registry-v1\0";
+/// Largest request body the registry reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How far a message's `sent_at` may be from the operator's clock, either way.
+pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+
+/// The bytes a node signs and the operator verifies for `payload`.
+pub fn signing_input(payload: &str) -> Vec<u8> {
+    [SIGNING_DOMAIN, payload.as_bytes()].concat()
+}
+
+/// [`NODES_PATH`] for one cluster.
+pub fn nodes_path(namespace: &str, cluster: &str) -> String {
+    format!("/registry/v1/clusters/{namespace}/{cluster}/nodes")
+}
+
+/// [`NODE_PATH`] for one node.
+pub fn node_path(namespace: &str, cluster: &str, party: u16) -> String {
+    format!("/registry/v1/clusters/{namespace}/{cluster}/nodes/{party}")
+}
+
+/// [`STATS_PATH`] for one cluster.
+pub fn stats_path(namespace: &str, cluster: &str) -> String {
+    format!("/registry/v1/clusters/{namespace}/{cluster}/stats")
+}
+
+/// What a node signs: the kind is part of the signed text, so a registration can never be
+/// replayed as a heartbeat or the other way round.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum RegistryMessage {
+    /// Sent to [`REGISTER_PATH`].
+    Register(Registration),
+    /// Sent to [`HEARTBEAT_PATH`].
+    Heartbeat(Heartbeat),
+}
+
+impl RegistryMessage {
+    /// The node the message is about: `(namespace, cluster, party)`.
+    pub fn node(&self) -> (&str, &str, u16) {
+        match self {
+            Self::Register(r) => (&r.namespace, &r.cluster, r.party),
+            Self::Heartbeat(h) => (&h.namespace, &h.cluster, h.party),
+        }
+    }
+
+    /// When the node signed it (Unix ms).
+    pub fn sent_at(&self) -> u64 {
+        match self {
+            Self::Register(r) => r.sent_at,
+            Self::Heartbeat(h) => h.sent_at,
+        }
+    }
+}
+
+/// A node announcing itself: where it can be reached, and which build it runs. Sent at
+/// start-up, and again whenever the operator answers a heartbeat with 404 (it restarted and
+/// forgot).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    /// MpcCluster namespace.
+    pub namespace: String,
+    /// MpcCluster name.
+    pub cluster: String,
+    /// The node's party index.
+    pub party: u16,
+    /// The pod IP.
+    pub address: String,
+    /// HTTP API port.
+    pub http_port: u16,
+    /// Peer-to-peer port.
+    pub p2p_port: u16,
+    /// The node's version.
+    pub version: String,
+    /// When the node process started (Unix ms).
+    pub started_at: u64,
+    /// When this message was signed (Unix ms); must be within [`MAX_CLOCK_SKEW_MS`] of the
+    /// operator's clock. Separate from `started_at` because a node may register long after
+    /// it started (the operator was down, or restarted).
+    pub sent_at: u64,
+}
+
+/// A node saying it is alive, with its own session counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    /// MpcCluster namespace.
+    pub namespace: String,
+    /// MpcCluster name.
+    pub cluster: String,
+    /// The node's party index.
+    pub party: u16,
+    /// When this message was signed (Unix ms); must be within [`MAX_CLOCK_SKEW_MS`] of the
+    /// operator's clock and later than the node's previous message.
+    pub sent_at: u64,
+    /// Sessions the node completed since it started, by its own count.
+    pub sessions_ok: u64,
+    /// Sessions that failed on the node since it started, by its own count.
+    pub sessions_failed: u64,
+    /// Seconds since the node process started.
+    pub uptime_secs: u64,
+}
+
+/// The body of a registry POST.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedMessage {
+    /// The JSON text of a [`RegistryMessage`], exactly as signed.
+    pub payload: String,
+    /// The node's leaf certificate in PEM (optionally followed by intermediates).
+    pub certificate: String,
+    /// Hex DER ECDSA P-256 SHA-256 signature over [`signing_input`]`(payload)`.
+    pub signature: String,
+}
+
+/// What the operator knows about one node, computed when asked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    /// The node's party index.
+    pub party: u16,
+    /// The pod IP it registered with.
+    pub address: String,
+    /// HTTP API port.
+    pub http_port: u16,
+    /// Peer-to-peer port.
+    pub p2p_port: u16,
+    /// The node's version.
+    pub version: String,
+    /// Whether its last heartbeat (or registration) is recent enough.
+    pub online: bool,
+    /// 0.4·reliability + 0.3·latency score + 0.3·uptime score, in [0, 1].
+    pub health_score: f64,
+    /// Share of the sessions the operator saw succeed among those the node took part in.
+    pub reliability: f64,
+    /// 1 at 50 ms operator-observed latency or less, 0 at 2 s or more.
+    pub latency_score: f64,
+    /// Share of the recent past in which the node heartbeated on time.
+    pub uptime_score: f64,
+    /// When its last heartbeat arrived (Unix ms); `None` before the first one.
+    pub last_heartbeat: Option<u64>,
+    /// When it last registered (Unix ms).
+    pub registered_at: u64,
+    /// When the node process started, as it said (Unix ms).
+    pub started_at: u64,
+    /// Sessions the node completed, by its own last report.
+    pub sessions_ok: u64,
+    /// Sessions that failed on the node, by its own last report.
+    pub sessions_failed: u64,
+}
+
+/// A summary of one cluster's nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStats {
+    /// Registered nodes.
+    pub nodes: u32,
+    /// Registered nodes that are online.
+    pub online: u32,
+    /// Registered nodes that are not.
+    pub offline: u32,
+    /// Mean health score of the registered nodes; 0 with none.
+    pub average_health: f64,
+    /// Heartbeats accepted from the cluster's nodes since the operator started.
+    pub heartbeats_total: u64,
+}
+
+/// The body of every registry error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryError {
+    /// What went wrong, for people.
+    pub error: String,
+    /// What went wrong, for programs: a short snake_case word such as `bad_signature`.
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat() -> Heartbeat {
+        Heartbeat {
+            namespace: "default".into(),
+            cluster: "demo".into(),
+            party: 2,
+            sent_at: 1_900_000_000_000,
+            sessions_ok: 7,
+            sessions_failed: 1,
+            uptime_secs: 60,
+        }
+    }
+
+    #[test]
+    fn messages_are_tagged_camel_case_json() {
+        let message = RegistryMessage::Heartbeat(heartbeat());
+        let json = serde_json::to_value(&message).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "kind": "heartbeat", "namespace": "default", "cluster": "demo", "party": 2,
+                "sentAt": 1_900_000_000_000u64, "sessionsOk": 7, "sessionsFailed": 1, "uptimeSecs": 60,
+            })
+        );
+        assert_eq!(serde_json::from_value::<RegistryMessage>(json).unwrap(), message);
+        assert_eq!(message.node(), ("default", "demo", 2));
+        assert_eq!(message.sent_at(), 1_900_000_000_000);
+
+        let registration = Registration {
+            namespace: "default".into(),
+            cluster: "demo".into(),
+            party: 0,
+            address: "10.0.0.7".into(),
+            http_port: 8080,
+            p2p_port: 7443,
+            version: "0.1.0".into(),
+            started_at: 1,
+            sent_at: 2,
+        };
+        let json = serde_json::to_value(RegistryMessage::Register(registration)).unwrap();
+        assert_eq!(json["kind"], "register");
+        assert_eq!(json["httpPort"], 8080);
+        assert_eq!(json["startedAt"], 1);
+    }
+
+    #[test]
+    fn a_heartbeat_does_not_parse_as_a_registration() {
+        let mut json = serde_json::to_value(RegistryMessage::Heartbeat(heartbeat())).unwrap();
+        json["kind"] = "register".into();
+        assert!(serde_json::from_value::<RegistryMessage>(json).is_err());
+    }
+
+    #[test]
+    fn signing_input_is_domain_separated() {
+        assert_eq!(signing_input("{}"), b"torcus-registry-v1\0{}");
+    }
+
+    #[test]
+    fn paths_fill_the_routes() {
+        let fill = |route: &str| route.replace("{ns}", "default").replace("{cluster}", "demo").replace("{party}", "3");
+        assert_eq!(nodes_path("default", "demo"), fill(NODES_PATH));
+        assert_eq!(node_path("default", "demo", 3), fill(NODE_PATH));
+        assert_eq!(stats_path("default", "demo"), fill(STATS_PATH));
+    }
+}

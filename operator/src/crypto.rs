@@ -1,0 +1,218 @@
+//! What the operator computes about keys and signatures itself, without
+//! trusting the nodes: the digest a SigningRequest asks for, the Ethereum
+//! address of a public key, and whether a returned signature verifies.
+
+use base64::Engine as _;
+use k256::ecdsa::signature::hazmat::PrehashVerifier;
+use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
+use sha2::{Digest, Sha256};
+use sha3::Keccak256;
+use torcus_contract::api::SignatureOut;
+use torcus_crds::{HashAlgorithm, PayloadEncoding, SigningRequestSpec};
+
+/// Why a request or a signature is unusable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    /// The digest is not 32 bytes of hex.
+    #[error("digest is not 64 hex digits")]
+    Digest,
+    /// The payload does not decode.
+    #[error("payload is not valid {0}")]
+    Payload(&'static str),
+    /// Neither or both of digest and payload.
+    #[error("exactly one of digest or payload must be set")]
+    NothingToSign,
+    /// The derivation path is malformed or hardened.
+    #[error("derivation path {0:?} is not a non-hardened path like m/0/7")]
+    Path(String),
+    /// A public key does not parse.
+    #[error("public key is not a compressed secp256k1 point")]
+    PublicKey,
+    /// The signature does not verify.
+    #[error("signature does not verify: {0}")]
+    Signature(String),
+}
+
+/// The payload's bytes, decoded as the request says.
+pub fn payload_bytes(spec: &SigningRequestSpec) -> Result<Option<Vec<u8>>, CryptoError> {
+    let Some(payload) = &spec.payload else { return Ok(None) };
+    match spec.payload_encoding.unwrap_or_default() {
+        PayloadEncoding::Hex => {
+            hex::decode(payload.strip_prefix("0x").unwrap_or(payload)).map(Some).map_err(|_| CryptoError::Payload("hex"))
+        }
+        PayloadEncoding::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(payload)
+            .map(Some)
+            .map_err(|_| CryptoError::Payload("base64")),
+    }
+}
+
+/// The 32-byte digest to sign: the request's digest, or the hash of its payload.
+pub fn digest(spec: &SigningRequestSpec) -> Result<[u8; 32], CryptoError> {
+    match (&spec.digest, payload_bytes(spec)?) {
+        (Some(digest), None) => {
+            let mut out = [0; 32];
+            hex::decode_to_slice(digest.strip_prefix("0x").unwrap_or(digest), &mut out)
+                .map_err(|_| CryptoError::Digest)?;
+            Ok(out)
+        }
+        (None, Some(payload)) => Ok(match spec.hash.unwrap_or_default() {
+            HashAlgorithm::Sha256 => Sha256::digest(&payload).into(),
+            HashAlgorithm::Keccak256 => Keccak256::digest(&payload).into(),
+        }),
+        _ => Err(CryptoError::NothingToSign),
+    }
+}
+
+/// `m/0/7` → `[0, 7]`; every index non-hardened.
+pub fn derivation_path(path: Option<&str>) -> Result<Vec<u32>, CryptoError> {
+    let Some(path) = path else { return Ok(Vec::new()) };
+    let bad = || CryptoError::Path(path.to_owned());
+    let mut parts = path.split('/');
+    if parts.next() != Some("m") {
+        return Err(bad());
+    }
+    parts
+        .map(|p| p.parse::<u32>().ok().filter(|i| *i < torcus_contract::HARDENED_INDEX).ok_or_else(bad))
+        .collect()
+}
+
+/// EIP-55 checksummed Ethereum address of a compressed public key (hex).
+pub fn ethereum_address(public_key_hex: &str) -> Result<String, CryptoError> {
+    let key = parse_public_key(public_key_hex)?;
+    let uncompressed = key.to_encoded_point(false);
+    let hash = Keccak256::digest(&uncompressed.as_bytes()[1..]);
+    let address = hex::encode(&hash[12..]);
+    let checksum = hex::encode(Keccak256::digest(address.as_bytes()));
+    let mixed: String = address
+        .chars()
+        .zip(checksum.chars())
+        .map(|(c, h)| if c.is_ascii_alphabetic() && h >= '8' { c.to_ascii_uppercase() } else { c })
+        .collect();
+    Ok(format!("0x{mixed}"))
+}
+
+fn parse_public_key(hex_key: &str) -> Result<VerifyingKey, CryptoError> {
+    let bytes = hex::decode(hex_key).map_err(|_| CryptoError::PublicKey)?;
+    if bytes.len() != 33 {
+        return Err(CryptoError::PublicKey);
+    }
+    VerifyingKey::from_sec1_bytes(&bytes).map_err(|_| CryptoError::PublicKey)
+}
+
+/// Checks a signature the nodes returned: low-s, valid under `public_key`
+/// for `digest`, its DER matching r and s, and its recovery id recovering
+/// that same key.
+pub fn verify(public_key_hex: &str, digest: &[u8; 32], sig: &SignatureOut) -> Result<(), CryptoError> {
+    let key = parse_public_key(public_key_hex)?;
+    let fail = |m: &str| CryptoError::Signature(m.to_owned());
+    let mut rs = [0u8; 64];
+    hex::decode_to_slice(&sig.r, &mut rs[..32]).map_err(|_| fail("r is not 32 bytes of hex"))?;
+    hex::decode_to_slice(&sig.s, &mut rs[32..]).map_err(|_| fail("s is not 32 bytes of hex"))?;
+    let signature = Signature::from_slice(&rs).map_err(|e| fail(&e.to_string()))?;
+    if signature.normalize_s().is_some() {
+        return Err(fail("s is not normalized to the lower half"));
+    }
+    key.verify_prehash(digest, &signature).map_err(|e| fail(&e.to_string()))?;
+    if hex::encode(signature.to_der().as_bytes()) != sig.der.to_ascii_lowercase() {
+        return Err(fail("DER encoding does not match r and s"));
+    }
+    let recovery = RecoveryId::from_byte(sig.recovery_id).ok_or_else(|| fail("recovery id out of range"))?;
+    let recovered =
+        VerifyingKey::recover_from_prehash(digest, &signature, recovery).map_err(|e| fail(&e.to_string()))?;
+    if recovered != key {
+        return Err(fail("recovery id does not recover the public key"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use k256::ecdsa::SigningKey;
+
+    use super::*;
+
+    fn spec() -> SigningRequestSpec {
+        SigningRequestSpec {
+            cluster: "demo".into(),
+            key: "default".into(),
+            digest: None,
+            payload: None,
+            payload_encoding: None,
+            hash: None,
+            derivation_path: None,
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn digest_comes_from_the_digest_or_the_hashed_payload() {
+        let mut s = spec();
+        s.digest = Some(format!("0x{}", "ab".repeat(32)));
+        assert_eq!(digest(&s).unwrap(), [0xab; 32]);
+
+        let mut s = spec();
+        s.payload = Some(hex::encode(b"hello"));
+        assert_eq!(hex::encode(digest(&s).unwrap()), "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        s.hash = Some(HashAlgorithm::Keccak256);
+        assert_eq!(hex::encode(digest(&s).unwrap()), "1c8aff950685c2ed4bc3174f3472287b56d9517b9c948127319a09a7a36deac8");
+        s.payload = Some("aGVsbG8=".into());
+        s.payload_encoding = Some(PayloadEncoding::Base64);
+        assert_eq!(hex::encode(digest(&s).unwrap()), "1c8aff950685c2ed4bc3174f3472287b56d9517b9c948127319a09a7a36deac8");
+
+        let mut s = spec();
+        s.digest = Some("zz".into());
+        assert_eq!(digest(&s), Err(CryptoError::Digest));
+        assert_eq!(digest(&spec()), Err(CryptoError::NothingToSign));
+    }
+
+    #[test]
+    fn paths_are_non_hardened() {
+        assert_eq!(derivation_path(Some("m/0/7")).unwrap(), [0, 7]);
+        assert_eq!(derivation_path(Some("m")).unwrap(), Vec::<u32>::new());
+        assert!(derivation_path(Some("m/2147483648")).is_err());
+        assert!(derivation_path(Some("0/1")).is_err());
+        assert!(derivation_path(Some("m/x")).is_err());
+    }
+
+    #[test]
+    fn ethereum_address_matches_a_known_vector() {
+        // Private key 1: the generator point; its address is well known.
+        let key = SigningKey::from_slice(&[[0u8; 31].as_slice(), &[1]].concat()).unwrap();
+        let public = hex::encode(key.verifying_key().to_encoded_point(true).as_bytes());
+        assert_eq!(ethereum_address(&public).unwrap(), "0x7E5F4552091A69125d5DfCb7b8C2659029395Bdf");
+        assert_eq!(ethereum_address("02ab"), Err(CryptoError::PublicKey));
+    }
+
+    #[test]
+    fn only_a_correct_signature_verifies() {
+        let key = SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let public = hex::encode(key.verifying_key().to_encoded_point(true).as_bytes());
+        let digest = [9u8; 32];
+        let (sig, recid) = key.sign_prehash_recoverable(&digest).unwrap();
+        let (sig, recid) = match sig.normalize_s() {
+            Some(n) => (n, RecoveryId::new(!recid.is_y_odd(), recid.is_x_reduced())),
+            None => (sig, recid),
+        };
+        let bytes = sig.to_bytes();
+        let out = SignatureOut {
+            r: hex::encode(&bytes[..32]),
+            s: hex::encode(&bytes[32..]),
+            recovery_id: recid.to_byte(),
+            der: hex::encode(sig.to_der().as_bytes()),
+            public_key: public.clone(),
+        };
+        verify(&public, &digest, &out).unwrap();
+        assert!(verify(&public, &[8u8; 32], &out).is_err(), "another digest");
+        let other = SigningKey::from_slice(&[8u8; 32]).unwrap();
+        let other = hex::encode(other.verifying_key().to_encoded_point(true).as_bytes());
+        assert!(verify(&other, &digest, &out).is_err(), "another key");
+        let mut flipped = out.clone();
+        flipped.recovery_id ^= 1;
+        assert!(verify(&public, &digest, &flipped).is_err(), "wrong recovery id");
+        let mut high = out.clone();
+        let s = k256::NonZeroScalar::try_from(&bytes[32..]).unwrap();
+        high.s = hex::encode((-*s).to_bytes());
+        assert!(verify(&public, &digest, &high).is_err(), "high s");
+    }
+}

@@ -1,0 +1,107 @@
+//! The grant issuer: the operator signs, with the cluster's Ed25519 grant
+//! key, each permission for a set of nodes to run one session.
+
+use ed25519_dalek::SigningKey;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use torcus_contract::{GRANT_VERSION, Grant, GrantKind, SignedGrant};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::cluster_controller::{GRANT_PRIVATE_KEY, Context};
+use crate::resources::Names;
+use crate::{Error, Result};
+
+/// How long a keygen grant stays valid: its participants check it when the
+/// session is proposed, which is right after it is issued.
+pub const KEYGEN_GRANT_TTL_SECS: u64 = 600;
+/// How long a signing grant stays valid.
+pub const SIGN_GRANT_TTL_SECS: u64 = 120;
+
+/// Loads the grant signing key of cluster `cluster` in `ns`. The key is
+/// zeroized when the returned value is dropped.
+pub async fn signing_key(ctx: &Context, ns: &str, cluster: &str) -> Result<SigningKey> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = Names::new(cluster).grant_key_secret();
+    let mut secret = secrets.get(&name).await?;
+    let seed: Option<Zeroizing<[u8; 32]>> = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(GRANT_PRIVATE_KEY))
+        .and_then(|v| <[u8; 32]>::try_from(v.0.as_slice()).ok())
+        .map(Zeroizing::new);
+    for value in secret.data.iter_mut().flat_map(|d| d.values_mut()) {
+        value.0.zeroize();
+    }
+    let seed = seed.ok_or(Error::GrantKey(name))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// The fields that make a grant, so that a grant can be re-made exactly
+/// (Ed25519 signatures are deterministic) from what a status recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantParts {
+    /// Grant id.
+    pub grant_id: [u8; 16],
+    /// Nonce.
+    pub nonce: [u8; 16],
+    /// Participants, ascending.
+    pub participants: Vec<u16>,
+    /// Unix seconds issued.
+    pub issued_at: u64,
+    /// Unix seconds it expires.
+    pub expires_at: u64,
+}
+
+impl GrantParts {
+    /// Fresh parts: a random id and nonce, valid for `ttl_secs` from now.
+    /// `participants` is chosen by the caller from the id (see
+    /// [`torcus_contract::select_participants`]), so it comes as a function.
+    pub fn fresh(ttl_secs: u64, participants: impl FnOnce(&[u8; 16]) -> Option<Vec<u16>>) -> Option<Self> {
+        let grant_id = Grant::new_id();
+        let participants = participants(&grant_id)?;
+        let issued_at = torcus_contract::unix_now();
+        Some(Self { grant_id, nonce: Grant::new_nonce(), participants, issued_at, expires_at: issued_at + ttl_secs })
+    }
+}
+
+/// Builds, checks and signs the grant for `kind` in cluster `ns/cluster`.
+pub fn issue(key: &SigningKey, ns: &str, cluster: &str, kind: GrantKind, parts: &GrantParts) -> Result<SignedGrant> {
+    let grant = Grant {
+        version: GRANT_VERSION,
+        grant_id: parts.grant_id,
+        namespace: ns.to_owned(),
+        cluster: cluster.to_owned(),
+        kind,
+        participants: parts.participants.clone(),
+        nonce: parts.nonce,
+        issued_at: parts.issued_at,
+        expires_at: parts.expires_at,
+    };
+    grant.check().map_err(|e| Error::InvalidSpec(format!("grant would be malformed: {e}")))?;
+    Ok(torcus_contract::sign(grant, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_parts_make_the_same_grant() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let parts = GrantParts::fresh(60, |_| Some(vec![0, 2])).unwrap();
+        let kind = GrantKind::Sign { key: "default".into(), digest: [1; 32], derivation_path: vec![] };
+        let a = issue(&key, "ns", "demo", kind.clone(), &parts).unwrap();
+        let b = issue(&key, "ns", "demo", kind, &parts).unwrap();
+        assert_eq!(a, b, "a restarted operator re-sends the grant it recorded, not a new one");
+        let mut used = torcus_contract::MemoryUsedSessions::new();
+        a.verify(&key.verifying_key(), 2, torcus_contract::unix_now(), &mut used).unwrap();
+    }
+
+    #[test]
+    fn a_malformed_grant_is_not_signed() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let parts = GrantParts::fresh(60, |_| Some(vec![2, 0])).unwrap();
+        let kind = GrantKind::Keygen { key: "default".into() };
+        assert!(issue(&key, "ns", "demo", kind, &parts).is_err());
+    }
+}

@@ -1,0 +1,549 @@
+//! The SigningRequest controller: the grant-issuing control plane.
+//!
+//! For each request it checks the cluster and key, runs the cluster's
+//! policy, picks `threshold` healthy participants from a fresh grant id,
+//! records the grant in the status *before* it is used, asks the grant's
+//! initiator to run the session, verifies the signature against the key,
+//! and writes `Completed`. A failed attempt is retried with a new grant and
+//! a new participant set while enough healthy nodes remain.
+//!
+//! Exactly once: a grant is written to the status before it is sent, and a
+//! request found in `Signing` (an operator that restarted, or a retry) first
+//! asks the initiator how that grant's session went. A finished session is
+//! taken as it is; one that never started gets the same grant again (the
+//! node refuses a grant it has used); only a session that failed gets a new
+//! grant. No grant is ever issued twice for the same attempt.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use torcus_contract::api::{Outcome, SessionStatus, SignatureOut};
+use torcus_contract::{GrantKind, SignedGrant};
+use torcus_crds::{
+    IssuedGrant, MpcCluster, Signature, SigningPhase, SigningRequest, SigningRequestStatus, Timings,
+};
+use tracing::{info, warn};
+
+use crate::cluster_controller::{Context, FIELD_MANAGER};
+use crate::grants::{self, GrantParts};
+use crate::node_client;
+use crate::policy::{self, Approval, Ledger};
+use crate::resources::{LABEL_CLUSTER, LABEL_PARTY};
+use crate::{Error, Result, crypto};
+
+/// Signing attempts (each with its own grant) before a request fails.
+pub const MAX_ATTEMPTS: u16 = 4;
+/// How long a request may wait for its cluster's key or nodes.
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What the controller keeps between reconciles.
+#[derive(Debug, Default)]
+pub struct SigningState {
+    /// Policy ledgers per `namespace/cluster`, built from the API on first use.
+    ledgers: tokio::sync::Mutex<HashMap<String, Ledger>>,
+    /// The last status written per request uid, until the watch cache shows
+    /// it: a reconcile must never act on a status older than its own write.
+    written: Mutex<HashMap<String, SigningRequestStatus>>,
+}
+
+/// Reconciles one SigningRequest.
+pub async fn reconcile(sr: Arc<SigningRequest>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let result = Reconcile::new(&sr, &ctx).run().await;
+    ctx.metrics.reconcile_duration.with_label_values(&["signingrequest"]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Retries after a failure to reach the API server.
+pub fn error_policy(sr: Arc<SigningRequest>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.with_label_values(&["signingrequest", error.metric_label()]).inc();
+    warn!(request = %sr.name_any(), namespace = ?sr.namespace(), %error, "signing request reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+struct Reconcile<'a> {
+    sr: &'a SigningRequest,
+    ctx: &'a Context,
+    ns: String,
+    uid: String,
+    status: SigningRequestStatus,
+}
+
+/// A node of the cluster as the controller sees it.
+#[derive(Debug, Clone)]
+struct Node {
+    url: String,
+    healthy: bool,
+}
+
+impl<'a> Reconcile<'a> {
+    fn new(sr: &'a SigningRequest, ctx: &'a Context) -> Self {
+        let uid = sr.metadata.uid.clone().unwrap_or_default();
+        let cached = sr.status.clone().unwrap_or_default();
+        let status = {
+            let mut written = ctx.signing.written.lock().unwrap_or_else(PoisonError::into_inner);
+            match written.get(&uid) {
+                Some(w) if *w == cached => {
+                    written.remove(&uid);
+                    cached
+                }
+                Some(w) => w.clone(),
+                None => cached,
+            }
+        };
+        Self { sr, ctx, ns: sr.namespace().unwrap_or_default(), uid, status }
+    }
+
+    async fn run(mut self) -> Result<Action> {
+        if self.sr.metadata.deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
+        }
+        match self.status.phase {
+            Some(phase) if phase.is_final() => Ok(Action::await_change()),
+            Some(SigningPhase::Signing) if self.status.grant.is_some() => self.resume().await,
+            _ => self.decide().await,
+        }
+    }
+
+    /// A new (or waiting) request: validate, run the policy, issue a grant.
+    async fn decide(&mut self) -> Result<Action> {
+        let spec = &self.sr.spec;
+        let digest = match crypto::digest(spec) {
+            Ok(d) => d,
+            Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
+        };
+        let path = match crypto::derivation_path(spec.derivation_path.as_deref()) {
+            Ok(p) => p,
+            Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
+        };
+        let clusters: Api<MpcCluster> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let Some(mpc) = clusters.get_opt(&spec.cluster).await? else {
+            let message = format!("no MpcCluster named {} in namespace {}", spec.cluster, self.ns);
+            return self.fail("UnknownCluster", message).await;
+        };
+        if !mpc.spec.keys.contains(&spec.key) {
+            let message = format!("cluster {} has no key named {} (keys: {})", spec.cluster, spec.key, mpc.spec.keys.join(", "));
+            return self.fail("UnknownKey", message).await;
+        }
+        // Policy first: a denial needs no nodes. Decision and count in one
+        // step under the ledger lock; an approval is recorded once.
+        if self.status.approved_at.is_none() {
+            let now = SystemTime::now();
+            if let Err(denial) = self.admit(&mpc, now).await? {
+                return self.deny(denial).await;
+            }
+            self.status.approved_at = Some(rfc3339(now));
+        }
+        let Some(public_key) = self.public_key(&mpc) else {
+            return self.wait("WaitingForKey", format!("key {} is not generated yet", spec.key)).await;
+        };
+        let nodes = self.nodes(&mpc).await?;
+        let healthy: Vec<u16> = healthy_indices(&nodes);
+        if healthy.len() < usize::from(mpc.spec.threshold) {
+            let message = format!("{} of {} nodes healthy; {} needed", healthy.len(), mpc.spec.nodes, mpc.spec.threshold);
+            return self.wait("WaitingForNodes", message).await;
+        }
+        let kind = GrantKind::Sign { key: spec.key.clone(), digest, derivation_path: path };
+        self.status.public_key = Some(public_key);
+        self.status.reason = None;
+        let (grant, initiator_url) = match self.new_attempt(&mpc, &nodes, kind, &[]).await {
+            Ok(next) => next,
+            Err(Error::InvalidSpec(message)) => return self.wait("WaitingForNodes", message).await,
+            Err(e) => return Err(e),
+        };
+        self.publish(SigningPhase::Signing).await?;
+        self.sign(&mpc, grant, initiator_url).await
+    }
+
+    /// A request in `Signing` with a recorded grant: find out how it went.
+    async fn resume(&mut self) -> Result<Action> {
+        let clusters: Api<MpcCluster> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let Some(mpc) = clusters.get_opt(&self.sr.spec.cluster).await? else {
+            return self.fail("UnknownCluster", "the MpcCluster was deleted while signing".into()).await;
+        };
+        let grant = self.recorded_grant(&mpc).await?;
+        let nodes = self.nodes(&mpc).await?;
+        let initiator = grant.grant.initiator();
+        let Some(url) = nodes.get(&initiator).map(|n| n.url.clone()) else {
+            return self.retry(&mpc, &nodes, format!("initiator {initiator} has no address")).await;
+        };
+        match self.ctx.nodes.session(&url, &grant.grant.session_id()).await {
+            Ok(Some(SessionStatus::Completed { outcome })) => self.complete(outcome, None).await,
+            Ok(Some(SessionStatus::Proposed | SessionStatus::Running)) => Ok(Action::requeue(Duration::from_millis(500))),
+            Ok(Some(SessionStatus::Failed { reason })) => self.retry(&mpc, &nodes, reason).await,
+            Ok(None) if grant.grant.expires_at > torcus_contract::unix_now() + 5 => self.sign(&mpc, grant, url).await,
+            Ok(None) => self.retry(&mpc, &nodes, "the grant expired before its session ran".into()).await,
+            Err(e) => self.retry(&mpc, &nodes, e.to_string()).await,
+        }
+    }
+
+    /// Sends `grant` to its initiator and records the outcome.
+    async fn sign(&mut self, mpc: &MpcCluster, grant: SignedGrant, url: String) -> Result<Action> {
+        match self.ctx.nodes.sign(&url, &grant).await {
+            Ok((outcome, took)) => self.complete(outcome, Some(took)).await,
+            Err(e) => {
+                self.ctx.metrics.grants_rejected.with_label_values(&[&e.reason()]).inc();
+                let nodes = self.nodes(mpc).await?;
+                self.retry(mpc, &nodes, e.to_string()).await
+            }
+        }
+    }
+
+    /// Checks and records a session's outcome.
+    async fn complete(&mut self, outcome: Outcome, took: Option<Duration>) -> Result<Action> {
+        let Outcome::Signature(sig) = outcome else {
+            return self.fail("ProtocolError", "the initiator answered with something other than a signature".into()).await;
+        };
+        let expected = self.status.public_key.clone().unwrap_or_default();
+        let digest = match crypto::digest(&self.sr.spec) {
+            Ok(d) => d,
+            Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
+        };
+        // Without a derivation path, the signature must be under the key in
+        // the cluster's status; with one, under the derived key it reports.
+        let derived = self.sr.spec.derivation_path.as_deref().is_some_and(|p| p != "m");
+        let under = if derived { sig.public_key.clone() } else { expected.clone() };
+        if let Err(e) = crypto::verify(&under, &digest, &sig) {
+            return self.fail("SignatureInvalid", format!("the returned signature was refused: {e}")).await;
+        }
+        self.status.signature = Some(signature_status(&sig));
+        self.status.public_key = Some(under);
+        let timings = self.status.timings.get_or_insert_with(Timings::default);
+        timings.signing_ms = took.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.status.reason = None;
+        self.publish(SigningPhase::Completed).await?;
+        Ok(Action::await_change())
+    }
+
+    /// Starts another attempt after a failed one, or fails the request.
+    async fn retry(&mut self, mpc: &MpcCluster, nodes: &BTreeMap<u16, Node>, why: String) -> Result<Action> {
+        warn!(request = %self.sr.name_any(), namespace = %self.ns, attempt = self.status.attempts, %why, "signing attempt failed");
+        if self.status.attempts >= MAX_ATTEMPTS {
+            let message = format!("{} attempts failed; the last: {why}", self.status.attempts);
+            return self.fail("SigningFailed", message).await;
+        }
+        // Nodes that do not answer now are left out of the next attempt.
+        let unresponsive = self.unresponsive(nodes).await;
+        let kind = self.recorded_grant(mpc).await?.grant.kind;
+        self.status.reason = Some(format!("attempt {} failed: {why}", self.status.attempts));
+        let (grant, url) = match self.new_attempt(mpc, nodes, kind, &unresponsive).await {
+            Ok(next) => next,
+            Err(Error::InvalidSpec(message)) => return self.fail("NotEnoughNodes", message).await,
+            Err(e) => return Err(e),
+        };
+        self.publish(SigningPhase::Signing).await?;
+        Box::pin(self.sign(mpc, grant, url)).await
+    }
+
+    /// Picks participants for a new grant, records the grant in the status
+    /// (not yet published) and returns it with the initiator's URL.
+    async fn new_attempt(
+        &mut self,
+        mpc: &MpcCluster,
+        nodes: &BTreeMap<u16, Node>,
+        kind: GrantKind,
+        exclude: &[u16],
+    ) -> Result<(SignedGrant, String)> {
+        let healthy: Vec<u16> = healthy_indices(nodes).into_iter().filter(|i| !exclude.contains(i)).collect();
+        let threshold = mpc.spec.threshold;
+        let parts = GrantParts::fresh(grants::SIGN_GRANT_TTL_SECS, |id| {
+            torcus_contract::select_participants(id, &healthy, threshold)
+        })
+        .ok_or_else(|| {
+            Error::InvalidSpec(format!("{} healthy nodes answer; {threshold} needed to sign", healthy.len()))
+        })?;
+        let key = grants::signing_key(self.ctx, &self.ns, &mpc.name_any()).await?;
+        let grant = grants::issue(&key, &self.ns, &mpc.name_any(), kind, &parts)?;
+        self.ctx.metrics.grants_issued.with_label_values(&["sign"]).inc();
+        let initiator = grant.grant.initiator();
+        let url = nodes.get(&initiator).map(|n| n.url.clone()).unwrap_or_default();
+        self.status.attempts = self.status.attempts.saturating_add(1);
+        self.status.participants = parts.participants.clone();
+        self.status.initiator = Some(initiator);
+        self.status.grant_id = Some(hex::encode(parts.grant_id));
+        self.status.session_id = Some(hex::encode(grant.grant.session_id()));
+        self.status.grant = Some(IssuedGrant {
+            nonce: hex::encode(parts.nonce),
+            issued_at: parts.issued_at,
+            expires_at: parts.expires_at,
+        });
+        if self.status.timings.as_ref().and_then(|t| t.approval_ms).is_none() {
+            self.status.timings.get_or_insert_with(Timings::default).approval_ms = Some(self.age_ms());
+        }
+        Ok((grant, url))
+    }
+
+    /// Re-makes the grant recorded in the status (deterministic signature).
+    async fn recorded_grant(&self, mpc: &MpcCluster) -> Result<SignedGrant> {
+        let bad = |what: &str| Error::InvalidSpec(format!("recorded grant has no valid {what}"));
+        let issued = self.status.grant.as_ref().ok_or_else(|| bad("grant"))?;
+        let hex16 = |s: Option<&str>, what: &str| -> Result<[u8; 16]> {
+            let mut out = [0; 16];
+            hex::decode_to_slice(s.unwrap_or_default(), &mut out).map_err(|_| bad(what))?;
+            Ok(out)
+        };
+        let parts = GrantParts {
+            grant_id: hex16(self.status.grant_id.as_deref(), "grantId")?,
+            nonce: hex16(Some(&issued.nonce), "nonce")?,
+            participants: self.status.participants.clone(),
+            issued_at: issued.issued_at,
+            expires_at: issued.expires_at,
+        };
+        let spec = &self.sr.spec;
+        let digest = crypto::digest(spec).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+        let path = crypto::derivation_path(spec.derivation_path.as_deref()).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+        let kind = GrantKind::Sign { key: spec.key.clone(), digest, derivation_path: path };
+        let key = grants::signing_key(self.ctx, &self.ns, &mpc.name_any()).await?;
+        grants::issue(&key, &self.ns, &mpc.name_any(), kind, &parts)
+    }
+
+    fn public_key(&self, mpc: &MpcCluster) -> Option<String> {
+        let from_status = mpc
+            .status
+            .iter()
+            .flat_map(|s| &s.keys)
+            .find(|k| k.name == self.sr.spec.key)
+            .and_then(|k| k.public_key.clone());
+        from_status.or_else(|| {
+            self.ctx.keygens.learned(mpc).into_iter().find(|k| k.name == self.sr.spec.key).and_then(|k| k.public_key)
+        })
+    }
+
+    /// The cluster's nodes by party index: API URL from the pod IP, healthy
+    /// when the pod is ready and the registry does not say it is offline.
+    async fn nodes(&self, mpc: &MpcCluster) -> Result<BTreeMap<u16, Node>> {
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let pods = pods.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={}", mpc.name_any()))).await?;
+        let offline = self.ctx.offline_nodes(mpc);
+        let mut nodes = BTreeMap::new();
+        for pod in pods.items {
+            let Some(index) = pod.labels().get(LABEL_PARTY).and_then(|i| i.parse::<u16>().ok()) else { continue };
+            let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else { continue };
+            let ready = pod.metadata.deletion_timestamp.is_none() && crate::cluster_controller::pod_ready(&pod);
+            let url = node_client::base_url(&ip, torcus_contract::HTTP_PORT);
+            nodes.insert(index, Node { url, healthy: ready && !offline.contains(&index) });
+        }
+        Ok(nodes)
+    }
+
+    /// Parties whose API does not answer a health check within a second.
+    async fn unresponsive(&self, nodes: &BTreeMap<u16, Node>) -> Vec<u16> {
+        let checks = nodes.iter().map(|(index, node)| async move {
+            (!self.ctx.nodes.healthy(&node.url, Duration::from_secs(1)).await).then_some(*index)
+        });
+        futures::future::join_all(checks).await.into_iter().flatten().collect()
+    }
+
+    /// Runs the cluster's policy on this request at `now`, recording it as
+    /// approved when it passes.
+    async fn admit(&self, mpc: &MpcCluster, now: SystemTime) -> Result<Result<(), policy::Denial>> {
+        let spec = &self.sr.spec;
+        let payload_bytes = crypto::payload_bytes(spec).ok().flatten().map(|p| p.len());
+        let mut ledgers = self.ctx.signing.ledgers.lock().await;
+        let key = format!("{}/{}", self.ns, spec.cluster);
+        let ledger = match ledgers.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.load_ledger(&spec.cluster).await?),
+        };
+        if let Some(longest) = policy::longest_period(&mpc.spec.policy) {
+            ledger.forget_before(now - longest);
+        }
+        if ledger.contains(&self.uid) {
+            return Ok(Ok(()));
+        }
+        let request =
+            policy::Request { uid: &self.uid, namespace: &self.ns, labels: &spec.labels, payload_bytes, at: now };
+        Ok(ledger.admit(&mpc.spec.policy, &request))
+    }
+
+    async fn load_ledger(&self, cluster: &str) -> Result<Ledger> {
+        let api: Api<SigningRequest> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let all = api.list(&ListParams::default()).await?;
+        let approvals = all.items.iter().filter(|sr| sr.spec.cluster == cluster).filter_map(Approval::from_signing_request);
+        Ok(Ledger::from_approvals(approvals))
+    }
+
+    async fn wait(&mut self, reason: &str, message: String) -> Result<Action> {
+        if self.age_ms() > u64::try_from(PENDING_TIMEOUT.as_millis()).unwrap_or(u64::MAX) {
+            return self.fail(reason, format!("gave up after {}s: {message}", PENDING_TIMEOUT.as_secs())).await;
+        }
+        self.status.reason = Some(message.clone());
+        let phase = if self.status.approved_at.is_some() {
+            self.set_condition("Approved", true, "PolicyPassed", "the cluster's policy allows this request".into());
+            SigningPhase::Approved
+        } else {
+            self.set_condition("Approved", false, reason, message);
+            SigningPhase::Pending
+        };
+        self.publish(phase).await?;
+        Ok(Action::requeue(Duration::from_secs(2)))
+    }
+
+    async fn deny(&mut self, denial: policy::Denial) -> Result<Action> {
+        let rule = denial.rule.as_str();
+        self.ctx.metrics.policy_denials.with_label_values(&[rule]).inc();
+        self.status.reason = Some(format!("{rule}: {}", denial.message));
+        self.set_condition("Approved", false, &camel(rule), denial.message);
+        self.publish(SigningPhase::Denied).await?;
+        Ok(Action::await_change())
+    }
+
+    async fn fail(&mut self, reason: &str, message: String) -> Result<Action> {
+        self.status.reason = Some(message.clone());
+        self.set_condition("Completed", false, reason, message);
+        self.publish(SigningPhase::Failed).await?;
+        Ok(Action::await_change())
+    }
+
+    fn set_condition(&mut self, type_: &str, ok: bool, reason: &str, message: String) {
+        let status = if ok { "True" } else { "False" };
+        let conditions = &mut self.status.conditions;
+        let keep = conditions.iter().find(|c| c.type_ == type_ && c.status == status).map(|c| c.last_transition_time.clone());
+        conditions.retain(|c| c.type_ != type_);
+        conditions.push(Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: self.sr.metadata.generation,
+            last_transition_time: keep.unwrap_or_else(|| Time(Timestamp::now())),
+        });
+    }
+
+    /// Writes the status with `phase`, and an Event and a count when the
+    /// phase changed.
+    async fn publish(&mut self, phase: SigningPhase) -> Result<()> {
+        let old = self.status.phase;
+        self.status.phase = Some(phase);
+        self.status.observed_generation = self.sr.metadata.generation;
+        if phase.is_final() {
+            self.status.completed_at = Some(rfc3339(SystemTime::now()));
+            self.status.timings.get_or_insert_with(Timings::default).total_ms = Some(self.age_ms());
+            let message = self.status.reason.clone().unwrap_or_default();
+            match phase {
+                SigningPhase::Completed => self.set_condition("Completed", true, "Signed", "signature verified".into()),
+                SigningPhase::Denied => {}
+                _ => {
+                    let reason = self.status.conditions.iter().find(|c| c.type_ == "Completed").map(|c| c.reason.clone());
+                    self.set_condition("Completed", false, &reason.unwrap_or_else(|| "Failed".into()), message);
+                }
+            }
+        }
+        if phase == SigningPhase::Signing {
+            self.set_condition("Approved", true, "PolicyPassed", "the cluster's policy allows this request".into());
+        }
+        let api: Api<SigningRequest> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let patch = serde_json::json!({
+            "apiVersion": SigningRequest::api_version(&()),
+            "kind": SigningRequest::kind(&()),
+            "status": self.status,
+        });
+        api.patch_status(&self.sr.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        self.ctx.signing.written.lock().unwrap_or_else(PoisonError::into_inner).insert(self.uid.clone(), self.status.clone());
+        if old != Some(phase) {
+            self.announce(old, phase);
+        }
+        Ok(())
+    }
+
+    /// Counts the phase change and publishes its Event in the background, so
+    /// that Events never hold up signing.
+    fn announce(&self, old: Option<SigningPhase>, phase: SigningPhase) {
+        let name = format!("{phase:?}");
+        self.ctx.metrics.signing_requests.with_label_values(&[&name]).inc();
+        if phase.is_final() {
+            let seconds = self.age_ms() as f64 / 1000.0;
+            self.ctx.metrics.signing_latency.with_label_values(&[&name]).observe(seconds);
+        }
+        let note = match phase {
+            SigningPhase::Signing if old == Some(SigningPhase::Signing) => return,
+            SigningPhase::Signing => format!(
+                "approved; grant {} for parties {:?}, party {} initiates",
+                self.status.grant_id.as_deref().unwrap_or_default(),
+                self.status.participants,
+                self.status.initiator.unwrap_or_default()
+            ),
+            SigningPhase::Completed => format!(
+                "signed in {} attempt(s); r = {}",
+                self.status.attempts,
+                self.status.signature.as_ref().map(|s| s.r.as_str()).unwrap_or_default()
+            ),
+            _ => self.status.reason.clone().unwrap_or_default(),
+        };
+        info!(request = %self.sr.name_any(), namespace = %self.ns, phase = %name, "{note}");
+        let type_ = if matches!(phase, SigningPhase::Denied | SigningPhase::Failed) { EventType::Warning } else { EventType::Normal };
+        let recorder = self.ctx.recorder.clone();
+        let reference = self.sr.object_ref(&());
+        tokio::spawn(async move {
+            let ev = Event { type_, reason: name, note: Some(note), action: "Sign".into(), secondary: None };
+            if let Err(error) = recorder.publish(&ev, &reference).await {
+                warn!(%error, "could not publish event");
+            }
+        });
+    }
+
+    fn age_ms(&self) -> u64 {
+        let created = self.sr.metadata.creation_timestamp.as_ref().map(|t| t.0.as_millisecond());
+        let now = Timestamp::now().as_millisecond();
+        created.map(|c| u64::try_from(now - c).unwrap_or(0)).unwrap_or(0)
+    }
+}
+
+fn healthy_indices(nodes: &BTreeMap<u16, Node>) -> Vec<u16> {
+    nodes.iter().filter(|(_, n)| n.healthy).map(|(i, _)| *i).collect()
+}
+
+fn signature_status(sig: &SignatureOut) -> Signature {
+    Signature {
+        r: sig.r.clone(),
+        s: sig.s.clone(),
+        recovery_id: sig.recovery_id,
+        der: sig.der.clone(),
+        short: format!("{}…", &sig.r[..sig.r.len().min(16)]),
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    Timestamp::try_from(t).map(|t| t.to_string()).unwrap_or_default()
+}
+
+/// `rate-limit` → `RateLimit`, for condition reasons.
+fn camel(rule: &str) -> String {
+    rule.split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_become_condition_reasons() {
+        assert_eq!(camel("rate-limit"), "RateLimit");
+        assert_eq!(camel("max-payload-size"), "MaxPayloadSize");
+    }
+
+    #[test]
+    fn the_short_signature_is_a_prefix_of_r() {
+        let sig = SignatureOut {
+            r: "ab".repeat(32),
+            s: "cd".repeat(32),
+            recovery_id: 1,
+            der: String::new(),
+            public_key: String::new(),
+        };
+        assert_eq!(signature_status(&sig).short, format!("{}…", "ab".repeat(8)));
+    }
+}
