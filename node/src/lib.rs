@@ -9,6 +9,7 @@ pub mod api;
 pub mod engine;
 pub mod identity;
 pub mod metrics;
+pub mod registry_client;
 pub mod router;
 pub mod service;
 pub mod store;
