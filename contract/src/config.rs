@@ -41,7 +41,8 @@ pub struct ClusterConfig {
     pub threshold: u16,
     /// Curve name, `secp256k1`.
     pub curve: String,
-    /// Transport mode: `quic`, `tcp`, `http` or `hybrid`.
+    /// Transport mode: `quic`, `tcp`, `http` or `hybrid`. Every mode but
+    /// `quic` seals protocol messages end to end with the peers' `sealKey`s.
     pub transport: String,
     /// Key names to generate.
     pub keys: Vec<String>,
@@ -71,6 +72,10 @@ pub struct Peer {
     /// Hex Ed25519 public key that signs the party's TCP frames (TCP mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_key: Option<String>,
+    /// Hex X25519 public key to which protocol messages for the party are
+    /// sealed end to end; required in every transport mode but `quic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_key: Option<String>,
 }
 
 /// Why a configuration cannot be used.
@@ -104,6 +109,20 @@ impl ClusterConfig {
         if let Some((i, p)) = self.peers.iter().enumerate().find(|(i, p)| usize::from(p.index) != *i) {
             return inconsistent(format!("peer at position {i} has index {}", p.index));
         }
+        let sealed = matches!(self.transport.as_str(), "tcp" | "http" | "hybrid");
+        for p in &self.peers {
+            match p.seal_key.as_deref() {
+                Some(key) if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) => {}
+                Some(_) => return inconsistent(format!("sealKey of party {} is not 64 hexadecimal digits", p.index)),
+                None if sealed => {
+                    return inconsistent(format!(
+                        "transport {} seals messages end to end, but party {} has no sealKey",
+                        self.transport, p.index
+                    ));
+                }
+                None => {}
+            }
+        }
         Ok(())
     }
 }
@@ -130,6 +149,7 @@ impl ClusterConfig {
                     p2p_port: P2P_PORT,
                     http_port: HTTP_PORT,
                     identity_key: None,
+                    seal_key: None,
                 })
                 .collect(),
         }
@@ -156,5 +176,25 @@ mod tests {
         c.peers.swap(0, 1);
         assert!(c.check().is_err());
         assert!(ClusterConfig::from_json(b"{not json").is_err());
+    }
+
+    #[test]
+    fn every_mode_but_quic_needs_a_seal_key_per_peer() {
+        let mut c = ClusterConfig::sample("demo", "default", 3, 2);
+        c.check().unwrap();
+        for mode in ["tcp", "http", "hybrid"] {
+            c.transport = mode.into();
+            assert!(matches!(c.check(), Err(ConfigError::Inconsistent(m)) if m.contains("sealKey")), "{mode}");
+        }
+        for p in &mut c.peers {
+            p.seal_key = Some(format!("{:064x}", p.index + 9));
+        }
+        c.check().unwrap();
+        let json = String::from_utf8(serde_json::to_vec(&c).unwrap()).unwrap();
+        assert!(json.contains(r#""sealKey":"#), "{json}");
+        c.peers[1].seal_key = Some("xy".repeat(32));
+        assert!(matches!(c.check(), Err(ConfigError::Inconsistent(m)) if m.contains("party 1")));
+        c.transport = "quic".into();
+        assert!(c.check().is_err(), "a malformed key is refused in any mode");
     }
 }

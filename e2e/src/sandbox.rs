@@ -1,10 +1,12 @@
 //! `torcus-sandbox`: a local Kubernetes with Torcus in it, for people (like
 //! `kind create cluster`). `up` starts a supervisor in the background that
-//! runs the control plane and the operator; `status` and `down` find it
-//! through the files it keeps in its folder.
+//! runs the control plane, the operator and a process kubelet (Node
+//! `torcus-local`, running the `torcus-node` pods as local processes);
+//! `status` and `down` find it through the files it keeps in its folder.
 //!
 //! Folder layout: `kubeconfig`, `bin/kubectl`, `sandbox.pid` (supervisor),
-//! `ready` (written once everything is up), `sandbox.log`, `logs/`, `etcd/`.
+//! `ready` (written once everything is up), `sandbox.log`, `logs/`, `etcd/`,
+//! `kubelet/` (pod folders, volumes and pod logs).
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
 use crate::controlplane::{self, ControlPlane};
+use crate::kubelet::{Kubelet, KubeletConfig};
 
 /// Command line of `torcus-sandbox`.
 #[derive(Debug, clap::Parser)]
@@ -40,6 +43,9 @@ enum Cmd {
         /// How long to wait for it to become ready.
         #[arg(long, default_value = "300")]
         timeout_secs: u64,
+        /// TEST ONLY: nodes take their safe primes from this fixture.
+        #[arg(long, hide = true)]
+        test_primes_fixture: Option<PathBuf>,
     },
     /// Tell whether the sandbox is running and ready.
     Status {
@@ -58,6 +64,9 @@ enum Cmd {
         /// The sandbox's folder.
         #[arg(long, default_value = ".torcus-sandbox")]
         dir: PathBuf,
+        /// TEST ONLY: nodes take their safe primes from this fixture.
+        #[arg(long, hide = true)]
+        test_primes_fixture: Option<PathBuf>,
     },
 }
 
@@ -65,15 +74,17 @@ impl Args {
     /// Carries out the command.
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Cmd::Up { dir, timeout_secs } => up(&dir, Duration::from_secs(timeout_secs)).await,
+            Cmd::Up { dir, timeout_secs, test_primes_fixture } => {
+                up(&dir, Duration::from_secs(timeout_secs), test_primes_fixture.as_deref()).await
+            }
             Cmd::Status { dir } => status(&dir).await,
             Cmd::Down { dir } => down(&dir),
-            Cmd::Run { dir } => supervise(&dir).await,
+            Cmd::Run { dir, test_primes_fixture } => supervise(&dir, test_primes_fixture.as_deref()).await,
         }
     }
 }
 
-async fn up(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+async fn up(dir: &Path, timeout: Duration, primes_fixture: Option<&Path>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
     if let Some(pid) = running_pid(&dir) {
@@ -88,14 +99,18 @@ async fn up(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
         );
     }
     let _ = std::fs::remove_file(dir.join("ready"));
-    // Build (or find) the control plane now, so its progress shows here.
+    // Build (or find) the control plane and the node now, so progress shows here.
     controlplane::binary()?;
+    let node = crate::kubelet::node_binary()?;
 
     let log = std::fs::File::create(dir.join("sandbox.log"))?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("run")
-        .arg("--dir")
-        .arg(&dir)
+    let mut supervisor = Command::new(std::env::current_exe()?);
+    supervisor.arg("run").arg("--dir").arg(&dir).env("TORCUS_NODE_BIN", node);
+    if let Some(fixture) = primes_fixture {
+        let fixture = fixture.canonicalize().with_context(|| format!("primes fixture {}", fixture.display()))?;
+        supervisor.arg("--test-primes-fixture").arg(fixture);
+    }
+    let mut child = supervisor
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -162,9 +177,11 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Stops the supervisor (which stops its children) and makes sure every
-/// process it recorded is gone.
+/// process it recorded, and every pod process of its kubelet, is gone.
 fn down(dir: &Path) -> anyhow::Result<()> {
+    let dir = &dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
     let Some(pid) = running_pid(dir) else {
+        stop_pods(dir);
         println!("sandbox: not running");
         return Ok(());
     };
@@ -184,6 +201,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
             let _ = kill(child, Signal::SIGKILL);
         }
     }
+    stop_pods(dir);
     for file in ["sandbox.pid", "ready", "processes"] {
         let _ = std::fs::remove_file(dir.join(file));
     }
@@ -191,28 +209,55 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The foreground supervisor: control plane, CRDs, operator; stops on
-/// SIGTERM or Ctrl-C.
-async fn supervise(dir: &Path) -> anyhow::Result<()> {
+/// Waits for the pod processes of the sandbox's kubelet to be gone: those
+/// of a supervisor that died end by themselves once they notice
+/// (TORCUS_DIE_WITH_PARENT); after a few seconds, the rest the hard way.
+fn stop_pods(dir: &Path) {
+    let kubelet = dir.join("kubelet");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<Pid> = crate::kubelet::processes(&kubelet)
+            .into_iter()
+            .filter_map(|p| i32::try_from(p).ok())
+            .map(Pid::from_raw)
+            .filter(|p| alive(*p))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            for pod in left {
+                let _ = kill(pod, Signal::SIGKILL);
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The foreground supervisor: control plane, CRDs, operator, kubelet;
+/// stops on SIGTERM or Ctrl-C.
+async fn supervise(dir: &Path, primes_fixture: Option<&Path>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
     std::fs::write(dir.join("sandbox.pid"), std::process::id().to_string())?;
-    let result = supervise_inner(&dir).await;
+    let result = supervise_inner(&dir, primes_fixture).await;
     for file in ["sandbox.pid", "ready", "processes"] {
         let _ = std::fs::remove_file(dir.join(file));
     }
     result
 }
 
-async fn supervise_inner(dir: &Path) -> anyhow::Result<()> {
+async fn supervise_inner(dir: &Path, primes_fixture: Option<&Path>) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,kube=warn,kube_client::client::builder=off".into()),
         )
         .try_init();
-    // State from an earlier run would hold another CA's certificates.
-    for stale in ["etcd", "pki", "apiserver"] {
+    // State from an earlier run would hold another CA's certificates (and
+    // the kubelet's volumes shares of clusters that no longer exist).
+    for stale in ["etcd", "pki", "apiserver", "kubelet"] {
         let _ = std::fs::remove_dir_all(dir.join(stale));
     }
     let mut cp = ControlPlane::start(dir).await?;
@@ -227,13 +272,31 @@ async fn supervise_inner(dir: &Path) -> anyhow::Result<()> {
     let mut operator = crate::testing::operator_args("default");
     operator.namespace = None;
     operator.node_image = concat!("ghcr.io/torcus/torcus-node:", env!("CARGO_PKG_VERSION")).to_owned();
-    operator.http_addr = format!("127.0.0.1:{}", crate::process::free_port()?).parse()?;
     operator.instance = Some("sandbox".to_owned());
     let metrics_addr = operator.http_addr;
-    let mut operator = tokio::spawn(operator.run(client, stop.clone().cancelled_owned()));
+    let mut operator = tokio::spawn(operator.run(client.clone(), stop.clone().cancelled_owned()));
+
+    let kubelet_dir = dir.join("kubelet");
+    let kubelet = Kubelet::start(
+        client,
+        KubeletConfig {
+            node_name: "torcus-local".to_owned(),
+            namespace: None,
+            node_binary: crate::kubelet::node_binary()?,
+            work_dir: kubelet_dir.clone(),
+            extra_env: primes_fixture
+                .map(|f| vec![("TORCUS_TEST_PRIMES_FIXTURE".to_owned(), f.display().to_string())])
+                .unwrap_or_default(),
+        },
+    )
+    .await?;
 
     let mut processes: String = cp.pids().iter().map(|(name, pid)| format!("{name}: pid {pid}\n")).collect();
     processes.push_str(&format!("operator: in the supervisor, metrics at http://{metrics_addr}/metrics\n"));
+    processes.push_str(&format!(
+        "kubelet: in the supervisor, Node torcus-local, pods and their logs in {}\n",
+        kubelet_dir.display()
+    ));
     std::fs::write(dir.join("processes"), processes)?;
     std::fs::write(dir.join("ready"), "")?;
     tracing::info!(server = cp.server(), "sandbox ready");
@@ -255,6 +318,7 @@ async fn supervise_inner(dir: &Path) -> anyhow::Result<()> {
     if !operator.is_finished() {
         let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
     }
+    kubelet.stop().await;
     cp.stop();
     outcome
 }

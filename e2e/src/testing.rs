@@ -1,9 +1,10 @@
 //! Test scaffolding on the local control plane: one control plane per test
 //! binary, and for each test its own namespace with its own operator
-//! watching only that namespace (linkerd's `with_temp_ns`).
+//! watching only that namespace (linkerd's `with_temp_ns`) and, when the
+//! test runs pods, its own process kubelet.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
 use crate::controlplane::{self, ControlPlane};
+use crate::kubelet::{Kubelet, KubeletConfig, KubeletHandle};
 
 /// What tests need of the shared control plane.
 #[derive(Clone, Debug)]
@@ -88,6 +90,12 @@ pub struct TestNamespace {
     /// The namespace's name.
     pub name: String,
     operator: Option<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    kubelet: Option<KubeletHandle>,
+    /// The registry URL the nodes are given: the first operator's address,
+    /// kept across operator restarts so the node configuration stays put.
+    registry_url: Option<String>,
+    /// Made by [`Self::second`]: its operator listens on a port of its own.
+    is_second: bool,
 }
 
 impl std::fmt::Debug for TestNamespace {
@@ -111,7 +119,17 @@ impl Drop for TestNamespace {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
+            if let Some(kubelet) = &self.kubelet {
+                let logs = kubelet.work_dir().join("logs");
+                let mut files: Vec<PathBuf> =
+                    std::fs::read_dir(&logs).into_iter().flatten().flatten().map(|e| e.path()).collect();
+                files.sort();
+                for file in files {
+                    eprintln!("--- {} (last lines) ---\n{}", file.display(), crate::process::tail(&file, 40));
+                }
+            }
         }
+        // Dropping the kubelet kills its processes.
     }
 }
 
@@ -127,12 +145,58 @@ impl TestNamespace {
             ..Default::default()
         };
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
-        Ok(Self { client, name, operator: None })
+        let registry_url = operator_args(&name).registry_url;
+        Ok(Self { client, name, operator: None, kubelet: None, registry_url, is_second: false })
     }
 
     /// Another handle on the same namespace, for a second operator.
     pub fn second(&self) -> Self {
-        Self { client: self.client.clone(), name: self.name.clone(), operator: None }
+        Self {
+            client: self.client.clone(),
+            name: self.name.clone(),
+            operator: None,
+            kubelet: None,
+            registry_url: self.registry_url.clone(),
+            is_second: true,
+        }
+    }
+
+    /// Starts a process kubelet for this namespace's pods (Node
+    /// `local-<namespace>`), running `torcus-node` with the test primes
+    /// fixture.
+    pub async fn start_kubelet(&mut self) -> anyhow::Result<()> {
+        self.start_kubelet_with(crate::kubelet::node_binary()?).await
+    }
+
+    /// Like [`Self::start_kubelet`], with `node_binary` as the program of
+    /// `torcus-node` images.
+    pub async fn start_kubelet_with(&mut self, node_binary: PathBuf) -> anyhow::Result<()> {
+        anyhow::ensure!(self.kubelet.is_none(), "a kubelet already runs for {}", self.name);
+        let dir = shared().kubeconfig.parent().map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        let config = KubeletConfig {
+            node_name: format!("local-{}", self.name),
+            namespace: Some(self.name.clone()),
+            node_binary,
+            work_dir: dir.join(format!("kubelet-{}", self.name)),
+            extra_env: vec![("TORCUS_TEST_PRIMES_FIXTURE".to_owned(), primes_fixture().display().to_string())],
+        };
+        self.kubelet = Some(Kubelet::start(self.client.clone(), config).await?);
+        Ok(())
+    }
+
+    /// The kubelet of [`Self::start_kubelet`].
+    ///
+    /// # Panics
+    /// If no kubelet was started: a mistake in the test.
+    pub fn kubelet(&self) -> &KubeletHandle {
+        self.kubelet.as_ref().expect("start_kubelet before using the kubelet")
+    }
+
+    /// Stops the kubelet (killing its processes) and deletes its Node.
+    pub async fn stop_kubelet(&mut self) {
+        if let Some(kubelet) = self.kubelet.take() {
+            kubelet.stop().await;
+        }
     }
 
     /// Starts an operator watching only this namespace, leader election on
@@ -148,7 +212,17 @@ impl TestNamespace {
         self.start_with(args);
     }
 
-    fn start_with(&mut self, args: torcus_operator::Args) {
+    fn start_with(&mut self, mut args: torcus_operator::Args) {
+        // The same address after a restart; a second operator beside the
+        // first listens elsewhere but hands out the same registry URL.
+        if let Some(url) = &self.registry_url {
+            if !self.is_second
+                && let Some(first) = url.strip_prefix("http://").and_then(|a| a.parse().ok())
+            {
+                args.http_addr = first;
+            }
+            args.registry_url = Some(url.clone());
+        }
         let stop = CancellationToken::new();
         let client = self.client.clone();
         let shutdown = stop.clone().cancelled_owned();
@@ -182,28 +256,40 @@ impl TestNamespace {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
-    /// Stops the operator and deletes the namespace.
+    /// Stops the operator and the kubelet and deletes the namespace.
     pub async fn finish(mut self) -> anyhow::Result<()> {
         self.stop_operator().await?;
+        self.stop_kubelet().await;
         Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await?;
         Ok(())
     }
 }
 
 /// Operator configuration for a test namespace.
+///
+/// The operator listens on a free loopback port, which is also the registry
+/// and relay URL its nodes are given.
 pub fn operator_args(namespace: &str) -> torcus_operator::Args {
+    let port = crate::process::free_port().expect("a free loopback port");
     torcus_operator::Args {
         namespace: Some(namespace.to_owned()),
         node_image: "torcus/torcus-node:e2e".to_owned(),
-        registry_url: None,
+        registry_url: Some(format!("http://127.0.0.1:{port}")),
         cluster_domain: "cluster.local".to_owned(),
-        http_addr: "127.0.0.1:0".parse().expect("valid address"),
+        http_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         leader_election: true,
         lease_name: "torcus-operator".to_owned(),
         lease_namespace: namespace.to_owned(),
         instance: None,
         log_format: "plain".to_owned(),
     }
+}
+
+/// The safe primes fixture that lets `torcus-node` skip generating primes
+/// (a hidden, test-only flag of the node).
+pub fn primes_fixture() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/tests/fixtures/primes.json");
+    path.canonicalize().unwrap_or(path)
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes; the error

@@ -182,6 +182,17 @@ impl Args {
         let metrics = NodeMetrics::new()?;
         metrics.ready.set(1);
         let (incoming_tx, incoming) = mpsc::channel(1 << 14);
+        // Every mode but pure QUIC seals envelopes end to end (`transport::seal`):
+        // its transports deliver to `sealed_tx`, and an opener passes on what opens.
+        let (sealed_tx, sealed_rx) = mpsc::channel(1 << 14);
+        let sealer = match cluster.transport.as_str() {
+            "tcp" | "http" | "hybrid" => Some(Arc::new(
+                transport::seal::read_seed(&tls_dir.join("seal.key"))
+                    .and_then(|seed| transport::seal::Sealer::from_config(me, &cluster, seed))
+                    .map_err(|e| Error::Transport(format!("{}: {e}", cluster.transport)))?,
+            )),
+            _ => None,
+        };
         let quic = |incoming_tx: mpsc::Sender<engine::Envelope>| -> Result<Arc<QuicTransport>, Error> {
             let config = QuicConfig {
                 me,
@@ -196,20 +207,27 @@ impl Args {
             let transport_metrics = TransportMetrics::register(&metrics.registry, "quic")?;
             Ok(QuicTransport::bind(config, incoming_tx, transport_metrics, stop.clone())?)
         };
-        let relay = |incoming_tx: mpsc::Sender<engine::Envelope>| -> Result<Arc<RelayTransport>, Error> {
+        let relay = |incoming_tx: mpsc::Sender<engine::Envelope>| -> Result<(Arc<RelayTransport>, _), Error> {
             let base_url =
                 cluster.registry_url.clone().ok_or_else(|| Error::Transport("http without a registry URL".into()))?;
             let config = RelayConfig { me, cluster: format!("{}/{}", cluster.namespace, cluster.cluster), base_url };
             let transport_metrics = TransportMetrics::register(&metrics.registry, "relay")?;
-            Ok(RelayTransport::start(config, incoming_tx, transport_metrics, stop.clone()))
+            let dropped = transport_metrics.dropped.clone();
+            Ok((RelayTransport::start(config, incoming_tx, transport_metrics, stop.clone()), dropped))
         };
-        let transport = match cluster.transport.as_str() {
-            "quic" => AnyTransport::Quic(quic(incoming_tx)?),
-            "http" => AnyTransport::Relay(relay(incoming_tx)?),
+        // With the sealed modes, the counter of envelopes that do not open.
+        let (transport, unsealable) = match cluster.transport.as_str() {
+            "quic" => (AnyTransport::Quic(quic(incoming_tx.clone())?), None),
+            "http" => {
+                let (relay, dropped) = relay(sealed_tx)?;
+                (AnyTransport::Relay(relay), Some(dropped))
+            }
             "hybrid" => {
-                let primary = quic(incoming_tx.clone())?;
-                let fallback = relay(incoming_tx)?;
-                AnyTransport::Hybrid(Arc::new(HybridTransport::new(primary, fallback, &metrics.registry)?))
+                let primary = quic(sealed_tx.clone())?;
+                // Counted with the relay: its path is where a sender is only claimed.
+                let (fallback, dropped) = relay(sealed_tx)?;
+                let hybrid = HybridTransport::new(primary, fallback, &metrics.registry)?;
+                (AnyTransport::Hybrid(Arc::new(hybrid)), Some(dropped))
             }
             "tcp" => {
                 let seed = read(tls_dir.join("identity.key"))?;
@@ -238,16 +256,43 @@ impl Args {
                     window: transport::tcp::DEFAULT_WINDOW,
                 };
                 let transport_metrics = TransportMetrics::register(&metrics.registry, "tcp")?;
-                AnyTransport::Tcp(
-                    TcpTransport::bind(config, incoming_tx, transport_metrics, stop.clone())
-                        .map_err(|e| Error::Transport(e.to_string()))?,
-                )
+                let dropped = transport_metrics.dropped.clone();
+                let tcp = TcpTransport::bind(config, sealed_tx, transport_metrics, stop.clone())
+                    .map_err(|e| Error::Transport(e.to_string()))?;
+                (AnyTransport::Tcp(tcp), Some(dropped))
             }
             other => return Err(Error::Transport(other.to_owned())),
         };
+        let transport = match (sealer, unsealable) {
+            (Some(sealer), Some(dropped)) => {
+                transport::seal::spawn_opener(Arc::clone(&sealer), sealed_rx, dropped, incoming_tx);
+                AnyTransport::Sealed(Arc::new(transport::seal::SealedTransport::new(Arc::new(transport), sealer)))
+            }
+            _ => transport,
+        };
         let transport = Arc::new(transport);
+        let registry = match &cluster.registry_url {
+            Some(url) => Some(Arc::new(
+                registry_client::RegistryClient::from_tls_dir(
+                    url,
+                    &cluster.namespace,
+                    &cluster.cluster,
+                    me,
+                    tls_dir.clone(),
+                )
+                .map_err(|e| Error::Transport(format!("registry client: {e}")))?,
+            )),
+            None => None,
+        };
         let announced = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        tokio::spawn(resolve_peers(Arc::clone(&transport), cluster.clone(), me, Arc::clone(&announced), stop.clone()));
+        tokio::spawn(resolve_peers(
+            Arc::clone(&transport),
+            cluster.clone(),
+            me,
+            registry.clone(),
+            Arc::clone(&announced),
+            stop.clone(),
+        ));
 
         let router = Router::new();
         let service = Service::new(ServiceParts {
@@ -309,6 +354,32 @@ impl Args {
                 ok
             })
         };
+        if let Some(client) = registry {
+            let registration = contract::registry::Registration {
+                namespace: cluster.namespace.clone(),
+                cluster: cluster.cluster.clone(),
+                party: me,
+                address: listen_ip.to_string(),
+                http_port: http_addr.port(),
+                p2p_port: p2p_addr.port(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at: unix_millis(),
+                sent_at: unix_millis(),
+            };
+            let sessions = metrics.sessions.clone();
+            let stats = move || {
+                let count = |outcome: &str| -> u64 {
+                    ["keygen", "sign", "any"]
+                        .iter()
+                        .map(|kind| sessions.get_metric_with_label_values(&[kind, outcome]).map_or(0, |c| c.get()))
+                        .sum()
+                };
+                let completed = count("completed");
+                let failed: u64 = ["aborted", "timeout", "protocol", "storage"].iter().map(|o| count(o)).sum();
+                (completed, failed)
+            };
+            registry_client::spawn_heartbeats(client, registration, HEARTBEAT_INTERVAL, stats, stop.clone());
+        }
         let app = api::router(Arc::clone(&service), ready, metrics.registry.clone());
         let listener = tokio::net::TcpListener::bind(http_addr).await.map_err(|e| Error::Bind(http_addr, e))?;
         info!(me, %http_addr, %p2p_addr, transport = %cluster.transport, "node serving");
@@ -326,12 +397,25 @@ impl Args {
     }
 }
 
+/// How often the node tells the registry it is alive.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+fn unix_millis() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Resolves every peer's host name until all are known (pods come up in any
-/// order, and their DNS names appear with them).
+/// order, and their DNS names appear with them). Where the name does not
+/// resolve (no cluster DNS, as under the sandbox's process kubelet), the
+/// address the peer registered with the operator's registry is used; the
+/// peer's identity is still checked by the transport (its certificate, its
+/// sealed frames), so a wrong address can only make it unreachable.
 async fn resolve_peers(
     transport: Arc<AnyTransport>,
     cluster: contract::ClusterConfig,
     me: u16,
+    registry: Option<Arc<registry_client::RegistryClient>>,
     announced: Arc<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
 ) {
@@ -345,8 +429,17 @@ async fn resolve_peers(
     }
     while !missing.is_empty() && !stop.is_cancelled() {
         let mut still = Vec::new();
+        let registered = match &registry {
+            Some(client) => client.nodes().await.unwrap_or_default(),
+            None => Vec::new(),
+        };
         for peer in missing {
-            match tokio::net::lookup_host((peer.host.as_str(), peer.p2p_port)).await.ok().and_then(|mut a| a.next()) {
+            let dns = tokio::net::lookup_host((peer.host.as_str(), peer.p2p_port)).await.ok().and_then(|mut a| a.next());
+            let from_registry = || {
+                let record = registered.iter().find(|r| r.party == peer.index && r.online)?;
+                Some(SocketAddr::new(record.address.parse().ok()?, record.p2p_port))
+            };
+            match dns.or_else(from_registry) {
                 Some(addr) => {
                     transport.set_peer(peer.index, addr, &peer.host);
                     // Announce this run; a peer that is down dials in when it starts.

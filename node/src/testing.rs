@@ -76,6 +76,7 @@ impl Cluster {
                 p2p_port: free_udp(),
                 http_port: free_tcp(),
                 identity_key: None,
+                seal_key: None,
             })
             .collect();
         // TCP frames are signed with a per-node Ed25519 identity.
@@ -83,6 +84,13 @@ impl Cluster {
         if transport == "tcp" {
             for (peer, key) in config.peers.iter_mut().zip(&identities) {
                 peer.identity_key = Some(hex::encode(key.verifying_key().as_bytes()));
+            }
+        }
+        // Every mode but quic seals messages end to end with per-node X25519 keys.
+        let seal_seeds: Vec<[u8; 32]> = (0..n).map(|i| [200 + i as u8; 32]).collect();
+        if transport != "quic" {
+            for (peer, seed) in config.peers.iter_mut().zip(&seal_seeds) {
+                peer.seal_key = Some(hex::encode(crate::transport::seal::public_key(seed)));
             }
         }
         std::fs::write(dir.path().join("cluster.json"), serde_json::to_vec(&config).unwrap()).unwrap();
@@ -105,6 +113,7 @@ impl Cluster {
             std::fs::write(tls.join("ca.crt"), ca.cert_pem()).unwrap();
             std::fs::write(tls.join("store.key"), hex::encode([i as u8 + 1; 32])).unwrap();
             std::fs::write(tls.join("identity.key"), hex::encode(identities[usize::from(i)].to_bytes())).unwrap();
+            std::fs::write(tls.join("seal.key"), hex::encode(seal_seeds[usize::from(i)])).unwrap();
         }
         let mut cluster = Self {
             _relay: relay_task,

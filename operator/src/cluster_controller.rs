@@ -25,8 +25,9 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::keygen::Keygens;
 use crate::node_client::NodeClient;
 use crate::pki::{self, Leaf, LeafRequest, Lifetimes};
+use crate::registry::Registry;
 use crate::signing_controller::SigningState;
-use crate::resources::{self, BuildContext, LABEL_CLUSTER, Names};
+use crate::resources::{self, BuildContext, LABEL_CLUSTER, Names, NodePublicKeys};
 use crate::{Error, Metrics, Result};
 
 /// Field manager of everything the operator applies.
@@ -55,12 +56,21 @@ pub struct Context {
     pub keygens: Arc<Keygens>,
     /// The SigningRequest controller's memory.
     pub signing: Arc<SigningState>,
+    /// Nodes' registrations and heartbeats.
+    pub registry: Arc<Registry>,
 }
 
 impl Context {
     /// A context with empty memory.
-    pub fn new(client: Client, recorder: Recorder, build: BuildContext, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        build: BuildContext,
+        metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
+    ) -> Self {
         Self {
+            registry,
             client,
             recorder,
             build,
@@ -72,10 +82,10 @@ impl Context {
         }
     }
 
-    /// Party indices of `mpc` that the registry reports offline.
+    /// Party indices of `mpc` that registered and then went silent.
     pub fn offline_nodes(&self, mpc: &MpcCluster) -> Vec<u16> {
-        let _ = mpc;
-        Vec::new()
+        let ns = mpc.namespace().unwrap_or_default();
+        self.registry.nodes(&ns, &mpc.name_any()).into_iter().filter(|n| !n.online).map(|n| n.party).collect()
     }
 }
 
@@ -131,7 +141,8 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     let name = mpc.name_any();
     let ns = mpc.namespace().ok_or_else(|| Error::InvalidSpec("MpcCluster has no namespace".into()))?;
     if mpc.metadata.deletion_timestamp.is_some() {
-        // Children go with the owner references; nothing else to clean up.
+        // Children go with the owner references; the registry forgets it.
+        ctx.registry.forget_cluster(&ns, &name);
         return Ok(Action::await_change());
     }
     let lifetimes = match check_spec(mpc) {
@@ -241,16 +252,21 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     apply(&ctx.client, &ns, &resources::pod_disruption_budget(mpc)).await?;
 
     // Status.
+    let records = ctx.registry.nodes(&ns, &name);
     let nodes: Vec<NodeStatus> = (0..mpc.spec.nodes)
         .map(|index| {
             let pod_name = names.pod(index);
             let pod = pods.items.iter().find(|p| p.name_any() == pod_name);
+            let record = records.iter().find(|r| r.party == index);
             NodeStatus {
                 index,
                 address: pod_ips.get(&pod_name).cloned(),
                 ready: pod.is_some_and(pod_ready) && sts_ready(&stateful_sets[usize::from(index)]),
                 pod: pod_name,
-                ..NodeStatus::default()
+                // Rounded, so the status changes when the health does, not every heartbeat.
+                health_score: record.map(|r| (r.health_score * 100.0).round() / 100.0),
+                last_heartbeat: record.and_then(|r| r.last_heartbeat).map(heartbeat_time),
+                online: record.is_some_and(|r| r.online),
             }
         })
         .collect();
@@ -355,20 +371,22 @@ async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<S
     Ok(public)
 }
 
-/// Returns node `index`'s hex Ed25519 identity public key, creating its keys
-/// Secret (share encryption key and TCP identity) once. Like the grant key,
-/// it is created and never patched: a new share encryption key would leave
-/// the shares on the node's volume unreadable, so a Warning says so when a
-/// lost Secret had to be replaced after keys were generated.
-async fn ensure_node_keys(ctx: &Context, mpc: &MpcCluster, ns: &str, index: u16) -> Result<String> {
+/// Returns node `index`'s public keys (TCP identity and seal key), creating
+/// its keys Secret (share encryption key, TCP identity, seal key) once. Like
+/// the grant key, it is created, and its keys are never replaced: a new share
+/// encryption key would leave the shares on the node's volume unreadable, so
+/// a Warning says so when a lost Secret had to be replaced after keys were
+/// generated. A Secret made before messages were sealed gets a seal key added.
+async fn ensure_node_keys(ctx: &Context, mpc: &MpcCluster, ns: &str, index: u16) -> Result<NodePublicKeys> {
     let name = Names::new(&mpc.name_any()).node_keys_secret(index);
     let make = || {
         let store = Zeroizing::new(hex::encode(random_key()?));
         let identity = Zeroizing::new(hex::encode(random_key()?));
-        Ok(resources::node_keys_secret(mpc, index, &store, &identity))
+        let seal = Zeroizing::new(hex::encode(random_key()?));
+        Ok(resources::node_keys_secret(mpc, index, &store, &identity, &seal))
     };
-    let (public, created) =
-        get_or_create_secret(ctx, ns, &name, make, node_identity_key).await?.ok_or_else(|| Error::NodeKeys(name.clone()))?;
+    let (stored, created) =
+        get_or_create_secret(ctx, ns, &name, make, node_public_keys).await?.ok_or_else(|| Error::NodeKeys(name.clone()))?;
     let had_keys = mpc.status.iter().flat_map(|s| &s.keys).any(|k| k.public_key.is_some());
     if created && had_keys {
         let note = format!(
@@ -378,7 +396,46 @@ async fn ensure_node_keys(ctx: &Context, mpc: &MpcCluster, ns: &str, index: u16)
         warn!(cluster = %mpc.name_any(), namespace = %ns, "{note}");
         event(ctx, mpc, EventType::Warning, "NodeKeysReplaced", "CreateNodeKeys", note).await;
     }
-    Ok(public)
+    let seal = match stored.seal {
+        Some(seal) => seal,
+        None => add_seal_key(ctx, ns, &name, stored.resource_version).await?,
+    };
+    Ok(NodePublicKeys { identity: stored.identity, seal })
+}
+
+/// Adds a fresh seal key to node keys Secret `name`, which has none: a JSON
+/// merge patch that sets only that key, and only on the version of the
+/// Secret that was read. Returns the seal public key the Secret then holds.
+async fn add_seal_key(ctx: &Context, ns: &str, name: &str, resource_version: Option<String>) -> Result<String> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let seed = Zeroizing::new(hex::encode(random_key()?));
+    let mut patch = Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            // A precondition: a Secret changed since it was read is not patched (409).
+            resource_version,
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            resources::NODE_SEAL_KEY.to_owned(),
+            k8s_openapi::ByteString(seed.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    };
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    let patched = secrets.patch(name, &params, &Patch::Merge(&patch)).await;
+    scrub(&mut patch);
+    let mut stored = match patched {
+        Ok(stored) => {
+            info!(namespace = %ns, secret = %name, "added a seal key to the node keys");
+            stored
+        }
+        // Changed meanwhile (another reconcile may have added one): use what is there.
+        Err(kube::Error::Api(e)) if e.code == 409 => secrets.get(name).await?,
+        Err(e) => return Err(e.into()),
+    };
+    let keys = node_public_keys(&stored);
+    scrub(&mut stored);
+    keys.and_then(|k| k.seal).ok_or_else(|| Error::NodeKeys(name.to_owned()))
 }
 
 /// 32 random bytes.
@@ -392,13 +449,13 @@ fn random_key() -> Result<Zeroizing<[u8; 32]>> {
 /// `make` first when it does not exist. Returns `None` when the Secret
 /// exists but `read` finds nothing usable in it (it is then left alone),
 /// and whether this call created it. Key material is wiped from every copy.
-async fn get_or_create_secret(
+async fn get_or_create_secret<T>(
     ctx: &Context,
     ns: &str,
     name: &str,
     make: impl FnOnce() -> Result<Secret>,
-    read: fn(&Secret) -> Option<String>,
-) -> Result<Option<(String, bool)>> {
+    read: fn(&Secret) -> Option<T>,
+) -> Result<Option<(T, bool)>> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let read_scrubbed = |mut secret: Secret| {
         let value = read(&secret);
@@ -425,9 +482,22 @@ async fn get_or_create_secret(
     }
 }
 
-/// The hex public key of the identity seed in a node keys Secret, when the
-/// Secret holds a well-formed seed and store key.
-fn node_identity_key(secret: &Secret) -> Option<String> {
+/// What a node keys Secret holds, as public keys.
+#[derive(Debug)]
+struct StoredNodeKeys {
+    /// Hex Ed25519 identity public key.
+    identity: String,
+    /// Hex X25519 seal public key; `None` in a Secret made before messages
+    /// were sealed.
+    seal: Option<String>,
+    /// The version read, the precondition of adding a seal key.
+    resource_version: Option<String>,
+}
+
+/// The public keys of the seeds in a node keys Secret, when the Secret holds
+/// a well-formed store key and identity seed, and a well-formed seal seed or
+/// none.
+fn node_public_keys(secret: &Secret) -> Option<StoredNodeKeys> {
     let data = secret.data.as_ref()?;
     let hex32 = |key: &str| -> Option<Zeroizing<[u8; 32]>> {
         let text = std::str::from_utf8(&data.get(key)?.0).ok()?;
@@ -437,7 +507,13 @@ fn node_identity_key(secret: &Secret) -> Option<String> {
     };
     hex32(resources::NODE_STORE_KEY)?;
     let seed = hex32(resources::NODE_IDENTITY_KEY)?;
-    Some(hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes()))
+    let identity = hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes());
+    // Absent is fine (added later); present and malformed is not.
+    let seal = match data.contains_key(resources::NODE_SEAL_KEY) {
+        true => Some(hex::encode(torcus_node::transport::seal::public_key(&*hex32(resources::NODE_SEAL_KEY)?))),
+        false => None,
+    };
+    Some(StoredNodeKeys { identity, seal, resource_version: secret.metadata.resource_version.clone() })
 }
 
 /// Key of the grant key Secret holding the 32-byte Ed25519 seed.
@@ -530,6 +606,12 @@ pub(crate) fn pod_ready(pod: &Pod) -> bool {
 
 fn sts_ready(sts: &StatefulSet) -> bool {
     sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= 1
+}
+
+/// A heartbeat's Unix milliseconds as RFC 3339, to the second.
+fn heartbeat_time(ms: u64) -> String {
+    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    Timestamp::from_second(secs).map(|t| t.to_string()).unwrap_or_default()
 }
 
 /// The keys in `mpc`'s status, with `learned` added or updated.
@@ -843,5 +925,27 @@ mod tests {
             ]),
         );
         assert_eq!(grant_public_key(&bad), None);
+    }
+
+    #[test]
+    fn node_keys_without_a_seal_key_are_read_and_a_malformed_one_is_not() {
+        let mpc = cluster("demo", 3, 2);
+        let (store, identity, seal) = (hex::encode([1; 32]), hex::encode([2; 32]), hex::encode([3; 32]));
+        let mut secret = resources::node_keys_secret(&mpc, 0, &store, &identity, &seal);
+        secret.metadata.resource_version = Some("17".into());
+        let keys = node_public_keys(&secret).unwrap();
+        let identity_public = hex::encode(ed25519_dalek::SigningKey::from_bytes(&[2; 32]).verifying_key().as_bytes());
+        assert_eq!(keys.identity, identity_public);
+        assert_eq!(keys.seal, Some(hex::encode(torcus_node::transport::seal::public_key(&[3; 32]))));
+        assert_eq!(keys.resource_version.as_deref(), Some("17"));
+        // Made before messages were sealed: readable, with no seal key yet.
+        let data = secret.data.as_mut().unwrap();
+        data.remove(resources::NODE_SEAL_KEY);
+        let keys = node_public_keys(&secret).unwrap();
+        assert_eq!((keys.identity.as_str(), keys.seal), (identity_public.as_str(), None));
+        // Present but not a seed: unreadable, and left alone.
+        let data = secret.data.as_mut().unwrap();
+        data.insert(resources::NODE_SEAL_KEY.to_owned(), k8s_openapi::ByteString(b"nope".to_vec()));
+        assert!(node_public_keys(&secret).is_none());
     }
 }

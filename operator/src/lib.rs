@@ -30,6 +30,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
+use torcus_node::transport::relay as torcus_relay;
 use torcus_crds::{MpcCluster, SigningRequest};
 use tracing::{info, warn};
 
@@ -162,14 +163,20 @@ impl Args {
             });
         }
 
+        let registry = Arc::new(registry::Registry::new(metrics.registry(), registry::RegistrySettings::default())?);
+        let relay = Arc::new(torcus_relay::Relay::new(metrics.registry(), torcus_relay::RelayLimits::default())?);
+        let extra = registry::router(registry.clone(), trust_lookup(client.clone()))
+            .merge(torcus_relay::relay_router(relay.clone()));
         let listener = tokio::net::TcpListener::bind(http_addr).await.map_err(|e| RunError::Bind(http_addr, e))?;
-        info!(addr = %http_addr, "serving metrics and health");
-        let server = tokio::spawn(metrics::serve(
-            listener,
-            metrics.clone(),
-            axum::Router::new(),
-            stop.clone().cancelled_owned(),
-        ));
+        info!(addr = %http_addr, "serving metrics, health, the node registry and the relay");
+        let server = tokio::spawn(metrics::serve(listener, metrics.clone(), extra, {
+            let (stop, relay) = (stop.clone(), relay.clone());
+            async move {
+                stop.cancelled().await;
+                // Long polls return now, so the server stops without waiting.
+                relay.close();
+            }
+        }));
 
         let mut lease_handle = None;
         if leader_election {
@@ -214,6 +221,7 @@ impl Args {
             Recorder::new(client.clone(), Reporter { controller: "torcus-operator".into(), instance: Some(instance) }),
             resources::BuildContext { default_node_image: node_image, registry_url, cluster_domain },
             metrics.clone(),
+            registry,
         ));
         metrics.leader.set(1);
         let clusters = cluster_controller_stream(client.clone(), namespace.as_deref(), ctx.clone(), stop.clone());
@@ -241,6 +249,20 @@ pub enum RunError {
     /// Leader election could not start.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
+}
+
+/// Reads the trust bundle of cluster `name` in `ns` from its CA Secret, so
+/// that the registry checks a node's certificate against its own cluster's
+/// CAs (old and new during a roll).
+fn trust_lookup(client: Client) -> registry::TrustLookup {
+    Arc::new(move |ns: String, name: String| {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        Box::pin(async move {
+            let secret = secrets.get_opt(&resources::Names::new(&name).ca_secret()).await.ok()??;
+            let bundle = secret.data.as_ref()?.get("ca.crt")?;
+            String::from_utf8(bundle.0.clone()).ok()
+        })
+    })
 }
 
 /// A Lease identity unique per process even where every replica is PID 1

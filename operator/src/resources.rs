@@ -194,9 +194,18 @@ pub fn tls_secret(mpc: &MpcCluster, name: String, cert_pem: &str, key_pem: &str,
 pub const NODE_STORE_KEY: &str = "store.key";
 /// Key in the node keys Secret: hex Ed25519 seed of the node's TCP identity.
 pub const NODE_IDENTITY_KEY: &str = "identity.key";
+/// Key in the node keys Secret: hex X25519 seed of the node's seal key, to
+/// which peers seal protocol messages end to end (every mode but `quic`).
+pub const NODE_SEAL_KEY: &str = "seal.key";
 
-/// The node keys Secret ([`Names::node_keys_secret`]); both values are hex.
-pub fn node_keys_secret(mpc: &MpcCluster, index: u16, store_key_hex: &str, identity_seed_hex: &str) -> Secret {
+/// The node keys Secret ([`Names::node_keys_secret`]); every value is hex.
+pub fn node_keys_secret(
+    mpc: &MpcCluster,
+    index: u16,
+    store_key_hex: &str,
+    identity_seed_hex: &str,
+    seal_seed_hex: &str,
+) -> Secret {
     secret(
         mpc,
         Names::new(&mpc.name_any()).node_keys_secret(index),
@@ -204,8 +213,18 @@ pub fn node_keys_secret(mpc: &MpcCluster, index: u16, store_key_hex: &str, ident
         BTreeMap::from([
             (NODE_STORE_KEY.to_owned(), store_key_hex.as_bytes().to_vec()),
             (NODE_IDENTITY_KEY.to_owned(), identity_seed_hex.as_bytes().to_vec()),
+            (NODE_SEAL_KEY.to_owned(), seal_seed_hex.as_bytes().to_vec()),
         ]),
     )
+}
+
+/// A node's public keys, as the configuration publishes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePublicKeys {
+    /// Hex Ed25519 key that verifies the node's TCP frames.
+    pub identity: String,
+    /// Hex X25519 key to which peers seal messages for the node.
+    pub seal: String,
 }
 
 /// CA Secret key: the staged next CA certificate, during a roll.
@@ -234,12 +253,12 @@ pub fn ca_secret(mpc: &MpcCluster, pki: &Pki) -> Secret {
 
 /// The configuration every node of the cluster reads.
 ///
-/// `identity_keys[i]` is node `i`'s hex Ed25519 public key, which verifies
-/// its frames in the TCP transport.
+/// `node_keys[i]` are node `i`'s public keys: the identity that verifies its
+/// TCP frames and the seal key messages to it are sealed with.
 pub fn cluster_config(
     mpc: &MpcCluster,
     grant_public_key_hex: &str,
-    identity_keys: &[String],
+    node_keys: &[NodePublicKeys],
     ctx: &BuildContext,
 ) -> ClusterConfig {
     let spec = &mpc.spec;
@@ -260,7 +279,8 @@ pub fn cluster_config(
                 host: node_host(mpc, index, &ctx.cluster_domain),
                 p2p_port: contract::P2P_PORT,
                 http_port: contract::HTTP_PORT,
-                identity_key: identity_keys.get(usize::from(index)).cloned(),
+                identity_key: node_keys.get(usize::from(index)).map(|k| k.identity.clone()),
+                seal_key: node_keys.get(usize::from(index)).map(|k| k.seal.clone()),
             })
             .collect(),
     }
@@ -620,19 +640,34 @@ mod tests {
     #[test]
     fn config_lists_every_peer_and_its_hash_follows_the_transport() {
         let mut mpc = cluster("demo", 5, 3);
-        let identities: Vec<String> = (0..5).map(|i| format!("{i:064x}")).collect();
-        let config = cluster_config(&mpc, "ab", &identities, &ctx());
+        let keys: Vec<NodePublicKeys> = (0..5)
+            .map(|i| NodePublicKeys { identity: format!("{i:064x}"), seal: format!("{:064x}", i + 100) })
+            .collect();
+        let config = cluster_config(&mpc, "ab", &keys, &ctx());
         config.check().unwrap();
         assert_eq!(config.peers[4].host, "demo-4-0.demo-nodes.vault.svc.cluster.local");
-        assert_eq!(config.peers[4].identity_key.as_deref(), Some(identities[4].as_str()));
+        assert_eq!(config.peers[4].identity_key.as_deref(), Some(keys[4].identity.as_str()));
+        assert_eq!(config.peers[4].seal_key.as_deref(), Some(keys[4].seal.as_str()));
         assert_eq!(config.transport, "quic");
         let cm = config_map(&mpc, &config);
         let parsed = ClusterConfig::from_json(cm.data.unwrap()[contract::CONFIG_FILE].as_bytes()).unwrap();
         assert_eq!(parsed, config);
 
         mpc.spec.transport.mode = torcus_crds::TransportMode::Tcp;
-        let changed = cluster_config(&mpc, "ab", &identities, &ctx());
+        let changed = cluster_config(&mpc, "ab", &keys, &ctx());
+        changed.check().unwrap();
         assert_ne!(config_hash(&config), config_hash(&changed), "a transport change must roll the nodes");
+    }
+
+    #[test]
+    fn node_keys_secret_holds_the_store_identity_and_seal_keys() {
+        let s = node_keys_secret(&cluster("demo", 3, 2), 1, "aa", "bb", "cc");
+        assert_eq!(s.metadata.name.as_deref(), Some("demo-node-1-keys"));
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
+        let data = s.data.unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), [NODE_IDENTITY_KEY, NODE_SEAL_KEY, NODE_STORE_KEY]);
+        assert_eq!((&data[NODE_STORE_KEY].0[..], &data[NODE_IDENTITY_KEY].0[..]), (&b"aa"[..], &b"bb"[..]));
+        assert_eq!(data[NODE_SEAL_KEY].0, b"cc");
     }
 
     #[test]

@@ -214,6 +214,13 @@ impl<'a> Reconcile<'a> {
         if let Err(e) = crypto::verify(&under, &digest, &sig) {
             return self.fail("SignatureInvalid", format!("the returned signature was refused: {e}")).await;
         }
+        let cluster = &self.sr.spec.cluster;
+        for party in &self.status.participants {
+            self.ctx.registry.record_outcome(&self.ns, cluster, *party, true);
+        }
+        if let (Some(initiator), Some(took)) = (self.status.initiator, took) {
+            self.ctx.registry.record_latency(&self.ns, cluster, initiator, took);
+        }
         self.status.signature = Some(signature_status(&sig));
         self.status.public_key = Some(under);
         let timings = self.status.timings.get_or_insert_with(Timings::default);
@@ -232,6 +239,9 @@ impl<'a> Reconcile<'a> {
         }
         // Nodes that do not answer now are left out of the next attempt.
         let unresponsive = self.unresponsive(nodes).await;
+        for party in &unresponsive {
+            self.ctx.registry.record_outcome(&self.ns, &mpc.name_any(), *party, false);
+        }
         let kind = self.recorded_grant(mpc).await?.grant.kind;
         self.status.reason = Some(format!("attempt {} failed: {why}", self.status.attempts));
         let (grant, url) = match self.new_attempt(mpc, nodes, kind, &unresponsive).await {

@@ -1,13 +1,17 @@
 //! The transport a node runs, chosen at start-up by the cluster's
 //! `transport` mode. [`Transport`] is not object-safe (its method returns
-//! `impl Future`), so this enum dispatches instead.
+//! `impl Future`), so this enum dispatches instead. Every mode but `quic`
+//! wraps its transport in [`AnyTransport::Sealed`].
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use super::hybrid::HybridTransport;
 use super::quic::{PeerAddr, QuicTransport};
 use super::relay::RelayTransport;
+use super::seal::SealedTransport;
 use super::tcp::TcpTransport;
 use super::{SendError, Transport};
 use crate::engine::Envelope;
@@ -23,6 +27,8 @@ pub enum AnyTransport {
     Relay(Arc<RelayTransport>),
     /// QUIC, falling back to the relay.
     Hybrid(Arc<HybridTransport<QuicTransport, RelayTransport>>),
+    /// Another of these, with every envelope sealed end to end.
+    Sealed(Arc<SealedTransport<AnyTransport>>),
 }
 
 impl AnyTransport {
@@ -33,6 +39,7 @@ impl AnyTransport {
             Self::Hybrid(t) => t.primary().set_peer(index, PeerAddr { addr, server_name: host.to_owned() }),
             Self::Tcp(t) => t.set_peer(index, addr),
             Self::Relay(_) => {}
+            Self::Sealed(t) => t.inner().set_peer(index, addr, host),
         }
     }
 
@@ -42,12 +49,18 @@ impl AnyTransport {
             Self::Quic(t) => t.connect(index).await,
             Self::Hybrid(t) => t.primary().connect(index).await,
             Self::Tcp(_) | Self::Relay(_) => Ok(()),
+            // Boxed: the future would otherwise contain itself.
+            Self::Sealed(t) => Box::pin(t.inner().connect(index)).await,
         }
     }
 
     /// Whether peers are reached at their own addresses (not only through the relay).
     pub fn needs_addresses(&self) -> bool {
-        !matches!(self, Self::Relay(_))
+        match self {
+            Self::Relay(_) => false,
+            Self::Sealed(t) => t.inner().needs_addresses(),
+            Self::Quic(_) | Self::Tcp(_) | Self::Hybrid(_) => true,
+        }
     }
 
     /// Stops the transport, telling peers where the protocol allows.
@@ -57,6 +70,7 @@ impl AnyTransport {
             Self::Hybrid(t) => t.primary().close().await,
             Self::Tcp(t) => t.close().await,
             Self::Relay(_) => {}
+            Self::Sealed(t) => Box::pin(t.inner().close()).await,
         }
     }
 }
@@ -68,6 +82,18 @@ impl Transport for AnyTransport {
             Self::Tcp(t) => t.send(to, envelope).await,
             Self::Relay(t) => t.send(to, envelope).await,
             Self::Hybrid(t) => t.send(to, envelope).await,
+            Self::Sealed(t) => boxed_send(t.as_ref(), to, envelope).await,
         }
     }
+}
+
+/// `transport.send`, boxed: a sealed transport wraps an [`AnyTransport`], so
+/// the future of one send would otherwise contain itself. Generic, so that
+/// the future is known to be `Send` from the trait alone.
+fn boxed_send<T: Transport>(
+    transport: &T,
+    to: u16,
+    envelope: Envelope,
+) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + '_>> {
+    Box::pin(transport.send(to, envelope))
 }

@@ -1,13 +1,16 @@
 //! Transports move [`Envelope`]s between the nodes of a cluster. Each one
 //! authenticates the sender itself (QUIC: the party index in the peer's
 //! certificate) and hands the engine only envelopes whose `from` it has
-//! verified; anything else is dropped and counted.
+//! verified; anything else is dropped and counted. Every mode but pure QUIC
+//! also seals each envelope end to end for its recipient ([`seal`]), since
+//! neither TCP frames nor the operator's relay keep payloads confidential.
 
 pub mod any;
 pub mod frame;
 pub mod hybrid;
 pub mod quic;
 pub mod relay;
+pub mod seal;
 pub mod tcp;
 
 use std::future::Future;

@@ -1,0 +1,320 @@
+//! The whole control plane on a real API server: the operator, the process
+//! kubelet running real `torcus-node` processes, keygen driven by the
+//! operator, SigningRequests to `Completed` with signatures checked here
+//! with an independent secp256k1 implementation, policy denials, a dead
+//! node, and an operator restart in the middle of a batch.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k256::ecdsa::signature::hazmat::PrehashVerifier;
+use k256::ecdsa::{Signature, VerifyingKey};
+use kube::api::PostParams;
+use kube::{Api, ResourceExt};
+use sha2::{Digest, Sha256};
+use torcus_crds::{MpcCluster, SigningPhase, SigningRequest};
+use torcus_e2e::testing::{TestNamespace, eventually};
+
+/// Aux info and keygen with fixture primes on 2 cores, plus pod start-up.
+const KEYGEN_WAIT: Duration = Duration::from_secs(240);
+const SIGN_WAIT: Duration = Duration::from_secs(60);
+
+fn cluster(name: &str, transport: &str, extra: serde_json::Value) -> MpcCluster {
+    let mut spec = serde_json::json!({"nodes": 3, "threshold": 2, "transport": {"mode": transport}});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "mpc.torcus.io/v1alpha1",
+        "kind": "MpcCluster",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn request(name: &str, cluster: &str, spec: serde_json::Value) -> SigningRequest {
+    let mut full = serde_json::json!({"cluster": cluster});
+    if let (Some(full), Some(spec)) = (full.as_object_mut(), spec.as_object()) {
+        full.extend(spec.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "mpc.torcus.io/v1alpha1",
+        "kind": "SigningRequest",
+        "metadata": {"name": name},
+        "spec": full,
+    }))
+    .unwrap()
+}
+
+/// Starts the kubelet and the operator, creates `mpc` and waits until it
+/// is Ready with its key; returns the key's compressed public key.
+async fn ready_cluster(ns: &mut TestNamespace, mpc: MpcCluster) -> String {
+    ns.start_kubelet().await.unwrap();
+    ns.start_operator();
+    let api: Api<MpcCluster> = ns.api();
+    let name = mpc.name_any();
+    api.create(&PostParams::default(), &mpc).await.unwrap();
+    let mpc = eventually("cluster Ready with its key", KEYGEN_WAIT, || async {
+        let mpc = api.get(&name).await?;
+        let ready = mpc.status.iter().flat_map(|s| &s.conditions).any(|c| c.type_ == "Ready" && c.status == "True");
+        Ok(ready.then_some(mpc))
+    })
+    .await
+    .unwrap();
+    let status = mpc.status.unwrap();
+    let key = status.keys.iter().find(|k| k.name == "default").expect("default key in status");
+    let address = key.ethereum_address.as_deref().unwrap();
+    assert!(address.starts_with("0x") && address.len() == 42, "Ethereum address {address}");
+    key.public_key.clone().unwrap()
+}
+
+async fn wait_final(ns: &TestNamespace, name: &str, within: Duration) -> SigningRequest {
+    let api: Api<SigningRequest> = ns.api();
+    eventually(&format!("SigningRequest {name} to end"), within, || async {
+        let sr = api.get(name).await?;
+        Ok(sr.status.as_ref().and_then(|s| s.phase).is_some_and(SigningPhase::is_final).then_some(sr))
+    })
+    .await
+    .unwrap()
+}
+
+/// Checks a completed request's signature with k256, not with anything of
+/// Torcus: over `digest`, under `public_key`, low-s, DER consistent.
+fn assert_signed(sr: &SigningRequest, digest: [u8; 32], public_key: &str) {
+    let status = sr.status.as_ref().unwrap();
+    assert_eq!(status.phase, Some(SigningPhase::Completed), "{}: {:?}", sr.name_any(), status.reason);
+    let sig = status.signature.as_ref().unwrap();
+    let key = VerifyingKey::from_sec1_bytes(&hex::decode(public_key).unwrap()).unwrap();
+    let der = Signature::from_der(&hex::decode(&sig.der).unwrap()).unwrap();
+    key.verify_prehash(&digest, &der).expect("signature verifies under the public key");
+    assert_eq!(hex::encode(&der.to_bytes()[..32]), sig.r);
+    assert_eq!(hex::encode(&der.to_bytes()[32..]), sig.s);
+    assert!(der.normalize_s().is_none(), "low-s");
+    assert!(sig.short.starts_with(&sig.r[..16]));
+    assert!(status.grant_id.is_some() && status.session_id.is_some());
+    assert_eq!(status.participants.len(), 2);
+    assert!(status.participants.contains(&status.initiator.unwrap()));
+}
+
+#[tokio::test]
+async fn quic_cluster_generates_its_key_and_signs_requests() {
+    let mut ns = TestNamespace::new("sign-quic").await.unwrap();
+    let public_key = ready_cluster(&mut ns, cluster("vault", "quic", serde_json::json!({}))).await;
+    let srs: Api<SigningRequest> = ns.api();
+
+    let digest = [0x5a; 32];
+    let payload = b"hello torcus";
+    let requests = [
+        request("digest", "vault", serde_json::json!({"digest": hex::encode(digest)})),
+        request("payload", "vault", serde_json::json!({"payload": hex::encode(payload)})),
+        request(
+            "derived",
+            "vault",
+            serde_json::json!({"payload": "0xdeadbeef", "hash": "keccak256", "derivationPath": "m/0/7"}),
+        ),
+        request("unknown-cluster", "nope", serde_json::json!({"digest": hex::encode(digest)})),
+        request("unknown-key", "vault", serde_json::json!({"key": "cold", "digest": hex::encode(digest)})),
+    ];
+    for sr in &requests {
+        srs.create(&PostParams::default(), sr).await.unwrap();
+    }
+
+    assert_signed(&wait_final(&ns, "digest", SIGN_WAIT).await, digest, &public_key);
+    assert_signed(&wait_final(&ns, "payload", SIGN_WAIT).await, Sha256::digest(payload).into(), &public_key);
+    let derived = wait_final(&ns, "derived", SIGN_WAIT).await;
+    let keccak: [u8; 32] = sha3::Keccak256::digest([0xde, 0xad, 0xbe, 0xef]).into();
+    let derived_key = derived.status.as_ref().unwrap().public_key.clone().unwrap();
+    assert_ne!(derived_key, public_key, "m/0/7 is another key");
+    assert_signed(&derived, keccak, &derived_key);
+
+    for (name, reason) in [("unknown-cluster", "no MpcCluster named nope"), ("unknown-key", "has no key named cold")] {
+        let sr = wait_final(&ns, name, SIGN_WAIT).await;
+        let status = sr.status.unwrap();
+        assert_eq!(status.phase, Some(SigningPhase::Failed));
+        assert!(status.reason.as_deref().unwrap_or_default().contains(reason), "{name}: {:?}", status.reason);
+    }
+
+    let out = ns.kubectl().args(["get", "sr"]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "CLUSTER", "KEY", "PHASE", "SIGNATURE", "AGE"]);
+    let row = table.lines().find(|l| l.starts_with("digest ")).unwrap();
+    assert!(row.contains("Completed") && row.contains('…'), "{row}");
+    ns.finish().await.unwrap();
+}
+
+async fn transport_signs(transport: &str) {
+    let mut ns = TestNamespace::new(&format!("sign-{transport}")).await.unwrap();
+    let public_key = ready_cluster(&mut ns, cluster("vault", transport, serde_json::json!({}))).await;
+    let srs: Api<SigningRequest> = ns.api();
+    for i in 0..3u8 {
+        let digest = [i + 1; 32];
+        let name = format!("r{i}");
+        srs.create(&PostParams::default(), &request(&name, "vault", serde_json::json!({"digest": hex::encode(digest)})))
+            .await
+            .unwrap();
+        assert_signed(&wait_final(&ns, &name, SIGN_WAIT).await, digest, &public_key);
+    }
+    ns.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn tcp_cluster_signs_requests() {
+    transport_signs("tcp").await;
+}
+
+#[tokio::test]
+async fn http_relay_cluster_signs_requests() {
+    transport_signs("http").await;
+}
+
+#[tokio::test]
+async fn policy_denials_end_denied_with_the_rule() {
+    let mut ns = TestNamespace::new("policy").await.unwrap();
+    ns.start_operator();
+    let clusters: Api<MpcCluster> = ns.api();
+    let srs: Api<SigningRequest> = ns.api();
+    // Denials need no running nodes: the policy runs before anything else.
+    let now = time_of_day_minutes();
+    let closed = |offset: u32| format!("{:02}:{:02}", ((now + offset) / 60) % 24, (now + offset) % 60);
+    let policies = [
+        ("rate", serde_json::json!({"rateLimits": [{"scope": "cluster", "requests": 1, "period": "1h"}]})),
+        ("deny", serde_json::json!({"deniedNamespaces": [ns.name.clone()]})),
+        ("window", serde_json::json!({"timeWindows": [{"start": closed(120), "end": closed(180)}]})),
+        ("spend", serde_json::json!({"spendLimits": [{"amountLabel": "amount", "limit": 100, "period": "24h"}]})),
+        ("size", serde_json::json!({"maxPayloadBytes": 4})),
+        ("selector", serde_json::json!({"deniedSelector": {"matchLabels": {"requester": "blocked-bot"}}})),
+    ];
+    for (name, policy) in &policies {
+        clusters.create(&PostParams::default(), &cluster(name, "quic", serde_json::json!({"policy": policy}))).await.unwrap();
+    }
+    let digest = hex::encode([7u8; 32]);
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    };
+    let cases = [
+        ("rate-1", "rate", serde_json::json!({"digest": digest}), None),
+        ("rate-2", "rate", serde_json::json!({"digest": digest}), Some("rate-limit")),
+        ("deny-1", "deny", serde_json::json!({"digest": digest}), Some("denied-namespace")),
+        ("window-1", "window", serde_json::json!({"digest": digest}), Some("time-window")),
+        ("spend-1", "spend", serde_json::json!({"digest": digest, "labels": labels(&[("amount", "60")])}), None),
+        ("spend-2", "spend", serde_json::json!({"digest": digest, "labels": labels(&[("amount", "41")])}), Some("spend-limit")),
+        ("spend-3", "spend", serde_json::json!({"digest": digest}), Some("spend-limit")),
+        ("size-1", "size", serde_json::json!({"payload": "0102030405"}), Some("max-payload-size")),
+        ("size-2", "size", serde_json::json!({"payload": "01020304"}), None),
+        ("selector-1", "selector", serde_json::json!({"digest": digest, "labels": labels(&[("requester", "blocked-bot")])}), Some("denied-selector")),
+    ];
+    for (name, cluster, spec, expected) in &cases {
+        srs.create(&PostParams::default(), &request(name, cluster, spec.clone())).await.unwrap();
+        let sr = eventually(&format!("{name} decided"), SIGN_WAIT, || async {
+            let sr = srs.get(name).await?;
+            let phase = sr.status.as_ref().and_then(|s| s.phase);
+            Ok(matches!(phase, Some(SigningPhase::Denied | SigningPhase::Approved)).then_some(sr))
+        })
+        .await
+        .unwrap();
+        let status = sr.status.unwrap();
+        match expected {
+            Some(rule) => {
+                assert_eq!(status.phase, Some(SigningPhase::Denied), "{name}");
+                let reason = status.reason.unwrap_or_default();
+                assert!(reason.starts_with(&format!("{rule}: ")), "{name}: {reason}");
+                let approved = status.conditions.iter().find(|c| c.type_ == "Approved").unwrap();
+                assert_eq!(approved.status, "False");
+            }
+            // Approved, and waiting for the key that no node generated.
+            None => {
+                assert_eq!(status.phase, Some(SigningPhase::Approved), "{name}");
+                assert!(status.approved_at.is_some());
+            }
+        }
+    }
+
+    // The counters live in the API: a new operator denies the same way.
+    ns.stop_operator().await.unwrap();
+    ns.start_operator();
+    srs.create(&PostParams::default(), &request("rate-3", "rate", serde_json::json!({"digest": digest}))).await.unwrap();
+    let sr = wait_final(&ns, "rate-3", SIGN_WAIT).await;
+    assert!(sr.status.unwrap().reason.unwrap_or_default().starts_with("rate-limit: "));
+
+    // Denials are counted by rule.
+    let events = ns.kubectl().args(["get", "events", "--field-selector", "reason=Denied", "-o", "name"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&events.stdout).lines().count() >= 7);
+    ns.finish().await.unwrap();
+}
+
+fn time_of_day_minutes() -> u32 {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    u32::try_from((secs / 60) % (24 * 60)).unwrap()
+}
+
+#[tokio::test]
+async fn a_dead_node_shows_offline_and_two_of_three_still_sign() {
+    let mut ns = TestNamespace::new("dead-node").await.unwrap();
+    let public_key = ready_cluster(&mut ns, cluster("vault", "quic", serde_json::json!({}))).await;
+    let clusters: Api<MpcCluster> = ns.api();
+    let srs: Api<SigningRequest> = ns.api();
+    ns.kubelet().hold_down(&ns.name, "vault-1-0", true);
+    eventually("node 1 offline in status", Duration::from_secs(60), || async {
+        let mpc = clusters.get("vault").await?;
+        let node = mpc.status.iter().flat_map(|s| &s.nodes).find(|n| n.index == 1).cloned();
+        Ok(node.filter(|n| !n.online && !n.ready))
+    })
+    .await
+    .unwrap();
+    for i in 0..3u8 {
+        let digest = [0x40 + i; 32];
+        let name = format!("after-{i}");
+        srs.create(&PostParams::default(), &request(&name, "vault", serde_json::json!({"digest": hex::encode(digest)})))
+            .await
+            .unwrap();
+        let sr = wait_final(&ns, &name, SIGN_WAIT).await;
+        assert_signed(&sr, digest, &public_key);
+        assert!(!sr.status.unwrap().participants.contains(&1), "the dead node is not chosen");
+    }
+    let mpc = clusters.get("vault").await.unwrap();
+    let online: Vec<bool> = mpc.status.unwrap().nodes.iter().map(|n| n.online).collect();
+    assert_eq!(online, [true, false, true]);
+    ns.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_operator_restart_mid_batch_signs_every_request_exactly_once() {
+    let mut ns = TestNamespace::new("restart").await.unwrap();
+    let public_key = ready_cluster(&mut ns, cluster("vault", "quic", serde_json::json!({}))).await;
+    let srs: Api<SigningRequest> = ns.api();
+    let count = 8u8;
+    for i in 0..count {
+        let digest = [0x80 + i; 32];
+        srs.create(&PostParams::default(), &request(&format!("batch-{i}"), "vault", serde_json::json!({"digest": hex::encode(digest)})))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    ns.stop_operator().await.unwrap();
+    ns.start_operator();
+    for i in 0..count {
+        assert_signed(&wait_final(&ns, &format!("batch-{i}"), SIGN_WAIT).await, [0x80 + i; 32], &public_key);
+    }
+    // Exactly once: the nodes ran as many signing sessions as there are
+    // requests, no more (each initiator counts the sessions it completed
+    // as a participant too, so count per session id across nodes).
+    let mut sessions = 0.0;
+    for i in 0..3 {
+        let ip = ns.kubelet().pod_ip(&ns.name, &format!("vault-{i}-0")).unwrap();
+        let (_, metrics) =
+            torcus_e2e::kubelet::http_get((ip, 8080).into(), "/metrics", Duration::from_secs(5)).await.unwrap();
+        sessions += metric(&metrics, "torcus_node_sessions_total", &[("kind", "sign"), ("outcome", "completed")]);
+    }
+    assert_eq!(sessions, f64::from(count) * 2.0, "each request signed by its 2 participants, once");
+    ns.finish().await.unwrap();
+}
+
+/// The value of the sample of `name` with `labels` in a Prometheus text exposition.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
