@@ -1,43 +1,56 @@
 #!/usr/bin/env bash
 # The main job on the embedded local control plane: bring up the sandbox
-# (a real kube-apiserver, etcd and kube-controller-manager on loopback, with
-# the Torcus operator), apply the example MpcCluster, and show what the
-# operator made of it. The sandbox keeps running afterwards; stop it with
+# (a real kube-apiserver, etcd and kube-controller-manager on loopback, the
+# Torcus operator, and a process kubelet that runs each node pod as a local
+# torcus-node process), create a 2-of-3 MpcCluster, wait for its distributed
+# key generation, sign a payload with a SigningRequest, and verify the
+# signature with OpenSSL. The sandbox keeps running afterwards; stop it with
 #   target/debug/torcus-sandbox down
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-dir=.torcus-sandbox
-cargo build --quiet -p torcus-e2e --bin torcus-sandbox
-target/debug/torcus-sandbox up --dir "$dir"
+dir=${TORCUS_SANDBOX_DIR:-.torcus-sandbox}
+up=(up --dir "$dir")
+# Tests only: start the nodes from pregenerated safe primes (never in a product).
+if [[ -n "${TORCUS_TEST_PRIMES_FIXTURE:-}" ]]; then up+=(--test-primes-fixture "$TORCUS_TEST_PRIMES_FIXTURE"); fi
+cargo build --quiet -p torcus-e2e --bin torcus-sandbox -p torcus-node --bin torcus-node
+target/debug/torcus-sandbox "${up[@]}"
 
 kubectl() { "$dir/bin/kubectl" --kubeconfig "$dir/kubeconfig" "$@"; }
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
 step kubectl apply -f examples/mpccluster.yaml
 kubectl apply -f examples/mpccluster.yaml
-kubectl wait --for='jsonpath={.status.conditions[?(@.type=="CertificatesReady")].status}=True' mpc/demo --timeout=60s >/dev/null
+echo "waiting for the nodes and the distributed key generation (each node makes its own safe primes first: a few minutes)"
+kubectl wait --for='jsonpath={.status.conditions[?(@.type=="Ready")].status}=True' mpc/demo --timeout=900s >/dev/null
 
-step kubectl get mpcclusters
-kubectl get mpcclusters
-step kubectl get statefulsets,services,poddisruptionbudgets,secrets,configmaps -l mpc.torcus.io/cluster=demo
-kubectl get statefulsets,services,poddisruptionbudgets,secrets,configmaps -l mpc.torcus.io/cluster=demo
-step kubectl get mpc demo -o jsonpath='{.status.conditions}'
-kubectl get mpc demo -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.reason}{"\t"}{.message}{"\n"}{end}' |
-  while IFS=$'\t' read -r type status reason message; do printf '%-18s %-6s %-16s %s\n' "$type" "$status" "$reason" "$message"; done
+step kubectl get mpcclusters,pods
+kubectl get mpcclusters,pods -o wide
+step kubectl get mpc demo -o jsonpath='{.status.keys}'
+kubectl get mpc demo -o jsonpath='{range .status.keys[*]}{.name}{"\t"}{.publicKey}{"\t"}{.ethereumAddress}{"\n"}{end}'
 
-# An independent check of the certificates, with OpenSSL: each node's
-# certificate chains to the cluster CA and names its own party.
+step kubectl apply -f examples/signingrequest.yaml
+kubectl delete signingrequest hello --ignore-not-found >/dev/null
+kubectl apply -f examples/signingrequest.yaml
+kubectl wait --for=jsonpath='{.status.phase}'=Completed sr/hello --timeout=120s >/dev/null
+step kubectl get signingrequests
+kubectl get signingrequests
+
+# An independent check, with OpenSSL: the signature in the request's status
+# verifies under the cluster's public key over SHA-256("hello torcus").
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-kubectl get secret demo-ca -o jsonpath='{.data.ca\.crt}' | base64 -d > "$tmp/ca.crt"
-for i in 0 1 2; do
-  kubectl get secret "demo-node-$i" -o jsonpath='{.data.tls\.crt}' | base64 -d > "$tmp/node-$i.crt"
-  step openssl verify -CAfile ca.crt node-$i.crt
-  openssl verify -CAfile "$tmp/ca.crt" "$tmp/node-$i.crt" | sed "s|$tmp/||"
-  openssl x509 -in "$tmp/node-$i.crt" -noout -ext subjectAltName | grep -o 'URI:[^,]*'
-done
+unhex() { printf '%b' "$(sed 's/../\\x&/g')"; }
+public_key=$(kubectl get sr hello -o jsonpath='{.status.publicKey}')
+signature=$(kubectl get sr hello -o jsonpath='{.status.signature.der}')
+# SubjectPublicKeyInfo of a compressed secp256k1 point: a fixed DER header, then the point.
+printf '3036301006072a8648ce3d020106052b8104000a032200%s' "$public_key" | unhex > "$tmp/key.der"
+openssl pkey -pubin -inform DER -in "$tmp/key.der" -out "$tmp/key.pem"
+printf '%s' "$signature" | unhex > "$tmp/signature.der"
 echo
-echo "grant public key: $(kubectl get mpc demo -o jsonpath='{.status.grantPublicKey}')"
+echo "public key: $public_key"
+echo "signature:  $signature"
+step "printf 'hello torcus' | openssl dgst -sha256 -verify key.pem -signature signature.der"
+printf 'hello torcus' | openssl dgst -sha256 -verify "$tmp/key.pem" -signature "$tmp/signature.der"
 echo
 echo "The sandbox is still running: export KUBECONFIG=$PWD/$dir/kubeconfig"
-echo "Stop it with: target/debug/torcus-sandbox down"
+echo "Stop it with: target/debug/torcus-sandbox down --dir $dir"

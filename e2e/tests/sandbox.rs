@@ -74,3 +74,29 @@ fn up_status_kubectl_down() {
     let status = sandbox(&dir, &["status"]);
     assert!(!status.status.success() && text(&status).contains("not running"));
 }
+
+/// The README's run command, end to end: the sandbox, a 2-of-3 cluster that
+/// generates its key, a SigningRequest that completes, and OpenSSL saying
+/// the signature verifies. Nodes start from the test primes fixture here;
+/// the script generates fresh primes when run by a person.
+#[test]
+fn demo_script_ends_with_a_signature_openssl_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sandbox");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let fixture = root.join("node/tests/fixtures/primes.json");
+    let demo = Command::new("bash")
+        .arg(root.join("scripts/demo.sh"))
+        .env("TORCUS_SANDBOX_DIR", &dir)
+        .env("TORCUS_TEST_PRIMES_FIXTURE", &fixture)
+        .output()
+        .unwrap();
+    let down = sandbox(&dir, &["down"]);
+    let out = text(&demo);
+    assert!(demo.status.success(), "{out}");
+    assert!(out.contains("Verified OK"), "{out}");
+    assert!(out.contains("public key: 0"), "{out}");
+    let table = out.split("kubectl get signingrequests").nth(1).unwrap_or_default();
+    assert!(table.contains("hello") && table.contains("Completed"), "{out}");
+    assert!(down.status.success(), "{}", text(&down));
+}

@@ -294,7 +294,13 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     let due = StdDuration::try_from(pki.due - OffsetDateTime::now_utc()).unwrap_or(StdDuration::ZERO);
     // While keys are missing, look again soon: a keygen reports back, or
     // waits out a failure, without an event on the MpcCluster.
-    let soon = if !missing.is_empty() { StdDuration::from_secs(if keygen_running { 1 } else { 5 }) } else { MAX_REQUEUE };
+    // Otherwise as often as a node can go stale in the registry, so that
+    // status.nodes shows a silent node offline without any event about it.
+    let soon = if !missing.is_empty() {
+        StdDuration::from_secs(if keygen_running { 1 } else { 5 })
+    } else {
+        ctx.registry.settings().stale_after
+    };
     Ok(Action::requeue(due.clamp(StdDuration::from_secs(1), soon)))
 }
 
