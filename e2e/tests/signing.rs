@@ -151,9 +151,12 @@ async fn transport_signs(transport: &str) {
     for i in 0..3u8 {
         let digest = [i + 1; 32];
         let name = format!("r{i}");
-        srs.create(&PostParams::default(), &request(&name, "vault", serde_json::json!({"digest": hex::encode(digest)})))
-            .await
-            .unwrap();
+        srs.create(
+            &PostParams::default(),
+            &request(&name, "vault", serde_json::json!({"digest": hex::encode(digest)})),
+        )
+        .await
+        .unwrap();
         assert_signed(&wait_final(&ns, &name, SIGN_WAIT).await, digest, &public_key);
     }
     ns.finish().await.unwrap();
@@ -187,7 +190,10 @@ async fn policy_denials_end_denied_with_the_rule() {
         ("selector", serde_json::json!({"deniedSelector": {"matchLabels": {"requester": "blocked-bot"}}})),
     ];
     for (name, policy) in &policies {
-        clusters.create(&PostParams::default(), &cluster(name, "quic", serde_json::json!({"policy": policy}))).await.unwrap();
+        clusters
+            .create(&PostParams::default(), &cluster(name, "quic", serde_json::json!({"policy": policy})))
+            .await
+            .unwrap();
     }
     let digest = hex::encode([7u8; 32]);
     let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
@@ -199,11 +205,21 @@ async fn policy_denials_end_denied_with_the_rule() {
         ("deny-1", "deny", serde_json::json!({"digest": digest}), Some("denied-namespace")),
         ("window-1", "window", serde_json::json!({"digest": digest}), Some("time-window")),
         ("spend-1", "spend", serde_json::json!({"digest": digest, "labels": labels(&[("amount", "60")])}), None),
-        ("spend-2", "spend", serde_json::json!({"digest": digest, "labels": labels(&[("amount", "41")])}), Some("spend-limit")),
+        (
+            "spend-2",
+            "spend",
+            serde_json::json!({"digest": digest, "labels": labels(&[("amount", "41")])}),
+            Some("spend-limit"),
+        ),
         ("spend-3", "spend", serde_json::json!({"digest": digest}), Some("spend-limit")),
         ("size-1", "size", serde_json::json!({"payload": "0102030405"}), Some("max-payload-size")),
         ("size-2", "size", serde_json::json!({"payload": "01020304"}), None),
-        ("selector-1", "selector", serde_json::json!({"digest": digest, "labels": labels(&[("requester", "blocked-bot")])}), Some("denied-selector")),
+        (
+            "selector-1",
+            "selector",
+            serde_json::json!({"digest": digest, "labels": labels(&[("requester", "blocked-bot")])}),
+            Some("denied-selector"),
+        ),
     ];
     for (name, cluster, spec, expected) in &cases {
         srs.create(&PostParams::default(), &request(name, cluster, spec.clone())).await.unwrap();
@@ -234,12 +250,15 @@ async fn policy_denials_end_denied_with_the_rule() {
     // The counters live in the API: a new operator denies the same way.
     ns.stop_operator().await.unwrap();
     ns.start_operator();
-    srs.create(&PostParams::default(), &request("rate-3", "rate", serde_json::json!({"digest": digest}))).await.unwrap();
+    srs.create(&PostParams::default(), &request("rate-3", "rate", serde_json::json!({"digest": digest})))
+        .await
+        .unwrap();
     let sr = wait_final(&ns, "rate-3", SIGN_WAIT).await;
     assert!(sr.status.unwrap().reason.unwrap_or_default().starts_with("rate-limit: "));
 
     // Denials are counted by rule.
-    let events = ns.kubectl().args(["get", "events", "--field-selector", "reason=Denied", "-o", "name"]).output().unwrap();
+    let events =
+        ns.kubectl().args(["get", "events", "--field-selector", "reason=Denied", "-o", "name"]).output().unwrap();
     assert!(String::from_utf8_lossy(&events.stdout).lines().count() >= 7);
     ns.finish().await.unwrap();
 }
@@ -266,9 +285,12 @@ async fn a_dead_node_shows_offline_and_two_of_three_still_sign() {
     for i in 0..3u8 {
         let digest = [0x40 + i; 32];
         let name = format!("after-{i}");
-        srs.create(&PostParams::default(), &request(&name, "vault", serde_json::json!({"digest": hex::encode(digest)})))
-            .await
-            .unwrap();
+        srs.create(
+            &PostParams::default(),
+            &request(&name, "vault", serde_json::json!({"digest": hex::encode(digest)})),
+        )
+        .await
+        .unwrap();
         let sr = wait_final(&ns, &name, SIGN_WAIT).await;
         assert_signed(&sr, digest, &public_key);
         assert!(!sr.status.unwrap().participants.contains(&1), "the dead node is not chosen");
@@ -287,9 +309,12 @@ async fn an_operator_restart_mid_batch_signs_every_request_exactly_once() {
     let count = 8u8;
     for i in 0..count {
         let digest = [0x80 + i; 32];
-        srs.create(&PostParams::default(), &request(&format!("batch-{i}"), "vault", serde_json::json!({"digest": hex::encode(digest)})))
-            .await
-            .unwrap();
+        srs.create(
+            &PostParams::default(),
+            &request(&format!("batch-{i}"), "vault", serde_json::json!({"digest": hex::encode(digest)})),
+        )
+        .await
+        .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     ns.stop_operator().await.unwrap();

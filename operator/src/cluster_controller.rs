@@ -26,8 +26,8 @@ use crate::keygen::Keygens;
 use crate::node_client::NodeClient;
 use crate::pki::{self, Leaf, LeafRequest, Lifetimes};
 use crate::registry::Registry;
-use crate::signing_controller::SigningState;
 use crate::resources::{self, BuildContext, LABEL_CLUSTER, Names, NodePublicKeys};
+use crate::signing_controller::SigningState;
 use crate::{Error, Metrics, Result};
 
 /// Field manager of everything the operator applies.
@@ -272,8 +272,13 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
         .collect();
     let certificates = certificates_status(&pki)?;
     let keys = merged_keys(mpc, ctx.keygens.learned(mpc));
-    let missing: Vec<String> =
-        mpc.spec.keys.iter().filter(|k| !keys.iter().any(|s| &s.name == *k && s.public_key.is_some())).cloned().collect();
+    let missing: Vec<String> = mpc
+        .spec
+        .keys
+        .iter()
+        .filter(|k| !keys.iter().any(|s| &s.name == *k && s.public_key.is_some()))
+        .cloned()
+        .collect();
     let all_ready = nodes.iter().all(|n| n.ready && n.address.is_some());
     if all_ready && !missing.is_empty() {
         let urls: Vec<String> = nodes
@@ -349,8 +354,9 @@ async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<S
             ]),
         ))
     };
-    let (public, created) =
-        get_or_create_secret(ctx, ns, &name, make, grant_public_key).await?.ok_or_else(|| Error::GrantKey(name.clone()))?;
+    let (public, created) = get_or_create_secret(ctx, ns, &name, make, grant_public_key)
+        .await?
+        .ok_or_else(|| Error::GrantKey(name.clone()))?;
     if !created {
         return Ok(public);
     }
@@ -391,8 +397,9 @@ async fn ensure_node_keys(ctx: &Context, mpc: &MpcCluster, ns: &str, index: u16)
         let seal = Zeroizing::new(hex::encode(random_key()?));
         Ok(resources::node_keys_secret(mpc, index, &store, &identity, &seal))
     };
-    let (stored, created) =
-        get_or_create_secret(ctx, ns, &name, make, node_public_keys).await?.ok_or_else(|| Error::NodeKeys(name.clone()))?;
+    let (stored, created) = get_or_create_secret(ctx, ns, &name, make, node_public_keys)
+        .await?
+        .ok_or_else(|| Error::NodeKeys(name.clone()))?;
     let had_keys = mpc.status.iter().flat_map(|s| &s.keys).any(|k| k.public_key.is_some());
     if created && had_keys {
         let note = format!(

@@ -37,9 +37,9 @@ pub enum CryptoError {
 pub fn payload_bytes(spec: &SigningRequestSpec) -> Result<Option<Vec<u8>>, CryptoError> {
     let Some(payload) = &spec.payload else { return Ok(None) };
     match spec.payload_encoding.unwrap_or_default() {
-        PayloadEncoding::Hex => {
-            hex::decode(payload.strip_prefix("0x").unwrap_or(payload)).map(Some).map_err(|_| CryptoError::Payload("hex"))
-        }
+        PayloadEncoding::Hex => hex::decode(payload.strip_prefix("0x").unwrap_or(payload))
+            .map(Some)
+            .map_err(|_| CryptoError::Payload("hex")),
         PayloadEncoding::Base64 => base64::engine::general_purpose::STANDARD
             .decode(payload)
             .map(Some)
@@ -72,9 +72,7 @@ pub fn derivation_path(path: Option<&str>) -> Result<Vec<u32>, CryptoError> {
     if parts.next() != Some("m") {
         return Err(bad());
     }
-    parts
-        .map(|p| p.parse::<u32>().ok().filter(|i| *i < torcus_contract::HARDENED_INDEX).ok_or_else(bad))
-        .collect()
+    parts.map(|p| p.parse::<u32>().ok().filter(|i| *i < torcus_contract::HARDENED_INDEX).ok_or_else(bad)).collect()
 }
 
 /// EIP-55 checksummed Ethereum address of a compressed public key (hex).
@@ -153,12 +151,21 @@ mod tests {
 
         let mut s = spec();
         s.payload = Some(hex::encode(b"hello"));
-        assert_eq!(hex::encode(digest(&s).unwrap()), "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(
+            hex::encode(digest(&s).unwrap()),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
         s.hash = Some(HashAlgorithm::Keccak256);
-        assert_eq!(hex::encode(digest(&s).unwrap()), "1c8aff950685c2ed4bc3174f3472287b56d9517b9c948127319a09a7a36deac8");
+        assert_eq!(
+            hex::encode(digest(&s).unwrap()),
+            "1c8aff950685c2ed4bc3174f3472287b56d9517b9c948127319a09a7a36deac8"
+        );
         s.payload = Some("aGVsbG8=".into());
         s.payload_encoding = Some(PayloadEncoding::Base64);
-        assert_eq!(hex::encode(digest(&s).unwrap()), "1c8aff950685c2ed4bc3174f3472287b56d9517b9c948127319a09a7a36deac8");
+        assert_eq!(
+            hex::encode(digest(&s).unwrap()),
+            "1c8aff950685c2ed4bc3174f3472287b56d9517b9c948127319a09a7a36deac8"
+        );
 
         let mut s = spec();
         s.digest = Some("zz".into());

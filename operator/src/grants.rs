@@ -7,7 +7,7 @@ use kube::Api;
 use torcus_contract::{GRANT_VERSION, Grant, GrantKind, SignedGrant};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::cluster_controller::{GRANT_PRIVATE_KEY, Context};
+use crate::cluster_controller::{Context, GRANT_PRIVATE_KEY};
 use crate::resources::Names;
 use crate::{Error, Result};
 

@@ -12,16 +12,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use kube::runtime::events::EventType;
 use kube::ResourceExt;
+use kube::runtime::events::EventType;
 use torcus_contract::GrantKind;
 use torcus_contract::api::Outcome;
 use torcus_crds::{KeyStatus, MpcCluster};
 use tracing::{info, warn};
 
 use crate::cluster_controller::{Context, event};
-use crate::grants::{self, GrantParts};
 use crate::crypto;
+use crate::grants::{self, GrantParts};
 
 /// Pause after a failed keygen before the next try.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);

@@ -30,8 +30,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
-use torcus_node::transport::relay as torcus_relay;
 use torcus_crds::{MpcCluster, SigningRequest};
+use torcus_node::transport::relay as torcus_relay;
 use tracing::{info, warn};
 
 pub use metrics::Metrics;

@@ -58,13 +58,16 @@ impl Metrics {
             &["kind"],
         )?;
         let leader = IntGauge::new("torcus_operator_leader", "1 while this replica holds leadership and reconciles")?;
-        let keygens = IntCounterVec::new(Opts::new("torcus_keygens_total", "Key generations, by outcome"), &["outcome"])?;
+        let keygens =
+            IntCounterVec::new(Opts::new("torcus_keygens_total", "Key generations, by outcome"), &["outcome"])?;
         let signing_requests = IntCounterVec::new(
             Opts::new("torcus_signing_requests_total", "SigningRequests entering a phase, by phase"),
             &["phase"],
         )?;
-        let grants_issued =
-            IntCounterVec::new(Opts::new("torcus_grants_issued_total", "Grants signed by the operator, by kind"), &["kind"])?;
+        let grants_issued = IntCounterVec::new(
+            Opts::new("torcus_grants_issued_total", "Grants signed by the operator, by kind"),
+            &["kind"],
+        )?;
         let grants_rejected = IntCounterVec::new(
             Opts::new("torcus_grants_rejected_total", "Grants that did not end in a session outcome, by reason"),
             &["reason"],

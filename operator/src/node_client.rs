@@ -137,7 +137,8 @@ impl NodeClient {
         url: String,
         response: reqwest::Result<reqwest::Response>,
     ) -> Result<T, CallError> {
-        let unreachable = |url: &str, e: reqwest::Error| CallError::Unreachable { url: url.to_owned(), message: e.to_string() };
+        let unreachable =
+            |url: &str, e: reqwest::Error| CallError::Unreachable { url: url.to_owned(), message: e.to_string() };
         let response = response.map_err(|e| unreachable(&url, e))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| unreachable(&url, e))?;

@@ -10,8 +10,8 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRe
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, Secret, SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    Secret, SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};

@@ -27,9 +27,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use torcus_contract::api::{Outcome, SessionStatus, SignatureOut};
 use torcus_contract::{GrantKind, SignedGrant};
-use torcus_crds::{
-    IssuedGrant, MpcCluster, Signature, SigningPhase, SigningRequest, SigningRequestStatus, Timings,
-};
+use torcus_crds::{IssuedGrant, MpcCluster, Signature, SigningPhase, SigningRequest, SigningRequestStatus, Timings};
 use tracing::{info, warn};
 
 use crate::cluster_controller::{Context, FIELD_MANAGER};
@@ -130,7 +128,8 @@ impl<'a> Reconcile<'a> {
             return self.fail("UnknownCluster", message).await;
         };
         if !mpc.spec.keys.contains(&spec.key) {
-            let message = format!("cluster {} has no key named {} (keys: {})", spec.cluster, spec.key, mpc.spec.keys.join(", "));
+            let message =
+                format!("cluster {} has no key named {} (keys: {})", spec.cluster, spec.key, mpc.spec.keys.join(", "));
             return self.fail("UnknownKey", message).await;
         }
         // Policy first: a denial needs no nodes. Decision and count in one
@@ -148,7 +147,8 @@ impl<'a> Reconcile<'a> {
         let nodes = self.nodes(&mpc).await?;
         let healthy: Vec<u16> = healthy_indices(&nodes);
         if healthy.len() < usize::from(mpc.spec.threshold) {
-            let message = format!("{} of {} nodes healthy; {} needed", healthy.len(), mpc.spec.nodes, mpc.spec.threshold);
+            let message =
+                format!("{} of {} nodes healthy; {} needed", healthy.len(), mpc.spec.nodes, mpc.spec.threshold);
             return self.wait("WaitingForNodes", message).await;
         }
         let kind = GrantKind::Sign { key: spec.key.clone(), digest, derivation_path: path };
@@ -177,7 +177,9 @@ impl<'a> Reconcile<'a> {
         };
         match self.ctx.nodes.session(&url, &grant.grant.session_id()).await {
             Ok(Some(SessionStatus::Completed { outcome })) => self.complete(outcome, None).await,
-            Ok(Some(SessionStatus::Proposed | SessionStatus::Running)) => Ok(Action::requeue(Duration::from_millis(500))),
+            Ok(Some(SessionStatus::Proposed | SessionStatus::Running)) => {
+                Ok(Action::requeue(Duration::from_millis(500)))
+            }
             Ok(Some(SessionStatus::Failed { reason })) => self.retry(&mpc, &nodes, reason).await,
             Ok(None) if grant.grant.expires_at > torcus_contract::unix_now() + 5 => self.sign(&mpc, grant, url).await,
             Ok(None) => self.retry(&mpc, &nodes, "the grant expired before its session ran".into()).await,
@@ -200,7 +202,9 @@ impl<'a> Reconcile<'a> {
     /// Checks and records a session's outcome.
     async fn complete(&mut self, outcome: Outcome, took: Option<Duration>) -> Result<Action> {
         let Outcome::Signature(sig) = outcome else {
-            return self.fail("ProtocolError", "the initiator answered with something other than a signature".into()).await;
+            return self
+                .fail("ProtocolError", "the initiator answered with something other than a signature".into())
+                .await;
         };
         let expected = self.status.public_key.clone().unwrap_or_default();
         let digest = match crypto::digest(&self.sr.spec) {
@@ -309,7 +313,8 @@ impl<'a> Reconcile<'a> {
         };
         let spec = &self.sr.spec;
         let digest = crypto::digest(spec).map_err(|e| Error::InvalidSpec(e.to_string()))?;
-        let path = crypto::derivation_path(spec.derivation_path.as_deref()).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+        let path =
+            crypto::derivation_path(spec.derivation_path.as_deref()).map_err(|e| Error::InvalidSpec(e.to_string()))?;
         let kind = GrantKind::Sign { key: spec.key.clone(), digest, derivation_path: path };
         let key = grants::signing_key(self.ctx, &self.ns, &mpc.name_any()).await?;
         grants::issue(&key, &self.ns, &mpc.name_any(), kind, &parts)
@@ -377,7 +382,8 @@ impl<'a> Reconcile<'a> {
     async fn load_ledger(&self, cluster: &str) -> Result<Ledger> {
         let api: Api<SigningRequest> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let all = api.list(&ListParams::default()).await?;
-        let approvals = all.items.iter().filter(|sr| sr.spec.cluster == cluster).filter_map(Approval::from_signing_request);
+        let approvals =
+            all.items.iter().filter(|sr| sr.spec.cluster == cluster).filter_map(Approval::from_signing_request);
         Ok(Ledger::from_approvals(approvals))
     }
 
@@ -416,7 +422,8 @@ impl<'a> Reconcile<'a> {
     fn set_condition(&mut self, type_: &str, ok: bool, reason: &str, message: String) {
         let status = if ok { "True" } else { "False" };
         let conditions = &mut self.status.conditions;
-        let keep = conditions.iter().find(|c| c.type_ == type_ && c.status == status).map(|c| c.last_transition_time.clone());
+        let keep =
+            conditions.iter().find(|c| c.type_ == type_ && c.status == status).map(|c| c.last_transition_time.clone());
         conditions.retain(|c| c.type_ != type_);
         conditions.push(Condition {
             type_: type_.to_owned(),
@@ -442,7 +449,8 @@ impl<'a> Reconcile<'a> {
                 SigningPhase::Completed => self.set_condition("Completed", true, "Signed", "signature verified".into()),
                 SigningPhase::Denied => {}
                 _ => {
-                    let reason = self.status.conditions.iter().find(|c| c.type_ == "Completed").map(|c| c.reason.clone());
+                    let reason =
+                        self.status.conditions.iter().find(|c| c.type_ == "Completed").map(|c| c.reason.clone());
                     self.set_condition("Completed", false, &reason.unwrap_or_else(|| "Failed".into()), message);
                 }
             }
@@ -456,8 +464,14 @@ impl<'a> Reconcile<'a> {
             "kind": SigningRequest::kind(&()),
             "status": self.status,
         });
-        api.patch_status(&self.sr.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-        self.ctx.signing.written.lock().unwrap_or_else(PoisonError::into_inner).insert(self.uid.clone(), self.status.clone());
+        api.patch_status(&self.sr.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await?;
+        self.ctx
+            .signing
+            .written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(self.uid.clone(), self.status.clone());
         if old != Some(phase) {
             self.announce(old, phase);
         }
@@ -489,7 +503,11 @@ impl<'a> Reconcile<'a> {
             _ => self.status.reason.clone().unwrap_or_default(),
         };
         info!(request = %self.sr.name_any(), namespace = %self.ns, phase = %name, "{note}");
-        let type_ = if matches!(phase, SigningPhase::Denied | SigningPhase::Failed) { EventType::Warning } else { EventType::Normal };
+        let type_ = if matches!(phase, SigningPhase::Denied | SigningPhase::Failed) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
         let recorder = self.ctx.recorder.clone();
         let reference = self.sr.object_ref(&());
         tokio::spawn(async move {
