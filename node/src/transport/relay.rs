@@ -5,16 +5,24 @@
 //!
 //! # Security
 //!
+//! Nodes seal every payload they send through the relay end to end for its
+//! recipient ([`super::seal`]): the relay, and anyone who can reach it, can
+//! neither read a protocol message nor forge one that the recipient opens.
+//! What is left to the relay's own checks is who may queue and poll.
+//!
 //! **The relay authenticates nobody by itself.** Without an authenticator it
 //! takes the sender's party index from the `x-torcus-party` header and the
 //! cluster from `x-torcus-cluster`, and checks only that the envelope's
-//! `from` agrees with the header. That is acceptable *only* behind mutual
-//! TLS with the cluster's node certificates, where the operator's TLS
-//! terminator passes the verified leaf certificate in as a
+//! `from` agrees with the header. So a client that reaches it can post
+//! (sealed garbage, dropped and counted by the recipient) or poll another
+//! party's queue, which loses those messages and makes the session abort and
+//! be retried: denial of service, not disclosure. With mutual TLS in front,
+//! the operator's TLS terminator passes the verified leaf certificate in as a
 //! [`PeerCertificate`] request extension and the relay is built with
 //! [`Relay::with_authenticator`] (e.g. [`identity_from_certificate`]); then
-//! the certificate's party and cluster must match the headers. Served in
-//! plain HTTP, any client can post as any party and drain any party's queue.
+//! the certificate's party and cluster must match the headers. The operator
+//! serves it in plain HTTP inside the cluster today, behind the NetworkPolicy
+//! of the Helm chart.
 //!
 //! # Wire format
 //!
