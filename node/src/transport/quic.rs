@@ -271,6 +271,13 @@ impl QuicTransport {
                         warn!(peer, claimed = env.from, "dropped a message claiming another party index");
                     }
                     Ok(None) => break,
+                    // The connection went away (a peer that stops closes it):
+                    // no message was dropped, the stream just ended.
+                    Err(frame::FrameError::Io(error)) => {
+                        self.metrics.connection_failures.with_label_values(&["stream_ended"]).inc();
+                        tracing::debug!(peer, %error, "stream ended");
+                        return;
+                    }
                     Err(error) => {
                         self.metrics.dropped.with_label_values(&["malformed_frame"]).inc();
                         warn!(peer, %error, "malformed frame; closing the connection");
