@@ -4,6 +4,7 @@
 //! scaffolding the end-to-end tests share.
 
 pub mod controlplane;
+pub mod helm;
 pub mod kubelet;
 pub mod pki;
 pub mod process;
