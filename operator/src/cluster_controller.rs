@@ -143,6 +143,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     if mpc.metadata.deletion_timestamp.is_some() {
         // Children go with the owner references; the registry forgets it.
         ctx.registry.forget_cluster(&ns, &name);
+        ctx.metrics.cluster.remove(&ns, &name);
         return Ok(Action::await_change());
     }
     let lifetimes = match check_spec(mpc) {
@@ -271,6 +272,22 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
         })
         .collect();
     let certificates = certificates_status(&pki)?;
+    let gauges = &ctx.metrics.cluster;
+    let labels = [ns.as_str(), name.as_str()];
+    gauges.threshold.with_label_values(&labels).set(i64::from(mpc.spec.threshold));
+    gauges.presignature_pool_size.with_label_values(&labels).set(i64::from(mpc.spec.presignatures.pool_size));
+    let online = records.iter().filter(|r| r.online).count();
+    gauges.nodes_online.with_label_values(&labels).set(i64::try_from(online).unwrap_or(i64::MAX));
+    let earliest = pki
+        .leaves
+        .values()
+        .filter_map(|c| torcus_certs::inspect(&c.cert_pem).ok())
+        .map(|i| i.not_after)
+        .chain([pki.ca.not_after()])
+        .min();
+    if let Some(earliest) = earliest {
+        gauges.certificate_expiry.with_label_values(&labels).set(earliest.unix_timestamp() as f64);
+    }
     let keys = merged_keys(mpc, ctx.keygens.learned(mpc));
     let missing: Vec<String> = mpc
         .spec

@@ -153,6 +153,7 @@ impl Args {
             log_format: _,
         } = self;
         let instance = instance.unwrap_or_else(default_instance);
+        let instance_for_label = instance.clone();
         let metrics = Arc::new(Metrics::new()?);
         let stop = CancellationToken::new();
         {
@@ -224,9 +225,17 @@ impl Args {
             registry,
         ));
         metrics.leader.set(1);
+        let own_pod = own_pod(&instance_for_label, &lease_namespace);
+        if let Some((ns, pod)) = &own_pod {
+            label_leader(&client, ns, pod, true).await;
+        }
+        let client_for_label = client.clone();
         let clusters = cluster_controller_stream(client.clone(), namespace.as_deref(), ctx.clone(), stop.clone());
         let requests = signing_controller_stream(client, namespace.as_deref(), ctx, stop.clone());
         futures::join!(clusters, requests);
+        if let Some((ns, pod)) = &own_pod {
+            label_leader(&client_for_label, ns, pod, false).await;
+        }
         metrics.leader.set(0);
         stop.cancel();
         let _ = server.await;
@@ -249,6 +258,28 @@ pub enum RunError {
     /// Leader election could not start.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
+}
+
+/// Label the leader puts on its own pod; the chart's Service selects it, so
+/// the node registry and the relay are reached only on the leader.
+pub const LEADER_LABEL: &str = "mpc.torcus.io/leader";
+
+/// This replica's pod, when it runs in one (`POD_NAME` names the instance).
+fn own_pod(instance: &str, namespace: &str) -> Option<(String, String)> {
+    let pod = std::env::var("POD_NAME").ok().filter(|p| p == instance)?;
+    Some((namespace.to_owned(), pod))
+}
+
+/// Sets or removes [`LEADER_LABEL`] on pod `ns/pod`; a failure is logged
+/// (the Service then has no endpoint until the next leader labels itself).
+async fn label_leader(client: &Client, ns: &str, pod: &str, leader: bool) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let value = if leader { serde_json::json!("true") } else { serde_json::Value::Null };
+    let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}});
+    match pods.patch(pod, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await {
+        Ok(_) => info!(%pod, leader, "labelled own pod"),
+        Err(error) => warn!(%pod, %error, "could not label own pod as leader"),
+    }
 }
 
 /// Reads the trust bundle of cluster `name` in `ns` from its CA Secret, so

@@ -9,7 +9,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Every metric the operator exports, registered in its own registry.
 #[derive(Debug)]
@@ -38,6 +40,32 @@ pub struct Metrics {
     /// Signing sessions by whether the initiator used a presignature
     /// ("presigned") or ran the full protocol ("full").
     pub initiator_sessions: IntCounterVec,
+    /// Per MpcCluster (`namespace`, `mpccluster`): what the alerts compare.
+    pub cluster: ClusterGauges,
+}
+
+/// Gauges per MpcCluster, set by the cluster reconciler, removed with the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterGauges {
+    /// `spec.threshold`.
+    pub threshold: IntGaugeVec,
+    /// Nodes the registry sees online.
+    pub nodes_online: IntGaugeVec,
+    /// `spec.presignatures.poolSize` (0: pooling off).
+    pub presignature_pool_size: IntGaugeVec,
+    /// Earliest notAfter of the cluster's certificates, Unix seconds.
+    pub certificate_expiry: GaugeVec,
+}
+
+impl ClusterGauges {
+    /// Forgets the series of a deleted cluster.
+    pub fn remove(&self, namespace: &str, cluster: &str) {
+        let labels = [namespace, cluster];
+        let _ = self.threshold.remove_label_values(&labels);
+        let _ = self.nodes_online.remove_label_values(&labels);
+        let _ = self.presignature_pool_size.remove_label_values(&labels);
+        let _ = self.certificate_expiry.remove_label_values(&labels);
+    }
 }
 
 impl Metrics {
@@ -90,6 +118,35 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(signing_latency.clone()))?;
+        let per_cluster = ["namespace", "mpccluster"];
+        let cluster = ClusterGauges {
+            threshold: IntGaugeVec::new(
+                Opts::new("torcus_mpccluster_threshold", "Parties needed to sign (spec.threshold)"),
+                &per_cluster,
+            )?,
+            nodes_online: IntGaugeVec::new(
+                Opts::new("torcus_mpccluster_nodes_online", "Nodes of the cluster the registry sees online"),
+                &per_cluster,
+            )?,
+            presignature_pool_size: IntGaugeVec::new(
+                Opts::new(
+                    "torcus_mpccluster_presignature_pool_size",
+                    "Presignatures each node keeps per signer set (0: pooling off)",
+                ),
+                &per_cluster,
+            )?,
+            certificate_expiry: GaugeVec::new(
+                Opts::new(
+                    "torcus_mpccluster_certificate_expiry_timestamp_seconds",
+                    "Earliest notAfter of the cluster's CA and node certificates, Unix seconds",
+                ),
+                &per_cluster,
+            )?,
+        };
+        registry.register(Box::new(cluster.threshold.clone()))?;
+        registry.register(Box::new(cluster.nodes_online.clone()))?;
+        registry.register(Box::new(cluster.presignature_pool_size.clone()))?;
+        registry.register(Box::new(cluster.certificate_expiry.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(certificates_issued.clone()))?;
@@ -107,6 +164,7 @@ impl Metrics {
             policy_denials,
             signing_latency,
             initiator_sessions,
+            cluster,
         })
     }
 
