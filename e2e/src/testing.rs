@@ -161,6 +161,12 @@ impl TestNamespace {
         }
     }
 
+    /// The first operator's HTTP address as a URL (`http://127.0.0.1:<port>`):
+    /// its `/metrics`, and the registry and relay its nodes are given.
+    pub fn operator_url(&self) -> Option<&str> {
+        self.registry_url.as_deref()
+    }
+
     /// Starts a process kubelet for this namespace's pods (Node
     /// `local-<namespace>`), running `torcus-node` with the test primes
     /// fixture.

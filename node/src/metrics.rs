@@ -1,6 +1,6 @@
 //! The node's Prometheus metrics.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Every metric of the node's own logic (transports register theirs in the
 /// same registry).
@@ -8,7 +8,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaug
 pub struct NodeMetrics {
     /// The registry everything is in.
     pub registry: Registry,
-    /// Sessions by kind and outcome (`completed` or a failure reason).
+    /// Sessions by kind (`keygen`, `sign`, `presign`; `any` for a grant
+    /// session that failed) and outcome (`completed` or a failure reason).
     pub sessions: IntCounterVec,
     /// Duration of the MPC part of sessions, by kind.
     pub session_duration: HistogramVec,
@@ -18,6 +19,17 @@ pub struct NodeMetrics {
     pub dropped_control: IntCounter,
     /// 1 while configuration and TLS identity check out.
     pub ready: IntGauge,
+    /// Presignatures ready, per key (summed over signer sets: sets would
+    /// multiply the series).
+    pub presignature_pool_depth: IntGaugeVec,
+    /// Presignatures made by presigning sessions.
+    pub presignatures_generated: IntCounter,
+    /// Presignatures that issued a partial signature.
+    pub presignatures_used: IntCounter,
+    /// Presignatures dropped unused: evicted from a full pool, pruned because
+    /// another member lost them, or taken for a session that then ran the
+    /// full protocol or failed before signing.
+    pub presignatures_discarded: IntCounter,
 }
 
 impl NodeMetrics {
@@ -37,6 +49,21 @@ impl NodeMetrics {
             Opts::new("torcus_node_grants_rejected_total", "Grants refused, by reason"),
             &["reason"],
         )?;
+        // Known reasons start at 0 so that the series exist before the first
+        // refusal: those of `GrantError::reason`, and the node's own.
+        for reason in [
+            "bad_signature",
+            "expired",
+            "not_yet_valid",
+            "not_a_member",
+            "replayed",
+            "malformed",
+            "unsupported_version",
+            "storage",
+            "wrong_cluster",
+        ] {
+            grants_rejected.with_label_values(&[reason]);
+        }
         let dropped_control =
             IntCounter::new("torcus_node_control_dropped_total", "Control messages malformed or for no session")?;
         let ready = IntGauge::new("torcus_node_ready", "1 while the node's configuration and TLS identity check out")?;
@@ -44,7 +71,34 @@ impl NodeMetrics {
         registry.register(Box::new(session_duration.clone()))?;
         registry.register(Box::new(grants_rejected.clone()))?;
         registry.register(Box::new(dropped_control.clone()))?;
+        let presignature_pool_depth = IntGaugeVec::new(
+            Opts::new("torcus_presignature_pool_depth", "Presignatures ready in memory, per key (all signer sets)"),
+            &["key"],
+        )?;
+        let presignatures_generated =
+            IntCounter::new("torcus_presignatures_generated_total", "Presignatures made by presigning sessions")?;
+        let presignatures_used =
+            IntCounter::new("torcus_presignatures_used_total", "Presignatures that issued a partial signature")?;
+        let presignatures_discarded = IntCounter::new(
+            "torcus_presignatures_discarded_total",
+            "Presignatures dropped without issuing a partial signature",
+        )?;
         registry.register(Box::new(ready.clone()))?;
-        Ok(Self { registry, sessions, session_duration, grants_rejected, dropped_control, ready })
+        registry.register(Box::new(presignature_pool_depth.clone()))?;
+        registry.register(Box::new(presignatures_generated.clone()))?;
+        registry.register(Box::new(presignatures_used.clone()))?;
+        registry.register(Box::new(presignatures_discarded.clone()))?;
+        Ok(Self {
+            registry,
+            sessions,
+            session_duration,
+            grants_rejected,
+            dropped_control,
+            ready,
+            presignature_pool_depth,
+            presignatures_generated,
+            presignatures_used,
+            presignatures_discarded,
+        })
     }
 }

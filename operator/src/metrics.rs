@@ -13,6 +13,8 @@ use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::policy::Rule;
+
 /// Every metric the operator exports, registered in its own registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -114,6 +116,32 @@ impl Metrics {
             Opts::new("torcus_initiator_sessions_total", "Signing sessions the operator started, by initiator type"),
             &["type"],
         )?;
+        // Known label values start at 0, so that the series exist before
+        // the first occurrence: the dashboard's rates read 0, not "no data".
+        for rule in [
+            Rule::DeniedNamespace,
+            Rule::AllowedNamespaces,
+            Rule::DeniedSelector,
+            Rule::AllowedSelector,
+            Rule::MaxPayloadSize,
+            Rule::TimeWindow,
+            Rule::RateLimit,
+            Rule::SpendLimit,
+            Rule::InvalidPolicy,
+        ] {
+            policy_denials.with_label_values(&[rule.as_str()]);
+        }
+        // The reasons of `CallError::reason` that are the operator's own
+        // (a node's refusals carry the node's reason).
+        for reason in ["unreachable", "malformed_answer"] {
+            grants_rejected.with_label_values(&[reason]);
+        }
+        // The controllers, and the labels of `Error::metric_label`.
+        for controller in ["mpccluster", "signingrequest"] {
+            for error in ["kube", "certs", "invalid_spec", "grant_key", "node_keys", "random"] {
+                reconcile_errors.with_label_values(&[controller, error]);
+            }
+        }
         for c in [&keygens, &signing_requests, &grants_issued, &grants_rejected, &policy_denials, &initiator_sessions] {
             registry.register(Box::new(c.clone()))?;
         }

@@ -73,6 +73,14 @@ impl TransportMetrics {
             labels("torcus_p2p_connection_failures_total", "Peer connections refused or failed, by reason"),
             &["reason"],
         )?;
+        // The reasons every transport can give start at 0, so the series
+        // exist (and rates work) before the first drop or failure.
+        for reason in ["malformed_frame", "spoofed_sender", "unsealable"] {
+            dropped.with_label_values(&[reason]);
+        }
+        for reason in ["connect", "handshake"] {
+            connection_failures.with_label_values(&[reason]);
+        }
         registry.register(Box::new(sent.clone()))?;
         registry.register(Box::new(received.clone()))?;
         registry.register(Box::new(dropped.clone()))?;

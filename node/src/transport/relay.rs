@@ -316,6 +316,13 @@ impl Relay {
         )?;
         let queued_messages = IntGauge::new("torcus_relay_queued_messages", "Messages waiting in the relay")?;
         let queued_bytes = IntGauge::new("torcus_relay_queued_bytes", "Bytes waiting in the relay")?;
+        // Known from the start, so the series exist before the first message.
+        for direction in ["in", "out"] {
+            messages.with_label_values(&[direction]);
+        }
+        for reason in ["unauthenticated", "wrong_party", "too_large", "malformed_frame", "queue_full", "relay_full"] {
+            rejected.with_label_values(&[reason]);
+        }
         registry.register(Box::new(messages.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(expired.clone()))?;
