@@ -12,6 +12,8 @@ pub const KEYGEN_PATH: &str = "/p2p/keygen";
 pub const SIGN_PATH: &str = "/p2p/sign";
 /// Path of the key list.
 pub const KEYS_PATH: &str = "/p2p/keys";
+/// Path of the presignature pools a node holds.
+pub const PRESIGNATURES_PATH: &str = "/p2p/presignatures";
 
 /// Path of a session's state, by hex session id.
 pub fn session_path(session_id: &[u8; 32]) -> String {
@@ -66,6 +68,10 @@ pub struct SignatureOut {
     pub der: String,
     /// The (derived) public key it verifies under, compressed hex.
     pub public_key: String,
+    /// Whether the signers used a presignature from their pool (true) or
+    /// ran the full signing protocol (false).
+    #[serde(default)]
+    pub presigned: bool,
 }
 
 /// State of a session, for `GET /p2p/session/{id}`.
@@ -96,4 +102,34 @@ pub struct KeyInfo {
     pub name: String,
     /// Compressed SEC1 public key, hex.
     pub public_key: String,
+}
+
+/// The presignature pools of a node, as `GET /p2p/presignatures` lists them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresignaturePools {
+    /// One entry per (key, signer set) this node holds presignatures for,
+    /// or has made or used some for since it started.
+    pub pools: Vec<PresignaturePool>,
+}
+
+/// The presignatures of one key and signer set on one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresignaturePool {
+    /// Key name.
+    pub key: String,
+    /// The signer set, ascending: only a signing session among exactly these
+    /// parties can use the presignatures.
+    pub participants: Vec<u16>,
+    /// Presignatures ready now.
+    pub depth: u32,
+    /// Presignatures made for this pool since the node started.
+    #[serde(default)]
+    pub generated: u64,
+    /// Presignatures taken out of this pool for signing sessions since the
+    /// node started (each at most once; whether or not the session then
+    /// completed with it).
+    #[serde(default)]
+    pub taken: u64,
 }

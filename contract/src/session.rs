@@ -12,6 +12,14 @@
 //! feeds them the messages it received (with the sender's index as the
 //! transport authenticated it, never as the message claims) and the current
 //! time, and sends what they return.
+//!
+//! Presignatures are made the same way without the operator: the lowest index
+//! of a signer set sends [`Control::PresignProposal`] (its own random session
+//! id), the others check it and answer Ack, and Start runs the presigning
+//! protocol under [`presign_execution_id`]. A signing session may then offer a
+//! presignature: the proposal names one the initiator holds, each participant
+//! that holds it too sets it aside and says so in its Ack, and Start carries it
+//! only when every participant did; otherwise the session runs the full protocol.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -22,6 +30,25 @@ use sha2::{Digest, Sha256};
 use crate::grant::{Grant, SignedGrant};
 
 const SELECT_DOMAIN: &[u8] = b"torcus-select:";
+const PRESIGN_DOMAIN: &[u8] = b"torcus-presign-eid:";
+
+/// The ExecutionId of a presigning session: `b"torcus-presign-eid:"` ‖ key
+/// length (u32 big-endian) ‖ key ‖ participant count (u16 big-endian) ‖ each
+/// participant (u16 big-endian) ‖ session id. Unambiguous, so no two
+/// (key, signer set, session) triples share one, and never equal to a grant's
+/// execution id (another domain tag).
+pub fn presign_execution_id(key: &str, participants: &[u16], session_id: &[u8; 32]) -> Vec<u8> {
+    let mut eid = PRESIGN_DOMAIN.to_vec();
+    // Key names are short (a Kubernetes name); the cast saturates anyway.
+    eid.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    eid.extend_from_slice(key.as_bytes());
+    eid.extend_from_slice(&u16::try_from(participants.len()).unwrap_or(u16::MAX).to_be_bytes());
+    for p in participants {
+        eid.extend_from_slice(&p.to_be_bytes());
+    }
+    eid.extend_from_slice(session_id);
+    eid
+}
 
 /// Picks `threshold` of the `healthy` party indices for the grant `grant_id`.
 ///
@@ -81,6 +108,10 @@ pub enum Control {
     Proposal {
         /// The grant, as the issuer signed it.
         grant: SignedGrant,
+        /// A presignature of the grant's signer set that the initiator holds
+        /// and offers to sign with (signing grants only).
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_option")]
+        presignature: Option<[u8; 32]>,
     },
     /// Participant → initiator: the grant verified, ready to start.
     Ack {
@@ -89,12 +120,36 @@ pub enum Control {
         session_id: [u8; 32],
         /// The sender's party index; receivers go by the authenticated sender.
         from: u16,
+        /// The offered presignature, when the sender holds it and has taken
+        /// it out of its pool for this session.
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_option")]
+        presignature: Option<[u8; 32]>,
     },
     /// Initiator → participants: everyone acked, run the protocol.
     Start {
         /// The grant's session id.
         #[serde(with = "hex")]
         session_id: [u8; 32],
+        /// Sign with this presignature instead of running the full protocol;
+        /// only sent when every participant acked holding it.
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_option")]
+        presignature: Option<[u8; 32]>,
+    },
+    /// Lowest index of a signer set → the rest of the set: make a
+    /// presignature together. No grant: the participants check the sender,
+    /// the set and their own pool, and answer Ack or Abort.
+    PresignProposal {
+        /// Random, chosen by the initiator; also the presignature's id.
+        #[serde(with = "hex")]
+        session_id: [u8; 32],
+        /// Key to presign with.
+        key: String,
+        /// The signer set, ascending; the sender is its first member.
+        participants: Vec<u16>,
+        /// Ids of the presignatures the initiator holds for this set, so
+        /// that the others drop ones it lost (e.g. across its restart).
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_list")]
+        held: Vec<[u8; 32]>,
     },
     /// Any → all: the session will not run.
     Abort {
@@ -112,8 +167,11 @@ impl Control {
     /// The session the message is about; for a proposal, the grant's.
     pub fn session_id(&self) -> [u8; 32] {
         match self {
-            Self::Proposal { grant } => grant.grant.session_id(),
-            Self::Ack { session_id, .. } | Self::Start { session_id } | Self::Abort { session_id, .. } => *session_id,
+            Self::Proposal { grant, .. } => grant.grant.session_id(),
+            Self::Ack { session_id, .. }
+            | Self::Start { session_id, .. }
+            | Self::Abort { session_id, .. }
+            | Self::PresignProposal { session_id, .. } => *session_id,
         }
     }
 }
@@ -137,6 +195,10 @@ pub struct InitiatorHandshake {
     participants: Vec<u16>,
     /// Participants other than `me` that have not acked yet.
     missing: BTreeSet<u16>,
+    /// The presignature offered in the proposal, if any.
+    offered: Option<[u8; 32]>,
+    /// Participants whose ack confirmed holding the offered presignature.
+    confirmed: BTreeSet<u16>,
     deadline: Instant,
     state: HandshakeState,
 }
@@ -148,7 +210,27 @@ impl InitiatorHandshake {
     /// participant there is no ack to wait for and only the timeout fires.
     pub fn new(session_id: [u8; 32], participants: Vec<u16>, me: u16, deadline: Instant) -> Self {
         let missing = participants.iter().copied().filter(|index| *index != me).collect();
-        Self { session_id, me, participants, missing, deadline, state: HandshakeState::Waiting }
+        Self {
+            session_id,
+            me,
+            participants,
+            missing,
+            offered: None,
+            confirmed: BTreeSet::new(),
+            deadline,
+            state: HandshakeState::Waiting,
+        }
+    }
+
+    /// Records that the proposal offers presignature `id`: Start will carry
+    /// it if every other participant confirms holding it in its ack.
+    pub fn offer_presignature(&mut self, id: [u8; 32]) {
+        self.offered = Some(id);
+    }
+
+    /// The presignature offered, if any.
+    pub fn offered(&self) -> Option<[u8; 32]> {
+        self.offered
     }
 
     /// The handshake for a verified grant, run by its initiator. Panics on a
@@ -162,11 +244,26 @@ impl InitiatorHandshake {
     /// duplicate acks, acks from non-participants and acks after the
     /// handshake ended change nothing.
     pub fn on_ack(&mut self, from: u16) -> Option<Control> {
-        if self.state != HandshakeState::Waiting || !self.missing.remove(&from) || !self.missing.is_empty() {
+        self.on_ack_with(from, None)
+    }
+
+    /// Like [`on_ack`](Self::on_ack), for an ack that names the presignature
+    /// its sender holds. The Start carries the offered presignature only if
+    /// every other participant's ack named exactly it; otherwise the session
+    /// runs the full protocol.
+    pub fn on_ack_with(&mut self, from: u16, presignature: Option<[u8; 32]>) -> Option<Control> {
+        if self.state != HandshakeState::Waiting || !self.missing.remove(&from) {
+            return None;
+        }
+        if self.offered.is_some() && presignature == self.offered {
+            self.confirmed.insert(from);
+        }
+        if !self.missing.is_empty() {
             return None;
         }
         self.state = HandshakeState::Started;
-        Some(Control::Start { session_id: self.session_id })
+        let everyone = self.participants.iter().filter(|p| **p != self.me).all(|p| self.confirmed.contains(p));
+        Some(Control::Start { session_id: self.session_id, presignature: self.offered.filter(|_| everyone) })
     }
 
     /// An abort from party `from` (the authenticated sender). Returns whether
@@ -240,9 +337,28 @@ impl ParticipantHandshake {
         }
     }
 
+    /// A handshake for a session without a grant (a presigning session):
+    /// `initiator` proposed it to `participants`, `me` among them, and Start
+    /// is due before `deadline`.
+    pub fn for_session(
+        session_id: [u8; 32],
+        participants: Vec<u16>,
+        initiator: u16,
+        me: u16,
+        deadline: Instant,
+    ) -> Self {
+        Self { session_id, me, initiator, participants, deadline, state: HandshakeState::Waiting }
+    }
+
     /// The ack to send to the initiator.
     pub fn ack(&self) -> Control {
-        Control::Ack { session_id: self.session_id, from: self.me }
+        self.ack_with(None)
+    }
+
+    /// The ack to send to the initiator, naming the offered presignature
+    /// when this participant holds it (and has set it aside).
+    pub fn ack_with(&self, presignature: Option<[u8; 32]>) -> Control {
+        Control::Ack { session_id: self.session_id, from: self.me, presignature }
     }
 
     /// A Start from party `from` (the authenticated sender). Returns whether
@@ -312,6 +428,46 @@ fn abort(state: &mut HandshakeState, session_id: [u8; 32], me: u16, reason: Stri
     }
     *state = HandshakeState::Aborted;
     Some(Control::Abort { session_id, from: me, reason })
+}
+
+/// `Option<[u8; 32]>` as an optional hex string.
+mod hex_option {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<[u8; 32]>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => serializer.serialize_some(&hex::encode(bytes)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<[u8; 32]>, D::Error> {
+        Option::<String>::deserialize(deserializer)?.map(|text| parse(&text)).transpose()
+    }
+
+    pub(super) fn parse<E: serde::de::Error>(text: &str) -> Result<[u8; 32], E> {
+        let mut bytes = [0; 32];
+        hex::decode_to_slice(text, &mut bytes).map_err(E::custom)?;
+        Ok(bytes)
+    }
+}
+
+/// `Vec<[u8; 32]>` as a list of hex strings.
+mod hex_list {
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &[[u8; 32]], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(value.len()))?;
+        for bytes in value {
+            seq.serialize_element(&hex::encode(bytes))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<[u8; 32]>, D::Error> {
+        Vec::<String>::deserialize(deserializer)?.iter().map(|text| super::hex_option::parse(text)).collect()
+    }
 }
 
 #[cfg(test)]
@@ -393,20 +549,20 @@ mod tests {
 
     #[test]
     fn control_json_shape_and_session_id() {
-        let ack = Control::Ack { session_id: SID, from: 2 };
+        let ack = Control::Ack { session_id: SID, from: 2, presignature: None };
         let value = serde_json::to_value(&ack).unwrap();
         assert_eq!(value, serde_json::json!({"type": "ack", "sessionId": "05".repeat(32), "from": 2}));
         let abort = Control::Abort { session_id: SID, from: 1, reason: "x".into() };
-        let start = Control::Start { session_id: SID };
+        let start = Control::Start { session_id: SID, presignature: None };
         let signed = sign(grant(vec![0, 1, 2]), &SigningKey::from_bytes(&[7; 32]));
-        let proposal = Control::Proposal { grant: signed.clone() };
+        let proposal = Control::Proposal { grant: signed.clone(), presignature: None };
         assert_eq!(serde_json::to_value(&proposal).unwrap()["type"], "proposal");
         for message in [ack, abort, start, proposal.clone()] {
             let back: Control = serde_json::from_slice(&serde_json::to_vec(&message).unwrap()).unwrap();
             assert_eq!(back, message);
         }
         assert_eq!(proposal.session_id(), signed.grant.session_id());
-        assert_eq!(Control::Start { session_id: SID }.session_id(), SID);
+        assert_eq!(Control::Start { session_id: SID, presignature: None }.session_id(), SID);
         assert!(serde_json::from_str::<Control>(r#"{"type":"start","sessionId":"05"}"#).is_err());
     }
 
@@ -422,7 +578,7 @@ mod tests {
         assert_eq!(hs.on_ack(4), None);
         assert_eq!(hs.missing(), vec![6]);
         assert_eq!(hs.state(), HandshakeState::Waiting);
-        assert_eq!(hs.on_ack(6), Some(Control::Start { session_id: SID }));
+        assert_eq!(hs.on_ack(6), Some(Control::Start { session_id: SID, presignature: None }));
         assert_eq!(hs.state(), HandshakeState::Started);
         assert_eq!(hs.on_ack(6), None, "start is sent once");
         assert_eq!(hs.poll_timeout(t0 + Duration::from_secs(60)), None, "started sessions do not time out here");
@@ -468,7 +624,7 @@ mod tests {
         let other = *g.participants.iter().find(|i| **i != initiator && **i != me).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut hs = ParticipantHandshake::new(&g, me, deadline);
-        assert_eq!(hs.ack(), Control::Ack { session_id: g.session_id(), from: me });
+        assert_eq!(hs.ack(), Control::Ack { session_id: g.session_id(), from: me, presignature: None });
         assert!(!hs.on_start(other), "only the initiator starts");
         assert!(!hs.on_start(9));
         assert!(hs.on_start(initiator));
@@ -502,14 +658,15 @@ mod tests {
         let grant_id = Grant::new_id();
         let participants = select_participants(&grant_id, &healthy, 3).unwrap();
         let g = Grant { grant_id, nonce: Grant::new_nonce(), ..grant(participants.clone()) };
-        let wire = serde_json::to_vec(&Control::Proposal { grant: sign(g.clone(), &issuer) }).unwrap();
+        let wire =
+            serde_json::to_vec(&Control::Proposal { grant: sign(g.clone(), &issuer), presignature: None }).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
 
         let initiator = g.initiator();
         let mut lead = InitiatorHandshake::for_grant(&g, deadline);
         let mut others = Vec::new();
         for me in participants.iter().copied().filter(|i| *i != initiator) {
-            let Control::Proposal { grant } = serde_json::from_slice(&wire).unwrap() else {
+            let Control::Proposal { grant, .. } = serde_json::from_slice(&wire).unwrap() else {
                 panic!("not a proposal");
             };
             let verified = grant.verify(&issuer.verifying_key(), me, NOW, &mut MemoryUsedSessions::with_clock(|| NOW));
@@ -519,13 +676,107 @@ mod tests {
         }
         let mut start = None;
         for hs in &others {
-            let Control::Ack { session_id, from } = hs.ack() else { panic!("not an ack") };
+            let Control::Ack { session_id, from, .. } = hs.ack() else { panic!("not an ack") };
             assert_eq!(session_id, lead.session_id());
             start = start.or(lead.on_ack(from));
         }
-        assert_eq!(start, Some(Control::Start { session_id: g.session_id() }));
+        assert_eq!(start, Some(Control::Start { session_id: g.session_id(), presignature: None }));
         for hs in &mut others {
             assert!(hs.on_start(initiator));
         }
+    }
+
+    #[test]
+    fn presignature_is_started_only_when_everyone_holds_it() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let offered = [8; 32];
+        let mut hs = InitiatorHandshake::new(SID, vec![0, 2, 4], 0, deadline);
+        hs.offer_presignature(offered);
+        assert_eq!(hs.offered(), Some(offered));
+        assert_eq!(hs.on_ack_with(2, Some(offered)), None);
+        assert_eq!(
+            hs.on_ack_with(4, Some(offered)),
+            Some(Control::Start { session_id: SID, presignature: Some(offered) })
+        );
+
+        // One participant lacks it (or names another): the full protocol.
+        for other in [None, Some([9; 32])] {
+            let mut hs = InitiatorHandshake::new(SID, vec![0, 2, 4], 0, deadline);
+            hs.offer_presignature(offered);
+            assert_eq!(hs.on_ack_with(2, Some(offered)), None);
+            assert_eq!(hs.on_ack_with(4, other), Some(Control::Start { session_id: SID, presignature: None }));
+        }
+        // Nothing offered: a confirmation out of the blue changes nothing.
+        let mut hs = InitiatorHandshake::new(SID, vec![0, 2], 0, deadline);
+        assert_eq!(hs.on_ack_with(2, Some(offered)), Some(Control::Start { session_id: SID, presignature: None }));
+        // A duplicate ack cannot confirm for someone else.
+        let mut hs = InitiatorHandshake::new(SID, vec![0, 2, 4], 0, deadline);
+        hs.offer_presignature(offered);
+        assert_eq!(hs.on_ack_with(2, Some(offered)), None);
+        assert_eq!(hs.on_ack_with(2, Some(offered)), None);
+        assert_eq!(hs.missing(), vec![4]);
+    }
+
+    #[test]
+    fn presign_proposal_and_new_fields_on_the_wire() {
+        let proposal = Control::PresignProposal {
+            session_id: SID,
+            key: "default".into(),
+            participants: vec![0, 2],
+            held: vec![[1; 32], [2; 32]],
+        };
+        let value = serde_json::to_value(&proposal).unwrap();
+        assert_eq!(value["type"], "presignProposal");
+        assert_eq!(value["held"][1], "02".repeat(32));
+        assert_eq!(serde_json::from_value::<Control>(value).unwrap(), proposal);
+        assert_eq!(proposal.session_id(), SID);
+        let start = Control::Start { session_id: SID, presignature: Some([3; 32]) };
+        assert_eq!(serde_json::to_value(&start).unwrap()["presignature"], "03".repeat(32));
+        let ack = Control::Ack { session_id: SID, from: 1, presignature: Some([4; 32]) };
+        assert_eq!(serde_json::from_slice::<Control>(&serde_json::to_vec(&ack).unwrap()).unwrap(), ack);
+
+        // Messages of nodes that predate presignatures still parse, and
+        // absent fields are not written.
+        let old = format!(r#"{{"type":"start","sessionId":"{}"}}"#, "05".repeat(32));
+        assert_eq!(
+            serde_json::from_str::<Control>(&old).unwrap(),
+            Control::Start { session_id: SID, presignature: None }
+        );
+        let old =
+            format!(r#"{{"type":"presignProposal","sessionId":"{}","key":"k","participants":[0,1]}}"#, "05".repeat(32));
+        assert!(
+            matches!(serde_json::from_str::<Control>(&old).unwrap(), Control::PresignProposal { held, .. } if held.is_empty())
+        );
+        let plain = serde_json::to_value(Control::Ack { session_id: SID, from: 1, presignature: None }).unwrap();
+        assert!(plain.get("presignature").is_none(), "{plain}");
+        let bad = format!(r#"{{"type":"start","sessionId":"{}","presignature":"05"}}"#, "05".repeat(32));
+        assert!(serde_json::from_str::<Control>(&bad).is_err());
+    }
+
+    #[test]
+    fn presign_execution_ids_are_unambiguous() {
+        let base = presign_execution_id("ab", &[0, 1], &SID);
+        assert!(base.starts_with(b"torcus-presign-eid:"));
+        let others = [
+            presign_execution_id("a", &[0, 1], &SID),
+            presign_execution_id("ab", &[0, 2], &SID),
+            presign_execution_id("ab", &[1, 0], &SID),
+            presign_execution_id("ab", &[0, 1, 2], &SID),
+            presign_execution_id("ab", &[0, 1], &[6; 32]),
+        ];
+        let mut all: HashSet<Vec<u8>> = others.into_iter().collect();
+        assert!(all.insert(base.clone()));
+        assert_eq!(all.len(), 6);
+        assert_eq!(presign_execution_id("ab", &[0, 1], &SID), base, "deterministic");
+    }
+
+    #[test]
+    fn participant_handshake_without_a_grant() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut hs = ParticipantHandshake::for_session(SID, vec![1, 3], 1, 3, deadline);
+        assert_eq!(hs.ack(), Control::Ack { session_id: SID, from: 3, presignature: None });
+        assert_eq!(hs.ack_with(Some([1; 32])), Control::Ack { session_id: SID, from: 3, presignature: Some([1; 32]) });
+        assert!(!hs.on_start(3));
+        assert!(hs.on_start(1));
     }
 }

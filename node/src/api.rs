@@ -6,6 +6,7 @@
 //!   any other participant answers 409 with `{"initiator": i}`.
 //! - `GET /p2p/session/{id}` — state of a session (hex session id).
 //! - `GET /p2p/keys` — names and public keys of the keys held here.
+//! - `GET /p2p/presignatures` — the presignature pools held here (counts).
 //! - `/healthz`, `/readyz`, `/metrics`.
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub fn router<T: Transport>(service: Arc<Service<T>>, ready: ReadyCheck, registr
         .route("/p2p/sign", post(sign::<T>))
         .route("/p2p/session/{id}", get(session::<T>))
         .route("/p2p/keys", get(keys::<T>))
+        .route("/p2p/presignatures", get(presignatures::<T>))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz::<T>))
         .route("/metrics", get(metrics::<T>))
@@ -82,13 +84,13 @@ async fn session<T: Transport>(State(state): State<Arc<ApiState<T>>>, Path(id): 
 }
 
 async fn keys<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
-    let keys: Vec<_> = state
-        .service
-        .keys()
-        .into_iter()
-        .map(|(name, public_key)| KeyInfo { name, public_key })
-        .collect();
+    let keys: Vec<_> =
+        state.service.keys().into_iter().map(|(name, public_key)| KeyInfo { name, public_key }).collect();
     Json(keys).into_response()
+}
+
+async fn presignatures<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
+    Json(state.service.presignature_pools()).into_response()
 }
 
 async fn readyz<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
@@ -112,7 +114,7 @@ fn answer(result: Result<Outcome, SessionError>) -> Response {
                 SessionError::NotInitiator { .. } | SessionError::KeyExists(_) => StatusCode::CONFLICT,
                 SessionError::Grant(_) => StatusCode::FORBIDDEN,
                 SessionError::UnknownKey(_) => StatusCode::NOT_FOUND,
-                SessionError::Aborted(_) => StatusCode::SERVICE_UNAVAILABLE,
+                SessionError::Aborted(_) | SessionError::Preempted => StatusCode::SERVICE_UNAVAILABLE,
                 SessionError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 SessionError::Engine(_) | SessionError::Store(_) | SessionError::Corrupt(_) => {
                     StatusCode::INTERNAL_SERVER_ERROR

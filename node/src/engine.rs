@@ -91,6 +91,9 @@ pub enum EngineError {
     /// Partial signatures did not combine into a valid signature.
     #[error("partial signatures do not combine into a valid signature")]
     Combine,
+    /// Exchanging partial signatures failed.
+    #[error("exchanging partial signatures: {0}")]
+    Delivery(#[from] DeliveryError),
 }
 
 /// A session's view of the network: messages in, messages out.
@@ -275,6 +278,51 @@ pub fn partial_sign(
             .map_err(|e| EngineError::DerivationPath(e.to_string()))?
     };
     Ok(presig.issue_partial_signature(data_to_sign(digest)))
+}
+
+/// Signs with a presignature among `net.parties`: issues this party's
+/// partial signature (consuming the presignature), sends it to every other
+/// party, and combines it with theirs into a signature checked against the
+/// (derived) public key. Every party of the set must run this with its part
+/// of the same presignature, the same digest and the same path.
+///
+/// Partial signatures carry no secret (cggmp21 documents them as safe to
+/// publish); the first one from each party counts, anything from outside
+/// the set or that does not parse is ignored, and a bad one fails the check.
+pub async fn sign_presigned(
+    presig: Presig,
+    share: &Share,
+    digest: &[u8; 32],
+    path: &[u32],
+    net: SessionNet,
+) -> Result<Signature<Curve>, EngineError> {
+    let SessionNet { session, me, parties, mut incoming, outgoing, idle_timeout } = net;
+    position(&parties, me)?;
+    let partial = partial_sign(presig, share, digest, path)?;
+    let payload = serde_json::to_vec(&partial).map_err(DeliveryError::Encode)?;
+    let envelope = Envelope { session, channel: Channel::Protocol, from: me, to: None, seq: 1, payload };
+    outgoing.send(envelope).await.map_err(|_| DeliveryError::Closed)?;
+    let mut partials = std::collections::BTreeMap::from([(me, partial)]);
+    let idle = idle_timeout.unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
+    while partials.len() < parties.len() {
+        let env = tokio::time::timeout(idle, incoming.recv())
+            .await
+            .map_err(|_| DeliveryError::Silent(idle))?
+            .ok_or(DeliveryError::Closed)?;
+        let fresh = parties.contains(&env.from) && !partials.contains_key(&env.from);
+        if env.session != session || env.channel != Channel::Protocol || !fresh {
+            tracing::debug!(from = env.from, "dropped a message that is not a partial signature of this session");
+            continue;
+        }
+        match serde_json::from_slice::<cggmp21::PartialSignature<Curve>>(&env.payload) {
+            Ok(partial) => {
+                partials.insert(env.from, partial);
+            }
+            Err(_) => tracing::debug!(from = env.from, "dropped a partial signature that does not parse"),
+        }
+    }
+    let partials: Vec<_> = partials.into_values().collect();
+    combine(&partials, share, digest, path)
 }
 
 /// Combines partial signatures and checks the result against the (derived)

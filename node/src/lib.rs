@@ -9,6 +9,7 @@ pub mod api;
 pub mod engine;
 pub mod identity;
 pub mod metrics;
+pub mod pool;
 pub mod registry_client;
 pub mod router;
 pub mod service;
@@ -297,7 +298,9 @@ impl Args {
         let router = Router::new();
         let service = Service::new(ServiceParts {
             me,
+            nodes: cluster.nodes,
             threshold: cluster.threshold,
+            presignature_pool_size: cluster.presignature_pool_size,
             namespace: cluster.namespace.clone(),
             cluster: cluster.cluster.clone(),
             grant_key,
@@ -307,6 +310,7 @@ impl Args {
             used,
             metrics: metrics.clone(),
         })?;
+        service.spawn_presigner(stop.clone());
         let (control_tx, mut control_rx) = mpsc::channel(1024);
         router.spawn_inbound(incoming, Some(control_tx));
         {
@@ -434,7 +438,8 @@ async fn resolve_peers(
             None => Vec::new(),
         };
         for peer in missing {
-            let dns = tokio::net::lookup_host((peer.host.as_str(), peer.p2p_port)).await.ok().and_then(|mut a| a.next());
+            let dns =
+                tokio::net::lookup_host((peer.host.as_str(), peer.p2p_port)).await.ok().and_then(|mut a| a.next());
             let from_registry = || {
                 let record = registered.iter().find(|r| r.party == peer.index && r.online)?;
                 Some(SocketAddr::new(record.address.parse().ok()?, record.p2p_port))

@@ -7,21 +7,44 @@
 //! initiator says Start and all run the protocol. A participant that does
 //! not answer in time turns into an Abort naming it, never a hang. Every
 //! grant is used at most once per node, across restarts.
+//!
+//! Presignatures (`crate::pool`): a background task (the *presigner*) keeps
+//! a pool for every key and every signer set of `threshold` parties that
+//! this node leads (is the lowest index of). It proposes a presigning
+//! session to the rest of the set with a random session id and no grant;
+//! each member checks the sender, the set and its own pool before it acks.
+//! Signing comes first: neither the presigner nor a member starts
+//! presigning while a grant session runs on this node or one ended less
+//! than [`PRESIGN_QUIET`] ago (back-to-back signing leaves no room for it
+//! anyway), a presigning session running when one starts is abandoned
+//! (preempted), and a node is in at most one presigning session at a time. A signing session
+//! whose initiator holds a presignature of the grant's signer set offers
+//! it in the proposal; every member that holds it takes it out of its pool
+//! and says so in its ack, and only if all did does Start name it — then
+//! each signs with it (one message, no heavy rounds), otherwise the session
+//! runs the full protocol and the taken presignatures are dropped. Either
+//! way a presignature leaves every pool before any partial signature is
+//! issued, and never goes back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
+use rand_core::RngCore;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 use torcus_contract::{
     Control, Grant, GrantError, GrantKind, InitiatorHandshake, ParticipantHandshake, SignedGrant, UsedSessions,
 };
-use tracing::{info, warn};
+use tracing::{Instrument, debug, info, warn};
 use zeroize::Zeroizing;
 
-use crate::engine::{self, Aux, Channel, Envelope, Primes, Share};
+use crate::engine::{self, Aux, Channel, Envelope, Presig, Primes, Share};
+use crate::pool::{Pools, Taken};
 use crate::router::Router;
 use crate::store::ShareStore;
 use crate::transport::Transport;
@@ -38,9 +61,33 @@ pub const SIGN_TIMEOUT: Duration = Duration::from_secs(60);
 pub const SIGN_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest silence of every other party in a keygen or aux info session.
 pub const KEYGEN_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest a presigning session may run.
+pub const PRESIGN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a member of a proposed presigning session waits for this node
+/// to be free (no grant session for [`PRESIGN_QUIET`], no other presigning
+/// session) before it refuses; well inside the initiator's
+/// [`HANDSHAKE_TIMEOUT`].
+pub const PRESIGN_JOIN_WAIT: Duration = Duration::from_secs(5);
+/// First and longest pause of the presigner for a signer set after a
+/// failed presigning session (doubling in between), so that a dead member
+/// costs little.
+pub const PRESIGN_BACKOFF: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(60));
+/// How long no grant session must have run on a node before it presigns.
+/// About one presigning session: under a steady stream of signatures a
+/// presigning session would mostly be preempted, its work wasted.
+pub const PRESIGN_QUIET: Duration = Duration::from_secs(1);
+/// How often the presigner looks at its pools when nothing woke it.
+const PRESIGNER_TICK: Duration = Duration::from_secs(1);
+/// Presigning session ids remembered to refuse a repeated proposal.
+const SEEN_PRESIGN_SESSIONS: usize = 4096;
+/// Most presignature ids a presigning proposal may list (beyond the target).
+const MAX_HELD: usize = 1024;
+/// Why a presigning session was given up for signing; the other members
+/// see it at the end of the Abort's reason and do not count it as a failure.
+const PREEMPTED: &str = "presigning preempted by signing";
 const AUX_SHARE: &str = "aux-info";
 
-pub use torcus_contract::api::{Outcome, SessionStatus, SignatureOut};
+pub use torcus_contract::api::{Outcome, PresignaturePools, SessionStatus, SignatureOut};
 
 /// Why a session could not run or finish.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +116,9 @@ pub enum SessionError {
     /// The protocol did not finish in time.
     #[error("session timed out after {0:?}")]
     Timeout(Duration),
+    /// A presigning session gave way to a grant session on this node.
+    #[error("{PREEMPTED}")]
+    Preempted,
     /// The share store failed.
     #[error("share store: {0}")]
     Store(#[from] crate::store::Error),
@@ -88,6 +138,7 @@ impl SessionError {
             Self::Aborted(_) => "aborted",
             Self::Engine(_) => "protocol",
             Self::Timeout(_) => "timeout",
+            Self::Preempted => "preempted",
             Self::Store(_) | Self::Corrupt(_) => "storage",
         }
     }
@@ -99,6 +150,7 @@ type ControlSender = mpsc::Sender<(u16, Control)>;
 /// The node's session logic over transport `T`.
 pub struct Service<T: Transport> {
     me: u16,
+    nodes: u16,
     threshold: u16,
     namespace: String,
     cluster: String,
@@ -113,6 +165,20 @@ pub struct Service<T: Transport> {
     handshakes: Mutex<HashMap<[u8; 32], ControlSender>>,
     statuses: Mutex<HashMap<[u8; 32], SessionStatus>>,
     metrics: crate::metrics::NodeMetrics,
+    /// Presignatures, in memory only.
+    pools: Pools,
+    /// Grant sessions (keygen, sign) running here; presigning waits for 0.
+    foreground: AtomicUsize,
+    /// When the last grant session here ended (`None`: none yet).
+    foreground_ended: Mutex<Option<Instant>>,
+    /// Wakes the presigner: a grant session ended, a key appeared.
+    presigner_wake: Notify,
+    /// Wakes running presigning sessions: a grant session began.
+    foreground_began: Notify,
+    /// One presigning session at a time on this node, in either role.
+    presign_permit: Arc<Semaphore>,
+    /// Presigning session ids seen lately, oldest first (bounded).
+    seen_presign: Mutex<SeenIds>,
 }
 
 impl<T: Transport> std::fmt::Debug for Service<T> {
@@ -126,8 +192,12 @@ impl<T: Transport> std::fmt::Debug for Service<T> {
 pub struct ServiceParts<T> {
     /// This node's party index.
     pub me: u16,
+    /// Number of parties of the cluster.
+    pub nodes: u16,
     /// Parties needed to sign (from the cluster configuration).
     pub threshold: u16,
+    /// Presignatures to keep per key and signer set; 0 turns presigning off.
+    pub presignature_pool_size: u16,
     /// Namespace of the cluster.
     pub namespace: String,
     /// Name of the cluster.
@@ -149,8 +219,20 @@ pub struct ServiceParts<T> {
 impl<T: Transport> Service<T> {
     /// Builds the service and loads the shares already on disk.
     pub fn new(parts: ServiceParts<T>) -> Result<Arc<Self>, SessionError> {
-        let ServiceParts { me, threshold, namespace, cluster, grant_key, transport, router, store, used, metrics } =
-            parts;
+        let ServiceParts {
+            me,
+            nodes,
+            threshold,
+            presignature_pool_size,
+            namespace,
+            cluster,
+            grant_key,
+            transport,
+            router,
+            store,
+            used,
+            metrics,
+        } = parts;
         let mut shares = HashMap::new();
         for name in store.list()? {
             if let Some(key) = name.strip_prefix("key-") {
@@ -160,8 +242,14 @@ impl<T: Transport> Service<T> {
             }
         }
         info!(me, keys = shares.len(), "loaded key shares");
+        let pools = Pools::new(
+            presignature_pool_size,
+            metrics.presignature_pool_depth.clone(),
+            metrics.presignatures_discarded.clone(),
+        );
         Ok(Arc::new(Self {
             me,
+            nodes,
             threshold,
             namespace,
             cluster,
@@ -176,6 +264,13 @@ impl<T: Transport> Service<T> {
             handshakes: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             metrics,
+            pools,
+            foreground: AtomicUsize::new(0),
+            foreground_ended: Mutex::new(None),
+            presigner_wake: Notify::new(),
+            foreground_began: Notify::new(),
+            presign_permit: Arc::new(Semaphore::new(1)),
+            seen_presign: Mutex::new(SeenIds::default()),
         }))
     }
 
@@ -206,6 +301,11 @@ impl<T: Transport> Service<T> {
         self.statuses.lock().unwrap_or_else(PoisonError::into_inner).get(session).cloned()
     }
 
+    /// The presignature pools held here (counts only).
+    pub fn presignature_pools(&self) -> PresignaturePools {
+        PresignaturePools { pools: self.pools.snapshot() }
+    }
+
     /// Runs the session of `grant` as its initiator: the HTTP API's entry.
     pub async fn initiate(self: &Arc<Self>, signed: SignedGrant) -> Result<Outcome, SessionError> {
         // Who initiates is a pure function of the grant: answer that before
@@ -223,43 +323,51 @@ impl<T: Transport> Service<T> {
         }
         let grant = self.verify(&signed)?.clone();
         self.precheck(&grant)?;
+        let _foreground = self.foreground();
         let session = grant.session_id();
         self.set_status(session, SessionStatus::Proposed);
         let mut control = self.open_handshake(session);
         let result = async {
             let mut handshake = InitiatorHandshake::for_grant(&grant, Instant::now() + HANDSHAKE_TIMEOUT);
-            self.broadcast_control(&grant, &Control::Proposal { grant: signed.clone() }).await;
-            let start = loop {
-                let wait = handshake.deadline().saturating_duration_since(Instant::now());
-                match tokio::time::timeout(wait, control.recv()).await {
-                    Ok(Some((from, Control::Ack { .. }))) => {
-                        if let Some(start) = handshake.on_ack(from) {
-                            break start;
-                        }
-                    }
-                    Ok(Some((from, Control::Abort { reason, .. }))) if handshake.on_abort(from) => {
-                        return Err(SessionError::Aborted(format!("party {from}: {reason}")));
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
-                        let abort = handshake.poll_timeout(Instant::now() + HANDSHAKE_TIMEOUT);
-                        let reason = match &abort {
-                            Some(Control::Abort { reason, .. }) => reason.clone(),
-                            _ => "handshake timed out".to_owned(),
-                        };
-                        if let Some(abort) = abort {
-                            self.broadcast_control(&grant, &abort).await;
-                        }
-                        return Err(SessionError::Aborted(reason));
-                    }
-                }
+            let mut offered = self.offer_presignature(&grant);
+            if let Some(taken) = &offered {
+                handshake.offer_presignature(taken.id());
+            }
+            let proposal = Control::Proposal { grant: signed.clone(), presignature: handshake.offered() };
+            self.broadcast_control(&grant.participants, session, &proposal).await;
+            let start = self.collect_acks(&grant.participants, &mut handshake, &mut control).await?;
+            // Not started with it: dropped here (counted as discarded).
+            let presig = match &start {
+                Control::Start { presignature: Some(id), .. } => offered.take().filter(|taken| taken.id() == *id),
+                _ => None,
             };
-            self.broadcast_control(&grant, &start).await;
-            self.run(&grant, control).await
+            drop(offered);
+            self.broadcast_control(&grant.participants, session, &start).await;
+            self.run(&grant, control, presig).await
         }
         .await;
         self.finish(session, &result);
         result
+    }
+
+    /// Starts the presigner: for every key and every signer set this node
+    /// leads, it keeps the pool at its target in the background, until
+    /// `stop`. Does nothing when pools are off.
+    pub fn spawn_presigner(self: &Arc<Self>, stop: CancellationToken) {
+        if self.pools.target() == 0 {
+            return;
+        }
+        let this = Arc::clone(self);
+        let span = tracing::info_span!("presigner", me = self.me);
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    () = this.presigner() => {}
+                    () = stop.cancelled() => {}
+                }
+            }
+            .instrument(span),
+        );
     }
 
     /// Handles one control envelope from the transport (already
@@ -270,9 +378,17 @@ impl<T: Transport> Service<T> {
             return;
         };
         match control {
-            Control::Proposal { grant } => {
+            Control::Proposal { grant, presignature } => {
                 let this = Arc::clone(self);
-                tokio::spawn(async move { this.participate(env.from, grant).await });
+                tokio::spawn(async move { this.participate(env.from, grant, presignature).await });
+            }
+            Control::PresignProposal { session_id, key, participants, held } => {
+                let this = Arc::clone(self);
+                let span = tracing::debug_span!("presign", from = env.from, key = %key);
+                tokio::spawn(
+                    async move { this.join_presign(env.from, session_id, key, participants, held).await }
+                        .instrument(span),
+                );
             }
             other => {
                 let sender =
@@ -287,69 +403,106 @@ impl<T: Transport> Service<T> {
         }
     }
 
-    async fn participate(self: Arc<Self>, from: u16, signed: SignedGrant) {
+    async fn participate(self: Arc<Self>, from: u16, signed: SignedGrant, offered: Option<[u8; 32]>) {
         let session = signed.grant.session_id();
+        let participants = signed.grant.participants.clone();
         let grant = match self.verify(&signed) {
             Ok(grant) if grant.initiator() == from => grant.clone(),
             Ok(grant) => {
                 let reason = format!("proposal came from party {from}, but the initiator is {}", grant.initiator());
-                self.send_control(from, grant, &Control::Abort { session_id: session, from: self.me, reason }).await;
+                self.send_control(from, session, &Control::Abort { session_id: session, from: self.me, reason }).await;
                 return;
             }
             Err(error) => {
                 warn!(from, %error, "refused a proposal");
                 let reason = format!("party {} refused the grant: {error}", self.me);
-                self.send_control(from, &signed.grant, &Control::Abort { session_id: session, from: self.me, reason })
-                    .await;
+                self.send_control(from, session, &Control::Abort { session_id: session, from: self.me, reason }).await;
                 return;
             }
         };
         if let Err(error) = self.precheck(&grant) {
             let reason = format!("party {}: {error}", self.me);
-            self.send_control(from, &grant, &Control::Abort { session_id: session, from: self.me, reason }).await;
+            self.send_control(from, session, &Control::Abort { session_id: session, from: self.me, reason }).await;
             return;
         }
+        let _foreground = self.foreground();
         self.set_status(session, SessionStatus::Proposed);
         let mut control = self.open_handshake(session);
         let mut handshake = ParticipantHandshake::new(&grant, self.me, Instant::now() + HANDSHAKE_TIMEOUT);
-        self.send_control(from, &grant, &handshake.ack()).await;
+        // Taken out of the pool now, before acking: from here on no other
+        // session can have it, whatever this one turns into.
+        let mut reserved = offered.and_then(|id| self.reserve_presignature(&grant, &id));
+        self.send_control(from, session, &handshake.ack_with(reserved.as_ref().map(Taken::id))).await;
         let result = async {
-            loop {
+            let started_with = loop {
                 let wait = handshake.deadline().saturating_duration_since(Instant::now());
                 match tokio::time::timeout(wait, control.recv()).await {
-                    Ok(Some((from, Control::Start { .. }))) if handshake.on_start(from) => break,
+                    Ok(Some((from, Control::Start { presignature, .. }))) if handshake.on_start(from) => {
+                        break presignature;
+                    }
                     Ok(Some((from, Control::Abort { reason, .. }))) if handshake.on_abort(from) => {
                         return Err(SessionError::Aborted(format!("party {from}: {reason}")));
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {
                         if let Some(abort) = handshake.poll_timeout(Instant::now() + HANDSHAKE_TIMEOUT) {
-                            self.broadcast_control(&grant, &abort).await;
+                            self.broadcast_control(&participants, session, &abort).await;
                         }
                         return Err(SessionError::Aborted("no start from initiator".into()));
                     }
                 }
-            }
-            self.run(&grant, control).await
+            };
+            let presig = match (started_with, reserved.take()) {
+                // The full protocol; a presignature set aside is dropped.
+                (None, _) => None,
+                (Some(id), Some(taken)) if taken.id() == id => Some(taken),
+                (Some(_), _) => {
+                    let reason = format!("party {} does not hold the presignature the session started with", self.me);
+                    let abort = Control::Abort { session_id: session, from: self.me, reason: reason.clone() };
+                    self.broadcast_control(&participants, session, &abort).await;
+                    return Err(SessionError::Aborted(reason));
+                }
+            };
+            self.run(&grant, control, presig).await
         }
         .await;
         self.finish(session, &result);
     }
 
-    /// Runs the protocol of a started session; an Abort from any
-    /// participant, or the timeout, ends it.
-    async fn run(&self, grant: &Grant, mut control: mpsc::Receiver<(u16, Control)>) -> Result<Outcome, SessionError> {
+    /// Runs the protocol of a started grant session, with `presig` when
+    /// Start named one (signing only).
+    async fn run(
+        &self,
+        grant: &Grant,
+        control: mpsc::Receiver<(u16, Control)>,
+        presig: Option<Taken>,
+    ) -> Result<Outcome, SessionError> {
         self.set_status(grant.session_id(), SessionStatus::Running);
         let (timeout, kind) = match &grant.kind {
             GrantKind::Keygen { .. } => (KEYGEN_TIMEOUT, "keygen"),
             GrantKind::Sign { .. } => (SIGN_TIMEOUT, "sign"),
         };
+        let protocol = self.protocol(grant, presig);
+        self.run_started(grant.session_id(), &grant.participants, kind, timeout, protocol, control).await
+    }
+
+    /// Runs `protocol` for a started session among `participants`; an
+    /// Abort from any of them, or the timeout, ends it, and a local failure
+    /// is sent to them as an Abort.
+    async fn run_started<O>(
+        &self,
+        session: [u8; 32],
+        participants: &[u16],
+        kind: &'static str,
+        timeout: Duration,
+        protocol: impl Future<Output = Result<O, SessionError>>,
+        mut control: mpsc::Receiver<(u16, Control)>,
+    ) -> Result<O, SessionError> {
         let started = Instant::now();
-        let protocol = self.protocol(grant);
         let aborted = async {
             loop {
                 match control.recv().await {
-                    Some((from, Control::Abort { reason, .. })) if grant.participants.contains(&from) => {
+                    Some((from, Control::Abort { reason, .. })) if participants.contains(&from) && from != self.me => {
                         break format!("party {from}: {reason}");
                     }
                     Some(_) => {}
@@ -364,21 +517,21 @@ impl<T: Transport> Service<T> {
         if let Err(error) = &result
             && !matches!(error, SessionError::Aborted(_))
         {
-            let abort = Control::Abort { session_id: grant.session_id(), from: self.me, reason: error.to_string() };
-            self.broadcast_control(grant, &abort).await;
+            let abort = Control::Abort { session_id: session, from: self.me, reason: error.to_string() };
+            self.broadcast_control(participants, session, &abort).await;
         }
         self.metrics.session_duration.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
         result
     }
 
-    async fn protocol(&self, grant: &Grant) -> Result<Outcome, SessionError> {
+    async fn protocol(&self, grant: &Grant, presig: Option<Taken>) -> Result<Outcome, SessionError> {
         let eid = grant.execution_id();
         let session = grant.session_id();
         match &grant.kind {
             GrantKind::Keygen { key } => {
                 let n = u16::try_from(grant.participants.len()).unwrap_or(u16::MAX);
                 let aux = self.aux_info(grant, n).await?;
-                let net = self.net(session, grant);
+                let net = self.net(session, grant.participants.clone(), KEYGEN_IDLE_TIMEOUT);
                 let core = engine::keygen(&eid, n, self.threshold, net).await?;
                 let share = engine::complete(core, aux)?;
                 let bytes =
@@ -387,13 +540,21 @@ impl<T: Transport> Service<T> {
                 let public_key = hex::encode(share.shared_public_key.to_bytes(true));
                 self.shares.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), Arc::new(share));
                 info!(key, %public_key, "generated a key");
+                self.presigner_wake.notify_one();
                 Ok(Outcome::Keygen { key: key.clone(), public_key })
             }
             GrantKind::Sign { key, digest, derivation_path } => {
                 let share = self.share(key)?;
-                let net = self.net(session, grant);
-                let signature = engine::sign(&eid, &share, digest, derivation_path, net).await?;
-                Ok(Outcome::Signature(signature_out(&share, digest, derivation_path, &signature)?))
+                let net = self.net(session, grant.participants.clone(), SIGN_IDLE_TIMEOUT);
+                let (signature, presigned) = match presig {
+                    Some(taken) => {
+                        self.metrics.presignatures_used.inc();
+                        let presig = taken.consume();
+                        (engine::sign_presigned(presig, &share, digest, derivation_path, net).await?, true)
+                    }
+                    None => (engine::sign(&eid, &share, digest, derivation_path, net).await?, false),
+                };
+                Ok(Outcome::Signature(signature_out(&share, digest, derivation_path, &signature, presigned)?))
             }
         }
     }
@@ -415,20 +576,19 @@ impl<T: Transport> Service<T> {
         eid.extend_from_slice(b"/aux");
         let session: [u8; 32] =
             Sha256::new().chain_update(b"torcus-aux:").chain_update(grant.session_id()).finalize().into();
-        let aux = engine::aux_info(&eid, n, primes, self.net(session, grant)).await?;
+        let aux = engine::aux_info(&eid, n, primes, self.net(session, grant.participants.clone(), KEYGEN_IDLE_TIMEOUT))
+            .await?;
         let bytes = Zeroizing::new(serde_json::to_vec(&aux).map_err(|e| SessionError::Corrupt(e.to_string()))?);
         self.store.put(AUX_SHARE, &bytes)?;
         Ok(aux)
     }
 
-    fn net(&self, session: [u8; 32], grant: &Grant) -> engine::SessionNet {
-        let mut net = self.router.session(Arc::clone(&self.transport), session, self.me, grant.participants.clone());
-        // Between two messages a party computes at most one round: short for
-        // signing, long for aux info's proofs on a slow machine.
-        net.idle_timeout = Some(match grant.kind {
-            GrantKind::Sign { .. } => SIGN_IDLE_TIMEOUT,
-            GrantKind::Keygen { .. } => KEYGEN_IDLE_TIMEOUT,
-        });
+    /// The session's network. Between two messages a party computes at
+    /// most one round: `idle` is short for (pre)signing, long for aux info's
+    /// proofs on a slow machine.
+    fn net(&self, session: [u8; 32], participants: Vec<u16>, idle: Duration) -> engine::SessionNet {
+        let mut net = self.router.session(Arc::clone(&self.transport), session, self.me, participants);
+        net.idle_timeout = Some(idle);
         net
     }
 
@@ -467,6 +627,109 @@ impl<T: Transport> Service<T> {
         }
     }
 
+    /// Waits for every participant's ack; returns the Start to send. An
+    /// Abort from a participant, or the handshake timeout, ends the session
+    /// (the timeout with an Abort naming who did not ack).
+    async fn collect_acks(
+        &self,
+        participants: &[u16],
+        handshake: &mut InitiatorHandshake,
+        control: &mut mpsc::Receiver<(u16, Control)>,
+    ) -> Result<Control, SessionError> {
+        loop {
+            let wait = handshake.deadline().saturating_duration_since(Instant::now());
+            match tokio::time::timeout(wait, control.recv()).await {
+                Ok(Some((from, Control::Ack { presignature, .. }))) => {
+                    if let Some(start) = handshake.on_ack_with(from, presignature) {
+                        return Ok(start);
+                    }
+                }
+                Ok(Some((from, Control::Abort { reason, .. }))) if handshake.on_abort(from) => {
+                    return Err(SessionError::Aborted(format!("party {from}: {reason}")));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    let abort = handshake.poll_timeout(Instant::now() + HANDSHAKE_TIMEOUT);
+                    let reason = match &abort {
+                        Some(Control::Abort { reason, .. }) => reason.clone(),
+                        _ => "handshake timed out".to_owned(),
+                    };
+                    if let Some(abort) = abort {
+                        self.broadcast_control(participants, handshake.session_id(), &abort).await;
+                    }
+                    return Err(SessionError::Aborted(reason));
+                }
+            }
+        }
+    }
+
+    /// Marks a grant session as running until the guard drops.
+    fn foreground(&self) -> Foreground<'_> {
+        self.foreground.fetch_add(1, Ordering::AcqRel);
+        self.foreground_began.notify_waiters();
+        Foreground { running: &self.foreground, ended: &self.foreground_ended, wake: &self.presigner_wake }
+    }
+
+    /// How much longer presigning must wait for signing: `None` when it may
+    /// start now (no grant session running, none for [`PRESIGN_QUIET`]).
+    fn presign_wait(&self) -> Option<Duration> {
+        if self.foreground.load(Ordering::Acquire) > 0 {
+            return Some(PRESIGN_QUIET);
+        }
+        let ended = (*self.foreground_ended.lock().unwrap_or_else(PoisonError::into_inner))?;
+        PRESIGN_QUIET.checked_sub(ended.elapsed()).filter(|left| !left.is_zero())
+    }
+
+    /// Completes once a grant session runs on this node.
+    async fn foreground_running(&self) {
+        loop {
+            let began = self.foreground_began.notified();
+            tokio::pin!(began);
+            // Registered before the check, so an increment in between wakes it.
+            began.as_mut().enable();
+            if self.foreground.load(Ordering::Acquire) > 0 {
+                return;
+            }
+            began.await;
+        }
+    }
+
+    /// The presignature a signing grant's initiator offers: the oldest of the
+    /// grant's signer set, if the grant can use one at all.
+    ///
+    /// Derivation paths are supported (cggmp21 shifts the presignature by
+    /// the path's additive tweak when the partial signature is issued). Note
+    /// Groth and Shoup (ePrint 2021/1330): presignatures combined with
+    /// additive key derivation admit a cube-root (about 2^85 for secp256k1)
+    /// generic attack instead of the square-root bound, by an adversary who
+    /// knows R before choosing the tweak and message; here R is known only
+    /// to the signer set's nodes, and the grant (the operator) chooses both.
+    fn offer_presignature(&self, grant: &Grant) -> Option<Taken> {
+        let GrantKind::Sign { key, derivation_path, .. } = &grant.kind else {
+            return None;
+        };
+        if self.pools.target() == 0 || grant.participants.len() != usize::from(self.threshold) {
+            return None;
+        }
+        // A path the key cannot derive fails the full protocol the same way:
+        // do not spend a presignature on it.
+        let share = self.share(key).ok()?;
+        engine::public_key(&share, derivation_path).ok()?;
+        self.pools.take_oldest(key, &grant.participants)
+    }
+
+    /// A member's side of an offer: takes presignature `id` of the grant's
+    /// signer set out of its pool, if it holds it.
+    fn reserve_presignature(&self, grant: &Grant, id: &[u8; 32]) -> Option<Taken> {
+        let GrantKind::Sign { key, .. } = &grant.kind else {
+            return None;
+        };
+        if grant.participants.len() != usize::from(self.threshold) {
+            return None;
+        }
+        self.pools.take(key, &grant.participants, id)
+    }
+
     fn open_handshake(&self, session: [u8; 32]) -> mpsc::Receiver<(u16, Control)> {
         let (tx, rx) = mpsc::channel(64);
         self.handshakes.lock().unwrap_or_else(PoisonError::into_inner).insert(session, tx);
@@ -499,29 +762,342 @@ impl<T: Transport> Service<T> {
         statuses.insert(session, status);
     }
 
-    async fn broadcast_control(&self, grant: &Grant, control: &Control) {
-        for &to in grant.participants.iter().filter(|p| **p != self.me) {
-            self.send_control(to, grant, control).await;
+    async fn broadcast_control(&self, participants: &[u16], session: [u8; 32], control: &Control) {
+        for &to in participants.iter().filter(|p| **p != self.me) {
+            self.send_control(to, session, control).await;
         }
     }
 
-    async fn send_control(&self, to: u16, grant: &Grant, control: &Control) {
+    async fn send_control(&self, to: u16, session: [u8; 32], control: &Control) {
         let payload = match serde_json::to_vec(control) {
             Ok(p) => p,
             Err(_) => return,
         };
-        let env = Envelope {
-            session: grant.session_id(),
-            channel: Channel::Control,
-            from: self.me,
-            to: Some(to),
-            seq: 0,
-            payload,
-        };
+        let env = Envelope { session, channel: Channel::Control, from: self.me, to: Some(to), seq: 0, payload };
         if let Err(error) = self.transport.send(to, env).await {
             warn!(to, %error, "could not send a control message");
         }
     }
+}
+
+/// Presigning: the background presigner (the leader's side) and a member's
+/// side of a presigning session.
+impl<T: Transport> Service<T> {
+    /// The presigner's loop; runs until its task is cancelled.
+    async fn presigner(&self) {
+        let sets = led_sets(self.me, self.nodes, self.threshold);
+        info!(sets = sets.len(), target = self.pools.target(), "presigner started");
+        // Per (key, set): no new attempt before the instant; the last pause.
+        let mut backoff: HashMap<(String, Vec<u16>), (Instant, Duration)> = HashMap::new();
+        loop {
+            if let Some(wait) = self.presign_wait() {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let Some((key, set)) = self.next_presign(&sets, &backoff) else {
+                // Woken when a grant session ends or a key appears; the tick
+                // catches backoffs running out.
+                let _ = tokio::time::timeout(PRESIGNER_TICK, self.presigner_wake.notified()).await;
+                continue;
+            };
+            let Ok(permit) = Arc::clone(&self.presign_permit).acquire_owned().await else {
+                return;
+            };
+            if self.presign_wait().is_some() {
+                // Signing came in while this waited: it goes first.
+                continue;
+            }
+            let result = self.lead_presign(&key, &set, permit).await;
+            let slot = (key, set);
+            match result {
+                Ok(()) => {
+                    backoff.remove(&slot);
+                }
+                // Not a failure of the set: it waits for signing to end.
+                Err(SessionError::Preempted) => debug!(key = %slot.0, set = ?slot.1, "presigning preempted"),
+                Err(SessionError::Aborted(reason)) if reason.ends_with(PREEMPTED) => {
+                    debug!(key = %slot.0, set = ?slot.1, %reason, "presigning preempted");
+                }
+                Err(error) => {
+                    let pause =
+                        backoff.get(&slot).map_or(PRESIGN_BACKOFF.0, |(_, last)| (*last * 2).min(PRESIGN_BACKOFF.1));
+                    warn!(key = %slot.0, set = ?slot.1, %error, retry_in = ?pause, "presigning failed");
+                    backoff.insert(slot, (Instant::now() + pause, pause));
+                }
+            }
+        }
+    }
+
+    /// The (key, set) most in need of a presignature: below target, not
+    /// pausing after a failure, lowest depth first.
+    fn next_presign(
+        &self,
+        sets: &[Vec<u16>],
+        backoff: &HashMap<(String, Vec<u16>), (Instant, Duration)>,
+    ) -> Option<(String, Vec<u16>)> {
+        let mut keys: Vec<String> =
+            self.shares.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        keys.sort();
+        let now = Instant::now();
+        let mut best: Option<(usize, String, Vec<u16>)> = None;
+        for key in keys {
+            for set in sets {
+                let depth = self.pools.depth(&key, set);
+                let pausing = backoff.get(&(key.clone(), set.clone())).is_some_and(|(until, _)| *until > now);
+                if depth < self.pools.target() && !pausing && best.as_ref().is_none_or(|(lowest, ..)| depth < *lowest) {
+                    best = Some((depth, key.clone(), set.clone()));
+                }
+            }
+        }
+        best.map(|(_, key, set)| (key, set))
+    }
+
+    /// Runs one presigning session for `key` among `set`, led by this node,
+    /// holding this node's presigning permit throughout.
+    async fn lead_presign(&self, key: &str, set: &[u16], _permit: OwnedSemaphorePermit) -> Result<(), SessionError> {
+        let share = self.share(key)?;
+        let mut session = [0u8; 32];
+        rand_core::OsRng.fill_bytes(&mut session);
+        self.seen_presign.lock().unwrap_or_else(PoisonError::into_inner).insert(session);
+        let mut control = self.open_handshake(session);
+        let result = async {
+            let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+            let mut handshake = InitiatorHandshake::new(session, set.to_vec(), self.me, deadline);
+            let proposal = Control::PresignProposal {
+                session_id: session,
+                key: key.to_owned(),
+                participants: set.to_vec(),
+                held: self.pools.ids(key, set),
+            };
+            self.broadcast_control(set, session, &proposal).await;
+            let start = self.collect_acks(set, &mut handshake, &mut control).await?;
+            self.broadcast_control(set, session, &start).await;
+            self.presign(session, key, set, &share, control).await
+        }
+        .await;
+        self.finish_presign(session, key, set, result)
+    }
+
+    /// A member's answer to a presigning proposal from `from`: refused with
+    /// an Abort to the sender unless every check passes, else acked and run.
+    async fn join_presign(
+        self: Arc<Self>,
+        from: u16,
+        session: [u8; 32],
+        key: String,
+        participants: Vec<u16>,
+        held: Vec<[u8; 32]>,
+    ) {
+        let (permit, share) = match self.admit_presign(from, session, &key, &participants, &held).await {
+            Ok(admitted) => admitted,
+            Err(reason) => {
+                debug!(%reason, "refused a presigning proposal");
+                self.metrics.sessions.with_label_values(&["presign", "refused"]).inc();
+                let reason = format!("party {}: {reason}", self.me);
+                self.send_control(from, session, &Control::Abort { session_id: session, from: self.me, reason }).await;
+                return;
+            }
+        };
+        let mut control = self.open_handshake(session);
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        let mut handshake = ParticipantHandshake::for_session(session, participants.clone(), from, self.me, deadline);
+        self.send_control(from, session, &handshake.ack()).await;
+        let result = async {
+            loop {
+                let wait = handshake.deadline().saturating_duration_since(Instant::now());
+                match tokio::time::timeout(wait, control.recv()).await {
+                    Ok(Some((from, Control::Start { .. }))) if handshake.on_start(from) => break,
+                    Ok(Some((from, Control::Abort { reason, .. }))) if handshake.on_abort(from) => {
+                        return Err(SessionError::Aborted(format!("party {from}: {reason}")));
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        if let Some(abort) = handshake.poll_timeout(Instant::now() + HANDSHAKE_TIMEOUT) {
+                            self.broadcast_control(&participants, session, &abort).await;
+                        }
+                        return Err(SessionError::Aborted("no start from initiator".into()));
+                    }
+                }
+            }
+            self.presign(session, &key, &participants, &share, control).await
+        }
+        .await;
+        if let Err(error) = self.finish_presign(session, &key, &participants, result) {
+            debug!(%error, "presigning session failed");
+        }
+        drop(permit);
+    }
+
+    /// The checks a member makes before it acks a presigning proposal, then
+    /// the wait (bounded) until this node is free to presign: no grant
+    /// session running or just ended, no other presigning session. Returns the permit to
+    /// hold and the key share.
+    async fn admit_presign(
+        &self,
+        from: u16,
+        session: [u8; 32],
+        key: &str,
+        participants: &[u16],
+        held: &[[u8; 32]],
+    ) -> Result<(OwnedSemaphorePermit, Arc<Share>), String> {
+        if self.pools.target() == 0 {
+            return Err("presignature pools are off here".into());
+        }
+        if participants.len() != usize::from(self.threshold) {
+            return Err(format!("{} participants, but the threshold is {}", participants.len(), self.threshold));
+        }
+        if !participants.windows(2).all(|pair| pair[0] < pair[1]) {
+            return Err("participants are not distinct and ascending".into());
+        }
+        if participants.iter().any(|p| *p >= self.nodes) {
+            return Err(format!("participants {participants:?} are not all in this {}-party cluster", self.nodes));
+        }
+        if !participants.contains(&self.me) {
+            return Err("not a participant".into());
+        }
+        if participants.first() != Some(&from) || from == self.me {
+            return Err(format!("proposal came from party {from}, not from the lowest index of the set"));
+        }
+        if held.len() > self.pools.target().max(MAX_HELD) {
+            return Err(format!("{} presignatures claimed held", held.len()));
+        }
+        let share = self.share(key).map_err(|e| e.to_string())?;
+        let open = self.handshakes.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&session);
+        if open || !self.seen_presign.lock().unwrap_or_else(PoisonError::into_inner).insert(session) {
+            return Err("session id seen before".into());
+        }
+        // Presignatures the leader no longer holds can never be offered by
+        // it and would only fill this pool: drop them.
+        let dropped = self.pools.retain(key, participants, held);
+        if dropped > 0 {
+            debug!(dropped, "dropped presignatures the leader does not hold");
+        }
+        if self.pools.depth(key, participants) >= self.pools.target() {
+            return Err("presignature pool is full".into());
+        }
+        let deadline = Instant::now() + PRESIGN_JOIN_WAIT;
+        loop {
+            if self.presign_wait().is_none()
+                && let Ok(permit) = Arc::clone(&self.presign_permit).try_acquire_owned()
+            {
+                return Ok((permit, share));
+            }
+            if Instant::now() >= deadline {
+                return Err("busy".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The presigning protocol of a started session, as either role.
+    async fn presign(
+        &self,
+        session: [u8; 32],
+        key: &str,
+        set: &[u16],
+        share: &Share,
+        control: mpsc::Receiver<(u16, Control)>,
+    ) -> Result<Presig, SessionError> {
+        let eid = torcus_contract::presign_execution_id(key, set, &session);
+        let net = self.net(session, set.to_vec(), SIGN_IDLE_TIMEOUT);
+        let protocol = async {
+            // Signing first: a grant session starting here ends this one
+            // (and, by the Abort this sends, the other members' part).
+            tokio::select! {
+                presig = engine::presign(&eid, share, net) => Ok(presig?),
+                () = self.foreground_running() => Err(SessionError::Preempted),
+            }
+        };
+        self.run_started(session, set, "presign", PRESIGN_TIMEOUT, protocol, control).await
+    }
+
+    /// Closes a presigning session; a presignature goes into the pool under
+    /// the session id, which every member uses.
+    fn finish_presign(
+        &self,
+        session: [u8; 32],
+        key: &str,
+        set: &[u16],
+        result: Result<Presig, SessionError>,
+    ) -> Result<(), SessionError> {
+        self.handshakes.lock().unwrap_or_else(PoisonError::into_inner).remove(&session);
+        self.router.close(&session);
+        match result {
+            Ok(presig) => {
+                self.metrics.sessions.with_label_values(&["presign", "completed"]).inc();
+                self.metrics.presignatures_generated.inc();
+                self.pools.insert(key, set, session, presig);
+                debug!(key, ?set, depth = self.pools.depth(key, set), "made a presignature");
+                Ok(())
+            }
+            Err(error) => {
+                self.metrics.sessions.with_label_values(&["presign", error.reason()]).inc();
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Counts a grant session as running for as long as it lives.
+struct Foreground<'a> {
+    running: &'a AtomicUsize,
+    ended: &'a Mutex<Option<Instant>>,
+    wake: &'a Notify,
+}
+
+impl Drop for Foreground<'_> {
+    fn drop(&mut self) {
+        *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last one: the presigner may go on (after the quiet time).
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// A bounded set of ids, forgetting the oldest first.
+#[derive(Debug, Default)]
+struct SeenIds {
+    order: VecDeque<[u8; 32]>,
+    ids: HashSet<[u8; 32]>,
+}
+
+impl SeenIds {
+    /// Records `id`; false if it was seen already.
+    fn insert(&mut self, id: [u8; 32]) -> bool {
+        if !self.ids.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        while self.order.len() > SEEN_PRESIGN_SESSIONS {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// The signer sets of `threshold` parties among `0..nodes` whose lowest
+/// index is `me`: the ones whose presignatures `me` proposes. Ascending.
+pub fn led_sets(me: u16, nodes: u16, threshold: u16) -> Vec<Vec<u16>> {
+    fn extend(set: &mut Vec<u16>, from: u16, nodes: u16, size: usize, out: &mut Vec<Vec<u16>>) {
+        if set.len() == size {
+            out.push(set.clone());
+            return;
+        }
+        for next in from..nodes {
+            set.push(next);
+            extend(set, next + 1, nodes, size, out);
+            set.pop();
+        }
+    }
+    let mut out = Vec::new();
+    if threshold == 0 || me >= nodes {
+        return out;
+    }
+    extend(&mut vec![me], me + 1, nodes, usize::from(threshold), &mut out);
+    out
 }
 
 fn outcome_kind(outcome: &Outcome) -> &'static str {
@@ -549,6 +1125,7 @@ fn signature_out(
     digest: &[u8; 32],
     path: &[u32],
     signature: &cggmp21::Signature<engine::Curve>,
+    presigned: bool,
 ) -> Result<SignatureOut, SessionError> {
     let public = engine::public_key(share, path)?.to_bytes(true).to_vec();
     let r: [u8; 32] = signature.r.to_be_bytes().as_bytes().try_into().map_err(|_| engine::EngineError::Combine)?;
@@ -563,5 +1140,42 @@ fn signature_out(
         recovery_id: recovery.to_byte(),
         der: hex::encode(sig.to_der().as_bytes()),
         public_key: hex::encode(public),
+        presigned,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn led_sets_are_the_sets_a_node_is_lowest_in() {
+        assert_eq!(led_sets(0, 3, 2), vec![vec![0, 1], vec![0, 2]]);
+        assert_eq!(led_sets(1, 3, 2), vec![vec![1, 2]]);
+        assert!(led_sets(2, 3, 2).is_empty());
+        assert_eq!(led_sets(0, 5, 3).len(), 6);
+        assert_eq!(led_sets(2, 5, 3), vec![vec![2, 3, 4]]);
+        // Every set of the cluster has exactly one leader.
+        let all: Vec<Vec<u16>> = (0..5).flat_map(|me| led_sets(me, 5, 3)).collect();
+        let distinct: HashSet<Vec<u16>> = all.iter().cloned().collect();
+        assert_eq!((all.len(), distinct.len()), (10, 10));
+        assert!(led_sets(3, 3, 2).is_empty());
+        assert!(led_sets(0, 3, 0).is_empty());
+    }
+
+    #[test]
+    fn seen_ids_are_bounded() {
+        let mut seen = SeenIds::default();
+        assert!(seen.insert([1; 32]));
+        assert!(!seen.insert([1; 32]));
+        for i in 0..SEEN_PRESIGN_SESSIONS as u32 {
+            let mut id = [0; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id[31] = 9;
+            seen.insert(id);
+        }
+        assert_eq!(seen.order.len(), SEEN_PRESIGN_SESSIONS);
+        assert_eq!(seen.ids.len(), SEEN_PRESIGN_SESSIONS);
+        assert!(seen.insert([1; 32]), "the oldest is forgotten first");
+    }
 }

@@ -49,14 +49,22 @@ pub fn fixture() -> PathBuf {
 }
 
 impl Cluster {
-    /// Starts `n` nodes of `binary` with threshold `t` over `transport`.
+    /// Starts `n` nodes of `binary` with threshold `t` over `transport`,
+    /// presignature pools off (every signature runs the full protocol).
     pub async fn new(binary: &Path, n: u16, t: u16, transport: &str) -> Self {
+        Self::with_presignatures(binary, n, t, transport, 0).await
+    }
+
+    /// Like [`Cluster::new`], with pools of `pool_size` presignatures per
+    /// key and signer set filled in the background.
+    pub async fn with_presignatures(binary: &Path, n: u16, t: u16, transport: &str, pool_size: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::generate("test CA", torcus_certs::Duration::days(1), OffsetDateTime::now_utc())
             .unwrap();
         let grant_key = SigningKey::from_bytes(&[42; 32]);
         let mut config = ClusterConfig::sample("demo", "vault", n, t);
         config.transport = transport.to_owned();
+        config.presignature_pool_size = pool_size;
         config.grant_public_key = hex::encode(grant_key.verifying_key().as_bytes());
         // The relay the operator serves in http and hybrid mode, here in-process.
         let mut relay_task = None;
@@ -253,13 +261,31 @@ impl Cluster {
     }
 
     /// Signs through the initiator of a fresh grant and checks the result.
-    /// Signs through the initiator of a fresh grant and checks the result.
     pub async fn sign(&self, key: &str, signers: Vec<u16>, digest: [u8; 32], path: Vec<u32>) -> serde_json::Value {
         let grant = self.grant(GrantKind::Sign { key: key.into(), digest, derivation_path: path }, signers);
         let (status, body) = self.post(grant.grant.initiator(), "/p2p/sign", &grant).await;
         assert_eq!(status, 200, "{body}");
         verify(&body, &digest);
         body
+    }
+}
+
+impl Cluster {
+    /// Node `i`'s presignature pools (`GET /p2p/presignatures`).
+    pub async fn presignatures(&self, i: u16) -> torcus_contract::api::PresignaturePools {
+        let response = self.http.get(self.url(i, "/p2p/presignatures")).send().await.expect("presignatures");
+        assert!(response.status().is_success(), "GET /p2p/presignatures: {}", response.status());
+        serde_json::from_slice(&response.bytes().await.expect("body")).expect("presignature pools")
+    }
+
+    /// Node `i`'s pool of `key` for the signer set `set`, if it lists one.
+    pub async fn pool(&self, i: u16, key: &str, set: &[u16]) -> Option<torcus_contract::api::PresignaturePool> {
+        self.presignatures(i).await.pools.into_iter().find(|p| p.key == key && p.participants == set)
+    }
+
+    /// Node `i`'s `/metrics` text.
+    pub async fn metrics(&self, i: u16) -> String {
+        self.http.get(self.url(i, "/metrics")).send().await.expect("metrics").text().await.expect("metrics text")
     }
 }
 

@@ -1,7 +1,8 @@
 //! Real `torcus-node` processes on 127.0.0.1: keygen and signing through
 //! the HTTP API with operator-style grants, every signature checked with
 //! libsecp256k1; forged, expired, replayed and non-member grants refused;
-//! a restarted node signs with the share it stored.
+//! a restarted node signs with the share it stored; presignature pools fill
+//! in the background and signing uses each presignature once.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -152,4 +153,158 @@ async fn quic_five_nodes_threshold_three() {
         assert_eq!(body["publicKey"], public_key.as_str());
     }
     cluster.sign("default", vec![1, 3, 4], [34; 32], vec![7, 0]).await;
+}
+
+/// Presignature pools over QUIC, 3 nodes, threshold 2, 2 per signer set:
+/// the pools fill in the background on every member of every set; a signature
+/// from a warm set uses one presignature (`presigned: true`, checked with
+/// libsecp256k1, also with a derivation path), which leaves the pool of each
+/// signer exactly once and is refilled; a drained pool falls back to the full
+/// protocol; no two signatures share a nonce (r), which is what reusing a
+/// presignature would look like; and a dead member does not stop the
+/// presigner from refilling the sets it is not in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_presignature_pools_fill_sign_and_refill() {
+    let mut cluster = Cluster::with_presignatures(binary(), 3, 2, "quic", 2).await;
+    cluster.wait_ready().await;
+    let public_key = cluster.keygen("default").await;
+    let sets: [&[u16]; 3] = [&[0, 1], &[0, 2], &[1, 2]];
+    let started = Instant::now();
+    wait_for_pools(&cluster, &sets, 2, Duration::from_secs(120)).await;
+    eprintln!("pools of 2 filled on every member of 3 sets {:?} after keygen", started.elapsed());
+    let metrics = cluster.metrics(0).await;
+    assert!(metrics.contains(r#"torcus_presignature_pool_depth{key="default"} 4"#), "{metrics}");
+    assert!(metrics.contains(r#"torcus_node_sessions_total{kind="presign",outcome="completed"}"#), "{metrics}");
+
+    let mut tally = Tally::default();
+    let mut sign = async |cluster: &Cluster, set: &[u16], path: Vec<u32>| tally.sign(cluster, set, path).await;
+
+    // Warm sets sign from a presignature, root key and derived key alike.
+    for set in [&[0u16, 1][..], &[0, 1], &[1, 2], &[0, 2]] {
+        let (body, presigned) = sign(&cluster, set, vec![]).await;
+        assert!(presigned, "{set:?}: {body}");
+        assert_eq!(body["publicKey"], public_key.as_str());
+    }
+    let (body, presigned) = sign(&cluster, &[1, 2], vec![44, 60, 0, 3]).await;
+    assert!(presigned, "{body}");
+    assert_ne!(body["publicKey"], public_key.as_str(), "signed by the derived key");
+
+    // The presigner refills what signing took.
+    let started = Instant::now();
+    wait_for_pools(&cluster, &sets, 2, Duration::from_secs(120)).await;
+    eprintln!("refilled after {:?}", started.elapsed());
+
+    // Back to back: two presignatures, then (unless a refill won the race)
+    // the full protocol. Every signature verifies either way.
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        outcomes.push(sign(&cluster, &[0, 2], vec![]).await.1);
+    }
+    assert!(outcomes[0] && outcomes[1], "{outcomes:?}");
+    eprintln!("back to back, presigned: {outcomes:?}");
+
+    // Each node counted exactly the presignatures it signed with.
+    let presigned_by = tally.presigned_by;
+    for i in 0..3u16 {
+        let metrics = cluster.metrics(i).await;
+        let used = format!("torcus_presignatures_used_total {}\n", presigned_by[usize::from(i)]);
+        assert!(metrics.contains(&used), "party {i}: expected {used}{metrics}");
+    }
+
+    // Node 2 dies; set {0, 1} still refills (node 0 gives up on {0, 2} for
+    // a while instead of waiting on it).
+    let mut sign = async |cluster: &Cluster, set: &[u16], path: Vec<u32>| tally.sign(cluster, set, path).await;
+    sign(&cluster, &[0, 2], vec![]).await;
+    cluster.kill(2);
+    for _ in 0..2 {
+        sign(&cluster, &[0, 1], vec![]).await;
+    }
+    let started = Instant::now();
+    wait_for_pools(&cluster, &[&[0, 1]], 2, Duration::from_secs(90)).await;
+    eprintln!("{{0, 1}} refilled {:?} after node 2 died", started.elapsed());
+    let (body, presigned) = sign(&cluster, &[0, 1], vec![]).await;
+    assert!(presigned, "{body}");
+}
+
+/// Signatures made so far: their nonces, and how many each party made from
+/// a presignature.
+#[derive(Default)]
+struct Tally {
+    nonces: std::collections::HashSet<String>,
+    presigned_by: [u64; 3],
+    digest: u8,
+}
+
+impl Tally {
+    /// Signs a fresh digest with `set` and checks what the pools say about it.
+    async fn sign(&mut self, cluster: &Cluster, set: &[u16], path: Vec<u32>) -> (serde_json::Value, bool) {
+        self.digest += 1;
+        let before = pools_of(cluster, set).await;
+        let body = cluster.sign("default", set.to_vec(), [self.digest + 60; 32], path).await;
+        assert!(self.nonces.insert(body["r"].as_str().unwrap().to_owned()), "a nonce was used twice: {body}");
+        let presigned = body["presigned"].as_bool().expect("presigned");
+        if presigned {
+            for (&member, (before, after)) in set.iter().zip(before.iter().zip(pools_of(cluster, set).await)) {
+                self.presigned_by[usize::from(member)] += 1;
+                assert_eq!(after.taken, before.taken + 1, "party {member} took exactly one: {before:?} {after:?}");
+                let refilled = after.generated - before.generated;
+                assert_eq!(after.depth, before.depth - 1 + refilled as u32, "party {member}: {before:?} {after:?}");
+            }
+        }
+        (body, presigned)
+    }
+}
+
+/// The pools of `set` on each of its members, in the order of `set`.
+async fn pools_of(cluster: &Cluster, set: &[u16]) -> Vec<torcus_contract::api::PresignaturePool> {
+    let mut pools = Vec::new();
+    for &member in set {
+        let pool =
+            cluster.pool(member, "default", set).await.unwrap_or_else(|| panic!("party {member}: no pool {set:?}"));
+        pools.push(pool);
+    }
+    pools
+}
+
+/// Waits until every member of every set holds `depth` presignatures of it
+/// (never more), or fails after `limit`.
+async fn wait_for_pools(cluster: &Cluster, sets: &[&[u16]], depth: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut missing = Vec::new();
+        for set in sets {
+            for &member in *set {
+                let held = cluster.pool(member, "default", set).await.map_or(0, |p| p.depth);
+                assert!(held <= depth, "party {member} holds {held} presignatures of {set:?}");
+                if held < depth {
+                    missing.push((member, set.to_vec(), held));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pools not filled after {limit:?}: {missing:?}\n--- node 0\n{}\n--- node 1\n{}",
+            cluster.log(0),
+            cluster.log(1)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Presigning and signing from a presignature through the operator's relay,
+/// where every message is sealed end to end and the sender is known only by
+/// its seal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_relay_presigned_signature() {
+    let cluster = Cluster::with_presignatures(binary(), 3, 2, "http", 1).await;
+    cluster.wait_ready().await;
+    cluster.keygen("default").await;
+    wait_for_pools(&cluster, &[&[0, 1], &[0, 2], &[1, 2]], 1, Duration::from_secs(120)).await;
+    let body = cluster.sign("default", vec![0, 2], [77; 32], vec![5]).await;
+    assert_eq!(body["presigned"], true, "{body}");
+    let pool = cluster.pool(2, "default", &[0, 2]).await.expect("pool");
+    assert_eq!(pool.taken, 1, "{pool:?}");
 }

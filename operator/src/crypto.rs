@@ -208,6 +208,7 @@ mod tests {
             recovery_id: recid.to_byte(),
             der: hex::encode(sig.to_der().as_bytes()),
             public_key: public.clone(),
+            presigned: false,
         };
         verify(&public, &digest, &out).unwrap();
         assert!(verify(&public, &[8u8; 32], &out).is_err(), "another digest");

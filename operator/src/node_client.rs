@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use torcus_contract::SignedGrant;
-use torcus_contract::api::{self, ErrorBody, GrantRequest, KeyInfo, Outcome, SessionStatus};
+use torcus_contract::api::{self, ErrorBody, GrantRequest, KeyInfo, Outcome, PresignaturePools, SessionStatus};
 
 /// Longest a key generation (aux info included) may take end to end.
 pub const KEYGEN_CALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -107,6 +107,11 @@ impl NodeClient {
     pub async fn healthy(&self, base: &str, timeout: Duration) -> bool {
         let url = format!("{}/readyz", base.trim_end_matches('/'));
         matches!(self.http.get(url).timeout(timeout).send().await, Ok(r) if r.status().is_success())
+    }
+
+    /// The presignature pools of the node at `base`.
+    pub async fn presignatures(&self, base: &str) -> Result<PresignaturePools, CallError> {
+        self.get(base, api::PRESIGNATURES_PATH).await
     }
 
     /// The keys the node at `base` holds.

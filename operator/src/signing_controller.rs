@@ -50,7 +50,19 @@ pub struct SigningState {
     /// The last status written per request uid, until the watch cache shows
     /// it: a reconcile must never act on a status older than its own write.
     written: Mutex<HashMap<String, SigningRequestStatus>>,
+    /// Warm signer sets per `namespace/cluster/key`, as the nodes last
+    /// reported them: (when, set → presignatures every member holds).
+    pools: Mutex<HashMap<String, ReportedPools>>,
+    /// Sessions sent per `namespace/cluster/key` and signer set that have not
+    /// ended yet: each may take a presignature from that set's pool.
+    in_flight: Mutex<HashMap<(String, Vec<u16>), u32>>,
 }
+
+/// When the nodes reported, and per signer set the presignatures every member holds.
+type ReportedPools = (std::time::Instant, BTreeMap<Vec<u16>, u32>);
+
+/// How long the pools the nodes reported are taken as current.
+const POOLS_TTL: Duration = Duration::from_millis(250);
 
 /// Reconciles one SigningRequest.
 pub async fn reconcile(sr: Arc<SigningRequest>, ctx: Arc<Context>) -> Result<Action> {
@@ -189,7 +201,18 @@ impl<'a> Reconcile<'a> {
 
     /// Sends `grant` to its initiator and records the outcome.
     async fn sign(&mut self, mpc: &MpcCluster, grant: SignedGrant, url: String) -> Result<Action> {
-        match self.ctx.nodes.sign(&url, &grant).await {
+        let result = self.ctx.nodes.sign(&url, &grant).await;
+        {
+            let mut in_flight = self.ctx.signing.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            let slot = (self.pool_id(kind_key(&grant)), grant.grant.participants.clone());
+            if let Some(n) = in_flight.get_mut(&slot) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    in_flight.remove(&slot);
+                }
+            }
+        }
+        match result {
             Ok((outcome, took)) => self.complete(outcome, Some(took)).await,
             Err(e) => {
                 self.ctx.metrics.grants_rejected.with_label_values(&[&e.reason()]).inc();
@@ -225,6 +248,8 @@ impl<'a> Reconcile<'a> {
         if let (Some(initiator), Some(took)) = (self.status.initiator, took) {
             self.ctx.registry.record_latency(&self.ns, cluster, initiator, took);
         }
+        let initiator_type = if sig.presigned { "presigned" } else { "full" };
+        self.ctx.metrics.initiator_sessions.with_label_values(&[initiator_type]).inc();
         self.status.signature = Some(signature_status(&sig));
         self.status.public_key = Some(under);
         let timings = self.status.timings.get_or_insert_with(Timings::default);
@@ -268,8 +293,9 @@ impl<'a> Reconcile<'a> {
     ) -> Result<(SignedGrant, String)> {
         let healthy: Vec<u16> = healthy_indices(nodes).into_iter().filter(|i| !exclude.contains(i)).collect();
         let threshold = mpc.spec.threshold;
+        let warm = self.warm_sets(mpc, nodes, &healthy, kind.key()).await;
         let parts = GrantParts::fresh(grants::SIGN_GRANT_TTL_SECS, |id| {
-            torcus_contract::select_participants(id, &healthy, threshold)
+            torcus_contract::select_participants_preferring(id, &healthy, threshold, &warm)
         })
         .ok_or_else(|| {
             Error::InvalidSpec(format!("{} healthy nodes answer; {threshold} needed to sign", healthy.len()))
@@ -279,6 +305,14 @@ impl<'a> Reconcile<'a> {
         self.ctx.metrics.grants_issued.with_label_values(&["sign"]).inc();
         let initiator = grant.grant.initiator();
         let url = nodes.get(&initiator).map(|n| n.url.clone()).unwrap_or_default();
+        *self
+            .ctx
+            .signing
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((self.pool_id(kind_key(&grant)), parts.participants.clone()))
+            .or_insert(0) += 1;
         self.status.attempts = self.status.attempts.saturating_add(1);
         self.status.participants = parts.participants.clone();
         self.status.initiator = Some(initiator);
@@ -293,6 +327,70 @@ impl<'a> Reconcile<'a> {
             self.status.timings.get_or_insert_with(Timings::default).approval_ms = Some(self.age_ms());
         }
         Ok((grant, url))
+    }
+
+    fn pool_id(&self, key: &str) -> String {
+        format!("{}/{}/{key}", self.ns, self.sr.spec.cluster)
+    }
+
+    /// Signer sets among `healthy` whose every member holds a presignature
+    /// for `key`, warmest first after what sessions in flight may take.
+    async fn warm_sets(
+        &self,
+        mpc: &MpcCluster,
+        nodes: &BTreeMap<u16, Node>,
+        healthy: &[u16],
+        key: &str,
+    ) -> Vec<Vec<u16>> {
+        if mpc.spec.presignatures.pool_size == 0 {
+            return Vec::new();
+        }
+        let id = self.pool_id(key);
+        let cached = {
+            let pools = self.ctx.signing.pools.lock().unwrap_or_else(PoisonError::into_inner);
+            pools.get(&id).filter(|(at, _)| at.elapsed() < POOLS_TTL).map(|(_, sets)| sets.clone())
+        };
+        let sets = match cached {
+            Some(sets) => sets,
+            None => {
+                let asks = healthy
+                    .iter()
+                    .filter_map(|i| nodes.get(i).map(|n| (*i, n.url.clone())))
+                    .map(|(i, url)| async move { (i, self.ctx.nodes.presignatures(&url).await.ok()) });
+                let answers = futures::future::join_all(asks).await;
+                // A set is as warm as its coldest member.
+                let mut sets: BTreeMap<Vec<u16>, (u32, usize)> = BTreeMap::new();
+                for (_, pools) in &answers {
+                    for pool in pools.iter().flat_map(|p| &p.pools).filter(|p| p.key == key) {
+                        let entry = sets.entry(pool.participants.clone()).or_insert((u32::MAX, 0));
+                        entry.0 = entry.0.min(pool.depth);
+                        entry.1 += 1;
+                    }
+                }
+                let sets: BTreeMap<Vec<u16>, u32> = sets
+                    .into_iter()
+                    .filter(|(set, (_, members))| *members == set.len())
+                    .map(|(set, (depth, _))| (set, depth))
+                    .collect();
+                self.ctx
+                    .signing
+                    .pools
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id.clone(), (std::time::Instant::now(), sets.clone()));
+                sets
+            }
+        };
+        let in_flight = self.ctx.signing.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut warm: Vec<(u32, Vec<u16>)> = sets
+            .into_iter()
+            .map(|(set, depth)| {
+                (depth.saturating_sub(in_flight.get(&(id.clone(), set.clone())).copied().unwrap_or(0)), set)
+            })
+            .filter(|(depth, _)| *depth > 0)
+            .collect();
+        warm.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
+        warm.into_iter().map(|(_, set)| set).collect()
     }
 
     /// Re-makes the grant recorded in the status (deterministic signature).
@@ -368,8 +466,8 @@ impl<'a> Reconcile<'a> {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(self.load_ledger(&spec.cluster).await?),
         };
-        if let Some(longest) = policy::longest_period(&mpc.spec.policy) {
-            ledger.forget_before(now - longest);
+        if let Some(cutoff) = policy::longest_period(&mpc.spec.policy).and_then(|p| now.checked_sub(p)) {
+            ledger.forget_before(cutoff);
         }
         if ledger.contains(&self.uid) {
             return Ok(Ok(()));
@@ -525,6 +623,10 @@ impl<'a> Reconcile<'a> {
     }
 }
 
+fn kind_key(grant: &SignedGrant) -> &str {
+    grant.grant.kind.key()
+}
+
 fn healthy_indices(nodes: &BTreeMap<u16, Node>) -> Vec<u16> {
     nodes.iter().filter(|(_, n)| n.healthy).map(|(i, _)| *i).collect()
 }
@@ -571,6 +673,7 @@ mod tests {
             recovery_id: 1,
             der: String::new(),
             public_key: String::new(),
+            presigned: false,
         };
         assert_eq!(signature_status(&sig).short, format!("{}…", "ab".repeat(8)));
     }

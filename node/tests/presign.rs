@@ -1,0 +1,105 @@
+//! Signing from presignatures as nodes do it, in one process over the
+//! in-memory network: each signer of a set that is not a prefix of the
+//! parties presigns, then issues its partial signature and exchanges it with
+//! `engine::sign_presigned`; every signer ends with the same signature,
+//! checked with libsecp256k1. A wrong or missing partial signature fails the
+//! session instead of producing a bad signature or hanging.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use torcus_node::engine::{self, EngineError, Presig, Primes, Share, memory};
+
+fn primes() -> &'static Vec<Primes> {
+    static PRIMES: OnceLock<Vec<Primes>> = OnceLock::new();
+    PRIMES.get_or_init(|| serde_json::from_str(include_str!("fixtures/primes.json")).expect("primes fixture"))
+}
+
+fn session(tag: &str) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    id[..tag.len()].copy_from_slice(tag.as_bytes());
+    id
+}
+
+async fn cluster(n: u16, t: u16) -> Vec<Share> {
+    let parties: Vec<u16> = (0..n).collect();
+    let aux = futures::future::try_join_all(
+        memory::network(session("aux"), &parties)
+            .into_iter()
+            .map(|net| engine::aux_info(b"test-aux", n, primes()[usize::from(net.me)].clone(), net)),
+    );
+    let keygen = futures::future::try_join_all(
+        memory::network(session("keygen"), &parties).into_iter().map(|net| engine::keygen(b"test-keygen", n, t, net)),
+    );
+    let (aux, cores) = tokio::try_join!(aux, keygen).unwrap();
+    cores.into_iter().zip(aux).map(|(core, aux)| engine::complete(core, aux).unwrap()).collect()
+}
+
+/// One presignature per signer of `set`, under the execution id nodes use.
+async fn presign(shares: &[Share], set: &[u16], tag: &str) -> Vec<Presig> {
+    let id = session(tag);
+    let eid = torcus_contract::presign_execution_id("default", set, &id);
+    let nets = memory::network(id, set);
+    futures::future::try_join_all(nets.into_iter().map(|net| engine::presign(&eid, &shares[usize::from(net.me)], net)))
+        .await
+        .unwrap()
+}
+
+fn verify_independently(share: &Share, path: &[u32], digest: &[u8; 32], signature: &cggmp21::Signature<engine::Curve>) {
+    let public = engine::public_key(share, path).unwrap().to_bytes(true);
+    let key = secp256k1::PublicKey::from_slice(&public).unwrap();
+    let mut compact = [0u8; 64];
+    compact[..32].copy_from_slice(&signature.r.to_be_bytes());
+    compact[32..].copy_from_slice(&signature.s.to_be_bytes());
+    let signature = secp256k1::ecdsa::Signature::from_compact(&compact).unwrap();
+    let message = secp256k1::Message::from_digest(*digest);
+    secp256k1::Secp256k1::verification_only().verify_ecdsa(message, &signature, &key).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_signing_exchanges_partials_and_fails_safely() {
+    let shares = cluster(3, 2).await;
+    let set = [0u16, 2];
+
+    for (n, path) in [vec![], vec![44, 60, 0, 5]].into_iter().enumerate() {
+        let digest = [n as u8 + 40; 32];
+        let presigs = presign(&shares, &set, &format!("presign-{n}")).await;
+        let nets = memory::network(session(&format!("sign-{n}")), &set);
+        let runs = nets.into_iter().zip(presigs).map(|(net, presig)| {
+            let share = &shares[usize::from(net.me)];
+            let path = path.clone();
+            async move { engine::sign_presigned(presig, share, &digest, &path, net).await }
+        });
+        let signatures = futures::future::try_join_all(runs).await.unwrap();
+        assert!(signatures.windows(2).all(|w| w[0] == w[1]), "every signer combines the same signature");
+        verify_independently(&shares[1], &path, &digest, &signatures[0]);
+    }
+
+    // One signer issues its partial signature over another digest: nobody
+    // outputs a signature.
+    let presigs = presign(&shares, &set, "presign-bad").await;
+    let nets = memory::network(session("sign-bad"), &set);
+    let runs = nets.into_iter().zip(presigs).map(|(net, presig)| {
+        let share = &shares[usize::from(net.me)];
+        let digest = if net.me == 2 { [2u8; 32] } else { [1u8; 32] };
+        async move { engine::sign_presigned(presig, share, &digest, &[], net).await }
+    });
+    for result in futures::future::join_all(runs).await {
+        assert!(matches!(result, Err(EngineError::Combine)), "{result:?}");
+    }
+
+    // A signer that never sends its partial signature: the others stop at
+    // the idle timeout.
+    let mut presigs = presign(&shares, &set, "presign-silent").await;
+    presigs.pop();
+    let mut nets = memory::network(session("sign-silent"), &set);
+    let _silent = nets.pop();
+    let runs = nets.into_iter().zip(presigs).map(|(mut net, presig)| {
+        net.idle_timeout = Some(Duration::from_millis(300));
+        let share = &shares[usize::from(net.me)];
+        async move { engine::sign_presigned(presig, share, &[1u8; 32], &[], net).await }
+    });
+    for result in futures::future::join_all(runs).await {
+        assert!(matches!(result, Err(EngineError::Delivery(engine::DeliveryError::Silent(_)))), "{result:?}");
+    }
+}
