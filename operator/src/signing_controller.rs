@@ -346,32 +346,42 @@ impl<'a> Reconcile<'a> {
             return Vec::new();
         }
         let id = self.pool_id(key);
+        let urls: Vec<String> = healthy.iter().filter_map(|i| nodes.get(i).map(|n| n.url.clone())).collect();
+        // Known pools are used at once, however old: asking the nodes (busy
+        // presigning) must not hold up a signature. Old ones are refreshed in
+        // the background; only the very first request of a cluster waits.
         let cached = {
-            let pools = self.ctx.signing.pools.lock().unwrap_or_else(PoisonError::into_inner);
-            pools.get(&id).filter(|(at, _)| at.elapsed() < POOLS_TTL).map(|(_, sets)| sets.clone())
+            let mut pools = self.ctx.signing.pools.lock().unwrap_or_else(PoisonError::into_inner);
+            match pools.get_mut(&id) {
+                Some((at, sets)) => {
+                    if at.elapsed() >= POOLS_TTL {
+                        // Marked fresh now, so that one refresh runs at a time.
+                        *at = std::time::Instant::now();
+                        let (state, client, id, key, urls) = (
+                            Arc::clone(&self.ctx.signing),
+                            self.ctx.nodes.clone(),
+                            id.clone(),
+                            key.to_owned(),
+                            urls.clone(),
+                        );
+                        tokio::spawn(async move {
+                            let sets = fetch_pools(&client, &urls, &key).await;
+                            state
+                                .pools
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .insert(id, (std::time::Instant::now(), sets));
+                        });
+                    }
+                    Some(sets.clone())
+                }
+                None => None,
+            }
         };
         let sets = match cached {
             Some(sets) => sets,
             None => {
-                let asks = healthy
-                    .iter()
-                    .filter_map(|i| nodes.get(i).map(|n| (*i, n.url.clone())))
-                    .map(|(i, url)| async move { (i, self.ctx.nodes.presignatures(&url).await.ok()) });
-                let answers = futures::future::join_all(asks).await;
-                // A set is as warm as its coldest member.
-                let mut sets: BTreeMap<Vec<u16>, (u32, usize)> = BTreeMap::new();
-                for (_, pools) in &answers {
-                    for pool in pools.iter().flat_map(|p| &p.pools).filter(|p| p.key == key) {
-                        let entry = sets.entry(pool.participants.clone()).or_insert((u32::MAX, 0));
-                        entry.0 = entry.0.min(pool.depth);
-                        entry.1 += 1;
-                    }
-                }
-                let sets: BTreeMap<Vec<u16>, u32> = sets
-                    .into_iter()
-                    .filter(|(set, (_, members))| *members == set.len())
-                    .map(|(set, (depth, _))| (set, depth))
-                    .collect();
+                let sets = fetch_pools(&self.ctx.nodes, &urls, key).await;
                 self.ctx
                     .signing
                     .pools
@@ -621,6 +631,21 @@ impl<'a> Reconcile<'a> {
         let now = Timestamp::now().as_millisecond();
         created.map(|c| u64::try_from(now - c).unwrap_or(0)).unwrap_or(0)
     }
+}
+
+/// The signer sets for `key` that every member reports warm, with the
+/// depth of their coldest member.
+async fn fetch_pools(client: &node_client::NodeClient, urls: &[String], key: &str) -> BTreeMap<Vec<u16>, u32> {
+    let answers = futures::future::join_all(urls.iter().map(|url| client.presignatures(url))).await;
+    let mut sets: BTreeMap<Vec<u16>, (u32, usize)> = BTreeMap::new();
+    for pools in answers.iter().flatten() {
+        for pool in pools.pools.iter().filter(|p| p.key == key) {
+            let entry = sets.entry(pool.participants.clone()).or_insert((u32::MAX, 0));
+            entry.0 = entry.0.min(pool.depth);
+            entry.1 += 1;
+        }
+    }
+    sets.into_iter().filter(|(set, (_, members))| *members == set.len()).map(|(set, (depth, _))| (set, depth)).collect()
 }
 
 fn kind_key(grant: &SignedGrant) -> &str {
