@@ -122,9 +122,21 @@ impl Pools {
 
     /// Removes the oldest presignature of `key` and `set`, if any.
     pub fn take_oldest(&self, key: &str, set: &[u16]) -> Option<Taken> {
+        self.take_oldest_preferring(key, set, |_| true)
+    }
+
+    /// Removes the oldest presignature of `key` and `set` whose id `prefer`
+    /// accepts, or else the oldest of all, if any.
+    pub fn take_oldest_preferring(
+        &self,
+        key: &str,
+        set: &[u16],
+        prefer: impl Fn(&[u8; 32]) -> bool,
+    ) -> Option<Taken> {
         let mut inner = self.lock();
         let pool = inner.get_mut(key)?.get_mut(set)?;
-        let (id, presig) = pool.entries.pop_front()?;
+        let position = pool.entries.iter().position(|(id, _)| prefer(id)).unwrap_or(0);
+        let (id, presig) = pool.entries.remove(position)?;
         pool.taken += 1;
         self.update_depth(&inner, key);
         Some(Taken { id, presig: Some(presig), discarded: self.discarded.clone() })

@@ -715,7 +715,13 @@ impl<T: Transport> Service<T> {
         // do not spend a presignature on it.
         let share = self.share(key).ok()?;
         engine::public_key(&share, derivation_path).ok()?;
-        self.pools.take_oldest(key, &grant.participants)
+        // Members of a set may initiate sessions for it at the same time;
+        // each first offers the presignatures whose id falls to it, so two
+        // initiators rarely offer the same one (which only one session could
+        // then use, the other running the full protocol).
+        let position = grant.participants.iter().position(|p| *p == self.me)?;
+        let members = grant.participants.len();
+        self.pools.take_oldest_preferring(key, &grant.participants, |id| usize::from(id[0]) % members == position)
     }
 
     /// A member's side of an offer: takes presignature `id` of the grant's
