@@ -127,12 +127,7 @@ impl Pools {
 
     /// Removes the oldest presignature of `key` and `set` whose id `prefer`
     /// accepts, or else the oldest of all, if any.
-    pub fn take_oldest_preferring(
-        &self,
-        key: &str,
-        set: &[u16],
-        prefer: impl Fn(&[u8; 32]) -> bool,
-    ) -> Option<Taken> {
+    pub fn take_oldest_preferring(&self, key: &str, set: &[u16], prefer: impl Fn(&[u8; 32]) -> bool) -> Option<Taken> {
         let mut inner = self.lock();
         let pool = inner.get_mut(key)?.get_mut(set)?;
         let position = pool.entries.iter().position(|(id, _)| prefer(id)).unwrap_or(0);
