@@ -25,6 +25,37 @@ pub fn session_path(session_id: &[u8; 32]) -> String {
 pub struct GrantRequest {
     /// The grant that authorises the session.
     pub grant: SignedGrant,
+    /// For a signing grant: which presignature the initiator offers. Not
+    /// part of the grant: which presignature is used does not change what
+    /// is signed, and each is still used at most once.
+    #[serde(default, skip_serializing_if = "PresignatureChoice::is_any")]
+    pub presignature: PresignatureChoice,
+}
+
+/// Which presignature a signing session's initiator offers.
+///
+/// The issuer reserves one presignature per session from the pools the
+/// nodes list, so that concurrent sessions of one signer set never contend
+/// for the same one (the loser would run the full protocol).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PresignatureChoice {
+    /// The initiator's own choice (a node driven directly, or a grant sent
+    /// again after its issuer lost what it had reserved).
+    #[default]
+    Any,
+    /// None: the issuer has none free for this signer set, and any the
+    /// initiator holds are reserved for other sessions.
+    None,
+    /// This one (hex id, as `GET /p2p/presignatures` lists it), or none.
+    Id(String),
+}
+
+impl PresignatureChoice {
+    /// Whether the initiator chooses.
+    pub fn is_any(&self) -> bool {
+        matches!(self, Self::Any)
+    }
 }
 
 /// An error answer.
@@ -124,6 +155,10 @@ pub struct PresignaturePool {
     pub participants: Vec<u16>,
     /// Presignatures ready now.
     pub depth: u32,
+    /// Their ids (hex), oldest first. An id says nothing about the
+    /// presignature's secret; it names it in a session's handshake.
+    #[serde(default)]
+    pub ids: Vec<String>,
     /// Presignatures made for this pool since the node started.
     #[serde(default)]
     pub generated: u64,

@@ -17,9 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus::{Encoder, TextEncoder};
+use torcus_contract::api::PresignatureChoice;
 use torcus_contract::{GrantKind, SignedGrant};
 
-use crate::service::{Outcome, Service, SessionError};
+use crate::service::{Offer, Outcome, Service, SessionError};
 use crate::transport::Transport;
 
 pub use torcus_contract::api::{ErrorBody, GrantRequest, KeyInfo};
@@ -52,22 +53,44 @@ async fn keygen<T: Transport>(State(state): State<Arc<ApiState<T>>>, Json(req): 
     if !matches!(req.grant.grant.kind, GrantKind::Keygen { .. }) {
         return bad_request("this endpoint takes keygen grants");
     }
-    answer(initiate(&state.service, req.grant).await)
+    if !req.presignature.is_any() {
+        return bad_request("a presignature applies to signing grants only");
+    }
+    answer(initiate(&state.service, req.grant, Offer::None).await)
 }
 
 async fn sign<T: Transport>(State(state): State<Arc<ApiState<T>>>, Json(req): Json<GrantRequest>) -> Response {
     if !matches!(req.grant.grant.kind, GrantKind::Sign { .. }) {
         return bad_request("this endpoint takes signing grants");
     }
-    answer(initiate(&state.service, req.grant).await)
+    let presignature = match req.presignature {
+        PresignatureChoice::Any => Offer::Any,
+        PresignatureChoice::None => Offer::None,
+        PresignatureChoice::Id(id) => match parse_id(&id) {
+            Ok(id) => Offer::Id(id),
+            Err(()) => return bad_request("a presignature id is 64 hex digits"),
+        },
+    };
+    answer(initiate(&state.service, req.grant, presignature).await)
+}
+
+/// A presignature id: 64 hex digits.
+fn parse_id(hex_id: &str) -> Result<[u8; 32], ()> {
+    let mut id = [0; 32];
+    hex::decode_to_slice(hex_id, &mut id).map_err(|_| ())?;
+    Ok(id)
 }
 
 /// Runs the session in a task of its own: a caller that hangs up (an
 /// operator that restarts) must not cancel a session the other participants
 /// are in. Its outcome stays readable at `GET /p2p/session/{id}`.
-async fn initiate<T: Transport>(service: &Arc<Service<T>>, grant: SignedGrant) -> Result<Outcome, SessionError> {
+async fn initiate<T: Transport>(
+    service: &Arc<Service<T>>,
+    grant: SignedGrant,
+    presignature: Offer,
+) -> Result<Outcome, SessionError> {
     let service = Arc::clone(service);
-    match tokio::spawn(async move { service.initiate(grant).await }).await {
+    match tokio::spawn(async move { service.initiate(grant, presignature).await }).await {
         Ok(result) => result,
         Err(error) => Err(SessionError::Aborted(format!("session task ended: {error}"))),
     }

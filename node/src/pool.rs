@@ -163,6 +163,7 @@ impl Pools {
                     key: key.clone(),
                     participants: set.clone(),
                     depth: u32::try_from(pool.entries.len()).unwrap_or(u32::MAX),
+                    ids: pool.entries.iter().map(|(id, _)| hex::encode(id)).collect(),
                     generated: pool.generated,
                     taken: pool.taken,
                 })

@@ -89,6 +89,18 @@ const AUX_SHARE: &str = "aux-info";
 
 pub use torcus_contract::api::{Outcome, PresignaturePools, SessionStatus, SignatureOut};
 
+/// Which presignature an initiator offers (the API's
+/// [`torcus_contract::api::PresignatureChoice`], with the id parsed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// One of its own choosing.
+    Any,
+    /// None.
+    None,
+    /// This one, or none if it does not hold it.
+    Id([u8; 32]),
+}
+
 /// Why a session could not run or finish.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -307,7 +319,7 @@ impl<T: Transport> Service<T> {
     }
 
     /// Runs the session of `grant` as its initiator: the HTTP API's entry.
-    pub async fn initiate(self: &Arc<Self>, signed: SignedGrant) -> Result<Outcome, SessionError> {
+    pub async fn initiate(self: &Arc<Self>, signed: SignedGrant, presignature: Offer) -> Result<Outcome, SessionError> {
         // Who initiates is a pure function of the grant: answer that before
         // verifying, since verifying consumes the grant's session id here,
         // and the real initiator's proposal must still be accepted.
@@ -329,7 +341,7 @@ impl<T: Transport> Service<T> {
         let mut control = self.open_handshake(session);
         let result = async {
             let mut handshake = InitiatorHandshake::for_grant(&grant, Instant::now() + HANDSHAKE_TIMEOUT);
-            let mut offered = self.offer_presignature(&grant);
+            let mut offered = self.offer_presignature(&grant, presignature);
             if let Some(taken) = &offered {
                 handshake.offer_presignature(taken.id());
             }
@@ -694,8 +706,8 @@ impl<T: Transport> Service<T> {
         }
     }
 
-    /// The presignature a signing grant's initiator offers: the oldest of the
-    /// grant's signer set, if the grant can use one at all.
+    /// The presignature a signing grant's initiator offers, if the grant can
+    /// use one at all and `offer` allows one.
     ///
     /// Derivation paths are supported (cggmp21 shifts the presignature by
     /// the path's additive tweak when the partial signature is issued). Note
@@ -704,7 +716,7 @@ impl<T: Transport> Service<T> {
     /// generic attack instead of the square-root bound, by an adversary who
     /// knows R before choosing the tweak and message; here R is known only
     /// to the signer set's nodes, and the grant (the operator) chooses both.
-    fn offer_presignature(&self, grant: &Grant) -> Option<Taken> {
+    fn offer_presignature(&self, grant: &Grant, offer: Offer) -> Option<Taken> {
         let GrantKind::Sign { key, derivation_path, .. } = &grant.kind else {
             return None;
         };
@@ -715,10 +727,19 @@ impl<T: Transport> Service<T> {
         // do not spend a presignature on it.
         let share = self.share(key).ok()?;
         engine::public_key(&share, derivation_path).ok()?;
-        // Members of a set may initiate sessions for it at the same time;
-        // each first offers the presignatures whose id falls to it, so two
-        // initiators rarely offer the same one (which only one session could
-        // then use, the other running the full protocol).
+        // The issuer reserved this one for this session and others of the
+        // same set for theirs: taking any other could take theirs.
+        match offer {
+            Offer::None => return None,
+            Offer::Id(id) => return self.pools.take(key, &grant.participants, &id),
+            Offer::Any => {}
+        }
+        // Without the issuer's choice (a node driven directly, or a grant
+        // sent again after an operator restart): members of a set may
+        // initiate sessions for it at the same time; each first offers the
+        // presignatures whose id falls to it, so two initiators rarely offer
+        // the same one (which only one session could then use, the other
+        // running the full protocol).
         let position = grant.participants.iter().position(|p| *p == self.me)?;
         let members = grant.participants.len();
         self.pools.take_oldest_preferring(key, &grant.participants, |id| usize::from(id[0]) % members == position)

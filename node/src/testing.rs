@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use torcus_certs::{CertificateAuthority, Identity, OffsetDateTime, Role};
+use torcus_contract::api::{GrantRequest, PresignatureChoice};
 use torcus_contract::{ClusterConfig, Grant, GrantKind, Peer, SignedGrant};
 
 #[derive(Debug)]
@@ -216,11 +217,16 @@ impl Cluster {
 
     /// POSTs a grant to node `i`; returns status and JSON body.
     pub async fn post(&self, i: u16, path: &str, grant: &SignedGrant) -> (u16, serde_json::Value) {
+        self.post_json(i, path, &serde_json::json!({ "grant": grant })).await
+    }
+
+    /// POSTs `body` to node `i`; returns status and JSON body.
+    pub async fn post_json(&self, i: u16, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
         let response = self
             .http
             .post(self.url(i, path))
             .header("content-type", "application/json")
-            .body(serde_json::to_vec(&serde_json::json!({ "grant": grant })).unwrap())
+            .body(serde_json::to_vec(body).unwrap())
             .timeout(Duration::from_secs(300))
             .send()
             .await
@@ -262,8 +268,22 @@ impl Cluster {
 
     /// Signs through the initiator of a fresh grant and checks the result.
     pub async fn sign(&self, key: &str, signers: Vec<u16>, digest: [u8; 32], path: Vec<u32>) -> serde_json::Value {
+        self.sign_with(key, signers, digest, path, PresignatureChoice::Any).await
+    }
+
+    /// Like [`Self::sign`], naming the presignature to use as the operator does.
+    pub async fn sign_with(
+        &self,
+        key: &str,
+        signers: Vec<u16>,
+        digest: [u8; 32],
+        path: Vec<u32>,
+        presignature: PresignatureChoice,
+    ) -> serde_json::Value {
         let grant = self.grant(GrantKind::Sign { key: key.into(), digest, derivation_path: path }, signers);
-        let (status, body) = self.post(grant.grant.initiator(), "/p2p/sign", &grant).await;
+        let request = GrantRequest { grant, presignature };
+        let body = serde_json::to_value(&request).unwrap();
+        let (status, body) = self.post_json(request.grant.grant.initiator(), "/p2p/sign", &body).await;
         assert_eq!(status, 200, "{body}");
         verify(&body, &digest);
         body

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use torcus_contract::GrantKind;
+use torcus_contract::api::PresignatureChoice;
 use torcus_node::testing::Cluster;
 
 fn binary() -> &'static Path {
@@ -161,7 +162,8 @@ async fn quic_five_nodes_threshold_three() {
 /// libsecp256k1, also with a derivation path), which leaves the pool of each
 /// signer exactly once and is refilled; a drained pool falls back to the full
 /// protocol; no two signatures share a nonce (r), which is what reusing a
-/// presignature would look like; and a dead member does not stop the
+/// presignature would look like; the initiator offers exactly the
+/// presignature the issuer names, or none; and a dead member does not stop the
 /// presigner from refilling the sets it is not in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_presignature_pools_fill_sign_and_refill() {
@@ -210,6 +212,34 @@ async fn quic_presignature_pools_fill_sign_and_refill() {
         let used = format!("torcus_presignatures_used_total {}\n", presigned_by[usize::from(i)]);
         assert!(metrics.contains(&used), "party {i}: expected {used}{metrics}");
     }
+
+    // The issuer's choice: the initiator offers exactly the presignature the
+    // request names (both members list the same ones), or none at all.
+    wait_for_pools(&cluster, &[&[0, 2]], 2, Duration::from_secs(120)).await;
+    let ids_of =
+        async |cluster: &Cluster| pools_of(cluster, &[0, 2]).await.into_iter().map(|p| p.ids).collect::<Vec<_>>();
+    let held = ids_of(&cluster).await;
+    assert_eq!(held[0], held[1], "members of {{0, 2}} list different presignatures");
+    let (oldest, newest) = (held[0][0].clone(), held[0][1].clone());
+    let body =
+        cluster.sign_with("default", vec![0, 2], [201; 32], vec![], PresignatureChoice::Id(newest.clone())).await;
+    assert_eq!(body["presigned"], true, "{body}");
+    for member in ids_of(&cluster).await {
+        assert!(!member.contains(&newest) && member.contains(&oldest), "only the named one went: {member:?}");
+    }
+    let not_held = PresignatureChoice::Id(hex::encode([7u8; 32]));
+    for (digest, choice) in [(202, PresignatureChoice::None), (203, not_held)] {
+        let body = cluster.sign_with("default", vec![0, 2], [digest; 32], vec![], choice.clone()).await;
+        assert_eq!(body["presigned"], false, "{choice:?}: {body}");
+        for member in ids_of(&cluster).await {
+            assert!(member.contains(&oldest), "{choice:?} took a presignature: {member:?}");
+        }
+    }
+    let grant = cluster
+        .grant(GrantKind::Sign { key: "default".into(), digest: [204; 32], derivation_path: vec![] }, vec![0, 2]);
+    let bad = serde_json::json!({ "grant": grant, "presignature": { "id": "not hex" } });
+    let (status, body) = cluster.post_json(grant.grant.initiator(), "/p2p/sign", &bad).await;
+    assert_eq!(status, 400, "{body}");
 
     // Node 2 dies; set {0, 1} still refills (node 0 gives up on {0, 2} for
     // a while instead of waiting on it).

@@ -143,6 +143,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     if mpc.metadata.deletion_timestamp.is_some() {
         // Children go with the owner references; the registry forgets it.
         ctx.registry.forget_cluster(&ns, &name);
+        ctx.signing.presignatures.forget_cluster(&format!("{ns}/{name}/"));
         ctx.metrics.cluster.remove(&ns, &name);
         return Ok(Action::await_change());
     }

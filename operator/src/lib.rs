@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod node_client;
 pub mod pki;
 pub mod policy;
+pub mod presignatures;
 pub mod registry;
 pub mod resources;
 pub mod signing_controller;

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use torcus_contract::SignedGrant;
-use torcus_contract::api::{self, ErrorBody, GrantRequest, KeyInfo, Outcome, PresignaturePools, SessionStatus};
+use torcus_contract::api::{
+    self, ErrorBody, GrantRequest, KeyInfo, Outcome, PresignatureChoice, PresignaturePools, SessionStatus,
+};
 
 /// Longest a key generation (aux info included) may take end to end.
 pub const KEYGEN_CALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -82,14 +84,21 @@ impl NodeClient {
 
     /// Runs key generation with `grant` on its initiator at `base`.
     pub async fn keygen(&self, base: &str, grant: &SignedGrant) -> Result<Outcome, CallError> {
-        self.post(base, api::KEYGEN_PATH, grant, KEYGEN_CALL_TIMEOUT).await
+        let body = GrantRequest { grant: grant.clone(), presignature: PresignatureChoice::Any };
+        self.post(base, api::KEYGEN_PATH, &body, KEYGEN_CALL_TIMEOUT).await
     }
 
     /// Runs the signing session of `grant` on its initiator at `base`;
     /// returns the outcome and how long the call took.
-    pub async fn sign(&self, base: &str, grant: &SignedGrant) -> Result<(Outcome, Duration), CallError> {
+    pub async fn sign(
+        &self,
+        base: &str,
+        grant: &SignedGrant,
+        presignature: PresignatureChoice,
+    ) -> Result<(Outcome, Duration), CallError> {
         let started = Instant::now();
-        let outcome = self.post(base, api::SIGN_PATH, grant, SIGN_CALL_TIMEOUT).await?;
+        let body = GrantRequest { grant: grant.clone(), presignature };
+        let outcome = self.post(base, api::SIGN_PATH, &body, SIGN_CALL_TIMEOUT).await?;
         Ok((outcome, started.elapsed()))
     }
 
@@ -123,12 +132,11 @@ impl NodeClient {
         &self,
         base: &str,
         path: &str,
-        grant: &SignedGrant,
+        body: &GrantRequest,
         timeout: Duration,
     ) -> Result<T, CallError> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let body = GrantRequest { grant: grant.clone() };
-        let response = self.http.post(&url).timeout(timeout).json(&body).send().await;
+        let response = self.http.post(&url).timeout(timeout).json(body).send().await;
         Self::read(url, response).await
     }
 

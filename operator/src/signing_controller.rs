@@ -25,15 +25,16 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
-use torcus_contract::api::{Outcome, SessionStatus, SignatureOut};
+use torcus_contract::api::{Outcome, PresignatureChoice, SessionStatus, SignatureOut};
 use torcus_contract::{GrantKind, SignedGrant};
 use torcus_crds::{IssuedGrant, MpcCluster, Signature, SigningPhase, SigningRequest, SigningRequestStatus, Timings};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cluster_controller::{Context, FIELD_MANAGER};
 use crate::grants::{self, GrantParts};
 use crate::node_client;
 use crate::policy::{self, Approval, Ledger};
+use crate::presignatures::{self, Freshness, Presignatures};
 use crate::resources::{LABEL_CLUSTER, LABEL_PARTY};
 use crate::{Error, Result, crypto};
 
@@ -50,19 +51,17 @@ pub struct SigningState {
     /// The last status written per request uid, until the watch cache shows
     /// it: a reconcile must never act on a status older than its own write.
     written: Mutex<HashMap<String, SigningRequestStatus>>,
-    /// Warm signer sets per `namespace/cluster/key`, as the nodes last
-    /// reported them: (when, set → presignatures every member holds).
-    pools: Mutex<HashMap<String, ReportedPools>>,
-    /// Sessions sent per `namespace/cluster/key` and signer set that have not
-    /// ended yet: each may take a presignature from that set's pool.
-    in_flight: Mutex<HashMap<(String, Vec<u16>), u32>>,
+    /// The nodes' presignature pools, and the presignature reserved for
+    /// each session.
+    pub presignatures: Arc<Presignatures>,
 }
 
-/// When the nodes reported, and per signer set the presignatures every member holds.
-type ReportedPools = (std::time::Instant, BTreeMap<Vec<u16>, u32>);
-
-/// How long the pools the nodes reported are taken as current.
-const POOLS_TTL: Duration = Duration::from_millis(250);
+/// A grant ready to send, to whom, and the presignature it is to use.
+struct Attempt {
+    grant: SignedGrant,
+    url: String,
+    presignature: PresignatureChoice,
+}
 
 /// Reconciles one SigningRequest.
 pub async fn reconcile(sr: Arc<SigningRequest>, ctx: Arc<Context>) -> Result<Action> {
@@ -166,13 +165,13 @@ impl<'a> Reconcile<'a> {
         let kind = GrantKind::Sign { key: spec.key.clone(), digest, derivation_path: path };
         self.status.public_key = Some(public_key);
         self.status.reason = None;
-        let (grant, initiator_url) = match self.new_attempt(&mpc, &nodes, kind, &[]).await {
+        let attempt = match self.new_attempt(&mpc, &nodes, kind, &[]).await {
             Ok(next) => next,
             Err(Error::InvalidSpec(message)) => return self.wait("WaitingForNodes", message).await,
             Err(e) => return Err(e),
         };
         self.publish(SigningPhase::Signing).await?;
-        self.sign(&mpc, grant, initiator_url).await
+        self.sign(&mpc, attempt).await
     }
 
     /// A request in `Signing` with a recorded grant: find out how it went.
@@ -193,26 +192,19 @@ impl<'a> Reconcile<'a> {
                 Ok(Action::requeue(Duration::from_millis(500)))
             }
             Ok(Some(SessionStatus::Failed { reason })) => self.retry(&mpc, &nodes, reason).await,
-            Ok(None) if grant.grant.expires_at > torcus_contract::unix_now() + 5 => self.sign(&mpc, grant, url).await,
+            // What was reserved for it is not known after a restart: the
+            // initiator chooses.
+            Ok(None) if grant.grant.expires_at > torcus_contract::unix_now() + 5 => {
+                self.sign(&mpc, Attempt { grant, url, presignature: PresignatureChoice::Any }).await
+            }
             Ok(None) => self.retry(&mpc, &nodes, "the grant expired before its session ran".into()).await,
             Err(e) => self.retry(&mpc, &nodes, e.to_string()).await,
         }
     }
 
-    /// Sends `grant` to its initiator and records the outcome.
-    async fn sign(&mut self, mpc: &MpcCluster, grant: SignedGrant, url: String) -> Result<Action> {
-        let result = self.ctx.nodes.sign(&url, &grant).await;
-        {
-            let mut in_flight = self.ctx.signing.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-            let slot = (self.pool_id(kind_key(&grant)), grant.grant.participants.clone());
-            if let Some(n) = in_flight.get_mut(&slot) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    in_flight.remove(&slot);
-                }
-            }
-        }
-        match result {
+    /// Sends the attempt's grant to its initiator and records the outcome.
+    async fn sign(&mut self, mpc: &MpcCluster, attempt: Attempt) -> Result<Action> {
+        match self.ctx.nodes.sign(&attempt.url, &attempt.grant, attempt.presignature).await {
             Ok((outcome, took)) => self.complete(outcome, Some(took)).await,
             Err(e) => {
                 self.ctx.metrics.grants_rejected.with_label_values(&[&e.reason()]).inc();
@@ -273,27 +265,37 @@ impl<'a> Reconcile<'a> {
         }
         let kind = self.recorded_grant(mpc).await?.grant.kind;
         self.status.reason = Some(format!("attempt {} failed: {why}", self.status.attempts));
-        let (grant, url) = match self.new_attempt(mpc, nodes, kind, &unresponsive).await {
+        let attempt = match self.new_attempt(mpc, nodes, kind, &unresponsive).await {
             Ok(next) => next,
             Err(Error::InvalidSpec(message)) => return self.fail("NotEnoughNodes", message).await,
             Err(e) => return Err(e),
         };
         self.publish(SigningPhase::Signing).await?;
-        Box::pin(self.sign(mpc, grant, url)).await
+        Box::pin(self.sign(mpc, attempt)).await
     }
 
-    /// Picks participants for a new grant, records the grant in the status
-    /// (not yet published) and returns it with the initiator's URL.
+    /// Picks participants for a new grant (a signer set with a free
+    /// presignature first), records the grant in the status (not yet
+    /// published) and returns it with the initiator's URL and the
+    /// presignature reserved for it.
     async fn new_attempt(
         &mut self,
         mpc: &MpcCluster,
         nodes: &BTreeMap<u16, Node>,
         kind: GrantKind,
         exclude: &[u16],
-    ) -> Result<(SignedGrant, String)> {
+    ) -> Result<Attempt> {
         let healthy: Vec<u16> = healthy_indices(nodes).into_iter().filter(|i| !exclude.contains(i)).collect();
         let threshold = mpc.spec.threshold;
-        let warm = self.warm_sets(mpc, nodes, &healthy, kind.key()).await;
+        let pools = mpc.spec.presignatures.pool_size > 0;
+        let pool = self.pool_id(kind.key());
+        let reserved = if pools {
+            self.refresh_pools(&pool, nodes, &healthy, kind.key()).await;
+            self.ctx.signing.presignatures.reserve(&pool, &healthy, threshold)
+        } else {
+            None
+        };
+        let warm: Vec<Vec<u16>> = reserved.iter().map(|(set, _)| set.clone()).collect();
         let parts = GrantParts::fresh(grants::SIGN_GRANT_TTL_SECS, |id| {
             torcus_contract::select_participants_preferring(id, &healthy, threshold, &warm)
         })
@@ -305,14 +307,13 @@ impl<'a> Reconcile<'a> {
         self.ctx.metrics.grants_issued.with_label_values(&["sign"]).inc();
         let initiator = grant.grant.initiator();
         let url = nodes.get(&initiator).map(|n| n.url.clone()).unwrap_or_default();
-        *self
-            .ctx
-            .signing
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry((self.pool_id(kind_key(&grant)), parts.participants.clone()))
-            .or_insert(0) += 1;
+        let presignature = match reserved {
+            Some((set, id)) if set == parts.participants => PresignatureChoice::Id(id),
+            // Any the nodes hold are reserved for other sessions.
+            _ if pools => PresignatureChoice::None,
+            _ => PresignatureChoice::Any,
+        };
+        debug!(request = %self.sr.name_any(), ?healthy, participants = ?parts.participants, ?presignature, "issued a signing grant");
         self.status.attempts = self.status.attempts.saturating_add(1);
         self.status.participants = parts.participants.clone();
         self.status.initiator = Some(initiator);
@@ -326,81 +327,30 @@ impl<'a> Reconcile<'a> {
         if self.status.timings.as_ref().and_then(|t| t.approval_ms).is_none() {
             self.status.timings.get_or_insert_with(Timings::default).approval_ms = Some(self.age_ms());
         }
-        Ok((grant, url))
+        Ok(Attempt { grant, url, presignature })
     }
 
     fn pool_id(&self, key: &str) -> String {
         format!("{}/{}/{key}", self.ns, self.sr.spec.cluster)
     }
 
-    /// Signer sets among `healthy` whose every member holds a presignature
-    /// for `key`, warmest first after what sessions in flight may take.
-    async fn warm_sets(
-        &self,
-        mpc: &MpcCluster,
-        nodes: &BTreeMap<u16, Node>,
-        healthy: &[u16],
-        key: &str,
-    ) -> Vec<Vec<u16>> {
-        if mpc.spec.presignatures.pool_size == 0 {
-            return Vec::new();
-        }
-        let id = self.pool_id(key);
+    /// Brings the view of `pool` up to date: at once when there is none
+    /// yet, else in the background when it is old, so that nodes busy
+    /// presigning never hold up a signature.
+    async fn refresh_pools(&self, pool: &str, nodes: &BTreeMap<u16, Node>, healthy: &[u16], key: &str) {
         let urls: Vec<String> = healthy.iter().filter_map(|i| nodes.get(i).map(|n| n.url.clone())).collect();
-        // Known pools are used at once, however old: asking the nodes (busy
-        // presigning) must not hold up a signature. Old ones are refreshed in
-        // the background; only the very first request of a cluster waits.
-        let cached = {
-            let mut pools = self.ctx.signing.pools.lock().unwrap_or_else(PoisonError::into_inner);
-            match pools.get_mut(&id) {
-                Some((at, sets)) => {
-                    if at.elapsed() >= POOLS_TTL {
-                        // Marked fresh now, so that one refresh runs at a time.
-                        *at = std::time::Instant::now();
-                        let (state, client, id, key, urls) = (
-                            Arc::clone(&self.ctx.signing),
-                            self.ctx.nodes.clone(),
-                            id.clone(),
-                            key.to_owned(),
-                            urls.clone(),
-                        );
-                        tokio::spawn(async move {
-                            let sets = fetch_pools(&client, &urls, &key).await;
-                            state
-                                .pools
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .insert(id, (std::time::Instant::now(), sets));
-                        });
-                    }
-                    Some(sets.clone())
-                }
-                None => None,
+        let presignatures = &self.ctx.signing.presignatures;
+        match presignatures.freshness(pool) {
+            Freshness::Fresh => {}
+            Freshness::Missing => presignatures.update(pool, presignatures::fetch(&self.ctx.nodes, &urls, key).await),
+            Freshness::Stale => {
+                let (presignatures, client, pool, key) =
+                    (Arc::clone(presignatures), self.ctx.nodes.clone(), pool.to_owned(), key.to_owned());
+                tokio::spawn(async move {
+                    presignatures.update(&pool, presignatures::fetch(&client, &urls, &key).await);
+                });
             }
-        };
-        let sets = match cached {
-            Some(sets) => sets,
-            None => {
-                let sets = fetch_pools(&self.ctx.nodes, &urls, key).await;
-                self.ctx
-                    .signing
-                    .pools
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(id.clone(), (std::time::Instant::now(), sets.clone()));
-                sets
-            }
-        };
-        let in_flight = self.ctx.signing.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut warm: Vec<(u32, Vec<u16>)> = sets
-            .into_iter()
-            .map(|(set, depth)| {
-                (depth.saturating_sub(in_flight.get(&(id.clone(), set.clone())).copied().unwrap_or(0)), set)
-            })
-            .filter(|(depth, _)| *depth > 0)
-            .collect();
-        warm.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
-        warm.into_iter().map(|(_, set)| set).collect()
+        }
     }
 
     /// Re-makes the grant recorded in the status (deterministic signature).
@@ -631,25 +581,6 @@ impl<'a> Reconcile<'a> {
         let now = Timestamp::now().as_millisecond();
         created.map(|c| u64::try_from(now - c).unwrap_or(0)).unwrap_or(0)
     }
-}
-
-/// The signer sets for `key` that every member reports warm, with the
-/// depth of their coldest member.
-async fn fetch_pools(client: &node_client::NodeClient, urls: &[String], key: &str) -> BTreeMap<Vec<u16>, u32> {
-    let answers = futures::future::join_all(urls.iter().map(|url| client.presignatures(url))).await;
-    let mut sets: BTreeMap<Vec<u16>, (u32, usize)> = BTreeMap::new();
-    for pools in answers.iter().flatten() {
-        for pool in pools.pools.iter().filter(|p| p.key == key) {
-            let entry = sets.entry(pool.participants.clone()).or_insert((u32::MAX, 0));
-            entry.0 = entry.0.min(pool.depth);
-            entry.1 += 1;
-        }
-    }
-    sets.into_iter().filter(|(set, (_, members))| *members == set.len()).map(|(set, (depth, _))| (set, depth)).collect()
-}
-
-fn kind_key(grant: &SignedGrant) -> &str {
-    grant.grant.kind.key()
 }
 
 fn healthy_indices(nodes: &BTreeMap<u16, Node>) -> Vec<u16> {

@@ -1,0 +1,209 @@
+//! The operator's view of the nodes' presignature pools, and one
+//! presignature reserved per signing session.
+//!
+//! A presignature can serve one session only, and only among the signer
+//! set that made it. When several requests of one signer set are signed at
+//! once, each session's initiator must offer a different one, or all but
+//! one of them fall back to the full protocol (hundreds of times slower).
+//! The nodes cannot agree on that among themselves without another round
+//! trip; the operator, which issues every grant, can: it hands each session
+//! the id of a presignature that every member of its set holds and that no
+//! other session was given (`PresignatureChoice::Id`), or tells the
+//! initiator to offer none (`PresignatureChoice::None`) when no set has a
+//! free one left.
+//!
+//! The view is refreshed from `GET /p2p/presignatures` at most every
+//! [`REFRESH_AFTER`], in the background once a first view exists, so that
+//! asking nodes busy presigning never holds up a signature. A reserved id
+//! is never handed out again (it stays reserved for [`RESERVED_FOR`], far
+//! longer than a grant lives, whatever a late answer from a node reports).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::node_client::NodeClient;
+
+/// How long a view of the pools is taken as current.
+pub const REFRESH_AFTER: Duration = Duration::from_millis(250);
+/// How long a reserved id stays reserved: longer than a signing grant
+/// lives, after which a presignature still in a pool was not used.
+pub const RESERVED_FOR: Duration = Duration::from_secs(2 * crate::grants::SIGN_GRANT_TTL_SECS);
+
+/// Presignature ids every member of a signer set holds, oldest first.
+pub type Reported = BTreeMap<Vec<u16>, Vec<String>>;
+
+/// The pools of every `namespace/cluster/key` the operator signs with.
+#[derive(Debug, Default)]
+pub struct Presignatures {
+    views: Mutex<HashMap<String, View>>,
+}
+
+#[derive(Debug, Default)]
+struct View {
+    /// When the nodes last answered, or when a refresh was last started.
+    refreshed: Option<Instant>,
+    /// Per signer set, ids every member holds that no session was given.
+    free: BTreeMap<Vec<u16>, VecDeque<String>>,
+    /// Ids given to sessions, and when.
+    reserved: HashMap<String, Instant>,
+}
+
+/// Whether a pool's view should be refreshed before it is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// There is none yet: ask the nodes now.
+    Missing,
+    /// There is one, but it is old: use it, and refresh it in the
+    /// background (this caller is the one to do it).
+    Stale,
+    /// Current.
+    Fresh,
+}
+
+impl Presignatures {
+    /// How current the view of `pool` is. A stale view is marked as being
+    /// refreshed, so that only one caller refreshes it at a time.
+    pub fn freshness(&self, pool: &str) -> Freshness {
+        let mut views = self.lock();
+        let view = views.entry(pool.to_owned()).or_default();
+        match view.refreshed {
+            None => Freshness::Missing,
+            Some(at) if at.elapsed() >= REFRESH_AFTER => {
+                view.refreshed = Some(Instant::now());
+                Freshness::Stale
+            }
+            Some(_) => Freshness::Fresh,
+        }
+    }
+
+    /// Takes in what the nodes reported for `pool`; ids already reserved
+    /// stay out of it.
+    pub fn update(&self, pool: &str, reported: Reported) {
+        let mut views = self.lock();
+        let view = views.entry(pool.to_owned()).or_default();
+        view.reserved.retain(|_, at| at.elapsed() < RESERVED_FOR);
+        let reserved = &view.reserved;
+        view.free = reported
+            .into_iter()
+            .map(|(set, ids)| (set, ids.into_iter().filter(|id| !reserved.contains_key(id)).collect()))
+            .collect();
+        view.refreshed = Some(Instant::now());
+    }
+
+    /// Reserves, for one session, the oldest free presignature of the
+    /// signer set of `pool` that has most free, among the sets of
+    /// `threshold` parties all in `healthy`; `None` when no such set has one.
+    ///
+    /// Choosing and reserving are one step: sessions decided at the same
+    /// time spread over the warm sets instead of all picking the warmest.
+    pub fn reserve(&self, pool: &str, healthy: &[u16], threshold: u16) -> Option<(Vec<u16>, String)> {
+        let mut views = self.lock();
+        let view = views.get_mut(pool)?;
+        let (set, ids) = view
+            .free
+            .iter_mut()
+            .filter(|(set, ids)| {
+                !ids.is_empty() && set.len() == usize::from(threshold) && set.iter().all(|i| healthy.contains(i))
+            })
+            .max_by_key(|(set, ids)| (ids.len(), std::cmp::Reverse(*set)))?;
+        let id = ids.pop_front()?;
+        let set = set.clone();
+        view.reserved.insert(id.clone(), Instant::now());
+        Some((set, id))
+    }
+
+    /// Forgets the pools of a cluster (`namespace/cluster/`) that is gone.
+    pub fn forget_cluster(&self, prefix: &str) {
+        self.lock().retain(|pool, _| !pool.starts_with(prefix));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, View>> {
+        self.views.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Asks every node at `urls` for its pools and keeps, per signer set of
+/// `key`, the ids every member reports (in the first member's order, which
+/// is oldest first). A node that does not answer makes its sets cold.
+pub async fn fetch(client: &NodeClient, urls: &[String], key: &str) -> Reported {
+    let answers = futures::future::join_all(urls.iter().map(|url| client.presignatures(url))).await;
+    let mut sets: BTreeMap<Vec<u16>, (Vec<String>, usize)> = BTreeMap::new();
+    for pools in answers.iter().flatten() {
+        for pool in pools.pools.iter().filter(|p| p.key == key) {
+            match sets.get_mut(&pool.participants) {
+                None => {
+                    sets.insert(pool.participants.clone(), (pool.ids.clone(), 1));
+                }
+                Some((ids, members)) => {
+                    ids.retain(|id| pool.ids.contains(id));
+                    *members += 1;
+                }
+            }
+        }
+    }
+    sets.into_iter().filter(|(set, (_, members))| *members == set.len()).map(|(set, (ids, _))| (set, ids)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: &str = "ns/c/k";
+
+    fn ids(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    }
+
+    fn reserve_n(p: &Presignatures, healthy: &[u16], n: usize) -> Vec<(Vec<u16>, String)> {
+        (0..n).filter_map(|_| p.reserve(POOL, healthy, 2)).collect()
+    }
+
+    #[test]
+    fn concurrent_sessions_get_different_presignatures_spread_over_the_sets() {
+        let p = Presignatures::default();
+        p.update(POOL, [(vec![0, 1], ids("a", 2)), (vec![0, 2], ids("b", 3)), (vec![1, 2], ids("c", 2))].into());
+        let given = reserve_n(&p, &[0, 1, 2], 8);
+        let sets: Vec<&[u16]> = given.iter().map(|(set, _)| set.as_slice()).collect();
+        // The set with most free first; ties go to the lower set.
+        assert_eq!(sets, [&[0, 2][..], &[0, 1], &[0, 2], &[1, 2], &[0, 1], &[0, 2], &[1, 2]]);
+        let mut all: Vec<&String> = given.iter().map(|(_, id)| id).collect();
+        assert_eq!(all[..2], [&"b0".to_owned(), &"a0".to_owned()], "oldest first");
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 7, "each id once, and no more than were reported");
+        assert_eq!(p.reserve("ns/other/k", &[0, 1, 2], 2), None, "a pool never seen");
+    }
+
+    #[test]
+    fn only_healthy_sets_of_the_threshold_are_used() {
+        let p = Presignatures::default();
+        p.update(POOL, [(vec![0, 1], ids("a", 1)), (vec![0, 2], ids("b", 3)), (vec![0, 1, 2], ids("d", 5))].into());
+        assert_eq!(reserve_n(&p, &[0, 1], 3), [(vec![0, 1], "a0".to_owned())], "node 2 is not healthy");
+    }
+
+    #[test]
+    fn a_late_report_never_frees_a_reserved_presignature() {
+        let p = Presignatures::default();
+        p.update(POOL, [(vec![0, 1], ids("a", 2))].into());
+        assert_eq!(p.reserve(POOL, &[0, 1], 2), Some((vec![0, 1], "a0".into())));
+        // The nodes still hold a0 (its session has not taken it yet) and
+        // have made a2 since.
+        p.update(POOL, [(vec![0, 1], vec!["a0".into(), "a1".into(), "a2".into()])].into());
+        let ids: Vec<String> = reserve_n(&p, &[0, 1], 3).into_iter().map(|(_, id)| id).collect();
+        assert_eq!(ids, ["a1", "a2"]);
+    }
+
+    #[test]
+    fn only_one_caller_refreshes_a_stale_view() {
+        let p = Presignatures::default();
+        assert_eq!(p.freshness(POOL), Freshness::Missing);
+        p.update(POOL, Reported::new());
+        assert_eq!(p.freshness(POOL), Freshness::Fresh);
+        std::thread::sleep(REFRESH_AFTER);
+        assert_eq!(p.freshness(POOL), Freshness::Stale);
+        assert_eq!(p.freshness(POOL), Freshness::Fresh, "the first caller refreshes it");
+        p.forget_cluster("ns/c/");
+        assert_eq!(p.freshness(POOL), Freshness::Missing);
+    }
+}
