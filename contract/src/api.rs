@@ -80,6 +80,9 @@ pub enum Outcome {
         key: String,
         /// Compressed SEC1 public key, hex.
         public_key: String,
+        /// SLIP-10 chain code, hex (see [`KeyInfo::chain_code`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chain_code: Option<String>,
     },
     /// A digest was signed.
     Signature(SignatureOut),
@@ -133,6 +136,11 @@ pub struct KeyInfo {
     pub name: String,
     /// Compressed SEC1 public key, hex.
     pub public_key: String,
+    /// SLIP-10 chain code, hex: with the public key, the extended public
+    /// key every derived key comes from. Public material (like an xpub):
+    /// it lets its holder derive, not sign, but also link derived keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_code: Option<String>,
 }
 
 /// The presignature pools of a node, as `GET /p2p/presignatures` lists them.

@@ -388,6 +388,12 @@ pub struct KeyStatus {
     /// Ethereum address of the key, `0x`-prefixed, EIP-55 checksummed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ethereum_address: Option<String>,
+    /// SLIP-10 chain code, hex. With `publicKey` it is the extended public
+    /// key (like an xpub) from which the operator derives, itself, the key a
+    /// SigningRequest's `derivationPath` signs with, and checks the signature
+    /// under it. Public material: it cannot sign, but links derived keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_code: Option<String>,
 }
 
 /// Certificate expiry, for people and alerts.

@@ -70,6 +70,34 @@ async fn ready_cluster(ns: &mut TestNamespace, mpc: MpcCluster) -> String {
     key.public_key.clone().unwrap()
 }
 
+/// BIP-32 public child derivation (SLIP-10 is the same for secp256k1),
+/// compressed.
+fn bip32_child(public_key: &[u8], chain_code: &[u8; 32], path: &[u32]) -> Vec<u8> {
+    use k256::elliptic_curve::sec1::ToEncodedPoint;
+    let mut key = k256::PublicKey::from_sec1_bytes(public_key).unwrap();
+    let mut chain = *chain_code;
+    for index in path {
+        let mut data = key.to_encoded_point(true).as_bytes().to_vec();
+        data.extend(index.to_be_bytes());
+        let i = hmac_sha512(&chain, &data);
+        let tweak = k256::SecretKey::from_slice(&i[..32]).expect("IL < n");
+        key = k256::PublicKey::from_affine((key.to_projective() + tweak.public_key().to_projective()).into()).unwrap();
+        chain.copy_from_slice(&i[32..]);
+    }
+    key.to_encoded_point(true).as_bytes().to_vec()
+}
+
+/// HMAC-SHA512 (RFC 2104) with a key shorter than the block.
+fn hmac_sha512(key: &[u8; 32], data: &[u8]) -> [u8; 64] {
+    let pad = |byte: u8| {
+        let mut block = [byte; 128];
+        block.iter_mut().zip(key).for_each(|(b, k)| *b ^= k);
+        block
+    };
+    let inner = sha2::Sha512::new().chain_update(pad(0x36)).chain_update(data).finalize();
+    sha2::Sha512::new().chain_update(pad(0x5c)).chain_update(inner).finalize().into()
+}
+
 async fn wait_final(ns: &TestNamespace, name: &str, within: Duration) -> SigningRequest {
     let api: Api<SigningRequest> = ns.api();
     eventually(&format!("SigningRequest {name} to end"), within, || async {
@@ -128,6 +156,12 @@ async fn quic_cluster_generates_its_key_and_signs_requests() {
     let derived_key = derived.status.as_ref().unwrap().public_key.clone().unwrap();
     assert_ne!(derived_key, public_key, "m/0/7 is another key");
     assert_signed(&derived, keccak, &derived_key);
+    // The key is the BIP-32 child m/0/7 of the extended public key the
+    // cluster's status shows, derived here independently of Torcus.
+    let mpc: MpcCluster = ns.api().get("vault").await.unwrap();
+    let key = mpc.status.unwrap().keys.into_iter().find(|k| k.name == "default").unwrap();
+    let chain_code: [u8; 32] = hex::decode(key.chain_code.expect("chainCode in status")).unwrap().try_into().unwrap();
+    assert_eq!(derived_key, hex::encode(bip32_child(&hex::decode(&public_key).unwrap(), &chain_code, &[0, 7])));
 
     for (name, reason) in [("unknown-cluster", "no MpcCluster named nope"), ("unknown-key", "has no key named cold")] {
         let sr = wait_final(&ns, name, SIGN_WAIT).await;

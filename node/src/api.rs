@@ -107,9 +107,7 @@ async fn session<T: Transport>(State(state): State<Arc<ApiState<T>>>, Path(id): 
 }
 
 async fn keys<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
-    let keys: Vec<_> =
-        state.service.keys().into_iter().map(|(name, public_key)| KeyInfo { name, public_key }).collect();
-    Json(keys).into_response()
+    Json(state.service.keys()).into_response()
 }
 
 async fn presignatures<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {

@@ -350,6 +350,28 @@ pub fn public_key(share: &Share, path: &[u32]) -> Result<cggmp21::generic_ec::Po
     Ok(child.public_key)
 }
 
+/// The SLIP-10 chain code of `share`, when it can derive keys.
+pub fn chain_code(share: &Share) -> Option<[u8; 32]> {
+    share.chain_code
+}
+
+/// Derives along `path` from the extended public key (`public_key`, a
+/// compressed or uncompressed SEC1 point, and `chain_code`) the public key
+/// signing with that path verifies under, compressed: what [`public_key`]
+/// computes from a share, from public material only.
+pub fn derive_public_key(public_key: &[u8], chain_code: &[u8; 32], path: &[u32]) -> Result<Vec<u8>, EngineError> {
+    let point = cggmp21::generic_ec::Point::<Curve>::from_bytes(public_key)
+        .map_err(|_| EngineError::DerivationPath("not a secp256k1 point".into()))?;
+    let parent = cggmp21::hd_wallet::ExtendedPublicKey { public_key: point, chain_code: *chain_code };
+    let child =
+        <cggmp21::hd_wallet::Slip10 as cggmp21::hd_wallet::HdWallet<Curve>>::try_derive_child_public_key_with_path(
+            &parent,
+            path.iter().map(|i| cggmp21::hd_wallet::NonHardenedIndex::try_from(*i)),
+        )
+        .map_err(|e| EngineError::DerivationPath(e.to_string()))?;
+    Ok(child.public_key.to_bytes(true).to_vec())
+}
+
 /// ECDSA signs the digest itself (z = digest mod n), as every secp256k1
 /// verifier expects for a prehashed message.
 pub fn data_to_sign(digest: &[u8; 32]) -> DataToSign<Curve> {

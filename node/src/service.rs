@@ -87,7 +87,7 @@ const MAX_HELD: usize = 1024;
 const PREEMPTED: &str = "presigning preempted by signing";
 const AUX_SHARE: &str = "aux-info";
 
-pub use torcus_contract::api::{Outcome, PresignaturePools, SessionStatus, SignatureOut};
+pub use torcus_contract::api::{KeyInfo, Outcome, PresignaturePools, SessionStatus, SignatureOut};
 
 /// Which presignature an initiator offers (the API's
 /// [`torcus_contract::api::PresignatureChoice`], with the id parsed).
@@ -300,11 +300,10 @@ impl<T: Transport> Service<T> {
     }
 
     /// Names and public keys of the keys held here.
-    pub fn keys(&self) -> Vec<(String, String)> {
+    pub fn keys(&self) -> Vec<KeyInfo> {
         let shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut keys: Vec<_> =
-            shares.iter().map(|(k, s)| (k.clone(), hex::encode(s.shared_public_key.to_bytes(true)))).collect();
-        keys.sort();
+        let mut keys: Vec<_> = shares.iter().map(|(name, share)| key_info(name, share)).collect();
+        keys.sort_by(|a, b| a.name.cmp(&b.name));
         keys
     }
 
@@ -549,11 +548,11 @@ impl<T: Transport> Service<T> {
                 let bytes =
                     Zeroizing::new(serde_json::to_vec(&share).map_err(|e| SessionError::Corrupt(e.to_string()))?);
                 self.store.put(&format!("key-{key}"), &bytes)?;
-                let public_key = hex::encode(share.shared_public_key.to_bytes(true));
+                let KeyInfo { public_key, chain_code, .. } = key_info(key, &share);
                 self.shares.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), Arc::new(share));
                 info!(key, %public_key, "generated a key");
                 self.presigner_wake.notify_one();
-                Ok(Outcome::Keygen { key: key.clone(), public_key })
+                Ok(Outcome::Keygen { key: key.clone(), public_key, chain_code })
             }
             GrantKind::Sign { key, digest, derivation_path } => {
                 let share = self.share(key)?;
@@ -1125,6 +1124,15 @@ pub fn led_sets(me: u16, nodes: u16, threshold: u16) -> Vec<Vec<u16>> {
     }
     extend(&mut vec![me], me + 1, nodes, usize::from(threshold), &mut out);
     out
+}
+
+/// What `GET /p2p/keys` says of a share: public material only.
+fn key_info(name: &str, share: &Share) -> KeyInfo {
+    KeyInfo {
+        name: name.to_owned(),
+        public_key: hex::encode(share.shared_public_key.to_bytes(true)),
+        chain_code: engine::chain_code(share).map(hex::encode),
+    }
 }
 
 fn outcome_kind(outcome: &Outcome) -> &'static str {

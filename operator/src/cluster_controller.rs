@@ -891,6 +891,7 @@ mod tests {
                 name: "default".into(),
                 public_key: Some("02ab".into()),
                 ethereum_address: None,
+                chain_code: None,
             }],
             ..MpcClusterStatus::default()
         });

@@ -8,7 +8,7 @@ use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 use sha3::Keccak256;
 use torcus_contract::api::SignatureOut;
-use torcus_crds::{HashAlgorithm, PayloadEncoding, SigningRequestSpec};
+use torcus_crds::{HashAlgorithm, KeyStatus, PayloadEncoding, SigningRequestSpec};
 
 /// Why a request or a signature is unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,6 +31,12 @@ pub enum CryptoError {
     /// The signature does not verify.
     #[error("signature does not verify: {0}")]
     Signature(String),
+    /// A derivation path for a key that cannot derive.
+    #[error("key {0} has no chain code, so it cannot derive keys; sign without a derivation path")]
+    NoChainCode(String),
+    /// Derivation failed.
+    #[error("cannot derive along the path: {0}")]
+    Derivation(String),
 }
 
 /// The payload's bytes, decoded as the request says.
@@ -73,6 +79,24 @@ pub fn derivation_path(path: Option<&str>) -> Result<Vec<u32>, CryptoError> {
         return Err(bad());
     }
     parts.map(|p| p.parse::<u32>().ok().filter(|i| *i < torcus_contract::HARDENED_INDEX).ok_or_else(bad)).collect()
+}
+
+/// The public key (compressed, hex) a signature with `key` along `path`
+/// verifies under: the key itself, or the key the operator derives from its
+/// public key and chain code (SLIP-10, as the nodes sign).
+pub fn signing_public_key(key: &KeyStatus, path: &[u32]) -> Result<String, CryptoError> {
+    let public_key = key.public_key.as_deref().ok_or(CryptoError::PublicKey)?;
+    if path.is_empty() {
+        return Ok(public_key.to_owned());
+    }
+    let chain_code = key.chain_code.as_deref().ok_or_else(|| CryptoError::NoChainCode(key.name.clone()))?;
+    let mut code = [0; 32];
+    hex::decode_to_slice(chain_code, &mut code)
+        .map_err(|_| CryptoError::Derivation("chain code is not 64 hex digits".into()))?;
+    let parent = hex::decode(public_key).map_err(|_| CryptoError::PublicKey)?;
+    let child = torcus_node::engine::derive_public_key(&parent, &code, path)
+        .map_err(|e| CryptoError::Derivation(e.to_string()))?;
+    Ok(hex::encode(child))
 }
 
 /// EIP-55 checksummed Ethereum address of a compressed public key (hex).
@@ -129,6 +153,27 @@ mod tests {
     use k256::ecdsa::SigningKey;
 
     use super::*;
+
+    #[test]
+    fn derived_keys_follow_bip32_public_derivation() {
+        // BIP-32 test vector 1: the extended public key of m/0H, and its
+        // child m/0H/1.
+        let key = KeyStatus {
+            name: "default".into(),
+            public_key: Some("035a784662a4a20a65bf6aab9ae98a6c068a81c52e4b032c0fb5400c706cfccc56".into()),
+            ethereum_address: None,
+            chain_code: Some("47fdacbd0f1097043b78c63c20c34ef4ed9a111d980047ad16282c7ae6236141".into()),
+        };
+        assert_eq!(
+            signing_public_key(&key, &[1]).unwrap(),
+            "03501e454bf00751f24b1b489aa925215d66af2234e3891c3b21a52bedb3cd711c"
+        );
+        assert_eq!(signing_public_key(&key, &[]).unwrap(), key.public_key.clone().unwrap());
+        assert!(matches!(signing_public_key(&key, &[1 << 31]), Err(CryptoError::Derivation(_))));
+        let no_chain = KeyStatus { chain_code: None, ..key.clone() };
+        assert_eq!(signing_public_key(&no_chain, &[1]), Err(CryptoError::NoChainCode("default".into())));
+        assert_eq!(signing_public_key(&no_chain, &[]).unwrap(), key.public_key.unwrap());
+    }
 
     fn spec() -> SigningRequestSpec {
         SigningRequestSpec {

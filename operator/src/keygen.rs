@@ -108,12 +108,12 @@ async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[String]) -> Res
         if let Ok(keys) = ctx.nodes.keys(url).await
             && let Some(found) = keys.into_iter().find(|k| k.name == key)
         {
-            held.push(found.public_key);
+            held.push((found.public_key, found.chain_code));
         }
     }
     if held.len() == n && held.windows(2).all(|w| w[0] == w[1]) {
         info!(cluster = %name, %key, "every node holds the key already; recording it");
-        return key_status(key, &held[0]);
+        return key_status(key, &held[0].0, held[0].1.clone());
     }
     if !held.is_empty() {
         return Err(format!(
@@ -133,8 +133,8 @@ async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[String]) -> Res
     event(ctx, mpc, EventType::Normal, "KeygenStarted", "GenerateKey", note).await;
     let started = Instant::now();
     match ctx.nodes.keygen(url, &grant).await {
-        Ok(Outcome::Keygen { key: got, public_key }) if got == key => {
-            let status = key_status(key, &public_key)?;
+        Ok(Outcome::Keygen { key: got, public_key, chain_code }) if got == key => {
+            let status = key_status(key, &public_key, chain_code)?;
             let note = format!(
                 "generated key {key}: public key {public_key}, address {} in {:.1}s",
                 status.ethereum_address.as_deref().unwrap_or_default(),
@@ -150,7 +150,12 @@ async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[String]) -> Res
     }
 }
 
-fn key_status(key: &str, public_key: &str) -> Result<KeyStatus, String> {
+fn key_status(key: &str, public_key: &str, chain_code: Option<String>) -> Result<KeyStatus, String> {
     let address = crypto::ethereum_address(public_key).map_err(|e| e.to_string())?;
-    Ok(KeyStatus { name: key.to_owned(), public_key: Some(public_key.to_owned()), ethereum_address: Some(address) })
+    Ok(KeyStatus {
+        name: key.to_owned(),
+        public_key: Some(public_key.to_owned()),
+        ethereum_address: Some(address),
+        chain_code,
+    })
 }

@@ -27,7 +27,9 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use torcus_contract::api::{Outcome, PresignatureChoice, SessionStatus, SignatureOut};
 use torcus_contract::{GrantKind, SignedGrant};
-use torcus_crds::{IssuedGrant, MpcCluster, Signature, SigningPhase, SigningRequest, SigningRequestStatus, Timings};
+use torcus_crds::{
+    IssuedGrant, KeyStatus, MpcCluster, Signature, SigningPhase, SigningRequest, SigningRequestStatus, Timings,
+};
 use tracing::{debug, info, warn};
 
 use crate::cluster_controller::{Context, FIELD_MANAGER};
@@ -152,8 +154,14 @@ impl<'a> Reconcile<'a> {
             }
             self.status.approved_at = Some(rfc3339(now));
         }
-        let Some(public_key) = self.public_key(&mpc) else {
+        let Some(key) = self.key(&mpc) else {
             return self.wait("WaitingForKey", format!("key {} is not generated yet", spec.key)).await;
+        };
+        // The key the signature must verify under, derived here from public
+        // material: never taken from the nodes' answer.
+        let public_key = match crypto::signing_public_key(&key, &path) {
+            Ok(k) => k,
+            Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
         };
         let nodes = self.nodes(&mpc).await?;
         let healthy: Vec<u16> = healthy_indices(&nodes);
@@ -221,17 +229,19 @@ impl<'a> Reconcile<'a> {
                 .fail("ProtocolError", "the initiator answered with something other than a signature".into())
                 .await;
         };
-        let expected = self.status.public_key.clone().unwrap_or_default();
+        // The key recorded before the grant was issued: the cluster's key,
+        // or the one the operator derived from it.
+        let under = self.status.public_key.clone().unwrap_or_default();
         let digest = match crypto::digest(&self.sr.spec) {
             Ok(d) => d,
             Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
         };
-        // Without a derivation path, the signature must be under the key in
-        // the cluster's status; with one, under the derived key it reports.
-        let derived = self.sr.spec.derivation_path.as_deref().is_some_and(|p| p != "m");
-        let under = if derived { sig.public_key.clone() } else { expected.clone() };
         if let Err(e) = crypto::verify(&under, &digest, &sig) {
             return self.fail("SignatureInvalid", format!("the returned signature was refused: {e}")).await;
+        }
+        if sig.public_key != under {
+            let message = format!("the initiator reports key {} for a signature under {under}", sig.public_key);
+            return self.fail("SignatureInvalid", message).await;
         }
         let cluster = &self.sr.spec.cluster;
         for party in &self.status.participants {
@@ -243,7 +253,6 @@ impl<'a> Reconcile<'a> {
         let initiator_type = if sig.presigned { "presigned" } else { "full" };
         self.ctx.metrics.initiator_sessions.with_label_values(&[initiator_type]).inc();
         self.status.signature = Some(signature_status(&sig));
-        self.status.public_key = Some(under);
         let timings = self.status.timings.get_or_insert_with(Timings::default);
         timings.signing_ms = took.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.status.reason = None;
@@ -378,16 +387,13 @@ impl<'a> Reconcile<'a> {
         grants::issue(&key, &self.ns, &mpc.name_any(), kind, &parts)
     }
 
-    fn public_key(&self, mpc: &MpcCluster) -> Option<String> {
-        let from_status = mpc
-            .status
-            .iter()
-            .flat_map(|s| &s.keys)
-            .find(|k| k.name == self.sr.spec.key)
-            .and_then(|k| k.public_key.clone());
-        from_status.or_else(|| {
-            self.ctx.keygens.learned(mpc).into_iter().find(|k| k.name == self.sr.spec.key).and_then(|k| k.public_key)
-        })
+    /// The request's key, once generated: from the cluster's status, or
+    /// from a keygen that finished but is not in the status yet.
+    fn key(&self, mpc: &MpcCluster) -> Option<KeyStatus> {
+        let from_status = mpc.status.iter().flat_map(|s| &s.keys).find(|k| k.name == self.sr.spec.key).cloned();
+        from_status
+            .or_else(|| self.ctx.keygens.learned(mpc).into_iter().find(|k| k.name == self.sr.spec.key))
+            .filter(|k| k.public_key.is_some())
     }
 
     /// The cluster's nodes by party index: API URL from the pod IP, healthy
