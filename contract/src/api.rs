@@ -12,6 +12,8 @@ pub const KEYGEN_PATH: &str = "/p2p/keygen";
 pub const SIGN_PATH: &str = "/p2p/sign";
 /// Path of the key list.
 pub const KEYS_PATH: &str = "/p2p/keys";
+/// Path of the id of the aux info a node holds.
+pub const AUX_INFO_PATH: &str = "/p2p/aux-info";
 /// Path of the presignature pools a node holds.
 pub const PRESIGNATURES_PATH: &str = "/p2p/presignatures";
 
@@ -126,6 +128,16 @@ pub enum SessionStatus {
         /// Why.
         reason: String,
     },
+}
+
+/// Which aux info a node holds, as `GET /p2p/aux-info` says: the operator
+/// names it in a keygen grant when every node holds the same, so that it is
+/// reused; otherwise the keygen generates new aux info first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuxInfoId {
+    /// Id (64 hex digits), or none.
+    pub id: Option<String>,
 }
 
 /// One key a node holds, as `GET /p2p/keys` lists it.

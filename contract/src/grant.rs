@@ -20,13 +20,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The only grant format version this crate issues and accepts.
-pub const GRANT_VERSION: u8 = 1;
+pub const GRANT_VERSION: u8 = 2;
 /// How far in the future `issued_at` may be before a grant is refused, to
 /// absorb clock differences between the operator and the nodes.
 pub const CLOCK_SKEW_SECS: u64 = 30;
 /// First bytes of every [`Grant::canonical_bytes`], so a grant signature can
 /// never be mistaken for a signature over anything else.
-pub const GRANT_DOMAIN: &[u8] = b"torcus-grant-v1";
+pub const GRANT_DOMAIN: &[u8] = b"torcus-grant-v2";
 /// First hardened BIP-32 index; grants only carry non-hardened derivation
 /// indices (the nodes derive child keys from the shared public key alone).
 pub const HARDENED_INDEX: u32 = 1 << 31;
@@ -44,10 +44,22 @@ const KIND_SIGN: u8 = 0x02;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum GrantKind {
-    /// Generate the threshold key `key` (aux info, then keygen).
+    /// Generate the threshold key `key`: aux info (unless every participant
+    /// already holds the same), then keygen.
     Keygen {
         /// Key name, as listed in the cluster configuration.
         key: String,
+        /// Id (64 hex digits) of the aux info every participant holds and
+        /// reuses; absent, the participants first generate new aux info
+        /// together, which replaces whatever each of them held.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        aux_info: Option<String>,
+        /// Public keys (compressed, hex) of earlier runs of this keygen that
+        /// ended on some nodes only. A node that holds `key` under one of
+        /// them sets that share aside (never deletes it) for the new one; a
+        /// node that holds `key` under any other public key refuses.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        supersedes: Vec<String>,
     },
     /// Sign one 32-byte digest with the key `key`, derived along `derivation_path`.
     Sign {
@@ -63,10 +75,15 @@ pub enum GrantKind {
 }
 
 impl GrantKind {
+    /// A keygen of `key` with new aux info that supersedes nothing.
+    pub fn keygen(key: impl Into<String>) -> Self {
+        Self::Keygen { key: key.into(), aux_info: None, supersedes: Vec::new() }
+    }
+
     /// The key the grant is about.
     pub fn key(&self) -> &str {
         match self {
-            Self::Keygen { key } | Self::Sign { key, .. } => key,
+            Self::Keygen { key, .. } | Self::Sign { key, .. } => key,
         }
     }
 }
@@ -106,13 +123,15 @@ impl Grant {
     ///
     /// | bytes   | field                                                    |
     /// |---------|----------------------------------------------------------|
-    /// | 15      | domain tag `b"torcus-grant-v1"` ([`GRANT_DOMAIN`])       |
+    /// | 15      | domain tag `b"torcus-grant-v2"` ([`GRANT_DOMAIN`])       |
     /// | 1       | `version`                                                |
     /// | 16      | `grant_id`                                               |
     /// | 8 + n   | `namespace`: byte length as u64, then UTF-8 bytes        |
     /// | 8 + n   | `cluster`: byte length as u64, then UTF-8 bytes          |
     /// | 1       | kind tag: `0x01` keygen, `0x02` sign                     |
     /// | 8 + n   | `key`: byte length as u64, then UTF-8 bytes              |
+    /// | 1 (+8+n)| keygen only: `aux_info`: 0 absent, or 1 then as `key`    |
+    /// | 8 + …   | keygen only: `supersedes`: count as u64, then each as `key` |
     /// | 32      | sign only: `digest`                                      |
     /// | 8 + 4·k | sign only: `derivation_path`: count as u64, then each u32 |
     /// | 8 + 2·p | `participants`: count as u64, then each u16              |
@@ -131,9 +150,20 @@ impl Grant {
         put_bytes(&mut out, namespace.as_bytes());
         put_bytes(&mut out, cluster.as_bytes());
         match kind {
-            GrantKind::Keygen { key } => {
+            GrantKind::Keygen { key, aux_info, supersedes } => {
                 out.push(KIND_KEYGEN);
                 put_bytes(&mut out, key.as_bytes());
+                match aux_info {
+                    None => out.push(0),
+                    Some(id) => {
+                        out.push(1);
+                        put_bytes(&mut out, id.as_bytes());
+                    }
+                }
+                put_len(&mut out, supersedes.len());
+                for public_key in supersedes {
+                    put_bytes(&mut out, public_key.as_bytes());
+                }
             }
             GrantKind::Sign { key, digest, derivation_path } => {
                 out.push(KIND_SIGN);
@@ -216,6 +246,17 @@ impl Grant {
             } else {
                 malformed(format!("participants are not sorted ascending ({} before {})", pair[0], pair[1]))
             };
+        }
+        let hex_of = |s: &str, bytes: usize| {
+            s.len() == 2 * bytes && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if let GrantKind::Keygen { aux_info, supersedes, .. } = &self.kind {
+            if let Some(id) = aux_info.as_deref().filter(|id| !hex_of(id, 32)) {
+                return malformed(format!("aux info id {id:?} is not 64 lowercase hex digits"));
+            }
+            if let Some(pk) = supersedes.iter().find(|pk| !hex_of(pk, 33)) {
+                return malformed(format!("superseded public key {pk:?} is not 66 lowercase hex digits"));
+            }
         }
         if let GrantKind::Sign { derivation_path, .. } = &self.kind {
             if derivation_path.len() > MAX_DERIVATION_DEPTH {
@@ -488,7 +529,17 @@ mod tests {
                     key.push('x');
                 }
             }),
-            ("kind", |g| g.kind = GrantKind::Keygen { key: "default".into() }),
+            ("kind", |g| g.kind = GrantKind::Keygen { key: "default".into(), aux_info: None, supersedes: vec![] }),
+            ("aux info", |g| {
+                g.kind = GrantKind::Keygen { key: "default".into(), aux_info: Some("0".repeat(64)), supersedes: vec![] }
+            }),
+            ("supersedes", |g| {
+                g.kind = GrantKind::Keygen {
+                    key: "default".into(),
+                    aux_info: None,
+                    supersedes: vec![format!("03{}", "1".repeat(64))],
+                }
+            }),
             ("digest", |g| {
                 if let GrantKind::Sign { digest, .. } = &mut g.kind {
                     digest[31] ^= 1;
@@ -512,7 +563,7 @@ mod tests {
         let base = grant();
         let mut seen = HashSet::from([base.canonical_bytes()]);
         let mut versioned = base.clone();
-        versioned.version = 2;
+        versioned.version = GRANT_VERSION + 1;
         assert!(seen.insert(versioned.canonical_bytes()), "version");
         for (name, mutate) in mutations() {
             let mut g = base.clone();
@@ -527,22 +578,23 @@ mod tests {
     #[test]
     fn canonical_layout_is_pinned() {
         let g = Grant {
-            version: 1,
+            version: 2,
             grant_id: [0xaa; 16],
             namespace: "ns".into(),
             cluster: "c".into(),
-            kind: GrantKind::Keygen { key: "k".into() },
+            kind: GrantKind::Keygen { key: "k".into(), aux_info: None, supersedes: vec![] },
             participants: vec![1, 0x0203],
             nonce: [0xbb; 16],
             issued_at: 5,
             expires_at: 0x0102,
         };
-        let mut expected = b"torcus-grant-v1".to_vec();
-        expected.push(1);
+        let mut expected = b"torcus-grant-v2".to_vec();
+        expected.push(2);
         expected.extend([0xaa; 16]);
         expected.extend([0, 0, 0, 0, 0, 0, 0, 2, b'n', b's']);
         expected.extend([0, 0, 0, 0, 0, 0, 0, 1, b'c']);
         expected.extend([0x01, 0, 0, 0, 0, 0, 0, 0, 1, b'k']);
+        expected.extend([0, 0, 0, 0, 0, 0, 0, 0, 0]);
         expected.extend([0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 2, 3]);
         expected.extend([0xbb; 16]);
         expected.extend([0, 0, 0, 0, 0, 0, 0, 5]);
@@ -556,6 +608,24 @@ mod tests {
         kind.extend([0xcc; 32]);
         kind.extend([0, 0, 0, 0, 0, 0, 0, 1, 0x0a, 0x0b, 0x0c, 0x0d]);
         assert!(bytes.windows(kind.len()).any(|w| w == kind), "sign kind layout");
+
+        let mut keygen = g.clone();
+        let (aux, pk) = ("a".repeat(64), format!("02{}", "b".repeat(64)));
+        keygen.kind = GrantKind::Keygen { key: "k".into(), aux_info: Some(aux.clone()), supersedes: vec![pk.clone()] };
+        keygen.check().unwrap();
+        let mut kind = vec![0x01, 0, 0, 0, 0, 0, 0, 0, 1, b'k', 1, 0, 0, 0, 0, 0, 0, 0, 64];
+        kind.extend(aux.as_bytes());
+        kind.extend([0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 66]);
+        kind.extend(pk.as_bytes());
+        let bytes = keygen.canonical_bytes();
+        assert!(bytes.windows(kind.len()).any(|w| w == kind), "keygen kind layout");
+        for bad in [
+            GrantKind::Keygen { key: "k".into(), aux_info: Some("AA".repeat(32)), supersedes: vec![] },
+            GrantKind::Keygen { key: "k".into(), aux_info: None, supersedes: vec!["02".into()] },
+        ] {
+            let g = Grant { kind: bad, ..g.clone() };
+            assert!(matches!(g.check(), Err(GrantError::Malformed(_))), "{:?}", g.kind);
+        }
 
         let mut eid = b"torcus-eid:".to_vec();
         eid.extend(g.session_id());
@@ -585,7 +655,8 @@ mod tests {
         assert_eq!(g["kind"]["derivationPath"], serde_json::json!([0, 7]));
         assert_eq!(value["signature"], hex::encode(signed.signature));
 
-        let keygen = Grant { kind: GrantKind::Keygen { key: "default".into() }, ..grant() };
+        let keygen =
+            Grant { kind: GrantKind::Keygen { key: "default".into(), aux_info: None, supersedes: vec![] }, ..grant() };
         let value = serde_json::to_value(&keygen).unwrap();
         assert_eq!(value["kind"], serde_json::json!({"type": "keygen", "key": "default"}));
         assert_eq!(serde_json::from_value::<Grant>(value).unwrap(), keygen);
@@ -662,7 +733,7 @@ mod tests {
                 "malformed",
             ),
             ("expires before issued", resign(|g| g.expires_at = g.issued_at), 2, NOW, "malformed"),
-            ("version", resign(|g| g.version = 2), 2, NOW, "unsupported_version"),
+            ("version", resign(|g| g.version = GRANT_VERSION + 1), 2, NOW, "unsupported_version"),
         ];
         let mut used = used();
         for (name, signed, me, now, reason) in cases {

@@ -96,6 +96,22 @@ pub struct TestNamespace {
     registry_url: Option<String>,
     /// Made by [`Self::second`]: its operator listens on a port of its own.
     is_second: bool,
+    /// This test's place among the clusters that run at once.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// How many tests of one test binary run node processes at once
+/// (`TORCUS_E2E_CLUSTERS`, default 3). MPC rounds are CPU-bound: on a small
+/// machine more clusters at once only make each one slower, until the
+/// timeouts meant for a dead peer fire on a live one.
+fn cluster_slots() -> std::sync::Arc<tokio::sync::Semaphore> {
+    static SLOTS: OnceLock<std::sync::Arc<tokio::sync::Semaphore>> = OnceLock::new();
+    SLOTS
+        .get_or_init(|| {
+            let n = std::env::var("TORCUS_E2E_CLUSTERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3usize);
+            std::sync::Arc::new(tokio::sync::Semaphore::new(n.max(1)))
+        })
+        .clone()
 }
 
 impl std::fmt::Debug for TestNamespace {
@@ -146,7 +162,7 @@ impl TestNamespace {
         };
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
         let registry_url = operator_args(&name).registry_url;
-        Ok(Self { client, name, operator: None, kubelet: None, registry_url, is_second: false })
+        Ok(Self { client, name, operator: None, kubelet: None, registry_url, is_second: false, _slot: None })
     }
 
     /// Another handle on the same namespace, for a second operator.
@@ -158,6 +174,7 @@ impl TestNamespace {
             kubelet: None,
             registry_url: self.registry_url.clone(),
             is_second: true,
+            _slot: None,
         }
     }
 
@@ -178,6 +195,9 @@ impl TestNamespace {
     /// `torcus-node` images.
     pub async fn start_kubelet_with(&mut self, node_binary: PathBuf) -> anyhow::Result<()> {
         anyhow::ensure!(self.kubelet.is_none(), "a kubelet already runs for {}", self.name);
+        if self._slot.is_none() && !self.is_second {
+            self._slot = Some(cluster_slots().acquire_owned().await?);
+        }
         let dir = shared().kubeconfig.parent().map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
         let config = KubeletConfig {
             node_name: format!("local-{}", self.name),

@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Event;
 use k256::ecdsa::signature::hazmat::PrehashVerifier;
 use k256::ecdsa::{Signature, VerifyingKey};
-use kube::api::PostParams;
+use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use sha2::{Digest, Sha256};
 use torcus_crds::{MpcCluster, SigningPhase, SigningRequest};
@@ -336,6 +337,60 @@ async fn a_dead_node_shows_offline_and_two_of_three_still_sign() {
     let mpc = clusters.get("vault").await.unwrap();
     let online: Vec<bool> = mpc.status.unwrap().nodes.iter().map(|n| n.online).collect();
     assert_eq!(online, [true, false, true]);
+    ns.finish().await.unwrap();
+}
+
+/// A participant killed while the cluster generates its key: the keygen
+/// fails (a `KeygenFailed` Event says why), is retried once the node is back,
+/// and ends with one key that every node holds and signs with.
+#[tokio::test]
+async fn a_node_killed_during_keygen_is_retried_until_the_key_exists() {
+    let mut ns = TestNamespace::new("keygen-kill").await.unwrap();
+    ns.start_kubelet().await.unwrap();
+    ns.start_operator();
+    let clusters: Api<MpcCluster> = ns.api();
+    clusters.create(&PostParams::default(), &cluster("vault", "quic", serde_json::json!({}))).await.unwrap();
+    let events: Api<Event> = ns.api();
+    let find = |reason: &'static str| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await?;
+            Ok::<_, anyhow::Error>(list.items.into_iter().find(|e| e.reason.as_deref() == Some(reason)))
+        }
+    };
+    let started = eventually("keygen started", KEYGEN_WAIT, || find("KeygenStarted")).await.unwrap();
+    // "generating key default with 3 nodes; party N initiates"
+    let note = started.message.unwrap_or_default();
+    let initiator: u16 = note.split("party ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok()).expect(&note);
+    let victim = (initiator + 1) % 3;
+    ns.kubelet().kill(&ns.name, &format!("vault-{victim}-0")).unwrap();
+
+    let failed = eventually("keygen failed", KEYGEN_WAIT, || find("KeygenFailed")).await.unwrap();
+    eprintln!("keygen failed after node {victim} was killed: {:?}", failed.message);
+    let public_key = eventually("cluster Ready with its key", KEYGEN_WAIT, || async {
+        let mpc = clusters.get("vault").await?;
+        let status = mpc.status.unwrap_or_default();
+        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        Ok(ready.then(|| status.keys.iter().find(|k| k.name == "default").and_then(|k| k.public_key.clone())).flatten())
+    })
+    .await
+    .unwrap();
+    // Every node holds the same key: any two of them sign under it.
+    let srs: Api<SigningRequest> = ns.api();
+    for i in 0..3u8 {
+        let digest = [0x30 + i; 32];
+        let name = format!("after-kill-{i}");
+        let sr = request(&name, "vault", serde_json::json!({"digest": hex::encode(digest)}));
+        srs.create(&PostParams::default(), &sr).await.unwrap();
+        assert_signed(&wait_final(&ns, &name, SIGN_WAIT).await, digest, &public_key);
+    }
+    for i in 0..3 {
+        let ip = ns.kubelet().pod_ip(&ns.name, &format!("vault-{i}-0")).expect("pod IP");
+        let (code, body) =
+            torcus_e2e::kubelet::http_get((ip, 8080).into(), "/p2p/keys", Duration::from_secs(5)).await.unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains(&public_key), "node {i} holds {body}");
+    }
     ns.finish().await.unwrap();
 }
 

@@ -42,6 +42,7 @@ pub fn router<T: Transport>(service: Arc<Service<T>>, ready: ReadyCheck, registr
         .route("/p2p/sign", post(sign::<T>))
         .route("/p2p/session/{id}", get(session::<T>))
         .route("/p2p/keys", get(keys::<T>))
+        .route(torcus_contract::api::AUX_INFO_PATH, get(aux_info::<T>))
         .route("/p2p/presignatures", get(presignatures::<T>))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz::<T>))
@@ -110,6 +111,10 @@ async fn keys<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
     Json(state.service.keys()).into_response()
 }
 
+async fn aux_info<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
+    Json(torcus_contract::api::AuxInfoId { id: state.service.aux_id() }).into_response()
+}
+
 async fn presignatures<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
     Json(state.service.presignature_pools()).into_response()
 }
@@ -132,7 +137,9 @@ fn answer(result: Result<Outcome, SessionError>) -> Response {
         Ok(outcome) => Json(outcome).into_response(),
         Err(error) => {
             let status = match &error {
-                SessionError::NotInitiator { .. } | SessionError::KeyExists(_) => StatusCode::CONFLICT,
+                SessionError::NotInitiator { .. } | SessionError::KeyExists(_) | SessionError::NoSuchAux(_) => {
+                    StatusCode::CONFLICT
+                }
                 SessionError::Grant(_) => StatusCode::FORBIDDEN,
                 SessionError::UnknownKey(_) => StatusCode::NOT_FOUND,
                 SessionError::Aborted(_) | SessionError::Preempted => StatusCode::SERVICE_UNAVAILABLE,

@@ -196,6 +196,39 @@ pub enum DeliveryError {
     Encode(#[source] serde_json::Error),
 }
 
+/// Runs `protocol` on a thread of its own, driven by the current runtime.
+///
+/// The rounds of the MPC protocols compute for up to seconds between two
+/// awaits (Paillier proofs, multi-exponentiations); on a runtime worker that
+/// would stall everything else the worker serves — the node's API and
+/// probes, the transport, heartbeats — and a busy node would look dead.
+/// Dropping the returned future ends the protocol at its next await.
+pub async fn on_own_thread<F>(protocol: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let _cancel_on_drop = cancel.clone().drop_guard();
+    let run = tokio::task::spawn_blocking(move || {
+        handle.block_on(async move {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => None,
+                out = protocol => Some(out),
+            }
+        })
+    });
+    match run.await {
+        Ok(Some(out)) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled only once this future is dropped (so never awaited
+        // here), or the runtime shuts down.
+        Ok(None) | Err(_) => std::future::pending().await,
+    }
+}
+
 /// Runs aux info generation (Paillier keys and their proofs) for party
 /// `net.me` of `n`. The expensive part, safe primes, comes pregenerated.
 pub async fn aux_info(eid: &[u8], n: u16, primes: Primes, net: SessionNet) -> Result<Aux, EngineError> {

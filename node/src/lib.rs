@@ -296,6 +296,10 @@ impl Args {
         ));
 
         let router = Router::new();
+        let primes_fixture = match test_primes_fixture {
+            Some(path) => Some(fixture_primes(&path, me)?),
+            None => None,
+        };
         let service = Service::new(ServiceParts {
             me,
             nodes: cluster.nodes,
@@ -307,6 +311,7 @@ impl Args {
             transport: Arc::clone(&transport),
             router: Arc::clone(&router),
             store,
+            primes_fixture,
             used,
             metrics: metrics.clone(),
         })?;
@@ -321,27 +326,7 @@ impl Args {
                 }
             });
         }
-        if !service.primes_ready() {
-            let service = Arc::clone(&service);
-            let primes = match test_primes_fixture {
-                Some(path) => Some(fixture_primes(&path, me)?),
-                None => None,
-            };
-            tokio::spawn(async move {
-                let primes = match primes {
-                    Some(p) => p,
-                    None => {
-                        info!("generating safe primes for aux info in the background");
-                        let started = std::time::Instant::now();
-                        let generated = tokio::task::spawn_blocking(|| Primes::generate(&mut rand_core::OsRng)).await;
-                        let Ok(p) = generated else { return };
-                        info!(seconds = started.elapsed().as_secs_f64(), "safe primes ready");
-                        p
-                    }
-                };
-                service.set_primes(primes);
-            });
-        }
+        service.prepare_primes(true);
 
         let ready: api::ReadyCheck = {
             let (me, config, tls_dir, metrics) = (me, config.clone(), tls_dir.clone(), metrics.clone());

@@ -87,6 +87,13 @@ const MAX_HELD: usize = 1024;
 const PREEMPTED: &str = "presigning preempted by signing";
 const AUX_SHARE: &str = "aux-info";
 
+/// Aux info as stored, with the id keygen grants name it by.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredAux {
+    id: String,
+    aux: Aux,
+}
+
 pub use torcus_contract::api::{KeyInfo, Outcome, PresignaturePools, SessionStatus, SignatureOut};
 
 /// Which presignature an initiator offers (the API's
@@ -119,6 +126,9 @@ pub enum SessionError {
     /// The key exists already; keys are never generated twice.
     #[error("key {0:?} exists already")]
     KeyExists(String),
+    /// The keygen grant names aux info this node does not hold.
+    #[error("does not hold aux info {0}")]
+    NoSuchAux(String),
     /// The session was aborted.
     #[error("session aborted: {0}")]
     Aborted(String),
@@ -147,6 +157,7 @@ impl SessionError {
             Self::NotInitiator { .. } => "not_initiator",
             Self::UnknownKey(_) => "unknown_key",
             Self::KeyExists(_) => "key_exists",
+            Self::NoSuchAux(_) => "no_such_aux",
             Self::Aborted(_) => "aborted",
             Self::Engine(_) => "protocol",
             Self::Timeout(_) => "timeout",
@@ -172,8 +183,16 @@ pub struct Service<T: Transport> {
     store: ShareStore,
     used: Mutex<FileUsedSessions>,
     shares: Mutex<HashMap<String, Arc<Share>>>,
+    /// Safe primes for the next aux info, kept until that aux info is
+    /// stored (a failed run retries with the same primes).
     primes: Mutex<Option<Primes>>,
     primes_ready: Notify,
+    /// Whether primes are being generated now.
+    primes_generating: std::sync::atomic::AtomicBool,
+    /// Test fixture primes, used instead of generating.
+    primes_fixture: Option<Primes>,
+    /// Id of the aux info stored here, if any.
+    aux_id: Mutex<Option<String>>,
     handshakes: Mutex<HashMap<[u8; 32], ControlSender>>,
     statuses: Mutex<HashMap<[u8; 32], SessionStatus>>,
     metrics: crate::metrics::NodeMetrics,
@@ -200,7 +219,6 @@ impl<T: Transport> std::fmt::Debug for Service<T> {
 }
 
 /// What a [`Service`] is built from.
-#[derive(Debug)]
 pub struct ServiceParts<T> {
     /// This node's party index.
     pub me: u16,
@@ -222,10 +240,18 @@ pub struct ServiceParts<T> {
     pub router: Arc<Router>,
     /// Where shares live.
     pub store: ShareStore,
+    /// Safe primes to use instead of generating them (tests only).
+    pub primes_fixture: Option<Primes>,
     /// Used session ids, on disk.
     pub used: FileUsedSessions,
     /// Metrics.
     pub metrics: crate::metrics::NodeMetrics,
+}
+
+impl<T> std::fmt::Debug for ServiceParts<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceParts").field("me", &self.me).field("cluster", &self.cluster).finish_non_exhaustive()
+    }
 }
 
 impl<T: Transport> Service<T> {
@@ -242,6 +268,7 @@ impl<T: Transport> Service<T> {
             transport,
             router,
             store,
+            primes_fixture,
             used,
             metrics,
         } = parts;
@@ -254,6 +281,18 @@ impl<T: Transport> Service<T> {
             }
         }
         info!(me, keys = shares.len(), "loaded key shares");
+        let aux_id = match store.get(AUX_SHARE)? {
+            Some(bytes) => match serde_json::from_slice::<StoredAux>(&bytes) {
+                Ok(stored) => Some(stored.id),
+                // Kept, never deleted: the next keygen with new aux info
+                // replaces it.
+                Err(e) => {
+                    warn!(error = %e, "stored aux info is unreadable; the next keygen generates new aux info");
+                    None
+                }
+            },
+            None => None,
+        };
         let pools = Pools::new(
             presignature_pool_size,
             metrics.presignature_pool_depth.clone(),
@@ -273,6 +312,9 @@ impl<T: Transport> Service<T> {
             shares: Mutex::new(shares),
             primes: Mutex::new(None),
             primes_ready: Notify::new(),
+            primes_generating: std::sync::atomic::AtomicBool::new(false),
+            primes_fixture,
+            aux_id: Mutex::new(aux_id),
             handshakes: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             metrics,
@@ -286,17 +328,43 @@ impl<T: Transport> Service<T> {
         }))
     }
 
-    /// Hands over the safe primes for aux info (generated in the background
-    /// at start-up, never on the signing path).
-    pub fn set_primes(&self, primes: Primes) {
-        *self.primes.lock().unwrap_or_else(PoisonError::into_inner) = Some(primes);
-        self.primes_ready.notify_waiters();
+    /// Starts generating safe primes for aux info in the background, unless
+    /// they are there or on their way (or, with `only_without_aux`, aux
+    /// info is stored already). Never on the signing path: at start-up, and
+    /// when a keygen asks for new aux info.
+    pub fn prepare_primes(self: &Arc<Self>, only_without_aux: bool) {
+        use std::sync::atomic::Ordering::AcqRel;
+        if only_without_aux && self.aux_id().is_some() {
+            return;
+        }
+        if self.primes.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+            || self.primes_generating.swap(true, AcqRel)
+        {
+            return;
+        }
+        let service = Arc::clone(self);
+        tokio::spawn(async move {
+            let primes = match service.primes_fixture.clone() {
+                Some(p) => Some(p),
+                None => {
+                    info!("generating safe primes for aux info in the background");
+                    let started = Instant::now();
+                    let generated = tokio::task::spawn_blocking(|| Primes::generate(&mut rand_core::OsRng)).await;
+                    info!(seconds = started.elapsed().as_secs_f64(), "safe primes ready");
+                    generated.ok()
+                }
+            };
+            if let Some(primes) = primes {
+                *service.primes.lock().unwrap_or_else(PoisonError::into_inner) = Some(primes);
+            }
+            service.primes_generating.store(false, std::sync::atomic::Ordering::Release);
+            service.primes_ready.notify_waiters();
+        });
     }
 
-    /// Whether the primes for aux info are ready (or aux info exists).
-    pub fn primes_ready(&self) -> bool {
-        self.primes.lock().unwrap_or_else(PoisonError::into_inner).is_some()
-            || self.store.contains(AUX_SHARE).unwrap_or(false)
+    /// Id of the aux info stored here (as `GET /p2p/aux-info` shows it).
+    pub fn aux_id(&self) -> Option<String> {
+        self.aux_id.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Names and public keys of the keys held here.
@@ -483,7 +551,7 @@ impl<T: Transport> Service<T> {
     /// Runs the protocol of a started grant session, with `presig` when
     /// Start named one (signing only).
     async fn run(
-        &self,
+        self: &Arc<Self>,
         grant: &Grant,
         control: mpsc::Receiver<(u16, Control)>,
         presig: Option<Taken>,
@@ -493,7 +561,10 @@ impl<T: Transport> Service<T> {
             GrantKind::Keygen { .. } => (KEYGEN_TIMEOUT, "keygen"),
             GrantKind::Sign { .. } => (SIGN_TIMEOUT, "sign"),
         };
-        let protocol = self.protocol(grant, presig);
+        let protocol = {
+            let (service, grant) = (Arc::clone(self), grant.clone());
+            engine::on_own_thread(async move { service.protocol(&grant, presig).await })
+        };
         self.run_started(grant.session_id(), &grant.participants, kind, timeout, protocol, control).await
     }
 
@@ -535,21 +606,38 @@ impl<T: Transport> Service<T> {
         result
     }
 
-    async fn protocol(&self, grant: &Grant, presig: Option<Taken>) -> Result<Outcome, SessionError> {
+    async fn protocol(self: &Arc<Self>, grant: &Grant, presig: Option<Taken>) -> Result<Outcome, SessionError> {
         let eid = grant.execution_id();
         let session = grant.session_id();
         match &grant.kind {
-            GrantKind::Keygen { key } => {
+            GrantKind::Keygen { key, aux_info, supersedes } => {
                 let n = u16::try_from(grant.participants.len()).unwrap_or(u16::MAX);
-                let aux = self.aux_info(grant, n).await?;
+                let aux = self.aux_info(grant, n, aux_info.as_deref()).await?;
                 let net = self.net(session, grant.participants.clone(), KEYGEN_IDLE_TIMEOUT);
                 let core = engine::keygen(&eid, n, self.threshold, net).await?;
                 let share = engine::complete(core, aux)?;
                 let bytes =
                     Zeroizing::new(serde_json::to_vec(&share).map_err(|e| SessionError::Corrupt(e.to_string()))?);
-                self.store.put(&format!("key-{key}"), &bytes)?;
                 let KeyInfo { public_key, chain_code, .. } = key_info(key, &share);
-                self.shares.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), Arc::new(share));
+                // Checked again now, not only before the ack: a keygen of
+                // the same key may have ended here in the meantime.
+                let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(old) = shares.get(key) {
+                    let old_key = key_info(key, old).public_key;
+                    if !supersedes.contains(&old_key) {
+                        return Err(SessionError::KeyExists(key.clone()));
+                    }
+                    // Set aside, never deleted: an operator mistake stays
+                    // recoverable by hand.
+                    let old_bytes =
+                        Zeroizing::new(serde_json::to_vec(&**old).map_err(|e| SessionError::Corrupt(e.to_string()))?);
+                    let aside = format!("superseded-{key}-{}-{}", &old_key[..16], torcus_contract::unix_now());
+                    self.store.put(&aside, &old_bytes)?;
+                    warn!(key, superseded = %old_key, "set aside the share of an incomplete earlier keygen");
+                }
+                self.store.put(&format!("key-{key}"), &bytes)?;
+                shares.insert(key.clone(), Arc::new(share));
+                drop(shares);
                 info!(key, %public_key, "generated a key");
                 self.presigner_wake.notify_one();
                 Ok(Outcome::Keygen { key: key.clone(), public_key, chain_code })
@@ -570,17 +658,22 @@ impl<T: Transport> Service<T> {
         }
     }
 
-    /// Aux info: loaded from the store, or generated once for the cluster
-    /// (in a session of its own, derived from the keygen grant).
-    async fn aux_info(&self, grant: &Grant, n: u16) -> Result<Aux, SessionError> {
-        if let Some(bytes) = self.store.get(AUX_SHARE)? {
-            return serde_json::from_slice(&bytes).map_err(|e| SessionError::Corrupt(e.to_string()));
+    /// Aux info: the stored one the grant names, or (the grant names
+    /// none) new aux info generated by all participants in a session of its
+    /// own, derived from the keygen grant, and stored under that session's
+    /// id. Existing shares keep the aux info they were completed with.
+    async fn aux_info(self: &Arc<Self>, grant: &Grant, n: u16, wanted: Option<&str>) -> Result<Aux, SessionError> {
+        if let Some(id) = wanted {
+            let bytes = self.store.get(AUX_SHARE)?.ok_or_else(|| SessionError::NoSuchAux(id.to_owned()))?;
+            let stored: StoredAux = serde_json::from_slice(&bytes).map_err(|e| SessionError::Corrupt(e.to_string()))?;
+            return if stored.id == id { Ok(stored.aux) } else { Err(SessionError::NoSuchAux(id.to_owned())) };
         }
         let primes = loop {
             let notified = self.primes_ready.notified();
-            if let Some(p) = self.primes.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            if let Some(p) = self.primes.lock().unwrap_or_else(PoisonError::into_inner).clone() {
                 break p;
             }
+            self.prepare_primes(false);
             notified.await;
         };
         let mut eid = grant.execution_id();
@@ -589,9 +682,13 @@ impl<T: Transport> Service<T> {
             Sha256::new().chain_update(b"torcus-aux:").chain_update(grant.session_id()).finalize().into();
         let aux = engine::aux_info(&eid, n, primes, self.net(session, grant.participants.clone(), KEYGEN_IDLE_TIMEOUT))
             .await?;
-        let bytes = Zeroizing::new(serde_json::to_vec(&aux).map_err(|e| SessionError::Corrupt(e.to_string()))?);
+        let stored = StoredAux { id: hex::encode(session), aux };
+        let bytes = Zeroizing::new(serde_json::to_vec(&stored).map_err(|e| SessionError::Corrupt(e.to_string()))?);
         self.store.put(AUX_SHARE, &bytes)?;
-        Ok(aux)
+        *self.aux_id.lock().unwrap_or_else(PoisonError::into_inner) = Some(stored.id);
+        // Used: the next new aux info gets primes of its own.
+        *self.primes.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        Ok(stored.aux)
     }
 
     /// The session's network. Between two messages a party computes at
@@ -628,13 +725,20 @@ impl<T: Transport> Service<T> {
     /// Checks that this node can take part at all, before acknowledging.
     fn precheck(&self, grant: &Grant) -> Result<(), SessionError> {
         match &grant.kind {
-            GrantKind::Keygen { key }
-                if self.shares.lock().unwrap_or_else(PoisonError::into_inner).contains_key(key) =>
-            {
-                Err(SessionError::KeyExists(key.clone()))
+            GrantKind::Keygen { key, aux_info, supersedes } => {
+                if let Some(old) = self.shares.lock().unwrap_or_else(PoisonError::into_inner).get(key)
+                    && !supersedes.contains(&key_info(key, old).public_key)
+                {
+                    return Err(SessionError::KeyExists(key.clone()));
+                }
+                match aux_info {
+                    Some(id) if self.aux_id().as_deref() != Some(id.as_str()) => {
+                        Err(SessionError::NoSuchAux(id.clone()))
+                    }
+                    _ => Ok(()),
+                }
             }
             GrantKind::Sign { key, .. } => self.share(key).map(|_| ()),
-            GrantKind::Keygen { .. } => Ok(()),
         }
     }
 
@@ -898,7 +1002,7 @@ impl<T: Transport> Service<T> {
             self.broadcast_control(set, session, &proposal).await;
             let start = self.collect_acks(set, &mut handshake, &mut control).await?;
             self.broadcast_control(set, session, &start).await;
-            self.presign(session, key, set, &share, control).await
+            self.presign(session, key, set, share, control).await
         }
         .await;
         self.finish_presign(session, key, set, result)
@@ -945,7 +1049,7 @@ impl<T: Transport> Service<T> {
                     }
                 }
             }
-            self.presign(session, &key, &participants, &share, control).await
+            self.presign(session, &key, &participants, share, control).await
         }
         .await;
         if let Err(error) = self.finish_presign(session, &key, &participants, result) {
@@ -1021,7 +1125,7 @@ impl<T: Transport> Service<T> {
         session: [u8; 32],
         key: &str,
         set: &[u16],
-        share: &Share,
+        share: Arc<Share>,
         control: mpsc::Receiver<(u16, Control)>,
     ) -> Result<Presig, SessionError> {
         let eid = torcus_contract::presign_execution_id(key, set, &session);
@@ -1030,7 +1134,7 @@ impl<T: Transport> Service<T> {
             // Signing first: a grant session starting here ends this one
             // (and, by the Abort this sends, the other members' part).
             tokio::select! {
-                presig = engine::presign(&eid, share, net) => Ok(presig?),
+                presig = engine::on_own_thread(async move { engine::presign(&eid, &share, net).await }) => Ok(presig?),
                 () = self.foreground_running() => Err(SessionError::Preempted),
             }
         };

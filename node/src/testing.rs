@@ -241,7 +241,7 @@ impl Cluster {
     /// its own part is done; the others store theirs a moment later).
     pub async fn keygen(&self, key: &str) -> String {
         let all: Vec<u16> = (0..self.config.nodes).collect();
-        let grant = self.grant(GrantKind::Keygen { key: key.into() }, all);
+        let grant = self.grant(GrantKind::keygen(key), all);
         let (status, body) = self.post(grant.grant.initiator(), "/p2p/keygen", &grant).await;
         assert_eq!(status, 200, "{body}\n{}", self.log(grant.grant.initiator()));
         let public_key = body["publicKey"].as_str().expect("publicKey").to_owned();

@@ -27,6 +27,7 @@ use crate::node_client::NodeClient;
 use crate::pki::{self, Leaf, LeafRequest, Lifetimes};
 use crate::registry::Registry;
 use crate::resources::{self, BuildContext, LABEL_CLUSTER, Names, NodePublicKeys};
+use crate::rollout;
 use crate::signing_controller::SigningState;
 use crate::{Error, Metrics, Result};
 
@@ -246,10 +247,35 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     let config_hash = resources::config_hash(&config);
     apply(&ctx.client, &ns, &resources::config_map(mpc, &config)).await?;
     apply(&ctx.client, &ns, &resources::headless_service(mpc)).await?;
+    // The nodes, rolled within the disruption budget.
+    let existing: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = existing.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"))).await?;
+    let desired: Vec<StatefulSet> =
+        (0..mpc.spec.nodes).map(|index| resources::stateful_set(mpc, index, &config_hash, &ctx.build)).collect();
+    let rollout_nodes: Vec<rollout::Node> = desired
+        .iter()
+        .enumerate()
+        .map(|(index, sts)| {
+            let now = existing.items.iter().find(|e| e.metadata.name == sts.metadata.name);
+            let current = now.and_then(|e| resources::template_hash(e.spec.as_ref()?.template.metadata.as_ref()));
+            let pod = pods.items.iter().find(|p| p.name_any() == names.pod(u16::try_from(index).unwrap_or(u16::MAX)));
+            let settled = pod.is_some_and(|p| pod_ready(p) && resources::template_hash(Some(&p.metadata)) == current);
+            let desired = resources::template_hash(sts.spec.as_ref().and_then(|s| s.template.metadata.as_ref()));
+            rollout::Node { desired: desired.unwrap_or_default(), current, settled }
+        })
+        .collect();
+    let budget = usize::from(mpc.spec.nodes.saturating_sub(mpc.spec.threshold));
+    let mut rollout_waits = false;
     let mut stateful_sets = Vec::new();
-    for index in 0..mpc.spec.nodes {
-        stateful_sets
-            .push(apply(&ctx.client, &ns, &resources::stateful_set(mpc, index, &config_hash, &ctx.build)).await?);
+    for (sts, go) in desired.iter().zip(rollout::plan(budget, &rollout_nodes)) {
+        let held = (!go).then(|| existing.items.iter().find(|e| e.metadata.name == sts.metadata.name)).flatten();
+        match held {
+            Some(held) => {
+                rollout_waits = true;
+                stateful_sets.push(held.clone());
+            }
+            None => stateful_sets.push(apply(&ctx.client, &ns, sts).await?),
+        }
     }
     apply(&ctx.client, &ns, &resources::pod_disruption_budget(mpc)).await?;
 
@@ -319,7 +345,9 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     // waits out a failure, without an event on the MpcCluster.
     // Otherwise as often as a node can go stale in the registry, so that
     // status.nodes shows a silent node offline without any event about it.
-    let soon = if !missing.is_empty() {
+    let soon = if rollout_waits {
+        StdDuration::from_secs(2)
+    } else if !missing.is_empty() {
         StdDuration::from_secs(if keygen_running { 1 } else { 5 })
     } else {
         ctx.registry.settings().stale_after

@@ -101,7 +101,7 @@ mod tests {
     fn a_malformed_grant_is_not_signed() {
         let key = SigningKey::from_bytes(&[3; 32]);
         let parts = GrantParts::fresh(60, |_| Some(vec![2, 0])).unwrap();
-        let kind = GrantKind::Keygen { key: "default".into() };
+        let kind = GrantKind::keygen("default");
         assert!(issue(&key, "ns", "demo", kind, &parts).is_err());
     }
 }

@@ -2,11 +2,23 @@
 //! ready, one keygen grant per missing key goes to the grant's initiator,
 //! which runs aux info and threshold keygen with all the others.
 //!
-//! A keygen takes from seconds to minutes, so it runs in a task of its own;
-//! the cluster's reconcile only starts it and picks up what it learned.
-//! Before issuing a grant the task asks every node which keys it already
-//! holds: a keygen that finished while the operator was away (or whose
-//! answer was lost) is recorded, not run twice.
+//! A keygen takes from seconds to minutes, so it runs in a task of its own
+//! (one per cluster at a time); the cluster's reconcile only starts it and
+//! picks up what it learned. Before issuing a grant the task asks every node
+//! which keys and which aux info it holds ([`plan`]):
+//!
+//! - every node holds the key under one public key: a keygen that finished
+//!   while the operator was away (or whose answer was lost) is recorded, not
+//!   run twice;
+//! - some nodes hold it (a run that ended on some nodes only, never recorded
+//!   nor used): the new grant *supersedes* those public keys, and the nodes
+//!   holding them set those shares aside;
+//! - every node holds the same aux info: the grant names it and it is
+//!   reused; otherwise the keygen generates new aux info first.
+//!
+//! A key is recorded only once every node lists it under the public key the
+//! initiator reported: a participant that failed at the very end makes the
+//! next run supersede it, instead of a key some nodes cannot sign with.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,8 +37,11 @@ use crate::grants::{self, GrantParts};
 
 /// Pause after a failed keygen before the next try.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// How long every node has to list a key its initiator reported.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 
-/// Keygens in flight and what they learned, per `namespace/cluster/key`.
+/// Keygens in flight and what they learned, per MpcCluster uid and key (a
+/// cluster deleted and made again under its name starts afresh).
 #[derive(Debug, Default)]
 pub struct Keygens {
     state: Mutex<HashMap<String, State>>,
@@ -39,8 +54,15 @@ enum State {
     Done(KeyStatus),
 }
 
+fn any_running(state: &HashMap<String, State>, mpc: &MpcCluster) -> bool {
+    mpc.spec.keys.iter().any(|key| matches!(state.get(&id(mpc, key)), Some(State::Running)))
+}
+
 fn id(mpc: &MpcCluster, key: &str) -> String {
-    format!("{}/{}/{key}", mpc.namespace().unwrap_or_default(), mpc.name_any())
+    format!(
+        "{}/{key}",
+        mpc.uid().unwrap_or_else(|| format!("{}/{}", mpc.namespace().unwrap_or_default(), mpc.name_any()))
+    )
 }
 
 impl Keygens {
@@ -60,24 +82,31 @@ impl Keygens {
 
     /// Whether a keygen of `mpc` runs now.
     pub fn running(&self, mpc: &MpcCluster) -> bool {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        mpc.spec.keys.iter().any(|key| matches!(state.get(&id(mpc, key)), Some(State::Running)))
+        any_running(&self.state.lock().unwrap_or_else(PoisonError::into_inner), mpc)
     }
 
-    /// Starts a keygen for each of `missing` that is neither running nor
-    /// waiting out a failure. `node_urls[i]` is node i's API.
+    /// Starts a keygen for the first of `missing` that is neither done nor
+    /// waiting out a failure, unless one of `mpc` runs: keygens of a
+    /// cluster run one after the other, each deciding on aux info from
+    /// what the previous one left. `node_urls[i]` is node i's API.
     pub fn start(&self, ctx: &Arc<Context>, mpc: &MpcCluster, missing: &[String], node_urls: &[String]) {
-        for key in missing {
-            let id = id(mpc, key);
-            {
-                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                match state.get(&id) {
-                    Some(State::Running | State::Done(_)) => continue,
-                    Some(State::Failed { at }) if at.elapsed() < RETRY_AFTER => continue,
-                    _ => {}
-                }
-                state.insert(id.clone(), State::Running);
+        let next = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if any_running(&state, mpc) {
+                return;
             }
+            let next = missing.iter().find(|key| match state.get(&id(mpc, key)) {
+                Some(State::Running | State::Done(_)) => false,
+                Some(State::Failed { at }) => at.elapsed() >= RETRY_AFTER,
+                None => true,
+            });
+            if let Some(key) = next {
+                state.insert(id(mpc, key), State::Running);
+            }
+            next
+        };
+        if let Some(key) = next {
+            let id = id(mpc, key);
             let (ctx, mpc, key, urls) = (Arc::clone(ctx), mpc.clone(), key.clone(), node_urls.to_vec());
             tokio::spawn(async move {
                 let result = run(&ctx, &mpc, &key, &urls).await;
@@ -97,36 +126,81 @@ impl Keygens {
     }
 }
 
+/// What one node holds that a keygen decides on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeHolds {
+    /// The key's public key and chain code, if the node holds it.
+    pub key: Option<(String, Option<String>)>,
+    /// The node's aux info id.
+    pub aux_info: Option<String>,
+}
+
+/// What to do about a missing key, given what each node holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Every node holds it under one public key: record it.
+    Record { public_key: String, chain_code: Option<String> },
+    /// Run a keygen with these grant fields.
+    Generate { aux_info: Option<String>, supersedes: Vec<String> },
+}
+
+/// Decides on a keygen of a key that the cluster's status does not list
+/// (so it was never used to sign).
+pub fn plan(nodes: &[NodeHolds]) -> Plan {
+    let keys: Vec<_> = nodes.iter().map(|n| n.key.clone()).collect();
+    if let Some(Some((public_key, chain_code))) = keys.first()
+        && keys.iter().all(|k| k.as_ref().map(|(pk, _)| pk) == Some(public_key))
+    {
+        return Plan::Record { public_key: public_key.clone(), chain_code: chain_code.clone() };
+    }
+    let mut supersedes: Vec<String> = keys.into_iter().flatten().map(|(pk, _)| pk).collect();
+    supersedes.sort();
+    supersedes.dedup();
+    let aux_info = match nodes.first().and_then(|n| n.aux_info.clone()) {
+        Some(id) if nodes.iter().all(|n| n.aux_info.as_ref() == Some(&id)) => Some(id),
+        _ => None,
+    };
+    Plan::Generate { aux_info, supersedes }
+}
+
+/// Asks every node what it holds of `key`; any node that does not answer
+/// fails the lot (deciding without it could supersede its share).
+async fn survey(ctx: &Context, key: &str, urls: &[String]) -> Result<Vec<NodeHolds>, String> {
+    let mut nodes = Vec::with_capacity(urls.len());
+    for (i, url) in urls.iter().enumerate() {
+        let keys = ctx.nodes.keys(url).await.map_err(|e| format!("node {i} did not list its keys: {e}"))?;
+        let aux_info = ctx.nodes.aux_info(url).await.map_err(|e| format!("node {i} did not name its aux info: {e}"))?;
+        let key = keys.into_iter().find(|k| k.name == key).map(|k| (k.public_key, k.chain_code));
+        nodes.push(NodeHolds { key, aux_info });
+    }
+    Ok(nodes)
+}
+
 async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[String]) -> Result<KeyStatus, String> {
     let ns = mpc.namespace().unwrap_or_default();
     let name = mpc.name_any();
     let n = usize::from(mpc.spec.nodes);
 
-    // A keygen that already happened: every node holds the key.
-    let mut held = Vec::new();
-    for url in urls {
-        if let Ok(keys) = ctx.nodes.keys(url).await
-            && let Some(found) = keys.into_iter().find(|k| k.name == key)
-        {
-            held.push((found.public_key, found.chain_code));
+    let (aux_info, supersedes) = match plan(&survey(ctx, key, urls).await?) {
+        Plan::Record { public_key, chain_code } => {
+            info!(cluster = %name, %key, "every node holds the key already; recording it");
+            return key_status(key, &public_key, chain_code);
         }
-    }
-    if held.len() == n && held.windows(2).all(|w| w[0] == w[1]) {
-        info!(cluster = %name, %key, "every node holds the key already; recording it");
-        return key_status(key, &held[0].0, held[0].1.clone());
-    }
-    if !held.is_empty() {
-        return Err(format!(
-            "{} of {n} nodes hold a key named {key}, the others do not; it cannot be generated again under that name",
-            held.len()
-        ));
+        Plan::Generate { aux_info, supersedes } => (aux_info, supersedes),
+    };
+    if !supersedes.is_empty() {
+        let note = format!(
+            "key {key}: an earlier keygen ended on some nodes only (public keys {}); the new one supersedes it",
+            supersedes.join(", ")
+        );
+        event(ctx, mpc, EventType::Warning, "KeygenSupersedes", "GenerateKey", note).await;
     }
 
     let signing_key = grants::signing_key(ctx, &ns, &name).await.map_err(|e| e.to_string())?;
     let all: Vec<u16> = (0..mpc.spec.nodes).collect();
     let parts = GrantParts::fresh(grants::KEYGEN_GRANT_TTL_SECS, |_| Some(all)).ok_or("no participants")?;
-    let grant = grants::issue(&signing_key, &ns, &name, GrantKind::Keygen { key: key.to_owned() }, &parts)
-        .map_err(|e| e.to_string())?;
+    let kind = GrantKind::Keygen { key: key.to_owned(), aux_info, supersedes };
+    let grant = grants::issue(&signing_key, &ns, &name, kind, &parts).map_err(|e| e.to_string())?;
     let initiator = grant.grant.initiator();
     let url = urls.get(usize::from(initiator)).ok_or("initiator has no address")?;
     let note = format!("generating key {key} with {n} nodes; party {initiator} initiates");
@@ -134,6 +208,7 @@ async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[String]) -> Res
     let started = Instant::now();
     match ctx.nodes.keygen(url, &grant).await {
         Ok(Outcome::Keygen { key: got, public_key, chain_code }) if got == key => {
+            confirm(ctx, key, &public_key, urls).await?;
             let status = key_status(key, &public_key, chain_code)?;
             let note = format!(
                 "generated key {key}: public key {public_key}, address {} in {:.1}s",
@@ -150,6 +225,35 @@ async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[String]) -> Res
     }
 }
 
+/// Waits until every node lists `key` under `public_key`.
+async fn confirm(ctx: &Context, key: &str, public_key: &str, urls: &[String]) -> Result<(), String> {
+    let deadline = Instant::now() + CONFIRM_WITHIN;
+    loop {
+        let mut lacking = Vec::new();
+        for (i, url) in urls.iter().enumerate() {
+            let listed = ctx
+                .nodes
+                .keys(url)
+                .await
+                .is_ok_and(|keys| keys.iter().any(|k| k.name == key && k.public_key == public_key));
+            if !listed {
+                lacking.push(i);
+            }
+        }
+        if lacking.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the initiator generated {public_key}, but nodes {lacking:?} do not list it after {}s; \
+                 the next keygen supersedes it",
+                CONFIRM_WITHIN.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 fn key_status(key: &str, public_key: &str, chain_code: Option<String>) -> Result<KeyStatus, String> {
     let address = crypto::ethereum_address(public_key).map_err(|e| e.to_string())?;
     Ok(KeyStatus {
@@ -158,4 +262,38 @@ fn key_status(key: &str, public_key: &str, chain_code: Option<String>) -> Result
         ethereum_address: Some(address),
         chain_code,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holds(key: Option<&str>, aux: Option<&str>) -> NodeHolds {
+        NodeHolds { key: key.map(|k| (k.to_owned(), Some("cc".to_owned()))), aux_info: aux.map(str::to_owned) }
+    }
+
+    #[test]
+    fn a_key_every_node_holds_is_recorded() {
+        let nodes = [holds(Some("02aa"), Some("x")), holds(Some("02aa"), Some("x")), holds(Some("02aa"), None)];
+        assert_eq!(plan(&nodes), Plan::Record { public_key: "02aa".into(), chain_code: Some("cc".into()) });
+    }
+
+    #[test]
+    fn shared_aux_info_is_reused_and_partial_keys_are_superseded() {
+        let nodes = [holds(None, None), holds(None, None), holds(None, None)];
+        assert_eq!(plan(&nodes), Plan::Generate { aux_info: None, supersedes: vec![] });
+
+        let nodes = [holds(None, Some("x")), holds(None, Some("x")), holds(None, Some("x"))];
+        assert_eq!(plan(&nodes), Plan::Generate { aux_info: Some("x".into()), supersedes: vec![] });
+
+        // Aux info on some nodes only: new aux info for all.
+        let nodes = [holds(None, Some("x")), holds(None, Some("x")), holds(None, None)];
+        assert_eq!(plan(&nodes), Plan::Generate { aux_info: None, supersedes: vec![] });
+
+        // A run that ended on two nodes, another on one.
+        let nodes = [holds(Some("02bb"), Some("y")), holds(Some("02aa"), Some("x")), holds(Some("02aa"), Some("x"))];
+        assert_eq!(plan(&nodes), Plan::Generate { aux_info: None, supersedes: vec!["02aa".into(), "02bb".into()] });
+        let nodes = [holds(None, Some("x")), holds(Some("02aa"), Some("x")), holds(Some("02aa"), Some("x"))];
+        assert_eq!(plan(&nodes), Plan::Generate { aux_info: Some("x".into()), supersedes: vec!["02aa".into()] });
+    }
 }

@@ -16,6 +16,7 @@ pub mod policy;
 pub mod presignatures;
 pub mod registry;
 pub mod resources;
+pub mod rollout;
 pub mod signing_controller;
 
 use std::future::Future;

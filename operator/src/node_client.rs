@@ -128,6 +128,11 @@ impl NodeClient {
         self.get(base, api::KEYS_PATH).await
     }
 
+    /// The id of the aux info the node at `base` holds.
+    pub async fn aux_info(&self, base: &str) -> Result<Option<String>, CallError> {
+        self.get::<api::AuxInfoId>(base, api::AUX_INFO_PATH).await.map(|a| a.id)
+    }
+
     async fn post<T: DeserializeOwned>(
         &self,
         base: &str,

@@ -32,6 +32,9 @@ pub const LABEL_PARTY: &str = "mpc.torcus.io/party-index";
 /// Pod template annotation: digest of the node configuration, so a change
 /// (such as the transport mode) rolls the nodes.
 pub const ANNOTATION_CONFIG_HASH: &str = "mpc.torcus.io/config-hash";
+/// Pod template annotation: digest of the rest of the template, so the
+/// operator can pace a change across nodes ([`crate::rollout`]).
+pub const ANNOTATION_TEMPLATE_HASH: &str = "mpc.torcus.io/template-hash";
 /// UID and GID the node runs as (the distroless `nonroot` user).
 pub const NODE_UID: i64 = 65532;
 
@@ -299,10 +302,29 @@ pub fn config_map(mpc: &MpcCluster, config: &ClusterConfig) -> ConfigMap {
 }
 
 /// Digest of the node configuration, for the pod template annotation.
+/// The key list is left out: nodes learn keys from keygen grants, so a
+/// new key needs no restart.
 pub fn config_hash(config: &ClusterConfig) -> String {
+    let config = ClusterConfig { keys: Vec::new(), ..config.clone() };
     // Strings, integers and lists only: serializing cannot fail.
-    let json = serde_json::to_vec(config).expect("ClusterConfig serializes");
+    let json = serde_json::to_vec(&config).expect("ClusterConfig serializes");
     hex::encode(&Sha256::digest(&json)[..8])
+}
+
+/// The template hash a StatefulSet's pod template, or a pod made from it,
+/// carries.
+pub fn template_hash(meta: Option<&ObjectMeta>) -> Option<String> {
+    meta?.annotations.as_ref()?.get(ANNOTATION_TEMPLATE_HASH).cloned()
+}
+
+/// `template` with its own digest as [`ANNOTATION_TEMPLATE_HASH`].
+fn hashed(mut template: PodTemplateSpec) -> PodTemplateSpec {
+    // Plain Kubernetes types: serializing cannot fail.
+    let json = serde_json::to_vec(&template).expect("PodTemplateSpec serializes");
+    let hash = hex::encode(&Sha256::digest(&json)[..8]);
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    meta.annotations.get_or_insert_with(BTreeMap::new).insert(ANNOTATION_TEMPLATE_HASH.to_owned(), hash);
+    template
 }
 
 /// Headless Service: stable DNS per node, published before nodes are ready
@@ -376,14 +398,14 @@ pub fn stateful_set(mpc: &MpcCluster, index: u16, config_hash: &str, ctx: &Build
                 when_deleted: Some("Retain".to_owned()),
                 when_scaled: Some("Retain".to_owned()),
             }),
-            template: PodTemplateSpec {
+            template: hashed(PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels.clone()),
                     annotations: Some(BTreeMap::from([(ANNOTATION_CONFIG_HASH.to_owned(), config_hash.to_owned())])),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(node_pod_spec(mpc, index, ctx)),
-            },
+            }),
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
                 metadata: ObjectMeta {
                     name: Some("data".to_owned()),
