@@ -12,7 +12,11 @@
 //! - and the burst rate: as many requests as the pools hold, created at
 //!   once, completed per second.
 //!
-//! With `burst`, only the burst is measured.
+//! With `burst`, only the burst is measured. Beside them, in the same run,
+//! the raw `cggmp21` library in its in-process simulation (no network, no
+//! serialization): full signing, presigning and signing from a
+//! presignature of 2 of 3 parties, and the peak resident memory of the node
+//! processes.
 //!
 //! Nodes start from the test primes fixture, so safe-prime generation is
 //! not measured.
@@ -79,6 +83,18 @@ async fn run(requests: usize, burst_only: bool) {
     let presigned = presigned_sessions(&ns, "warm").await - presigned_before;
     rows.push(("burst: start → each request seen final".to_owned(), burst_total));
     rows.push(("burst: node-only signing".to_owned(), burst_node));
+    let peak_rss = node_peak_rss_kib(&ns);
+    ns.finish().await.expect("cleanup");
+
+    // The library alone, last: nothing else shares the cores then.
+    let primes: Vec<torcus_node::engine::Primes> =
+        serde_json::from_str(&std::fs::read_to_string(torcus_node::testing::fixture()).expect("primes fixture"))
+            .expect("primes");
+    for (op, times) in torcus_node::testing::raw_library::measure(3, 2, requests.min(20), &primes).await {
+        if op != "aux info" && op != "keygen" {
+            rows.push((format!("raw cggmp21 (in-process, 2 of 3): {op}"), Stats(times)));
+        }
+    }
 
     println!("\n| measurement | median | p90 | min | max | n |\n|---|---|---|---|---|---|");
     for (name, s) in &rows {
@@ -97,7 +113,24 @@ async fn run(requests: usize, burst_only: bool) {
         completed as f64 / took.as_secs_f64()
     );
     println!("presignatures used in the burst (each signer counts its own): {presigned} of {}", 2 * burst);
-    ns.finish().await.expect("cleanup");
+    for (pod, kib) in peak_rss {
+        println!("peak resident memory of node {pod}: {:.1} MiB", kib as f64 / 1024.0);
+    }
+}
+
+/// Peak resident set (VmHWM, KiB) of each node process still running.
+fn node_peak_rss_kib(ns: &TestNamespace) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for i in 0..3 {
+        let pod = format!("warm-{i}-0");
+        let Some(pid) = ns.kubelet().pid(&ns.name, &pod) else { continue };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok());
+        if let Some(kib) = hwm {
+            out.push((pod, kib));
+        }
+    }
+    out
 }
 
 fn cluster(name: &str, pool: u16) -> MpcCluster {

@@ -146,10 +146,15 @@ impl KubeletHandle {
         self.shared.lock().ips.get(&key(namespace, name)).map(|ip| IpAddr::V4(*ip))
     }
 
+    /// The process id of the pod's running process.
+    pub fn pid(&self, namespace: &str, name: &str) -> Option<u32> {
+        self.shared.lock().pods.get(&key(namespace, name)).and_then(|slot| slot.pid)
+    }
+
     /// Kills the pod's process with SIGKILL, like a crash; it restarts as
     /// any exited process does.
     pub fn kill(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
-        let pid = self.shared.lock().pods.get(&key(namespace, name)).and_then(|slot| slot.pid);
+        let pid = self.pid(namespace, name);
         let pid = pid.with_context(|| format!("pod {namespace}/{name} has no running process"))?;
         signal_group(pid, Signal::SIGKILL);
         Ok(())

@@ -22,10 +22,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cggmp21::round_based::sim::async_env;
-use cggmp21::{ExecutionId, key_share::AuxInfo, security_level::SecurityLevel128, supported_curves::Secp256k1};
-use rand_core::OsRng;
-use torcus_node::engine::{self, Primes};
+use torcus_node::engine::Primes;
+use torcus_node::testing::raw_library::{self, time};
 use torcus_node::testing::{Cluster, fixture};
 
 type Row = (String, String, Option<Stats>);
@@ -106,103 +104,15 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn time<T, F: std::future::Future<Output = T>>(f: F) -> (T, Duration) {
-    let started = Instant::now();
-    let out = f.await;
-    (out, started.elapsed())
-}
-
 /// The library alone, in its simulation.
 async fn raw(n: u16, t: u16, runs: usize, primes: &[Primes]) -> Vec<Row> {
     let setup = format!("raw cggmp21 n={n} t={t}");
     eprintln!("{setup} ...");
-    let few = runs.clamp(1, 3);
-    let mut aux_times = Vec::new();
-    let mut aux: Vec<AuxInfo<SecurityLevel128>> = Vec::new();
-    for run in 0..few {
-        let eid = format!("bench-aux-{run}");
-        let (out, d) = time(async_env::run(n, |i, party| {
-            let primes = primes[usize::from(i)].clone();
-            let eid = eid.clone();
-            async move {
-                cggmp21::aux_info_gen(ExecutionId::new(eid.as_bytes()), i, n, primes)
-                    .precompute_multiexp_tables(true)
-                    .precompute_crt(true)
-                    .start(&mut OsRng, party)
-                    .await
-            }
-        }))
-        .await;
-        aux = out.expect_ok().into_vec();
-        aux_times.push(d);
-    }
-    let mut keygen_times = Vec::new();
-    let mut cores = Vec::new();
-    for run in 0..few {
-        let eid = format!("bench-keygen-{run}");
-        let (out, d) = time(async_env::run(n, |i, party| {
-            let eid = eid.clone();
-            async move {
-                cggmp21::keygen::<Secp256k1>(ExecutionId::new(eid.as_bytes()), i, n)
-                    .set_threshold(t)
-                    .hd_wallet(true)
-                    .start(&mut OsRng, party)
-                    .await
-            }
-        }))
-        .await;
-        cores = out.expect_ok().into_vec();
-        keygen_times.push(d);
-    }
-    let shares: Vec<engine::Share> =
-        cores.into_iter().zip(aux).map(|(c, a)| engine::complete(c, a).expect("share")).collect();
-    let signers: Vec<u16> = (0..t).collect();
-    let digest = [5u8; 32];
-    let (mut sign_times, mut presign_times, mut presigned_times) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 0..runs {
-        let eid = format!("bench-sign-{run}");
-        let (out, d) = time(async_env::run(t, |j, party| {
-            let (eid, signers, share) =
-                (eid.clone(), signers.clone(), shares[usize::from(signers[usize::from(j)])].clone());
-            async move {
-                cggmp21::signing(ExecutionId::new(eid.as_bytes()), j, &signers, &share)
-                    .sign(&mut OsRng, party, engine::data_to_sign(&digest))
-                    .await
-            }
-        }))
-        .await;
-        out.expect_ok();
-        sign_times.push(d);
-
-        let eid = format!("bench-presign-{run}");
-        let (out, d) = time(async_env::run(t, |j, party| {
-            let (eid, signers, share) =
-                (eid.clone(), signers.clone(), shares[usize::from(signers[usize::from(j)])].clone());
-            async move {
-                cggmp21::signing(ExecutionId::new(eid.as_bytes()), j, &signers, &share)
-                    .generate_presignature(&mut OsRng, party)
-                    .await
-            }
-        }))
-        .await;
-        let presigs = out.expect_ok().into_vec();
-        presign_times.push(d);
-        let started = Instant::now();
-        let partials: Vec<_> = presigs
-            .into_iter()
-            .zip(&signers)
-            .map(|(p, i)| engine::partial_sign(p, &shares[usize::from(*i)], &digest, &[]).expect("partial"))
-            .collect();
-        engine::combine(&partials, &shares[0], &digest, &[]).expect("combine");
-        presigned_times.push(started.elapsed());
-    }
-    vec![
-        (setup.clone(), "aux info".into(), Some(Stats(aux_times))),
-        (setup.clone(), "keygen".into(), Some(Stats(keygen_times))),
-        (setup.clone(), "presignature".into(), Some(Stats(presign_times))),
-        (setup.clone(), "sign, full protocol".into(), Some(Stats(sign_times))),
-        (setup, "sign from a presignature".into(), Some(Stats(presigned_times))),
-    ]
+    raw_library::measure(n, t, runs, primes)
+        .await
+        .into_iter()
+        .map(|(op, times)| (setup.clone(), op.to_owned(), Some(Stats(times))))
+        .collect()
 }
 
 /// `torcus-node` processes over `transport`, driven through their HTTP API.

@@ -326,3 +326,116 @@ pub fn verify(body: &serde_json::Value, digest: &[u8; 32]) {
     let recoverable = secp256k1::ecdsa::RecoverableSignature::from_compact(&compact, recid).unwrap();
     assert_eq!(secp.recover_ecdsa(message, &recoverable).unwrap(), key, "recovery id recovers the key");
 }
+
+/// The raw `cggmp21` library in its in-process simulation
+/// (`round_based::sim`: every party in one task, no serialization, no
+/// network), for benchmarks to print beside what they measure of Torcus.
+pub mod raw_library {
+    use std::time::{Duration, Instant};
+
+    use cggmp21::round_based::sim::async_env;
+    use cggmp21::{ExecutionId, key_share::AuxInfo, security_level::SecurityLevel128, supported_curves::Secp256k1};
+    use rand_core::OsRng;
+
+    use crate::engine::{self, Primes};
+
+    /// Runs `f`, timing it.
+    pub async fn time<T, F: std::future::Future<Output = T>>(f: F) -> (T, Duration) {
+        let started = Instant::now();
+        let out = f.await;
+        (out, started.elapsed())
+    }
+
+    /// Times aux info and keygen (up to 3 runs each), then `runs` times a
+    /// full signing, a presignature, and a signature from a presignature, of
+    /// the first `t` parties; named (operation, samples).
+    pub async fn measure(n: u16, t: u16, runs: usize, primes: &[Primes]) -> Vec<(&'static str, Vec<Duration>)> {
+        let few = runs.clamp(1, 3);
+        let mut aux_times = Vec::new();
+        let mut aux: Vec<AuxInfo<SecurityLevel128>> = Vec::new();
+        for run in 0..few {
+            let eid = format!("bench-aux-{run}");
+            let (out, d) = time(async_env::run(n, |i, party| {
+                let primes = primes[usize::from(i)].clone();
+                let eid = eid.clone();
+                async move {
+                    cggmp21::aux_info_gen(ExecutionId::new(eid.as_bytes()), i, n, primes)
+                        .precompute_multiexp_tables(true)
+                        .precompute_crt(true)
+                        .start(&mut OsRng, party)
+                        .await
+                }
+            }))
+            .await;
+            aux = out.expect_ok().into_vec();
+            aux_times.push(d);
+        }
+        let mut keygen_times = Vec::new();
+        let mut cores = Vec::new();
+        for run in 0..few {
+            let eid = format!("bench-keygen-{run}");
+            let (out, d) = time(async_env::run(n, |i, party| {
+                let eid = eid.clone();
+                async move {
+                    cggmp21::keygen::<Secp256k1>(ExecutionId::new(eid.as_bytes()), i, n)
+                        .set_threshold(t)
+                        .hd_wallet(true)
+                        .start(&mut OsRng, party)
+                        .await
+                }
+            }))
+            .await;
+            cores = out.expect_ok().into_vec();
+            keygen_times.push(d);
+        }
+        let shares: Vec<engine::Share> =
+            cores.into_iter().zip(aux).map(|(c, a)| engine::complete(c, a).expect("share")).collect();
+        let signers: Vec<u16> = (0..t).collect();
+        let digest = [5u8; 32];
+        let (mut sign_times, mut presign_times, mut presigned_times) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..runs {
+            let eid = format!("bench-sign-{run}");
+            let (out, d) = time(async_env::run(t, |j, party| {
+                let (eid, signers, share) =
+                    (eid.clone(), signers.clone(), shares[usize::from(signers[usize::from(j)])].clone());
+                async move {
+                    cggmp21::signing(ExecutionId::new(eid.as_bytes()), j, &signers, &share)
+                        .sign(&mut OsRng, party, engine::data_to_sign(&digest))
+                        .await
+                }
+            }))
+            .await;
+            out.expect_ok();
+            sign_times.push(d);
+
+            let eid = format!("bench-presign-{run}");
+            let (out, d) = time(async_env::run(t, |j, party| {
+                let (eid, signers, share) =
+                    (eid.clone(), signers.clone(), shares[usize::from(signers[usize::from(j)])].clone());
+                async move {
+                    cggmp21::signing(ExecutionId::new(eid.as_bytes()), j, &signers, &share)
+                        .generate_presignature(&mut OsRng, party)
+                        .await
+                }
+            }))
+            .await;
+            let presigs = out.expect_ok().into_vec();
+            presign_times.push(d);
+            let started = Instant::now();
+            let partials: Vec<_> = presigs
+                .into_iter()
+                .zip(&signers)
+                .map(|(p, i)| engine::partial_sign(p, &shares[usize::from(*i)], &digest, &[]).expect("partial"))
+                .collect();
+            engine::combine(&partials, &shares[0], &digest, &[]).expect("combine");
+            presigned_times.push(started.elapsed());
+        }
+        vec![
+            ("aux info", aux_times),
+            ("keygen", keygen_times),
+            ("presignature", presign_times),
+            ("sign, full protocol", sign_times),
+            ("sign from a presignature", presigned_times),
+        ]
+    }
+}
