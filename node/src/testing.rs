@@ -202,7 +202,7 @@ impl Cluster {
     pub fn grant(&self, kind: GrantKind, participants: Vec<u16>) -> SignedGrant {
         let now = torcus_contract::unix_now();
         let grant = Grant {
-            version: 1,
+            version: torcus_contract::GRANT_VERSION,
             grant_id: Grant::new_id(),
             namespace: "vault".into(),
             cluster: "demo".into(),
