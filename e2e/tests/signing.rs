@@ -347,14 +347,28 @@ async fn policy_denials_end_denied_with_the_rule() {
         }
     }
 
-    // The counters live in the API: a new operator denies the same way.
+    // The counters live in the API, apart from the requests: deleting the
+    // approved ones and restarting the operator resets nothing.
+    for approved in ["rate-1", "spend-1"] {
+        srs.delete(approved, &Default::default()).await.unwrap();
+    }
     ns.stop_operator().await.unwrap();
     ns.start_operator();
-    srs.create(&PostParams::default(), &request("rate-3", "rate", serde_json::json!({"digest": digest})))
-        .await
-        .unwrap();
-    let sr = wait_final(&ns, "rate-3", SIGN_WAIT).await;
-    assert!(sr.status.unwrap().reason.unwrap_or_default().starts_with("rate-limit: "));
+    let after_restart = [
+        ("rate-3", "rate", serde_json::json!({"digest": digest}), "rate-limit: "),
+        (
+            "spend-4",
+            "spend",
+            serde_json::json!({"digest": digest, "labels": labels(&[("amount", "41")])}),
+            "spend-limit: ",
+        ),
+    ];
+    for (name, cluster, spec, rule) in after_restart {
+        srs.create(&PostParams::default(), &request(name, cluster, spec)).await.unwrap();
+        let sr = wait_final(&ns, name, SIGN_WAIT).await;
+        let reason = sr.status.unwrap().reason.unwrap_or_default();
+        assert!(reason.starts_with(rule), "{name}: {reason}");
+    }
 
     // Denials are counted by rule.
     let events =

@@ -9,6 +9,7 @@ pub mod cluster_controller;
 pub mod crypto;
 pub mod grants;
 pub mod keygen;
+pub mod ledger;
 pub mod metrics;
 pub mod node_client;
 pub mod pki;
@@ -348,7 +349,10 @@ async fn cluster_controller_stream(
             None => Api::all(client.clone()),
         }
     }
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=torcus-operator");
+    // Node resources only: the policy ledger ConfigMap changes with every
+    // approval and is no reason to reconcile the cluster.
+    let owned = watcher::Config::default()
+        .labels("app.kubernetes.io/managed-by=torcus-operator,app.kubernetes.io/name=torcus-node");
     Controller::new(api::<MpcCluster>(&client, namespace), watcher::Config::default())
         .owns(api::<Secret>(&client, namespace), owned.clone())
         .owns(api::<ConfigMap>(&client, namespace), owned.clone())

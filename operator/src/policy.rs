@@ -4,9 +4,11 @@
 //! Pure logic, no API calls and no clock: the caller passes the request with
 //! the time of the decision, and a per-cluster [`Ledger`] of earlier approvals
 //! from which the rate and spend counters are derived. After an operator
-//! restart the ledger is rebuilt from the SigningRequests' `status.approvedAt`
-//! ([`Approval::from_signing_request`], [`Ledger::from_approvals`]), so the
-//! counters live in the API, not only in memory.
+//! restart the ledger is rebuilt from its durable copy, a ConfigMap
+//! ([`crate::ledger`], [`Ledger::record_stored`]), and from the
+//! SigningRequests' `status.approvedAt` ([`Approval::from_signing_request`]),
+//! so the counters live in the API, not only in memory, and deleting
+//! approved requests does not reset them.
 //!
 //! A malformed policy (bad period, time or selector) denies every request
 //! with [`Rule::InvalidPolicy`], naming the field; nothing here panics.
@@ -124,6 +126,12 @@ impl fmt::Display for Rule {
     }
 }
 
+/// The most approvals a cluster's ledger holds within its policy's longest
+/// limit period. Its durable copy is a ConfigMap, at most 1 MiB, and a stored
+/// approval takes up to about 300 bytes; past this, requests are denied
+/// ([`Rule::RateLimit`]) rather than approved without a durable count.
+pub const LEDGER_CAPACITY: usize = 3_000;
+
 /// Decides `request` under `policy`, with counters taken from `ledger`.
 ///
 /// Rules are checked in the order of [`Rule`]; the first that fails denies.
@@ -171,6 +179,18 @@ pub fn evaluate(policy: &PolicySpec, ledger: &Ledger, request: &Request<'_>) -> 
             return deny(
                 Rule::TimeWindow,
                 format!("{} UTC is outside the signing windows {} UTC", hh_mm(now), list.join(", ")),
+            );
+        }
+    }
+    if let Some(longest) = longest_period(policy) {
+        let held = ledger.granted(longest, at, uid).count();
+        if held >= LEDGER_CAPACITY {
+            return deny(
+                Rule::RateLimit,
+                format!(
+                    "{held} requests were approved within the policy's longest limit period ({}s), the most the operator records per cluster ({LEDGER_CAPACITY}); shorten the period or wait",
+                    longest.as_secs()
+                ),
             );
         }
     }
@@ -297,6 +317,16 @@ pub struct Ledger {
     entries: BTreeMap<(SystemTime, String), Entry>,
 }
 
+/// An approval as the durable ledger stores it, under the request's uid.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StoredApproval {
+    /// Approval time, milliseconds since the Unix epoch.
+    at_ms: u64,
+    namespace: String,
+    amounts: BTreeMap<String, u64>,
+}
+
 /// What the counters need of one approval.
 #[derive(Clone, Debug)]
 struct Entry {
@@ -346,12 +376,55 @@ impl Ledger {
         true
     }
 
-    /// Drops approvals from before `cutoff`, such as `now - longest_period(policy)`.
-    pub fn forget_before(&mut self, cutoff: SystemTime) {
+    /// Drops approvals from before `cutoff`, such as `now - longest_period(policy)`,
+    /// and returns their uids, so a durable copy can drop them too.
+    pub fn forget_before(&mut self, cutoff: SystemTime) -> Vec<String> {
         let kept = self.entries.split_off(&(cutoff, String::new()));
-        for (_, uid) in std::mem::replace(&mut self.entries, kept).into_keys() {
-            self.uids.remove(&uid);
+        let forgotten: Vec<String> =
+            std::mem::replace(&mut self.entries, kept).into_keys().map(|(_, uid)| uid).collect();
+        for uid in &forgotten {
+            self.uids.remove(uid);
         }
+        forgotten
+    }
+
+    /// Takes back the approval of `uid`, such as one that could not be
+    /// stored durably; returns whether it was recorded.
+    pub fn remove(&mut self, uid: &str) -> bool {
+        let Some(at) = self.uids.remove(uid) else { return false };
+        self.entries.remove(&(at, uid.to_owned()));
+        true
+    }
+
+    /// `uid`'s approval in the form the durable ledger stores it
+    /// ([`Ledger::record_stored`] reads it back), or `None` when not recorded.
+    /// Of its amounts, only those `policy`'s spend limits read are kept, so
+    /// an entry's size does not grow with the request's labels.
+    pub fn stored(&self, uid: &str, policy: &PolicySpec) -> Option<String> {
+        let at = *self.uids.get(uid)?;
+        let entry = self.entries.get(&(at, uid.to_owned()))?;
+        // Approvals are never before the epoch; saturate rather than lose one.
+        let at_ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let amounts = (entry.amounts.iter())
+            .filter(|(label, _)| policy.spend_limits.iter().any(|limit| &limit.amount_label == *label))
+            .map(|(label, amount)| (label.clone(), *amount))
+            .collect();
+        let stored = StoredApproval { at_ms, namespace: entry.namespace.clone(), amounts };
+        serde_json::to_string(&stored).ok()
+    }
+
+    /// Records an approval read back from the durable ledger; returns `false`
+    /// (and changes nothing) when `value` does not parse or `uid` is already
+    /// recorded.
+    pub fn record_stored(&mut self, uid: &str, value: &str) -> bool {
+        let Ok(stored) = serde_json::from_str::<StoredApproval>(value) else { return false };
+        let Some(at) = UNIX_EPOCH.checked_add(Duration::from_millis(stored.at_ms)) else { return false };
+        if self.uids.contains_key(uid) {
+            return false;
+        }
+        self.uids.insert(uid.to_owned(), at);
+        self.entries.insert((at, uid.to_owned()), Entry { namespace: stored.namespace, amounts: stored.amounts });
+        true
     }
 
     /// Whether the request with this uid is recorded.
@@ -996,12 +1069,67 @@ mod tests {
             [("a", NOON), ("b", NOON + 100), ("c", NOON + 200)]
                 .map(|(uid, secs)| Approval::from(&request(uid, "ns-a", secs))),
         );
-        ledger.forget_before(at(NOON + 100));
+        assert_eq!(ledger.forget_before(at(NOON + 100)), ["a"]);
         assert!(!ledger.contains("a"));
         assert!(ledger.contains("b") && ledger.contains("c"));
         assert_eq!(ledger.len(), 2);
         // A forgotten uid may be recorded again.
         assert!(ledger.record(Approval::from(&request("a", "ns-a", NOON))));
+    }
+
+    #[test]
+    fn the_durable_form_reads_back_to_the_same_counters() {
+        let policy = PolicySpec {
+            rate_limits: vec![RateLimit { scope: RateLimitScope::Namespace, requests: 2, period: "1h".into() }],
+            ..spend("amount", 100, "1h")
+        };
+        let sixty = labels(&[("amount", "60"), ("other", "7"), ("note", "x")]);
+        let mut live = Ledger::new();
+        live.admit(&policy, &labelled("a", &sixty, NOON)).unwrap();
+        live.admit(&policy, &request("b", "ns-b", NOON + 1)).unwrap_err();
+        let stored = live.stored("a", &policy).unwrap();
+        assert!(!stored.contains("other"), "only amounts a spend limit reads are stored: {stored}");
+        assert_eq!(live.stored("b", &policy), None, "a denied request is not recorded");
+
+        let mut restored = Ledger::new();
+        assert!(restored.record_stored("a", &stored));
+        assert!(!restored.record_stored("a", &stored), "a uid counts once");
+        assert!(!restored.record_stored("z", "{\"atMs\": 1}x"), "garbage is refused");
+        assert!(!restored.record_stored("z", "{\"atMs\":1,\"namespace\":\"n\",\"amounts\":{},\"extra\":1}"));
+        assert_eq!(restored.len(), 1);
+        // The restored entry spends the same 60 in the same namespace.
+        let forty_one = labels(&[("amount", "41")]);
+        let message = denied(restored.admit(&policy, &labelled("c", &forty_one, NOON + 60)), Rule::SpendLimit);
+        assert!(message.contains("60 granted"), "{message}");
+        let forty = labels(&[("amount", "40")]);
+        assert_eq!(restored.admit(&policy, &labelled("d", &forty, NOON + 61)), Ok(()));
+        // ... and leaves the window at the same time as the original.
+        assert_eq!(restored.admit(&policy, &labelled("e", &sixty, NOON + 3600)), Ok(()));
+    }
+
+    #[test]
+    fn an_approval_taken_back_no_longer_counts() {
+        let policy = rate(RateLimitScope::Cluster, 1, "1h");
+        let mut ledger = Ledger::new();
+        ledger.admit(&policy, &request("a", "ns-a", NOON)).unwrap();
+        denied(ledger.admit(&policy, &request("b", "ns-a", NOON + 1)), Rule::RateLimit);
+        assert!(ledger.remove("a"));
+        assert!(!ledger.remove("a"));
+        assert!(ledger.is_empty());
+        assert_eq!(ledger.admit(&policy, &request("b", "ns-a", NOON + 2)), Ok(()));
+    }
+
+    #[test]
+    fn a_full_ledger_denies_rather_than_count_what_it_cannot_store() {
+        let policy = rate(RateLimitScope::Cluster, 1_000_000, "1h");
+        let uids: Vec<String> = (0..LEDGER_CAPACITY).map(|i| format!("r{i}")).collect();
+        let mut ledger = Ledger::from_approvals(uids.iter().map(|uid| Approval::from(&request(uid, "ns-a", NOON))));
+        let message = denied(ledger.admit(&policy, &request("x", "ns-a", NOON + 10)), Rule::RateLimit);
+        assert!(message.contains(&LEDGER_CAPACITY.to_string()), "{message}");
+        // Once the period has passed they no longer count.
+        assert_eq!(ledger.admit(&policy, &request("x", "ns-a", NOON + 3600)), Ok(()));
+        // Without limits nothing needs recording durably, and nothing is capped.
+        assert_eq!(ledger.admit(&PolicySpec::default(), &request("y", "ns-a", NOON + 10)), Ok(()));
     }
 
     #[test]

@@ -92,6 +92,11 @@ impl<'a> Names<'a> {
         format!("{}-config", self.cluster)
     }
 
+    /// The durable policy ledger (see `crate::ledger`).
+    pub fn policy_ledger(&self) -> String {
+        format!("{}-policy-ledger", self.cluster)
+    }
+
     /// Headless Service giving each node a stable DNS name.
     pub fn service(&self) -> String {
         format!("{}-nodes", self.cluster)
@@ -299,6 +304,17 @@ pub fn config_map(mpc: &MpcCluster, config: &ClusterConfig) -> ConfigMap {
         data: Some(BTreeMap::from([(contract::CONFIG_FILE.to_owned(), json)])),
         ..ConfigMap::default()
     }
+}
+
+/// The policy ledger ConfigMap holding `data`. Owned by the cluster, but
+/// not labelled as a node resource: the cluster controller does not watch
+/// it, so recording an approval does not reconcile the cluster.
+pub fn policy_ledger(mpc: &MpcCluster, data: BTreeMap<String, String>) -> ConfigMap {
+    let mut metadata = child_meta(mpc, Names::new(&mpc.name_any()).policy_ledger());
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.insert("app.kubernetes.io/name".to_owned(), "torcus-policy-ledger".to_owned());
+    }
+    ConfigMap { metadata, data: Some(data), ..ConfigMap::default() }
 }
 
 /// Digest of the node configuration, for the pod template annotation.

@@ -44,6 +44,9 @@ use crate::{Error, Result, crypto};
 pub const MAX_ATTEMPTS: u16 = 4;
 /// How long a request may wait for its cluster's key or nodes.
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long approvals stay in memory under a policy without rate or spend
+/// limits, for a limit added later to count them.
+const UNLIMITED_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// What the controller keeps between reconciles.
 #[derive(Debug, Default)]
@@ -422,33 +425,62 @@ impl<'a> Reconcile<'a> {
     }
 
     /// Runs the cluster's policy on this request at `now`, recording it as
-    /// approved when it passes.
+    /// approved when it passes: in memory, and, when the policy has rate or
+    /// spend limits, durably in the cluster's ledger ConfigMap before the
+    /// caller writes `Approved`. If that write fails, the approval is taken
+    /// back and the error retried.
     async fn admit(&self, mpc: &MpcCluster, now: SystemTime) -> Result<Result<(), policy::Denial>> {
         let spec = &self.sr.spec;
+        let policy = &mpc.spec.policy;
         let payload_bytes = crypto::payload_bytes(spec).ok().flatten().map(|p| p.len());
+        let limits = policy::longest_period(policy);
         let mut ledgers = self.ctx.signing.ledgers.lock().await;
         let key = format!("{}/{}", self.ns, spec.cluster);
         let ledger = match ledgers.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.load_ledger(&spec.cluster).await?),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.load_ledger(mpc).await?),
         };
-        if let Some(cutoff) = policy::longest_period(&mpc.spec.policy).and_then(|p| now.checked_sub(p)) {
-            ledger.forget_before(cutoff);
-        }
+        let expired = now
+            .checked_sub(limits.unwrap_or(UNLIMITED_RETENTION))
+            .map(|cutoff| ledger.forget_before(cutoff))
+            .unwrap_or_default();
         if ledger.contains(&self.uid) {
             return Ok(Ok(()));
         }
         let request =
             policy::Request { uid: &self.uid, namespace: &self.ns, labels: &spec.labels, payload_bytes, at: now };
-        Ok(ledger.admit(&mpc.spec.policy, &request))
+        if let Err(denial) = ledger.admit(policy, &request) {
+            return Ok(Err(denial));
+        }
+        // `stored` is `Some`: `admit` has just recorded the uid.
+        if limits.is_some()
+            && let Some(stored) = ledger.stored(&self.uid, policy)
+            && let Err(e) = crate::ledger::append(&self.ctx.client, mpc, &self.uid, &stored, &expired).await
+        {
+            ledger.remove(&self.uid);
+            return Err(e);
+        }
+        Ok(Ok(()))
     }
 
-    async fn load_ledger(&self, cluster: &str) -> Result<Ledger> {
+    /// The cluster's ledger as the API holds it: the ledger ConfigMap, and
+    /// the requests approved before it existed (`status.approvedAt`).
+    async fn load_ledger(&self, mpc: &MpcCluster) -> Result<Ledger> {
+        let cluster = mpc.name_any();
+        let mut ledger = Ledger::new();
+        for (uid, value) in crate::ledger::load(&self.ctx.client, mpc).await? {
+            if !ledger.record_stored(&uid, &value) {
+                warn!(cluster, uid, "policy ledger entry does not parse; skipped");
+            }
+        }
         let api: Api<SigningRequest> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let all = api.list(&ListParams::default()).await?;
-        let approvals =
-            all.items.iter().filter(|sr| sr.spec.cluster == cluster).filter_map(Approval::from_signing_request);
-        Ok(Ledger::from_approvals(approvals))
+        for approval in
+            all.items.iter().filter(|sr| sr.spec.cluster == cluster).filter_map(Approval::from_signing_request)
+        {
+            ledger.record(approval);
+        }
+        Ok(ledger)
     }
 
     async fn wait(&mut self, reason: &str, message: String) -> Result<Action> {

@@ -107,7 +107,7 @@ Namespaces the node NetworkPolicy goes into, as a JSON list.
 {{/*
 RBAC rules of the operator in the namespaces it manages: exactly the calls
 the operator makes (operator/src). MpcCluster children are server-side
-applied (create + patch), Secrets are also created and patched directly, pods are only listed and watched, status is server-side applied,
+applied (create + patch), Secrets and the policy ledger ConfigMap are also created and patched directly, pods are only listed and watched, status is server-side applied,
 Events are events.k8s.io (kube-runtime's Recorder creates and patches them).
 Nodes get nothing: their pods do not mount a token.
 */}}
