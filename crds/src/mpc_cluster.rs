@@ -209,7 +209,9 @@ pub struct PolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub rate_limits: Vec<RateLimit>,
-    /// If set, only requests from these namespaces are granted.
+    /// If set, only requests from these namespaces are granted. Requests from
+    /// namespaces other than the cluster's own are granted only when listed
+    /// here: unset, only the cluster's namespace may sign.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_namespaces: Option<Vec<String>>,
     /// Requests from these namespaces are denied.

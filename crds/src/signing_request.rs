@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
     shortname = "sr",
     category = "torcus",
     derive = "PartialEq",
-    doc = "A request to sign a digest, or the hash of a payload, with a key of an MpcCluster in the same namespace.",
+    doc = "A request to sign a digest, or the hash of a payload, with a key of an MpcCluster in this namespace or, when the cluster's policy allows it, in another.",
     printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
     printcolumn(name = "Key", type_ = "string", json_path = ".spec.key"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
@@ -35,9 +35,16 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("!has(self.payload) || (has(self.payloadEncoding) && self.payloadEncoding == 'base64' ? self.payload.matches('^[A-Za-z0-9+/]*={0,2}$') && size(self.payload) % 4 == 0 : self.payload.matches('^(0x)?([0-9a-fA-F]{2})*$'))").message("payload must be hex (an even number of hex digits) or, with payloadEncoding base64, padded standard base64"))]
 #[serde(rename_all = "camelCase")]
 pub struct SigningRequestSpec {
-    /// Name of the MpcCluster, in this namespace.
+    /// Name of the MpcCluster, in `clusterNamespace`.
     #[schemars(length(min = 1, max = 63))]
     pub cluster: String,
+
+    /// Namespace of the MpcCluster; this request's namespace when unset. A
+    /// request from another namespace is denied unless the cluster's policy
+    /// lists this request's namespace in `allowedNamespaces`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub cluster_namespace: Option<String>,
 
     /// Name of the key within the cluster.
     #[serde(default = "default_key")]

@@ -100,3 +100,81 @@ fn demo_script_ends_with_a_signature_openssl_verifies() {
     assert!(table.contains("hello") && table.contains("Completed"), "{out}");
     assert!(down.status.success(), "{}", text(&down));
 }
+
+/// `examples/cross-namespace.yaml` on the sandbox (one operator for all
+/// namespaces): a cluster in `vault` signs a request from `payments`, which
+/// its policy names, and denies one from a namespace it does not.
+#[test]
+fn a_cluster_signs_for_another_namespace_only_when_its_policy_names_it() {
+    use k256::ecdsa::signature::hazmat::PrehashVerifier;
+    use sha2::Digest;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sandbox");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let fixture = root.join("node/tests/fixtures/primes.json");
+    let up = sandbox(&dir, &["up", "--test-primes-fixture", fixture.to_str().unwrap()]);
+    assert!(up.status.success(), "{}", text(&up));
+    let kubectl = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut child = Command::new(dir.join("bin/kubectl"))
+            .arg("--kubeconfig")
+            .arg(dir.join("kubeconfig"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+        drop(input);
+        child.wait_with_output().unwrap()
+    };
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let out = kubectl(args, stdin);
+        assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let checks = || {
+        let example = root.join("examples/cross-namespace.yaml");
+        run(&["apply", "-f", example.to_str().unwrap()], None);
+        let intruder = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: intruder}
+---
+apiVersion: mpc.torcus.io/v1alpha1
+kind: SigningRequest
+metadata: {name: invoice-43, namespace: intruder}
+spec: {cluster: shared, clusterNamespace: vault, payload: "696e766f696365203433", hash: sha256}
+"#;
+        run(&["apply", "-f", "-"], Some(intruder));
+        run(
+            &["wait", "-n", "intruder", "--for=jsonpath={.status.phase}=Denied", "sr/invoice-43", "--timeout=60s"],
+            None,
+        );
+        let reason = run(&["get", "-n", "intruder", "sr/invoice-43", "-o", "jsonpath={.status.reason}"], None);
+        assert!(reason.starts_with("allowed-namespaces: "), "{reason}");
+
+        run(
+            &["wait", "-n", "payments", "--for=jsonpath={.status.phase}=Completed", "sr/invoice-42", "--timeout=600s"],
+            None,
+        );
+        let key = run(&["get", "-n", "vault", "mpc/shared", "-o", "jsonpath={.status.keys[0].publicKey}"], None);
+        let status = run(&["get", "-n", "payments", "sr/invoice-42", "-o", "jsonpath={.status}"], None);
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        assert_eq!(status["publicKey"], key.as_str(), "signed with the vault cluster's key");
+        let verifying = k256::ecdsa::VerifyingKey::from_sec1_bytes(&hex::decode(&key).unwrap()).unwrap();
+        let der = hex::decode(status["signature"]["der"].as_str().unwrap()).unwrap();
+        let signature = k256::ecdsa::Signature::from_der(&der).unwrap();
+        let digest = sha2::Sha256::digest(b"invoice 42");
+        verifying.verify_prehash(&digest, &signature).expect("the signature verifies under the cluster's key");
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(checks));
+    let down = sandbox(&dir, &["down"]);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(down.status.success(), "{}", text(&down));
+}

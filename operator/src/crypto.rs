@@ -178,6 +178,7 @@ mod tests {
     fn spec() -> SigningRequestSpec {
         SigningRequestSpec {
             cluster: "demo".into(),
+            cluster_namespace: None,
             key: "default".into(),
             digest: None,
             payload: None,

@@ -29,6 +29,8 @@ pub struct Request<'a> {
     pub uid: &'a str,
     /// Namespace of the SigningRequest.
     pub namespace: &'a str,
+    /// Namespace of the MpcCluster it asks to sign with.
+    pub cluster_namespace: &'a str,
     /// The request's `spec.labels`, which selectors and spend limits read.
     pub labels: &'a BTreeMap<String, String>,
     /// Decoded payload length in bytes; `None` for a digest.
@@ -140,19 +142,30 @@ pub const LEDGER_CAPACITY: usize = 3_000;
 /// against it, so asking again about an admitted request gives the same answer.
 pub fn evaluate(policy: &PolicySpec, ledger: &Ledger, request: &Request<'_>) -> Result<(), Denial> {
     let compiled = Compiled::new(policy)?;
-    let Request { uid, namespace, labels, payload_bytes, at } = *request;
+    let Request { uid, namespace, cluster_namespace, labels, payload_bytes, at } = *request;
 
     if policy.denied_namespaces.iter().any(|denied| denied == namespace) {
         return deny(Rule::DeniedNamespace, format!("namespace {namespace} is denied by the cluster's signing policy"));
     }
-    if let Some(allowed) = &policy.allowed_namespaces
-        && !allowed.iter().any(|ns| ns == namespace)
-    {
-        let list = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
-        return deny(
-            Rule::AllowedNamespaces,
-            format!("namespace {namespace} is not among the allowed namespaces ({list})"),
-        );
+    match &policy.allowed_namespaces {
+        Some(allowed) if !allowed.iter().any(|ns| ns == namespace) => {
+            let list = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
+            return deny(
+                Rule::AllowedNamespaces,
+                format!("namespace {namespace} is not among the allowed namespaces ({list})"),
+            );
+        }
+        // Another namespace must be named: by default a cluster signs only
+        // for its own.
+        None if namespace != cluster_namespace => {
+            return deny(
+                Rule::AllowedNamespaces,
+                format!(
+                    "requests from namespace {namespace} need the policy of a cluster in namespace {cluster_namespace} to list it in allowedNamespaces"
+                ),
+            );
+        }
+        _ => {}
     }
     if let Some(selector) = &compiled.denied_selector
         && selector.matches(labels)
@@ -699,8 +712,9 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    /// A request from `namespace` to a cluster in the same namespace.
     fn request<'a>(uid: &'a str, namespace: &'a str, secs: u64) -> Request<'a> {
-        Request { uid, namespace, labels: &NO_LABELS, payload_bytes: None, at: at(secs) }
+        Request { uid, namespace, cluster_namespace: namespace, labels: &NO_LABELS, payload_bytes: None, at: at(secs) }
     }
 
     fn labelled<'a>(uid: &'a str, labels: &'a BTreeMap<String, String>, secs: u64) -> Request<'a> {
@@ -793,6 +807,24 @@ mod tests {
         assert_eq!(message, "namespace ns-b is not among the allowed namespaces (ns-a, ns-c)");
         let none = PolicySpec { allowed_namespaces: Some(vec![]), ..PolicySpec::default() };
         denied(evaluate(&none, &Ledger::new(), &request("a", "ns-a", NOON)), Rule::AllowedNamespaces);
+    }
+
+    #[test]
+    fn another_namespace_signs_only_when_allowed_by_name() {
+        let from = |namespace| Request { cluster_namespace: "vault", ..request("a", namespace, NOON) };
+        // No list: the cluster's own namespace only.
+        let open = PolicySpec::default();
+        assert_eq!(evaluate(&open, &Ledger::new(), &from("vault")), Ok(()));
+        let message = denied(evaluate(&open, &Ledger::new(), &from("payments")), Rule::AllowedNamespaces);
+        assert_eq!(
+            message,
+            "requests from namespace payments need the policy of a cluster in namespace vault to list it in allowedNamespaces"
+        );
+        // A list names every namespace that may sign, the cluster's own included.
+        let listed = PolicySpec { allowed_namespaces: Some(vec!["payments".into()]), ..PolicySpec::default() };
+        assert_eq!(evaluate(&listed, &Ledger::new(), &from("payments")), Ok(()));
+        denied(evaluate(&listed, &Ledger::new(), &from("vault")), Rule::AllowedNamespaces);
+        denied(evaluate(&listed, &Ledger::new(), &from("intruder")), Rule::AllowedNamespaces);
     }
 
     #[test]
@@ -1022,6 +1054,7 @@ mod tests {
     fn approval_is_read_from_a_signing_request() {
         let spec = SigningRequestSpec {
             cluster: "c".into(),
+            cluster_namespace: None,
             key: "default".into(),
             digest: Some("00".repeat(32)),
             payload: None,

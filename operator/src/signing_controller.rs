@@ -86,7 +86,10 @@ pub fn error_policy(sr: Arc<SigningRequest>, error: &Error, ctx: Arc<Context>) -
 struct Reconcile<'a> {
     sr: &'a SigningRequest,
     ctx: &'a Context,
+    /// Namespace of the request.
     ns: String,
+    /// Namespace of its MpcCluster: the grant's, the nodes', the ledger's.
+    cluster_ns: String,
     uid: String,
     status: SigningRequestStatus,
 }
@@ -113,7 +116,9 @@ impl<'a> Reconcile<'a> {
                 None => cached,
             }
         };
-        Self { sr, ctx, ns: sr.namespace().unwrap_or_default(), uid, status }
+        let ns = sr.namespace().unwrap_or_default();
+        let cluster_ns = sr.spec.cluster_namespace.clone().unwrap_or_else(|| ns.clone());
+        Self { sr, ctx, ns, cluster_ns, uid, status }
     }
 
     async fn run(mut self) -> Result<Action> {
@@ -138,9 +143,8 @@ impl<'a> Reconcile<'a> {
             Ok(p) => p,
             Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
         };
-        let clusters: Api<MpcCluster> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let Some(mpc) = clusters.get_opt(&spec.cluster).await? else {
-            let message = format!("no MpcCluster named {} in namespace {}", spec.cluster, self.ns);
+        let Some(mpc) = self.cluster().await? else {
+            let message = format!("no MpcCluster named {} in namespace {}", spec.cluster, self.cluster_ns);
             return self.fail("UnknownCluster", message).await;
         };
         if !mpc.spec.keys.contains(&spec.key) {
@@ -185,10 +189,19 @@ impl<'a> Reconcile<'a> {
         self.sign(&mpc, attempt).await
     }
 
+    /// The request's MpcCluster; `None` when there is none, or when the
+    /// operator may not read that namespace (it watches another one).
+    async fn cluster(&self) -> Result<Option<MpcCluster>> {
+        let clusters: Api<MpcCluster> = Api::namespaced(self.ctx.client.clone(), &self.cluster_ns);
+        match clusters.get_opt(&self.sr.spec.cluster).await {
+            Err(kube::Error::Api(status)) if status.code == 403 => Ok(None),
+            other => Ok(other?),
+        }
+    }
+
     /// A request in `Signing` with a recorded grant: find out how it went.
     async fn resume(&mut self) -> Result<Action> {
-        let clusters: Api<MpcCluster> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let Some(mpc) = clusters.get_opt(&self.sr.spec.cluster).await? else {
+        let Some(mpc) = self.cluster().await? else {
             return self.fail("UnknownCluster", "the MpcCluster was deleted while signing".into()).await;
         };
         let grant = self.recorded_grant(&mpc).await?;
@@ -248,10 +261,10 @@ impl<'a> Reconcile<'a> {
         }
         let cluster = &self.sr.spec.cluster;
         for party in &self.status.participants {
-            self.ctx.registry.record_outcome(&self.ns, cluster, *party, true);
+            self.ctx.registry.record_outcome(&self.cluster_ns, cluster, *party, true);
         }
         if let (Some(initiator), Some(took)) = (self.status.initiator, took) {
-            self.ctx.registry.record_latency(&self.ns, cluster, initiator, took);
+            self.ctx.registry.record_latency(&self.cluster_ns, cluster, initiator, took);
         }
         let initiator_type = if sig.presigned { "presigned" } else { "full" };
         self.ctx.metrics.initiator_sessions.with_label_values(&[initiator_type]).inc();
@@ -273,7 +286,7 @@ impl<'a> Reconcile<'a> {
         // Nodes that do not answer now are left out of the next attempt.
         let unresponsive = self.unresponsive(nodes).await;
         for party in &unresponsive {
-            self.ctx.registry.record_outcome(&self.ns, &mpc.name_any(), *party, false);
+            self.ctx.registry.record_outcome(&self.cluster_ns, &mpc.name_any(), *party, false);
         }
         let kind = self.recorded_grant(mpc).await?.grant.kind;
         self.status.reason = Some(format!("attempt {} failed: {why}", self.status.attempts));
@@ -314,8 +327,8 @@ impl<'a> Reconcile<'a> {
         .ok_or_else(|| {
             Error::InvalidSpec(format!("{} healthy nodes answer; {threshold} needed to sign", healthy.len()))
         })?;
-        let key = grants::signing_key(self.ctx, &self.ns, &mpc.name_any()).await?;
-        let grant = grants::issue(&key, &self.ns, &mpc.name_any(), kind, &parts)?;
+        let key = grants::signing_key(self.ctx, &self.cluster_ns, &mpc.name_any()).await?;
+        let grant = grants::issue(&key, &self.cluster_ns, &mpc.name_any(), kind, &parts)?;
         self.ctx.metrics.grants_issued.with_label_values(&["sign"]).inc();
         let initiator = grant.grant.initiator();
         let url = nodes.get(&initiator).map(|n| n.url.clone()).unwrap_or_default();
@@ -343,7 +356,7 @@ impl<'a> Reconcile<'a> {
     }
 
     fn pool_id(&self, key: &str) -> String {
-        format!("{}/{}/{key}", self.ns, self.sr.spec.cluster)
+        format!("{}/{}/{key}", self.cluster_ns, self.sr.spec.cluster)
     }
 
     /// Brings the view of `pool` up to date: at once when there is none
@@ -386,8 +399,8 @@ impl<'a> Reconcile<'a> {
         let path =
             crypto::derivation_path(spec.derivation_path.as_deref()).map_err(|e| Error::InvalidSpec(e.to_string()))?;
         let kind = GrantKind::Sign { key: spec.key.clone(), digest, derivation_path: path };
-        let key = grants::signing_key(self.ctx, &self.ns, &mpc.name_any()).await?;
-        grants::issue(&key, &self.ns, &mpc.name_any(), kind, &parts)
+        let key = grants::signing_key(self.ctx, &self.cluster_ns, &mpc.name_any()).await?;
+        grants::issue(&key, &self.cluster_ns, &mpc.name_any(), kind, &parts)
     }
 
     /// The request's key, once generated: from the cluster's status, or
@@ -402,7 +415,7 @@ impl<'a> Reconcile<'a> {
     /// The cluster's nodes by party index: API URL from the pod IP, healthy
     /// when the pod is ready and the registry does not say it is offline.
     async fn nodes(&self, mpc: &MpcCluster) -> Result<BTreeMap<u16, Node>> {
-        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.cluster_ns);
         let pods = pods.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={}", mpc.name_any()))).await?;
         let offline = self.ctx.offline_nodes(mpc);
         let mut nodes = BTreeMap::new();
@@ -435,7 +448,7 @@ impl<'a> Reconcile<'a> {
         let payload_bytes = crypto::payload_bytes(spec).ok().flatten().map(|p| p.len());
         let limits = policy::longest_period(policy);
         let mut ledgers = self.ctx.signing.ledgers.lock().await;
-        let key = format!("{}/{}", self.ns, spec.cluster);
+        let key = format!("{}/{}", self.cluster_ns, spec.cluster);
         let ledger = match ledgers.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(self.load_ledger(mpc).await?),
@@ -447,8 +460,14 @@ impl<'a> Reconcile<'a> {
         if ledger.contains(&self.uid) {
             return Ok(Ok(()));
         }
-        let request =
-            policy::Request { uid: &self.uid, namespace: &self.ns, labels: &spec.labels, payload_bytes, at: now };
+        let request = policy::Request {
+            uid: &self.uid,
+            namespace: &self.ns,
+            cluster_namespace: &self.cluster_ns,
+            labels: &spec.labels,
+            payload_bytes,
+            at: now,
+        };
         if let Err(denial) = ledger.admit(policy, &request) {
             return Ok(Err(denial));
         }
@@ -473,11 +492,14 @@ impl<'a> Reconcile<'a> {
                 warn!(cluster, uid, "policy ledger entry does not parse; skipped");
             }
         }
-        let api: Api<SigningRequest> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        // Approvals from before the ledger existed, which were all of
+        // requests in the cluster's namespace.
+        let api: Api<SigningRequest> = Api::namespaced(self.ctx.client.clone(), &self.cluster_ns);
         let all = api.list(&ListParams::default()).await?;
-        for approval in
-            all.items.iter().filter(|sr| sr.spec.cluster == cluster).filter_map(Approval::from_signing_request)
-        {
+        let same_cluster = |sr: &&SigningRequest| {
+            sr.spec.cluster == cluster && sr.spec.cluster_namespace.as_ref().is_none_or(|ns| *ns == self.cluster_ns)
+        };
+        for approval in all.items.iter().filter(same_cluster).filter_map(Approval::from_signing_request) {
             ledger.record(approval);
         }
         Ok(ledger)
