@@ -239,10 +239,17 @@ pub struct PolicySpec {
 
 /// At most `requests` granted per `period` within `scope`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.scope == 'label' ? has(self.label) : !has(self.label)").message("label is required with scope label, and allowed only with it"))]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
-    /// What the count is kept per: the whole cluster or each namespace.
+    /// What the count is kept per: the whole cluster, each namespace, or
+    /// each value of a request label (such as `requester`).
     pub scope: RateLimitScope,
+    /// With scope `label`: the key in the requests' `spec.labels` whose
+    /// values are counted apart. A request without it is denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub label: Option<String>,
     /// Requests allowed per period.
     #[schemars(range(min = 1))]
     pub requests: u32,
@@ -259,6 +266,8 @@ pub enum RateLimitScope {
     Cluster,
     /// One counter per requesting namespace.
     Namespace,
+    /// One counter per value of the request label `label`.
+    Label,
 }
 
 /// A daily UTC window, `start` inclusive and `end` exclusive, both `HH:MM`.

@@ -87,6 +87,14 @@ async fn admission_refuses_bad_objects_with_readable_messages() {
             "renewBefore must be shorter",
         ),
         (serde_json::json!({"spec": {"storage": {"size": "5Gi"}}}), "storage is immutable"),
+        (
+            serde_json::json!({"spec": {"policy": {"rateLimits": [{"scope": "label", "requests": 1, "period": "1m"}]}}}),
+            "label is required with scope label",
+        ),
+        (
+            serde_json::json!({"spec": {"policy": {"rateLimits": [{"scope": "cluster", "label": "x", "requests": 1, "period": "1m"}]}}}),
+            "label is required with scope label, and allowed only with it",
+        ),
     ] {
         let e = clusters.patch("good", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap_err();
         let message = api_message(e);
@@ -125,6 +133,10 @@ async fn admission_refuses_bad_objects_with_readable_messages() {
         (serde_json::json!({"cluster": "good", "payload": "abc"}), "payload must be hex"),
         (serde_json::json!({"cluster": "good", "payload": "aGk", "payloadEncoding": "base64"}), "payload must be hex"),
         (serde_json::json!({"cluster": "good", "digest": null, "payload": null}), "exactly one of digest or payload"),
+        (
+            serde_json::json!({"cluster": "good", "clusterNamespace": "Not_A_Namespace", "digest": digest}),
+            "spec.clusterNamespace",
+        ),
     ] {
         let e = requests.create(&pp, &request(spec.clone())).await.unwrap_err();
         let message = api_message(e);
@@ -151,6 +163,22 @@ async fn admission_refuses_bad_objects_with_readable_messages() {
     let changed = serde_json::json!({"spec": {"digest": "cd".repeat(32)}});
     let e = requests.patch("r", &PatchParams::default(), &Patch::Merge(&changed)).await.unwrap_err();
     assert!(api_message(e).contains("spec is immutable"));
+
+    // Every example the README points to is accepted as it is written
+    // (cross-namespace.yaml creates its own namespaces: the sandbox test
+    // applies it).
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "cross-namespace.yaml") {
+            continue;
+        }
+        let out = ns.kubectl().args(["apply", "--dry-run=server", "-f"]).arg(&path).output().unwrap();
+        assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        checked += 1;
+    }
+    assert!(checked >= 5, "examples/ holds the cluster, policy and request examples");
     ns.finish().await.unwrap();
 }
 

@@ -288,6 +288,10 @@ async fn policy_denials_end_denied_with_the_rule() {
         ("spend", serde_json::json!({"spendLimits": [{"amountLabel": "amount", "limit": 100, "period": "24h"}]})),
         ("size", serde_json::json!({"maxPayloadBytes": 4})),
         ("selector", serde_json::json!({"deniedSelector": {"matchLabels": {"requester": "blocked-bot"}}})),
+        (
+            "requester",
+            serde_json::json!({"rateLimits": [{"scope": "label", "label": "requester", "requests": 1, "period": "1h"}]}),
+        ),
     ];
     for (name, policy) in &policies {
         clusters
@@ -320,6 +324,19 @@ async fn policy_denials_end_denied_with_the_rule() {
             serde_json::json!({"digest": digest, "labels": labels(&[("requester", "blocked-bot")])}),
             Some("denied-selector"),
         ),
+        (
+            "alice-1",
+            "requester",
+            serde_json::json!({"digest": digest, "labels": labels(&[("requester", "alice")])}),
+            None,
+        ),
+        (
+            "alice-2",
+            "requester",
+            serde_json::json!({"digest": digest, "labels": labels(&[("requester", "alice")])}),
+            Some("rate-limit"),
+        ),
+        ("bob-1", "requester", serde_json::json!({"digest": digest, "labels": labels(&[("requester", "bob")])}), None),
     ];
     for (name, cluster, spec, expected) in &cases {
         srs.create(&PostParams::default(), &request(name, cluster, spec.clone())).await.unwrap();

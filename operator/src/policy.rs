@@ -208,16 +208,36 @@ pub fn evaluate(policy: &PolicySpec, ledger: &Ledger, request: &Request<'_>) -> 
         }
     }
     for &(limit, period) in &compiled.rate_limits {
+        // With scope label, the label and this request's value of it.
+        let counted_by = match (limit.scope, limit.label.as_deref()) {
+            (RateLimitScope::Label, Some(key)) => match labels.get(key) {
+                Some(value) => Some((key, value)),
+                None => {
+                    return deny(
+                        Rule::RateLimit,
+                        format!("a rate limit counts requests per label {key}, which the request is missing"),
+                    );
+                }
+            },
+            _ => None,
+        };
         let granted: Vec<SystemTime> = ledger
             .granted(period, at, uid)
-            .filter(|(_, entry)| limit.scope == RateLimitScope::Cluster || entry.namespace == namespace)
+            .filter(|(_, entry)| match (limit.scope, counted_by) {
+                (RateLimitScope::Cluster, _) => true,
+                (RateLimitScope::Namespace, _) => entry.namespace == namespace,
+                (RateLimitScope::Label, Some((key, value))) => entry.labels.get(key) == Some(value),
+                (RateLimitScope::Label, None) => false,
+            })
             .map(|(approved_at, _)| approved_at)
             .collect();
         let allowed = usize::try_from(limit.requests).unwrap_or(usize::MAX);
         if granted.len() >= allowed {
-            let scope = match limit.scope {
-                RateLimitScope::Cluster => "in the cluster".to_owned(),
-                RateLimitScope::Namespace => format!("in namespace {namespace}"),
+            let scope = match (limit.scope, counted_by) {
+                (RateLimitScope::Cluster, _) => "in the cluster".to_owned(),
+                (RateLimitScope::Namespace, _) => format!("in namespace {namespace}"),
+                (RateLimitScope::Label, Some((key, value))) => format!("for {key}={value}"),
+                (RateLimitScope::Label, None) => String::new(),
             };
             // The count drops below the limit once the oldest `len - allowed + 1`
             // approvals have left the window; `allowed >= 1` (see `Compiled::new`).
@@ -250,8 +270,8 @@ pub fn evaluate(policy: &PolicySpec, ledger: &Ledger, request: &Request<'_>) -> 
         };
         let spent: u128 = ledger
             .granted(period, at, uid)
-            .filter_map(|(_, entry)| entry.amounts.get(label))
-            .map(|&amount| u128::from(amount))
+            .filter_map(|(_, entry)| parse_amount(entry.labels.get(label)?))
+            .map(u128::from)
             .sum();
         if spent + u128::from(amount) > u128::from(limit.limit) {
             return deny(
@@ -337,16 +357,18 @@ struct StoredApproval {
     /// Approval time, milliseconds since the Unix epoch.
     at_ms: u64,
     namespace: String,
-    amounts: BTreeMap<String, u64>,
+    /// The labels the policy's limits read.
+    labels: BTreeMap<String, String>,
 }
 
 /// What the counters need of one approval.
 #[derive(Clone, Debug)]
 struct Entry {
     namespace: String,
-    /// Every label holding a non-negative integer: spend limits sum these, and
-    /// keeping them all lets a limit added later count earlier approvals.
-    amounts: BTreeMap<String, u64>,
+    /// The request's labels: spend limits sum amount labels, label-scoped
+    /// rate limits count per value; keeping them all lets a limit added
+    /// later count earlier approvals.
+    labels: BTreeMap<String, String>,
 }
 
 impl Ledger {
@@ -379,12 +401,10 @@ impl Ledger {
         if self.uids.contains_key(approval.uid) {
             return false;
         }
-        let amounts =
-            approval.labels.iter().filter_map(|(label, value)| Some((label.clone(), parse_amount(value)?))).collect();
         self.uids.insert(approval.uid.to_owned(), approval.approved_at);
         self.entries.insert(
             (approval.approved_at, approval.uid.to_owned()),
-            Entry { namespace: approval.namespace.to_owned(), amounts },
+            Entry { namespace: approval.namespace.to_owned(), labels: approval.labels.clone() },
         );
         true
     }
@@ -411,18 +431,20 @@ impl Ledger {
 
     /// `uid`'s approval in the form the durable ledger stores it
     /// ([`Ledger::record_stored`] reads it back), or `None` when not recorded.
-    /// Of its amounts, only those `policy`'s spend limits read are kept, so
-    /// an entry's size does not grow with the request's labels.
+    /// Of its labels, only those `policy`'s limits read are kept, so an
+    /// entry's size does not grow with the request's labels.
     pub fn stored(&self, uid: &str, policy: &PolicySpec) -> Option<String> {
         let at = *self.uids.get(uid)?;
         let entry = self.entries.get(&(at, uid.to_owned()))?;
         // Approvals are never before the epoch; saturate rather than lose one.
         let at_ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let amounts = (entry.amounts.iter())
-            .filter(|(label, _)| policy.spend_limits.iter().any(|limit| &limit.amount_label == *label))
-            .map(|(label, amount)| (label.clone(), *amount))
-            .collect();
-        let stored = StoredApproval { at_ms, namespace: entry.namespace.clone(), amounts };
+        let read = |label: &String| {
+            policy.spend_limits.iter().any(|limit| &limit.amount_label == label)
+                || policy.rate_limits.iter().any(|limit| limit.label.as_ref() == Some(label))
+        };
+        let labels =
+            (entry.labels.iter()).filter(|(label, _)| read(label)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let stored = StoredApproval { at_ms, namespace: entry.namespace.clone(), labels };
         serde_json::to_string(&stored).ok()
     }
 
@@ -436,7 +458,7 @@ impl Ledger {
             return false;
         }
         self.uids.insert(uid.to_owned(), at);
-        self.entries.insert((at, uid.to_owned()), Entry { namespace: stored.namespace, amounts: stored.amounts });
+        self.entries.insert((at, uid.to_owned()), Entry { namespace: stored.namespace, labels: stored.labels });
         true
     }
 
@@ -505,6 +527,11 @@ impl<'p> Compiled<'p> {
             .map(|(i, limit)| {
                 if limit.requests == 0 {
                     return Err(invalid(format!("spec.policy.rateLimits[{i}].requests: must be at least 1")));
+                }
+                if (limit.scope == RateLimitScope::Label) != limit.label.is_some() {
+                    return Err(invalid(format!(
+                        "spec.policy.rateLimits[{i}].label: required with scope label, and allowed only with it"
+                    )));
                 }
                 Ok((limit, period(&limit.period, &format!("rateLimits[{i}]"))?))
             })
@@ -722,7 +749,10 @@ mod tests {
     }
 
     fn rate(scope: RateLimitScope, requests: u32, period: &str) -> PolicySpec {
-        PolicySpec { rate_limits: vec![RateLimit { scope, requests, period: period.into() }], ..PolicySpec::default() }
+        PolicySpec {
+            rate_limits: vec![RateLimit { scope, label: None, requests, period: period.into() }],
+            ..PolicySpec::default()
+        }
     }
 
     fn spend(label: &str, limit: u64, period: &str) -> PolicySpec {
@@ -1019,7 +1049,12 @@ mod tests {
     #[test]
     fn rebuilt_ledger_gives_the_same_decisions() {
         let policy = PolicySpec {
-            rate_limits: vec![RateLimit { scope: RateLimitScope::Namespace, requests: 2, period: "1h".into() }],
+            rate_limits: vec![RateLimit {
+                scope: RateLimitScope::Namespace,
+                label: None,
+                requests: 2,
+                period: "1h".into(),
+            }],
             ..spend("amount", 100, "24h")
         };
         let amounts = [labels(&[("amount", "40")]), labels(&[("amount", "50")]), labels(&[("amount", "5")])];
@@ -1092,7 +1127,12 @@ mod tests {
     #[test]
     fn forget_before_prunes_what_no_period_can_count() {
         let policy = PolicySpec {
-            rate_limits: vec![RateLimit { scope: RateLimitScope::Cluster, requests: 10, period: "1m".into() }],
+            rate_limits: vec![RateLimit {
+                scope: RateLimitScope::Cluster,
+                label: None,
+                requests: 10,
+                period: "1m".into(),
+            }],
             ..spend("amount", 10, "1h30m")
         };
         assert_eq!(longest_period(&policy), Some(Duration::from_secs(5400)));
@@ -1111,9 +1151,45 @@ mod tests {
     }
 
     #[test]
+    fn label_scope_counts_per_value_of_the_label() {
+        let policy = PolicySpec {
+            rate_limits: vec![RateLimit {
+                scope: RateLimitScope::Label,
+                label: Some("requester".into()),
+                requests: 1,
+                period: "1h".into(),
+            }],
+            ..PolicySpec::default()
+        };
+        let alice = labels(&[("requester", "alice")]);
+        let bob = labels(&[("requester", "bob")]);
+        let mut ledger = Ledger::new();
+        assert_eq!(ledger.admit(&policy, &labelled("a", &alice, NOON)), Ok(()));
+        let message = denied(ledger.admit(&policy, &labelled("b", &alice, NOON + 1)), Rule::RateLimit);
+        assert!(message.starts_with("rate limit of 1 requests per 1h for requester=alice reached"), "{message}");
+        assert_eq!(ledger.admit(&policy, &labelled("c", &bob, NOON + 2)), Ok(()));
+        let message = denied(ledger.admit(&policy, &request("d", "ns-a", NOON + 3)), Rule::RateLimit);
+        assert_eq!(message, "a rate limit counts requests per label requester, which the request is missing");
+        // The durable form keeps the label, so the count survives a restart.
+        let mut restored = Ledger::new();
+        assert!(restored.record_stored("a", &ledger.stored("a", &policy).unwrap()));
+        denied(restored.admit(&policy, &labelled("b", &alice, NOON + 4)), Rule::RateLimit);
+        // A label scope without a label (or a label without the scope) is a broken policy.
+        let mut broken = policy.clone();
+        broken.rate_limits[0].label = None;
+        let message = denied(evaluate(&broken, &Ledger::new(), &labelled("x", &alice, NOON)), Rule::InvalidPolicy);
+        assert!(message.contains("spec.policy.rateLimits[0].label"), "{message}");
+    }
+
+    #[test]
     fn the_durable_form_reads_back_to_the_same_counters() {
         let policy = PolicySpec {
-            rate_limits: vec![RateLimit { scope: RateLimitScope::Namespace, requests: 2, period: "1h".into() }],
+            rate_limits: vec![RateLimit {
+                scope: RateLimitScope::Namespace,
+                label: None,
+                requests: 2,
+                period: "1h".into(),
+            }],
             ..spend("amount", 100, "1h")
         };
         let sixty = labels(&[("amount", "60"), ("other", "7"), ("note", "x")]);
@@ -1128,7 +1204,7 @@ mod tests {
         assert!(restored.record_stored("a", &stored));
         assert!(!restored.record_stored("a", &stored), "a uid counts once");
         assert!(!restored.record_stored("z", "{\"atMs\": 1}x"), "garbage is refused");
-        assert!(!restored.record_stored("z", "{\"atMs\":1,\"namespace\":\"n\",\"amounts\":{},\"extra\":1}"));
+        assert!(!restored.record_stored("z", "{\"atMs\":1,\"namespace\":\"n\",\"labels\":{},\"extra\":1}"));
         assert_eq!(restored.len(), 1);
         // The restored entry spends the same 60 in the same namespace.
         let forty_one = labels(&[("amount", "41")]);
