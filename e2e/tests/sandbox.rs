@@ -12,6 +12,17 @@ fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// A fresh folder for a sandbox; it is removed when the guard drops.
+fn sandbox_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sandbox");
+    (tmp, dir)
+}
+
+fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 fn alive(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     !stat.is_empty() && !stat.rsplit(')').next().unwrap_or_default().trim_start().starts_with('Z')
@@ -19,8 +30,7 @@ fn alive(pid: i32) -> bool {
 
 #[test]
 fn up_status_kubectl_down() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("sandbox");
+    let (_tmp, dir) = sandbox_dir();
 
     let up = sandbox(&dir, &["up"]);
     assert!(up.status.success(), "{}", text(&up));
@@ -81,10 +91,8 @@ fn up_status_kubectl_down() {
 /// the script generates fresh primes when run by a person.
 #[test]
 fn demo_script_ends_with_a_signature_openssl_verifies() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("sandbox");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let fixture = root.join("node/tests/fixtures/primes.json");
+    let (_tmp, dir) = sandbox_dir();
+    let (root, fixture) = (repo(), torcus_e2e::testing::primes_fixture());
     let demo = Command::new("bash")
         .arg(root.join("scripts/demo.sh"))
         .env("TORCUS_SANDBOX_DIR", &dir)
@@ -109,10 +117,8 @@ fn a_cluster_signs_for_another_namespace_only_when_its_policy_names_it() {
     use k256::ecdsa::signature::hazmat::PrehashVerifier;
     use sha2::Digest;
 
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("sandbox");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let fixture = root.join("node/tests/fixtures/primes.json");
+    let (_tmp, dir) = sandbox_dir();
+    let (root, fixture) = (repo(), torcus_e2e::testing::primes_fixture());
     let up = sandbox(&dir, &["up", "--test-primes-fixture", fixture.to_str().unwrap()]);
     assert!(up.status.success(), "{}", text(&up));
     let kubectl = |args: &[&str], stdin: Option<&str>| {

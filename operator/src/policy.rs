@@ -1049,13 +1049,8 @@ mod tests {
     #[test]
     fn rebuilt_ledger_gives_the_same_decisions() {
         let policy = PolicySpec {
-            rate_limits: vec![RateLimit {
-                scope: RateLimitScope::Namespace,
-                label: None,
-                requests: 2,
-                period: "1h".into(),
-            }],
-            ..spend("amount", 100, "24h")
+            spend_limits: spend("amount", 100, "24h").spend_limits,
+            ..rate(RateLimitScope::Namespace, 2, "1h")
         };
         let amounts = [labels(&[("amount", "40")]), labels(&[("amount", "50")]), labels(&[("amount", "5")])];
         let uids = ["a", "b", "c"];
@@ -1127,13 +1122,8 @@ mod tests {
     #[test]
     fn forget_before_prunes_what_no_period_can_count() {
         let policy = PolicySpec {
-            rate_limits: vec![RateLimit {
-                scope: RateLimitScope::Cluster,
-                label: None,
-                requests: 10,
-                period: "1m".into(),
-            }],
-            ..spend("amount", 10, "1h30m")
+            spend_limits: spend("amount", 10, "1h30m").spend_limits,
+            ..rate(RateLimitScope::Cluster, 10, "1m")
         };
         assert_eq!(longest_period(&policy), Some(Duration::from_secs(5400)));
         assert_eq!(longest_period(&PolicySpec::default()), None);
@@ -1184,13 +1174,8 @@ mod tests {
     #[test]
     fn the_durable_form_reads_back_to_the_same_counters() {
         let policy = PolicySpec {
-            rate_limits: vec![RateLimit {
-                scope: RateLimitScope::Namespace,
-                label: None,
-                requests: 2,
-                period: "1h".into(),
-            }],
-            ..spend("amount", 100, "1h")
+            spend_limits: spend("amount", 100, "1h").spend_limits,
+            ..rate(RateLimitScope::Namespace, 2, "1h")
         };
         let sixty = labels(&[("amount", "60"), ("other", "7"), ("note", "x")]);
         let mut live = Ledger::new();
