@@ -32,6 +32,11 @@ pub struct Shared {
 pub fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
+        // The operator runs in the test process: TORCUS_TEST_LOG (an
+        // EnvFilter, such as `torcus_operator=debug`) shows what it does.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("TORCUS_TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("controlplane".into())

@@ -23,6 +23,7 @@ pub mod signing_controller;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -235,19 +236,46 @@ impl Args {
         let client_for_label = client.clone();
         let clusters = cluster_controller_stream(client.clone(), namespace.as_deref(), ctx.clone(), stop.clone());
         let requests = signing_controller_stream(client, namespace.as_deref(), ctx, stop.clone());
-        futures::join!(clusters, requests);
+        // Running reconciles get a grace period to finish, then are dropped:
+        // a grant is in the status before it is used, so the next leader
+        // resumes whatever was cut short.
+        let controllers = async { futures::join!(clusters, requests) };
+        let grace = async {
+            stop.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            _ = controllers => info!("controllers stopped"),
+            () = grace => warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "reconciles still running at the end of the shutdown grace period; abandoned"),
+        }
         if let Some((ns, pod)) = &own_pod {
             label_leader(&client_for_label, ns, pod, false).await;
         }
         metrics.leader.set(0);
         stop.cancel();
-        let _ = server.await;
+        let mut server = server;
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            Ok(_) => info!("server stopped"),
+            Err(_) => {
+                server.abort();
+                warn!(
+                    grace_s = SHUTDOWN_GRACE.as_secs(),
+                    "requests still open at the end of the shutdown grace period; abandoned"
+                );
+            }
+        }
         if let Some(lease) = lease_handle {
             let _ = lease.await;
+            info!("lease released");
         }
         Ok(())
     }
 }
+
+/// How long running reconciles, and then open requests to the operator's
+/// server, may take to finish once the operator is asked to stop; well
+/// inside a pod's default 30 s termination grace period.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the operator could not run.
 #[derive(Debug, thiserror::Error)]
