@@ -134,6 +134,10 @@ impl fmt::Display for Rule {
 /// ([`Rule::RateLimit`]) rather than approved without a durable count.
 pub const LEDGER_CAPACITY: usize = 3_000;
 
+/// Longest label value a label-scoped rate limit counts (a Kubernetes
+/// label value's limit).
+pub const MAX_COUNTED_LABEL: usize = 63;
+
 /// Decides `request` under `policy`, with counters taken from `ledger`.
 ///
 /// Rules are checked in the order of [`Rule`]; the first that fails denies.
@@ -211,6 +215,16 @@ pub fn evaluate(policy: &PolicySpec, ledger: &Ledger, request: &Request<'_>) -> 
         // With scope label, the label and this request's value of it.
         let counted_by = match (limit.scope, limit.label.as_deref()) {
             (RateLimitScope::Label, Some(key)) => match labels.get(key) {
+                // Bounded like a Kubernetes label value: the ledger stores it.
+                Some(value) if value.len() > MAX_COUNTED_LABEL => {
+                    return deny(
+                        Rule::RateLimit,
+                        format!(
+                            "label {key} is {} bytes long; a rate limit counts values of at most {MAX_COUNTED_LABEL}",
+                            value.len()
+                        ),
+                    );
+                }
                 Some(value) => Some((key, value)),
                 None => {
                     return deny(
@@ -266,7 +280,12 @@ pub fn evaluate(policy: &PolicySpec, ledger: &Ledger, request: &Request<'_>) -> 
             );
         };
         let Some(amount) = parse_amount(raw) else {
-            return deny(Rule::SpendLimit, format!("label {label} is {raw:?}, not a non-negative integer amount"));
+            // The value is the requester's: quoted only when short.
+            let shown = if raw.len() <= 32 { format!("{raw:?}") } else { format!("{} bytes long", raw.len()) };
+            return deny(
+                Rule::SpendLimit,
+                format!("label {label} is {shown}, not a non-negative integer amount of at most 20 digits"),
+            );
         };
         let spent: u128 = ledger
             .granted(period, at, uid)
@@ -348,6 +367,9 @@ pub struct Ledger {
     uids: HashMap<String, SystemTime>,
     /// Entries ordered by approval time, so a window is a range.
     entries: BTreeMap<(SystemTime, String), Entry>,
+    /// Uids forgotten here that the durable copy may still hold, until
+    /// [`Ledger::synced`] says they are gone there too.
+    expired: std::collections::BTreeSet<String>,
 }
 
 /// An approval as the durable ledger stores it, under the request's uid.
@@ -418,7 +440,21 @@ impl Ledger {
         for uid in &forgotten {
             self.uids.remove(uid);
         }
+        self.expired.extend(forgotten.iter().cloned());
         forgotten
+    }
+
+    /// Uids forgotten since the durable copy last dropped them: to drop
+    /// with the next write.
+    pub fn expired(&self) -> Vec<String> {
+        self.expired.iter().cloned().collect()
+    }
+
+    /// The durable copy no longer holds `uids`.
+    pub fn synced(&mut self, uids: &[String]) {
+        for uid in uids {
+            self.expired.remove(uid);
+        }
     }
 
     /// Takes back the approval of `uid`, such as one that could not be
@@ -438,12 +474,19 @@ impl Ledger {
         let entry = self.entries.get(&(at, uid.to_owned()))?;
         // Approvals are never before the epoch; saturate rather than lose one.
         let at_ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let read = |label: &String| {
-            policy.spend_limits.iter().any(|limit| &limit.amount_label == label)
-                || policy.rate_limits.iter().any(|limit| limit.label.as_ref() == Some(label))
+        // Only what a limit can count: amounts parse from at most 20 bytes,
+        // counted label values are at most MAX_COUNTED_LABEL.
+        let read = |label: &String, value: &String| {
+            let amount =
+                policy.spend_limits.iter().any(|limit| &limit.amount_label == label) && parse_amount(value).is_some();
+            let counted = policy.rate_limits.iter().any(|limit| limit.label.as_ref() == Some(label))
+                && value.len() <= MAX_COUNTED_LABEL;
+            amount || counted
         };
-        let labels =
-            (entry.labels.iter()).filter(|(label, _)| read(label)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let labels = (entry.labels.iter())
+            .filter(|(label, value)| read(label, value))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let stored = StoredApproval { at_ms, namespace: entry.namespace.clone(), labels };
         serde_json::to_string(&stored).ok()
     }
@@ -668,8 +711,10 @@ fn period(value: &str, field: &str) -> Result<Duration, Denial> {
 }
 
 /// A label value as an amount: a non-negative integer.
+/// A non-negative integer of at most 20 digits (`u64::MAX` has 20), so an
+/// amount label cannot be padded with zeros to any length.
 fn parse_amount(value: &str) -> Option<u64> {
-    value.bytes().all(|b| b.is_ascii_digit()).then(|| value.parse().ok()).flatten()
+    (value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit())).then(|| value.parse().ok()).flatten()
 }
 
 /// `HH:MM` to minutes of the day.
@@ -1027,8 +1072,21 @@ mod tests {
                 evaluate(&policy, &ledger, &Request { labels: &labels, ..request("a", "ns-a", NOON) }),
                 Rule::SpendLimit,
             );
-            assert_eq!(message, format!("label amount is {bad:?}, not a non-negative integer amount"));
+            assert_eq!(
+                message,
+                format!("label amount is {bad:?}, not a non-negative integer amount of at most 20 digits")
+            );
         }
+        // Zero padding cannot make an amount (or its stored copy) long.
+        let padded = labels(&[("amount", &format!("{}1", "0".repeat(300_000)))]);
+        let message = denied(
+            evaluate(&policy, &ledger, &Request { labels: &padded, ..request("a", "ns-a", NOON) }),
+            Rule::SpendLimit,
+        );
+        assert_eq!(
+            message,
+            "label amount is 300001 bytes long, not a non-negative integer amount of at most 20 digits"
+        );
     }
 
     #[test]
@@ -1164,6 +1222,16 @@ mod tests {
         let mut restored = Ledger::new();
         assert!(restored.record_stored("a", &ledger.stored("a", &policy).unwrap()));
         denied(restored.admit(&policy, &labelled("b", &alice, NOON + 4)), Rule::RateLimit);
+        // Counted values are bounded like Kubernetes label values.
+        let long = labels(&[("requester", &"x".repeat(64))]);
+        let message = denied(ledger.admit(&policy, &labelled("e", &long, NOON + 5)), Rule::RateLimit);
+        assert_eq!(message, "label requester is 64 bytes long; a rate limit counts values of at most 63");
+        // Forgotten approvals wait to be dropped from the durable copy until it says so.
+        assert!(ledger.expired().is_empty());
+        let forgotten = ledger.forget_before(at(NOON + 3600));
+        assert_eq!(ledger.expired(), forgotten);
+        ledger.synced(&forgotten);
+        assert!(ledger.expired().is_empty());
         // A label scope without a label (or a label without the scope) is a broken policy.
         let mut broken = policy.clone();
         broken.rate_limits[0].label = None;

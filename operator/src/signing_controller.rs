@@ -201,7 +201,10 @@ impl<'a> Reconcile<'a> {
 
     /// A request in `Signing` with a recorded grant: find out how it went.
     async fn resume(&mut self) -> Result<Action> {
-        let Some(mpc) = self.cluster().await? else {
+        // A 403 here is an error to retry, not a missing cluster: the cluster
+        // was readable when this grant was issued.
+        let clusters: Api<MpcCluster> = Api::namespaced(self.ctx.client.clone(), &self.cluster_ns);
+        let Some(mpc) = clusters.get_opt(&self.sr.spec.cluster).await? else {
             return self.fail("UnknownCluster", "the MpcCluster was deleted while signing".into()).await;
         };
         let grant = self.recorded_grant(&mpc).await?;
@@ -453,47 +456,60 @@ impl<'a> Reconcile<'a> {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(self.load_ledger(mpc).await?),
         };
-        let expired = now
-            .checked_sub(limits.unwrap_or(UNLIMITED_RETENTION))
-            .map(|cutoff| ledger.forget_before(cutoff))
-            .unwrap_or_default();
-        if ledger.contains(&self.uid) {
-            return Ok(Ok(()));
+        if let Some(cutoff) = now.checked_sub(limits.unwrap_or(UNLIMITED_RETENTION)) {
+            ledger.forget_before(cutoff);
         }
-        let request = policy::Request {
-            uid: &self.uid,
-            namespace: &self.ns,
-            cluster_namespace: &self.cluster_ns,
-            labels: &spec.labels,
-            payload_bytes,
-            at: now,
-        };
-        if let Err(denial) = ledger.admit(policy, &request) {
-            return Ok(Err(denial));
+        let known = ledger.contains(&self.uid);
+        if !known {
+            let request = policy::Request {
+                uid: &self.uid,
+                namespace: &self.ns,
+                cluster_namespace: &self.cluster_ns,
+                labels: &spec.labels,
+                payload_bytes,
+                at: now,
+            };
+            if let Err(denial) = ledger.admit(policy, &request) {
+                return Ok(Err(denial));
+            }
         }
-        // `stored` is `Some`: `admit` has just recorded the uid.
+        // Written again for a known uid too (the write is idempotent): it
+        // may have been approved in memory only, under a policy without
+        // limits, before its status could be written.
         if limits.is_some()
             && let Some(stored) = ledger.stored(&self.uid, policy)
-            && let Err(e) = crate::ledger::append(&self.ctx.client, mpc, &self.uid, &stored, &expired).await
         {
-            ledger.remove(&self.uid);
-            return Err(e);
+            let expired = ledger.expired();
+            match crate::ledger::append(&self.ctx.client, mpc, &self.uid, &stored, &expired).await {
+                Ok(()) => ledger.synced(&expired),
+                // The API server refuses the write itself (the ConfigMap
+                // would be too large): a denial with the reason, not a retry
+                // that never ends.
+                Err(Error::Kube(kube::Error::Api(status))) if matches!(status.code, 413 | 422) => {
+                    ledger.remove(&self.uid);
+                    let message =
+                        format!("the cluster's policy ledger cannot record this approval: {}", status.message);
+                    return Ok(Err(policy::Denial { rule: policy::Rule::RateLimit, message }));
+                }
+                Err(e) => {
+                    if !known {
+                        ledger.remove(&self.uid);
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(Ok(()))
     }
 
-    /// The cluster's ledger as the API holds it: the ledger ConfigMap, and
-    /// the requests approved before it existed (`status.approvedAt`).
+    /// The cluster's ledger as the API holds it: the approved requests of
+    /// the cluster's namespace that still exist (first, with all their
+    /// labels, so that a limit added since counts them in full), then the
+    /// ledger ConfigMap, which also holds the deleted ones and those from
+    /// other namespaces.
     async fn load_ledger(&self, mpc: &MpcCluster) -> Result<Ledger> {
         let cluster = mpc.name_any();
         let mut ledger = Ledger::new();
-        for (uid, value) in crate::ledger::load(&self.ctx.client, mpc).await? {
-            if !ledger.record_stored(&uid, &value) {
-                warn!(cluster, uid, "policy ledger entry does not parse; skipped");
-            }
-        }
-        // Approvals from before the ledger existed, which were all of
-        // requests in the cluster's namespace.
         let api: Api<SigningRequest> = Api::namespaced(self.ctx.client.clone(), &self.cluster_ns);
         let all = api.list(&ListParams::default()).await?;
         let same_cluster = |sr: &&SigningRequest| {
@@ -501,6 +517,11 @@ impl<'a> Reconcile<'a> {
         };
         for approval in all.items.iter().filter(same_cluster).filter_map(Approval::from_signing_request) {
             ledger.record(approval);
+        }
+        for (uid, value) in crate::ledger::load(&self.ctx.client, mpc).await? {
+            if !ledger.contains(&uid) && !ledger.record_stored(&uid, &value) {
+                warn!(cluster, uid, "policy ledger entry does not parse; skipped");
+            }
         }
         Ok(ledger)
     }
