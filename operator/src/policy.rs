@@ -420,28 +420,33 @@ impl Ledger {
     /// Records an approval; returns `false` (and changes nothing) when its
     /// uid is already recorded.
     pub fn record(&mut self, approval: Approval<'_>) -> bool {
-        if self.uids.contains_key(approval.uid) {
+        self.insert(
+            approval.uid,
+            approval.approved_at,
+            Entry { namespace: approval.namespace.to_owned(), labels: approval.labels.clone() },
+        )
+    }
+
+    /// Records `entry` for `uid` at `at`, unless `uid` is recorded already.
+    fn insert(&mut self, uid: &str, at: SystemTime, entry: Entry) -> bool {
+        if self.uids.contains_key(uid) {
             return false;
         }
-        self.uids.insert(approval.uid.to_owned(), approval.approved_at);
-        self.entries.insert(
-            (approval.approved_at, approval.uid.to_owned()),
-            Entry { namespace: approval.namespace.to_owned(), labels: approval.labels.clone() },
-        );
+        self.uids.insert(uid.to_owned(), at);
+        self.entries.insert((at, uid.to_owned()), entry);
         true
     }
 
-    /// Drops approvals from before `cutoff`, such as `now - longest_period(policy)`,
-    /// and returns their uids, so a durable copy can drop them too.
-    pub fn forget_before(&mut self, cutoff: SystemTime) -> Vec<String> {
+    /// Drops approvals from before `cutoff`, such as `now - longest_period(policy)`;
+    /// their uids wait in [`Ledger::expired`] for the durable copy to drop them.
+    pub fn forget_before(&mut self, cutoff: SystemTime) {
         let kept = self.entries.split_off(&(cutoff, String::new()));
         let forgotten: Vec<String> =
             std::mem::replace(&mut self.entries, kept).into_keys().map(|(_, uid)| uid).collect();
         for uid in &forgotten {
             self.uids.remove(uid);
         }
-        self.expired.extend(forgotten.iter().cloned());
-        forgotten
+        self.expired.extend(forgotten);
     }
 
     /// Uids forgotten since the durable copy last dropped them: to drop
@@ -497,12 +502,7 @@ impl Ledger {
     pub fn record_stored(&mut self, uid: &str, value: &str) -> bool {
         let Ok(stored) = serde_json::from_str::<StoredApproval>(value) else { return false };
         let Some(at) = UNIX_EPOCH.checked_add(Duration::from_millis(stored.at_ms)) else { return false };
-        if self.uids.contains_key(uid) {
-            return false;
-        }
-        self.uids.insert(uid.to_owned(), at);
-        self.entries.insert((at, uid.to_owned()), Entry { namespace: stored.namespace, labels: stored.labels });
-        true
+        self.insert(uid, at, Entry { namespace: stored.namespace, labels: stored.labels })
     }
 
     /// Whether the request with this uid is recorded.
@@ -1190,7 +1190,8 @@ mod tests {
             [("a", NOON), ("b", NOON + 100), ("c", NOON + 200)]
                 .map(|(uid, secs)| Approval::from(&request(uid, "ns-a", secs))),
         );
-        assert_eq!(ledger.forget_before(at(NOON + 100)), ["a"]);
+        ledger.forget_before(at(NOON + 100));
+        assert_eq!(ledger.expired(), ["a"]);
         assert!(!ledger.contains("a"));
         assert!(ledger.contains("b") && ledger.contains("c"));
         assert_eq!(ledger.len(), 2);
@@ -1228,8 +1229,9 @@ mod tests {
         assert_eq!(message, "label requester is 64 bytes long; a rate limit counts values of at most 63");
         // Forgotten approvals wait to be dropped from the durable copy until it says so.
         assert!(ledger.expired().is_empty());
-        let forgotten = ledger.forget_before(at(NOON + 3600));
-        assert_eq!(ledger.expired(), forgotten);
+        ledger.forget_before(at(NOON + 3600));
+        let forgotten = ledger.expired();
+        assert_eq!(forgotten, ["a", "c"]);
         ledger.synced(&forgotten);
         assert!(ledger.expired().is_empty());
         // A label scope without a label (or a label without the scope) is a broken policy.
