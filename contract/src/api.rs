@@ -86,7 +86,7 @@ pub enum Outcome {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         chain_code: Option<String>,
     },
-    /// A digest was signed.
+    /// A message was signed.
     Signature(SignatureOut),
 }
 
@@ -159,17 +159,21 @@ pub struct KeyInfo {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PresignaturePools {
-    /// One entry per (key, signer set) this node holds presignatures for,
-    /// or has made or used some for since it started.
+    /// One entry per (key, derivation path, signer set) this node holds
+    /// presignatures for, or has made or used some for since it started.
     pub pools: Vec<PresignaturePool>,
 }
 
-/// The presignatures of one key and signer set on one node.
+/// The presignatures of one key, derivation path and signer set on one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PresignaturePool {
     /// Key name.
     pub key: String,
+    /// The derivation path the presignatures are bound to (empty: the key
+    /// itself): they sign only for this path.
+    #[serde(default)]
+    pub path: Vec<u32>,
     /// The signer set, ascending: only a signing session among exactly these
     /// parties can use the presignatures.
     pub participants: Vec<u16>,

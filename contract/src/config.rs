@@ -48,8 +48,14 @@ pub struct ClusterConfig {
     pub keys: Vec<String>,
     /// Hex Ed25519 public key that verifies the operator's grants.
     pub grant_public_key: String,
-    /// Presignatures to keep per signer set.
+    /// Presignatures to keep per key, derivation path and signer set.
     pub presignature_pool_size: u16,
+    /// The derivation paths (non-hardened indices; empty: the key itself)
+    /// whose presignatures nodes keep, per key. A presignature is bound to
+    /// its path before it is made; a request for any other path runs the
+    /// full protocol.
+    #[serde(default = "root_only")]
+    pub presignature_paths: Vec<Vec<u32>>,
     /// Operator registry/relay base URL, when one is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_url: Option<String>,
@@ -76,6 +82,14 @@ pub struct Peer {
     /// sealed end to end; required in every transport mode but `quic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal_key: Option<String>,
+}
+
+/// Most derivation paths a cluster keeps presignatures for: every path
+/// multiplies the pools each node fills and holds in memory.
+pub const MAX_PRESIGNATURE_PATHS: usize = 8;
+
+fn root_only() -> Vec<Vec<u32>> {
+    vec![Vec::new()]
 }
 
 /// Why a configuration cannot be used.
@@ -109,6 +123,20 @@ impl ClusterConfig {
         if let Some((i, p)) = self.peers.iter().enumerate().find(|(i, p)| usize::from(p.index) != *i) {
             return inconsistent(format!("peer at position {i} has index {}", p.index));
         }
+        if self.presignature_paths.len() > MAX_PRESIGNATURE_PATHS {
+            return inconsistent(format!(
+                "{} presignature paths, at most {MAX_PRESIGNATURE_PATHS}",
+                self.presignature_paths.len()
+            ));
+        }
+        for (i, path) in self.presignature_paths.iter().enumerate() {
+            if path.len() > crate::MAX_DERIVATION_DEPTH || path.iter().any(|index| *index >= crate::HARDENED_INDEX) {
+                return inconsistent(format!("presignature path {i} is not a non-hardened path"));
+            }
+            if self.presignature_paths[..i].contains(path) {
+                return inconsistent(format!("presignature path {i} is listed twice"));
+            }
+        }
         let sealed = matches!(self.transport.as_str(), "tcp" | "http" | "hybrid");
         for p in &self.peers {
             match p.seal_key.as_deref() {
@@ -141,6 +169,7 @@ impl ClusterConfig {
             keys: vec!["default".into()],
             grant_public_key: "00".repeat(32),
             presignature_pool_size: 4,
+            presignature_paths: root_only(),
             registry_url: None,
             peers: (0..nodes)
                 .map(|index| Peer {
@@ -176,6 +205,21 @@ mod tests {
         c.peers.swap(0, 1);
         assert!(c.check().is_err());
         assert!(ClusterConfig::from_json(b"{not json").is_err());
+        let mut c = ClusterConfig::sample("demo", "default", 3, 2);
+        c.presignature_paths = vec![vec![0, 1 << 31]];
+        assert!(matches!(c.check(), Err(ConfigError::Inconsistent(m)) if m.contains("non-hardened")));
+        c.presignature_paths = vec![vec![], vec![]];
+        assert!(matches!(c.check(), Err(ConfigError::Inconsistent(m)) if m.contains("twice")));
+        c.presignature_paths = (0..9).map(|i| vec![i]).collect();
+        assert!(matches!(c.check(), Err(ConfigError::Inconsistent(m)) if m.contains("at most")));
+    }
+
+    #[test]
+    fn presignature_paths_default_to_the_root() {
+        let mut value = serde_json::to_value(ClusterConfig::sample("demo", "default", 3, 2)).unwrap();
+        value.as_object_mut().unwrap().remove("presignaturePaths");
+        let c: ClusterConfig = serde_json::from_value(value).unwrap();
+        assert_eq!(c.presignature_paths, vec![Vec::<u32>::new()]);
     }
 
     #[test]

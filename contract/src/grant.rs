@@ -9,6 +9,13 @@
 //! that fails any other check never uses up its session id. Everything both
 //! sides derive from a grant (session id, MPC execution id, initiator) comes
 //! from the signed bytes, never from the JSON.
+//!
+//! A signing grant names what is signed as a [`SignMessage`]: a payload
+//! with the hash the nodes apply to it themselves (the only kind a
+//! presignature may sign), or a raw digest, which the nodes sign only with
+//! the full interactive protocol. A payload grant also carries the digest
+//! the issuer computed, and a grant whose payload does not hash to it is
+//! refused by [`Grant::check`], on the issuer and on every node.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -20,18 +27,21 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The only grant format version this crate issues and accepts.
-pub const GRANT_VERSION: u8 = 2;
+pub const GRANT_VERSION: u8 = 3;
 /// How far in the future `issued_at` may be before a grant is refused, to
 /// absorb clock differences between the operator and the nodes.
 pub const CLOCK_SKEW_SECS: u64 = 30;
 /// First bytes of every [`Grant::canonical_bytes`], so a grant signature can
 /// never be mistaken for a signature over anything else.
-pub const GRANT_DOMAIN: &[u8] = b"torcus-grant-v2";
+pub const GRANT_DOMAIN: &[u8] = b"torcus-grant-v3";
 /// First hardened BIP-32 index; grants only carry non-hardened derivation
 /// indices (the nodes derive child keys from the shared public key alone).
 pub const HARDENED_INDEX: u32 = 1 << 31;
 /// Deepest derivation path a grant may carry (BIP-32 stores depth in a byte).
 pub const MAX_DERIVATION_DEPTH: usize = 255;
+/// Largest payload a signing grant may carry: the most a SigningRequest may
+/// hold (192 KiB, as base64).
+pub const MAX_PAYLOAD_BYTES: usize = 192 * 1024;
 
 const SESSION_DOMAIN: &[u8] = b"torcus-session:";
 const EXECUTION_DOMAIN: &[u8] = b"torcus-eid:";
@@ -39,6 +49,110 @@ const INITIATOR_DOMAIN: &[u8] = b"torcus-initiator:";
 
 const KIND_KEYGEN: u8 = 0x01;
 const KIND_SIGN: u8 = 0x02;
+const MESSAGE_DIGEST: u8 = 0x01;
+const MESSAGE_PAYLOAD: u8 = 0x02;
+
+/// How a payload is hashed into the digest that is signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashAlgorithm {
+    /// SHA-256.
+    Sha256,
+    /// Keccak-256, as Ethereum uses.
+    Keccak256,
+    /// SHA-256 of SHA-256, as Bitcoin's sighashes use.
+    Sha256d,
+}
+
+impl HashAlgorithm {
+    /// The digest of `payload`.
+    pub fn digest(self, payload: &[u8]) -> [u8; 32] {
+        match self {
+            Self::Sha256 => Sha256::digest(payload).into(),
+            Self::Keccak256 => sha3::Keccak256::digest(payload).into(),
+            Self::Sha256d => Sha256::digest(Sha256::digest(payload)).into(),
+        }
+    }
+
+    /// The name used in the API and in grants' JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sha256 => "sha256",
+            Self::Keccak256 => "keccak256",
+            Self::Sha256d => "sha256d",
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            Self::Sha256 => 0x01,
+            Self::Keccak256 => 0x02,
+            Self::Sha256d => 0x03,
+        }
+    }
+}
+
+/// What a signing grant signs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum SignMessage {
+    /// A requester's 32-byte digest, whose preimage nobody here knows: the
+    /// nodes sign it with the full interactive protocol only, never with a
+    /// presignature (eprint 2021/1330 §1.1.2).
+    Digest {
+        /// The digest.
+        #[serde(with = "hex")]
+        digest: [u8; 32],
+    },
+    /// A payload every node hashes itself with `hash`; a presignature made
+    /// for the grant's key, path and signer set may sign it.
+    Payload {
+        /// How the payload is hashed.
+        hash: HashAlgorithm,
+        /// The payload, at most [`MAX_PAYLOAD_BYTES`].
+        #[serde(with = "hex")]
+        payload: Vec<u8>,
+        /// The digest the issuer computed (and checked the signature
+        /// against); a payload that does not hash to it is refused.
+        #[serde(with = "hex")]
+        digest: [u8; 32],
+    },
+}
+
+impl SignMessage {
+    /// A payload message, with its digest computed here.
+    pub fn payload(hash: HashAlgorithm, payload: Vec<u8>) -> Self {
+        let digest = hash.digest(&payload);
+        Self::Payload { hash, payload, digest }
+    }
+
+    /// The 32-byte digest that is signed.
+    pub fn digest(&self) -> [u8; 32] {
+        match self {
+            Self::Digest { digest } | Self::Payload { digest, .. } => *digest,
+        }
+    }
+
+    /// Whether the nodes hash the message themselves.
+    pub fn is_payload(&self) -> bool {
+        matches!(self, Self::Payload { .. })
+    }
+}
+
+impl std::fmt::Debug for SignMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A payload can be large: its length and digest say enough in logs.
+        match self {
+            Self::Digest { digest } => f.debug_struct("Digest").field("digest", &hex::encode(digest)).finish(),
+            Self::Payload { hash, payload, digest } => f
+                .debug_struct("Payload")
+                .field("hash", hash)
+                .field("bytes", &payload.len())
+                .field("digest", &hex::encode(digest))
+                .finish(),
+        }
+    }
+}
 
 /// What a grant allows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,13 +175,12 @@ pub enum GrantKind {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         supersedes: Vec<String>,
     },
-    /// Sign one 32-byte digest with the key `key`, derived along `derivation_path`.
+    /// Sign one message with the key `key`, derived along `derivation_path`.
     Sign {
         /// Key name, as listed in the cluster configuration.
         key: String,
-        /// The message digest to sign (the payload is hashed by the requester).
-        #[serde(with = "hex")]
-        digest: [u8; 32],
+        /// What is signed: a payload the nodes hash, or a raw digest.
+        message: SignMessage,
         /// Non-hardened BIP-32 child indices, each below [`HARDENED_INDEX`];
         /// empty signs with the key itself.
         derivation_path: Vec<u32>,
@@ -123,7 +236,7 @@ impl Grant {
     ///
     /// | bytes   | field                                                    |
     /// |---------|----------------------------------------------------------|
-    /// | 15      | domain tag `b"torcus-grant-v2"` ([`GRANT_DOMAIN`])       |
+    /// | 15      | domain tag `b"torcus-grant-v3"` ([`GRANT_DOMAIN`])       |
     /// | 1       | `version`                                                |
     /// | 16      | `grant_id`                                               |
     /// | 8 + n   | `namespace`: byte length as u64, then UTF-8 bytes        |
@@ -132,7 +245,7 @@ impl Grant {
     /// | 8 + n   | `key`: byte length as u64, then UTF-8 bytes              |
     /// | 1 (+8+n)| keygen only: `aux_info`: 0 absent, or 1 then as `key`    |
     /// | 8 + …   | keygen only: `supersedes`: count as u64, then each as `key` |
-    /// | 32      | sign only: `digest`                                      |
+    /// | 1 + …   | sign only: message tag, `0x01` digest then its 32 bytes, or `0x02` payload then the hash tag (`0x01` sha256, `0x02` keccak256, `0x03` sha256d), the payload's byte length as u64 and its bytes, and the 32-byte digest |
     /// | 8 + 4·k | sign only: `derivation_path`: count as u64, then each u32 |
     /// | 8 + 2·p | `participants`: count as u64, then each u16              |
     /// | 16      | `nonce`                                                  |
@@ -143,7 +256,11 @@ impl Grant {
     /// change of [`GRANT_VERSION`] and of the domain tag.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let Self { version, grant_id, namespace, cluster, kind, participants, nonce, issued_at, expires_at } = self;
-        let mut out = Vec::with_capacity(128 + namespace.len() + cluster.len());
+        let payload_len = match kind {
+            GrantKind::Sign { message: SignMessage::Payload { payload, .. }, .. } => payload.len(),
+            _ => 0,
+        };
+        let mut out = Vec::with_capacity(128 + namespace.len() + cluster.len() + payload_len);
         out.extend_from_slice(GRANT_DOMAIN);
         out.push(*version);
         out.extend_from_slice(grant_id);
@@ -165,10 +282,21 @@ impl Grant {
                     put_bytes(&mut out, public_key.as_bytes());
                 }
             }
-            GrantKind::Sign { key, digest, derivation_path } => {
+            GrantKind::Sign { key, message, derivation_path } => {
                 out.push(KIND_SIGN);
                 put_bytes(&mut out, key.as_bytes());
-                out.extend_from_slice(digest);
+                match message {
+                    SignMessage::Digest { digest } => {
+                        out.push(MESSAGE_DIGEST);
+                        out.extend_from_slice(digest);
+                    }
+                    SignMessage::Payload { hash, payload, digest } => {
+                        out.push(MESSAGE_PAYLOAD);
+                        out.push(hash.tag());
+                        put_bytes(&mut out, payload);
+                        out.extend_from_slice(digest);
+                    }
+                }
                 put_len(&mut out, derivation_path.len());
                 for index in derivation_path {
                     out.extend_from_slice(&index.to_be_bytes());
@@ -231,7 +359,9 @@ impl Grant {
     /// Checks the version and the shape of the grant, not its signature nor
     /// its time window: participants non-empty and strictly ascending,
     /// derivation indices non-hardened and at most [`MAX_DERIVATION_DEPTH`] of
-    /// them, `expires_at` after `issued_at`. The issuer runs it before signing.
+    /// them, a payload of at most [`MAX_PAYLOAD_BYTES`] that hashes to the
+    /// digest the grant names, `expires_at` after `issued_at`. The issuer
+    /// runs it before signing.
     pub fn check(&self) -> Result<(), GrantError> {
         if self.version != GRANT_VERSION {
             return Err(GrantError::UnsupportedVersion(self.version));
@@ -258,7 +388,15 @@ impl Grant {
                 return malformed(format!("superseded public key {pk:?} is not 66 lowercase hex digits"));
             }
         }
-        if let GrantKind::Sign { derivation_path, .. } = &self.kind {
+        if let GrantKind::Sign { derivation_path, message, .. } = &self.kind {
+            if let SignMessage::Payload { hash, payload, digest } = message {
+                if payload.len() > MAX_PAYLOAD_BYTES {
+                    return malformed(format!("payload is {} bytes, above {MAX_PAYLOAD_BYTES}", payload.len()));
+                }
+                if hash.digest(payload) != *digest {
+                    return Err(GrantError::DigestMismatch { hash: *hash });
+                }
+            }
             if derivation_path.len() > MAX_DERIVATION_DEPTH {
                 return malformed(format!("derivation path is {} deep", derivation_path.len()));
             }
@@ -430,6 +568,14 @@ pub enum GrantError {
     /// The grant is of a format version this node does not know.
     #[error("grant version {0} is not supported")]
     UnsupportedVersion(u8),
+    /// The payload of a signing grant does not hash to the digest the grant
+    /// names: the issuer recorded (and will check the signature against)
+    /// another message than the one the nodes would sign.
+    #[error("the grant's payload does not hash ({}) to the digest the grant names", hash.as_str())]
+    DigestMismatch {
+        /// The hash the grant names.
+        hash: HashAlgorithm,
+    },
     /// The used-session store could not record the session id.
     #[error("cannot record the grant session id")]
     Storage(#[from] io::Error),
@@ -446,6 +592,7 @@ impl GrantError {
             Self::Replayed => "replayed",
             Self::Malformed(_) => "malformed",
             Self::UnsupportedVersion(_) => "unsupported_version",
+            Self::DigestMismatch { .. } => "digest_mismatch",
             Self::Storage(_) => "storage",
         }
     }
@@ -488,7 +635,11 @@ mod tests {
             grant_id: [1; 16],
             namespace: "payments".into(),
             cluster: "demo".into(),
-            kind: GrantKind::Sign { key: "default".into(), digest: [9; 32], derivation_path: vec![0, 7] },
+            kind: GrantKind::Sign {
+                key: "default".into(),
+                message: SignMessage::Digest { digest: [9; 32] },
+                derivation_path: vec![0, 7],
+            },
             participants: vec![0, 2, 4],
             nonce: [3; 16],
             issued_at: NOW,
@@ -541,8 +692,23 @@ mod tests {
                 }
             }),
             ("digest", |g| {
-                if let GrantKind::Sign { digest, .. } = &mut g.kind {
+                if let GrantKind::Sign { message: SignMessage::Digest { digest }, .. } = &mut g.kind {
                     digest[31] ^= 1;
+                }
+            }),
+            ("digest to payload", |g| {
+                if let GrantKind::Sign { message, .. } = &mut g.kind {
+                    *message = SignMessage::payload(HashAlgorithm::Sha256, b"hello torcus".to_vec());
+                }
+            }),
+            ("payload hash", |g| {
+                if let GrantKind::Sign { message, .. } = &mut g.kind {
+                    *message = SignMessage::payload(HashAlgorithm::Sha256d, b"hello torcus".to_vec());
+                }
+            }),
+            ("payload bytes", |g| {
+                if let GrantKind::Sign { message, .. } = &mut g.kind {
+                    *message = SignMessage::payload(HashAlgorithm::Sha256, b"hello torcut".to_vec());
                 }
             }),
             ("derivation index", |g| path(g)[1] += 1),
@@ -578,7 +744,7 @@ mod tests {
     #[test]
     fn canonical_layout_is_pinned() {
         let g = Grant {
-            version: 2,
+            version: 3,
             grant_id: [0xaa; 16],
             namespace: "ns".into(),
             cluster: "c".into(),
@@ -588,8 +754,8 @@ mod tests {
             issued_at: 5,
             expires_at: 0x0102,
         };
-        let mut expected = b"torcus-grant-v2".to_vec();
-        expected.push(2);
+        let mut expected = b"torcus-grant-v3".to_vec();
+        expected.push(3);
         expected.extend([0xaa; 16]);
         expected.extend([0, 0, 0, 0, 0, 0, 0, 2, b'n', b's']);
         expected.extend([0, 0, 0, 0, 0, 0, 0, 1, b'c']);
@@ -602,12 +768,26 @@ mod tests {
         assert_eq!(g.canonical_bytes(), expected);
 
         let mut sign = grant();
-        sign.kind = GrantKind::Sign { key: "k".into(), digest: [0xcc; 32], derivation_path: vec![0x0a0b_0c0d] };
+        sign.kind = GrantKind::Sign {
+            key: "k".into(),
+            message: SignMessage::Digest { digest: [0xcc; 32] },
+            derivation_path: vec![0x0a0b_0c0d],
+        };
         let bytes = sign.canonical_bytes();
-        let mut kind = vec![0x02, 0, 0, 0, 0, 0, 0, 0, 1, b'k'];
+        let mut kind = vec![0x02, 0, 0, 0, 0, 0, 0, 0, 1, b'k', 0x01];
         kind.extend([0xcc; 32]);
         kind.extend([0, 0, 0, 0, 0, 0, 0, 1, 0x0a, 0x0b, 0x0c, 0x0d]);
         assert!(bytes.windows(kind.len()).any(|w| w == kind), "sign kind layout");
+
+        let message = SignMessage::payload(HashAlgorithm::Keccak256, b"xy".to_vec());
+        let digest = message.digest();
+        sign.kind = GrantKind::Sign { key: "k".into(), message, derivation_path: vec![] };
+        sign.check().unwrap();
+        let bytes = sign.canonical_bytes();
+        let mut kind = vec![0x02, 0, 0, 0, 0, 0, 0, 0, 1, b'k', 0x02, 0x02, 0, 0, 0, 0, 0, 0, 0, 2, b'x', b'y'];
+        kind.extend(digest);
+        kind.extend([0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(bytes.windows(kind.len()).any(|w| w == kind), "payload layout");
 
         let mut keygen = g.clone();
         let (aux, pk) = ("a".repeat(64), format!("02{}", "b".repeat(64)));
@@ -651,7 +831,7 @@ mod tests {
         assert_eq!(g["nonce"], "03".repeat(16));
         assert_eq!(g["issuedAt"], NOW);
         assert_eq!(g["kind"]["type"], "sign");
-        assert_eq!(g["kind"]["digest"], "09".repeat(32));
+        assert_eq!(g["kind"]["message"], serde_json::json!({"type": "digest", "digest": "09".repeat(32)}));
         assert_eq!(g["kind"]["derivationPath"], serde_json::json!([0, 7]));
         assert_eq!(value["signature"], hex::encode(signed.signature));
 
@@ -660,6 +840,59 @@ mod tests {
         let value = serde_json::to_value(&keygen).unwrap();
         assert_eq!(value["kind"], serde_json::json!({"type": "keygen", "key": "default"}));
         assert_eq!(serde_json::from_value::<Grant>(value).unwrap(), keygen);
+
+        let payload = SignMessage::payload(HashAlgorithm::Sha256d, b"abc".to_vec());
+        let value = serde_json::to_value(&payload).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "type": "payload",
+                "hash": "sha256d",
+                "payload": "616263",
+                "digest": "4f8b42c22dd3729b519ba6f68d2da7cc5b2d606d05daed5ad5128cc03e6c6358",
+            })
+        );
+        assert_eq!(serde_json::from_value::<SignMessage>(value).unwrap(), payload);
+    }
+
+    #[test]
+    fn payload_hashes_are_the_published_ones() {
+        let digests = [
+            (HashAlgorithm::Sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+            (HashAlgorithm::Keccak256, "4e03657aea45a94fc7d47ba826c8d667c0d1e6e33a64a036ec44f58fa12d6c45"),
+            (HashAlgorithm::Sha256d, "4f8b42c22dd3729b519ba6f68d2da7cc5b2d606d05daed5ad5128cc03e6c6358"),
+        ];
+        for (hash, expected) in digests {
+            assert_eq!(hex::encode(hash.digest(b"abc")), expected, "{}", hash.as_str());
+        }
+    }
+
+    #[test]
+    fn a_payload_that_does_not_hash_to_the_digest_is_refused_before_anything_is_used() {
+        let key = issuer().verifying_key();
+        let mut message = SignMessage::payload(HashAlgorithm::Keccak256, b"transfer 1 ETH".to_vec());
+        if let SignMessage::Payload { payload, .. } = &mut message {
+            // The digest still names the first payload.
+            *payload = b"transfer 9 ETH".to_vec();
+        }
+        let g = Grant { kind: GrantKind::Sign { key: "default".into(), message, derivation_path: vec![] }, ..grant() };
+        assert!(matches!(g.check(), Err(GrantError::DigestMismatch { hash: HashAlgorithm::Keccak256 })));
+        let mut used = used();
+        let err = sign(g, &issuer()).verify(&key, 2, NOW, &mut used).unwrap_err();
+        assert_eq!(err.reason(), "digest_mismatch");
+        assert!(err.to_string().contains("keccak256"), "{err}");
+        assert!(used.is_empty(), "a refused grant uses up no session id");
+
+        let big = SignMessage::payload(HashAlgorithm::Sha256, vec![0; MAX_PAYLOAD_BYTES + 1]);
+        let g =
+            Grant { kind: GrantKind::Sign { key: "default".into(), message: big, derivation_path: vec![] }, ..grant() };
+        assert!(matches!(g.check(), Err(GrantError::Malformed(m)) if m.contains("payload")));
+        let most = SignMessage::payload(HashAlgorithm::Sha256, vec![0; MAX_PAYLOAD_BYTES]);
+        let g = Grant {
+            kind: GrantKind::Sign { key: "default".into(), message: most, derivation_path: vec![] },
+            ..grant()
+        };
+        g.check().unwrap();
     }
 
     #[test]
@@ -716,8 +949,11 @@ mod tests {
             (
                 "hardened",
                 resign(|g| {
-                    g.kind =
-                        GrantKind::Sign { key: "default".into(), digest: [9; 32], derivation_path: vec![0, 1 << 31] }
+                    g.kind = GrantKind::Sign {
+                        key: "default".into(),
+                        message: SignMessage::Digest { digest: [9; 32] },
+                        derivation_path: vec![0, 1 << 31],
+                    }
                 }),
                 2,
                 NOW,
@@ -726,7 +962,11 @@ mod tests {
             (
                 "too deep",
                 resign(|g| {
-                    g.kind = GrantKind::Sign { key: "k".into(), digest: [9; 32], derivation_path: vec![0; 256] }
+                    g.kind = GrantKind::Sign {
+                        key: "k".into(),
+                        message: SignMessage::Digest { digest: [9; 32] },
+                        derivation_path: vec![0; 256],
+                    }
                 }),
                 2,
                 NOW,
@@ -758,7 +998,11 @@ mod tests {
         let err = sign(Grant { version: 0, ..grant() }, &issuer()).verify(&key, 2, NOW, &mut used()).unwrap_err();
         assert!(matches!(err, GrantError::UnsupportedVersion(0)));
         let hardened = Grant {
-            kind: GrantKind::Sign { key: "k".into(), digest: [0; 32], derivation_path: vec![HARDENED_INDEX] },
+            kind: GrantKind::Sign {
+                key: "k".into(),
+                message: SignMessage::Digest { digest: [0; 32] },
+                derivation_path: vec![HARDENED_INDEX],
+            },
             ..grant()
         };
         let err = sign(hardened, &issuer()).verify(&key, 2, NOW, &mut used()).unwrap_err();
@@ -831,6 +1075,7 @@ mod tests {
             GrantError::Replayed,
             GrantError::Malformed("x".into()),
             GrantError::UnsupportedVersion(9),
+            GrantError::DigestMismatch { hash: HashAlgorithm::Sha256 },
             GrantError::Storage(io::Error::other("x")),
         ];
         let labels: HashSet<_> = errors.iter().map(GrantError::reason).collect();

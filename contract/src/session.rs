@@ -30,18 +30,24 @@ use sha2::{Digest, Sha256};
 use crate::grant::{Grant, SignedGrant};
 
 const SELECT_DOMAIN: &[u8] = b"torcus-select:";
-const PRESIGN_DOMAIN: &[u8] = b"torcus-presign-eid:";
+const PRESIGN_DOMAIN: &[u8] = b"torcus-presign-eid-v2:";
 
 /// The ExecutionId of a presigning session: `b"torcus-presign-eid:"` ‖ key
-/// length (u32 big-endian) ‖ key ‖ participant count (u16 big-endian) ‖ each
+/// length (u32 big-endian) ‖ key ‖ derivation path length (u16 big-endian)
+/// ‖ each index (u32 big-endian) ‖ participant count (u16 big-endian) ‖ each
 /// participant (u16 big-endian) ‖ session id. Unambiguous, so no two
-/// (key, signer set, session) triples share one, and never equal to a grant's
-/// execution id (another domain tag).
-pub fn presign_execution_id(key: &str, participants: &[u16], session_id: &[u8; 32]) -> Vec<u8> {
+/// (key, path, signer set, session) tuples share one, and never equal to a
+/// grant's execution id (another domain tag).
+pub fn presign_execution_id(key: &str, path: &[u32], participants: &[u16], session_id: &[u8; 32]) -> Vec<u8> {
     let mut eid = PRESIGN_DOMAIN.to_vec();
-    // Key names are short (a Kubernetes name); the cast saturates anyway.
+    // Key names are short (a Kubernetes name); the casts saturate anyway,
+    // and paths are at most 255 deep.
     eid.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
     eid.extend_from_slice(key.as_bytes());
+    eid.extend_from_slice(&u16::try_from(path.len()).unwrap_or(u16::MAX).to_be_bytes());
+    for index in path {
+        eid.extend_from_slice(&index.to_be_bytes());
+    }
     eid.extend_from_slice(&u16::try_from(participants.len()).unwrap_or(u16::MAX).to_be_bytes());
     for p in participants {
         eid.extend_from_slice(&p.to_be_bytes());
@@ -144,6 +150,11 @@ pub enum Control {
         session_id: [u8; 32],
         /// Key to presign with.
         key: String,
+        /// The derivation path the presignature is for (empty: the key
+        /// itself), fixed before it is made; one of the cluster's
+        /// `presignaturePaths`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        path: Vec<u32>,
         /// The signer set, ascending; the sender is its first member.
         participants: Vec<u16>,
         /// Ids of the presignatures the initiator holds for this set, so
@@ -489,7 +500,11 @@ mod tests {
             grant_id: [1; 16],
             namespace: "payments".into(),
             cluster: "demo".into(),
-            kind: GrantKind::Sign { key: "default".into(), digest: [9; 32], derivation_path: vec![] },
+            kind: GrantKind::Sign {
+                key: "default".into(),
+                message: crate::SignMessage::Digest { digest: [9; 32] },
+                derivation_path: vec![],
+            },
             participants,
             nonce: [3; 16],
             issued_at: NOW,
@@ -722,11 +737,13 @@ mod tests {
         let proposal = Control::PresignProposal {
             session_id: SID,
             key: "default".into(),
+            path: vec![44, 0],
             participants: vec![0, 2],
             held: vec![[1; 32], [2; 32]],
         };
         let value = serde_json::to_value(&proposal).unwrap();
         assert_eq!(value["type"], "presignProposal");
+        assert_eq!(value["path"], serde_json::json!([44, 0]));
         assert_eq!(value["held"][1], "02".repeat(32));
         assert_eq!(serde_json::from_value::<Control>(value).unwrap(), proposal);
         assert_eq!(proposal.session_id(), SID);
@@ -745,7 +762,7 @@ mod tests {
         let old =
             format!(r#"{{"type":"presignProposal","sessionId":"{}","key":"k","participants":[0,1]}}"#, "05".repeat(32));
         assert!(
-            matches!(serde_json::from_str::<Control>(&old).unwrap(), Control::PresignProposal { held, .. } if held.is_empty())
+            matches!(serde_json::from_str::<Control>(&old).unwrap(), Control::PresignProposal { held, path, .. } if held.is_empty() && path.is_empty())
         );
         let plain = serde_json::to_value(Control::Ack { session_id: SID, from: 1, presignature: None }).unwrap();
         assert!(plain.get("presignature").is_none(), "{plain}");
@@ -755,19 +772,22 @@ mod tests {
 
     #[test]
     fn presign_execution_ids_are_unambiguous() {
-        let base = presign_execution_id("ab", &[0, 1], &SID);
-        assert!(base.starts_with(b"torcus-presign-eid:"));
+        let base = presign_execution_id("ab", &[], &[0, 1], &SID);
+        assert!(base.starts_with(b"torcus-presign-eid-v2:"));
         let others = [
-            presign_execution_id("a", &[0, 1], &SID),
-            presign_execution_id("ab", &[0, 2], &SID),
-            presign_execution_id("ab", &[1, 0], &SID),
-            presign_execution_id("ab", &[0, 1, 2], &SID),
-            presign_execution_id("ab", &[0, 1], &[6; 32]),
+            presign_execution_id("a", &[], &[0, 1], &SID),
+            presign_execution_id("ab", &[0], &[0, 1], &SID),
+            presign_execution_id("ab", &[1], &[0, 1], &SID),
+            presign_execution_id("ab", &[0, 1], &[0, 1], &SID),
+            presign_execution_id("ab", &[], &[0, 2], &SID),
+            presign_execution_id("ab", &[], &[1, 0], &SID),
+            presign_execution_id("ab", &[], &[0, 1, 2], &SID),
+            presign_execution_id("ab", &[], &[0, 1], &[6; 32]),
         ];
         let mut all: HashSet<Vec<u8>> = others.into_iter().collect();
         assert!(all.insert(base.clone()));
-        assert_eq!(all.len(), 6);
-        assert_eq!(presign_execution_id("ab", &[0, 1], &SID), base, "deterministic");
+        assert_eq!(all.len(), 9);
+        assert_eq!(presign_execution_id("ab", &[], &[0, 1], &SID), base, "deterministic");
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub const MAX_NODES: u16 = 16;
 #[serde(rename_all = "camelCase")]
 pub struct MpcClusterSpec {
     /// Number of parties (n). Immutable: changing it would need resharing the
-    /// key, which cggmp21 does not offer.
+    /// key, which cggmp24 does not offer.
     #[schemars(range(min = 2, max = 16))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("nodes is immutable: changing it would need resharing the key"))]
     pub nodes: u16,
@@ -92,7 +92,7 @@ pub struct MpcClusterSpec {
     #[serde(default)]
     pub policy: PolicySpec,
 
-    /// Background presignature generation.
+    /// Background presignature pools: how deep, and for which derivation paths.
     #[serde(default)]
     pub presignatures: PresignatureSpec,
 }
@@ -105,7 +105,7 @@ fn default_keys() -> Vec<String> {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Curve {
-    /// secp256k1, as used by Bitcoin and Ethereum (CGGMP'21 threshold ECDSA).
+    /// secp256k1, as used by Bitcoin and Ethereum (CGGMP24 threshold ECDSA).
     #[default]
     Secp256k1,
 }
@@ -296,23 +296,41 @@ pub struct SpendLimit {
     pub period: String,
 }
 
-/// Background presignature pool.
+/// Background presignature pools.
+///
+/// A presignature signs one payload (hashed by the nodes) in milliseconds
+/// instead of the full protocol's rounds. Each is made for one key, one
+/// derivation path and one signer set, fixed before it exists: a request
+/// for a path that is not listed here, or with a raw digest, runs the full
+/// protocol.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PresignatureSpec {
-    /// Presignatures each node keeps ready per signer set; 0 turns pooling off.
+    /// Presignatures each node keeps ready per key, path and signer set; 0
+    /// turns pooling off.
     #[serde(default = "default_pool_size")]
     #[schemars(range(max = 64))]
     pub pool_size: u16,
+    /// Derivation paths to keep presignatures for, such as `m` (the key
+    /// itself, the default) or `m/44/60/0/0/0`; non-hardened, at most 8.
+    #[serde(default = "default_presignature_paths")]
+    #[schemars(length(max = 8), inner(length(max = 200), regex(pattern = r"^m(/[0-9]{1,10}){0,16}$")))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("self.all(p, p.split('/').all(c, c == 'm' || int(c) < 2147483648))").message("presignature paths must be non-hardened (every component below 2^31)"))]
+    pub paths: Vec<String>,
 }
 
 fn default_pool_size() -> u16 {
     4
 }
 
+fn default_presignature_paths() -> Vec<String> {
+    vec!["m".to_owned()]
+}
+
 impl Default for PresignatureSpec {
     fn default() -> Self {
-        Self { pool_size: default_pool_size() }
+        Self { pool_size: default_pool_size(), paths: default_presignature_paths() }
     }
 }
 

@@ -1,7 +1,10 @@
-//! `SigningRequest`: a request to sign one digest (or the hash of one payload)
-//! with a key of an `MpcCluster` in the same namespace.
+//! `SigningRequest`: a request to sign one payload (hashed by the nodes
+//! themselves) or one raw digest with a key of an `MpcCluster`.
 //!
-//! The spec is immutable: what was approved is exactly what gets signed.
+//! The spec is immutable: what was approved is exactly what gets signed. A
+//! payload may be signed from a presignature (milliseconds); a raw digest,
+//! whose preimage no node knows, always runs the full interactive protocol
+//! (eprint 2021/1330 §1.1.2: presignatures over chosen digests allow forgery).
 
 use std::collections::BTreeMap;
 
@@ -25,6 +28,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
     printcolumn(name = "Key", type_ = "string", json_path = ".spec.key"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Protocol", type_ = "string", json_path = ".status.protocol", priority = 1),
     printcolumn(name = "Signature", type_ = "string", json_path = ".status.signature.short"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -51,13 +55,16 @@ pub struct SigningRequestSpec {
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     pub key: String,
 
-    /// The 32-byte message digest to sign, as 64 hex digits.
+    /// The 32-byte message digest to sign, as 64 hex digits. Its preimage is
+    /// unknown to the nodes, so it is always signed with the full
+    /// interactive protocol, never from a presignature; prefer `payload`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(0x)?[0-9a-fA-F]{64}$"))]
     pub digest: Option<String>,
 
     /// A payload to hash with `hash` and sign, encoded as `payloadEncoding`
-    /// (at most 128 KiB as hex, 192 KiB as base64).
+    /// (at most 128 KiB as hex, 192 KiB as base64). Every node hashes it
+    /// itself, so it may be signed from a presignature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 262_144))]
     pub payload: Option<String>,
@@ -66,7 +73,8 @@ pub struct SigningRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_encoding: Option<PayloadEncoding>,
 
-    /// Hash applied to `payload`: `sha256` (default) or `keccak256`.
+    /// Hash applied to `payload`: `sha256` (default), `keccak256`
+    /// (Ethereum) or `sha256d` (double SHA-256, Bitcoin's sighashes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<HashAlgorithm>,
 
@@ -105,6 +113,8 @@ pub enum HashAlgorithm {
     Sha256,
     /// Keccak-256, as Ethereum uses.
     Keccak256,
+    /// SHA-256 of SHA-256, as Bitcoin's sighashes use.
+    Sha256d,
 }
 
 /// What happened to a request.
@@ -120,6 +130,18 @@ pub struct SigningRequestStatus {
     /// Compressed public key (hex) the signature verifies under, after derivation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// Which signing protocol produced the signature: `presigned` (from a
+    /// presignature made for this key, path and signer set) or `full` (the
+    /// interactive protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<SigningProtocol>,
+    /// Why the full protocol ran although the cluster keeps presignatures:
+    /// `raw-digest` (a digest is never signed from a presignature),
+    /// `path-not-pooled` (no pool for this derivation path), `pool-empty`
+    /// (none free for any healthy signer set), `not-held` (a participant did
+    /// not hold the one reserved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_reason: Option<String>,
     /// Party indices that signed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub participants: Vec<u16>,
@@ -184,6 +206,16 @@ pub struct Timings {
     /// From creation to the final phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_ms: Option<u64>,
+}
+
+/// How a signature was made.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SigningProtocol {
+    /// From a presignature: one round of partial signatures.
+    Presigned,
+    /// The full interactive signing protocol.
+    Full,
 }
 
 /// Lifecycle of a SigningRequest.

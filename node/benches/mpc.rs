@@ -1,30 +1,33 @@
 //! `cargo bench -p torcus-node --bench mpc [-- RUNS [FILTER...]]`
 //!
-//! One run, one table: the raw `cggmp21` library in its in-process
-//! simulation (`round_based::sim`, every party in one task, no
-//! serialization, no network) beside `torcus-node` processes on 127.0.0.1
-//! over each transport, for n=3/t=2 and n=5/t=3. Times are median and
-//! spread (min–max) over RUNS runs (default 10). Aux info uses the
+//! One run, one table: the raw `cggmp24` library, with no Torcus around it,
+//! beside `torcus-node` processes on 127.0.0.1 over each transport, for
+//! n=3/t=2 and n=5/t=3. The raw library runs two ways
+//! (`torcus_node::engine::raw`): each party on an OS thread of its own over
+//! the library's in-memory network — the latency floor, what a node's
+//! latency is held against — and every party in one task, one after
+//! another — the protocol's total CPU cost, not a latency. Times are median
+//! and spread (min–max) over RUNS runs (default 10). Aux info uses the
 //! pregenerated primes fixture on both sides, so safe-prime generation is
 //! not measured.
 //!
 //! The node rows run with presignature pools off, except "sign from a
 //! presignature" (QUIC, n=3/t=2): a cluster with pools of 4 per signer set,
-//! warmed up, then signing 3·RUNS digests back to back through the HTTP API,
+//! warmed up, then signing 3·RUNS payloads back to back through the HTTP API,
 //! each time with a signer set whose pool is warm (as the operator picks),
 //! while the nodes presign in the background. Below the table: that
 //! sustained rate in signatures per second and the share that used a
 //! presignature, beside the raw library's presigning rate on the same cores.
 //!
 //! FILTERs, when given, keep only the setups whose name contains one of
-//! them, e.g. `-- 5 "cggmp21 n=3" "quic n=3"` for the presignature numbers.
+//! them, e.g. `-- 5 "cggmp24 n=3" "quic n=3"` for the presignature numbers.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use torcus_node::engine::Primes;
-use torcus_node::testing::raw_library::{self, time};
-use torcus_node::testing::{Cluster, fixture};
+use torcus_node::engine::raw::{self, Layout};
+use torcus_node::testing::{Cluster, digest, fixture, payload};
 
 type Row = (String, String, Option<Stats>);
 
@@ -39,22 +42,24 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     for (n, t) in [(3u16, 2u16), (5, 3)] {
-        let raw_rows = match wanted(&format!("raw cggmp21 n={n} t={t}")) {
-            true => runtime.block_on(raw(n, t, runs, &primes)),
-            false => Vec::new(),
-        };
-        if n == 3 {
-            let presign = raw_rows.iter().find(|(_, op, _)| op == "presignature").and_then(|(_, _, s)| s.as_ref());
-            if let Some(presign) = presign {
-                notes.push(format!(
-                    "raw cggmp21 n={n} t={t}: presigning for one signer set, one after another: {:.2} presignatures/s \
-                     (median {})",
-                    1.0 / presign.median().as_secs_f64(),
-                    ms(presign.median())
-                ));
+        for layout in [Layout::Threads, Layout::OneTask] {
+            let setup = format!("raw cggmp24 n={n} t={t}, {}", layout.label());
+            if !wanted(&setup) {
+                continue;
             }
+            let raw_rows = raw_library(&setup, layout, n, t, runs, &primes);
+            if n == 3 {
+                let presign = raw_rows.iter().find(|(_, op, _)| op == "presignature").and_then(|(_, _, s)| s.as_ref());
+                if let Some(presign) = presign {
+                    notes.push(format!(
+                        "{setup}: presigning for one signer set, one after another: {:.2} presignatures/s (median {})",
+                        1.0 / presign.median().as_secs_f64(),
+                        ms(presign.median())
+                    ));
+                }
+            }
+            rows.extend(raw_rows);
         }
-        rows.extend(raw_rows);
         let transports: &[&str] = if n == 3 { &["quic", "tcp", "http", "hybrid"] } else { &["quic"] };
         for transport in transports.iter().filter(|tr| wanted(&format!("torcus-node {tr} n={n} t={t}"))) {
             let mut node_rows = runtime.block_on(nodes(n, t, transport, runs));
@@ -104,15 +109,49 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// The library alone, in its simulation.
-async fn raw(n: u16, t: u16, runs: usize, primes: &[Primes]) -> Vec<Row> {
-    let setup = format!("raw cggmp21 n={n} t={t}");
+/// Runs `f`, timing it.
+async fn time<T, F: std::future::Future<Output = T>>(f: F) -> (T, Duration) {
+    let started = Instant::now();
+    let out = f.await;
+    (out, started.elapsed())
+}
+
+/// The library alone, laid out as `layout`: aux info and keygen (up to 3
+/// runs each), then `runs` times a full signing, a presignature, and a
+/// signature from a presignature, of the first `t` parties.
+fn raw_library(setup: &str, layout: Layout, n: u16, t: u16, runs: usize, primes: &[Primes]) -> Vec<Row> {
     eprintln!("{setup} ...");
-    raw_library::measure(n, t, runs, primes)
-        .await
-        .into_iter()
-        .map(|(op, times)| (setup.clone(), op.to_owned(), Some(Stats(times))))
-        .collect()
+    let few = runs.clamp(1, 3);
+    let (mut aux, mut aux_times) = (Vec::new(), Vec::new());
+    for run in 0..few {
+        let (out, took) = raw::aux_info(layout, n, primes, &run.to_string());
+        aux = out;
+        aux_times.push(took);
+    }
+    let (mut shares, mut keygen_times) = (Vec::new(), Vec::new());
+    for run in 0..few {
+        let (out, took) = raw::keygen(layout, n, t, &aux, &run.to_string());
+        shares = out;
+        keygen_times.push(took);
+    }
+    let signers: Vec<u16> = (0..t).collect();
+    let (mut sign, mut presign, mut presigned) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        sign.push(raw::sign(layout, &shares, &signers, &run.to_string()));
+        let (made, used) = raw::presign_and_sign(layout, &shares, &signers, &run.to_string());
+        presign.push(made);
+        presigned.push(used);
+    }
+    [
+        ("aux info", aux_times),
+        ("keygen", keygen_times),
+        ("presignature", presign),
+        ("sign, full protocol", sign),
+        ("sign from a presignature", presigned),
+    ]
+    .into_iter()
+    .map(|(op, times)| (setup.to_owned(), op.to_owned(), Some(Stats(times))))
+    .collect()
 }
 
 /// `torcus-node` processes over `transport`, driven through their HTTP API.
@@ -130,7 +169,7 @@ async fn nodes(n: u16, t: u16, transport: &str, runs: usize) -> Vec<Row> {
     for run in 0..runs {
         let signers: Vec<u16> =
             (0..t).map(|j| (j + run as u16) % n).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        sign.push(time(cluster.sign("k0", signers, [run as u8; 32], vec![])).await.1);
+        sign.push(time(cluster.sign("k0", signers, digest([run as u8; 32]), vec![])).await.1);
     }
     vec![
         (setup.clone(), "aux info + keygen (first key)".into(), Some(Stats(vec![aux_and_keygen]))),
@@ -141,7 +180,7 @@ async fn nodes(n: u16, t: u16, transport: &str, runs: usize) -> Vec<Row> {
 }
 
 /// Sustained signing with presignature pools (4 per set) over `transport`:
-/// `count` digests back to back, each with a warm signer set when one
+/// `count` payloads back to back, each with a warm signer set when one
 /// exists. Returns the latency of the signatures that used a presignature,
 /// and a line with the rate.
 async fn warm_pool(n: u16, t: u16, transport: &str, count: usize) -> (Option<Stats>, String) {
@@ -177,9 +216,8 @@ async fn warm_pool(n: u16, t: u16, transport: &str, count: usize) -> (Option<Sta
         let depths = warmth(&cluster, &sets).await;
         let warmest = (0..sets.len()).max_by_key(|i| depths[*i]).filter(|i| depths[*i] > 0);
         let set = sets[warmest.unwrap_or(run % sets.len())].clone();
-        let mut digest = [0u8; 32];
-        digest[..8].copy_from_slice(&(run as u64).to_be_bytes());
-        let (body, took) = time(cluster.sign("k0", set, digest, vec![])).await;
+        let message = payload(format!("payment {run}").as_bytes());
+        let (body, took) = time(cluster.sign("k0", set, message, vec![])).await;
         let used = body["presigned"] == true;
         if used {
             presigned.push(took);
@@ -229,7 +267,7 @@ async fn warmth(cluster: &Cluster, sets: &[Vec<u16>]) -> Vec<u32> {
                 .map(|member| {
                     pools
                         .iter()
-                        .find(|(i, p)| i == member && p.key == "k0" && p.participants == *set)
+                        .find(|(i, p)| i == member && p.key == "k0" && p.path.is_empty() && p.participants == *set)
                         .map_or(0, |(_, p)| p.depth)
                 })
                 .min()

@@ -144,9 +144,10 @@ fn answer(result: Result<Outcome, SessionError>) -> Response {
                 SessionError::UnknownKey(_) => StatusCode::NOT_FOUND,
                 SessionError::Aborted(_) | SessionError::Preempted => StatusCode::SERVICE_UNAVAILABLE,
                 SessionError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                SessionError::Engine(_) | SessionError::Store(_) | SessionError::Corrupt(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                SessionError::Engine(_)
+                | SessionError::Store(_)
+                | SessionError::Corrupt(_)
+                | SessionError::ShareFormat { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let initiator = match &error {
                 SessionError::NotInitiator { initiator } => Some(*initiator),

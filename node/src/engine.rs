@@ -1,5 +1,6 @@
-//! The protocol engine: CGGMP'21 threshold ECDSA on secp256k1 (the
-//! `cggmp21` crate), run over any message channel.
+//! The protocol engine: CGGMP24 threshold ECDSA on secp256k1 (the `cggmp24`
+//! crate, on the GMP backend), run over any message channel. This is the only
+//! module of the node that names the library.
 //!
 //! Each protocol run is a *session*: an execution id derived from the grant
 //! that authorised it, the ordered list of parties taking part, and a pair of
@@ -8,33 +9,68 @@
 //! envelopes, and a test can drive a whole cluster in one process.
 //!
 //! Nothing here switches off a check of the library: reliable broadcast is
-//! enforced (the library default, asserted by name), and every proof is
-//! verified. The precomputation the library offers (multi-exponentiation
-//! tables and CRT for Paillier) is turned on when aux info is generated.
+//! enforced, every proof is verified, and the library's
+//! `insecure-assume-preimage-known` feature is never enabled. What may be
+//! signed, and how, is in the types:
+//!
+//! - [`Payload`]: bytes the nodes hash themselves (SHA-256, Keccak-256 or
+//!   Bitcoin's double SHA-256). The only thing a presignature can sign
+//!   ([`sign_presigned`] takes nothing else), and signed as the library's
+//!   `DataToSign`, which it builds from the preimage.
+//! - [`Message::Digest`]: a 32-byte digest chosen by the requester, whose
+//!   preimage nobody here knows. Only the full interactive protocol
+//!   ([`sign`]) signs it, as the library's `PrehashedDataToSign`: with a
+//!   presignature, whoever knows its public nonce R (every member of the
+//!   signer set) could choose a digest that turns the signature into one on
+//!   a message of their choice (eprint 2021/1330 §1.1.2, RUSTSEC-2025-0127).
+//!
+//! A [`Presig`] is made for one key, one signer set and one derivation path,
+//! fixed on the builder before the presigning protocol runs; setting a path
+//! on a presignature afterwards (which cggmp21 allowed) lowers security to
+//! about 85 bits, and the library no longer offers it. The presignature's
+//! public data travels with it, and every partial signature is checked
+//! against it before the parts are combined.
 
-use cggmp21::key_share::AuxInfo;
-use cggmp21::round_based::{Incoming, MessageDestination, MessageType, MpcParty, Outgoing};
-use cggmp21::{DataToSign, ExecutionId, IncompleteKeyShare, KeyShare, PregeneratedPrimes, Presignature, Signature};
+use std::time::Duration;
+
+use cggmp24::generic_ec::coords::AlwaysHasAffineX;
+use cggmp24::key_share::AuxInfo;
+use cggmp24::round_based::{Incoming, MessageDestination, MessageType, MpcParty, Outgoing};
+use cggmp24::signing::PresignaturePublicData;
+use cggmp24::{
+    DataToSign, ExecutionId, IncompleteKeyShare, KeyShare, PartialSignature, PregeneratedPrimes, PrehashedDataToSign,
+    Presignature,
+};
 use futures::StreamExt;
 use rand_core::OsRng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sha2_v010::Digest as _;
 use tokio::sync::mpsc;
+use torcus_contract::HashAlgorithm;
+use zeroize::Zeroizing;
+
+#[cfg(feature = "test-util")]
+pub mod raw;
 
 /// The curve of every Torcus key.
-pub type Curve = cggmp21::supported_curves::Secp256k1;
+pub type Curve = cggmp24::supported_curves::Secp256k1;
 /// Security level of the Paillier and ZK parameters (128-bit).
-pub type Level = cggmp21::security_level::SecurityLevel128;
+pub type Level = cggmp24::security_level::SecurityLevel128;
 /// A complete key share (core share plus aux info).
 pub type Share = KeyShare<Curve, Level>;
 /// A key share before aux info is attached.
 pub type CoreShare = IncompleteKeyShare<Curve>;
 /// Aux info (Paillier keys and ring-Pedersen parameters) of one party.
 pub type Aux = AuxInfo<Level>;
-/// Pregenerated safe primes for aux info.
+/// Pregenerated safe primes for aux info (four 1536-bit primes per party).
 pub type Primes = PregeneratedPrimes<Level>;
-/// A presignature: usable for exactly one signature, never persisted.
-pub type Presig = Presignature<Curve>;
+/// An ECDSA signature (s normalised to the lower half).
+pub type Signature = cggmp24::Signature<Curve>;
+
+/// Tag of the key shares this engine writes. Shares written by the
+/// `cggmp21`-based releases carry none: their aux info has another shape.
+pub const SHARE_FORMAT: &str = "torcus-key-share/cggmp24";
 
 /// One protocol message between two parties of a session, as transports
 /// carry it. `from` is what the transport authenticated (for QUIC, the party
@@ -72,13 +108,13 @@ pub enum Channel {
 pub enum EngineError {
     /// Key generation failed (a party misbehaved or the network broke).
     #[error("keygen: {0}")]
-    Keygen(#[from] cggmp21::KeygenError),
+    Keygen(#[from] cggmp24::KeygenError),
     /// Aux info generation failed.
     #[error("aux info: {0}")]
-    AuxInfo(#[from] cggmp21::KeyRefreshError),
+    AuxInfo(#[from] cggmp24::KeyRefreshError),
     /// Signing or presigning failed.
     #[error("signing: {0}")]
-    Signing(#[from] cggmp21::SigningError),
+    Signing(#[from] cggmp24::SigningError),
     /// Parts do not make a valid key share.
     #[error("invalid key share: {0}")]
     InvalidShare(String),
@@ -88,12 +124,125 @@ pub enum EngineError {
     /// This party is not among the session's parties.
     #[error("party {0} is not in this session")]
     NotAParticipant(u16),
+    /// A presignature was offered for a session it was not made for.
+    #[error("the presignature was made for {made_for}, not for {asked}")]
+    PresignatureMismatch {
+        /// Signer set and path the presignature is bound to.
+        made_for: String,
+        /// What the session asked of it.
+        asked: String,
+    },
+    /// A party's partial signature does not match its commitment in the
+    /// presignature's public data.
+    #[error("party {0} sent a partial signature that does not match the presignature")]
+    BadPartial(u16),
     /// Partial signatures did not combine into a valid signature.
     #[error("partial signatures do not combine into a valid signature")]
     Combine,
     /// Exchanging partial signatures failed.
     #[error("exchanging partial signatures: {0}")]
     Delivery(#[from] DeliveryError),
+}
+
+/// Why stored key material cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareFormatError {
+    /// A share written by a `cggmp21`-based release (Torcus 0.1 before the
+    /// move to CGGMP24): its aux info has another shape, and nothing is
+    /// reinterpreted.
+    #[error(
+        "this is a key share written by a Torcus release built on cggmp21 (CGGMP'21); this release runs CGGMP24, \
+         whose aux info has another shape, and it does not reinterpret old shares. To keep signing with this key, \
+         run the previous Torcus release for this cluster; to move to this one, generate a new key (a new \
+         MpcCluster, or a new name in spec.keys) and move what the old key controls to it. The share is left \
+         untouched on the volume"
+    )]
+    Cggmp21,
+    /// Not a key share of any known format.
+    #[error("not a key share: {0}")]
+    Unreadable(String),
+}
+
+/// A hashed payload: the only message a presignature may sign. The nodes
+/// hash `bytes` themselves; nobody hands the engine a digest for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Payload<'a> {
+    /// How the payload is hashed.
+    pub hash: HashAlgorithm,
+    /// The payload.
+    pub bytes: &'a [u8],
+}
+
+impl Payload<'_> {
+    /// The 32-byte digest that is signed (big-endian, before reduction).
+    pub fn digest(&self) -> [u8; 32] {
+        match self.hash {
+            HashAlgorithm::Sha256 => sha2_v010::Sha256::digest(self.bytes).into(),
+            HashAlgorithm::Keccak256 => sha3_v010::Keccak256::digest(self.bytes).into(),
+            HashAlgorithm::Sha256d => sha2_v010::Sha256::digest(sha2_v010::Sha256::digest(self.bytes)).into(),
+        }
+    }
+
+    /// The library's type for a message whose preimage is known: it builds
+    /// the scalar from the preimage itself.
+    fn data_to_sign(&self) -> DataToSign<Curve> {
+        match self.hash {
+            HashAlgorithm::Sha256 => DataToSign::digest::<sha2_v010::Sha256>(self.bytes),
+            HashAlgorithm::Keccak256 => DataToSign::digest::<sha3_v010::Keccak256>(self.bytes),
+            HashAlgorithm::Sha256d => {
+                DataToSign::from_digest(sha2_v010::Sha256::new_with_prefix(sha2_v010::Sha256::digest(self.bytes)))
+            }
+        }
+    }
+}
+
+/// What the full signing protocol signs.
+#[derive(Clone, Copy, Debug)]
+pub enum Message<'a> {
+    /// A payload the nodes hash themselves.
+    Payload(Payload<'a>),
+    /// A requester's 32-byte digest, preimage unknown.
+    Digest(&'a [u8; 32]),
+}
+
+impl Message<'_> {
+    /// The 32-byte digest that is signed.
+    pub fn digest(&self) -> [u8; 32] {
+        match self {
+            Self::Payload(payload) => payload.digest(),
+            Self::Digest(digest) => **digest,
+        }
+    }
+}
+
+/// A presignature, usable for exactly one signature: its secret part, its
+/// public data (to check the other signers' partial signatures), and what it
+/// is bound to. Never persisted, never cloned, never printed.
+pub struct Presig {
+    secret: Presignature<Curve>,
+    public: PresignaturePublicData<Curve>,
+    /// The signer set (keygen indices, in protocol order) that made it.
+    parties: Vec<u16>,
+    /// The derivation path it was made for, fixed before it existed.
+    path: Vec<u32>,
+}
+
+impl std::fmt::Debug for Presig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presig").field("parties", &self.parties).field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Presig {
+    /// The signer set that made it.
+    pub fn parties(&self) -> &[u16] {
+        &self.parties
+    }
+
+    /// The derivation path it is bound to.
+    pub fn path(&self) -> &[u32] {
+        &self.path
+    }
 }
 
 /// A session's view of the network: messages in, messages out.
@@ -111,7 +260,7 @@ pub struct SessionNet {
     pub outgoing: mpsc::Sender<Envelope>,
     /// Longest silence from every other party before the run fails: a
     /// participant that died mid-protocol ends the session, not a hang.
-    pub idle_timeout: Option<std::time::Duration>,
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Adapts a [`SessionNet`] to the library's `Delivery`: keygen indices
@@ -129,7 +278,7 @@ where
     let positions = parties.clone();
     let mut next_id = 0u64;
     // Without a limit, a year: the protocol's own timeout ends the run first.
-    let idle = idle_timeout.unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
+    let idle = idle_timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
     let received = tokio_stream::StreamExt::timeout(tokio_stream::wrappers::ReceiverStream::new(incoming), idle);
     let incoming = received.filter_map(move |env| {
         let env: Envelope = match env {
@@ -190,7 +339,7 @@ pub enum DeliveryError {
     NoSuchParty(u16),
     /// No party sent anything for this long.
     #[error("no message from the other participants for {0:?}")]
-    Silent(std::time::Duration),
+    Silent(Duration),
     /// A protocol message could not be serialized.
     #[error("encoding a protocol message: {0}")]
     Encode(#[source] serde_json::Error),
@@ -229,17 +378,23 @@ where
     }
 }
 
+/// Generates the four safe primes one party's aux info needs. Takes tens
+/// of seconds to minutes: never on a signing path.
+pub fn generate_primes() -> Primes {
+    Primes::generate(&mut OsRng)
+}
+
 /// Runs aux info generation (Paillier keys and their proofs) for party
 /// `net.me` of `n`. The expensive part, safe primes, comes pregenerated.
+/// The library's multi-exponentiation tables for every party's ring-Pedersen
+/// parameters are switched on (a large share of signing time); CRT for this
+/// party's own modulus the library sets up itself.
 pub async fn aux_info(eid: &[u8], n: u16, primes: Primes, net: SessionNet) -> Result<Aux, EngineError> {
     let i = net.me;
     let party = delivery(net)?;
-    Ok(cggmp21::aux_info_gen(ExecutionId::new(eid), i, n, primes)
+    Ok(cggmp24::aux_info_gen(ExecutionId::new(eid), i, n, primes)
         .enforce_reliable_broadcast(true)
-        // Precomputation the library offers: multi-exponentiation tables
-        // and CRT for the Paillier operations, a large share of signing time.
         .precompute_multiexp_tables(true)
-        .precompute_crt(true)
         .start(&mut OsRng, party)
         .await?)
 }
@@ -248,7 +403,7 @@ pub async fn aux_info(eid: &[u8], n: u16, primes: Primes, net: SessionNet) -> Re
 pub async fn keygen(eid: &[u8], n: u16, t: u16, net: SessionNet) -> Result<CoreShare, EngineError> {
     let i = net.me;
     let party = delivery(net)?;
-    Ok(cggmp21::keygen::<Curve>(ExecutionId::new(eid), i, n)
+    Ok(cggmp24::keygen::<Curve>(ExecutionId::new(eid), i, n)
         .set_threshold(t)
         .hd_wallet(true)
         .enforce_reliable_broadcast(true)
@@ -261,82 +416,142 @@ pub fn complete(core: CoreShare, aux: Aux) -> Result<Share, EngineError> {
     KeyShare::from_parts((core, aux)).map_err(|e| EngineError::InvalidShare(e.to_string()))
 }
 
-/// Runs the full signing protocol among `net.parties` over a 32-byte
-/// digest, optionally for a non-hardened child key at `path`.
+/// A key share as it is stored: tagged with [`SHARE_FORMAT`], so that a
+/// share of another format is recognised as such, never misread.
+pub fn encode_share(share: &Share) -> Result<Zeroizing<Vec<u8>>, EngineError> {
+    #[derive(Serialize)]
+    struct Tagged<'a> {
+        format: &'static str,
+        share: &'a Share,
+    }
+    serde_json::to_vec(&Tagged { format: SHARE_FORMAT, share })
+        .map(Zeroizing::new)
+        .map_err(|e| EngineError::InvalidShare(e.to_string()))
+}
+
+/// Reads a share [`encode_share`] wrote, or says what else it is.
+pub fn decode_share(bytes: &[u8]) -> Result<Share, ShareFormatError> {
+    #[derive(Deserialize)]
+    struct Tagged {
+        format: Option<String>,
+        share: Option<serde_json::Value>,
+        core: Option<serde::de::IgnoredAny>,
+        aux: Option<serde::de::IgnoredAny>,
+    }
+    let tagged: Tagged = serde_json::from_slice(bytes).map_err(|e| ShareFormatError::Unreadable(e.to_string()))?;
+    match tagged {
+        Tagged { format: Some(format), share: Some(share), .. } if format == SHARE_FORMAT => {
+            serde_json::from_value(share).map_err(|e| ShareFormatError::Unreadable(e.to_string()))
+        }
+        Tagged { format: Some(format), .. } => Err(ShareFormatError::Unreadable(format!("unknown format {format:?}"))),
+        // cggmp21 0.6 serialised `KeyShare` as is: `{"core": …, "aux": …}`.
+        Tagged { format: None, core: Some(_), aux: Some(_), .. } => Err(ShareFormatError::Cggmp21),
+        Tagged { .. } => Err(ShareFormatError::Unreadable("no format tag".into())),
+    }
+}
+
+/// Runs the full signing protocol among `net.parties` over `message`,
+/// optionally for a non-hardened child key at `path`. A raw digest is signed
+/// only here, never with a presignature.
 pub async fn sign(
     eid: &[u8],
     share: &Share,
-    digest: &[u8; 32],
+    message: Message<'_>,
     path: &[u32],
     net: SessionNet,
-) -> Result<Signature<Curve>, EngineError> {
+) -> Result<Signature, EngineError> {
     let parties = net.parties.clone();
     let i = position(&parties, net.me)?;
     let party = delivery(net)?;
-    let mut builder = cggmp21::signing(ExecutionId::new(eid), i, &parties, share).enforce_reliable_broadcast(true);
+    let mut builder = cggmp24::signing(ExecutionId::new(eid), i, &parties, share).enforce_reliable_broadcast(true);
     if !path.is_empty() {
         builder = builder
             .set_derivation_path(path.iter().copied())
             .map_err(|e| EngineError::DerivationPath(e.to_string()))?;
     }
-    Ok(builder.sign(&mut OsRng, party, data_to_sign(digest)).await?)
+    let signature = match message {
+        Message::Payload(payload) => builder.sign(&mut OsRng, party, &payload.data_to_sign()).await?,
+        Message::Digest(digest) => builder.sign(&mut OsRng, party, &prehashed(digest)).await?,
+    };
+    Ok(signature)
 }
 
-/// Runs presignature generation among `net.parties`. The result belongs to
-/// exactly this signer set and must be used at most once.
-pub async fn presign(eid: &[u8], share: &Share, net: SessionNet) -> Result<Presig, EngineError> {
+/// Runs presignature generation among `net.parties` for the key of `share`
+/// derived along `path`, which is fixed now, before the presignature exists.
+/// The result belongs to exactly this signer set and path and is used at
+/// most once.
+pub async fn presign(eid: &[u8], share: &Share, path: &[u32], net: SessionNet) -> Result<Presig, EngineError> {
     let parties = net.parties.clone();
     let i = position(&parties, net.me)?;
     let party = delivery(net)?;
-    Ok(cggmp21::signing(ExecutionId::new(eid), i, &parties, share)
-        .enforce_reliable_broadcast(true)
-        .generate_presignature(&mut OsRng, party)
-        .await?)
+    let mut builder = cggmp24::signing(ExecutionId::new(eid), i, &parties, share).enforce_reliable_broadcast(true);
+    if !path.is_empty() {
+        builder = builder
+            .set_derivation_path(path.iter().copied())
+            .map_err(|e| EngineError::DerivationPath(e.to_string()))?;
+    }
+    let (secret, public) = builder.generate_presignature(&mut OsRng, party).await?;
+    Ok(Presig { secret, public, parties, path: path.to_vec() })
 }
 
-/// A partial signature from a presignature (consumed: it cannot be used twice).
+/// This party's partial signature of `payload` (consuming the presignature:
+/// it cannot be used twice). Refused unless the presignature was made for
+/// `parties` and `path`.
 pub fn partial_sign(
     presig: Presig,
-    share: &Share,
-    digest: &[u8; 32],
+    parties: &[u16],
     path: &[u32],
-) -> Result<cggmp21::PartialSignature<Curve>, EngineError> {
-    let presig = if path.is_empty() {
-        presig
-    } else {
-        let epub =
-            share.extended_public_key().ok_or_else(|| EngineError::DerivationPath("key has no HD support".into()))?;
-        presig
-            .set_derivation_path(epub, path.iter().copied())
-            .map_err(|e| EngineError::DerivationPath(e.to_string()))?
-    };
-    Ok(presig.issue_partial_signature(data_to_sign(digest)))
+    payload: Payload<'_>,
+) -> Result<(Partial, PresigPublic), EngineError> {
+    if presig.parties != parties || presig.path != path {
+        return Err(EngineError::PresignatureMismatch {
+            made_for: format!("signers {:?}, path {:?}", presig.parties, presig.path),
+            asked: format!("signers {parties:?}, path {path:?}"),
+        });
+    }
+    let Presig { secret, public, parties, .. } = presig;
+    let partial = Partial(secret.issue_partial_signature(payload.data_to_sign()));
+    Ok((partial, PresigPublic { public, parties }))
 }
 
-/// Signs with a presignature among `net.parties`: issues this party's
-/// partial signature (consuming the presignature), sends it to every other
-/// party, and combines it with theirs into a signature checked against the
-/// (derived) public key. Every party of the set must run this with its part
-/// of the same presignature, the same digest and the same path.
+/// A partial signature: carries no secret (the library documents them as
+/// safe to publish).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Partial(PartialSignature<Curve>);
+
+/// The public data of a consumed presignature, to check partial signatures.
+#[derive(Debug)]
+pub struct PresigPublic {
+    public: PresignaturePublicData<Curve>,
+    parties: Vec<u16>,
+}
+
+/// Signs `payload` with a presignature among `net.parties`: issues this
+/// party's partial signature (consuming the presignature), sends it to every
+/// other party, checks each one received against the presignature's public
+/// data, and combines them into a signature checked against the (derived)
+/// public key. Every party of the set must run this with its part of the
+/// same presignature, the same payload and the same path.
 ///
-/// Partial signatures carry no secret (cggmp21 documents them as safe to
-/// publish); the first one from each party counts, anything from outside
-/// the set or that does not parse is ignored, and a bad one fails the check.
+/// The first partial signature from each party counts; anything from outside
+/// the set or that does not parse is ignored, and one that does not match
+/// its sender's commitment fails the session naming that sender.
 pub async fn sign_presigned(
     presig: Presig,
     share: &Share,
-    digest: &[u8; 32],
+    payload: Payload<'_>,
     path: &[u32],
     net: SessionNet,
-) -> Result<Signature<Curve>, EngineError> {
+) -> Result<Signature, EngineError> {
     let SessionNet { session, me, parties, mut incoming, outgoing, idle_timeout } = net;
     position(&parties, me)?;
-    let partial = partial_sign(presig, share, digest, path)?;
-    let payload = serde_json::to_vec(&partial).map_err(DeliveryError::Encode)?;
-    let envelope = Envelope { session, channel: Channel::Protocol, from: me, to: None, seq: 1, payload };
+    let (partial, public) = partial_sign(presig, &parties, path, payload)?;
+    let body = serde_json::to_vec(&partial).map_err(DeliveryError::Encode)?;
+    let envelope = Envelope { session, channel: Channel::Protocol, from: me, to: None, seq: 1, payload: body };
     outgoing.send(envelope).await.map_err(|_| DeliveryError::Closed)?;
     let mut partials = std::collections::BTreeMap::from([(me, partial)]);
-    let idle = idle_timeout.unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
+    let idle = idle_timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
     while partials.len() < parties.len() {
         let env = tokio::time::timeout(idle, incoming.recv())
             .await
@@ -347,40 +562,72 @@ pub async fn sign_presigned(
             tracing::debug!(from = env.from, "dropped a message that is not a partial signature of this session");
             continue;
         }
-        match serde_json::from_slice::<cggmp21::PartialSignature<Curve>>(&env.payload) {
+        match serde_json::from_slice::<Partial>(&env.payload) {
             Ok(partial) => {
                 partials.insert(env.from, partial);
             }
             Err(_) => tracing::debug!(from = env.from, "dropped a partial signature that does not parse"),
         }
     }
-    let partials: Vec<_> = partials.into_values().collect();
-    combine(&partials, share, digest, path)
+    combine(&partials, &public, share, payload, path)
 }
 
-/// Combines partial signatures and checks the result against the (derived)
-/// public key before anyone sees it.
+/// Checks every partial signature (keyed by its sender's keygen index)
+/// against the sender's commitment in the presignature's public data,
+/// combines them, and checks the result against the (derived) public key
+/// before anyone sees it.
 pub fn combine(
-    partials: &[cggmp21::PartialSignature<Curve>],
+    partials: &std::collections::BTreeMap<u16, Partial>,
+    public: &PresigPublic,
     share: &Share,
-    digest: &[u8; 32],
+    payload: Payload<'_>,
     path: &[u32],
-) -> Result<Signature<Curve>, EngineError> {
-    let signature = cggmp21::PartialSignature::combine(partials).ok_or(EngineError::Combine)?;
+) -> Result<Signature, EngineError> {
+    let data = payload.data_to_sign();
+    let gamma = public.public.Gamma;
+    let r = gamma.x().to_scalar();
+    let m = data.to_scalar();
+    let mut ordered = Vec::with_capacity(public.parties.len());
+    for (position, party) in public.parties.iter().enumerate() {
+        let Partial(partial) = partials.get(party).ok_or(EngineError::Combine)?;
+        let commitment = public.public.commitments.get(position).ok_or(EngineError::Combine)?;
+        // What `PartialSignature::combine` checks for all at once, per
+        // party, so that a bad one names its sender.
+        if partial.sigma * gamma != m * commitment.tilde_Delta + r * commitment.tilde_S {
+            return Err(EngineError::BadPartial(*party));
+        }
+        ordered.push(*partial);
+    }
+    let signature = PartialSignature::combine(&ordered, &public.public, data).ok_or(EngineError::Combine)?;
     let public_key = public_key(share, path)?;
-    signature.verify(&public_key, &data_to_sign(digest)).map_err(|_| EngineError::Combine)?;
+    signature.verify(&public_key, &data).map_err(|_| EngineError::Combine)?;
     Ok(signature)
 }
 
+/// r and s of a signature, big-endian.
+pub fn signature_bytes(signature: &Signature) -> ([u8; 32], [u8; 32]) {
+    let mut out = [0u8; 64];
+    signature.write_to_slice(&mut out);
+    let (mut r, mut s) = ([0u8; 32], [0u8; 32]);
+    r.copy_from_slice(&out[..32]);
+    s.copy_from_slice(&out[32..]);
+    (r, s)
+}
+
 /// The public key of `share`, derived along `path` when it is not empty.
-pub fn public_key(share: &Share, path: &[u32]) -> Result<cggmp21::generic_ec::Point<Curve>, EngineError> {
+pub fn public_key(share: &Share, path: &[u32]) -> Result<cggmp24::generic_ec::Point<Curve>, EngineError> {
     if path.is_empty() {
         return Ok(*share.shared_public_key);
     }
     let child = share
-        .derive_child_public_key::<cggmp21::hd_wallet::Slip10, _>(path.iter().copied())
+        .derive_child_public_key::<cggmp24::hd_wallet::Slip10, _>(path.iter().copied())
         .map_err(|e| EngineError::DerivationPath(e.to_string()))?;
     Ok(child.public_key)
+}
+
+/// The compressed public key of `share` (derived along `path`).
+pub fn public_key_bytes(share: &Share, path: &[u32]) -> Result<Vec<u8>, EngineError> {
+    Ok(public_key(share, path)?.to_bytes(true).to_vec())
 }
 
 /// The SLIP-10 chain code of `share`, when it can derive keys.
@@ -393,22 +640,22 @@ pub fn chain_code(share: &Share) -> Option<[u8; 32]> {
 /// signing with that path verifies under, compressed: what [`public_key`]
 /// computes from a share, from public material only.
 pub fn derive_public_key(public_key: &[u8], chain_code: &[u8; 32], path: &[u32]) -> Result<Vec<u8>, EngineError> {
-    let point = cggmp21::generic_ec::Point::<Curve>::from_bytes(public_key)
+    let point = cggmp24::generic_ec::Point::<Curve>::from_bytes(public_key)
         .map_err(|_| EngineError::DerivationPath("not a secp256k1 point".into()))?;
-    let parent = cggmp21::hd_wallet::ExtendedPublicKey { public_key: point, chain_code: *chain_code };
+    let parent = cggmp24::hd_wallet::ExtendedPublicKey { public_key: point, chain_code: *chain_code };
     let child =
-        <cggmp21::hd_wallet::Slip10 as cggmp21::hd_wallet::HdWallet<Curve>>::try_derive_child_public_key_with_path(
+        <cggmp24::hd_wallet::Slip10 as cggmp24::hd_wallet::HdWallet<Curve>>::try_derive_child_public_key_with_path(
             &parent,
-            path.iter().map(|i| cggmp21::hd_wallet::NonHardenedIndex::try_from(*i)),
+            path.iter().map(|i| cggmp24::hd_wallet::NonHardenedIndex::try_from(*i)),
         )
         .map_err(|e| EngineError::DerivationPath(e.to_string()))?;
     Ok(child.public_key.to_bytes(true).to_vec())
 }
 
-/// ECDSA signs the digest itself (z = digest mod n), as every secp256k1
-/// verifier expects for a prehashed message.
-pub fn data_to_sign(digest: &[u8; 32]) -> DataToSign<Curve> {
-    DataToSign::from_scalar(cggmp21::generic_ec::Scalar::from_be_bytes_mod_order(digest))
+/// A requester's digest, for the full protocol only: z = digest mod n, as
+/// every secp256k1 verifier takes a prehashed message.
+fn prehashed(digest: &[u8; 32]) -> PrehashedDataToSign<Curve> {
+    PrehashedDataToSign::from_scalar(cggmp24::generic_ec::Scalar::from_be_bytes_mod_order(digest))
 }
 
 fn position(parties: &[u16], me: u16) -> Result<u16, EngineError> {
@@ -456,5 +703,38 @@ pub mod memory {
             }
         });
         nets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_digests_match_the_published_hashes() {
+        // SHA-256("abc"), Keccak-256("abc") and SHA-256(SHA-256("abc")).
+        let cases = [
+            (HashAlgorithm::Sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+            (HashAlgorithm::Keccak256, "4e03657aea45a94fc7d47ba826c8d667c0d1e6e33a64a036ec44f58fa12d6c45"),
+            (HashAlgorithm::Sha256d, "4f8b42c22dd3729b519ba6f68d2da7cc5b2d606d05daed5ad5128cc03e6c6358"),
+        ];
+        for (hash, expected) in cases {
+            let payload = Payload { hash, bytes: b"abc" };
+            assert_eq!(hex::encode(payload.digest()), expected, "{hash:?}");
+            let scalar = payload.data_to_sign().to_scalar();
+            assert_eq!(hex::encode(scalar.to_be_bytes()), expected, "{hash:?}: the library signs the same digest");
+        }
+    }
+
+    #[test]
+    fn old_and_unknown_share_formats_are_named() {
+        let old = br#"{"core":{"curve":"secp256k1"},"aux":{"p":"00","q":"00","parties":[]}}"#;
+        assert!(matches!(decode_share(old), Err(ShareFormatError::Cggmp21)));
+        let message = ShareFormatError::Cggmp21.to_string();
+        assert!(message.contains("cggmp21") && message.contains("previous Torcus release"), "{message}");
+        let other = br#"{"format":"torcus-key-share/other","share":{}}"#;
+        assert!(matches!(decode_share(other), Err(ShareFormatError::Unreadable(m)) if m.contains("other")));
+        assert!(matches!(decode_share(b"[1]"), Err(ShareFormatError::Unreadable(_))));
+        assert!(matches!(decode_share(b"{}"), Err(ShareFormatError::Unreadable(_))));
     }
 }

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 
 pub use identity::{Identity, IdentityError};
 
+#[cfg(feature = "test-primes")]
 use crate::engine::Primes;
 use crate::metrics::NodeMetrics;
 use crate::router::Router;
@@ -87,10 +88,17 @@ pub struct Args {
 
     /// TEST ONLY: take the safe primes for aux info from this JSON file (a
     /// list indexed by party) instead of generating them. Safe primes must
-    /// be secret and fresh; a product node never sets this.
-    #[arg(long, env = "TORCUS_TEST_PRIMES_FIXTURE", hide = true)]
+    /// be secret and fresh: only builds with the `test-primes` feature have
+    /// this flag, and `Dockerfile.node` builds without it.
+    #[cfg(feature = "test-primes")]
+    #[arg(long, env = TEST_PRIMES_ENV, hide = true)]
     pub test_primes_fixture: Option<PathBuf>,
 }
+
+/// The environment variable of the test-only primes fixture. A build
+/// without the `test-primes` feature refuses to start when it is set,
+/// rather than ignore it silently.
+pub const TEST_PRIMES_ENV: &str = "TORCUS_TEST_PRIMES_FIXTURE";
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +139,12 @@ pub enum Error {
     /// The test primes fixture is unusable.
     #[error("primes fixture: {0}")]
     Primes(String),
+    /// The test primes fixture was asked of a build without it.
+    #[error(
+        "{TEST_PRIMES_ENV} is set, but this build of torcus-node does not take test fixtures (a node with public \
+         safe primes would hold a key share anyone can recover); unset it"
+    )]
+    TestFixtureInProduct,
 }
 
 impl Args {
@@ -153,10 +167,15 @@ impl Args {
             listen_ip,
             http_port,
             p2p_port,
+            #[cfg(feature = "test-primes")]
             test_primes_fixture,
         } = self;
         if command != "serve" {
             return Err(Error::UnknownCommand(command));
+        }
+        #[cfg(not(feature = "test-primes"))]
+        if std::env::var_os(TEST_PRIMES_ENV).is_some() {
+            return Err(Error::TestFixtureInProduct);
         }
         let identity = Identity::load(me, &config, &tls_dir)?;
         let cluster = identity.config.clone();
@@ -296,15 +315,19 @@ impl Args {
         ));
 
         let router = Router::new();
+        #[cfg(feature = "test-primes")]
         let primes_fixture = match test_primes_fixture {
             Some(path) => Some(fixture_primes(&path, me)?),
             None => None,
         };
+        #[cfg(not(feature = "test-primes"))]
+        let primes_fixture = None;
         let service = Service::new(ServiceParts {
             me,
             nodes: cluster.nodes,
             threshold: cluster.threshold,
             presignature_pool_size: cluster.presignature_pool_size,
+            presignature_paths: cluster.presignature_paths.clone(),
             namespace: cluster.namespace.clone(),
             cluster: cluster.cluster.clone(),
             grant_key,
@@ -454,6 +477,7 @@ async fn resolve_peers(
     }
 }
 
+#[cfg(feature = "test-primes")]
 fn fixture_primes(path: &std::path::Path, me: u16) -> Result<Primes, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Io(path.display().to_string(), e))?;
     let mut all: Vec<Primes> = serde_json::from_str(&text).map_err(|e| Error::Primes(e.to_string()))?;

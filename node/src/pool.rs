@@ -4,7 +4,9 @@
 //! rounds of the protocol. It belongs to the exact set of signers that made
 //! it, and using it for two messages leaks the key, so:
 //!
-//! - pools are kept per (key, signer set), the set as ascending party indices;
+//! - pools are kept per (key, derivation path, signer set) — a [`PoolId`] —
+//!   the set as ascending party indices; a presignature is bound to its key,
+//!   path and set before it is made, and serves no other;
 //! - every presignature has a 32-byte id (the id of the session that made it,
 //!   the same on every member of the set), by which all members find the same
 //!   one;
@@ -13,16 +15,18 @@
 //!   and nothing ever puts it back;
 //! - a pool holds at most the configured number per set (the oldest goes).
 //!
-//! Zeroization: `cggmp21::Presignature` does not implement `Zeroize`, but its
-//! secret parts (k and χ) are `generic_ec::SecretScalar`s, heap-allocated
-//! behind an `Arc<Zeroizing<Scalar>>` that wipes them when the last reference
-//! is dropped. The pool never clones a presignature, so dropping one (taken
-//! and discarded, evicted, or consumed by `issue_partial_signature`) wipes its
+//! The pool holds any value (the node's is [`crate::engine::Presig`]) and
+//! never looks inside it. Zeroization: the library's presignature does not
+//! implement `Zeroize`, but its secret parts (k̃ and χ̃) are
+//! `generic_ec::SecretScalar`s, heap-allocated behind an
+//! `Arc<Zeroizing<Scalar>>` that wipes them when the last reference is
+//! dropped. The pool never clones a presignature, so dropping one (taken and
+//! discarded, evicted, or consumed by `issue_partial_signature`) wipes its
 //! secrets. What cannot be wiped from here: the protocol state the library
 //! keeps while generating one, and the stack temporaries of
-//! `issue_partial_signature` and `set_derivation_path` (the library's own
-//! code). R, the public nonce point, is not secret. Neither the presignature
-//! type nor the wrappers here print their contents with `Debug`.
+//! `issue_partial_signature` (the library's own code). Γ, the public nonce
+//! point, is not secret. Neither the presignature type nor the wrappers here
+//! print their contents with `Debug`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -30,153 +34,171 @@ use std::sync::{Mutex, PoisonError};
 use prometheus::{IntCounter, IntGaugeVec};
 use torcus_contract::api::PresignaturePool;
 
-use crate::engine::Presig;
+/// What a pool is for: presignatures serve exactly one key, derivation path
+/// and signer set.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolId {
+    /// Key name.
+    pub key: String,
+    /// Derivation path (non-hardened indices; empty: the key itself).
+    pub path: Vec<u32>,
+    /// Signer set, ascending party indices.
+    pub set: Vec<u16>,
+}
+
+impl PoolId {
+    /// The pool of `key`, `path` and `set`.
+    pub fn new(key: &str, path: &[u32], set: &[u16]) -> Self {
+        Self { key: key.to_owned(), path: path.to_vec(), set: set.to_vec() }
+    }
+}
 
 /// The presignature pools of one node.
-pub struct Pools {
-    /// Presignatures kept per (key, signer set); 0 turns pools off.
+pub struct Pools<P> {
+    /// Presignatures kept per pool; 0 turns pools off.
     target: usize,
-    /// Key → signer set → pool. Ordered, so listings are stable.
-    inner: Mutex<BTreeMap<String, BTreeMap<Vec<u16>, Pool>>>,
-    /// `torcus_presignature_pool_depth{key}`: the sum over the key's sets.
+    /// Ordered, so listings are stable.
+    inner: Mutex<BTreeMap<PoolId, Pool<P>>>,
+    /// `torcus_presignature_pool_depth{key}`: the sum over the key's pools.
     depth: IntGaugeVec,
     /// Presignatures dropped unused (evicted, pruned, or taken for a session
     /// that then ran the full protocol or failed before signing).
     discarded: IntCounter,
 }
 
-#[derive(Default)]
-struct Pool {
+struct Pool<P> {
     /// Oldest first.
-    entries: VecDeque<([u8; 32], Presig)>,
+    entries: VecDeque<([u8; 32], P)>,
     generated: u64,
     taken: u64,
 }
 
-impl std::fmt::Debug for Pools {
+impl<P> Default for Pool<P> {
+    fn default() -> Self {
+        Self { entries: VecDeque::new(), generated: 0, taken: 0 }
+    }
+}
+
+impl<P> std::fmt::Debug for Pools<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Counts only: presignatures are secret.
         f.debug_struct("Pools").field("target", &self.target).field("pools", &self.snapshot()).finish()
     }
 }
 
-impl Pools {
-    /// Empty pools of at most `target` presignatures per (key, signer set),
-    /// reporting their depth per key to `depth` and what they drop unused
-    /// to `discarded`.
+impl<P> Pools<P> {
+    /// Empty pools of at most `target` presignatures each, reporting their
+    /// depth per key to `depth` and what they drop unused to `discarded`.
     pub fn new(target: u16, depth: IntGaugeVec, discarded: IntCounter) -> Self {
         Self { target: usize::from(target), inner: Mutex::default(), depth, discarded }
     }
 
-    /// Presignatures kept per (key, signer set); 0 when pools are off.
+    /// Presignatures kept per pool; 0 when pools are off.
     pub fn target(&self) -> usize {
         self.target
     }
 
-    /// Presignatures ready for `key` and the signer set `set` (ascending).
-    pub fn depth(&self, key: &str, set: &[u16]) -> usize {
-        self.lock().get(key).and_then(|sets| sets.get(set)).map_or(0, |pool| pool.entries.len())
+    /// Presignatures ready in pool `id`.
+    pub fn depth(&self, id: &PoolId) -> usize {
+        self.lock().get(id).map_or(0, |pool| pool.entries.len())
     }
 
-    /// Ids of the presignatures ready for `key` and `set`, oldest first.
-    pub fn ids(&self, key: &str, set: &[u16]) -> Vec<[u8; 32]> {
-        self.lock()
-            .get(key)
-            .and_then(|sets| sets.get(set))
-            .map_or_else(Vec::new, |pool| pool.entries.iter().map(|(id, _)| *id).collect())
+    /// Ids of the presignatures ready in pool `id`, oldest first.
+    pub fn ids(&self, id: &PoolId) -> Vec<[u8; 32]> {
+        self.lock().get(id).map_or_else(Vec::new, |pool| pool.entries.iter().map(|(id, _)| *id).collect())
     }
 
     /// Adds a freshly made presignature. When the pool is full the oldest
     /// one is dropped to make room. Returns false (and drops `presig`) if the
     /// id is already in the pool or pools are off.
-    pub fn insert(&self, key: &str, set: &[u16], id: [u8; 32], presig: Presig) -> bool {
+    pub fn insert(&self, id: &PoolId, presig_id: [u8; 32], presig: P) -> bool {
         if self.target == 0 {
             return false;
         }
         let mut inner = self.lock();
-        let pool = inner.entry(key.to_owned()).or_default().entry(set.to_vec()).or_default();
-        if pool.entries.iter().any(|(held, _)| *held == id) {
+        let pool = inner.entry(id.clone()).or_default();
+        if pool.entries.iter().any(|(held, _)| *held == presig_id) {
             return false;
         }
         while pool.entries.len() >= self.target {
             pool.entries.pop_front();
             self.discarded.inc();
         }
-        pool.entries.push_back((id, presig));
+        pool.entries.push_back((presig_id, presig));
         pool.generated += 1;
-        self.update_depth(&inner, key);
+        self.update_depth(&inner, &id.key);
         true
     }
 
-    /// Removes presignature `id` of `key` and `set`, if held: from now on no
-    /// other session can have it.
-    pub fn take(&self, key: &str, set: &[u16], id: &[u8; 32]) -> Option<Taken> {
-        let mut inner = self.lock();
-        let pool = inner.get_mut(key)?.get_mut(set)?;
-        let position = pool.entries.iter().position(|(held, _)| held == id)?;
-        let (id, presig) = pool.entries.remove(position)?;
-        pool.taken += 1;
-        self.update_depth(&inner, key);
-        Some(Taken { id, presig: Some(presig), discarded: self.discarded.clone() })
+    /// Removes presignature `presig_id` of pool `id`, if held: from now on
+    /// no other session can have it.
+    pub fn take(&self, id: &PoolId, presig_id: &[u8; 32]) -> Option<Taken<P>> {
+        self.take_where(id, |held| held == presig_id, false)
     }
 
-    /// Removes the oldest presignature of `key` and `set`, if any.
-    pub fn take_oldest(&self, key: &str, set: &[u16]) -> Option<Taken> {
-        self.take_oldest_preferring(key, set, |_| true)
+    /// Removes the oldest presignature of pool `id`, if any.
+    pub fn take_oldest(&self, id: &PoolId) -> Option<Taken<P>> {
+        self.take_oldest_preferring(id, |_| true)
     }
 
-    /// Removes the oldest presignature of `key` and `set` whose id `prefer`
+    /// Removes the oldest presignature of pool `id` whose id `prefer`
     /// accepts, or else the oldest of all, if any.
-    pub fn take_oldest_preferring(&self, key: &str, set: &[u16], prefer: impl Fn(&[u8; 32]) -> bool) -> Option<Taken> {
-        let mut inner = self.lock();
-        let pool = inner.get_mut(key)?.get_mut(set)?;
-        let position = pool.entries.iter().position(|(id, _)| prefer(id)).unwrap_or(0);
-        let (id, presig) = pool.entries.remove(position)?;
-        pool.taken += 1;
-        self.update_depth(&inner, key);
-        Some(Taken { id, presig: Some(presig), discarded: self.discarded.clone() })
+    pub fn take_oldest_preferring(&self, id: &PoolId, prefer: impl Fn(&[u8; 32]) -> bool) -> Option<Taken<P>> {
+        self.take_where(id, prefer, true)
     }
 
-    /// Drops every presignature of `key` and `set` whose id is not in
-    /// `keep`; returns how many went. Dropping is always safe: at worst a
-    /// signing session runs the full protocol.
-    pub fn retain(&self, key: &str, set: &[u16], keep: &[[u8; 32]]) -> usize {
+    fn take_where(&self, id: &PoolId, pick: impl Fn(&[u8; 32]) -> bool, or_oldest: bool) -> Option<Taken<P>> {
         let mut inner = self.lock();
-        let Some(pool) = inner.get_mut(key).and_then(|sets| sets.get_mut(set)) else {
+        let pool = inner.get_mut(id)?;
+        let position = match pool.entries.iter().position(|(held, _)| pick(held)) {
+            Some(position) => position,
+            None if or_oldest => 0,
+            None => return None,
+        };
+        let (presig_id, presig) = pool.entries.remove(position)?;
+        pool.taken += 1;
+        self.update_depth(&inner, &id.key);
+        Some(Taken { id: presig_id, presig: Some(presig), discarded: self.discarded.clone() })
+    }
+
+    /// Drops every presignature of pool `id` whose id is not in `keep`;
+    /// returns how many went. Dropping is always safe: at worst a signing
+    /// session runs the full protocol.
+    pub fn retain(&self, id: &PoolId, keep: &[[u8; 32]]) -> usize {
+        let mut inner = self.lock();
+        let Some(pool) = inner.get_mut(id) else {
             return 0;
         };
         let before = pool.entries.len();
-        pool.entries.retain(|(id, _)| keep.contains(id));
+        pool.entries.retain(|(held, _)| keep.contains(held));
         let dropped = before - pool.entries.len();
         self.discarded.inc_by(dropped as u64);
-        self.update_depth(&inner, key);
+        self.update_depth(&inner, &id.key);
         dropped
     }
 
     /// Every pool, for `GET /p2p/presignatures`.
     pub fn snapshot(&self) -> Vec<PresignaturePool> {
-        let inner = self.lock();
-        inner
+        self.lock()
             .iter()
-            .flat_map(|(key, sets)| {
-                sets.iter().map(move |(set, pool)| PresignaturePool {
-                    key: key.clone(),
-                    participants: set.clone(),
-                    depth: u32::try_from(pool.entries.len()).unwrap_or(u32::MAX),
-                    ids: pool.entries.iter().map(|(id, _)| hex::encode(id)).collect(),
-                    generated: pool.generated,
-                    taken: pool.taken,
-                })
+            .map(|(id, pool)| PresignaturePool {
+                key: id.key.clone(),
+                path: id.path.clone(),
+                participants: id.set.clone(),
+                depth: u32::try_from(pool.entries.len()).unwrap_or(u32::MAX),
+                ids: pool.entries.iter().map(|(id, _)| hex::encode(id)).collect(),
+                generated: pool.generated,
+                taken: pool.taken,
             })
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeMap<Vec<u16>, Pool>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PoolId, Pool<P>>> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn update_depth(&self, inner: &BTreeMap<String, BTreeMap<Vec<u16>, Pool>>, key: &str) {
-        let total: usize = inner.get(key).map_or(0, |sets| sets.values().map(|pool| pool.entries.len()).sum());
+    fn update_depth(&self, inner: &BTreeMap<PoolId, Pool<P>>, key: &str) {
+        let total: usize = inner.iter().filter(|(id, _)| id.key == key).map(|(_, pool)| pool.entries.len()).sum();
         self.depth.with_label_values(&[key]).set(i64::try_from(total).unwrap_or(i64::MAX));
     }
 }
@@ -184,27 +206,27 @@ impl Pools {
 /// A presignature taken out of its pool for one signing session. It is
 /// either [consumed](Taken::consume) to issue one partial signature, or
 /// dropped (and counted as discarded); it never goes back.
-pub struct Taken {
+pub struct Taken<P> {
     id: [u8; 32],
     /// `Some` until consumed; `consume` takes `self`, so it runs once.
-    presig: Option<Presig>,
+    presig: Option<P>,
     discarded: IntCounter,
 }
 
-impl Taken {
+impl<P> Taken<P> {
     /// The presignature's id.
     pub fn id(&self) -> [u8; 32] {
         self.id
     }
 
     /// Hands the presignature over to issue a partial signature.
-    pub fn consume(mut self) -> Presig {
+    pub fn consume(mut self) -> P {
         // Invariant: `presig` is only emptied here, and this takes `self`.
         self.presig.take().expect("a taken presignature is consumed at most once")
     }
 }
 
-impl Drop for Taken {
+impl<P> Drop for Taken<P> {
     fn drop(&mut self) {
         if self.presig.take().is_some() {
             self.discarded.inc();
@@ -212,7 +234,7 @@ impl Drop for Taken {
     }
 }
 
-impl std::fmt::Debug for Taken {
+impl<P> std::fmt::Debug for Taken<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Taken").field("id", &hex::encode(self.id)).finish_non_exhaustive()
     }
@@ -220,43 +242,43 @@ impl std::fmt::Debug for Taken {
 
 #[cfg(test)]
 mod tests {
-    use cggmp21::generic_ec::{NonZero, Point, Scalar, SecretScalar};
     use prometheus::Opts;
 
     use super::*;
 
-    /// A presignature-shaped value (not from a protocol run: the pool never
-    /// looks inside).
-    fn presig(seed: u64) -> Presig {
-        let mut k = Scalar::from(seed + 1);
-        let mut chi = Scalar::from(seed + 2);
-        let r = NonZero::from_point(Point::generator() * Scalar::from(seed + 3)).expect("non-zero");
-        Presig { R: r, k: SecretScalar::new(&mut k), chi: SecretScalar::new(&mut chi) }
-    }
+    /// A presignature-shaped secret: the pool never looks inside.
+    #[derive(Debug, PartialEq)]
+    struct Secret(u64);
 
-    fn pools(target: u16) -> (Pools, IntGaugeVec, IntCounter) {
+    fn pools(target: u16) -> (Pools<Secret>, IntGaugeVec, IntCounter) {
         let depth = IntGaugeVec::new(Opts::new("depth", "depth"), &["key"]).unwrap();
         let discarded = IntCounter::new("discarded", "discarded").unwrap();
         (Pools::new(target, depth.clone(), discarded.clone()), depth, discarded)
     }
 
+    fn id(key: &str, path: &[u32], set: &[u16]) -> PoolId {
+        PoolId::new(key, path, set)
+    }
+
     #[test]
     fn take_removes_once() {
         let (pools, depth, _) = pools(4);
-        assert!(pools.insert("k", &[0, 1], [1; 32], presig(1)));
-        assert!(pools.insert("k", &[0, 1], [2; 32], presig(2)));
-        assert!(!pools.insert("k", &[0, 1], [2; 32], presig(3)), "an id is held once");
-        assert_eq!(pools.depth("k", &[0, 1]), 2);
+        let k01 = id("k", &[], &[0, 1]);
+        assert!(pools.insert(&k01, [1; 32], Secret(1)));
+        assert!(pools.insert(&k01, [2; 32], Secret(2)));
+        assert!(!pools.insert(&k01, [2; 32], Secret(3)), "an id is held once");
+        assert_eq!(pools.depth(&k01), 2);
         assert_eq!(depth.with_label_values(&["k"]).get(), 2);
-        let taken = pools.take("k", &[0, 1], &[2; 32]).expect("held");
+        let taken = pools.take(&k01, &[2; 32]).expect("held");
         assert_eq!(taken.id(), [2; 32]);
-        assert!(pools.take("k", &[0, 1], &[2; 32]).is_none(), "gone after one take");
-        assert_eq!(pools.ids("k", &[0, 1]), vec![[1; 32]]);
+        assert_eq!(taken.consume(), Secret(2));
+        assert!(pools.take(&k01, &[2; 32]).is_none(), "gone after one take");
+        assert_eq!(pools.ids(&k01), vec![[1; 32]]);
         assert_eq!(depth.with_label_values(&["k"]).get(), 1);
-        let oldest = pools.take_oldest("k", &[0, 1]).expect("one left");
+        let oldest = pools.take_oldest(&k01).expect("one left");
         assert_eq!(oldest.id(), [1; 32]);
-        assert!(pools.take_oldest("k", &[0, 1]).is_none());
-        assert!(pools.take("k", &[0, 1], &[1; 32]).is_none());
+        assert!(pools.take_oldest(&k01).is_none());
+        assert!(pools.take(&k01, &[1; 32]).is_none());
         let snapshot = pools.snapshot();
         assert_eq!((snapshot[0].depth, snapshot[0].generated, snapshot[0].taken), (0, 2, 2));
     }
@@ -264,64 +286,85 @@ mod tests {
     #[test]
     fn bound_is_respected() {
         let (pools, _, discarded) = pools(2);
-        for id in 1..=5u8 {
-            assert!(pools.insert("k", &[0, 2], [id; 32], presig(u64::from(id))));
-            assert!(pools.depth("k", &[0, 2]) <= 2);
+        let k02 = id("k", &[], &[0, 2]);
+        for n in 1..=5u8 {
+            assert!(pools.insert(&k02, [n; 32], Secret(u64::from(n))));
+            assert!(pools.depth(&k02) <= 2);
         }
-        assert_eq!(pools.ids("k", &[0, 2]), vec![[4; 32], [5; 32]], "the oldest go");
+        assert_eq!(pools.ids(&k02), vec![[4; 32], [5; 32]], "the oldest go");
         assert_eq!(discarded.get(), 3);
 
         let (off, _, _) = super::tests::pools(0);
-        assert!(!off.insert("k", &[0, 2], [1; 32], presig(1)));
-        assert_eq!(off.depth("k", &[0, 2]), 0);
+        assert!(!off.insert(&k02, [1; 32], Secret(1)));
+        assert_eq!(off.depth(&k02), 0);
     }
 
     #[test]
-    fn sets_and_keys_are_distinct() {
+    fn keys_paths_and_sets_are_distinct() {
         let (pools, depth, _) = pools(4);
-        assert!(pools.insert("k", &[0, 1], [1; 32], presig(1)));
-        assert!(pools.insert("k", &[1, 2], [2; 32], presig(2)));
-        assert!(pools.insert("other", &[0, 1], [3; 32], presig(3)));
-        assert!(pools.take("k", &[0, 1], &[2; 32]).is_none(), "another set's presignature");
-        assert!(pools.take("k", &[0, 2], &[1; 32]).is_none(), "no such set");
-        assert!(pools.take("other", &[0, 1], &[1; 32]).is_none(), "another key's presignature");
-        assert!(pools.take("missing", &[0, 1], &[1; 32]).is_none());
-        assert_eq!(depth.with_label_values(&["k"]).get(), 2, "the gauge sums a key's sets");
+        assert!(pools.insert(&id("k", &[], &[0, 1]), [1; 32], Secret(1)));
+        assert!(pools.insert(&id("k", &[], &[1, 2]), [2; 32], Secret(2)));
+        assert!(pools.insert(&id("other", &[], &[0, 1]), [3; 32], Secret(3)));
+        assert!(pools.insert(&id("k", &[0, 7], &[0, 1]), [4; 32], Secret(4)));
+        assert!(pools.take(&id("k", &[], &[0, 1]), &[2; 32]).is_none(), "another set's presignature");
+        assert!(pools.take(&id("k", &[], &[0, 2]), &[1; 32]).is_none(), "no such set");
+        assert!(pools.take(&id("other", &[], &[0, 1]), &[1; 32]).is_none(), "another key's presignature");
+        assert!(pools.take(&id("k", &[0, 7], &[0, 1]), &[1; 32]).is_none(), "another path's presignature");
+        assert!(pools.take(&id("k", &[0], &[0, 1]), &[4; 32]).is_none(), "a prefix of the path is another path");
+        assert!(pools.take_oldest(&id("k", &[7], &[0, 1])).is_none(), "no pool for that path");
+        assert!(pools.take(&id("missing", &[], &[0, 1]), &[1; 32]).is_none());
+        assert_eq!(depth.with_label_values(&["k"]).get(), 3, "the gauge sums a key's pools");
         assert_eq!(depth.with_label_values(&["other"]).get(), 1);
-        let listed: Vec<(String, Vec<u16>, u32)> =
-            pools.snapshot().into_iter().map(|p| (p.key, p.participants, p.depth)).collect();
+        let listed: Vec<(String, Vec<u32>, Vec<u16>, u32)> =
+            pools.snapshot().into_iter().map(|p| (p.key, p.path, p.participants, p.depth)).collect();
         assert_eq!(
             listed,
-            vec![("k".into(), vec![0, 1], 1), ("k".into(), vec![1, 2], 1), ("other".into(), vec![0, 1], 1)]
+            vec![
+                ("k".into(), vec![], vec![0, 1], 1),
+                ("k".into(), vec![], vec![1, 2], 1),
+                ("k".into(), vec![0, 7], vec![0, 1], 1),
+                ("other".into(), vec![], vec![0, 1], 1),
+            ]
         );
     }
 
     #[test]
     fn retain_and_discards_are_counted() {
         let (pools, _, discarded) = pools(4);
-        for id in 1..=3u8 {
-            pools.insert("k", &[0, 1], [id; 32], presig(u64::from(id)));
+        let k01 = id("k", &[], &[0, 1]);
+        for n in 1..=3u8 {
+            pools.insert(&k01, [n; 32], Secret(u64::from(n)));
         }
-        assert_eq!(pools.retain("k", &[0, 1], &[[2; 32], [9; 32]]), 2);
-        assert_eq!(pools.ids("k", &[0, 1]), vec![[2; 32]]);
-        assert_eq!(pools.retain("k", &[5, 6], &[]), 0);
+        assert_eq!(pools.retain(&k01, &[[2; 32], [9; 32]]), 2);
+        assert_eq!(pools.ids(&k01), vec![[2; 32]]);
+        assert_eq!(pools.retain(&id("k", &[], &[5, 6]), &[]), 0);
         assert_eq!(discarded.get(), 2);
         // Taken and dropped unused: discarded; consumed: not.
-        drop(pools.take_oldest("k", &[0, 1]));
+        drop(pools.take_oldest(&k01));
         assert_eq!(discarded.get(), 3);
-        pools.insert("k", &[0, 1], [7; 32], presig(7));
-        let _presig = pools.take_oldest("k", &[0, 1]).expect("held").consume();
+        pools.insert(&k01, [7; 32], Secret(7));
+        let _presig = pools.take_oldest(&k01).expect("held").consume();
         assert_eq!(discarded.get(), 3);
+    }
+
+    #[test]
+    fn preferred_ids_go_first() {
+        let (pools, _, _) = pools(4);
+        let k01 = id("k", &[], &[0, 1]);
+        for n in 1..=3u8 {
+            pools.insert(&k01, [n; 32], Secret(u64::from(n)));
+        }
+        assert_eq!(pools.take_oldest_preferring(&k01, |id| id[0] == 2).map(|t| t.id()), Some([2; 32]));
+        assert_eq!(pools.take_oldest_preferring(&k01, |id| id[0] == 9).map(|t| t.id()), Some([1; 32]));
     }
 
     #[test]
     fn debug_shows_no_secret() {
         let (pools, _, _) = pools(4);
-        pools.insert("k", &[0, 1], [1; 32], presig(41));
-        let text = format!("{pools:?} {:?}", pools.take("k", &[0, 1], &[1; 32]).expect("held"));
+        let k01 = id("k", &[], &[0, 1]);
+        pools.insert(&k01, [1; 32], Secret(41));
+        let text = format!("{pools:?} {:?}", pools.take(&k01, &[1; 32]).expect("held"));
         assert!(text.contains("depth") && text.contains(&hex::encode([1u8; 32])), "{text}");
-        let secret = presig(41);
-        let k = hex::encode(secret.k.as_ref().to_be_bytes());
-        assert!(!text.contains(&k), "{text}");
+        assert!(!text.contains("Secret") && !text.contains("41"), "{text}");
     }
 }

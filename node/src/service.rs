@@ -9,11 +9,17 @@
 //! grant is used at most once per node, across restarts.
 //!
 //! Presignatures (`crate::pool`): a background task (the *presigner*) keeps
-//! a pool for every key and every signer set of `threshold` parties that
-//! this node leads (is the lowest index of). It proposes a presigning
-//! session to the rest of the set with a random session id and no grant;
-//! each member checks the sender, the set and its own pool before it acks.
-//! Signing comes first: neither the presigner nor a member starts
+//! a pool for every key, every derivation path the cluster configuration
+//! names (`presignaturePaths`, the key itself by default) and every signer
+//! set of `threshold` parties that this node leads (is the lowest index of).
+//! It proposes a presigning session to the rest of the set with a random
+//! session id and no grant; each member checks the sender, the set, the path
+//! and its own pool before it acks. The path is fixed on the protocol before
+//! the presignature exists, never set on it afterwards.
+//! Only a grant whose message is a payload the nodes hash themselves can
+//! use a presignature, and only one made for the grant's key, path and
+//! signer set; a raw digest always runs the full protocol (see
+//! `crate::engine`). Signing comes first: neither the presigner nor a member starts
 //! presigning while a grant session runs on this node or one ended less
 //! than [`PRESIGN_QUIET`] ago (back-to-back signing leaves no room for it
 //! anyway), a presigning session running when one starts is abandoned
@@ -38,13 +44,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use torcus_contract::{
-    Control, Grant, GrantError, GrantKind, InitiatorHandshake, ParticipantHandshake, SignedGrant, UsedSessions,
+    Control, Grant, GrantError, GrantKind, InitiatorHandshake, ParticipantHandshake, SignMessage, SignedGrant,
+    UsedSessions,
 };
 use tracing::{Instrument, debug, info, warn};
 use zeroize::Zeroizing;
 
 use crate::engine::{self, Aux, Channel, Envelope, Presig, Primes, Share};
-use crate::pool::{Pools, Taken};
+use crate::pool::{PoolId, Pools, Taken};
 use crate::router::Router;
 use crate::store::ShareStore;
 use crate::transport::Transport;
@@ -86,10 +93,15 @@ const MAX_HELD: usize = 1024;
 /// see it at the end of the Abort's reason and do not count it as a failure.
 const PREEMPTED: &str = "presigning preempted by signing";
 const AUX_SHARE: &str = "aux-info";
+/// Tag of the aux info this release stores (CGGMP24's shape).
+const AUX_FORMAT: &str = "torcus-aux-info/cggmp24";
 
-/// Aux info as stored, with the id keygen grants name it by.
+/// Aux info as stored, with the id keygen grants name it by. Aux info of
+/// the cggmp21-based releases has no `format` and another shape: it does
+/// not parse, and the next keygen generates new aux info.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredAux {
+    format: String,
     id: String,
     aux: Aux,
 }
@@ -147,6 +159,16 @@ pub enum SessionError {
     /// A stored share could not be read back.
     #[error("stored share is unreadable: {0}")]
     Corrupt(String),
+    /// A stored key share is of another format (an older release's): the
+    /// node refuses to start rather than reinterpret it.
+    #[error("stored key share {name:?}: {error}")]
+    ShareFormat {
+        /// Name of the share in the store.
+        name: String,
+        /// What it is, and what to do.
+        #[source]
+        error: engine::ShareFormatError,
+    },
 }
 
 impl SessionError {
@@ -162,7 +184,7 @@ impl SessionError {
             Self::Engine(_) => "protocol",
             Self::Timeout(_) => "timeout",
             Self::Preempted => "preempted",
-            Self::Store(_) | Self::Corrupt(_) => "storage",
+            Self::Store(_) | Self::Corrupt(_) | Self::ShareFormat { .. } => "storage",
         }
     }
 }
@@ -197,7 +219,9 @@ pub struct Service<T: Transport> {
     statuses: Mutex<HashMap<[u8; 32], SessionStatus>>,
     metrics: crate::metrics::NodeMetrics,
     /// Presignatures, in memory only.
-    pools: Pools,
+    pools: Pools<Presig>,
+    /// The derivation paths whose presignatures are kept (per key).
+    presign_paths: Vec<Vec<u32>>,
     /// Grant sessions (keygen, sign) running here; presigning waits for 0.
     foreground: AtomicUsize,
     /// When the last grant session here ended (`None`: none yet).
@@ -226,8 +250,11 @@ pub struct ServiceParts<T> {
     pub nodes: u16,
     /// Parties needed to sign (from the cluster configuration).
     pub threshold: u16,
-    /// Presignatures to keep per key and signer set; 0 turns presigning off.
+    /// Presignatures to keep per key, path and signer set; 0 turns
+    /// presigning off.
     pub presignature_pool_size: u16,
+    /// Derivation paths to keep presignatures for (empty path: the key).
+    pub presignature_paths: Vec<Vec<u32>>,
     /// Namespace of the cluster.
     pub namespace: String,
     /// Name of the cluster.
@@ -262,6 +289,7 @@ impl<T: Transport> Service<T> {
             nodes,
             threshold,
             presignature_pool_size,
+            presignature_paths,
             namespace,
             cluster,
             grant_key,
@@ -276,18 +304,23 @@ impl<T: Transport> Service<T> {
         for name in store.list()? {
             if let Some(key) = name.strip_prefix("key-") {
                 let bytes = store.get(&name)?.ok_or_else(|| SessionError::Corrupt(name.clone()))?;
-                let share: Share = serde_json::from_slice(&bytes).map_err(|e| SessionError::Corrupt(e.to_string()))?;
+                let share = engine::decode_share(&bytes)
+                    .map_err(|error| SessionError::ShareFormat { name: name.clone(), error })?;
                 shares.insert(key.to_owned(), Arc::new(share));
             }
         }
         info!(me, keys = shares.len(), "loaded key shares");
         let aux_id = match store.get(AUX_SHARE)? {
             Some(bytes) => match serde_json::from_slice::<StoredAux>(&bytes) {
-                Ok(stored) => Some(stored.id),
+                Ok(stored) if stored.format == AUX_FORMAT => Some(stored.id),
                 // Kept, never deleted: the next keygen with new aux info
                 // replaces it.
+                Ok(stored) => {
+                    warn!(format = %stored.format, "stored aux info is of another format; the next keygen generates new aux info");
+                    None
+                }
                 Err(e) => {
-                    warn!(error = %e, "stored aux info is unreadable; the next keygen generates new aux info");
+                    warn!(error = %e, "stored aux info is unreadable (an older release's, or damaged); the next keygen generates new aux info");
                     None
                 }
             },
@@ -319,6 +352,7 @@ impl<T: Transport> Service<T> {
             statuses: Mutex::new(HashMap::new()),
             metrics,
             pools,
+            presign_paths: presignature_paths,
             foreground: AtomicUsize::new(0),
             foreground_ended: Mutex::new(None),
             presigner_wake: Notify::new(),
@@ -349,7 +383,7 @@ impl<T: Transport> Service<T> {
                 None => {
                     info!("generating safe primes for aux info in the background");
                     let started = Instant::now();
-                    let generated = tokio::task::spawn_blocking(|| Primes::generate(&mut rand_core::OsRng)).await;
+                    let generated = tokio::task::spawn_blocking(engine::generate_primes).await;
                     info!(seconds = started.elapsed().as_secs_f64(), "safe primes ready");
                     generated.ok()
                 }
@@ -461,13 +495,11 @@ impl<T: Transport> Service<T> {
                 let this = Arc::clone(self);
                 tokio::spawn(async move { this.participate(env.from, grant, presignature).await });
             }
-            Control::PresignProposal { session_id, key, participants, held } => {
+            Control::PresignProposal { session_id, key, path, participants, held } => {
                 let this = Arc::clone(self);
-                let span = tracing::debug_span!("presign", from = env.from, key = %key);
-                tokio::spawn(
-                    async move { this.join_presign(env.from, session_id, key, participants, held).await }
-                        .instrument(span),
-                );
+                let span = tracing::debug_span!("presign", from = env.from, key = %key, ?path);
+                let pool = PoolId { key, path, set: participants };
+                tokio::spawn(async move { this.join_presign(env.from, session_id, pool, held).await }.instrument(span));
             }
             other => {
                 let sender =
@@ -554,7 +586,7 @@ impl<T: Transport> Service<T> {
         self: &Arc<Self>,
         grant: &Grant,
         control: mpsc::Receiver<(u16, Control)>,
-        presig: Option<Taken>,
+        presig: Option<Taken<Presig>>,
     ) -> Result<Outcome, SessionError> {
         self.set_status(grant.session_id(), SessionStatus::Running);
         let (timeout, kind) = match &grant.kind {
@@ -606,7 +638,7 @@ impl<T: Transport> Service<T> {
         result
     }
 
-    async fn protocol(self: &Arc<Self>, grant: &Grant, presig: Option<Taken>) -> Result<Outcome, SessionError> {
+    async fn protocol(self: &Arc<Self>, grant: &Grant, presig: Option<Taken<Presig>>) -> Result<Outcome, SessionError> {
         let eid = grant.execution_id();
         let session = grant.session_id();
         match &grant.kind {
@@ -616,8 +648,7 @@ impl<T: Transport> Service<T> {
                 let net = self.net(session, grant.participants.clone(), KEYGEN_IDLE_TIMEOUT);
                 let core = engine::keygen(&eid, n, self.threshold, net).await?;
                 let share = engine::complete(core, aux)?;
-                let bytes =
-                    Zeroizing::new(serde_json::to_vec(&share).map_err(|e| SessionError::Corrupt(e.to_string()))?);
+                let bytes = engine::encode_share(&share)?;
                 let KeyInfo { public_key, chain_code, .. } = key_info(key, &share);
                 // Checked again now, not only before the ack: a keygen of
                 // the same key may have ended here in the meantime.
@@ -629,8 +660,7 @@ impl<T: Transport> Service<T> {
                     }
                     // Set aside, never deleted: an operator mistake stays
                     // recoverable by hand.
-                    let old_bytes =
-                        Zeroizing::new(serde_json::to_vec(&**old).map_err(|e| SessionError::Corrupt(e.to_string()))?);
+                    let old_bytes = engine::encode_share(old)?;
                     let aside = format!("superseded-{key}-{}-{}", &old_key[..16], torcus_contract::unix_now());
                     self.store.put(&aside, &old_bytes)?;
                     warn!(key, superseded = %old_key, "set aside the share of an incomplete earlier keygen");
@@ -642,18 +672,26 @@ impl<T: Transport> Service<T> {
                 self.presigner_wake.notify_one();
                 Ok(Outcome::Keygen { key: key.clone(), public_key, chain_code })
             }
-            GrantKind::Sign { key, digest, derivation_path } => {
+            GrantKind::Sign { key, message, derivation_path } => {
                 let share = self.share(key)?;
                 let net = self.net(session, grant.participants.clone(), SIGN_IDLE_TIMEOUT);
-                let (signature, presigned) = match presig {
-                    Some(taken) => {
+                let (signature, presigned) = match (presig, message) {
+                    (Some(taken), SignMessage::Payload { hash, payload, .. }) => {
                         self.metrics.presignatures_used.inc();
-                        let presig = taken.consume();
-                        (engine::sign_presigned(presig, &share, digest, derivation_path, net).await?, true)
+                        let payload = engine::Payload { hash: *hash, bytes: payload };
+                        (engine::sign_presigned(taken.consume(), &share, payload, derivation_path, net).await?, true)
                     }
-                    None => (engine::sign(&eid, &share, digest, derivation_path, net).await?, false),
+                    // Never offered, never reserved for a digest (see
+                    // `offer_presignature`); dropped unused if it were.
+                    (Some(_), SignMessage::Digest { .. }) => {
+                        return Err(SessionError::Aborted("a presignature never signs a raw digest".into()));
+                    }
+                    (None, message) => {
+                        (engine::sign(&eid, &share, engine_message(message), derivation_path, net).await?, false)
+                    }
                 };
-                Ok(Outcome::Signature(signature_out(&share, digest, derivation_path, &signature, presigned)?))
+                let digest = message.digest();
+                Ok(Outcome::Signature(signature_out(&share, &digest, derivation_path, &signature, presigned)?))
             }
         }
     }
@@ -682,7 +720,7 @@ impl<T: Transport> Service<T> {
             Sha256::new().chain_update(b"torcus-aux:").chain_update(grant.session_id()).finalize().into();
         let aux = engine::aux_info(&eid, n, primes, self.net(session, grant.participants.clone(), KEYGEN_IDLE_TIMEOUT))
             .await?;
-        let stored = StoredAux { id: hex::encode(session), aux };
+        let stored = StoredAux { format: AUX_FORMAT.to_owned(), id: hex::encode(session), aux };
         let bytes = Zeroizing::new(serde_json::to_vec(&stored).map_err(|e| SessionError::Corrupt(e.to_string()))?);
         self.store.put(AUX_SHARE, &bytes)?;
         *self.aux_id.lock().unwrap_or_else(PoisonError::into_inner) = Some(stored.id);
@@ -810,31 +848,26 @@ impl<T: Transport> Service<T> {
     }
 
     /// The presignature a signing grant's initiator offers, if the grant can
-    /// use one at all and `offer` allows one.
-    ///
-    /// Derivation paths are supported (cggmp21 shifts the presignature by
-    /// the path's additive tweak when the partial signature is issued). Note
-    /// Groth and Shoup (ePrint 2021/1330): presignatures combined with
-    /// additive key derivation admit a cube-root (about 2^85 for secp256k1)
-    /// generic attack instead of the square-root bound, by an adversary who
-    /// knows R before choosing the tweak and message; here R is known only
-    /// to the signer set's nodes, and the grant (the operator) chooses both.
-    fn offer_presignature(&self, grant: &Grant, offer: Offer) -> Option<Taken> {
-        let GrantKind::Sign { key, derivation_path, .. } = &grant.kind else {
+    /// use one at all and `offer` allows one: only for a payload the nodes
+    /// hash themselves (a raw digest never meets a presignature: whoever
+    /// knows R could pick a digest that forges, eprint 2021/1330 §1.1.2),
+    /// and only one made for the grant's key, derivation path and signer set
+    /// (the path fixed before presigning: a path set afterwards would leave
+    /// about 85 bits of security, Groth–Shoup).
+    fn offer_presignature(&self, grant: &Grant, offer: Offer) -> Option<Taken<Presig>> {
+        let GrantKind::Sign { key, derivation_path, message } = &grant.kind else {
             return None;
         };
-        if self.pools.target() == 0 || grant.participants.len() != usize::from(self.threshold) {
+        if !message.is_payload() || self.pools.target() == 0 || grant.participants.len() != usize::from(self.threshold)
+        {
             return None;
         }
-        // A path the key cannot derive fails the full protocol the same way:
-        // do not spend a presignature on it.
-        let share = self.share(key).ok()?;
-        engine::public_key(&share, derivation_path).ok()?;
+        let pool = PoolId::new(key, derivation_path, &grant.participants);
         // The issuer reserved this one for this session and others of the
         // same set for theirs: taking any other could take theirs.
         match offer {
             Offer::None => return None,
-            Offer::Id(id) => return self.pools.take(key, &grant.participants, &id),
+            Offer::Id(id) => return self.pools.take(&pool, &id),
             Offer::Any => {}
         }
         // Without the issuer's choice (a node driven directly, or a grant
@@ -845,19 +878,22 @@ impl<T: Transport> Service<T> {
         // running the full protocol).
         let position = grant.participants.iter().position(|p| *p == self.me)?;
         let members = grant.participants.len();
-        self.pools.take_oldest_preferring(key, &grant.participants, |id| usize::from(id[0]) % members == position)
+        self.pools.take_oldest_preferring(&pool, |id| usize::from(id[0]) % members == position)
     }
 
     /// A member's side of an offer: takes presignature `id` of the grant's
-    /// signer set out of its pool, if it holds it.
-    fn reserve_presignature(&self, grant: &Grant, id: &[u8; 32]) -> Option<Taken> {
-        let GrantKind::Sign { key, .. } = &grant.kind else {
+    /// key, path and signer set out of its pool, if it holds it and the
+    /// grant's message is a payload. A member checks this itself: an
+    /// initiator that offers a presignature for a raw digest gets no ack
+    /// holding one, and the session runs the full protocol.
+    fn reserve_presignature(&self, grant: &Grant, id: &[u8; 32]) -> Option<Taken<Presig>> {
+        let GrantKind::Sign { key, derivation_path, message } = &grant.kind else {
             return None;
         };
-        if grant.participants.len() != usize::from(self.threshold) {
+        if !message.is_payload() || grant.participants.len() != usize::from(self.threshold) {
             return None;
         }
-        self.pools.take(key, &grant.participants, id)
+        self.pools.take(&PoolId::new(key, derivation_path, &grant.participants), id)
     }
 
     fn open_handshake(&self, session: [u8; 32]) -> mpsc::Receiver<(u16, Control)> {
@@ -916,15 +952,15 @@ impl<T: Transport> Service<T> {
     /// The presigner's loop; runs until its task is cancelled.
     async fn presigner(&self) {
         let sets = led_sets(self.me, self.nodes, self.threshold);
-        info!(sets = sets.len(), target = self.pools.target(), "presigner started");
-        // Per (key, set): no new attempt before the instant; the last pause.
-        let mut backoff: HashMap<(String, Vec<u16>), (Instant, Duration)> = HashMap::new();
+        info!(sets = sets.len(), paths = self.presign_paths.len(), target = self.pools.target(), "presigner started");
+        // Per pool: no new attempt before the instant; the last pause.
+        let mut backoff: HashMap<PoolId, (Instant, Duration)> = HashMap::new();
         loop {
             if let Some(wait) = self.presign_wait() {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let Some((key, set)) = self.next_presign(&sets, &backoff) else {
+            let Some(pool) = self.next_presign(&sets, &backoff) else {
                 // Woken when a grant session ends or a key appears; the tick
                 // catches backoffs running out.
                 let _ = tokio::time::timeout(PRESIGNER_TICK, self.presigner_wake.notified()).await;
@@ -937,88 +973,85 @@ impl<T: Transport> Service<T> {
                 // Signing came in while this waited: it goes first.
                 continue;
             }
-            let result = self.lead_presign(&key, &set, permit).await;
-            let slot = (key, set);
+            let result = self.lead_presign(&pool, permit).await;
             match result {
                 Ok(()) => {
-                    backoff.remove(&slot);
+                    backoff.remove(&pool);
                 }
                 // Not a failure of the set: it waits for signing to end.
-                Err(SessionError::Preempted) => debug!(key = %slot.0, set = ?slot.1, "presigning preempted"),
+                Err(SessionError::Preempted) => debug!(?pool, "presigning preempted"),
                 Err(SessionError::Aborted(reason)) if reason.ends_with(PREEMPTED) => {
-                    debug!(key = %slot.0, set = ?slot.1, %reason, "presigning preempted");
+                    debug!(?pool, %reason, "presigning preempted");
                 }
                 Err(error) => {
                     let pause =
-                        backoff.get(&slot).map_or(PRESIGN_BACKOFF.0, |(_, last)| (*last * 2).min(PRESIGN_BACKOFF.1));
-                    warn!(key = %slot.0, set = ?slot.1, %error, retry_in = ?pause, "presigning failed");
-                    backoff.insert(slot, (Instant::now() + pause, pause));
+                        backoff.get(&pool).map_or(PRESIGN_BACKOFF.0, |(_, last)| (*last * 2).min(PRESIGN_BACKOFF.1));
+                    warn!(?pool, %error, retry_in = ?pause, "presigning failed");
+                    backoff.insert(pool, (Instant::now() + pause, pause));
                 }
             }
         }
     }
 
-    /// The (key, set) most in need of a presignature: below target, not
-    /// pausing after a failure, lowest depth first.
-    fn next_presign(
-        &self,
-        sets: &[Vec<u16>],
-        backoff: &HashMap<(String, Vec<u16>), (Instant, Duration)>,
-    ) -> Option<(String, Vec<u16>)> {
+    /// The pool (key, path, set) most in need of a presignature: below
+    /// target, not pausing after a failure, lowest depth first.
+    fn next_presign(&self, sets: &[Vec<u16>], backoff: &HashMap<PoolId, (Instant, Duration)>) -> Option<PoolId> {
         let mut keys: Vec<String> =
             self.shares.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
         keys.sort();
         let now = Instant::now();
-        let mut best: Option<(usize, String, Vec<u16>)> = None;
-        for key in keys {
-            for set in sets {
-                let depth = self.pools.depth(&key, set);
-                let pausing = backoff.get(&(key.clone(), set.clone())).is_some_and(|(until, _)| *until > now);
-                if depth < self.pools.target() && !pausing && best.as_ref().is_none_or(|(lowest, ..)| depth < *lowest) {
-                    best = Some((depth, key.clone(), set.clone()));
+        let mut best: Option<(usize, PoolId)> = None;
+        for key in &keys {
+            for path in &self.presign_paths {
+                for set in sets {
+                    let pool = PoolId::new(key, path, set);
+                    let depth = self.pools.depth(&pool);
+                    let pausing = backoff.get(&pool).is_some_and(|(until, _)| *until > now);
+                    if depth < self.pools.target()
+                        && !pausing
+                        && best.as_ref().is_none_or(|(lowest, _)| depth < *lowest)
+                    {
+                        best = Some((depth, pool));
+                    }
                 }
             }
         }
-        best.map(|(_, key, set)| (key, set))
+        best.map(|(_, pool)| pool)
     }
 
-    /// Runs one presigning session for `key` among `set`, led by this node,
-    /// holding this node's presigning permit throughout.
-    async fn lead_presign(&self, key: &str, set: &[u16], _permit: OwnedSemaphorePermit) -> Result<(), SessionError> {
-        let share = self.share(key)?;
+    /// Runs one presigning session for `pool`, led by this node, holding
+    /// this node's presigning permit throughout.
+    async fn lead_presign(&self, pool: &PoolId, _permit: OwnedSemaphorePermit) -> Result<(), SessionError> {
+        let share = self.share(&pool.key)?;
         let mut session = [0u8; 32];
         rand_core::OsRng.fill_bytes(&mut session);
         self.seen_presign.lock().unwrap_or_else(PoisonError::into_inner).insert(session);
         let mut control = self.open_handshake(session);
+        let set = &pool.set;
         let result = async {
             let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-            let mut handshake = InitiatorHandshake::new(session, set.to_vec(), self.me, deadline);
+            let mut handshake = InitiatorHandshake::new(session, set.clone(), self.me, deadline);
             let proposal = Control::PresignProposal {
                 session_id: session,
-                key: key.to_owned(),
-                participants: set.to_vec(),
-                held: self.pools.ids(key, set),
+                key: pool.key.clone(),
+                path: pool.path.clone(),
+                participants: set.clone(),
+                held: self.pools.ids(pool),
             };
             self.broadcast_control(set, session, &proposal).await;
             let start = self.collect_acks(set, &mut handshake, &mut control).await?;
             self.broadcast_control(set, session, &start).await;
-            self.presign(session, key, set, share, control).await
+            self.presign(session, pool, share, control).await
         }
         .await;
-        self.finish_presign(session, key, set, result)
+        self.finish_presign(session, pool, result)
     }
 
     /// A member's answer to a presigning proposal from `from`: refused with
     /// an Abort to the sender unless every check passes, else acked and run.
-    async fn join_presign(
-        self: Arc<Self>,
-        from: u16,
-        session: [u8; 32],
-        key: String,
-        participants: Vec<u16>,
-        held: Vec<[u8; 32]>,
-    ) {
-        let (permit, share) = match self.admit_presign(from, session, &key, &participants, &held).await {
+    async fn join_presign(self: Arc<Self>, from: u16, session: [u8; 32], pool: PoolId, held: Vec<[u8; 32]>) {
+        let participants = pool.set.clone();
+        let (permit, share) = match self.admit_presign(from, session, &pool, &held).await {
             Ok(admitted) => admitted,
             Err(reason) => {
                 debug!(%reason, "refused a presigning proposal");
@@ -1049,10 +1082,10 @@ impl<T: Transport> Service<T> {
                     }
                 }
             }
-            self.presign(session, &key, &participants, share, control).await
+            self.presign(session, &pool, share, control).await
         }
         .await;
-        if let Err(error) = self.finish_presign(session, &key, &participants, result) {
+        if let Err(error) = self.finish_presign(session, &pool, result) {
             debug!(%error, "presigning session failed");
         }
         drop(permit);
@@ -1066,12 +1099,15 @@ impl<T: Transport> Service<T> {
         &self,
         from: u16,
         session: [u8; 32],
-        key: &str,
-        participants: &[u16],
+        pool: &PoolId,
         held: &[[u8; 32]],
     ) -> Result<(OwnedSemaphorePermit, Arc<Share>), String> {
+        let (key, participants) = (pool.key.as_str(), pool.set.as_slice());
         if self.pools.target() == 0 {
             return Err("presignature pools are off here".into());
+        }
+        if !self.presign_paths.contains(&pool.path) {
+            return Err(format!("derivation path {:?} is not one this cluster keeps presignatures for", pool.path));
         }
         if participants.len() != usize::from(self.threshold) {
             return Err(format!("{} participants, but the threshold is {}", participants.len(), self.threshold));
@@ -1098,11 +1134,11 @@ impl<T: Transport> Service<T> {
         }
         // Presignatures the leader no longer holds can never be offered by
         // it and would only fill this pool: drop them.
-        let dropped = self.pools.retain(key, participants, held);
+        let dropped = self.pools.retain(pool, held);
         if dropped > 0 {
             debug!(dropped, "dropped presignatures the leader does not hold");
         }
-        if self.pools.depth(key, participants) >= self.pools.target() {
+        if self.pools.depth(pool) >= self.pools.target() {
             return Err("presignature pool is full".into());
         }
         let deadline = Instant::now() + PRESIGN_JOIN_WAIT;
@@ -1119,26 +1155,28 @@ impl<T: Transport> Service<T> {
         }
     }
 
-    /// The presigning protocol of a started session, as either role.
+    /// The presigning protocol of a started session, as either role: the
+    /// derivation path is set on the protocol before the presignature
+    /// exists.
     async fn presign(
         &self,
         session: [u8; 32],
-        key: &str,
-        set: &[u16],
+        pool: &PoolId,
         share: Arc<Share>,
         control: mpsc::Receiver<(u16, Control)>,
     ) -> Result<Presig, SessionError> {
-        let eid = torcus_contract::presign_execution_id(key, set, &session);
-        let net = self.net(session, set.to_vec(), SIGN_IDLE_TIMEOUT);
+        let eid = torcus_contract::presign_execution_id(&pool.key, &pool.path, &pool.set, &session);
+        let net = self.net(session, pool.set.clone(), SIGN_IDLE_TIMEOUT);
+        let path = pool.path.clone();
         let protocol = async {
             // Signing first: a grant session starting here ends this one
             // (and, by the Abort this sends, the other members' part).
             tokio::select! {
-                presig = engine::on_own_thread(async move { engine::presign(&eid, &share, net).await }) => Ok(presig?),
+                presig = engine::on_own_thread(async move { engine::presign(&eid, &share, &path, net).await }) => Ok(presig?),
                 () = self.foreground_running() => Err(SessionError::Preempted),
             }
         };
-        self.run_started(session, set, "presign", PRESIGN_TIMEOUT, protocol, control).await
+        self.run_started(session, &pool.set, "presign", PRESIGN_TIMEOUT, protocol, control).await
     }
 
     /// Closes a presigning session; a presignature goes into the pool under
@@ -1146,8 +1184,7 @@ impl<T: Transport> Service<T> {
     fn finish_presign(
         &self,
         session: [u8; 32],
-        key: &str,
-        set: &[u16],
+        pool: &PoolId,
         result: Result<Presig, SessionError>,
     ) -> Result<(), SessionError> {
         self.handshakes.lock().unwrap_or_else(PoisonError::into_inner).remove(&session);
@@ -1156,8 +1193,8 @@ impl<T: Transport> Service<T> {
             Ok(presig) => {
                 self.metrics.sessions.with_label_values(&["presign", "completed"]).inc();
                 self.metrics.presignatures_generated.inc();
-                self.pools.insert(key, set, session, presig);
-                debug!(key, ?set, depth = self.pools.depth(key, set), "made a presignature");
+                self.pools.insert(pool, session, presig);
+                debug!(?pool, depth = self.pools.depth(pool), "made a presignature");
                 Ok(())
             }
             Err(error) => {
@@ -1258,17 +1295,26 @@ impl UsedSessions for UsedOnDisk<'_> {
     }
 }
 
+/// The engine's view of a grant's message.
+fn engine_message(message: &SignMessage) -> engine::Message<'_> {
+    match message {
+        SignMessage::Payload { hash, payload, .. } => {
+            engine::Message::Payload(engine::Payload { hash: *hash, bytes: payload })
+        }
+        SignMessage::Digest { digest } => engine::Message::Digest(digest),
+    }
+}
+
 /// r, s, recovery id and DER of a signature, checked against the key.
 fn signature_out(
     share: &Share,
     digest: &[u8; 32],
     path: &[u32],
-    signature: &cggmp21::Signature<engine::Curve>,
+    signature: &engine::Signature,
     presigned: bool,
 ) -> Result<SignatureOut, SessionError> {
-    let public = engine::public_key(share, path)?.to_bytes(true).to_vec();
-    let r: [u8; 32] = signature.r.to_be_bytes().as_bytes().try_into().map_err(|_| engine::EngineError::Combine)?;
-    let s: [u8; 32] = signature.s.to_be_bytes().as_bytes().try_into().map_err(|_| engine::EngineError::Combine)?;
+    let public = engine::public_key_bytes(share, path)?;
+    let (r, s) = engine::signature_bytes(signature);
     let sig = k256::ecdsa::Signature::from_scalars(r, s).map_err(|_| engine::EngineError::Combine)?;
     let key = k256::ecdsa::VerifyingKey::from_sec1_bytes(&public).map_err(|_| engine::EngineError::Combine)?;
     let recovery = k256::ecdsa::RecoveryId::trial_recovery_from_prehash(&key, digest, &sig)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use torcus_certs::{CertificateAuthority, Identity, OffsetDateTime, Role};
 use torcus_contract::api::{GrantRequest, PresignatureChoice};
-use torcus_contract::{ClusterConfig, Grant, GrantKind, Peer, SignedGrant};
+use torcus_contract::{ClusterConfig, Grant, GrantKind, HashAlgorithm, Peer, SignMessage, SignedGrant};
 
 #[derive(Debug)]
 pub struct Cluster {
@@ -57,8 +57,20 @@ impl Cluster {
     }
 
     /// Like [`Cluster::new`], with pools of `pool_size` presignatures per
-    /// key and signer set filled in the background.
+    /// key and signer set filled in the background, for the keys themselves.
     pub async fn with_presignatures(binary: &Path, n: u16, t: u16, transport: &str, pool_size: u16) -> Self {
+        Self::with_presignature_paths(binary, n, t, transport, pool_size, vec![vec![]]).await
+    }
+
+    /// Like [`Cluster::with_presignatures`], with pools for each of `paths`.
+    pub async fn with_presignature_paths(
+        binary: &Path,
+        n: u16,
+        t: u16,
+        transport: &str,
+        pool_size: u16,
+        paths: Vec<Vec<u32>>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::generate("test CA", torcus_certs::Duration::days(1), OffsetDateTime::now_utc())
             .unwrap();
@@ -66,6 +78,7 @@ impl Cluster {
         let mut config = ClusterConfig::sample("demo", "vault", n, t);
         config.transport = transport.to_owned();
         config.presignature_pool_size = pool_size;
+        config.presignature_paths = paths;
         config.grant_public_key = hex::encode(grant_key.verifying_key().as_bytes());
         // The relay the operator serves in http and hybrid mode, here in-process.
         let mut relay_task = None;
@@ -266,9 +279,10 @@ impl Cluster {
         public_key
     }
 
-    /// Signs through the initiator of a fresh grant and checks the result.
-    pub async fn sign(&self, key: &str, signers: Vec<u16>, digest: [u8; 32], path: Vec<u32>) -> serde_json::Value {
-        self.sign_with(key, signers, digest, path, PresignatureChoice::Any).await
+    /// Signs `message` through the initiator of a fresh grant and checks
+    /// the result.
+    pub async fn sign(&self, key: &str, signers: Vec<u16>, message: SignMessage, path: Vec<u32>) -> serde_json::Value {
+        self.sign_with(key, signers, message, path, PresignatureChoice::Any).await
     }
 
     /// Like [`Self::sign`], naming the presignature to use as the operator does.
@@ -276,11 +290,12 @@ impl Cluster {
         &self,
         key: &str,
         signers: Vec<u16>,
-        digest: [u8; 32],
+        message: SignMessage,
         path: Vec<u32>,
         presignature: PresignatureChoice,
     ) -> serde_json::Value {
-        let grant = self.grant(GrantKind::Sign { key: key.into(), digest, derivation_path: path }, signers);
+        let digest = message.digest();
+        let grant = self.grant(GrantKind::Sign { key: key.into(), message, derivation_path: path }, signers);
         let request = GrantRequest { grant, presignature };
         let body = serde_json::to_value(&request).unwrap();
         let (status, body) = self.post_json(request.grant.grant.initiator(), "/p2p/sign", &body).await;
@@ -298,15 +313,36 @@ impl Cluster {
         serde_json::from_slice(&response.bytes().await.expect("body")).expect("presignature pools")
     }
 
-    /// Node `i`'s pool of `key` for the signer set `set`, if it lists one.
+    /// Node `i`'s pool of `key` itself for the signer set `set`, if it lists one.
     pub async fn pool(&self, i: u16, key: &str, set: &[u16]) -> Option<torcus_contract::api::PresignaturePool> {
-        self.presignatures(i).await.pools.into_iter().find(|p| p.key == key && p.participants == set)
+        self.pool_at(i, key, &[], set).await
+    }
+
+    /// Node `i`'s pool of `key` at `path` for the signer set `set`, if it lists one.
+    pub async fn pool_at(
+        &self,
+        i: u16,
+        key: &str,
+        path: &[u32],
+        set: &[u16],
+    ) -> Option<torcus_contract::api::PresignaturePool> {
+        self.presignatures(i).await.pools.into_iter().find(|p| p.key == key && p.path == path && p.participants == set)
     }
 
     /// Node `i`'s `/metrics` text.
     pub async fn metrics(&self, i: u16) -> String {
         self.http.get(self.url(i, "/metrics")).send().await.expect("metrics").text().await.expect("metrics text")
     }
+}
+
+/// A raw digest to sign (always the full protocol).
+pub fn digest(digest: [u8; 32]) -> SignMessage {
+    SignMessage::Digest { digest }
+}
+
+/// A SHA-256 payload to sign (presignatures may sign it).
+pub fn payload(bytes: &[u8]) -> SignMessage {
+    SignMessage::payload(HashAlgorithm::Sha256, bytes.to_vec())
 }
 
 /// Checks r‖s against the returned public key with libsecp256k1, and the
@@ -325,117 +361,4 @@ pub fn verify(body: &serde_json::Value, digest: &[u8; 32]) {
     let recid = secp256k1::ecdsa::RecoveryId::try_from(body["recoveryId"].as_i64().unwrap() as i32).unwrap();
     let recoverable = secp256k1::ecdsa::RecoverableSignature::from_compact(&compact, recid).unwrap();
     assert_eq!(secp.recover_ecdsa(message, &recoverable).unwrap(), key, "recovery id recovers the key");
-}
-
-/// The raw `cggmp21` library in its in-process simulation
-/// (`round_based::sim`: every party in one task, no serialization, no
-/// network), for benchmarks to print beside what they measure of Torcus.
-pub mod raw_library {
-    use std::time::{Duration, Instant};
-
-    use cggmp21::round_based::sim::async_env;
-    use cggmp21::{ExecutionId, key_share::AuxInfo, security_level::SecurityLevel128, supported_curves::Secp256k1};
-    use rand_core::OsRng;
-
-    use crate::engine::{self, Primes};
-
-    /// Runs `f`, timing it.
-    pub async fn time<T, F: std::future::Future<Output = T>>(f: F) -> (T, Duration) {
-        let started = Instant::now();
-        let out = f.await;
-        (out, started.elapsed())
-    }
-
-    /// Times aux info and keygen (up to 3 runs each), then `runs` times a
-    /// full signing, a presignature, and a signature from a presignature, of
-    /// the first `t` parties; named (operation, samples).
-    pub async fn measure(n: u16, t: u16, runs: usize, primes: &[Primes]) -> Vec<(&'static str, Vec<Duration>)> {
-        let few = runs.clamp(1, 3);
-        let mut aux_times = Vec::new();
-        let mut aux: Vec<AuxInfo<SecurityLevel128>> = Vec::new();
-        for run in 0..few {
-            let eid = format!("bench-aux-{run}");
-            let (out, d) = time(async_env::run(n, |i, party| {
-                let primes = primes[usize::from(i)].clone();
-                let eid = eid.clone();
-                async move {
-                    cggmp21::aux_info_gen(ExecutionId::new(eid.as_bytes()), i, n, primes)
-                        .precompute_multiexp_tables(true)
-                        .precompute_crt(true)
-                        .start(&mut OsRng, party)
-                        .await
-                }
-            }))
-            .await;
-            aux = out.expect_ok().into_vec();
-            aux_times.push(d);
-        }
-        let mut keygen_times = Vec::new();
-        let mut cores = Vec::new();
-        for run in 0..few {
-            let eid = format!("bench-keygen-{run}");
-            let (out, d) = time(async_env::run(n, |i, party| {
-                let eid = eid.clone();
-                async move {
-                    cggmp21::keygen::<Secp256k1>(ExecutionId::new(eid.as_bytes()), i, n)
-                        .set_threshold(t)
-                        .hd_wallet(true)
-                        .start(&mut OsRng, party)
-                        .await
-                }
-            }))
-            .await;
-            cores = out.expect_ok().into_vec();
-            keygen_times.push(d);
-        }
-        let shares: Vec<engine::Share> =
-            cores.into_iter().zip(aux).map(|(c, a)| engine::complete(c, a).expect("share")).collect();
-        let signers: Vec<u16> = (0..t).collect();
-        let digest = [5u8; 32];
-        let (mut sign_times, mut presign_times, mut presigned_times) = (Vec::new(), Vec::new(), Vec::new());
-        for run in 0..runs {
-            let eid = format!("bench-sign-{run}");
-            let (out, d) = time(async_env::run(t, |j, party| {
-                let (eid, signers, share) =
-                    (eid.clone(), signers.clone(), shares[usize::from(signers[usize::from(j)])].clone());
-                async move {
-                    cggmp21::signing(ExecutionId::new(eid.as_bytes()), j, &signers, &share)
-                        .sign(&mut OsRng, party, engine::data_to_sign(&digest))
-                        .await
-                }
-            }))
-            .await;
-            out.expect_ok();
-            sign_times.push(d);
-
-            let eid = format!("bench-presign-{run}");
-            let (out, d) = time(async_env::run(t, |j, party| {
-                let (eid, signers, share) =
-                    (eid.clone(), signers.clone(), shares[usize::from(signers[usize::from(j)])].clone());
-                async move {
-                    cggmp21::signing(ExecutionId::new(eid.as_bytes()), j, &signers, &share)
-                        .generate_presignature(&mut OsRng, party)
-                        .await
-                }
-            }))
-            .await;
-            let presigs = out.expect_ok().into_vec();
-            presign_times.push(d);
-            let started = Instant::now();
-            let partials: Vec<_> = presigs
-                .into_iter()
-                .zip(&signers)
-                .map(|(p, i)| engine::partial_sign(p, &shares[usize::from(*i)], &digest, &[]).expect("partial"))
-                .collect();
-            engine::combine(&partials, &shares[0], &digest, &[]).expect("combine");
-            presigned_times.push(started.elapsed());
-        }
-        vec![
-            ("aux info", aux_times),
-            ("keygen", keygen_times),
-            ("presignature", presign_times),
-            ("sign, full protocol", sign_times),
-            ("sign from a presignature", presigned_times),
-        ]
-    }
 }

@@ -1,11 +1,12 @@
 //! The protocol engine end to end in one process, over the in-memory
 //! network: aux info, threshold keygen, and signing with and without a
 //! presignature and with a derivation path. Every signature is checked with
-//! libsecp256k1, an implementation that shares no code with cggmp21.
+//! libsecp256k1, an implementation that shares no code with cggmp24.
 
 use std::sync::OnceLock;
 
-use torcus_node::engine::{self, Primes, Share, memory};
+use torcus_contract::HashAlgorithm;
+use torcus_node::engine::{self, Message, Payload, Primes, Share, memory};
 
 /// Safe primes are the slow part of aux info (tens of seconds per party);
 /// tests take them from a fixture made once with `PregeneratedPrimes::generate`.
@@ -49,44 +50,39 @@ fn verify_independently(share: &Share, path: &[u32], digest: &[u8; 32], r: &[u8]
     secp256k1::Secp256k1::verification_only().verify_ecdsa(message, &signature, &key).unwrap();
 }
 
-fn rs(signature: &cggmp21::Signature<engine::Curve>) -> (Vec<u8>, Vec<u8>) {
-    (signature.r.to_be_bytes().to_vec(), signature.s.to_be_bytes().to_vec())
+fn rs(signature: &engine::Signature) -> (Vec<u8>, Vec<u8>) {
+    let (r, s) = engine::signature_bytes(signature);
+    (r.to_vec(), s.to_vec())
 }
 
-async fn sign_full(
-    shares: &[Share],
-    signers: &[u16],
-    digest: [u8; 32],
-    path: &[u32],
-) -> cggmp21::Signature<engine::Curve> {
+async fn sign_full(shares: &[Share], signers: &[u16], message: Message<'_>, path: &[u32]) -> engine::Signature {
     let nets = memory::network(session("sign"), signers);
     let runs = nets.into_iter().map(|net| {
         let share = &shares[usize::from(net.me)];
-        engine::sign(b"test-sign", share, &digest, path, net)
+        engine::sign(b"test-sign", share, message, path, net)
     });
     let signatures = futures::future::try_join_all(runs).await.unwrap();
     assert!(signatures.windows(2).all(|w| w[0] == w[1]), "every signer outputs the same signature");
     signatures[0]
 }
 
-async fn sign_presigned(
-    shares: &[Share],
-    signers: &[u16],
-    digest: [u8; 32],
-    path: &[u32],
-) -> cggmp21::Signature<engine::Curve> {
+/// Presigns for `path` among `signers`, then signs `payload` with the
+/// presignatures (partial signatures issued and combined in this task).
+async fn sign_presigned(shares: &[Share], signers: &[u16], payload: Payload<'_>, path: &[u32]) -> engine::Signature {
     let nets = memory::network(session("presign"), signers);
     let presigs = futures::future::try_join_all(
-        nets.into_iter().map(|net| engine::presign(b"test-presign", &shares[usize::from(net.me)], net)),
+        nets.into_iter().map(|net| engine::presign(b"test-presign", &shares[usize::from(net.me)], path, net)),
     )
     .await
     .unwrap();
-    let partials: Vec<_> = presigs
-        .into_iter()
-        .zip(signers)
-        .map(|(p, i)| engine::partial_sign(p, &shares[usize::from(*i)], &digest, path).unwrap())
-        .collect();
-    engine::combine(&partials, &shares[usize::from(signers[0])], &digest, path).unwrap()
+    let mut partials = std::collections::BTreeMap::new();
+    let mut public = None;
+    for (presig, i) in presigs.into_iter().zip(signers) {
+        let (partial, data) = engine::partial_sign(presig, signers, path, payload).unwrap();
+        partials.insert(*i, partial);
+        public = Some(data);
+    }
+    engine::combine(&partials, &public.unwrap(), &shares[usize::from(signers[0])], payload, path).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,23 +93,30 @@ async fn three_parties_threshold_two() {
 
     let digest = [7u8; 32];
     for signers in [[0, 1], [1, 2], [0, 2]] {
-        let sig = sign_full(&shares, &signers, digest, &[]).await;
+        let sig = sign_full(&shares, &signers, Message::Digest(&digest), &[]).await;
         let (r, s) = rs(&sig);
         verify_independently(&shares[0], &[], &digest, &r, &s);
     }
-    let sig = sign_presigned(&shares, &[0, 2], [9u8; 32], &[]).await;
-    let (r, s) = rs(&sig);
-    verify_independently(&shares[0], &[], &[9u8; 32], &r, &s);
+    for hash in [HashAlgorithm::Sha256, HashAlgorithm::Keccak256, HashAlgorithm::Sha256d] {
+        let payload = Payload { hash, bytes: b"hello torcus" };
+        let sig = sign_full(&shares, &[0, 1], Message::Payload(payload), &[]).await;
+        let (r, s) = rs(&sig);
+        verify_independently(&shares[0], &[], &payload.digest(), &r, &s);
+        let sig = sign_presigned(&shares, &[0, 2], payload, &[]).await;
+        let (r, s) = rs(&sig);
+        verify_independently(&shares[0], &[], &payload.digest(), &r, &s);
+    }
 
     // Non-hardened derivation: the signature verifies under the child key only.
     let path = [44, 60, 0, 7];
-    let sig = sign_full(&shares, &[1, 2], digest, &path).await;
+    let sig = sign_full(&shares, &[1, 2], Message::Digest(&digest), &path).await;
     let (r, s) = rs(&sig);
     verify_independently(&shares[0], &path, &digest, &r, &s);
     assert_ne!(engine::public_key(&shares[0], &path).unwrap(), *key);
-    let sig = sign_presigned(&shares, &[0, 1], digest, &path).await;
+    let payload = Payload { hash: HashAlgorithm::Keccak256, bytes: b"derived" };
+    let sig = sign_presigned(&shares, &[0, 1], payload, &path).await;
     let (r, s) = rs(&sig);
-    verify_independently(&shares[1], &path, &digest, &r, &s);
+    verify_independently(&shares[1], &path, &payload.digest(), &r, &s);
 
     // The child key from public material only (what the operator checks a
     // signature under) is the one the shares sign with; a hardened index or
@@ -133,6 +136,6 @@ async fn a_party_outside_the_signer_set_cannot_join() {
     let mut nets = memory::network(session("outsider"), &[0, 1]);
     let mut net = nets.remove(0);
     net.me = 2;
-    let err = engine::sign(b"x", &shares[2], &[1u8; 32], &[], net).await.unwrap_err();
+    let err = engine::sign(b"x", &shares[2], Message::Digest(&[1u8; 32]), &[], net).await.unwrap_err();
     assert!(matches!(err, engine::EngineError::NotAParticipant(2)));
 }

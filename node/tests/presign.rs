@@ -3,12 +3,15 @@
 //! parties presigns, then issues its partial signature and exchanges it with
 //! `engine::sign_presigned`; every signer ends with the same signature,
 //! checked with libsecp256k1. A wrong or missing partial signature fails the
-//! session instead of producing a bad signature or hanging.
+//! session (naming who sent a wrong one) instead of producing a bad
+//! signature or hanging, and a presignature made for one path or signer set
+//! refuses to sign for another.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use torcus_node::engine::{self, EngineError, Presig, Primes, Share, memory};
+use torcus_contract::HashAlgorithm;
+use torcus_node::engine::{self, EngineError, Payload, Presig, Primes, Share, memory};
 
 fn primes() -> &'static Vec<Primes> {
     static PRIMES: OnceLock<Vec<Primes>> = OnceLock::new();
@@ -35,22 +38,26 @@ async fn cluster(n: u16, t: u16) -> Vec<Share> {
     cores.into_iter().zip(aux).map(|(core, aux)| engine::complete(core, aux).unwrap()).collect()
 }
 
-/// One presignature per signer of `set`, under the execution id nodes use.
-async fn presign(shares: &[Share], set: &[u16], tag: &str) -> Vec<Presig> {
+/// One presignature per signer of `set` for `path`, under the execution id
+/// nodes use.
+async fn presign(shares: &[Share], set: &[u16], path: &[u32], tag: &str) -> Vec<Presig> {
     let id = session(tag);
-    let eid = torcus_contract::presign_execution_id("default", set, &id);
+    let eid = torcus_contract::presign_execution_id("default", path, set, &id);
     let nets = memory::network(id, set);
-    futures::future::try_join_all(nets.into_iter().map(|net| engine::presign(&eid, &shares[usize::from(net.me)], net)))
-        .await
-        .unwrap()
+    futures::future::try_join_all(
+        nets.into_iter().map(|net| engine::presign(&eid, &shares[usize::from(net.me)], path, net)),
+    )
+    .await
+    .unwrap()
 }
 
-fn verify_independently(share: &Share, path: &[u32], digest: &[u8; 32], signature: &cggmp21::Signature<engine::Curve>) {
+fn verify_independently(share: &Share, path: &[u32], digest: &[u8; 32], signature: &engine::Signature) {
     let public = engine::public_key(share, path).unwrap().to_bytes(true);
     let key = secp256k1::PublicKey::from_slice(&public).unwrap();
     let mut compact = [0u8; 64];
-    compact[..32].copy_from_slice(&signature.r.to_be_bytes());
-    compact[32..].copy_from_slice(&signature.s.to_be_bytes());
+    let (r, s) = engine::signature_bytes(signature);
+    compact[..32].copy_from_slice(&r);
+    compact[32..].copy_from_slice(&s);
     let signature = secp256k1::ecdsa::Signature::from_compact(&compact).unwrap();
     let message = secp256k1::Message::from_digest(*digest);
     secp256k1::Secp256k1::verification_only().verify_ecdsa(message, &signature, &key).unwrap();
@@ -62,42 +69,55 @@ async fn presigned_signing_exchanges_partials_and_fails_safely() {
     let set = [0u16, 2];
 
     for (n, path) in [vec![], vec![44, 60, 0, 5]].into_iter().enumerate() {
-        let digest = [n as u8 + 40; 32];
-        let presigs = presign(&shares, &set, &format!("presign-{n}")).await;
+        let bytes = format!("payment {n}");
+        let payload = Payload { hash: HashAlgorithm::Sha256d, bytes: bytes.as_bytes() };
+        let presigs = presign(&shares, &set, &path, &format!("presign-{n}")).await;
         let nets = memory::network(session(&format!("sign-{n}")), &set);
         let runs = nets.into_iter().zip(presigs).map(|(net, presig)| {
             let share = &shares[usize::from(net.me)];
             let path = path.clone();
-            async move { engine::sign_presigned(presig, share, &digest, &path, net).await }
+            async move { engine::sign_presigned(presig, share, payload, &path, net).await }
         });
         let signatures = futures::future::try_join_all(runs).await.unwrap();
         assert!(signatures.windows(2).all(|w| w[0] == w[1]), "every signer combines the same signature");
-        verify_independently(&shares[1], &path, &digest, &signatures[0]);
+        verify_independently(&shares[1], &path, &payload.digest(), &signatures[0]);
     }
 
-    // One signer issues its partial signature over another digest: nobody
-    // outputs a signature.
-    let presigs = presign(&shares, &set, "presign-bad").await;
+    // A presignature made for the key itself does not sign for a derived
+    // path, nor for another signer set: bound before it existed.
+    let presigs = presign(&shares, &set, &[], "presign-bound").await;
+    let payload = Payload { hash: HashAlgorithm::Sha256, bytes: b"bound" };
+    for (presig, asked) in presigs.into_iter().zip([(vec![0u16, 2], vec![7u32]), (vec![0, 1], vec![])]) {
+        let err = engine::partial_sign(presig, &asked.0, &asked.1, payload).unwrap_err();
+        assert!(matches!(err, EngineError::PresignatureMismatch { .. }), "{err}");
+    }
+
+    // One signer issues its partial signature over another payload: nobody
+    // outputs a signature, and the others name it.
+    let presigs = presign(&shares, &set, &[], "presign-bad").await;
     let nets = memory::network(session("sign-bad"), &set);
     let runs = nets.into_iter().zip(presigs).map(|(net, presig)| {
         let share = &shares[usize::from(net.me)];
-        let digest = if net.me == 2 { [2u8; 32] } else { [1u8; 32] };
-        async move { engine::sign_presigned(presig, share, &digest, &[], net).await }
+        let bytes: &[u8] = if net.me == 2 { b"pay mallory" } else { b"pay alice" };
+        let payload = Payload { hash: HashAlgorithm::Sha256, bytes };
+        async move { (net.me, engine::sign_presigned(presig, share, payload, &[], net).await) }
     });
-    for result in futures::future::join_all(runs).await {
-        assert!(matches!(result, Err(EngineError::Combine)), "{result:?}");
+    for (me, result) in futures::future::join_all(runs).await {
+        let other = if me == 0 { 2 } else { 0 };
+        assert!(matches!(result, Err(EngineError::BadPartial(p)) if p == other), "party {me}: {result:?}");
     }
 
     // A signer that never sends its partial signature: the others stop at
     // the idle timeout.
-    let mut presigs = presign(&shares, &set, "presign-silent").await;
+    let mut presigs = presign(&shares, &set, &[], "presign-silent").await;
     presigs.pop();
     let mut nets = memory::network(session("sign-silent"), &set);
     let _silent = nets.pop();
+    let payload = Payload { hash: HashAlgorithm::Sha256, bytes: b"silence" };
     let runs = nets.into_iter().zip(presigs).map(|(mut net, presig)| {
         net.idle_timeout = Some(Duration::from_millis(300));
         let share = &shares[usize::from(net.me)];
-        async move { engine::sign_presigned(presig, share, &[1u8; 32], &[], net).await }
+        async move { engine::sign_presigned(presig, share, payload, &[], net).await }
     });
     for result in futures::future::join_all(runs).await {
         assert!(matches!(result, Err(EngineError::Delivery(engine::DeliveryError::Silent(_)))), "{result:?}");

@@ -259,18 +259,18 @@ async fn keygen_and_signing_over_quic() {
 
     let digest = [5u8; 32];
     let signers = [0u16, 2];
-    let sigs = futures::future::try_join_all(
-        signers
-            .iter()
-            .map(|&i| engine::sign(b"sign", &shares[usize::from(i)], &digest, &[], net(usize::from(i), 3, &signers))),
-    )
+    let sigs = futures::future::try_join_all(signers.iter().map(|&i| {
+        let message = engine::Message::Digest(&digest);
+        engine::sign(b"sign", &shares[usize::from(i)], message, &[], net(usize::from(i), 3, &signers))
+    }))
     .await
     .unwrap();
     let public = shares[0].shared_public_key.to_bytes(true);
     drop(guards);
     let mut compact = [0u8; 64];
-    compact[..32].copy_from_slice(&sigs[0].r.to_be_bytes());
-    compact[32..].copy_from_slice(&sigs[0].s.to_be_bytes());
+    let (r, s) = engine::signature_bytes(&sigs[0]);
+    compact[..32].copy_from_slice(&r);
+    compact[32..].copy_from_slice(&s);
     secp256k1::Secp256k1::verification_only()
         .verify_ecdsa(
             secp256k1::Message::from_digest(digest),

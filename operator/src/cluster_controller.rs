@@ -332,7 +332,8 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
         ctx.keygens.start(ctx, mpc, &missing, &urls);
     }
     let keygen_running = ctx.keygens.running(mpc);
-    let status = cluster_status(mpc, nodes, keys, grant_public_key, certificates);
+    let mut status = cluster_status(mpc, nodes, keys, grant_public_key, certificates);
+    report_key_conflicts(&mut status, &ctx.keygens.conflicts(mpc));
     let old_phase = mpc.status.as_ref().and_then(|s| s.phase);
     if old_phase != status.phase {
         let phase = status.phase.map(|p| format!("{p:?}")).unwrap_or_default();
@@ -372,6 +373,16 @@ fn check_spec(mpc: &MpcCluster) -> std::result::Result<Lifetimes, String> {
             .filter(|d| d.is_positive())
             .ok_or_else(|| format!("certificates.{field} {text:?} is not a duration like 2160h"))
     };
+    if spec.presignatures.paths.len() > torcus_contract::MAX_PRESIGNATURE_PATHS {
+        return Err(format!(
+            "presignatures.paths lists {} paths; at most {}",
+            spec.presignatures.paths.len(),
+            torcus_contract::MAX_PRESIGNATURE_PATHS
+        ));
+    }
+    for path in &spec.presignatures.paths {
+        crate::crypto::derivation_path(Some(path)).map_err(|e| format!("presignatures.paths: {e}"))?;
+    }
     let leaf_validity = duration("validity", &spec.certificates.validity)?;
     let renew_before = duration("renewBefore", &spec.certificates.renew_before)?;
     if renew_before >= leaf_validity {
@@ -685,6 +696,21 @@ fn merged_keys(mpc: &MpcCluster, learned: Vec<KeyStatus>) -> Vec<KeyStatus> {
     keys
 }
 
+/// Marks `KeysReady` false for keys whose nodes disagree (a key in conflict
+/// is never in `status.keys`, so the cluster is not ready already), with
+/// the reason instead of "pending".
+pub fn report_key_conflicts(status: &mut MpcClusterStatus, conflicts: &[(String, String)]) {
+    if conflicts.is_empty() {
+        return;
+    }
+    let message: Vec<String> = conflicts.iter().map(|(key, reason)| format!("key {key}: {reason}")).collect();
+    if let Some(condition) = status.conditions.iter_mut().find(|c| c.type_ == "KeysReady") {
+        condition.status = "False".to_owned();
+        condition.reason = "KeyConflict".to_owned();
+        condition.message = message.join("; ");
+    }
+}
+
 /// The status a reconcile that went through reports.
 pub fn cluster_status(
     mpc: &MpcCluster,
@@ -901,6 +927,19 @@ mod tests {
         assert_eq!(cond(&s, "CertificatesReady").status, "True");
         assert_eq!(cond(&s, "Ready").status, "False");
         assert!(s.conditions.iter().all(|c| c.observed_generation == Some(1)));
+    }
+
+    #[test]
+    fn keys_whose_nodes_disagree_say_so() {
+        let mpc = cluster("demo", 3, 2);
+        let mut s = cluster_status(&mpc, nodes(&[true, true, true]), keys(&mpc), "ab".into(), certs());
+        report_key_conflicts(&mut s, &[]);
+        assert_eq!(cond(&s, "KeysReady").reason, "KeygenPending");
+        report_key_conflicts(&mut s, &[("default".into(), "they disagree on the chain code".into())]);
+        let keys_ready = cond(&s, "KeysReady");
+        assert_eq!((keys_ready.status.as_str(), keys_ready.reason.as_str()), ("False", "KeyConflict"));
+        assert_eq!(keys_ready.message, "key default: they disagree on the chain code");
+        assert_eq!(cond(&s, "Ready").status, "False");
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! What the operator computes about keys and signatures itself, without
-//! trusting the nodes: the digest a SigningRequest asks for, the Ethereum
-//! address of a public key, and whether a returned signature verifies.
+//! trusting the nodes: the message a SigningRequest asks to sign and its
+//! digest, the Ethereum address of a public key, and whether a returned
+//! signature verifies.
 
 use base64::Engine as _;
 use k256::ecdsa::signature::hazmat::PrehashVerifier;
 use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
-use sha2::{Digest, Sha256};
-use sha3::Keccak256;
+use sha3::{Digest, Keccak256};
+use torcus_contract::SignMessage;
 use torcus_contract::api::SignatureOut;
 use torcus_crds::{HashAlgorithm, KeyStatus, PayloadEncoding, SigningRequestSpec};
 
@@ -19,6 +20,9 @@ pub enum CryptoError {
     /// The payload does not decode.
     #[error("payload is not valid {0}")]
     Payload(&'static str),
+    /// A payload larger than a grant may carry.
+    #[error("payload is {0} bytes, above the {max} a request may sign", max = torcus_contract::MAX_PAYLOAD_BYTES)]
+    PayloadTooLarge(usize),
     /// Neither or both of digest and payload.
     #[error("exactly one of digest or payload must be set")]
     NothingToSign,
@@ -53,21 +57,34 @@ pub fn payload_bytes(spec: &SigningRequestSpec) -> Result<Option<Vec<u8>>, Crypt
     }
 }
 
-/// The 32-byte digest to sign: the request's digest, or the hash of its payload.
-pub fn digest(spec: &SigningRequestSpec) -> Result<[u8; 32], CryptoError> {
+/// What a request signs, as a grant carries it: its payload with the hash
+/// the nodes apply to it (and the digest computed here), or its raw digest.
+pub fn message(spec: &SigningRequestSpec) -> Result<SignMessage, CryptoError> {
     match (&spec.digest, payload_bytes(spec)?) {
         (Some(digest), None) => {
             let mut out = [0; 32];
             hex::decode_to_slice(digest.strip_prefix("0x").unwrap_or(digest), &mut out)
                 .map_err(|_| CryptoError::Digest)?;
-            Ok(out)
+            Ok(SignMessage::Digest { digest: out })
         }
-        (None, Some(payload)) => Ok(match spec.hash.unwrap_or_default() {
-            HashAlgorithm::Sha256 => Sha256::digest(&payload).into(),
-            HashAlgorithm::Keccak256 => Keccak256::digest(&payload).into(),
-        }),
+        (None, Some(payload)) => {
+            if payload.len() > torcus_contract::MAX_PAYLOAD_BYTES {
+                return Err(CryptoError::PayloadTooLarge(payload.len()));
+            }
+            let hash = match spec.hash.unwrap_or_default() {
+                HashAlgorithm::Sha256 => torcus_contract::HashAlgorithm::Sha256,
+                HashAlgorithm::Keccak256 => torcus_contract::HashAlgorithm::Keccak256,
+                HashAlgorithm::Sha256d => torcus_contract::HashAlgorithm::Sha256d,
+            };
+            Ok(SignMessage::payload(hash, payload))
+        }
         _ => Err(CryptoError::NothingToSign),
     }
+}
+
+/// The 32-byte digest to sign: the request's digest, or the hash of its payload.
+pub fn digest(spec: &SigningRequestSpec) -> Result<[u8; 32], CryptoError> {
+    Ok(message(spec)?.digest())
 }
 
 /// `m/0/7` → `[0, 7]`; every index non-hardened.
@@ -212,7 +229,19 @@ mod tests {
             hex::encode(digest(&s).unwrap()),
             "1c8aff950685c2ed4bc3174f3472287b56d9517b9c948127319a09a7a36deac8"
         );
+        s.hash = Some(HashAlgorithm::Sha256d);
+        assert_eq!(
+            hex::encode(digest(&s).unwrap()),
+            "9595c9df90075148eb06860365df33584b75bff782a510c6cd4883a419833d50"
+        );
+        assert!(matches!(message(&s).unwrap(), SignMessage::Payload { payload, .. } if payload == b"hello"));
 
+        let mut s = spec();
+        s.digest = Some("ab".repeat(32));
+        assert_eq!(message(&s).unwrap(), SignMessage::Digest { digest: [0xab; 32] }, "a digest stays a digest");
+        let mut s = spec();
+        s.payload = Some("00".repeat(torcus_contract::MAX_PAYLOAD_BYTES + 1));
+        assert_eq!(digest(&s), Err(CryptoError::PayloadTooLarge(torcus_contract::MAX_PAYLOAD_BYTES + 1)));
         let mut s = spec();
         s.digest = Some("zz".into());
         assert_eq!(digest(&s), Err(CryptoError::Digest));

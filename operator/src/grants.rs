@@ -89,7 +89,11 @@ mod tests {
     fn the_same_parts_make_the_same_grant() {
         let key = SigningKey::from_bytes(&[3; 32]);
         let parts = GrantParts::fresh(60, |_| Some(vec![0, 2])).unwrap();
-        let kind = GrantKind::Sign { key: "default".into(), digest: [1; 32], derivation_path: vec![] };
+        let kind = GrantKind::Sign {
+            key: "default".into(),
+            message: torcus_contract::SignMessage::Digest { digest: [1; 32] },
+            derivation_path: vec![],
+        };
         let a = issue(&key, "ns", "demo", kind.clone(), &parts).unwrap();
         let b = issue(&key, "ns", "demo", kind, &parts).unwrap();
         assert_eq!(a, b, "a restarted operator re-sends the grant it recorded, not a new one");

@@ -16,9 +16,14 @@
 //! - every node holds the same aux info: the grant names it and it is
 //!   reused; otherwise the keygen generates new aux info first.
 //!
-//! A key is recorded only once every node lists it under the public key the
-//! initiator reported: a participant that failed at the very end makes the
-//! next run supersede it, instead of a key some nodes cannot sign with.
+//! A key is recorded only once every node lists it under the public key and
+//! the chain code the initiator reported: a participant that failed at the
+//! very end makes the next run supersede it, instead of a key some nodes
+//! cannot sign with. Nodes that list the same public key under different
+//! chain codes are a conflict, not a key: the chain code decides every
+//! derived address, so the key is not recorded, `KeysReady` is false with
+//! the reason, and a Warning Event names the nodes (looked at again every
+//! [`CONFLICT_RECHECK`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,6 +44,8 @@ use crate::grants::{self, GrantParts};
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// How long every node has to list a key its initiator reported.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
+/// How often a key whose nodes disagree is surveyed again.
+pub const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
 
 /// Keygens in flight and what they learned, per MpcCluster uid and key (a
 /// cluster deleted and made again under its name starts afresh).
@@ -50,7 +57,14 @@ pub struct Keygens {
 #[derive(Debug, Clone)]
 enum State {
     Running,
-    Failed { at: Instant },
+    Failed {
+        at: Instant,
+    },
+    /// The nodes disagree on what the key is.
+    Conflict {
+        at: Instant,
+        reason: String,
+    },
     Done(KeyStatus),
 }
 
@@ -80,6 +94,19 @@ impl Keygens {
             .collect()
     }
 
+    /// The keys of `mpc` whose nodes disagree, with why.
+    pub fn conflicts(&self, mpc: &MpcCluster) -> Vec<(String, String)> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        mpc.spec
+            .keys
+            .iter()
+            .filter_map(|key| match state.get(&id(mpc, key)) {
+                Some(State::Conflict { reason, .. }) => Some((key.clone(), reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether a keygen of `mpc` runs now.
     pub fn running(&self, mpc: &MpcCluster) -> bool {
         any_running(&self.state.lock().unwrap_or_else(PoisonError::into_inner), mpc)
@@ -98,6 +125,7 @@ impl Keygens {
             let next = missing.iter().find(|key| match state.get(&id(mpc, key)) {
                 Some(State::Running | State::Done(_)) => false,
                 Some(State::Failed { at }) => at.elapsed() >= RETRY_AFTER,
+                Some(State::Conflict { at, .. }) => at.elapsed() >= CONFLICT_RECHECK,
                 None => true,
             });
             if let Some(key) = next {
@@ -112,7 +140,14 @@ impl Keygens {
                 let result = run(&ctx, &mpc, &key, &urls).await;
                 let next = match result {
                     Ok(status) => State::Done(status),
-                    Err(message) => {
+                    Err(KeygenError::Conflict(reason)) => {
+                        warn!(cluster = %mpc.name_any(), %key, %reason, "nodes disagree on a key");
+                        ctx.metrics.keygens.with_label_values(&["conflict"]).inc();
+                        let note = format!("key {key} is not recorded: {reason}");
+                        event(&ctx, &mpc, EventType::Warning, "KeyConflict", "GenerateKey", note).await;
+                        State::Conflict { at: Instant::now(), reason }
+                    }
+                    Err(KeygenError::Failed(message)) => {
                         warn!(cluster = %mpc.name_any(), %key, %message, "keygen failed");
                         ctx.metrics.keygens.with_label_values(&["failed"]).inc();
                         let note = format!("key {key}: {message}; retrying in {}s", RETRY_AFTER.as_secs());
@@ -138,10 +173,34 @@ pub struct NodeHolds {
 /// What to do about a missing key, given what each node holds.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
-    /// Every node holds it under one public key: record it.
+    /// Every node holds it under one public key and one chain code: record it.
     Record { public_key: String, chain_code: Option<String> },
     /// Run a keygen with these grant fields.
     Generate { aux_info: Option<String>, supersedes: Vec<String> },
+    /// Every node holds the same public key, but they report different
+    /// chain codes: neither recorded nor generated again.
+    Conflict { reason: String },
+}
+
+/// Why a keygen task ended without a key.
+#[derive(Debug)]
+enum KeygenError {
+    /// Retry after [`RETRY_AFTER`].
+    Failed(String),
+    /// The nodes disagree on the key; see [`Plan::Conflict`].
+    Conflict(String),
+}
+
+impl From<String> for KeygenError {
+    fn from(message: String) -> Self {
+        Self::Failed(message)
+    }
+}
+
+impl From<&str> for KeygenError {
+    fn from(message: &str) -> Self {
+        Self::Failed(message.to_owned())
+    }
 }
 
 /// Decides on a keygen of a key that the cluster's status does not list
@@ -151,6 +210,9 @@ pub fn plan(nodes: &[NodeHolds]) -> Plan {
     if let Some(Some((public_key, chain_code))) = keys.first()
         && keys.iter().all(|k| k.as_ref().map(|(pk, _)| pk) == Some(public_key))
     {
+        if let Some(reason) = chain_code_conflict(keys.iter().map(|k| k.as_ref().and_then(|(_, cc)| cc.as_ref()))) {
+            return Plan::Conflict { reason };
+        }
         return Plan::Record { public_key: public_key.clone(), chain_code: chain_code.clone() };
     }
     let mut supersedes: Vec<String> = keys.into_iter().flatten().map(|(pk, _)| pk).collect();
@@ -176,7 +238,35 @@ async fn survey(ctx: &Context, key: &str, urls: &[String]) -> Result<Vec<NodeHol
     Ok(nodes)
 }
 
-async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[String]) -> Result<KeyStatus, String> {
+/// The nodes' chain codes (in party order) disagree: why, naming the nodes.
+fn chain_code_conflict<'a>(codes: impl Iterator<Item = Option<&'a String>>) -> Option<String> {
+    let codes: Vec<Option<&String>> = codes.collect();
+    let first = *codes.first()?;
+    if codes.iter().all(|c| *c == first) {
+        return None;
+    }
+    let mut groups: Vec<(Option<&String>, Vec<usize>)> = Vec::new();
+    for (party, code) in codes.iter().enumerate() {
+        match groups.iter_mut().find(|(c, _)| c == code) {
+            Some((_, parties)) => parties.push(party),
+            None => groups.push((*code, vec![party])),
+        }
+    }
+    let described: Vec<String> = groups
+        .iter()
+        .map(|(code, parties)| match code {
+            Some(code) => format!("nodes {parties:?} report chain code {}…", &code[..code.len().min(16)]),
+            None => format!("nodes {parties:?} report none"),
+        })
+        .collect();
+    Some(format!(
+        "the nodes hold the same public key but disagree on its chain code, which decides every derived address \
+         ({}); a node's share or its answers are not to be trusted",
+        described.join("; ")
+    ))
+}
+
+async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[String]) -> Result<KeyStatus, KeygenError> {
     let ns = mpc.namespace().unwrap_or_default();
     let name = mpc.name_any();
     let n = usize::from(mpc.spec.nodes);
@@ -184,8 +274,9 @@ async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[String]) -> Res
     let (aux_info, supersedes) = match plan(&survey(ctx, key, urls).await?) {
         Plan::Record { public_key, chain_code } => {
             info!(cluster = %name, %key, "every node holds the key already; recording it");
-            return key_status(key, &public_key, chain_code);
+            return Ok(key_status(key, &public_key, chain_code)?);
         }
+        Plan::Conflict { reason } => return Err(KeygenError::Conflict(reason)),
         Plan::Generate { aux_info, supersedes } => (aux_info, supersedes),
     };
     if !supersedes.is_empty() {
@@ -208,7 +299,7 @@ async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[String]) -> Res
     let started = Instant::now();
     match ctx.nodes.keygen(url, &grant).await {
         Ok(Outcome::Keygen { key: got, public_key, chain_code }) if got == key => {
-            confirm(ctx, key, &public_key, urls).await?;
+            confirm(ctx, key, &public_key, chain_code.as_ref(), urls).await?;
             let status = key_status(key, &public_key, chain_code)?;
             let note = format!(
                 "generated key {key}: public key {public_key}, address {} in {:.1}s",
@@ -220,35 +311,48 @@ async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[String]) -> Res
             event(ctx, mpc, EventType::Normal, "KeyGenerated", "GenerateKey", note).await;
             Ok(status)
         }
-        Ok(other) => Err(format!("initiator answered {other:?} to a keygen")),
-        Err(e) => Err(e.to_string()),
+        Ok(other) => Err(format!("initiator answered {other:?} to a keygen").into()),
+        Err(e) => Err(e.to_string().into()),
     }
 }
 
-/// Waits until every node lists `key` under `public_key`.
-async fn confirm(ctx: &Context, key: &str, public_key: &str, urls: &[String]) -> Result<(), String> {
+/// Waits until every node lists `key` under `public_key` and the same chain
+/// code as the initiator; a node that lists the public key under another
+/// chain code is a conflict at once.
+async fn confirm(
+    ctx: &Context,
+    key: &str,
+    public_key: &str,
+    chain_code: Option<&String>,
+    urls: &[String],
+) -> Result<(), KeygenError> {
     let deadline = Instant::now() + CONFIRM_WITHIN;
     loop {
         let mut lacking = Vec::new();
+        let mut codes = Vec::new();
         for (i, url) in urls.iter().enumerate() {
-            let listed = ctx
-                .nodes
-                .keys(url)
-                .await
-                .is_ok_and(|keys| keys.iter().any(|k| k.name == key && k.public_key == public_key));
-            if !listed {
-                lacking.push(i);
+            let listed = ctx.nodes.keys(url).await.ok().and_then(|keys| {
+                keys.into_iter().find(|k| k.name == key && k.public_key == public_key).map(|k| k.chain_code)
+            });
+            match listed {
+                Some(code) => codes.push(code),
+                None => lacking.push(i),
             }
         }
         if lacking.is_empty() {
-            return Ok(());
+            let reported = std::iter::once(chain_code).chain(codes.iter().map(Option::as_ref));
+            return match chain_code_conflict(reported) {
+                // Party numbers in the message count the initiator first.
+                Some(reason) => Err(KeygenError::Conflict(format!("{reason} (the initiator's answer listed first)"))),
+                None => Ok(()),
+            };
         }
         if Instant::now() >= deadline {
-            return Err(format!(
+            return Err(KeygenError::Failed(format!(
                 "the initiator generated {public_key}, but nodes {lacking:?} do not list it after {}s; \
                  the next keygen supersedes it",
                 CONFIRM_WITHIN.as_secs()
-            ));
+            )));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -276,6 +380,27 @@ mod tests {
     fn a_key_every_node_holds_is_recorded() {
         let nodes = [holds(Some("02aa"), Some("x")), holds(Some("02aa"), Some("x")), holds(Some("02aa"), None)];
         assert_eq!(plan(&nodes), Plan::Record { public_key: "02aa".into(), chain_code: Some("cc".into()) });
+    }
+
+    #[test]
+    fn a_key_whose_nodes_disagree_on_the_chain_code_is_not_recorded() {
+        let with_code = |code: Option<&str>| NodeHolds {
+            key: Some(("02aa".to_owned(), code.map(str::to_owned))),
+            aux_info: Some("x".into()),
+        };
+        let nodes =
+            [with_code(Some(&"c".repeat(64))), with_code(Some(&"d".repeat(64))), with_code(Some(&"c".repeat(64)))];
+        let Plan::Conflict { reason } = plan(&nodes) else { panic!("{:?}", plan(&nodes)) };
+        assert!(
+            reason.contains("nodes [0, 2] report chain code cccc")
+                && reason.contains("nodes [1] report chain code dddd"),
+            "{reason}"
+        );
+        let nodes = [with_code(Some(&"c".repeat(64))), with_code(None), with_code(Some(&"c".repeat(64)))];
+        let Plan::Conflict { reason } = plan(&nodes) else { panic!("{:?}", plan(&nodes)) };
+        assert!(reason.contains("nodes [1] report none"), "{reason}");
+        let nodes = [with_code(None), with_code(None), with_code(None)];
+        assert_eq!(plan(&nodes), Plan::Record { public_key: "02aa".into(), chain_code: None });
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The operator's view of the nodes' presignature pools, and one
 //! presignature reserved per signing session.
 //!
-//! A presignature can serve one session only, and only among the signer
-//! set that made it. When several requests of one signer set are signed at
+//! A presignature can serve one session only, only among the signer set
+//! that made it, only for the key and derivation path it was made for, and
+//! only for a payload the nodes hash themselves; pools are tracked per
+//! `namespace/cluster/key/path` ([`pool_id`]). When several requests of one signer set are signed at
 //! once, each session's initiator must offer a different one, or all but
 //! one of them fall back to the full protocol (hundreds of times slower).
 //! The nodes cannot agree on that among themselves without another round
@@ -33,7 +35,17 @@ pub const RESERVED_FOR: Duration = Duration::from_secs(2 * crate::grants::SIGN_G
 /// Presignature ids every member of a signer set holds, oldest first.
 pub type Reported = BTreeMap<Vec<u16>, Vec<String>>;
 
-/// The pools of every `namespace/cluster/key` the operator signs with.
+/// The id under which the pools of `key` at `path` of cluster
+/// `namespace/cluster` are tracked: `namespace/cluster/key/m/…`.
+pub fn pool_id(namespace: &str, cluster: &str, key: &str, path: &[u32]) -> String {
+    let mut id = format!("{namespace}/{cluster}/{key}/m");
+    for index in path {
+        id.push_str(&format!("/{index}"));
+    }
+    id
+}
+
+/// The pools of every `namespace/cluster/key/path` the operator signs with.
 #[derive(Debug, Default)]
 pub struct Presignatures {
     views: Mutex<HashMap<String, View>>,
@@ -124,13 +136,14 @@ impl Presignatures {
 }
 
 /// Asks every node at `urls` for its pools and keeps, per signer set of
-/// `key`, the ids every member reports (in the first member's order, which
-/// is oldest first). A node that does not answer makes its sets cold.
-pub async fn fetch(client: &NodeClient, urls: &[String], key: &str) -> Reported {
+/// `key` at `path`, the ids every member reports (in the first member's
+/// order, which is oldest first). A node that does not answer makes its
+/// sets cold.
+pub async fn fetch(client: &NodeClient, urls: &[String], key: &str, path: &[u32]) -> Reported {
     let answers = futures::future::join_all(urls.iter().map(|url| client.presignatures(url))).await;
     let mut sets: BTreeMap<Vec<u16>, (Vec<String>, usize)> = BTreeMap::new();
     for pools in answers.iter().flatten() {
-        for pool in pools.pools.iter().filter(|p| p.key == key) {
+        for pool in pools.pools.iter().filter(|p| p.key == key && p.path == path) {
             match sets.get_mut(&pool.participants) {
                 None => {
                     sets.insert(pool.participants.clone(), (pool.ids.clone(), 1));
@@ -192,6 +205,24 @@ mod tests {
         p.update(POOL, [(vec![0, 1], vec!["a0".into(), "a1".into(), "a2".into()])].into());
         let ids: Vec<String> = reserve_n(&p, &[0, 1], 3).into_iter().map(|(_, id)| id).collect();
         assert_eq!(ids, ["a1", "a2"]);
+    }
+
+    #[test]
+    fn pool_ids_name_the_path() {
+        assert_eq!(pool_id("ns", "c", "k", &[]), "ns/c/k/m");
+        assert_eq!(pool_id("ns", "c", "k", &[44, 60, 0]), "ns/c/k/m/44/60/0");
+        assert_ne!(pool_id("ns", "c", "k", &[1, 2]), pool_id("ns", "c", "k", &[12]));
+        p_forgets_every_path_of_a_cluster();
+    }
+
+    fn p_forgets_every_path_of_a_cluster() {
+        let p = Presignatures::default();
+        for path in [&[][..], &[7]] {
+            p.update(&pool_id("ns", "c", "k", path), [(vec![0, 1], ids("a", 1))].into());
+        }
+        p.forget_cluster("ns/c/");
+        assert_eq!(p.reserve(&pool_id("ns", "c", "k", &[7]), &[0, 1], 2), None);
+        assert_eq!(p.reserve(&pool_id("ns", "c", "k", &[]), &[0, 1], 2), None);
     }
 
     #[test]

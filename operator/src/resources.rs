@@ -280,6 +280,7 @@ pub fn cluster_config(
         keys: spec.keys.clone(),
         grant_public_key: grant_public_key_hex.to_owned(),
         presignature_pool_size: spec.presignatures.pool_size,
+        presignature_paths: presignature_paths(&spec.presignatures),
         registry_url: ctx.registry_url.clone(),
         peers: (0..spec.nodes)
             .map(|index| Peer {
@@ -292,6 +293,21 @@ pub fn cluster_config(
             })
             .collect(),
     }
+}
+
+/// The derivation paths of `spec.presignatures.paths`, parsed, without
+/// repeats, in the order given. `check_spec` refuses a cluster with a path
+/// that does not parse before anything is built; one that slipped past is
+/// left out here rather than passed on.
+pub fn presignature_paths(spec: &torcus_crds::PresignatureSpec) -> Vec<Vec<u32>> {
+    let mut paths: Vec<Vec<u32>> = Vec::new();
+    for path in spec.paths.iter().filter_map(|p| crate::crypto::derivation_path(Some(p)).ok()) {
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+    paths.truncate(contract::MAX_PRESIGNATURE_PATHS);
+    paths
 }
 
 /// ConfigMap carrying `cluster.json`.

@@ -7,6 +7,13 @@
 //! and writes `Completed`. A failed attempt is retried with a new grant and
 //! a new participant set while enough healthy nodes remain.
 //!
+//! Unforgeable: a payload travels in the grant and every node hashes it
+//! itself; only then may a presignature sign it, and only one made for the
+//! request's key, derivation path and signer set. A raw digest always runs
+//! the full protocol (the operator reserves no presignature for it, and the
+//! nodes would not use one). `status.protocol` says which ran, and
+//! `status.protocolReason` why the full protocol ran where pools exist.
+//!
 //! Exactly once: a grant is written to the status before it is sent, and a
 //! request found in `Signing` (an operator that restarted, or a retry) first
 //! asks the initiator how that grant's session went. A finished session is
@@ -26,9 +33,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use torcus_contract::api::{Outcome, PresignatureChoice, SessionStatus, SignatureOut};
-use torcus_contract::{GrantKind, SignedGrant};
+use torcus_contract::{GrantKind, SignMessage, SignedGrant};
 use torcus_crds::{
-    IssuedGrant, KeyStatus, MpcCluster, Signature, SigningPhase, SigningRequest, SigningRequestStatus, Timings,
+    IssuedGrant, KeyStatus, MpcCluster, Signature, SigningPhase, SigningProtocol, SigningRequest, SigningRequestStatus,
+    Timings,
 };
 use tracing::{debug, info, warn};
 
@@ -67,6 +75,23 @@ struct Attempt {
     url: String,
     presignature: PresignatureChoice,
 }
+
+/// Why no presignature was reserved for a request although the cluster
+/// keeps pools, as `status.protocolReason` says it.
+pub mod full_protocol_reason {
+    /// A raw digest: never signed from a presignature.
+    pub const RAW_DIGEST: &str = "raw-digest";
+    /// No pool for the request's derivation path.
+    pub const PATH_NOT_POOLED: &str = "path-not-pooled";
+    /// No free presignature for any healthy signer set.
+    pub const POOL_EMPTY: &str = "pool-empty";
+    /// A participant did not hold the presignature reserved for the session.
+    pub const NOT_HELD: &str = "not-held";
+}
+
+/// Grant refusals a new grant for the same request cannot cure: the nodes
+/// refused what the request asks, not the moment or the signer set.
+const FINAL_REFUSALS: [&str; 3] = ["digest_mismatch", "malformed", "unsupported_version"];
 
 /// Reconciles one SigningRequest.
 pub async fn reconcile(sr: Arc<SigningRequest>, ctx: Arc<Context>) -> Result<Action> {
@@ -135,8 +160,8 @@ impl<'a> Reconcile<'a> {
     /// A new (or waiting) request: validate, run the policy, issue a grant.
     async fn decide(&mut self) -> Result<Action> {
         let spec = &self.sr.spec;
-        let digest = match crypto::digest(spec) {
-            Ok(d) => d,
+        let message = match crypto::message(spec) {
+            Ok(m) => m,
             Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
         };
         let path = match crypto::derivation_path(spec.derivation_path.as_deref()) {
@@ -177,7 +202,7 @@ impl<'a> Reconcile<'a> {
                 format!("{} of {} nodes healthy; {} needed", healthy.len(), mpc.spec.nodes, mpc.spec.threshold);
             return self.wait("WaitingForNodes", message).await;
         }
-        let kind = GrantKind::Sign { key: spec.key.clone(), digest, derivation_path: path };
+        let kind = GrantKind::Sign { key: spec.key.clone(), message, derivation_path: path };
         self.status.public_key = Some(public_key);
         self.status.reason = None;
         let attempt = match self.new_attempt(&mpc, &nodes, kind, &[]).await {
@@ -213,8 +238,9 @@ impl<'a> Reconcile<'a> {
         let Some(url) = nodes.get(&initiator).map(|n| n.url.clone()) else {
             return self.retry(&mpc, &nodes, format!("initiator {initiator} has no address")).await;
         };
+        let pools = mpc.spec.presignatures.pool_size > 0;
         match self.ctx.nodes.session(&url, &grant.grant.session_id()).await {
-            Ok(Some(SessionStatus::Completed { outcome })) => self.complete(outcome, None).await,
+            Ok(Some(SessionStatus::Completed { outcome })) => self.complete(outcome, None, pools).await,
             Ok(Some(SessionStatus::Proposed | SessionStatus::Running)) => {
                 Ok(Action::requeue(Duration::from_millis(500)))
             }
@@ -231,8 +257,13 @@ impl<'a> Reconcile<'a> {
 
     /// Sends the attempt's grant to its initiator and records the outcome.
     async fn sign(&mut self, mpc: &MpcCluster, attempt: Attempt) -> Result<Action> {
+        let pools = mpc.spec.presignatures.pool_size > 0;
         match self.ctx.nodes.sign(&attempt.url, &attempt.grant, attempt.presignature).await {
-            Ok((outcome, took)) => self.complete(outcome, Some(took)).await,
+            Ok((outcome, took)) => self.complete(outcome, Some(took), pools).await,
+            Err(e) if FINAL_REFUSALS.contains(&e.reason().as_str()) => {
+                self.ctx.metrics.grants_rejected.with_label_values(&[&e.reason()]).inc();
+                self.fail("GrantRefused", format!("the nodes refused the grant: {e}")).await
+            }
             Err(e) => {
                 self.ctx.metrics.grants_rejected.with_label_values(&[&e.reason()]).inc();
                 let nodes = self.nodes(mpc).await?;
@@ -241,8 +272,9 @@ impl<'a> Reconcile<'a> {
         }
     }
 
-    /// Checks and records a session's outcome.
-    async fn complete(&mut self, outcome: Outcome, took: Option<Duration>) -> Result<Action> {
+    /// Checks and records a session's outcome; `pools` says whether the
+    /// cluster keeps presignatures at all.
+    async fn complete(&mut self, outcome: Outcome, took: Option<Duration>, pools: bool) -> Result<Action> {
         let Outcome::Signature(sig) = outcome else {
             return self
                 .fail("ProtocolError", "the initiator answered with something other than a signature".into())
@@ -271,6 +303,17 @@ impl<'a> Reconcile<'a> {
         }
         let initiator_type = if sig.presigned { "presigned" } else { "full" };
         self.ctx.metrics.initiator_sessions.with_label_values(&[initiator_type]).inc();
+        if sig.presigned {
+            self.status.protocol = Some(SigningProtocol::Presigned);
+            self.status.protocol_reason = None;
+        } else {
+            self.status.protocol = Some(SigningProtocol::Full);
+            // The reason recorded when no presignature was reserved;
+            // otherwise one was, and a participant did not hold it.
+            if self.status.protocol_reason.is_none() && pools {
+                self.status.protocol_reason = Some(full_protocol_reason::NOT_HELD.to_owned());
+            }
+        }
         self.status.signature = Some(signature_status(&sig));
         let timings = self.status.timings.get_or_insert_with(Timings::default);
         timings.signing_ms = took.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -316,13 +359,31 @@ impl<'a> Reconcile<'a> {
         let healthy: Vec<u16> = healthy_indices(nodes).into_iter().filter(|i| !exclude.contains(i)).collect();
         let threshold = mpc.spec.threshold;
         let pools = mpc.spec.presignatures.pool_size > 0;
-        let pool = self.pool_id(kind.key());
-        let reserved = if pools {
-            self.refresh_pools(&pool, nodes, &healthy, kind.key()).await;
-            self.ctx.signing.presignatures.reserve(&pool, &healthy, threshold)
-        } else {
-            None
+        // Only a payload the nodes hash, at a path pooled before the
+        // presignatures were made, may use one.
+        let usable = match &kind {
+            GrantKind::Sign { message: SignMessage::Payload { .. }, derivation_path, .. } => {
+                match crate::resources::presignature_paths(&mpc.spec.presignatures).contains(derivation_path) {
+                    true => Ok(derivation_path.clone()),
+                    false => Err(full_protocol_reason::PATH_NOT_POOLED),
+                }
+            }
+            _ => Err(full_protocol_reason::RAW_DIGEST),
         };
+        let reserved = match (&usable, pools) {
+            (Ok(path), true) => {
+                let pool = self.pool_id(kind.key(), path);
+                self.refresh_pools(&pool, nodes, &healthy, kind.key(), path).await;
+                self.ctx.signing.presignatures.reserve(&pool, &healthy, threshold)
+            }
+            _ => None,
+        };
+        self.status.protocol_reason = match (pools, &usable, &reserved) {
+            (false, ..) | (true, Ok(_), Some(_)) => None,
+            (true, Err(reason), _) => Some((*reason).to_owned()),
+            (true, Ok(_), None) => Some(full_protocol_reason::POOL_EMPTY.to_owned()),
+        };
+        self.status.protocol = None;
         let warm: Vec<Vec<u16>> = reserved.iter().map(|(set, _)| set.clone()).collect();
         let parts = GrantParts::fresh(grants::SIGN_GRANT_TTL_SECS, |id| {
             torcus_contract::select_participants_preferring(id, &healthy, threshold, &warm)
@@ -358,24 +419,26 @@ impl<'a> Reconcile<'a> {
         Ok(Attempt { grant, url, presignature })
     }
 
-    fn pool_id(&self, key: &str) -> String {
-        format!("{}/{}/{key}", self.cluster_ns, self.sr.spec.cluster)
+    fn pool_id(&self, key: &str, path: &[u32]) -> String {
+        presignatures::pool_id(&self.cluster_ns, &self.sr.spec.cluster, key, path)
     }
 
     /// Brings the view of `pool` up to date: at once when there is none
     /// yet, else in the background when it is old, so that nodes busy
     /// presigning never hold up a signature.
-    async fn refresh_pools(&self, pool: &str, nodes: &BTreeMap<u16, Node>, healthy: &[u16], key: &str) {
+    async fn refresh_pools(&self, pool: &str, nodes: &BTreeMap<u16, Node>, healthy: &[u16], key: &str, path: &[u32]) {
         let urls: Vec<String> = healthy.iter().filter_map(|i| nodes.get(i).map(|n| n.url.clone())).collect();
         let presignatures = &self.ctx.signing.presignatures;
         match presignatures.freshness(pool) {
             Freshness::Fresh => {}
-            Freshness::Missing => presignatures.update(pool, presignatures::fetch(&self.ctx.nodes, &urls, key).await),
+            Freshness::Missing => {
+                presignatures.update(pool, presignatures::fetch(&self.ctx.nodes, &urls, key, path).await)
+            }
             Freshness::Stale => {
-                let (presignatures, client, pool, key) =
-                    (Arc::clone(presignatures), self.ctx.nodes.clone(), pool.to_owned(), key.to_owned());
+                let (presignatures, client, pool, key, path) =
+                    (Arc::clone(presignatures), self.ctx.nodes.clone(), pool.to_owned(), key.to_owned(), path.to_vec());
                 tokio::spawn(async move {
-                    presignatures.update(&pool, presignatures::fetch(&client, &urls, &key).await);
+                    presignatures.update(&pool, presignatures::fetch(&client, &urls, &key, &path).await);
                 });
             }
         }
@@ -398,10 +461,10 @@ impl<'a> Reconcile<'a> {
             expires_at: issued.expires_at,
         };
         let spec = &self.sr.spec;
-        let digest = crypto::digest(spec).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+        let message = crypto::message(spec).map_err(|e| Error::InvalidSpec(e.to_string()))?;
         let path =
             crypto::derivation_path(spec.derivation_path.as_deref()).map_err(|e| Error::InvalidSpec(e.to_string()))?;
-        let kind = GrantKind::Sign { key: spec.key.clone(), digest, derivation_path: path };
+        let kind = GrantKind::Sign { key: spec.key.clone(), message, derivation_path: path };
         let key = grants::signing_key(self.ctx, &self.cluster_ns, &mpc.name_any()).await?;
         grants::issue(&key, &self.cluster_ns, &mpc.name_any(), kind, &parts)
     }
