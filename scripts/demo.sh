@@ -9,11 +9,32 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# Prerequisites, checked before anything compiles: the MPC engine links GMP,
+# which is built from source and needs m4 and a C compiler; the control
+# plane is built from Go modules; OpenSSL checks the signature at the end.
+missing=()
+for tool in cargo:"Rust (https://rustup.rs)" go:"Go 1.21 or later (https://go.dev/dl)" \
+            m4:"m4 (apt-get install m4)" cc:"a C compiler (apt-get install gcc)" \
+            openssl:"OpenSSL (apt-get install openssl)"; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
+if ((${#missing[@]})); then
+  echo "demo.sh needs, before it builds anything:" >&2
+  printf '  - %s\n' "${missing[@]}" >&2
+  exit 1
+fi
+
 dir=${TORCUS_SANDBOX_DIR:-.torcus-sandbox}
 up=(up --dir "$dir")
-# Tests only: start the nodes from pregenerated safe primes (never in a product).
-if [[ -n "${TORCUS_TEST_PRIMES_FIXTURE:-}" ]]; then up+=(--test-primes-fixture "$TORCUS_TEST_PRIMES_FIXTURE"); fi
-cargo build --quiet -p torcus-e2e --bin torcus-sandbox -p torcus-node --bin torcus-node
+features=()
+# Tests only: start the nodes from pregenerated safe primes, which only a
+# build with the test-primes feature accepts (never an image).
+if [[ -n "${TORCUS_TEST_PRIMES_FIXTURE:-}" ]]; then
+  up+=(--test-primes-fixture "$TORCUS_TEST_PRIMES_FIXTURE")
+  features=(--features torcus-node/test-primes)
+fi
+echo "building the sandbox and torcus-node (the first build compiles GMP and a few hundred crates: several minutes)"
+cargo build --quiet -p torcus-e2e --bin torcus-sandbox -p torcus-node --bin torcus-node "${features[@]}"
 target/debug/torcus-sandbox "${up[@]}"
 
 kubectl() { "$dir/bin/kubectl" --kubeconfig "$dir/kubeconfig" "$@"; }

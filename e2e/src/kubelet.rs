@@ -270,7 +270,10 @@ fn build_node(profile_dir: &Path) -> anyhow::Result<()> {
     let target_dir = profile_dir.parent().context("profile folder has no parent")?;
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut cargo = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cargo.current_dir(&workspace).args(["build", "-p", "torcus-node", "--bin", "torcus-node", "--target-dir"]);
+    // With the test-only primes fixture flag: the harness hands nodes the
+    // fixture whenever a test asks for it.
+    cargo.current_dir(&workspace).args(["build", "-p", "torcus-node", "--bin", "torcus-node", "--features"]);
+    cargo.args(["test-primes", "--target-dir"]);
     cargo.arg(target_dir);
     match profile {
         "debug" => {}

@@ -5,6 +5,7 @@
 
 pub mod controlplane;
 pub mod helm;
+pub mod independent;
 pub mod kubelet;
 pub mod pki;
 pub mod process;

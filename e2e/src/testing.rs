@@ -103,6 +103,8 @@ pub struct TestNamespace {
     is_second: bool,
     /// This test's place among the clusters that run at once.
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Handed to every operator this namespace starts.
+    test_hooks: torcus_operator::test_hooks::TestHooks,
 }
 
 /// How many tests of one test binary run node processes at once
@@ -167,7 +169,16 @@ impl TestNamespace {
         };
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
         let registry_url = operator_args(&name).registry_url;
-        Ok(Self { client, name, operator: None, kubelet: None, registry_url, is_second: false, _slot: None })
+        Ok(Self {
+            client,
+            name,
+            operator: None,
+            kubelet: None,
+            registry_url,
+            is_second: false,
+            _slot: None,
+            test_hooks: Default::default(),
+        })
     }
 
     /// Another handle on the same namespace, for a second operator.
@@ -180,7 +191,28 @@ impl TestNamespace {
             registry_url: self.registry_url.clone(),
             is_second: true,
             _slot: None,
+            test_hooks: self.test_hooks,
         }
+    }
+
+    /// Makes every operator this namespace starts from now on misbehave as
+    /// `hooks` say.
+    pub fn operator_test_hooks(&mut self, hooks: torcus_operator::test_hooks::TestHooks) {
+        self.test_hooks = hooks;
+    }
+
+    /// The first operator's `/metrics` text.
+    ///
+    /// # Panics
+    /// If no operator address is known or it does not answer: a mistake in
+    /// the test, or the failure it looks for.
+    pub async fn operator_metrics(&self) -> String {
+        let url = self.operator_url().expect("an operator URL");
+        let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().expect("a loopback address");
+        let (code, body) =
+            crate::kubelet::http_get(addr, "/metrics", Duration::from_secs(5)).await.expect("operator /metrics");
+        assert_eq!(code, 200, "{body}");
+        body
     }
 
     /// The first operator's HTTP address as a URL (`http://127.0.0.1:<port>`):
@@ -196,9 +228,20 @@ impl TestNamespace {
         self.start_kubelet_with(crate::kubelet::node_binary()?).await
     }
 
+    /// Like [`Self::start_kubelet`], without the fixture: nodes generate
+    /// their own safe primes, as in a product (minutes on 2 cores).
+    pub async fn start_kubelet_generating_primes(&mut self) -> anyhow::Result<()> {
+        self.start_kubelet_as(crate::kubelet::node_binary()?, Vec::new()).await
+    }
+
     /// Like [`Self::start_kubelet`], with `node_binary` as the program of
     /// `torcus-node` images.
     pub async fn start_kubelet_with(&mut self, node_binary: PathBuf) -> anyhow::Result<()> {
+        let fixture = vec![("TORCUS_TEST_PRIMES_FIXTURE".to_owned(), primes_fixture().display().to_string())];
+        self.start_kubelet_as(node_binary, fixture).await
+    }
+
+    async fn start_kubelet_as(&mut self, node_binary: PathBuf, extra_env: Vec<(String, String)>) -> anyhow::Result<()> {
         anyhow::ensure!(self.kubelet.is_none(), "a kubelet already runs for {}", self.name);
         if self._slot.is_none() && !self.is_second {
             self._slot = Some(cluster_slots().acquire_owned().await?);
@@ -209,7 +252,7 @@ impl TestNamespace {
             namespace: Some(self.name.clone()),
             node_binary,
             work_dir: dir.join(format!("kubelet-{}", self.name)),
-            extra_env: vec![("TORCUS_TEST_PRIMES_FIXTURE".to_owned(), primes_fixture().display().to_string())],
+            extra_env,
         };
         self.kubelet = Some(Kubelet::start(self.client.clone(), config).await?);
         Ok(())
@@ -244,6 +287,7 @@ impl TestNamespace {
     }
 
     fn start_with(&mut self, mut args: torcus_operator::Args) {
+        args.test_hooks = self.test_hooks;
         // The same address after a restart; a second operator beside the
         // first listens elsewhere but hands out the same registry URL.
         if let Some(url) = &self.registry_url {
@@ -313,6 +357,7 @@ pub fn operator_args(namespace: &str) -> torcus_operator::Args {
         lease_namespace: namespace.to_owned(),
         instance: None,
         log_format: "plain".to_owned(),
+        test_hooks: Default::default(),
     }
 }
 

@@ -1,19 +1,19 @@
 //! The whole control plane on a real API server: the operator, the process
 //! kubelet running real `torcus-node` processes, keygen driven by the
 //! operator, SigningRequests to `Completed` with signatures checked here
-//! with an independent secp256k1 implementation, policy denials, a dead
-//! node, and an operator restart in the middle of a batch.
+//! with libsecp256k1 (`torcus_e2e::independent`, never the k256 the
+//! operator checks with), which protocol ran and why, policy denials, a
+//! dead node, and an operator restart in the middle of a batch.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Event;
-use k256::ecdsa::signature::hazmat::PrehashVerifier;
-use k256::ecdsa::{Signature, VerifyingKey};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use sha2::{Digest, Sha256};
-use torcus_crds::{MpcCluster, SigningPhase, SigningRequest};
+use torcus_crds::{MpcCluster, SigningPhase, SigningProtocol, SigningRequest};
+use torcus_e2e::independent;
 use torcus_e2e::testing::{TestNamespace, eventually};
 
 /// Aux info and keygen with fixture primes on 2 cores, plus pod start-up,
@@ -71,34 +71,6 @@ async fn ready_cluster(ns: &mut TestNamespace, mpc: MpcCluster) -> String {
     key.public_key.clone().unwrap()
 }
 
-/// BIP-32 public child derivation (SLIP-10 is the same for secp256k1),
-/// compressed.
-fn bip32_child(public_key: &[u8], chain_code: &[u8; 32], path: &[u32]) -> Vec<u8> {
-    use k256::elliptic_curve::sec1::ToEncodedPoint;
-    let mut key = k256::PublicKey::from_sec1_bytes(public_key).unwrap();
-    let mut chain = *chain_code;
-    for index in path {
-        let mut data = key.to_encoded_point(true).as_bytes().to_vec();
-        data.extend(index.to_be_bytes());
-        let i = hmac_sha512(&chain, &data);
-        let tweak = k256::SecretKey::from_slice(&i[..32]).expect("IL < n");
-        key = k256::PublicKey::from_affine((key.to_projective() + tweak.public_key().to_projective()).into()).unwrap();
-        chain.copy_from_slice(&i[32..]);
-    }
-    key.to_encoded_point(true).as_bytes().to_vec()
-}
-
-/// HMAC-SHA512 (RFC 2104) with a key shorter than the block.
-fn hmac_sha512(key: &[u8; 32], data: &[u8]) -> [u8; 64] {
-    let pad = |byte: u8| {
-        let mut block = [byte; 128];
-        block.iter_mut().zip(key).for_each(|(b, k)| *b ^= k);
-        block
-    };
-    let inner = sha2::Sha512::new().chain_update(pad(0x36)).chain_update(data).finalize();
-    sha2::Sha512::new().chain_update(pad(0x5c)).chain_update(inner).finalize().into()
-}
-
 async fn wait_final(ns: &TestNamespace, name: &str, within: Duration) -> SigningRequest {
     let api: Api<SigningRequest> = ns.api();
     eventually(&format!("SigningRequest {name} to end"), within, || async {
@@ -109,61 +81,174 @@ async fn wait_final(ns: &TestNamespace, name: &str, within: Duration) -> Signing
     .unwrap()
 }
 
-/// Checks a completed request's signature with k256, not with anything of
-/// Torcus: over `digest`, under `public_key`, low-s, DER consistent.
+/// Checks a completed request's signature with libsecp256k1, not with
+/// anything of Torcus: over `digest`, under `public_key`, low-s, DER and
+/// r‖s agreeing, the recovery id recovering the key.
 fn assert_signed(sr: &SigningRequest, digest: [u8; 32], public_key: &str) {
     let status = sr.status.as_ref().unwrap();
     assert_eq!(status.phase, Some(SigningPhase::Completed), "{}: {:?}", sr.name_any(), status.reason);
+    independent::verify_status(status, &digest, public_key)
+        .unwrap_or_else(|e| panic!("{}: the signature does not check out: {e}", sr.name_any()));
     let sig = status.signature.as_ref().unwrap();
-    let key = VerifyingKey::from_sec1_bytes(&hex::decode(public_key).unwrap()).unwrap();
-    let der = Signature::from_der(&hex::decode(&sig.der).unwrap()).unwrap();
-    key.verify_prehash(&digest, &der).expect("signature verifies under the public key");
-    assert_eq!(hex::encode(&der.to_bytes()[..32]), sig.r);
-    assert_eq!(hex::encode(&der.to_bytes()[32..]), sig.s);
-    assert!(der.normalize_s().is_none(), "low-s");
     assert!(sig.short.starts_with(&sig.r[..16]));
     assert!(status.grant_id.is_some() && status.session_id.is_some());
     assert_eq!(status.participants.len(), 2);
     assert!(status.participants.contains(&status.initiator.unwrap()));
+    assert!(status.protocol.is_some(), "{}: which protocol ran", sr.name_any());
 }
 
+/// Every presignature pool of cluster `vault`'s nodes, as
+/// (party, key, path, signer set) → (depth, taken), and each node's
+/// `torcus_presignatures_used_total`.
+async fn pools(ns: &TestNamespace) -> (BTreeMap<(u16, String, Vec<u32>, Vec<u16>), (u32, u64)>, Vec<f64>) {
+    let (mut pools, mut used) = (BTreeMap::new(), Vec::new());
+    for party in 0..3u16 {
+        let ip = ns.kubelet().pod_ip(&ns.name, &format!("vault-{party}-0")).expect("pod ip");
+        let (code, body) =
+            torcus_e2e::kubelet::http_get((ip, 8080).into(), "/p2p/presignatures", Duration::from_secs(5))
+                .await
+                .unwrap();
+        assert_eq!(code, 200, "{body}");
+        let listed: torcus_contract::api::PresignaturePools = serde_json::from_str(&body).unwrap();
+        for pool in listed.pools {
+            pools.insert((party, pool.key, pool.path, pool.participants), (pool.depth, pool.taken));
+        }
+        let (_, text) =
+            torcus_e2e::kubelet::http_get((ip, 8080).into(), "/metrics", Duration::from_secs(5)).await.unwrap();
+        used.push(metric(&text, "torcus_presignatures_used_total", &[]));
+    }
+    (pools, used)
+}
+
+/// Waits until every member of every signer set of the 2-of-3 cluster
+/// `vault` holds `depth` presignatures for each of `paths`.
+async fn wait_pools_full(ns: &TestNamespace, paths: &[Vec<u32>], depth: u32) {
+    eventually("presignature pools full", KEYGEN_WAIT, || async {
+        let (pools, _) = pools(ns).await;
+        let sets = [vec![0u16, 1], vec![0, 2], vec![1, 2]];
+        let full = sets.iter().all(|set| {
+            set.iter().all(|member| {
+                paths.iter().all(|path| {
+                    pools
+                        .get(&(*member, "default".to_owned(), path.clone(), set.clone()))
+                        .is_some_and(|(d, _)| *d >= depth)
+                })
+            })
+        });
+        Ok(full.then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+/// Presignatures only for what the nodes hash themselves, under a path
+/// fixed before they were made: against full pools, a raw digest and a
+/// payload for a path with no pool run the full protocol and take nothing
+/// from any pool; payloads (SHA-256 and Keccak-256, the key itself and a
+/// pooled path) are signed from presignatures. Every signature, recovery id
+/// and derived key is checked with libsecp256k1 and BIP-32 code of the
+/// test's own. Then an issuer that puts another payload in a grant than
+/// the one it recorded (a test hook in the operator) gets the grant refused
+/// by the nodes, and the request ends `Failed` saying so.
 #[tokio::test]
 async fn quic_cluster_generates_its_key_and_signs_requests() {
     let mut ns = TestNamespace::new("sign-quic").await.unwrap();
-    let public_key = ready_cluster(&mut ns, cluster("vault", "quic", serde_json::json!({}))).await;
+    ns.operator_test_hooks(torcus_operator::test_hooks::TestHooks { tamper_sign_grant: Some(swap_tampered_payload) });
+    let pooled = serde_json::json!({"presignatures": {"poolSize": 1, "paths": ["m", "m/0/7"]}});
+    let public_key = ready_cluster(&mut ns, cluster("vault", "quic", pooled)).await;
     let srs: Api<SigningRequest> = ns.api();
+    let paths = [vec![], vec![0, 7]];
+    wait_pools_full(&ns, &paths, 1).await;
 
+    // Against full pools: what a presignature must never sign.
+    let (pools_before, used_before) = pools(&ns).await;
     let digest = [0x5a; 32];
-    let payload = b"hello torcus";
-    let requests = [
-        request("digest", "vault", serde_json::json!({"digest": hex::encode(digest)})),
-        request("payload", "vault", serde_json::json!({"payload": hex::encode(payload)})),
-        request(
-            "derived",
-            "vault",
-            serde_json::json!({"payload": "0xdeadbeef", "hash": "keccak256", "derivationPath": "m/0/7"}),
+    let full = [
+        ("digest", serde_json::json!({"digest": hex::encode(digest)}), "raw-digest"),
+        ("unpooled", serde_json::json!({"payload": hex::encode(b"m/5"), "derivationPath": "m/5"}), "path-not-pooled"),
+    ];
+    for (name, spec, _) in &full {
+        srs.create(&PostParams::default(), &request(name, "vault", spec.clone())).await.unwrap();
+        wait_final(&ns, name, SIGN_WAIT).await;
+    }
+    let digest_sr = wait_final(&ns, "digest", SIGN_WAIT).await;
+    assert_signed(&digest_sr, digest, &public_key);
+    let unpooled = wait_final(&ns, "unpooled", SIGN_WAIT).await;
+    let unpooled_key = unpooled.status.as_ref().unwrap().public_key.clone().unwrap();
+    assert_signed(&unpooled, Sha256::digest(b"m/5").into(), &unpooled_key);
+    for (name, _, reason) in &full {
+        let status = wait_final(&ns, name, SIGN_WAIT).await.status.unwrap();
+        assert_eq!(status.protocol, Some(SigningProtocol::Full), "{name}");
+        assert_eq!(status.protocol_reason.as_deref(), Some(*reason), "{name}");
+    }
+    let (pools_after, used_after) = pools(&ns).await;
+    assert_eq!(pools_after, pools_before, "no pool's depth or taken count moved");
+    assert_eq!(used_after, used_before, "no node used a presignature");
+
+    // Payloads the nodes hash themselves: from presignatures.
+    let chain_code: [u8; 32] = {
+        let mpc: MpcCluster = ns.api().get("vault").await.unwrap();
+        let key = mpc.status.unwrap().keys.into_iter().find(|k| k.name == "default").unwrap();
+        hex::decode(key.chain_code.expect("chainCode in status")).unwrap().try_into().unwrap()
+    };
+    let derived_key =
+        hex::encode(independent::bip32_child(&hex::decode(&public_key).unwrap(), &chain_code, &[0, 7]).unwrap());
+    assert_ne!(derived_key, public_key, "m/0/7 is another key");
+    let presigned: [(&str, serde_json::Value, [u8; 32], &str); 3] = [
+        (
+            "sha256",
+            serde_json::json!({"payload": hex::encode(b"hello torcus")}),
+            Sha256::digest(b"hello torcus").into(),
+            &public_key,
         ),
+        (
+            "keccak",
+            serde_json::json!({"payload": "0xdeadbeef", "hash": "keccak256"}),
+            sha3::Keccak256::digest([0xde, 0xad, 0xbe, 0xef]).into(),
+            &public_key,
+        ),
+        (
+            "derived",
+            serde_json::json!({"payload": "0xdeadbeef", "hash": "keccak256", "derivationPath": "m/0/7"}),
+            sha3::Keccak256::digest([0xde, 0xad, 0xbe, 0xef]).into(),
+            &derived_key,
+        ),
+    ];
+    for (name, spec, digest, key) in &presigned {
+        // Each from a full pool, so that the test says what it means.
+        wait_pools_full(&ns, &paths, 1).await;
+        srs.create(&PostParams::default(), &request(name, "vault", spec.clone())).await.unwrap();
+        let sr = wait_final(&ns, name, SIGN_WAIT).await;
+        assert_signed(&sr, *digest, key);
+        let status = sr.status.unwrap();
+        assert_eq!(status.public_key.as_deref(), Some(*key), "{name}: the key it was signed with");
+        assert_eq!(status.protocol, Some(SigningProtocol::Presigned), "{name}: {:?}", status.protocol_reason);
+        assert_eq!(status.protocol_reason, None, "{name}");
+    }
+    let metrics = ns.operator_metrics().await;
+    assert_eq!(metric(&metrics, "torcus_initiator_sessions_total", &[("type", "presigned")]), 3.0, "{metrics}");
+    assert_eq!(metric(&metrics, "torcus_initiator_sessions_total", &[("type", "full")]), 2.0, "{metrics}");
+
+    // An issuer that records one payload and grants another: every node
+    // hashes the payload itself, refuses the grant, and the request fails
+    // with that reason instead of a signature over what was not approved.
+    let tampered = request("tampered", "vault", serde_json::json!({"payload": hex::encode(b"tamper: pay alice")}));
+    srs.create(&PostParams::default(), &tampered).await.unwrap();
+    let status = wait_final(&ns, "tampered", SIGN_WAIT).await.status.unwrap();
+    assert_eq!(status.phase, Some(SigningPhase::Failed));
+    let reason = status.reason.unwrap_or_default();
+    assert!(reason.contains("does not hash (sha256) to the digest the grant names"), "{reason}");
+    assert!(status.signature.is_none());
+    let completed = status.conditions.iter().find(|c| c.type_ == "Completed").unwrap();
+    assert_eq!(completed.reason, "GrantRefused");
+
+    let unknown = [
         request("unknown-cluster", "nope", serde_json::json!({"digest": hex::encode(digest)})),
         request("unknown-key", "vault", serde_json::json!({"key": "cold", "digest": hex::encode(digest)})),
     ];
-    for sr in &requests {
+    for sr in &unknown {
         srs.create(&PostParams::default(), sr).await.unwrap();
     }
-
-    assert_signed(&wait_final(&ns, "digest", SIGN_WAIT).await, digest, &public_key);
-    assert_signed(&wait_final(&ns, "payload", SIGN_WAIT).await, Sha256::digest(payload).into(), &public_key);
-    let derived = wait_final(&ns, "derived", SIGN_WAIT).await;
-    let keccak: [u8; 32] = sha3::Keccak256::digest([0xde, 0xad, 0xbe, 0xef]).into();
-    let derived_key = derived.status.as_ref().unwrap().public_key.clone().unwrap();
-    assert_ne!(derived_key, public_key, "m/0/7 is another key");
-    assert_signed(&derived, keccak, &derived_key);
-    // The key is the BIP-32 child m/0/7 of the extended public key the
-    // cluster's status shows, derived here independently of Torcus.
-    let mpc: MpcCluster = ns.api().get("vault").await.unwrap();
-    let key = mpc.status.unwrap().keys.into_iter().find(|k| k.name == "default").unwrap();
-    let chain_code: [u8; 32] = hex::decode(key.chain_code.expect("chainCode in status")).unwrap().try_into().unwrap();
-    assert_eq!(derived_key, hex::encode(bip32_child(&hex::decode(&public_key).unwrap(), &chain_code, &[0, 7])));
-
     for (name, reason) in [("unknown-cluster", "no MpcCluster named nope"), ("unknown-key", "has no key named cold")] {
         let sr = wait_final(&ns, name, SIGN_WAIT).await;
         let status = sr.status.unwrap();
@@ -177,7 +262,26 @@ async fn quic_cluster_generates_its_key_and_signs_requests() {
     assert_eq!(header, ["NAME", "CLUSTER", "KEY", "PHASE", "SIGNATURE", "AGE"]);
     let row = table.lines().find(|l| l.starts_with("digest ")).unwrap();
     assert!(row.contains("Completed") && row.contains('…'), "{row}");
+    let out = ns.kubectl().args(["get", "sr", "-o", "wide"]).output().unwrap();
+    let wide = String::from_utf8_lossy(&out.stdout);
+    assert!(wide.lines().next().unwrap().contains("PROTOCOL"), "{wide}");
+    for (name, protocol) in [("digest ", "full"), ("sha256 ", "presigned")] {
+        let row = wide.lines().find(|l| l.starts_with(name)).unwrap();
+        assert!(row.split_whitespace().any(|c| c == protocol), "{row}");
+    }
     ns.finish().await.unwrap();
+}
+
+/// The test hook of the grant-refusal case: a grant for the payload
+/// `tamper: pay alice` leaves with `tamper: pay mallory`, the digest of the
+/// first still in it (and signed with the cluster's grant key).
+fn swap_tampered_payload(grant: &mut torcus_contract::Grant) {
+    if let torcus_contract::GrantKind::Sign { message: torcus_contract::SignMessage::Payload { payload, .. }, .. } =
+        &mut grant.kind
+        && payload.as_slice() == b"tamper: pay alice"
+    {
+        *payload = b"tamper: pay mallory".to_vec();
+    }
 }
 
 /// Signs over `transport`; then, with `roll_to`, changes the cluster's

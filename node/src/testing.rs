@@ -173,6 +173,40 @@ impl Cluster {
         self.nodes[usize::from(i)] = Some(child);
     }
 
+    /// Writes `bytes` as share `name` into node `i`'s share store, sealed
+    /// with its store key, as a release before this one would have left it.
+    pub fn put_share(&self, i: u16, name: &str, bytes: &[u8]) {
+        self.store(i).put(name, bytes).unwrap();
+    }
+
+    /// Reads share `name` back from node `i`'s share store.
+    pub fn get_share(&self, i: u16, name: &str) -> Option<Vec<u8>> {
+        self.store(i).get(name).unwrap().map(|bytes| bytes.to_vec())
+    }
+
+    fn store(&self, i: u16) -> crate::store::ShareStore {
+        let d = self.dir.path();
+        let key = crate::store::StoreKey::from_file(d.join(format!("tls-{i}/store.key"))).unwrap();
+        crate::store::ShareStore::open(d.join(format!("data-{i}/shares")), key).unwrap()
+    }
+
+    /// Waits up to `within` for node `i` to exit; its exit status, or `None`
+    /// if it still runs.
+    pub fn wait_exit(&mut self, i: u16, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.nodes[usize::from(i)].as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.nodes[usize::from(i)] = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Process id of node `i` (panics if it is not running).
     pub fn pid(&self, i: u16) -> u32 {
         self.nodes[usize::from(i)].as_ref().expect("node is running").id()

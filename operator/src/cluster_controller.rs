@@ -59,6 +59,9 @@ pub struct Context {
     pub signing: Arc<SigningState>,
     /// Nodes' registrations and heartbeats.
     pub registry: Arc<Registry>,
+    /// Ways a test makes this operator misbehave (test builds only).
+    #[cfg(feature = "test-hooks")]
+    pub test_hooks: crate::test_hooks::TestHooks,
 }
 
 impl Context {
@@ -80,6 +83,8 @@ impl Context {
             nodes: NodeClient::new(),
             keygens: Arc::default(),
             signing: Arc::default(),
+            #[cfg(feature = "test-hooks")]
+            test_hooks: Default::default(),
         }
     }
 

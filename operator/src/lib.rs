@@ -19,6 +19,8 @@ pub mod registry;
 pub mod resources;
 pub mod rollout;
 pub mod signing_controller;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -126,6 +128,13 @@ pub struct Args {
     /// Log format: `plain` or `json`.
     #[arg(long, env = "TORCUS_LOG_FORMAT", default_value = "plain")]
     pub log_format: String,
+
+    /// TEST ONLY: ways for an end-to-end test to make this operator
+    /// misbehave. Only in builds with the `test-hooks` feature (the e2e
+    /// crate's); never settable from the command line.
+    #[cfg(feature = "test-hooks")]
+    #[arg(skip)]
+    pub test_hooks: test_hooks::TestHooks,
 }
 
 impl Args {
@@ -155,6 +164,8 @@ impl Args {
             lease_namespace,
             instance,
             log_format: _,
+            #[cfg(feature = "test-hooks")]
+            test_hooks,
         } = self;
         let instance = instance.unwrap_or_else(default_instance);
         let instance_for_label = instance.clone();
@@ -221,13 +232,19 @@ impl Args {
             }));
         }
 
-        let ctx = Arc::new(cluster_controller::Context::new(
+        #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut, reason = "only test hooks change the context"))]
+        let mut ctx = cluster_controller::Context::new(
             client.clone(),
             Recorder::new(client.clone(), Reporter { controller: "torcus-operator".into(), instance: Some(instance) }),
             resources::BuildContext { default_node_image: node_image, registry_url, cluster_domain },
             metrics.clone(),
             registry,
-        ));
+        );
+        #[cfg(feature = "test-hooks")]
+        {
+            ctx.test_hooks = test_hooks;
+        }
+        let ctx = Arc::new(ctx);
         metrics.leader.set(1);
         let own_pod = own_pod(&instance_for_label, &lease_namespace);
         if let Some((ns, pod)) = &own_pod {

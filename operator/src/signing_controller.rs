@@ -393,6 +393,8 @@ impl<'a> Reconcile<'a> {
         })?;
         let key = grants::signing_key(self.ctx, &self.cluster_ns, &mpc.name_any()).await?;
         let grant = grants::issue(&key, &self.cluster_ns, &mpc.name_any(), kind, &parts)?;
+        #[cfg(feature = "test-hooks")]
+        let grant = self.ctx.test_hooks.tamper(grant, &key);
         self.ctx.metrics.grants_issued.with_label_values(&["sign"]).inc();
         let initiator = grant.grant.initiator();
         let url = nodes.get(&initiator).map(|n| n.url.clone()).unwrap_or_default();

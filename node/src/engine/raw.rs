@@ -52,7 +52,7 @@ where
         Layout::OneTask => {
             let runtime =
                 tokio::runtime::Builder::new_current_thread().build().expect("a current-thread runtime builds");
-            runtime.block_on(async { async_env::run(n, |i, p| party(i, p)).await.into_vec() })
+            runtime.block_on(async { async_env::run(n, &party).await.into_vec() })
         }
         Layout::Threads => {
             let mut network = async_env::Network::<M>::new();

@@ -1,0 +1,93 @@
+//! What a node refuses to start with, as real processes.
+//!
+//! - A key share written by a cggmp21-based release: its aux info has
+//!   another shape under CGGMP24, and the node says so and stops rather
+//!   than reinterpret it; the share stays on the volume as it was.
+//! - The test-only safe-primes fixture, in the binary `Dockerfile.node`
+//!   builds: built here with the Dockerfile's exact command, that binary
+//!   has no such flag, and refuses to start when the fixture's environment
+//!   variable is set (a node with public primes would hold a key share
+//!   anyone can recover).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use torcus_node::testing::Cluster;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_torcus-node"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cggmp21_key_share_stops_the_node_with_what_to_do() {
+    let old = include_bytes!("fixtures/cggmp21-share.json");
+    let mut cluster = Cluster::new(binary(), 3, 2, "quic").await;
+    cluster.wait_ready().await;
+    cluster.kill(1);
+    cluster.put_share(1, "key-default", old);
+    cluster.start(1);
+    let status = cluster.wait_exit(1, Duration::from_secs(30)).expect("the node stops by itself");
+    assert!(!status.success(), "{status}");
+    let log = cluster.log(1);
+    for expected in ["key-default", "cggmp21", "CGGMP24", "previous Torcus release", "generate a new key"] {
+        assert!(log.contains(expected), "the log says {expected:?}:\n{log}");
+    }
+    assert_eq!(cluster.get_share(1, "key-default").as_deref(), Some(&old[..]), "the share is left as it was");
+
+    // The other nodes are unaffected.
+    for i in [0, 2] {
+        let ready = cluster.http.get(cluster.url(i, "/readyz")).send().await.unwrap();
+        assert!(ready.status().is_success(), "node {i}");
+    }
+}
+
+/// The release binary of `torcus-node` as `Dockerfile.node` builds it:
+/// `cargo build --release --locked -p torcus-node --bin torcus-node`, run
+/// here in the workspace (reused when it is up to date, as after `.ci/run`
+/// built it up front).
+fn product_binary() -> PathBuf {
+    let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile.node")).unwrap();
+    let command = "cargo build --release --locked -p torcus-node --bin torcus-node";
+    assert!(dockerfile.contains(command), "Dockerfile.node builds with `{command}`");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&workspace)
+        .args(command.split(' ').skip(1))
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{command}: {status}");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
+    target.join("release/torcus-node")
+}
+
+#[test]
+fn the_image_binary_refuses_the_test_primes_fixture() {
+    let binary = product_binary();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/primes.json");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: Option<(&str, &Path)>| {
+        let mut command = Command::new(&binary);
+        command.args(args).current_dir(dir.path()).env_remove("TORCUS_TEST_PRIMES_FIXTURE");
+        if let Some((key, value)) = env {
+            command.env(key, value);
+        }
+        let out = command.output().unwrap();
+        (out.status, String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let fixture_flag = format!("--test-primes-fixture={}", fixture.display());
+    let (status, out) = run(&["serve", "--party-index=0", &fixture_flag], None);
+    assert_eq!(status.code(), Some(2), "clap refuses an unknown flag: {out}");
+    assert!(out.contains("unexpected argument '--test-primes-fixture"), "{out}");
+
+    // With the variable instead: refused before anything is read or bound
+    // (the configuration named here does not even exist).
+    let (status, out) = run(
+        &["serve", "--party-index=0", "--config=missing.json", "--tls-dir=.", "--data-dir=."],
+        Some(("TORCUS_TEST_PRIMES_FIXTURE", &fixture)),
+    );
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("TORCUS_TEST_PRIMES_FIXTURE is set, but this build"), "{out}");
+    assert!(out.contains("does not take test fixtures"), "{out}");
+}
