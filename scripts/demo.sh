@@ -26,15 +26,16 @@ fi
 
 dir=${TORCUS_SANDBOX_DIR:-.torcus-sandbox}
 up=(up --dir "$dir")
-features=()
+node_features=()
 # Tests only: start the nodes from pregenerated safe primes, which only a
 # build with the test-primes feature accepts (never an image).
 if [[ -n "${TORCUS_TEST_PRIMES_FIXTURE:-}" ]]; then
   up+=(--test-primes-fixture "$TORCUS_TEST_PRIMES_FIXTURE")
-  features=(--features torcus-node/test-primes)
+  node_features=(--features test-primes)
 fi
 echo "building the sandbox and torcus-node (the first build compiles GMP and a few hundred crates: several minutes)"
-cargo build --quiet -p torcus-e2e --bin torcus-sandbox -p torcus-node --bin torcus-node "${features[@]}"
+cargo build --quiet -p torcus-e2e --bin torcus-sandbox
+cargo build --quiet -p torcus-node --bin torcus-node "${node_features[@]}"
 target/debug/torcus-sandbox "${up[@]}"
 
 kubectl() { "$dir/bin/kubectl" --kubeconfig "$dir/kubeconfig" "$@"; }

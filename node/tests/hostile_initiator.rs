@@ -1,0 +1,131 @@
+//! A hostile initiator against real node processes: with a valid grant for
+//! a raw digest, it offers the participant a presignature the participant
+//! holds (the forgery of eprint 2021/1330 §1.1.2 needs exactly that: a
+//! presignature over a digest of the attacker's choosing). The participant
+//! acks without taking it, and keeps it in its pool; offered for a payload
+//! grant instead, the same presignature is taken, which shows the test sees
+//! what it looks for.
+//!
+//! The test plays party 0 itself over the relay (node 0 is stopped first, so
+//! that its queue is the test's): it seals with party 0's seal key, as the
+//! real node would, and the participant answers to party 0.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use torcus_contract::{Control, GrantKind, SignMessage, SignedGrant};
+use torcus_node::engine::{Channel, Envelope};
+use torcus_node::testing::{Cluster, digest, payload};
+use torcus_node::transport::relay::{RelayConfig, RelayTransport};
+use torcus_node::transport::seal::{self, SealedTransport, Sealer};
+use torcus_node::transport::{Transport, TransportMetrics};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_torcus-node"))
+}
+
+/// Party 0, played by the test: sends sealed control messages through the
+/// relay and receives what is sent to party 0.
+struct Impostor {
+    transport: SealedTransport<RelayTransport>,
+    incoming: mpsc::Receiver<Envelope>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Impostor {
+    fn new(cluster: &Cluster) -> Self {
+        let config = &cluster.config;
+        let stop = CancellationToken::new();
+        let registry = prometheus::Registry::new();
+        let metrics = TransportMetrics::register(&registry, "relay").unwrap();
+        let dropped = metrics.dropped.clone();
+        let (sealed_tx, sealed_rx) = mpsc::channel(64);
+        let (tx, incoming) = mpsc::channel(64);
+        let relay = RelayTransport::start(
+            RelayConfig {
+                me: 0,
+                cluster: format!("{}/{}", config.namespace, config.cluster),
+                base_url: config.registry_url.clone().expect("http mode has a relay"),
+            },
+            sealed_tx,
+            metrics,
+            stop.clone(),
+        );
+        // The harness's seal seed of party 0.
+        let sealer = Arc::new(Sealer::from_config(0, config, zeroize::Zeroizing::new([200; 32])).unwrap());
+        seal::spawn_opener(Arc::clone(&sealer), sealed_rx, dropped, tx);
+        Self { transport: SealedTransport::new(relay, sealer), incoming, _stop: stop.drop_guard() }
+    }
+
+    async fn send(&self, to: u16, session: [u8; 32], control: &Control) {
+        let payload = serde_json::to_vec(control).unwrap();
+        let env = Envelope { session, channel: Channel::Control, from: 0, to: Some(to), seq: 0, payload };
+        self.transport.send(to, env).await.unwrap();
+    }
+
+    /// The next control message of `session` sent to party 0.
+    async fn receive(&mut self, session: [u8; 32]) -> (u16, Control) {
+        loop {
+            let env = tokio::time::timeout(Duration::from_secs(20), self.incoming.recv())
+                .await
+                .expect("an answer within 20 s")
+                .expect("the relay runs");
+            if env.channel == Channel::Control && env.session == session {
+                return (env.from, serde_json::from_slice(&env.payload).unwrap());
+            }
+        }
+    }
+}
+
+/// A grant for `message` among parties 0 and 2 whose initiator is party 0.
+fn grant_initiated_by_0(cluster: &Cluster, message: SignMessage) -> SignedGrant {
+    loop {
+        let kind = GrantKind::Sign { key: "default".into(), message: message.clone(), derivation_path: vec![] };
+        let grant = cluster.grant(kind, vec![0, 2]);
+        if grant.grant.initiator() == 0 {
+            return grant;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_never_spends_a_presignature_on_a_raw_digest() {
+    let mut cluster = Cluster::with_presignatures(binary(), 3, 2, "http", 2).await;
+    cluster.wait_ready().await;
+    cluster.keygen("default").await;
+    let held = loop {
+        let ids = cluster.pool(2, "default", &[0, 2]).await.map(|p| p.ids).unwrap_or_default();
+        if ids.len() == 2 {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    cluster.kill(0);
+    let mut impostor = Impostor::new(&cluster);
+    let offered: [u8; 32] = hex::decode(&held[0]).unwrap().try_into().unwrap();
+
+    // A raw digest with a presignature on offer: acked without it.
+    let grant = grant_initiated_by_0(&cluster, digest([0x66; 32]));
+    let session = grant.grant.session_id();
+    impostor.send(2, session, &Control::Proposal { grant, presignature: Some(offered) }).await;
+    let (from, ack) = impostor.receive(session).await;
+    assert_eq!(from, 2);
+    assert!(matches!(ack, Control::Ack { presignature: None, .. }), "{ack:?}");
+    let pool = cluster.pool(2, "default", &[0, 2]).await.expect("pool");
+    assert_eq!(pool.ids, held, "the presignature stays in the pool");
+    let abort = Control::Abort { session_id: session, from: 0, reason: "test over".into() };
+    impostor.send(2, session, &abort).await;
+
+    // The same offer for a payload: taken, as the protocol wants.
+    let grant = grant_initiated_by_0(&cluster, payload(b"an honest payment"));
+    let session = grant.grant.session_id();
+    impostor.send(2, session, &Control::Proposal { grant, presignature: Some(offered) }).await;
+    let (_, ack) = impostor.receive(session).await;
+    assert!(matches!(ack, Control::Ack { presignature: Some(id), .. } if id == offered), "{ack:?}");
+    let pool = cluster.pool(2, "default", &[0, 2]).await.expect("pool");
+    assert!(!pool.ids.contains(&held[0]), "taken for the payload: {pool:?}");
+    impostor.send(2, session, &Control::Abort { session_id: session, from: 0, reason: "test over".into() }).await;
+}
