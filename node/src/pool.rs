@@ -13,7 +13,10 @@
 //! - taking one removes it: [`Pools::take`] and [`Pools::take_oldest`] hand it
 //!   over as a [`Taken`] exactly once, before any partial signature is issued,
 //!   and nothing ever puts it back;
-//! - a pool holds at most the configured number per set (the oldest goes).
+//! - a pool holds at most the configured number (the oldest goes), and all
+//!   pools of a node together at most [`MAX_PRESIGNATURES`] (a new one is
+//!   refused): keys × paths × signer sets × pool size can be large for a
+//!   big cluster, and memory must stay bounded whatever the spec says.
 //!
 //! The pool holds any value (the node's is [`crate::engine::Presig`]) and
 //! never looks inside it. Zeroization: the library's presignature does not
@@ -33,6 +36,10 @@ use std::sync::{Mutex, PoisonError};
 
 use prometheus::{IntCounter, IntGaugeVec};
 use torcus_contract::api::PresignaturePool;
+
+/// Most presignatures one node holds over all its pools: a few MiB (one is
+/// a point and two scalars, plus two points per signer of public data).
+pub const MAX_PRESIGNATURES: usize = 4096;
 
 /// What a pool is for: presignatures serve exactly one key, derivation path
 /// and signer set.
@@ -108,14 +115,26 @@ impl<P> Pools<P> {
         self.lock().get(id).map_or_else(Vec::new, |pool| pool.entries.iter().map(|(id, _)| *id).collect())
     }
 
+    /// Whether every pool together holds [`MAX_PRESIGNATURES`]: nothing
+    /// more is made until some are used.
+    pub fn at_capacity(&self) -> bool {
+        self.total(&self.lock()) >= MAX_PRESIGNATURES
+    }
+
     /// Adds a freshly made presignature. When the pool is full the oldest
-    /// one is dropped to make room. Returns false (and drops `presig`) if the
-    /// id is already in the pool or pools are off.
+    /// one is dropped to make room. Returns false (and drops `presig`,
+    /// counted as discarded) if the id is already in the pool, pools are
+    /// off, or all pools together are at [`MAX_PRESIGNATURES`].
     pub fn insert(&self, id: &PoolId, presig_id: [u8; 32], presig: P) -> bool {
         if self.target == 0 {
             return false;
         }
         let mut inner = self.lock();
+        let full = inner.get(id).is_some_and(|pool| pool.entries.len() >= self.target);
+        if !full && self.total(&inner) >= MAX_PRESIGNATURES {
+            self.discarded.inc();
+            return false;
+        }
         let pool = inner.entry(id.clone()).or_default();
         if pool.entries.iter().any(|(held, _)| *held == presig_id) {
             return false;
@@ -191,6 +210,10 @@ impl<P> Pools<P> {
                 taken: pool.taken,
             })
             .collect()
+    }
+
+    fn total(&self, inner: &BTreeMap<PoolId, Pool<P>>) -> usize {
+        inner.values().map(|pool| pool.entries.len()).sum()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PoolId, Pool<P>>> {
@@ -297,6 +320,29 @@ mod tests {
         let (off, _, _) = super::tests::pools(0);
         assert!(!off.insert(&k02, [1; 32], Secret(1)));
         assert_eq!(off.depth(&k02), 0);
+    }
+
+    #[test]
+    fn all_pools_together_are_bounded() {
+        let (pools, _, discarded) = pools(64);
+        let mut made = 0u32;
+        'fill: for set in 0u16.. {
+            for n in 0..64u32 {
+                let mut presig_id = [0; 32];
+                presig_id[..4].copy_from_slice(&made.to_be_bytes());
+                if !pools.insert(&id("k", &[], &[set, set + 1]), presig_id, Secret(u64::from(n))) {
+                    break 'fill;
+                }
+                made += 1;
+            }
+        }
+        assert_eq!(made as usize, MAX_PRESIGNATURES);
+        assert!(pools.at_capacity());
+        assert_eq!(discarded.get(), 1, "the one refused");
+        // A full pool still turns over: its oldest makes room.
+        assert!(pools.insert(&id("k", &[], &[0, 1]), [0xff; 32], Secret(0)));
+        drop(pools.take_oldest(&id("k", &[], &[1, 2])));
+        assert!(!pools.at_capacity());
     }
 
     #[test]

@@ -996,6 +996,9 @@ impl<T: Transport> Service<T> {
     /// The pool (key, path, set) most in need of a presignature: below
     /// target, not pausing after a failure, lowest depth first.
     fn next_presign(&self, sets: &[Vec<u16>], backoff: &HashMap<PoolId, (Instant, Duration)>) -> Option<PoolId> {
+        if self.pools.at_capacity() {
+            return None;
+        }
         let mut keys: Vec<String> =
             self.shares.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
         keys.sort();
@@ -1140,6 +1143,9 @@ impl<T: Transport> Service<T> {
         }
         if self.pools.depth(pool) >= self.pools.target() {
             return Err("presignature pool is full".into());
+        }
+        if self.pools.at_capacity() {
+            return Err("this node holds as many presignatures as it may".into());
         }
         let deadline = Instant::now() + PRESIGN_JOIN_WAIT;
         loop {
