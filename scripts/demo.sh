@@ -28,10 +28,10 @@ dir=${TORCUS_SANDBOX_DIR:-.torcus-sandbox}
 up=(up --dir "$dir")
 node_features=()
 # Tests only: start the nodes from pregenerated safe primes, which only a
-# build with the test-primes feature accepts (never an image).
+# build with the test-fixtures feature accepts (never an image).
 if [[ -n "${TORCUS_TEST_PRIMES_FIXTURE:-}" ]]; then
   up+=(--test-primes-fixture "$TORCUS_TEST_PRIMES_FIXTURE")
-  node_features=(--features test-primes)
+  node_features=(--features test-fixtures)
 fi
 echo "building the sandbox and torcus-node (the first build compiles GMP and a few hundred crates: several minutes)"
 cargo build --quiet -p torcus-e2e --bin torcus-sandbox

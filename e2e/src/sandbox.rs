@@ -43,9 +43,8 @@ enum Cmd {
         /// How long to wait for it to become ready.
         #[arg(long, default_value = "300")]
         timeout_secs: u64,
-        /// TEST ONLY: nodes take their safe primes from this fixture.
-        #[arg(long, hide = true)]
-        test_primes_fixture: Option<PathBuf>,
+        #[command(flatten)]
+        fixtures: Fixtures,
     },
     /// Tell whether the sandbox is running and ready.
     Status {
@@ -64,27 +63,68 @@ enum Cmd {
         /// The sandbox's folder.
         #[arg(long, default_value = ".torcus-sandbox")]
         dir: PathBuf,
-        /// TEST ONLY: nodes take their safe primes from this fixture.
-        #[arg(long, hide = true)]
-        test_primes_fixture: Option<PathBuf>,
+        #[command(flatten)]
+        fixtures: Fixtures,
     },
+}
+
+/// TEST ONLY: public fixtures the nodes take instead of generating their
+/// own (a node given them holds a key share anyone can recover).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Fixtures {
+    /// Nodes take their safe primes from this file.
+    #[arg(long, hide = true)]
+    test_primes_fixture: Option<PathBuf>,
+    /// Nodes store their aux info from this file (keygen without the aux
+    /// info protocol).
+    #[arg(long, hide = true)]
+    test_aux_fixture: Option<PathBuf>,
+}
+
+impl Fixtures {
+    /// The files, made absolute, with the node variable each is passed in.
+    fn resolved(&self) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
+        let mut out = Vec::new();
+        for (flag, variable, path) in [
+            ("--test-primes-fixture", "TORCUS_TEST_PRIMES_FIXTURE", &self.test_primes_fixture),
+            ("--test-aux-fixture", "TORCUS_TEST_AUX_FIXTURE", &self.test_aux_fixture),
+        ] {
+            if let Some(path) = path {
+                let path = path.canonicalize().with_context(|| format!("{flag} {}", path.display()))?;
+                out.push((variable, path));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The same as command-line arguments.
+    fn args(&self) -> anyhow::Result<Vec<std::ffi::OsString>> {
+        let mut out = Vec::new();
+        for (variable, path) in self.resolved()? {
+            let flag = match variable {
+                "TORCUS_TEST_PRIMES_FIXTURE" => "--test-primes-fixture",
+                _ => "--test-aux-fixture",
+            };
+            out.push(flag.into());
+            out.push(path.into_os_string());
+        }
+        Ok(out)
+    }
 }
 
 impl Args {
     /// Carries out the command.
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Cmd::Up { dir, timeout_secs, test_primes_fixture } => {
-                up(&dir, Duration::from_secs(timeout_secs), test_primes_fixture.as_deref()).await
-            }
+            Cmd::Up { dir, timeout_secs, fixtures } => up(&dir, Duration::from_secs(timeout_secs), &fixtures).await,
             Cmd::Status { dir } => status(&dir).await,
             Cmd::Down { dir } => down(&dir),
-            Cmd::Run { dir, test_primes_fixture } => supervise(&dir, test_primes_fixture.as_deref()).await,
+            Cmd::Run { dir, fixtures } => supervise(&dir, &fixtures).await,
         }
     }
 }
 
-async fn up(dir: &Path, timeout: Duration, primes_fixture: Option<&Path>) -> anyhow::Result<()> {
+async fn up(dir: &Path, timeout: Duration, fixtures: &Fixtures) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
     if let Some(pid) = running_pid(&dir) {
@@ -106,10 +146,7 @@ async fn up(dir: &Path, timeout: Duration, primes_fixture: Option<&Path>) -> any
     let log = std::fs::File::create(dir.join("sandbox.log"))?;
     let mut supervisor = Command::new(std::env::current_exe()?);
     supervisor.arg("run").arg("--dir").arg(&dir).env("TORCUS_NODE_BIN", node);
-    if let Some(fixture) = primes_fixture {
-        let fixture = fixture.canonicalize().with_context(|| format!("primes fixture {}", fixture.display()))?;
-        supervisor.arg("--test-primes-fixture").arg(fixture);
-    }
+    supervisor.args(fixtures.args()?);
     let mut child = supervisor
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -237,18 +274,18 @@ fn stop_pods(dir: &Path) {
 
 /// The foreground supervisor: control plane, CRDs, operator, kubelet;
 /// stops on SIGTERM or Ctrl-C.
-async fn supervise(dir: &Path, primes_fixture: Option<&Path>) -> anyhow::Result<()> {
+async fn supervise(dir: &Path, fixtures: &Fixtures) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
     std::fs::write(dir.join("sandbox.pid"), std::process::id().to_string())?;
-    let result = supervise_inner(&dir, primes_fixture).await;
+    let result = supervise_inner(&dir, fixtures).await;
     for file in ["sandbox.pid", "ready", "processes"] {
         let _ = std::fs::remove_file(dir.join(file));
     }
     result
 }
 
-async fn supervise_inner(dir: &Path, primes_fixture: Option<&Path>) -> anyhow::Result<()> {
+async fn supervise_inner(dir: &Path, fixtures: &Fixtures) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -284,9 +321,11 @@ async fn supervise_inner(dir: &Path, primes_fixture: Option<&Path>) -> anyhow::R
             namespace: None,
             node_binary: crate::kubelet::node_binary()?,
             work_dir: kubelet_dir.clone(),
-            extra_env: primes_fixture
-                .map(|f| vec![("TORCUS_TEST_PRIMES_FIXTURE".to_owned(), f.display().to_string())])
-                .unwrap_or_default(),
+            extra_env: fixtures
+                .resolved()?
+                .into_iter()
+                .map(|(variable, path)| (variable.to_owned(), path.display().to_string()))
+                .collect(),
         },
     )
     .await?;

@@ -222,14 +222,23 @@ impl TestNamespace {
     }
 
     /// Starts a process kubelet for this namespace's pods (Node
-    /// `local-<namespace>`), running `torcus-node` with the test primes
-    /// fixture.
+    /// `local-<namespace>`), running `torcus-node` with the test primes and
+    /// aux info fixtures: keygens name the fixture's aux info and take
+    /// milliseconds.
     pub async fn start_kubelet(&mut self) -> anyhow::Result<()> {
         self.start_kubelet_with(crate::kubelet::node_binary()?).await
     }
 
-    /// Like [`Self::start_kubelet`], without the fixture: nodes generate
-    /// their own safe primes, as in a product (minutes on 2 cores).
+    /// Like [`Self::start_kubelet`], without the aux info fixture: nodes
+    /// run the aux info protocol in their first keygen (from the primes
+    /// fixture), as product nodes do.
+    pub async fn start_kubelet_generating_aux(&mut self) -> anyhow::Result<()> {
+        let primes = vec![("TORCUS_TEST_PRIMES_FIXTURE".to_owned(), primes_fixture().display().to_string())];
+        self.start_kubelet_as(crate::kubelet::node_binary()?, primes).await
+    }
+
+    /// Like [`Self::start_kubelet`], without fixtures: nodes generate their
+    /// own safe primes, as in a product (minutes on 2 cores).
     pub async fn start_kubelet_generating_primes(&mut self) -> anyhow::Result<()> {
         self.start_kubelet_as(crate::kubelet::node_binary()?, Vec::new()).await
     }
@@ -237,8 +246,11 @@ impl TestNamespace {
     /// Like [`Self::start_kubelet`], with `node_binary` as the program of
     /// `torcus-node` images.
     pub async fn start_kubelet_with(&mut self, node_binary: PathBuf) -> anyhow::Result<()> {
-        let fixture = vec![("TORCUS_TEST_PRIMES_FIXTURE".to_owned(), primes_fixture().display().to_string())];
-        self.start_kubelet_as(node_binary, fixture).await
+        let fixtures = vec![
+            ("TORCUS_TEST_PRIMES_FIXTURE".to_owned(), primes_fixture().display().to_string()),
+            ("TORCUS_TEST_AUX_FIXTURE".to_owned(), aux_fixture().display().to_string()),
+        ];
+        self.start_kubelet_as(node_binary, fixtures).await
     }
 
     async fn start_kubelet_as(&mut self, node_binary: PathBuf, extra_env: Vec<(String, String)>) -> anyhow::Result<()> {
@@ -365,6 +377,13 @@ pub fn operator_args(namespace: &str) -> torcus_operator::Args {
 /// (a hidden, test-only flag of the node).
 pub fn primes_fixture() -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/tests/fixtures/primes.json");
+    path.canonicalize().unwrap_or(path)
+}
+
+/// The aux info fixture (a hidden, test-only flag of the node): keygens
+/// name it instead of running the aux info protocol.
+pub fn aux_fixture() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/tests/fixtures/aux-info.json");
     path.canonicalize().unwrap_or(path)
 }
 

@@ -118,7 +118,11 @@ fn a_cluster_signs_for_another_namespace_only_when_its_policy_names_it() {
 
     let (_tmp, dir) = sandbox_dir();
     let (root, fixture) = (repo(), torcus_e2e::testing::primes_fixture());
-    let up = sandbox(&dir, &["up", "--test-primes-fixture", fixture.to_str().unwrap()]);
+    let aux = torcus_e2e::testing::aux_fixture();
+    let up = sandbox(
+        &dir,
+        &["up", "--test-primes-fixture", fixture.to_str().unwrap(), "--test-aux-fixture", aux.to_str().unwrap()],
+    );
     assert!(up.status.success(), "{}", text(&up));
     let kubectl = |args: &[&str], stdin: Option<&str>| {
         use std::io::Write;

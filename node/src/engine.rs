@@ -399,6 +399,35 @@ pub async fn aux_info(eid: &[u8], n: u16, primes: Primes, net: SessionNet) -> Re
         .await?)
 }
 
+/// Test fixture aux info (test builds only): per cluster size `n`, the aux
+/// info of every party, from one real run of the protocol over the public
+/// primes fixture, without the multi-exponentiation tables. Anyone can read
+/// the Paillier keys in it: a node using it holds a key share anyone can
+/// recover.
+#[cfg(feature = "test-fixtures")]
+pub type AuxFixture = std::collections::BTreeMap<u16, Vec<Aux>>;
+
+/// Party `me`'s aux info for a cluster of `n` from an [`AuxFixture`] (JSON),
+/// and the fixture's id for that `n` (the same on every node that reads the
+/// same file). The multi-exponentiation tables are left out: building them
+/// takes seconds per party (more than it saves a test), and they only make
+/// signing about 15 % faster; aux info the nodes generate has them.
+#[cfg(feature = "test-fixtures")]
+pub fn fixture_aux_info(json: &[u8], n: u16, me: u16) -> Result<(String, Aux), String> {
+    use sha2_v010::Digest as _;
+    let mut fixture: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let entry = fixture.remove(&n.to_string()).ok_or_else(|| format!("no aux info for {n} parties"))?;
+    let id = hex::encode(
+        sha2_v010::Sha256::new().chain_update(b"torcus-test-aux:").chain_update(entry.to_string()).finalize(),
+    );
+    let mut all: Vec<Aux> = serde_json::from_value(entry).map_err(|e| e.to_string())?;
+    if all.len() != usize::from(n) || usize::from(me) >= all.len() {
+        return Err(format!("the fixture for {n} parties holds {} aux infos", all.len()));
+    }
+    Ok((id, all.swap_remove(usize::from(me))))
+}
+
 /// Runs threshold key generation (`t` of `n`, HD-enabled) for party `net.me`.
 pub async fn keygen(eid: &[u8], n: u16, t: u16, net: SessionNet) -> Result<CoreShare, EngineError> {
     let i = net.me;

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 pub use identity::{Identity, IdentityError};
 
-#[cfg(feature = "test-primes")]
+#[cfg(feature = "test-fixtures")]
 use crate::engine::Primes;
 use crate::metrics::NodeMetrics;
 use crate::router::Router;
@@ -88,17 +88,28 @@ pub struct Args {
 
     /// TEST ONLY: take the safe primes for aux info from this JSON file (a
     /// list indexed by party) instead of generating them. Safe primes must
-    /// be secret and fresh: only builds with the `test-primes` feature have
-    /// this flag, and `Dockerfile.node` builds without it.
-    #[cfg(feature = "test-primes")]
+    /// be secret and fresh: only builds with the `test-fixtures` feature
+    /// have this flag, and `Dockerfile.node` builds without it.
+    #[cfg(feature = "test-fixtures")]
     #[arg(long, env = TEST_PRIMES_ENV, hide = true)]
     pub test_primes_fixture: Option<PathBuf>,
+
+    /// TEST ONLY: a node with no aux info stores its own from this JSON
+    /// file (`engine::AuxFixture`) at start-up, so that keygens name it
+    /// instead of running the aux info protocol. Public Paillier keys: only
+    /// builds with the `test-fixtures` feature have this flag.
+    #[cfg(feature = "test-fixtures")]
+    #[arg(long, env = TEST_AUX_ENV, hide = true)]
+    pub test_aux_fixture: Option<PathBuf>,
 }
 
 /// The environment variable of the test-only primes fixture. A build
-/// without the `test-primes` feature refuses to start when it is set,
+/// without the `test-fixtures` feature refuses to start when it is set,
 /// rather than ignore it silently.
 pub const TEST_PRIMES_ENV: &str = "TORCUS_TEST_PRIMES_FIXTURE";
+/// The environment variable of the test-only aux info fixture; refused
+/// like [`TEST_PRIMES_ENV`].
+pub const TEST_AUX_ENV: &str = "TORCUS_TEST_AUX_FIXTURE";
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -139,12 +150,12 @@ pub enum Error {
     /// The test primes fixture is unusable.
     #[error("primes fixture: {0}")]
     Primes(String),
-    /// The test primes fixture was asked of a build without it.
+    /// A test fixture was asked of a build without them.
     #[error(
-        "{TEST_PRIMES_ENV} is set, but this build of torcus-node does not take test fixtures (a node with public \
-         safe primes would hold a key share anyone can recover); unset it"
+        "{0} is set, but this build of torcus-node does not take test fixtures (a node with public safe primes or \
+         aux info would hold a key share anyone can recover); unset it"
     )]
-    TestFixtureInProduct,
+    TestFixtureInProduct(&'static str),
 }
 
 impl Args {
@@ -167,15 +178,19 @@ impl Args {
             listen_ip,
             http_port,
             p2p_port,
-            #[cfg(feature = "test-primes")]
+            #[cfg(feature = "test-fixtures")]
             test_primes_fixture,
+            #[cfg(feature = "test-fixtures")]
+            test_aux_fixture,
         } = self;
         if command != "serve" {
             return Err(Error::UnknownCommand(command));
         }
-        #[cfg(not(feature = "test-primes"))]
-        if std::env::var_os(TEST_PRIMES_ENV).is_some() {
-            return Err(Error::TestFixtureInProduct);
+        #[cfg(not(feature = "test-fixtures"))]
+        for variable in [TEST_PRIMES_ENV, TEST_AUX_ENV] {
+            if std::env::var_os(variable).is_some() {
+                return Err(Error::TestFixtureInProduct(variable));
+            }
         }
         let identity = Identity::load(me, &config, &tls_dir)?;
         let cluster = identity.config.clone();
@@ -194,6 +209,12 @@ impl Args {
 
         let store_key = store::StoreKey::from_file(store_key_file.unwrap_or_else(|| tls_dir.join("store.key")))?;
         let store = store::ShareStore::open(data_dir.join("shares"), store_key)?;
+        #[cfg(feature = "test-fixtures")]
+        if let Some(path) = &test_aux_fixture {
+            let json = std::fs::read(path).map_err(|e| Error::Io(path.display().to_string(), e))?;
+            let (id, aux) = engine::fixture_aux_info(&json, cluster.nodes, me).map_err(Error::Primes)?;
+            service::seed_aux_info(&store, id, aux)?;
+        }
         let used_path = data_dir.join("used-sessions");
         let used = used_sessions::FileUsedSessions::open(&used_path)
             .map_err(|e| Error::Io(used_path.display().to_string(), e))?;
@@ -315,12 +336,12 @@ impl Args {
         ));
 
         let router = Router::new();
-        #[cfg(feature = "test-primes")]
+        #[cfg(feature = "test-fixtures")]
         let primes_fixture = match test_primes_fixture {
             Some(path) => Some(fixture_primes(&path, me)?),
             None => None,
         };
-        #[cfg(not(feature = "test-primes"))]
+        #[cfg(not(feature = "test-fixtures"))]
         let primes_fixture = None;
         let service = Service::new(ServiceParts {
             me,
@@ -477,7 +498,7 @@ async fn resolve_peers(
     }
 }
 
-#[cfg(feature = "test-primes")]
+#[cfg(feature = "test-fixtures")]
 fn fixture_primes(path: &std::path::Path, me: u16) -> Result<Primes, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Io(path.display().to_string(), e))?;
     let mut all: Vec<Primes> = serde_json::from_str(&text).map_err(|e| Error::Primes(e.to_string()))?;

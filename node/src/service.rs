@@ -96,6 +96,20 @@ const AUX_SHARE: &str = "aux-info";
 /// Tag of the aux info this release stores (CGGMP24's shape).
 const AUX_FORMAT: &str = "torcus-aux-info/cggmp24";
 
+/// Stores `aux` under `id` unless aux info is stored already (test
+/// fixtures only: a product node generates its aux info with its peers).
+#[cfg(feature = "test-fixtures")]
+pub fn seed_aux_info(store: &ShareStore, id: String, aux: Aux) -> Result<(), SessionError> {
+    if store.get(AUX_SHARE)?.is_some() {
+        return Ok(());
+    }
+    warn!("storing aux info from a test fixture: never do this outside tests");
+    let stored = StoredAux { format: AUX_FORMAT.to_owned(), id, aux };
+    let bytes = Zeroizing::new(serde_json::to_vec(&stored).map_err(|e| SessionError::Corrupt(e.to_string()))?);
+    store.put(AUX_SHARE, &bytes)?;
+    Ok(())
+}
+
 /// Aux info as stored, with the id keygen grants name it by. Aux info of
 /// the cggmp21-based releases has no `format` and another shape: it does
 /// not parse, and the next keygen generates new aux info.

@@ -23,6 +23,9 @@ pub struct Cluster {
     /// The operator's grant signing key.
     pub grant_key: SigningKey,
     nodes: Vec<Option<Child>>,
+    /// Whether nodes start with the aux info fixture (keygen without the
+    /// aux info protocol) or generate aux info together.
+    aux_fixture: bool,
     /// HTTP client for the nodes' APIs.
     pub http: reqwest::Client,
 }
@@ -49,11 +52,31 @@ pub fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/primes.json")
 }
 
+/// The aux info fixture (`engine::AuxFixture`) for clusters of 3, 5 and 7.
+pub fn aux_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/aux-info.json")
+}
+
+/// Party `me`'s aux info for a cluster of `n` from the aux info fixture.
+pub fn fixture_aux(n: u16, me: u16) -> crate::engine::Aux {
+    let json = std::fs::read(aux_fixture()).unwrap();
+    crate::engine::fixture_aux_info(&json, n, me).unwrap().1
+}
+
 impl Cluster {
     /// Starts `n` nodes of `binary` with threshold `t` over `transport`,
-    /// presignature pools off (every signature runs the full protocol).
+    /// presignature pools off (every signature runs the full protocol), the
+    /// nodes' aux info from the fixture (keygen without the aux info
+    /// protocol).
     pub async fn new(binary: &Path, n: u16, t: u16, transport: &str) -> Self {
         Self::with_presignatures(binary, n, t, transport, 0).await
+    }
+
+    /// Like [`Cluster::new`], with nodes that generate their aux info
+    /// together in their first keygen (from the primes fixture), as
+    /// product nodes do.
+    pub async fn generating_aux(binary: &Path, n: u16, t: u16, transport: &str) -> Self {
+        Self::build(binary, n, t, transport, 0, vec![vec![]], false).await
     }
 
     /// Like [`Cluster::new`], with pools of `pool_size` presignatures per
@@ -70,6 +93,18 @@ impl Cluster {
         transport: &str,
         pool_size: u16,
         paths: Vec<Vec<u32>>,
+    ) -> Self {
+        Self::build(binary, n, t, transport, pool_size, paths, true).await
+    }
+
+    async fn build(
+        binary: &Path,
+        n: u16,
+        t: u16,
+        transport: &str,
+        pool_size: u16,
+        paths: Vec<Vec<u32>>,
+        aux_fixture: bool,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::generate("test CA", torcus_certs::Duration::days(1), OffsetDateTime::now_utc())
@@ -144,6 +179,7 @@ impl Cluster {
             config,
             grant_key,
             nodes: (0..n).map(|_| None).collect(),
+            aux_fixture,
             http: reqwest::Client::new(),
         };
         for i in 0..n {
@@ -156,7 +192,11 @@ impl Cluster {
     pub fn start(&mut self, i: u16) {
         let d = self.dir.path();
         let log = std::fs::File::create(d.join(format!("node-{i}.log"))).unwrap();
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if self.aux_fixture {
+            command.arg(format!("--test-aux-fixture={}", aux_fixture().display()));
+        }
+        let child = command
             .arg("serve")
             .arg(format!("--party-index={i}"))
             .arg(format!("--config={}", d.join("cluster.json").display()))

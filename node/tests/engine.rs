@@ -132,7 +132,18 @@ async fn three_parties_threshold_two() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_party_outside_the_signer_set_cannot_join() {
-    let shares = cluster(3, 2).await;
+    // Aux info from the fixture: the test above runs the protocol.
+    let parties = [0u16, 1, 2];
+    let cores = futures::future::try_join_all(
+        memory::network(session("keygen"), &parties).into_iter().map(|net| engine::keygen(b"test-keygen", 3, 2, net)),
+    )
+    .await
+    .unwrap();
+    let shares: Vec<Share> = cores
+        .into_iter()
+        .zip(0..)
+        .map(|(core, i)| engine::complete(core, torcus_node::testing::fixture_aux(3, i)).unwrap())
+        .collect();
     let mut nets = memory::network(session("outsider"), &[0, 1]);
     let mut net = nets.remove(0);
     net.me = 2;

@@ -7,16 +7,11 @@
 //! signature or hanging, and a presignature made for one path or signer set
 //! refuses to sign for another.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use torcus_contract::HashAlgorithm;
-use torcus_node::engine::{self, EngineError, Payload, Presig, Primes, Share, memory};
-
-fn primes() -> &'static Vec<Primes> {
-    static PRIMES: OnceLock<Vec<Primes>> = OnceLock::new();
-    PRIMES.get_or_init(|| serde_json::from_str(include_str!("fixtures/primes.json")).expect("primes fixture"))
-}
+use torcus_node::engine::{self, EngineError, Payload, Presig, Share, memory};
+use torcus_node::testing::fixture_aux;
 
 fn session(tag: &str) -> [u8; 32] {
     let mut id = [0u8; 32];
@@ -24,18 +19,16 @@ fn session(tag: &str) -> [u8; 32] {
     id
 }
 
+/// Keygen for `n` parties with threshold `t`, aux info from the fixture
+/// (the engine tests run the aux info protocol itself).
 async fn cluster(n: u16, t: u16) -> Vec<Share> {
     let parties: Vec<u16> = (0..n).collect();
-    let aux = futures::future::try_join_all(
-        memory::network(session("aux"), &parties)
-            .into_iter()
-            .map(|net| engine::aux_info(b"test-aux", n, primes()[usize::from(net.me)].clone(), net)),
-    );
-    let keygen = futures::future::try_join_all(
+    let cores = futures::future::try_join_all(
         memory::network(session("keygen"), &parties).into_iter().map(|net| engine::keygen(b"test-keygen", n, t, net)),
-    );
-    let (aux, cores) = tokio::try_join!(aux, keygen).unwrap();
-    cores.into_iter().zip(aux).map(|(core, aux)| engine::complete(core, aux).unwrap()).collect()
+    )
+    .await
+    .unwrap();
+    cores.into_iter().zip(0..).map(|(core, i)| engine::complete(core, fixture_aux(n, i)).unwrap()).collect()
 }
 
 /// One presignature per signer of `set` for `path`, under the execution id

@@ -5,14 +5,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use torcus_certs::{CertificateAuthority, Identity, IssuedCertificate, OffsetDateTime, Role};
-use torcus_node::engine::{self, Envelope, Primes};
+use torcus_node::engine::{self, Envelope};
 use torcus_node::router::Router;
 use torcus_node::transport::Transport;
 use torcus_node::transport::TransportMetrics;
@@ -230,11 +230,6 @@ async fn an_oversized_frame_closes_only_that_connection() {
     assert_eq!(got.from, 2);
 }
 
-fn primes() -> &'static Vec<Primes> {
-    static PRIMES: OnceLock<Vec<Primes>> = OnceLock::new();
-    PRIMES.get_or_init(|| serde_json::from_str(include_str!("fixtures/primes.json")).expect("primes fixture"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keygen_and_signing_over_quic() {
     let nodes = cluster(3);
@@ -250,12 +245,16 @@ async fn keygen_and_signing_over_quic() {
     let net = |i: usize, session: u8, parties: &[u16]| {
         routers[i].session(Arc::clone(&transports[i]), [session; 32], i as u16, parties.to_vec())
     };
-    let aux = futures::future::try_join_all(
-        (0..3).map(|i| engine::aux_info(b"aux", 3, primes()[i].clone(), net(i, 1, &parties))),
-    );
-    let keygen = futures::future::try_join_all((0..3).map(|i| engine::keygen(b"keygen", 3, 2, net(i, 2, &parties))));
-    let (aux, cores) = tokio::try_join!(aux, keygen).unwrap();
-    let shares: Vec<_> = cores.into_iter().zip(aux).map(|(c, a)| engine::complete(c, a).unwrap()).collect();
+    // Aux info from the fixture (the processes tests run the aux info
+    // protocol over QUIC); keygen and signing over these transports.
+    let cores = futures::future::try_join_all((0..3).map(|i| engine::keygen(b"keygen", 3, 2, net(i, 2, &parties))))
+        .await
+        .unwrap();
+    let shares: Vec<_> = cores
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| engine::complete(c, torcus_node::testing::fixture_aux(3, i as u16)).unwrap())
+        .collect();
 
     let digest = [5u8; 32];
     let signers = [0u16, 2];

@@ -3,11 +3,11 @@
 //! - A key share written by a cggmp21-based release: its aux info has
 //!   another shape under CGGMP24, and the node says so and stops rather
 //!   than reinterpret it; the share stays on the volume as it was.
-//! - The test-only safe-primes fixture, in the binary `Dockerfile.node`
-//!   builds: built here with the Dockerfile's exact command, that binary
-//!   has no such flag, and refuses to start when the fixture's environment
-//!   variable is set (a node with public primes would hold a key share
-//!   anyone can recover).
+//! - The test-only fixtures (safe primes, aux info), in the binary
+//!   `Dockerfile.node` builds: built here with the Dockerfile's exact
+//!   command, that binary has no such flags, and refuses to start when a
+//!   fixture's environment variable is set (a node with public primes or
+//!   aux info would hold a key share anyone can recover).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -81,13 +81,20 @@ fn the_image_binary_refuses_the_test_primes_fixture() {
     assert_eq!(status.code(), Some(2), "clap refuses an unknown flag: {out}");
     assert!(out.contains("unexpected argument '--test-primes-fixture"), "{out}");
 
-    // With the variable instead: refused before anything is read or bound
+    let aux = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/aux-info.json");
+    let (status, out) = run(&["serve", "--party-index=0", &format!("--test-aux-fixture={}", aux.display())], None);
+    assert_eq!(status.code(), Some(2), "clap refuses an unknown flag: {out}");
+    assert!(out.contains("unexpected argument '--test-aux-fixture"), "{out}");
+
+    // With the variables instead: refused before anything is read or bound
     // (the configuration named here does not even exist).
-    let (status, out) = run(
-        &["serve", "--party-index=0", "--config=missing.json", "--tls-dir=.", "--data-dir=."],
-        Some(("TORCUS_TEST_PRIMES_FIXTURE", &fixture)),
-    );
-    assert!(!status.success(), "{out}");
-    assert!(out.contains("TORCUS_TEST_PRIMES_FIXTURE is set, but this build"), "{out}");
-    assert!(out.contains("does not take test fixtures"), "{out}");
+    for (variable, file) in [("TORCUS_TEST_PRIMES_FIXTURE", &fixture), ("TORCUS_TEST_AUX_FIXTURE", &aux)] {
+        let (status, out) = run(
+            &["serve", "--party-index=0", "--config=missing.json", "--tls-dir=.", "--data-dir=."],
+            Some((variable, file)),
+        );
+        assert!(!status.success(), "{out}");
+        assert!(out.contains(&format!("{variable} is set, but this build")), "{out}");
+        assert!(out.contains("does not take test fixtures"), "{out}");
+    }
 }

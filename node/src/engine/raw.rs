@@ -92,6 +92,23 @@ pub fn aux_info(layout: Layout, n: u16, primes: &[Primes], tag: &str) -> (Vec<Au
     (out, took)
 }
 
+/// Aux info for `n` parties from `primes`, each party on its own thread,
+/// without multi-exponentiation tables: what the aux info test fixture
+/// (`engine::AuxFixture`) holds.
+pub fn aux_info_for_fixture(n: u16, primes: &[Primes]) -> Vec<Aux> {
+    let (out, _) = run(Layout::Threads, n, |i, party| {
+        let primes = primes[usize::from(i)].clone();
+        async move {
+            cggmp24::aux_info_gen(ExecutionId::new(b"torcus-test-aux-fixture"), i, n, primes)
+                .enforce_reliable_broadcast(true)
+                .start(&mut OsRng, party)
+                .await
+                .expect("raw aux info")
+        }
+    });
+    out
+}
+
 /// Threshold keygen of `t` of `n`, completed with `aux`, timed.
 pub fn keygen(layout: Layout, n: u16, t: u16, aux: &[Aux], tag: &str) -> (Vec<Share>, Duration) {
     let eid = format!("raw-keygen-{tag}");
