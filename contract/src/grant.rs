@@ -42,6 +42,11 @@ pub const MAX_DERIVATION_DEPTH: usize = 255;
 /// Largest payload a signing grant may carry: the most a SigningRequest may
 /// hold (192 KiB, as base64).
 pub const MAX_PAYLOAD_BYTES: usize = 192 * 1024;
+/// Longest validity window a grant may have. A node remembers every session
+/// id it accepted until the grant expires; this bound keeps that set (and
+/// its file) to what arrives in one window, whatever the issuer writes.
+/// The operator issues keygen grants for 10 minutes, signing grants for 2.
+pub const MAX_GRANT_LIFETIME_SECS: u64 = 3600;
 
 const SESSION_DOMAIN: &[u8] = b"torcus-session:";
 const EXECUTION_DOMAIN: &[u8] = b"torcus-eid:";
@@ -360,8 +365,8 @@ impl Grant {
     /// its time window: participants non-empty and strictly ascending,
     /// derivation indices non-hardened and at most [`MAX_DERIVATION_DEPTH`] of
     /// them, a payload of at most [`MAX_PAYLOAD_BYTES`] that hashes to the
-    /// digest the grant names, `expires_at` after `issued_at`. The issuer
-    /// runs it before signing.
+    /// digest the grant names, `expires_at` after `issued_at` and at most
+    /// [`MAX_GRANT_LIFETIME_SECS`] later. The issuer runs it before signing.
     pub fn check(&self) -> Result<(), GrantError> {
         if self.version != GRANT_VERSION {
             return Err(GrantError::UnsupportedVersion(self.version));
@@ -406,6 +411,12 @@ impl Grant {
         }
         if self.expires_at <= self.issued_at {
             return malformed(format!("expires at {} but issued at {}", self.expires_at, self.issued_at));
+        }
+        if self.expires_at - self.issued_at > MAX_GRANT_LIFETIME_SECS {
+            return malformed(format!(
+                "valid for {} s; at most {MAX_GRANT_LIFETIME_SECS} s",
+                self.expires_at - self.issued_at
+            ));
         }
         Ok(())
     }
@@ -973,6 +984,13 @@ mod tests {
                 "malformed",
             ),
             ("expires before issued", resign(|g| g.expires_at = g.issued_at), 2, NOW, "malformed"),
+            (
+                "valid too long",
+                resign(|g| g.expires_at = g.issued_at + MAX_GRANT_LIFETIME_SECS + 1),
+                2,
+                NOW,
+                "malformed",
+            ),
             ("version", resign(|g| g.version = GRANT_VERSION + 1), 2, NOW, "unsupported_version"),
         ];
         let mut used = used();

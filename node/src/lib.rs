@@ -216,8 +216,12 @@ impl Args {
             service::seed_aux_info(&store, id, aux)?;
         }
         let used_path = data_dir.join("used-sessions");
-        let used = used_sessions::FileUsedSessions::open(&used_path)
+        let mut used = used_sessions::FileUsedSessions::open(&used_path)
             .map_err(|e| Error::Io(used_path.display().to_string(), e))?;
+        // Whatever expired while the node was down goes before it serves.
+        let records = used.records();
+        used.compact(contract::unix_now()).map_err(|e| Error::Io(used_path.display().to_string(), e))?;
+        info!(records, live = used.len(), "used-session file compacted");
 
         let stop = CancellationToken::new();
         let metrics = NodeMetrics::new()?;

@@ -2,9 +2,17 @@
 //! restart cannot be used to replay a session.
 //!
 //! The file is a sequence of fixed 40-byte records, a 32-byte session id
-//! followed by its `expires_at` as 8 big-endian bytes, and only ever grows
-//! until [`FileUsedSessions::compact`] rewrites it without the expired ones. A
-//! record is synced to disk before [`FileUsedSessions::insert`] accepts its
+//! followed by its `expires_at` as 8 big-endian bytes. It grows by one
+//! record per accepted session until [`FileUsedSessions::compact`] rewrites
+//! it without the expired ones, which [`FileUsedSessions::insert`] does
+//! itself whenever the file has doubled since the last compaction (and
+//! holds at least [`COMPACT_AFTER`] records), and the node does at start-up.
+//! An expired entry can go: its grant is refused as expired before the
+//! replay check is reached. So the file and the map hold at most
+//! `max(COMPACT_AFTER, 2 × live)` entries, where `live` is what was
+//! accepted in one grant lifetime (`MAX_GRANT_LIFETIME_SECS` at most).
+//!
+//! A record is synced to disk before [`FileUsedSessions::insert`] accepts its
 //! session. A crash in the middle of a write leaves a partial record at the
 //! end; it is ignored (its session was never accepted) and overwritten.
 //!
@@ -20,6 +28,9 @@ use std::path::{Path, PathBuf};
 
 /// Length of one record: session id and big-endian `expires_at`.
 pub const RECORD_LEN: usize = 40;
+/// Fewest records in the file before [`FileUsedSessions::insert`] compacts
+/// it (160 KiB).
+pub const COMPACT_AFTER: usize = 4096;
 
 /// A replay set backed by an append-only file. One process owns the file.
 #[derive(Debug)]
@@ -33,6 +44,8 @@ pub struct FileUsedSessions {
     len: u64,
     /// Session id → `expires_at`.
     sessions: HashMap<[u8; 32], u64>,
+    /// Records in the file at which the next insert compacts it.
+    compact_at: usize,
 }
 
 impl FileUsedSessions {
@@ -64,7 +77,8 @@ impl FileUsedSessions {
             file.set_len(len)?;
             file.sync_data()?;
         }
-        Ok(Self { path, file, len, sessions })
+        let compact_at = next_compaction(sessions.len());
+        Ok(Self { path, file, len, sessions, compact_at })
     }
 
     /// Records `session_id` as used until `expires_at`. Returns `true` once
@@ -79,7 +93,20 @@ impl FileUsedSessions {
         self.file.sync_data()?;
         self.len += RECORD_LEN as u64;
         self.sessions.insert(session_id, expires_at);
+        if self.records() >= self.compact_at {
+            // The session is on disk and accepted: a failed compaction
+            // only leaves the file longer, tried again when it has doubled.
+            if let Err(error) = self.compact(now) {
+                tracing::warn!(path = %self.path.display(), %error, "could not compact the used-session file");
+                self.compact_at = next_compaction(self.records());
+            }
+        }
         Ok(true)
+    }
+
+    /// Records in the file.
+    pub fn records(&self) -> usize {
+        (self.len / RECORD_LEN as u64) as usize
     }
 
     /// Whether `session_id` is recorded and not expired at `now`.
@@ -127,8 +154,15 @@ impl FileUsedSessions {
         self.file = file;
         self.len = contents.len() as u64;
         self.sessions = live;
+        self.compact_at = next_compaction(self.sessions.len());
         sync_parent(&self.path)
     }
+}
+
+/// The file length, in records, at which a file holding `live` entries is
+/// compacted next: when it has doubled.
+fn next_compaction(live: usize) -> usize {
+    COMPACT_AFTER.max(live.saturating_mul(2))
 }
 
 fn encode(session_id: &[u8; 32], expires_at: u64) -> [u8; RECORD_LEN] {
@@ -247,6 +281,43 @@ mod tests {
         assert!(used.contains(&id(2), 500));
         assert!(used.contains(&id(3), 500));
         assert!(used.insert(id(1), 2_000, 500).unwrap());
+    }
+
+    /// 100 000 grants at 80 a second, each valid for two minutes (as the
+    /// operator issues them): the file and the map never hold more than
+    /// twice what is live, or `COMPACT_AFTER`, and what is live is still
+    /// refused.
+    #[test]
+    fn stays_bounded_across_100_000_grants() {
+        let (_tmp, path) = path();
+        let mut used = FileUsedSessions::open(&path).unwrap();
+        let (rate, ttl) = (80u64, 120u64);
+        let live_at_most = usize::try_from(rate * (ttl + 1)).unwrap();
+        let bound = COMPACT_AFTER.max(2 * live_at_most);
+        let (mut most_records, mut most_entries) = (0, 0);
+        let id = |n: u64| -> [u8; 32] {
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&n.to_be_bytes());
+            id
+        };
+        for n in 0..100_000u64 {
+            let now = 1_000 + n / rate;
+            assert!(used.insert(id(n), now + ttl, now).unwrap());
+            most_records = most_records.max(used.records());
+            most_entries = most_entries.max(used.len());
+            assert_eq!(fs::metadata(&path).unwrap().len(), (used.records() * RECORD_LEN) as u64);
+        }
+        assert!(most_records <= bound, "file held {most_records} records; bound {bound}");
+        assert!(most_entries <= bound, "map held {most_entries} entries; bound {bound}");
+        assert!(most_records > live_at_most, "it did grow past one lifetime before compacting");
+        // The last grants are still refused, after a restart too.
+        let now = 1_000 + 99_999 / rate;
+        assert!(!used.insert(id(99_999), now + ttl, now).unwrap());
+        drop(used);
+        let mut used = FileUsedSessions::open(&path).unwrap();
+        assert!(!used.insert(id(99_000), now + ttl, now).unwrap());
+        used.compact(now).unwrap();
+        assert!(used.len() <= live_at_most);
     }
 
     #[test]
