@@ -70,6 +70,11 @@ pub struct ErrorBody {
     /// Who to ask instead, when this node is not the initiator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator: Option<u16>,
+    /// The participant the node holds responsible for a failed session:
+    /// it sent an Abort, or could not be sent to. The issuer leaves it out
+    /// of its next attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blamed: Option<u16>,
 }
 
 /// What a session produced.
@@ -127,6 +132,9 @@ pub enum SessionStatus {
     Failed {
         /// Why.
         reason: String,
+        /// The participant held responsible, as in [`ErrorBody::blamed`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        blamed: Option<u16>,
     },
 }
 

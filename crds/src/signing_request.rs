@@ -191,6 +191,12 @@ pub struct IssuedGrant {
     pub issued_at: u64,
     /// Unix seconds from which the grant is refused.
     pub expires_at: u64,
+    /// The operator's proof that it issued this grant for this request:
+    /// an Ed25519 signature by the cluster's grant key over the request's
+    /// uid and the grant (hex). The operator resumes a grant only when it
+    /// checks out: whoever may write a status cannot make one up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// Durations of a request's steps, in milliseconds.

@@ -390,6 +390,104 @@ async fn deleted_children_come_back_without_cutting_trust() {
     ns.finish().await.unwrap();
 }
 
+/// Whoever may create Secrets in the namespace plants a grant key it knows
+/// before the cluster exists (and node keys later), to sign grants the nodes would
+/// accept. The operator uses neither: the cluster says which Secret is not
+/// its own, a Warning Event too, the refusal is counted, and no
+/// configuration, StatefulSet or certificate comes from them. Deleted, the
+/// operator makes its own, and the cluster comes up under that key.
+#[tokio::test]
+async fn planted_secrets_are_refused_and_never_reach_the_nodes() {
+    use k8s_openapi::ByteString;
+    let mut ns = TestNamespace::new("planted").await.unwrap();
+    let secrets: Api<Secret> = ns.api();
+    let seed = [0x42u8; 32];
+    let planted_key = hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes());
+    let planted = |name: &str, data: Vec<(&str, Vec<u8>)>| -> Secret {
+        let mut secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"mpc.torcus.io/cluster": "vault"}},
+            "type": "Opaque",
+        }))
+        .unwrap();
+        secret.data = Some(data.into_iter().map(|(k, v)| (k.to_owned(), ByteString(v))).collect());
+        secret
+    };
+    let grant_key =
+        planted("vault-grant-key", vec![("ed25519.seed", seed.to_vec()), ("ed25519.pub", planted_key.clone().into())]);
+    secrets.create(&PostParams::default(), &grant_key).await.unwrap();
+    ns.start_operator();
+    let clusters: Api<MpcCluster> = ns.api();
+    clusters.create(&PostParams::default(), &cluster("vault", 3, 2)).await.unwrap();
+
+    let refused = eventually("the cluster to refuse the planted grant key", WAIT, || async {
+        let mpc = clusters.get("vault").await?;
+        let ready = mpc.status.iter().flat_map(|s| &s.conditions).find(|c| c.type_ == "Ready").cloned();
+        Ok(ready.filter(|c| c.status == "False" && c.reason == "SecretNotOwned"))
+    })
+    .await
+    .unwrap();
+    assert!(refused.message.contains("vault-grant-key"), "{}", refused.message);
+    let events: Api<Event> = ns.api();
+    eventually("a SecretNotOwned warning", WAIT, || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("SecretNotOwned") && e.type_.as_deref() == Some("Warning"))
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    let metrics = ns.operator_metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("torcus_untrusted_objects_refused_total{kind=\"secret\"}") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    // Nothing of it reached anything a node reads.
+    let configs: Api<ConfigMap> = ns.api();
+    if let Some(config) = configs.get_opt("vault-config").await.unwrap() {
+        let json = &config.data.unwrap()["cluster.json"];
+        assert!(!json.contains(&planted_key), "{json}");
+    }
+    assert!(ns.api::<StatefulSet>().list(&ListParams::default()).await.unwrap().items.is_empty());
+    let mpc = clusters.get("vault").await.unwrap();
+    assert_ne!(mpc.status.unwrap().grant_public_key.as_deref(), Some(planted_key.as_str()));
+    // The planted Secret is left as it was: the operator does not take it over.
+    let still = secrets.get("vault-grant-key").await.unwrap();
+    assert!(still.metadata.owner_references.as_ref().is_none_or(Vec::is_empty));
+    assert_eq!(secret_text(&still, "ed25519.pub"), planted_key);
+
+    // A planted node keys Secret (a share encryption key and a TCP identity
+    // the attacker knows) is refused the same way, once the grant key is
+    // the operator's.
+    let node_keys = planted("vault-node-1-keys", vec![("store.key", hex::encode([7u8; 32]).into())]);
+    secrets.create(&PostParams::default(), &node_keys).await.unwrap();
+    secrets.delete("vault-grant-key", &DeleteParams::default()).await.unwrap();
+    eventually("the cluster to refuse the planted node keys", WAIT, || async {
+        let mpc = clusters.get("vault").await?;
+        let ready = mpc.status.iter().flat_map(|s| &s.conditions).find(|c| c.type_ == "Ready").cloned();
+        Ok(ready.filter(|c| c.reason == "SecretNotOwned" && c.message.contains("vault-node-1-keys")))
+    })
+    .await
+    .unwrap();
+    assert!(ns.api::<StatefulSet>().list(&ListParams::default()).await.unwrap().items.is_empty());
+
+    // Gone: the operator makes its own, and the nodes get that key.
+    secrets.delete("vault-node-1-keys", &DeleteParams::default()).await.unwrap();
+    let mpc = wait_for_status(&ns, "vault").await;
+    let own_key = mpc.status.unwrap().grant_public_key.unwrap();
+    assert_ne!(own_key, planted_key);
+    let config =
+        eventually("the configuration", WAIT, || async { Ok(configs.get_opt("vault-config").await?) }).await.unwrap();
+    let config: ClusterConfig = serde_json::from_str(&config.data.unwrap()["cluster.json"]).unwrap();
+    assert_eq!(config.grant_public_key, own_key);
+    let own = secrets.get("vault-grant-key").await.unwrap();
+    assert!(own.metadata.owner_references.unwrap_or_default().iter().any(|o| o.controller == Some(true)));
+    ns.finish().await.unwrap();
+}
+
 #[tokio::test]
 async fn deleting_the_cluster_removes_its_children() {
     let mut ns = TestNamespace::new("gc").await.unwrap();

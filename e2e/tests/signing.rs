@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Event;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use sha2::{Digest, Sha256};
 use torcus_crds::{MpcCluster, SigningPhase, SigningProtocol, SigningRequest};
@@ -154,7 +154,10 @@ async fn wait_pools_full(ns: &TestNamespace, paths: &[Vec<u32>], depth: u32) {
 async fn quic_cluster_generates_its_key_and_signs_requests() {
     let mut ns = TestNamespace::new("sign-quic").await.unwrap();
     ns.operator_test_hooks(torcus_operator::test_hooks::TestHooks { tamper_sign_grant: Some(swap_tampered_payload) });
-    let pooled = serde_json::json!({"presignatures": {"poolSize": 1, "paths": ["m", "m/0/7"]}});
+    let pooled = serde_json::json!({
+        "presignatures": {"poolSize": 1, "paths": ["m", "m/0/7"]},
+        "policy": {"deniedSelector": {"matchLabels": {"requester": "blocked-bot"}}},
+    });
     let public_key = ready_cluster(&mut ns, cluster("vault", "quic", pooled)).await;
     let srs: Api<SigningRequest> = ns.api();
     let paths = [vec![], vec![0, 7]];
@@ -242,6 +245,32 @@ async fn quic_cluster_generates_its_key_and_signs_requests() {
     let completed = status.conditions.iter().find(|c| c.type_ == "Completed").unwrap();
     assert_eq!(completed.reason, "GrantRefused");
 
+    // Whoever may write statuses claims a grant for a request the policy
+    // denied: the operator finds no proof that it issued that grant for
+    // this request, says so, decides again, and denies it again; no node
+    // signs. An honest request right after completes.
+    let blocked = serde_json::json!({"payload": hex::encode(b"blocked"), "labels": {"requester": "blocked-bot"}});
+    srs.create(&PostParams::default(), &request("forged", "vault", blocked)).await.unwrap();
+    assert_eq!(wait_final(&ns, "forged", SIGN_WAIT).await.status.unwrap().phase, Some(SigningPhase::Denied));
+    let sessions_before = ns.operator_metrics().await;
+    forge_status(&srs, "forged", forged_grant()).await;
+    let status = wait_redecided(&srs, "forged").await;
+    assert!(status.signature.is_none() && status.grant.is_none(), "{status:?}");
+    assert!(status.reason.unwrap_or_default().starts_with("denied-selector: "));
+    let metrics = ns.operator_metrics().await;
+    for kind in ["presigned", "full"] {
+        assert_eq!(
+            metric(&metrics, "torcus_initiator_sessions_total", &[("type", kind)]),
+            metric(&sessions_before, "torcus_initiator_sessions_total", &[("type", kind)]),
+            "no session ran for the forged status"
+        );
+    }
+    assert!(metric(&metrics, "torcus_untrusted_objects_refused_total", &[("kind", "status")]) >= 1.0, "{metrics}");
+    assert_event(&ns, "forged", "StatusRefused").await;
+    let honest = request("after-forgery", "vault", serde_json::json!({"payload": hex::encode(b"after")}));
+    srs.create(&PostParams::default(), &honest).await.unwrap();
+    assert_signed(&wait_final(&ns, "after-forgery", SIGN_WAIT).await, Sha256::digest(b"after").into(), &public_key);
+
     let unknown = [
         request("unknown-cluster", "nope", serde_json::json!({"digest": hex::encode(digest)})),
         request("unknown-key", "vault", serde_json::json!({"key": "cold", "digest": hex::encode(digest)})),
@@ -270,6 +299,56 @@ async fn quic_cluster_generates_its_key_and_signs_requests() {
         assert!(row.split_whitespace().any(|c| c == protocol), "{row}");
     }
     ns.finish().await.unwrap();
+}
+
+/// What an attacker who may patch `signingrequests/status` writes to get a
+/// grant resumed: grant fields of its own, and a made-up proof.
+fn forged_grant() -> serde_json::Value {
+    let now = torcus_contract::unix_now();
+    serde_json::json!({
+        "phase": "Signing",
+        "approvedAt": "2026-01-01T00:00:00Z",
+        "grantId": hex::encode([0x11u8; 16]),
+        "participants": [0, 1],
+        "initiator": 0,
+        "attempts": 1,
+        "grant": {"nonce": hex::encode([0x22u8; 16]), "issuedAt": now, "expiresAt": now + 60, "proof": hex::encode([1u8; 64])},
+    })
+}
+
+/// Merges `status` into request `name`'s status, as any client with the
+/// right to patch `signingrequests/status` can.
+async fn forge_status(srs: &Api<SigningRequest>, name: &str, status: serde_json::Value) {
+    let patch = serde_json::json!({"status": status});
+    srs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+/// Waits until the operator has decided request `name` again after a
+/// forged status: `Denied` again, and the policy's condition with it.
+async fn wait_redecided(srs: &Api<SigningRequest>, name: &str) -> torcus_crds::SigningRequestStatus {
+    eventually(&format!("{name} denied again"), SIGN_WAIT, || async {
+        let status = srs.get(name).await?.status.unwrap_or_default();
+        let denied = status.phase == Some(SigningPhase::Denied)
+            && status.conditions.iter().any(|c| c.type_ == "Approved" && c.status == "False");
+        Ok(denied.then_some(status))
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits for an Event with `reason` about SigningRequest `name`.
+async fn assert_event(ns: &TestNamespace, name: &str, reason: &str) {
+    let events: Api<Event> = ns.api();
+    eventually(&format!("{reason} Event about {name}"), SIGN_WAIT, || async {
+        let list = events.list(&ListParams::default()).await?;
+        let found = list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some(reason) && e.involved_object.name.as_deref() == Some(name));
+        Ok(found.then_some(()))
+    })
+    .await
+    .unwrap();
 }
 
 /// The test hook of the grant-refusal case: a grant for the payload
@@ -468,13 +547,30 @@ async fn policy_denials_end_denied_with_the_rule() {
         }
     }
 
+    // A status that says the request was approved, or that a grant was
+    // issued, is no approval: the operator decides again, and denies.
+    forge_status(&srs, "rate-2", serde_json::json!({"phase": "Approved", "approvedAt": "2026-01-01T00:00:00Z"})).await;
+    let status = wait_redecided(&srs, "rate-2").await;
+    assert!(status.reason.unwrap_or_default().starts_with("rate-limit: "));
+    forge_status(&srs, "deny-1", forged_grant()).await;
+    let status = wait_redecided(&srs, "deny-1").await;
+    assert!(status.reason.unwrap_or_default().starts_with("denied-namespace: "));
+    assert_event(&ns, "deny-1", "StatusRefused").await;
+
     // The counters live in the API, apart from the requests: deleting the
     // approved ones and restarting the operator resets nothing.
     for approved in ["rate-1", "spend-1"] {
         srs.delete(approved, &Default::default()).await.unwrap();
     }
     ns.stop_operator().await.unwrap();
+    // While it is down, a denied request's status claims an approval: a
+    // restarted operator reads approvals back from statuses to count them,
+    // but counting is not approving.
+    forge_status(&srs, "selector-1", serde_json::json!({"phase": "Approved", "approvedAt": "2026-01-01T00:00:00Z"}))
+        .await;
     ns.start_operator();
+    let status = wait_redecided(&srs, "selector-1").await;
+    assert!(status.reason.unwrap_or_default().starts_with("denied-selector: "));
     let after_restart = [
         ("rate-3", "rate", serde_json::json!({"digest": digest}), "rate-limit: "),
         (

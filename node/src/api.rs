@@ -142,7 +142,10 @@ fn answer(result: Result<Outcome, SessionError>) -> Response {
                 }
                 SessionError::Grant(_) => StatusCode::FORBIDDEN,
                 SessionError::UnknownKey(_) => StatusCode::NOT_FOUND,
-                SessionError::Aborted(_) | SessionError::Preempted => StatusCode::SERVICE_UNAVAILABLE,
+                SessionError::Aborted(_)
+                | SessionError::AbortedBy { .. }
+                | SessionError::Unreachable { .. }
+                | SessionError::Preempted => StatusCode::SERVICE_UNAVAILABLE,
                 SessionError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 SessionError::Engine(_)
                 | SessionError::Store(_)
@@ -153,7 +156,9 @@ fn answer(result: Result<Outcome, SessionError>) -> Response {
                 SessionError::NotInitiator { initiator } => Some(*initiator),
                 _ => None,
             };
-            (status, Json(error_body(&error.to_string(), error.reason(), initiator))).into_response()
+            let mut body = error_body(&error.to_string(), error.reason(), initiator);
+            body.blamed = error.blamed();
+            (status, Json(body)).into_response()
         }
     }
 }
@@ -163,5 +168,5 @@ fn bad_request(message: &str) -> Response {
 }
 
 fn error_body(error: &str, reason: &str, initiator: Option<u16>) -> ErrorBody {
-    ErrorBody { error: error.to_owned(), reason: reason.to_owned(), initiator }
+    ErrorBody { error: error.to_owned(), reason: reason.to_owned(), initiator, blamed: None }
 }

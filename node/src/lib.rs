@@ -412,7 +412,8 @@ impl Args {
                         .sum()
                 };
                 let completed = count("completed");
-                let failed: u64 = ["aborted", "timeout", "protocol", "storage"].iter().map(|o| count(o)).sum();
+                let failed: u64 =
+                    ["aborted", "timeout", "unreachable", "protocol", "storage"].iter().map(|o| count(o)).sum();
                 (completed, failed)
             };
             registry_client::spawn_heartbeats(client, registration, HEARTBEAT_INTERVAL, stats, stop.clone());

@@ -29,7 +29,13 @@ const SESSION_QUEUE: usize = 4096;
 #[derive(Debug, Default)]
 pub struct Router {
     slots: Mutex<HashMap<[u8; 32], Slot>>,
+    /// Per session, the first party a send to failed, and why, until the
+    /// session's owner takes it ([`Router::take_failure`]).
+    failures: Mutex<HashMap<[u8; 32], (u16, String)>>,
 }
+
+/// Most send failures kept for sessions whose owner has not taken them.
+const MAX_FAILURES: usize = 1024;
 
 #[derive(Debug)]
 enum Slot {
@@ -113,10 +119,32 @@ impl Router {
         })
     }
 
+    /// The first party a send of `session` failed to, and why; taken once.
+    pub fn take_failure(&self, session: &[u8; 32]) -> Option<(u16, String)> {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner).remove(session)
+    }
+
+    /// A send of `session` to `party` failed: every message of a session is
+    /// needed, so the session cannot finish. Its incoming queue is closed,
+    /// which ends its protocol now instead of at its idle timeout, and the
+    /// failure is kept for [`Router::take_failure`].
+    fn fail(&self, session: [u8; 32], party: u16, reason: String) {
+        {
+            let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+            if failures.len() >= MAX_FAILURES {
+                failures.clear();
+            }
+            failures.entry(session).or_insert((party, reason));
+        }
+        self.close(&session);
+    }
+
     /// A [`SessionNet`] for `session` among `parties`, whose outgoing
-    /// envelopes go out through `transport`.
+    /// envelopes go out through `transport`. Each send has its deadline
+    /// (`transport::SEND_TIMEOUT`); once one failed, the session is over
+    /// ([`Router::fail`]) and nothing more of it is sent.
     pub fn session<T: Transport>(
-        &self,
+        self: &Arc<Self>,
         transport: Arc<T>,
         session: [u8; 32],
         me: u16,
@@ -125,17 +153,23 @@ impl Router {
         let incoming = self.open(session);
         let (outgoing, mut out_rx) = mpsc::channel::<Envelope>(SESSION_QUEUE);
         let others: Vec<u16> = parties.iter().copied().filter(|p| *p != me).collect();
+        let router = Arc::clone(self);
         tokio::spawn(async move {
+            let mut failed = false;
             while let Some(env) = out_rx.recv().await {
+                if failed {
+                    continue;
+                }
                 let targets = match env.to {
                     Some(to) => vec![to],
                     None => others.clone(),
                 };
                 for to in targets {
                     if let Err(error) = transport.send(to, env.clone()).await {
-                        // The protocol notices the missing message and
-                        // aborts at its timeout; nothing else to do here.
-                        tracing::warn!(to, %error, "could not send a protocol message");
+                        tracing::warn!(to, %error, "could not send a protocol message; the session cannot finish");
+                        router.fail(session, to, error.to_string());
+                        failed = true;
+                        break;
                     }
                 }
             }
@@ -150,6 +184,35 @@ mod tests {
 
     fn env(session: u8, seq: u64) -> Envelope {
         Envelope { session: [session; 32], from: 1, to: Some(0), seq, ..Envelope::default() }
+    }
+
+    /// Fails every send to party 2.
+    struct NoTwo;
+
+    impl Transport for NoTwo {
+        async fn send(&self, to: u16, _: Envelope) -> Result<(), crate::transport::SendError> {
+            match to {
+                2 => Err(crate::transport::SendError::Connection { party: 2, reason: "stalled".into() }),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_send_ends_the_session_at_once_and_names_the_peer() {
+        let router = Router::new();
+        let mut net = router.session(Arc::new(NoTwo), [4; 32], 0, vec![0, 1, 2]);
+        assert!(router.deliver(Envelope { session: [4; 32], from: 1, ..Envelope::default() }).await);
+        net.outgoing.send(Envelope { session: [4; 32], from: 0, to: None, ..Envelope::default() }).await.unwrap();
+        // What had arrived is still read; then the queue ends, long before
+        // any idle timeout.
+        assert!(net.incoming.recv().await.is_some());
+        let ended = tokio::time::timeout(Duration::from_secs(5), net.incoming.recv()).await;
+        assert!(matches!(ended, Ok(None)), "the session's queue is closed");
+        let (party, reason) = router.take_failure(&[4; 32]).expect("the failure is kept");
+        assert_eq!(party, 2);
+        assert!(reason.contains("stalled"), "{reason}");
+        assert_eq!(router.take_failure(&[4; 32]), None, "taken once");
     }
 
     #[tokio::test]

@@ -155,15 +155,33 @@ pub enum SessionError {
     /// The keygen grant names aux info this node does not hold.
     #[error("does not hold aux info {0}")]
     NoSuchAux(String),
-    /// The session was aborted.
+    /// The session was aborted here (handshake timeout, a check of this
+    /// node's own).
     #[error("session aborted: {0}")]
     Aborted(String),
+    /// A participant sent an Abort.
+    #[error("session aborted: party {party}: {reason}")]
+    AbortedBy {
+        /// Who sent it.
+        party: u16,
+        /// Its reason.
+        reason: String,
+    },
     /// The protocol failed.
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
     /// The protocol did not finish in time.
     #[error("session timed out after {0:?}")]
     Timeout(Duration),
+    /// A message could not be sent to a participant (it is down, or it
+    /// stopped reading): the session cannot finish.
+    #[error("party {party} could not be sent to: {reason}")]
+    Unreachable {
+        /// The participant.
+        party: u16,
+        /// Why.
+        reason: String,
+    },
     /// A presigning session gave way to a grant session on this node.
     #[error("{PREEMPTED}")]
     Preempted,
@@ -186,6 +204,20 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// The participant this node holds responsible for the failure: the
+    /// one that sent an Abort, or that could not be sent to. The issuer
+    /// leaves it out of its next attempt.
+    pub fn blamed(&self) -> Option<u16> {
+        match self {
+            Self::AbortedBy { party, .. } | Self::Unreachable { party, .. } => Some(*party),
+            _ => None,
+        }
+    }
+
+    fn is_abort(&self) -> bool {
+        matches!(self, Self::Aborted(_) | Self::AbortedBy { .. })
+    }
+
     /// Low-cardinality label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -194,9 +226,10 @@ impl SessionError {
             Self::UnknownKey(_) => "unknown_key",
             Self::KeyExists(_) => "key_exists",
             Self::NoSuchAux(_) => "no_such_aux",
-            Self::Aborted(_) => "aborted",
+            Self::Aborted(_) | Self::AbortedBy { .. } => "aborted",
             Self::Engine(_) => "protocol",
             Self::Timeout(_) => "timeout",
+            Self::Unreachable { .. } => "unreachable",
             Self::Preempted => "preempted",
             Self::Store(_) | Self::Corrupt(_) | Self::ShareFormat { .. } => "storage",
         }
@@ -566,7 +599,7 @@ impl<T: Transport> Service<T> {
                         break presignature;
                     }
                     Ok(Some((from, Control::Abort { reason, .. }))) if handshake.on_abort(from) => {
-                        return Err(SessionError::Aborted(format!("party {from}: {reason}")));
+                        return Err(SessionError::AbortedBy { party: from, reason });
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {
@@ -631,7 +664,7 @@ impl<T: Transport> Service<T> {
             loop {
                 match control.recv().await {
                     Some((from, Control::Abort { reason, .. })) if participants.contains(&from) && from != self.me => {
-                        break format!("party {from}: {reason}");
+                        break (from, reason);
                     }
                     Some(_) => {}
                     None => std::future::pending::<()>().await,
@@ -640,10 +673,19 @@ impl<T: Transport> Service<T> {
         };
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, protocol) => r.unwrap_or(Err(SessionError::Timeout(timeout))),
-            reason = aborted => Err(SessionError::Aborted(reason)),
+            (party, reason) = aborted => Err(SessionError::AbortedBy { party, reason }),
+        };
+        // A failed send ends the protocol early (its queue is closed): say
+        // whom it was to, rather than what the protocol made of it.
+        let failure = self.router.take_failure(&session);
+        let result = match (result, failure) {
+            (Err(error), Some((party, reason))) if !error.is_abort() => {
+                Err(SessionError::Unreachable { party, reason })
+            }
+            (result, _) => result,
         };
         if let Err(error) = &result
-            && !matches!(error, SessionError::Aborted(_))
+            && !error.is_abort()
         {
             let abort = Control::Abort { session_id: session, from: self.me, reason: error.to_string() };
             self.broadcast_control(participants, session, &abort).await;
@@ -812,7 +854,7 @@ impl<T: Transport> Service<T> {
                     }
                 }
                 Ok(Some((from, Control::Abort { reason, .. }))) if handshake.on_abort(from) => {
-                    return Err(SessionError::Aborted(format!("party {from}: {reason}")));
+                    return Err(SessionError::AbortedBy { party: from, reason });
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
@@ -927,7 +969,7 @@ impl<T: Transport> Service<T> {
             Err(error) => {
                 warn!(%error, "session failed");
                 self.metrics.sessions.with_label_values(&["any", error.reason()]).inc();
-                SessionStatus::Failed { reason: error.to_string() }
+                SessionStatus::Failed { reason: error.to_string(), blamed: error.blamed() }
             }
         };
         self.set_status(session, status);
@@ -994,7 +1036,9 @@ impl<T: Transport> Service<T> {
                 }
                 // Not a failure of the set: it waits for signing to end.
                 Err(SessionError::Preempted) => debug!(?pool, "presigning preempted"),
-                Err(SessionError::Aborted(reason)) if reason.ends_with(PREEMPTED) => {
+                Err(SessionError::Aborted(reason) | SessionError::AbortedBy { reason, .. })
+                    if reason.ends_with(PREEMPTED) =>
+                {
                     debug!(?pool, %reason, "presigning preempted");
                 }
                 Err(error) => {
@@ -1088,7 +1132,7 @@ impl<T: Transport> Service<T> {
                 match tokio::time::timeout(wait, control.recv()).await {
                     Ok(Some((from, Control::Start { .. }))) if handshake.on_start(from) => break,
                     Ok(Some((from, Control::Abort { reason, .. }))) if handshake.on_abort(from) => {
-                        return Err(SessionError::Aborted(format!("party {from}: {reason}")));
+                        return Err(SessionError::AbortedBy { party: from, reason });
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {

@@ -44,9 +44,15 @@ struct Node {
 }
 
 fn start(index: u16, cert: &IssuedCertificate, trust: &str) -> Node {
+    start_with_queue(index, cert, trust, 1 << 16)
+}
+
+/// A node whose inbound queue holds `queue` envelopes: once that is full and
+/// nobody takes from it, the node stops reading its connections.
+fn start_with_queue(index: u16, cert: &IssuedCertificate, trust: &str, queue: usize) -> Node {
     let registry = Registry::new();
     let metrics = TransportMetrics::register(&registry, "quic").unwrap();
-    let (tx, incoming) = mpsc::channel(1 << 16);
+    let (tx, incoming) = mpsc::channel(queue);
     let stop = CancellationToken::new();
     let config = QuicConfig {
         me: index,
@@ -277,4 +283,53 @@ async fn keygen_and_signing_over_quic() {
             &secp256k1::PublicKey::from_slice(&public).unwrap(),
         )
         .unwrap();
+}
+
+/// A peer that keeps its connection open (QUIC keep-alives and all) but
+/// stops reading: its flow-control window fills and a write to it would
+/// wait for ever. Each send fails within `SEND_TIMEOUT`, counted as
+/// `send_timeout`, and names the peer; sends to the other peers go through
+/// meanwhile and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_fails_sends_within_the_deadline() {
+    use torcus_node::transport::SEND_TIMEOUT;
+    let ca = ca();
+    let sender = start(0, &node_cert(&ca, "demo", 0), ca.cert_pem());
+    let stalled = start_with_queue(1, &node_cert(&ca, "demo", 1), ca.cert_pem(), 1);
+    let mut healthy = start(2, &node_cert(&ca, "demo", 2), ca.cert_pem());
+    for (j, peer) in [&sender, &stalled, &healthy].into_iter().enumerate() {
+        sender.transport.set_peer(j as u16, PeerAddr { addr: addr(peer), server_name: format!("node-{j}") });
+    }
+    let big = |seq: u64, to: u16| Envelope {
+        session: [9; 32],
+        from: 0,
+        to: Some(to),
+        seq,
+        payload: vec![seq as u8; 64 * 1024],
+        ..Envelope::default()
+    };
+    // 400 × 64 KiB = 25 MiB at most: far past any window; the loop ends.
+    let mut failed = None;
+    for seq in 0..400 {
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(SEND_TIMEOUT * 3, sender.transport.send(1, big(seq, 1))).await {
+            Err(_) => panic!("send {seq} to the stalled peer waited past its deadline"),
+            Ok(Err(error)) => {
+                failed = Some((seq, error, started.elapsed()));
+                break;
+            }
+            Ok(Ok(())) => {}
+        }
+    }
+    let (seq, error, took) = failed.expect("the stalled peer's window filled");
+    assert!(seq > 0, "the first messages went through");
+    assert!(took >= SEND_TIMEOUT && took < SEND_TIMEOUT + Duration::from_secs(5), "{took:?}");
+    let text = error.to_string();
+    assert!(text.contains("party 1") && text.contains("did not take a message"), "{text}");
+    assert_eq!(sender.metrics.connection_failures.with_label_values(&["send_timeout"]).get(), 1);
+    // Nothing else is held up.
+    sender.transport.send(2, big(1000, 2)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), healthy.incoming.recv()).await.unwrap().unwrap();
+    assert_eq!(got.seq, 1000);
+    drop(stalled);
 }

@@ -38,9 +38,15 @@ struct Node {
 }
 
 fn start(index: u16, identity: SigningKey, peer_keys: HashMap<u16, VerifyingKey>) -> Node {
+    start_with_queue(index, identity, peer_keys, 1 << 16)
+}
+
+/// A node whose inbound queue holds `queue` envelopes: once that is full and
+/// nobody takes from it, the node stops reading its connections.
+fn start_with_queue(index: u16, identity: SigningKey, peer_keys: HashMap<u16, VerifyingKey>, queue: usize) -> Node {
     let registry = Registry::new();
     let metrics = TransportMetrics::register(&registry, "tcp").unwrap();
-    let (tx, incoming) = mpsc::channel(1 << 16);
+    let (tx, incoming) = mpsc::channel(queue);
     let stop = CancellationToken::new();
     let config = TcpConfig {
         me: index,
@@ -472,4 +478,50 @@ async fn a_config_whose_identity_is_not_its_listed_key_is_refused() {
     };
     let err = TcpTransport::bind(config, tx, metrics, CancellationToken::new()).unwrap_err();
     assert!(matches!(err, tcp::TcpError::IdentityMismatch(1)), "{err}");
+}
+
+/// A peer that keeps its connection open but stops reading: the kernel's
+/// buffers fill and a write would wait for ever. Each send fails within
+/// `SEND_TIMEOUT`, counted as `send_timeout`, and names the peer; sends to
+/// the other peers go through meanwhile and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_fails_sends_within_the_deadline() {
+    use torcus_node::transport::SEND_TIMEOUT;
+    let sender = start(0, key(0), keys(3));
+    let stalled = start_with_queue(1, key(1), keys(3), 1);
+    let mut healthy = start(2, key(2), keys(3));
+    for (j, peer) in [&sender, &stalled, &healthy].into_iter().enumerate() {
+        sender.transport.set_peer(j as u16, peer.transport.local_addr().unwrap());
+    }
+    let big = |seq: u64, to: u16| Envelope {
+        session: [9; 32],
+        from: 0,
+        to: Some(to),
+        seq,
+        payload: vec![seq as u8; 256 * 1024],
+        ..Envelope::default()
+    };
+    // 400 × 256 KiB = 100 MiB at most: far past the socket buffers; the loop ends.
+    let mut failed = None;
+    for seq in 0..400 {
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(SEND_TIMEOUT * 3, sender.transport.send(1, big(seq, 1))).await {
+            Err(_) => panic!("send {seq} to the stalled peer waited past its deadline"),
+            Ok(Err(error)) => {
+                failed = Some((seq, error, started.elapsed()));
+                break;
+            }
+            Ok(Ok(())) => {}
+        }
+    }
+    let (seq, error, took) = failed.expect("the stalled peer's buffers filled");
+    assert!(seq > 0, "the first messages went through");
+    assert!(took >= SEND_TIMEOUT && took < SEND_TIMEOUT + Duration::from_secs(5), "{took:?}");
+    let text = error.to_string();
+    assert!(text.contains("party 1") && text.contains("did not take a message"), "{text}");
+    assert_eq!(failures(&sender, "send_timeout"), 1);
+    sender.transport.send(2, big(1000, 2)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), healthy.incoming.recv()).await.unwrap().unwrap();
+    assert_eq!(got.seq, 1000);
+    drop(stalled);
 }

@@ -121,18 +121,27 @@ pub async fn reconcile(mpc: Arc<MpcCluster>, ctx: Arc<Context>) -> Result<Action
 }
 
 /// Counts the failure and retries with exponential backoff (1 s doubling to
-/// 5 min); a spec the operator cannot use waits for the object to change.
+/// 5 min); a spec the operator cannot use waits for the object to change; a
+/// Secret it does not own is looked at again every few seconds.
 pub fn error_policy(mpc: Arc<MpcCluster>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.with_label_values(&["mpccluster", error.metric_label()]).inc();
     warn!(cluster = %mpc.name_any(), namespace = ?mpc.namespace(), %error, "reconcile failed");
     if matches!(error, Error::InvalidSpec(_)) {
         return Action::await_change();
     }
+    // Cured by someone deleting a Secret the operator does not watch (it
+    // is not the cluster's child): looked at again every few seconds.
+    if matches!(error, Error::ForeignSecret(_)) {
+        return Action::requeue(FOREIGN_SECRET_RECHECK);
+    }
     let mut failures = ctx.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let n = failures.entry(key(&mpc)).or_insert(0);
     *n = n.saturating_add(1);
     Action::requeue(backoff(*n))
 }
+
+/// How often a cluster with a Secret it does not own looks again.
+const FOREIGN_SECRET_RECHECK: StdDuration = StdDuration::from_secs(5);
 
 fn key(mpc: &MpcCluster) -> String {
     format!("{}/{}", mpc.namespace().unwrap_or_default(), mpc.name_any())
@@ -170,7 +179,10 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
 
     // Certificates: keep what is good, issue what is not.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = read_existing_pki(&secrets, mpc).await?;
+    let existing = match read_existing_pki(&secrets, mpc).await {
+        Err(e @ Error::ForeignSecret(_)) => return refuse_foreign_secret(ctx, mpc, e).await,
+        other => other?,
+    };
     let mut requests = BTreeMap::new();
     for index in 0..mpc.spec.nodes {
         let ips = pod_ips.get(&names.pod(index)).and_then(|ip| ip.parse().ok()).into_iter().collect();
@@ -237,6 +249,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     };
     let (grant_public_key, identity_keys) = match keys.await {
         Ok(keys) => keys,
+        Err(e @ Error::ForeignSecret(_)) => return refuse_foreign_secret(ctx, mpc, e).await,
         Err(e @ (Error::GrantKey(_) | Error::NodeKeys(_))) => {
             let reason = if matches!(e, Error::GrantKey(_)) { "GrantKeyUnreadable" } else { "NodeKeysUnreadable" };
             let message = e.to_string();
@@ -396,6 +409,19 @@ fn check_spec(mpc: &MpcCluster) -> std::result::Result<Lifetimes, String> {
     Ok(Lifetimes { leaf_validity, renew_before, propagation: pki::DEFAULT_PROPAGATION })
 }
 
+/// A Secret the cluster needs exists but is not the operator's: nothing of
+/// it is used (no configuration, no certificate, no grant comes from it),
+/// the cluster's status and a Warning Event say which, and the reconcile
+/// fails, to be retried with backoff, until someone deletes it.
+async fn refuse_foreign_secret(ctx: &Context, mpc: &MpcCluster, error: Error) -> Result<Action> {
+    ctx.metrics.untrusted_refused.with_label_values(&["secret"]).inc();
+    let message = error.to_string();
+    warn!(cluster = %mpc.name_any(), namespace = ?mpc.namespace(), "{message}");
+    event(ctx, mpc, EventType::Warning, "SecretNotOwned", "CheckSecrets", message.clone()).await;
+    publish_status(ctx, mpc, failed_status(mpc, "SecretNotOwned", &message)).await?;
+    Err(error)
+}
+
 /// Returns the hex public key of the cluster's grant signing key, creating
 /// the key once. The Secret is created, never patched: a key is not rotated
 /// behind anyone's back. If the Secret was deleted, a new key is made and a
@@ -416,7 +442,7 @@ async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<S
             ]),
         ))
     };
-    let (public, created) = get_or_create_secret(ctx, ns, &name, make, grant_public_key)
+    let (public, created) = get_or_create_secret(ctx, mpc, ns, &name, make, grant_public_key)
         .await?
         .ok_or_else(|| Error::GrantKey(name.clone()))?;
     if !created {
@@ -459,7 +485,7 @@ async fn ensure_node_keys(ctx: &Context, mpc: &MpcCluster, ns: &str, index: u16)
         let seal = Zeroizing::new(hex::encode(random_key()?));
         Ok(resources::node_keys_secret(mpc, index, &store, &identity, &seal))
     };
-    let (stored, created) = get_or_create_secret(ctx, ns, &name, make, node_public_keys)
+    let (stored, created) = get_or_create_secret(ctx, mpc, ns, &name, make, node_public_keys)
         .await?
         .ok_or_else(|| Error::NodeKeys(name.clone()))?;
     let had_keys = mpc.status.iter().flat_map(|s| &s.keys).any(|k| k.public_key.is_some());
@@ -526,6 +552,7 @@ fn random_key() -> Result<Zeroizing<[u8; 32]>> {
 /// and whether this call created it. Key material is wiped from every copy.
 async fn get_or_create_secret<T>(
     ctx: &Context,
+    mpc: &MpcCluster,
     ns: &str,
     name: &str,
     make: impl FnOnce() -> Result<Secret>,
@@ -537,7 +564,11 @@ async fn get_or_create_secret<T>(
         scrub(&mut secret);
         value
     };
-    if let Some(secret) = secrets.get_opt(name).await? {
+    if let Some(mut secret) = secrets.get_opt(name).await? {
+        if !resources::controlled_by(&secret.metadata, mpc) {
+            scrub(&mut secret);
+            return Err(Error::ForeignSecret(name.to_owned()));
+        }
         return Ok(read_scrubbed(secret).map(|v| (v, false)));
     }
     let mut secret = make()?;
@@ -551,8 +582,15 @@ async fn get_or_create_secret<T>(
             read_scrubbed(stored);
             Ok(value.map(|v| (v, true)))
         }
-        // Another reconcile won the race: use what it made.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(read_scrubbed(secrets.get(name).await?).map(|v| (v, false))),
+        // Another reconcile won the race: use what it made, if it did.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let mut secret = secrets.get(name).await?;
+            if !resources::controlled_by(&secret.metadata, mpc) {
+                scrub(&mut secret);
+                return Err(Error::ForeignSecret(name.to_owned()));
+            }
+            Ok(read_scrubbed(secret).map(|v| (v, false)))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -611,7 +649,15 @@ async fn read_existing_pki(secrets: &Api<Secret>, mpc: &MpcCluster) -> Result<pk
         s.data.as_ref().and_then(|d| d.get(key)).and_then(|v| String::from_utf8(v.0.clone()).ok())
     };
     let mut existing = pki::Existing::default();
+    let foreign = |secret: &mut Secret, name: String| {
+        let owned = resources::controlled_by(&secret.metadata, mpc);
+        if !owned {
+            scrub(secret);
+        }
+        if owned { Ok(()) } else { Err(Error::ForeignSecret(name)) }
+    };
     if let Some(mut ca) = secrets.get_opt(&names.ca_secret()).await? {
+        foreign(&mut ca, names.ca_secret())?;
         // A CA Secret that exists is taken as it is, even half empty: the
         // planner refuses to replace what it cannot read.
         existing.ca = Some((
@@ -633,6 +679,7 @@ async fn read_existing_pki(secrets: &Api<Secret>, mpc: &MpcCluster) -> Result<pk
         .chain([(Leaf::Operator, names.operator_secret())]);
     for (leaf, secret_name) in leaves {
         if let Some(mut s) = secrets.get_opt(&secret_name).await? {
+            foreign(&mut s, secret_name.clone())?;
             if let (Some(cert_pem), Some(key)) = (field(&s, "tls.crt"), field(&s, "tls.key")) {
                 existing.leaves.insert(leaf, IssuedCertificate { cert_pem, key_pem: SecretPem::new(key) });
             }

@@ -3,8 +3,9 @@
 
 use ed25519_dalek::SigningKey;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use kube::{Api, ResourceExt};
 use torcus_contract::{GRANT_VERSION, Grant, GrantKind, SignedGrant};
+use torcus_crds::MpcCluster;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::cluster_controller::{Context, GRANT_PRIVATE_KEY};
@@ -17,23 +18,33 @@ pub const KEYGEN_GRANT_TTL_SECS: u64 = 600;
 /// How long a signing grant stays valid.
 pub const SIGN_GRANT_TTL_SECS: u64 = 120;
 
-/// Loads the grant signing key of cluster `cluster` in `ns`. The key is
-/// zeroized when the returned value is dropped.
-pub async fn signing_key(ctx: &Context, ns: &str, cluster: &str) -> Result<SigningKey> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let name = Names::new(cluster).grant_key_secret();
+/// Loads the grant signing key of `mpc`, from the Secret the operator made
+/// for it and no other. The key is zeroized when the returned value is
+/// dropped.
+pub async fn signing_key(ctx: &Context, mpc: &MpcCluster) -> Result<SigningKey> {
+    let ns = mpc.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = Names::new(&mpc.name_any()).grant_key_secret();
     let mut secret = secrets.get(&name).await?;
+    if !crate::resources::controlled_by(&secret.metadata, mpc) {
+        scrub_data(&mut secret);
+        return Err(Error::ForeignSecret(name));
+    }
     let seed: Option<Zeroizing<[u8; 32]>> = secret
         .data
         .as_ref()
         .and_then(|d| d.get(GRANT_PRIVATE_KEY))
         .and_then(|v| <[u8; 32]>::try_from(v.0.as_slice()).ok())
         .map(Zeroizing::new);
+    scrub_data(&mut secret);
+    let seed = seed.ok_or(Error::GrantKey(name))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+fn scrub_data(secret: &mut Secret) {
     for value in secret.data.iter_mut().flat_map(|d| d.values_mut()) {
         value.0.zeroize();
     }
-    let seed = seed.ok_or(Error::GrantKey(name))?;
-    Ok(SigningKey::from_bytes(&seed))
 }
 
 /// The fields that make a grant, so that a grant can be re-made exactly
@@ -62,6 +73,34 @@ impl GrantParts {
         let issued_at = torcus_contract::unix_now();
         Some(Self { grant_id, nonce: Grant::new_nonce(), participants, issued_at, expires_at: issued_at + ttl_secs })
     }
+}
+
+/// First bytes of what a grant proof signs: never a grant's canonical bytes
+/// (those start with `torcus-grant-v3`), so a proof is never a grant
+/// signature, nor the other way round.
+const PROOF_DOMAIN: &[u8] = b"torcus-issued-grant-v1:";
+
+fn proof_bytes(uid: &str, grant: &SignedGrant) -> Vec<u8> {
+    let canonical = grant.grant.canonical_bytes();
+    let mut bytes = Vec::with_capacity(PROOF_DOMAIN.len() + 8 + uid.len() + canonical.len());
+    bytes.extend_from_slice(PROOF_DOMAIN);
+    bytes.extend_from_slice(&(uid.len() as u64).to_be_bytes());
+    bytes.extend_from_slice(uid.as_bytes());
+    bytes.extend_from_slice(&canonical);
+    bytes
+}
+
+/// The proof, recorded in a SigningRequest's status, that the operator
+/// issued `grant` for the request with uid `uid` (hex Ed25519 signature).
+pub fn proof(key: &SigningKey, uid: &str, grant: &SignedGrant) -> String {
+    use ed25519_dalek::Signer;
+    hex::encode(key.sign(&proof_bytes(uid, grant)).to_bytes())
+}
+
+/// Whether `proof` (hex) is the issuer's proof for `grant` and request `uid`.
+pub fn proves(issuer: &ed25519_dalek::VerifyingKey, uid: &str, grant: &SignedGrant, proof: &str) -> bool {
+    let Ok(bytes) = <[u8; 64]>::try_from(hex::decode(proof).unwrap_or_default()) else { return false };
+    issuer.verify_strict(&proof_bytes(uid, grant), &ed25519_dalek::Signature::from_bytes(&bytes)).is_ok()
 }
 
 /// Builds, checks and signs the grant for `kind` in cluster `ns/cluster`.
@@ -99,6 +138,27 @@ mod tests {
         assert_eq!(a, b, "a restarted operator re-sends the grant it recorded, not a new one");
         let mut used = torcus_contract::MemoryUsedSessions::new();
         a.verify(&key.verifying_key(), 2, torcus_contract::unix_now(), &mut used).unwrap();
+    }
+
+    #[test]
+    fn a_proof_binds_the_request_and_the_grant() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let parts = GrantParts::fresh(60, |_| Some(vec![0, 2])).unwrap();
+        let kind = |digest| GrantKind::Sign {
+            key: "default".into(),
+            message: torcus_contract::SignMessage::Digest { digest },
+            derivation_path: vec![],
+        };
+        let grant = issue(&key, "ns", "demo", kind([1; 32]), &parts).unwrap();
+        let proof = proof(&key, "uid-1", &grant);
+        assert!(proves(&key.verifying_key(), "uid-1", &grant, &proof));
+        assert!(!proves(&key.verifying_key(), "uid-2", &grant, &proof), "another request");
+        let other = issue(&key, "ns", "demo", kind([2; 32]), &parts).unwrap();
+        assert!(!proves(&key.verifying_key(), "uid-1", &other, &proof), "another message");
+        let stranger = SigningKey::from_bytes(&[4; 32]);
+        assert!(!proves(&stranger.verifying_key(), "uid-1", &grant, &proof), "another key");
+        assert!(!proves(&key.verifying_key(), "uid-1", &grant, &hex::encode(grant.signature)), "a grant signature");
+        assert!(!proves(&key.verifying_key(), "uid-1", &grant, "zz"));
     }
 
     #[test]

@@ -287,7 +287,7 @@ async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[String]) -> Res
         event(ctx, mpc, EventType::Warning, "KeygenSupersedes", "GenerateKey", note).await;
     }
 
-    let signing_key = grants::signing_key(ctx, &ns, &name).await.map_err(|e| e.to_string())?;
+    let signing_key = grants::signing_key(ctx, mpc).await.map_err(|e| e.to_string())?;
     let all: Vec<u16> = (0..mpc.spec.nodes).collect();
     let parts = GrantParts::fresh(grants::KEYGEN_GRANT_TTL_SECS, |_| Some(all)).ok_or("no participants")?;
     let kind = GrantKind::Keygen { key: key.to_owned(), aux_info, supersedes };

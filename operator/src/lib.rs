@@ -66,6 +66,13 @@ pub enum Error {
     /// The operating system's random source failed.
     #[error("random source: {0}")]
     Random(String),
+    /// A Secret the operator would use exists, but not as one it made for
+    /// this MpcCluster: it is never used (its key could be anyone's).
+    #[error(
+        "Secret {0} was not made by the operator for this MpcCluster (it has no controller owner reference to it); \
+         refusing to use it: delete it and the operator makes its own"
+    )]
+    ForeignSecret(String),
 }
 
 impl Error {
@@ -78,6 +85,7 @@ impl Error {
             Self::GrantKey(_) => "grant_key",
             Self::NodeKeys(_) => "node_keys",
             Self::Random(_) => "random",
+            Self::ForeignSecret(_) => "foreign_secret",
         }
     }
 }

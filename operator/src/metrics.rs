@@ -42,6 +42,12 @@ pub struct Metrics {
     /// Signing sessions by whether the initiator used a presignature
     /// ("presigned") or ran the full protocol ("full").
     pub initiator_sessions: IntCounterVec,
+    /// Objects the operator did not make, or not as they are, refused
+    /// instead of trusted, by kind: `status` (a SigningRequest status
+    /// claiming a grant the operator did not issue for it), `secret` (a key
+    /// or CA Secret this MpcCluster does not own), `pool_report` (a node's
+    /// presignature report for a signer set it is not in, or twice).
+    pub untrusted_refused: IntCounterVec,
     /// Per MpcCluster (`namespace`, `mpccluster`): what the alerts compare.
     pub cluster: ClusterGauges,
 }
@@ -116,6 +122,16 @@ impl Metrics {
             Opts::new("torcus_initiator_sessions_total", "Signing sessions the operator started, by initiator type"),
             &["type"],
         )?;
+        let untrusted_refused = IntCounterVec::new(
+            Opts::new(
+                "torcus_untrusted_objects_refused_total",
+                "Objects the operator refused to trust (forged status, foreign Secret, bad pool report), by kind",
+            ),
+            &["kind"],
+        )?;
+        for kind in ["status", "secret", "pool_report"] {
+            untrusted_refused.with_label_values(&[kind]);
+        }
         // Known label values start at 0, so that the series exist before
         // the first occurrence: the dashboard's rates read 0, not "no data".
         for rule in [
@@ -138,11 +154,19 @@ impl Metrics {
         }
         // The controllers, and the labels of `Error::metric_label`.
         for controller in ["mpccluster", "signingrequest"] {
-            for error in ["kube", "certs", "invalid_spec", "grant_key", "node_keys", "random"] {
+            for error in ["kube", "certs", "invalid_spec", "grant_key", "node_keys", "random", "foreign_secret"] {
                 reconcile_errors.with_label_values(&[controller, error]);
             }
         }
-        for c in [&keygens, &signing_requests, &grants_issued, &grants_rejected, &policy_denials, &initiator_sessions] {
+        for c in [
+            &keygens,
+            &signing_requests,
+            &grants_issued,
+            &grants_rejected,
+            &policy_denials,
+            &initiator_sessions,
+            &untrusted_refused,
+        ] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(signing_latency.clone()))?;
@@ -192,6 +216,7 @@ impl Metrics {
             policy_denials,
             signing_latency,
             initiator_sessions,
+            untrusted_refused,
             cluster,
         })
     }

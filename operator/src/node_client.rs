@@ -45,7 +45,19 @@ pub enum CallError {
     Malformed(String),
 }
 
+/// Largest answer read from a node: a signature, a session's state, the
+/// key list or the pools of a node holding the most presignatures it may.
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+
 impl CallError {
+    /// The participant the node holds responsible for a failed session.
+    pub fn blamed(&self) -> Option<u16> {
+        match self {
+            Self::Refused { body, .. } => body.blamed,
+            _ => None,
+        }
+    }
+
     /// Low-cardinality reason for metrics and conditions.
     pub fn reason(&self) -> String {
         match self {
@@ -157,9 +169,16 @@ impl NodeClient {
     ) -> Result<T, CallError> {
         let unreachable =
             |url: &str, e: reqwest::Error| CallError::Unreachable { url: url.to_owned(), message: e.to_string() };
-        let response = response.map_err(|e| unreachable(&url, e))?;
+        let mut response = response.map_err(|e| unreachable(&url, e))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| unreachable(&url, e))?;
+        // A node's answer is read up to a bound, whatever it claims or sends.
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(&url, e))? {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(CallError::Malformed(format!("answer from {url} is larger than {MAX_ANSWER_BYTES} bytes")));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| CallError::Malformed(e.to_string()));
         }
@@ -167,6 +186,7 @@ impl NodeClient {
             error: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
             reason: format!("http_{}", status.as_u16()),
             initiator: None,
+            blamed: None,
         });
         Err(CallError::Refused { status: status.as_u16(), body })
     }

@@ -13,7 +13,7 @@
 //! A malformed policy (bad period, time or selector) denies every request
 //! with [`Rule::InvalidPolicy`], naming the field; nothing here panics.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -370,6 +370,11 @@ pub struct Ledger {
     /// Uids forgotten here that the durable copy may still hold, until
     /// [`Ledger::synced`] says they are gone there too.
     expired: std::collections::BTreeSet<String>,
+    /// Uids the operator approved itself: by [`Ledger::admit`] or in the
+    /// durable ledger it wrote. The others ([`Ledger::record`], read from a
+    /// status that anyone allowed to write statuses could have set) count
+    /// towards limits, but never stand for an approval.
+    approved: HashSet<String>,
 }
 
 /// An approval as the durable ledger stores it, under the request's uid.
@@ -414,6 +419,7 @@ impl Ledger {
     pub fn admit(&mut self, policy: &PolicySpec, request: &Request<'_>) -> Result<(), Denial> {
         evaluate(policy, self, request)?;
         self.record(Approval::from(request));
+        self.approved.insert(request.uid.to_owned());
         Ok(())
     }
 
@@ -445,6 +451,7 @@ impl Ledger {
             std::mem::replace(&mut self.entries, kept).into_keys().map(|(_, uid)| uid).collect();
         for uid in &forgotten {
             self.uids.remove(uid);
+            self.approved.remove(uid);
         }
         self.expired.extend(forgotten);
     }
@@ -467,6 +474,7 @@ impl Ledger {
     pub fn remove(&mut self, uid: &str) -> bool {
         let Some(at) = self.uids.remove(uid) else { return false };
         self.entries.remove(&(at, uid.to_owned()));
+        self.approved.remove(uid);
         true
     }
 
@@ -496,18 +504,28 @@ impl Ledger {
         serde_json::to_string(&stored).ok()
     }
 
-    /// Records an approval read back from the durable ledger; returns `false`
-    /// (and changes nothing) when `value` does not parse or `uid` is already
-    /// recorded.
+    /// Records an approval read back from the durable ledger, and marks it
+    /// [`Ledger::approved`]; returns `false` (and changes nothing) when
+    /// `value` does not parse, and `false`, only marking it, when `uid` is
+    /// already recorded.
     pub fn record_stored(&mut self, uid: &str, value: &str) -> bool {
         let Ok(stored) = serde_json::from_str::<StoredApproval>(value) else { return false };
         let Some(at) = UNIX_EPOCH.checked_add(Duration::from_millis(stored.at_ms)) else { return false };
+        // Counted once, but the durable ledger is the operator's word: a
+        // uid first read from a status is approved from here on.
+        self.approved.insert(uid.to_owned());
         self.insert(uid, at, Entry { namespace: stored.namespace, labels: stored.labels })
     }
 
-    /// Whether the request with this uid is recorded.
+    /// Whether the request with this uid is recorded (counted).
     pub fn contains(&self, uid: &str) -> bool {
         self.uids.contains_key(uid)
+    }
+
+    /// Whether the operator approved the request with this uid itself: by
+    /// [`Ledger::admit`], or as the durable ledger it wrote says.
+    pub fn approved(&self, uid: &str) -> bool {
+        self.approved.contains(uid)
     }
 
     /// Number of recorded approvals.
@@ -1162,7 +1180,9 @@ mod tests {
         });
         let approval = Approval::from_signing_request(&sr).expect("approved");
         assert_eq!((approval.uid, approval.namespace, approval.approved_at), ("uid-1", "ns-a", at(NOON + 1)));
-        let ledger = Ledger::from_approvals([approval]);
+        let mut ledger = Ledger::from_approvals([approval]);
+        // Counted, but a status is nobody's proof of an approval.
+        assert!(ledger.contains("uid-1") && !ledger.approved("uid-1"));
         denied(
             evaluate(
                 &spend("amount", 10, "1h"),
@@ -1175,6 +1195,11 @@ mod tests {
         sr.status =
             Some(SigningRequestStatus { approved_at: Some("yesterday".into()), ..SigningRequestStatus::default() });
         assert!(Approval::from_signing_request(&sr).is_none());
+        // Decided by the policy itself, it is approved, and still counted once.
+        let before = ledger.len();
+        ledger.admit(&PolicySpec::default(), &request("uid-1", "ns-a", NOON + 3)).unwrap();
+        assert!(ledger.approved("uid-1"));
+        assert_eq!(ledger.len(), before);
     }
 
     #[test]
@@ -1256,7 +1281,9 @@ mod tests {
         assert_eq!(live.stored("b", &policy), None, "a denied request is not recorded");
 
         let mut restored = Ledger::new();
+        assert!(!restored.approved("a"));
         assert!(restored.record_stored("a", &stored));
+        assert!(restored.approved("a"));
         assert!(!restored.record_stored("a", &stored), "a uid counts once");
         assert!(!restored.record_stored("z", "{\"atMs\": 1}x"), "garbage is refused");
         assert!(!restored.record_stored("z", "{\"atMs\":1,\"namespace\":\"n\",\"labels\":{},\"extra\":1}"));

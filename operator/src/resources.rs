@@ -154,6 +154,20 @@ pub fn child_meta(mpc: &MpcCluster, name: String) -> ObjectMeta {
     }
 }
 
+/// Whether `meta` names `mpc` as its controller: the mark of a child the
+/// operator made for this very MpcCluster (its uid, not only its name). A
+/// Secret without it was planted, or left by an earlier cluster of the
+/// same name, and is never used.
+pub fn controlled_by(meta: &ObjectMeta, mpc: &MpcCluster) -> bool {
+    let Some(uid) = mpc.metadata.uid.as_deref() else { return false };
+    meta.owner_references.iter().flatten().any(|o| {
+        o.controller == Some(true)
+            && o.uid == uid
+            && o.kind == "MpcCluster"
+            && o.api_version == "mpc.torcus.io/v1alpha1"
+    })
+}
+
 fn owner_reference(mpc: &MpcCluster) -> Option<OwnerReference> {
     // `controller_owner_ref` is None only for an object without a UID, which
     // an object read from the API server always has.
@@ -711,6 +725,21 @@ mod tests {
         let changed = cluster_config(&mpc, "ab", &keys, &ctx());
         changed.check().unwrap();
         assert_ne!(config_hash(&config), config_hash(&changed), "a transport change must roll the nodes");
+    }
+
+    #[test]
+    fn only_a_controller_reference_to_this_cluster_marks_a_child() {
+        let mut mpc = cluster("demo", 3, 2);
+        mpc.metadata.uid = Some("uid-1".into());
+        let meta = child_meta(&mpc, "demo-grant-key".into());
+        assert!(controlled_by(&meta, &mpc));
+        let mut same_name = mpc.clone();
+        same_name.metadata.uid = Some("uid-2".into());
+        assert!(!controlled_by(&meta, &same_name), "an earlier cluster of the same name");
+        assert!(!controlled_by(&ObjectMeta::default(), &mpc), "no owner at all");
+        let mut owner_only = meta.clone();
+        owner_only.owner_references.as_mut().unwrap()[0].controller = None;
+        assert!(!controlled_by(&owner_only, &mpc), "an owner, not the controller");
     }
 
     #[test]

@@ -61,9 +61,11 @@ const UNLIMITED_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub struct SigningState {
     /// Policy ledgers per `namespace/cluster`, built from the API on first use.
     ledgers: tokio::sync::Mutex<HashMap<String, Ledger>>,
-    /// The last status written per request uid, until the watch cache shows
-    /// it: a reconcile must never act on a status older than its own write.
-    written: Mutex<HashMap<String, SigningRequestStatus>>,
+    /// The last status written per request uid, with the resource version
+    /// the write made, until the watch cache shows that version or a later
+    /// one: a reconcile must never act on a status older than its own
+    /// write, and must see what anyone else wrote after it.
+    written: Mutex<HashMap<String, (Option<String>, SigningRequestStatus)>>,
     /// The nodes' presignature pools, and the presignature reserved for
     /// each session.
     pub presignatures: Arc<Presignatures>,
@@ -133,11 +135,13 @@ impl<'a> Reconcile<'a> {
         let status = {
             let mut written = ctx.signing.written.lock().unwrap_or_else(PoisonError::into_inner);
             match written.get(&uid) {
-                Some(w) if *w == cached => {
+                Some((version, w)) if !caught_up(sr.metadata.resource_version.as_deref(), version.as_deref()) => {
+                    w.clone()
+                }
+                Some(_) => {
                     written.remove(&uid);
                     cached
                 }
-                Some(w) => w.clone(),
                 None => cached,
             }
         };
@@ -178,12 +182,14 @@ impl<'a> Reconcile<'a> {
             return self.fail("UnknownKey", message).await;
         }
         // Policy first: a denial needs no nodes. Decision and count in one
-        // step under the ledger lock; an approval is recorded once.
+        // step under the ledger lock; an approval is recorded once. The
+        // status's `approvedAt` is never taken as the approval: only the
+        // operator's own ledger says a request was approved.
+        let now = SystemTime::now();
+        if let Err(denial) = self.admit(&mpc, now).await? {
+            return self.deny(denial).await;
+        }
         if self.status.approved_at.is_none() {
-            let now = SystemTime::now();
-            if let Err(denial) = self.admit(&mpc, now).await? {
-                return self.deny(denial).await;
-            }
             self.status.approved_at = Some(rfc3339(now));
         }
         let Some(key) = self.key(&mpc) else {
@@ -232,11 +238,25 @@ impl<'a> Reconcile<'a> {
         let Some(mpc) = clusters.get_opt(&self.sr.spec.cluster).await? else {
             return self.fail("UnknownCluster", "the MpcCluster was deleted while signing".into()).await;
         };
-        let grant = self.recorded_grant(&mpc).await?;
+        let grant = match self.recorded_grant(&mpc).await? {
+            Ok(grant) => grant,
+            Err(why) => return self.refuse_status(why).await,
+        };
+        // The key the signature must verify under, from the cluster's
+        // status as when the grant was issued, not from the request's.
+        let path = match &grant.grant.kind {
+            GrantKind::Sign { derivation_path, .. } => derivation_path.as_slice(),
+            GrantKind::Keygen { .. } => &[],
+        };
+        if let Some(key) = self.key(&mpc)
+            && let Ok(public_key) = crypto::signing_public_key(&key, path)
+        {
+            self.status.public_key = Some(public_key);
+        }
         let nodes = self.nodes(&mpc).await?;
         let initiator = grant.grant.initiator();
         let Some(url) = nodes.get(&initiator).map(|n| n.url.clone()) else {
-            return self.retry(&mpc, &nodes, format!("initiator {initiator} has no address")).await;
+            return self.retry(&mpc, &nodes, format!("initiator {initiator} has no address"), None).await;
         };
         let pools = mpc.spec.presignatures.pool_size > 0;
         match self.ctx.nodes.session(&url, &grant.grant.session_id()).await {
@@ -244,14 +264,14 @@ impl<'a> Reconcile<'a> {
             Ok(Some(SessionStatus::Proposed | SessionStatus::Running)) => {
                 Ok(Action::requeue(Duration::from_millis(500)))
             }
-            Ok(Some(SessionStatus::Failed { reason })) => self.retry(&mpc, &nodes, reason).await,
+            Ok(Some(SessionStatus::Failed { reason, blamed })) => self.retry(&mpc, &nodes, reason, blamed).await,
             // What was reserved for it is not known after a restart: the
             // initiator chooses.
             Ok(None) if grant.grant.expires_at > torcus_contract::unix_now() + 5 => {
                 self.sign(&mpc, Attempt { grant, url, presignature: PresignatureChoice::Any }).await
             }
-            Ok(None) => self.retry(&mpc, &nodes, "the grant expired before its session ran".into()).await,
-            Err(e) => self.retry(&mpc, &nodes, e.to_string()).await,
+            Ok(None) => self.retry(&mpc, &nodes, "the grant expired before its session ran".into(), None).await,
+            Err(e) => self.retry(&mpc, &nodes, e.to_string(), None).await,
         }
     }
 
@@ -267,7 +287,7 @@ impl<'a> Reconcile<'a> {
             Err(e) => {
                 self.ctx.metrics.grants_rejected.with_label_values(&[&e.reason()]).inc();
                 let nodes = self.nodes(mpc).await?;
-                self.retry(mpc, &nodes, e.to_string()).await
+                self.retry(mpc, &nodes, e.to_string(), e.blamed()).await
             }
         }
     }
@@ -323,7 +343,17 @@ impl<'a> Reconcile<'a> {
     }
 
     /// Starts another attempt after a failed one, or fails the request.
-    async fn retry(&mut self, mpc: &MpcCluster, nodes: &BTreeMap<u16, Node>, why: String) -> Result<Action> {
+    /// `blamed`, the participant the initiator held responsible (it sent an
+    /// Abort, or could not be sent to), is left out of the next attempt
+    /// when enough others remain: one node aborting every session it is in
+    /// cannot make a request fail.
+    async fn retry(
+        &mut self,
+        mpc: &MpcCluster,
+        nodes: &BTreeMap<u16, Node>,
+        why: String,
+        blamed: Option<u16>,
+    ) -> Result<Action> {
         warn!(request = %self.sr.name_any(), namespace = %self.ns, attempt = self.status.attempts, %why, "signing attempt failed");
         if self.status.attempts >= MAX_ATTEMPTS {
             let message = format!("{} attempts failed; the last: {why}", self.status.attempts);
@@ -334,10 +364,24 @@ impl<'a> Reconcile<'a> {
         for party in &unresponsive {
             self.ctx.registry.record_outcome(&self.cluster_ns, &mpc.name_any(), *party, false);
         }
-        let kind = self.recorded_grant(mpc).await?.grant.kind;
+        let kind = match self.kind() {
+            Ok(kind) => kind,
+            Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
+        };
         self.status.reason = Some(format!("attempt {} failed: {why}", self.status.attempts));
-        let attempt = match self.new_attempt(mpc, nodes, kind, &unresponsive).await {
+        let mut excluded = unresponsive.clone();
+        excluded.extend(blamed.filter(|b| !unresponsive.contains(b)));
+        let attempt = match self.new_attempt(mpc, nodes, kind.clone(), &excluded).await {
             Ok(next) => next,
+            // Not enough without the blamed one (the initiator may blame
+            // falsely): with it, then.
+            Err(Error::InvalidSpec(_)) if excluded.len() > unresponsive.len() => {
+                match self.new_attempt(mpc, nodes, kind, &unresponsive).await {
+                    Ok(next) => next,
+                    Err(Error::InvalidSpec(message)) => return self.fail("NotEnoughNodes", message).await,
+                    Err(e) => return Err(e),
+                }
+            }
             Err(Error::InvalidSpec(message)) => return self.fail("NotEnoughNodes", message).await,
             Err(e) => return Err(e),
         };
@@ -391,8 +435,10 @@ impl<'a> Reconcile<'a> {
         .ok_or_else(|| {
             Error::InvalidSpec(format!("{} healthy nodes answer; {threshold} needed to sign", healthy.len()))
         })?;
-        let key = grants::signing_key(self.ctx, &self.cluster_ns, &mpc.name_any()).await?;
+        let key = grants::signing_key(self.ctx, mpc).await?;
         let grant = grants::issue(&key, &self.cluster_ns, &mpc.name_any(), kind, &parts)?;
+        // Over the grant as the status and the spec make it again.
+        let proof = grants::proof(&key, &self.uid, &grant);
         #[cfg(feature = "test-hooks")]
         let grant = self.ctx.test_hooks.tamper(grant, &key);
         self.ctx.metrics.grants_issued.with_label_values(&["sign"]).inc();
@@ -414,6 +460,7 @@ impl<'a> Reconcile<'a> {
             nonce: hex::encode(parts.nonce),
             issued_at: parts.issued_at,
             expires_at: parts.expires_at,
+            proof: Some(proof),
         });
         if self.status.timings.as_ref().and_then(|t| t.approval_ms).is_none() {
             self.status.timings.get_or_insert_with(Timings::default).approval_ms = Some(self.age_ms());
@@ -446,29 +493,87 @@ impl<'a> Reconcile<'a> {
         }
     }
 
-    /// Re-makes the grant recorded in the status (deterministic signature).
-    async fn recorded_grant(&self, mpc: &MpcCluster) -> Result<SignedGrant> {
-        let bad = |what: &str| Error::InvalidSpec(format!("recorded grant has no valid {what}"));
-        let issued = self.status.grant.as_ref().ok_or_else(|| bad("grant"))?;
-        let hex16 = |s: Option<&str>, what: &str| -> Result<[u8; 16]> {
+    /// The grant the spec asks for, but for the parts only a grant has.
+    fn kind(&self) -> std::result::Result<GrantKind, crypto::CryptoError> {
+        let spec = &self.sr.spec;
+        let message = crypto::message(spec)?;
+        let path = crypto::derivation_path(spec.derivation_path.as_deref())?;
+        Ok(GrantKind::Sign { key: spec.key.clone(), message, derivation_path: path })
+    }
+
+    /// Re-makes the grant recorded in the status (Ed25519 signatures are
+    /// deterministic) from the spec and the status's grant fields, and
+    /// checks the status's proof that the operator issued exactly that
+    /// grant for this request. The inner `Err` says why the status is not
+    /// the operator's: it is then never acted on.
+    async fn recorded_grant(&self, mpc: &MpcCluster) -> Result<std::result::Result<SignedGrant, String>> {
+        let Some(issued) = self.status.grant.as_ref() else { return Ok(Err("no grant recorded".into())) };
+        let hex16 = |s: Option<&str>, what: &str| -> std::result::Result<[u8; 16], String> {
             let mut out = [0; 16];
-            hex::decode_to_slice(s.unwrap_or_default(), &mut out).map_err(|_| bad(what))?;
+            hex::decode_to_slice(s.unwrap_or_default(), &mut out)
+                .map_err(|_| format!("the recorded {what} is not hex"))?;
             Ok(out)
         };
-        let parts = GrantParts {
-            grant_id: hex16(self.status.grant_id.as_deref(), "grantId")?,
-            nonce: hex16(Some(&issued.nonce), "nonce")?,
-            participants: self.status.participants.clone(),
-            issued_at: issued.issued_at,
-            expires_at: issued.expires_at,
+        let parts = match (hex16(self.status.grant_id.as_deref(), "grantId"), hex16(Some(&issued.nonce), "nonce")) {
+            (Ok(grant_id), Ok(nonce)) => GrantParts {
+                grant_id,
+                nonce,
+                participants: self.status.participants.clone(),
+                issued_at: issued.issued_at,
+                expires_at: issued.expires_at,
+            },
+            (Err(why), _) | (_, Err(why)) => return Ok(Err(why)),
         };
-        let spec = &self.sr.spec;
-        let message = crypto::message(spec).map_err(|e| Error::InvalidSpec(e.to_string()))?;
-        let path =
-            crypto::derivation_path(spec.derivation_path.as_deref()).map_err(|e| Error::InvalidSpec(e.to_string()))?;
-        let kind = GrantKind::Sign { key: spec.key.clone(), message, derivation_path: path };
-        let key = grants::signing_key(self.ctx, &self.cluster_ns, &mpc.name_any()).await?;
-        grants::issue(&key, &self.cluster_ns, &mpc.name_any(), kind, &parts)
+        let kind = match self.kind() {
+            Ok(kind) => kind,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let key = grants::signing_key(self.ctx, mpc).await?;
+        let grant = match grants::issue(&key, &self.cluster_ns, &mpc.name_any(), kind, &parts) {
+            Ok(grant) => grant,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        match issued.proof.as_deref() {
+            Some(proof) if grants::proves(&key.verifying_key(), &self.uid, &grant, proof) => Ok(Ok(grant)),
+            Some(_) => Ok(Err("its proof is not the operator's for this request and grant".into())),
+            None => Ok(Err("it carries no proof that the operator issued it".into())),
+        }
+    }
+
+    /// A status claiming a grant the operator did not issue for this
+    /// request (written by someone else, or changed since): counted, said
+    /// in a Warning Event, and the request decided again from its spec,
+    /// policy first, as if it were new.
+    async fn refuse_status(&mut self, why: String) -> Result<Action> {
+        self.ctx.metrics.untrusted_refused.with_label_values(&["status"]).inc();
+        let note =
+            format!("the status records a grant the operator did not issue for this request ({why}); deciding again");
+        warn!(request = %self.sr.name_any(), namespace = %self.ns, "{note}");
+        let recorder = self.ctx.recorder.clone();
+        let reference = self.sr.object_ref(&());
+        tokio::spawn(async move {
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: "StatusRefused".into(),
+                note: Some(note),
+                action: "Sign".into(),
+                secondary: None,
+            };
+            if let Err(error) = recorder.publish(&ev, &reference).await {
+                warn!(%error, "could not publish event");
+            }
+        });
+        // Clear what was claimed, whoever wrote it (a merge patch removes
+        // fields another manager owns; the operator's apply would not).
+        let api: Api<SigningRequest> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let clear = serde_json::json!({"status": {
+            "approvedAt": null, "grant": null, "grantId": null, "sessionId": null, "participants": null,
+            "initiator": null, "signature": null, "publicKey": null, "protocol": null, "protocolReason": null,
+        }});
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+        api.patch_status(&self.sr.name_any(), &params, &Patch::Merge(&clear)).await?;
+        self.status = SigningRequestStatus::default();
+        Box::pin(self.decide()).await
     }
 
     /// The request's key, once generated: from the cluster's status, or
@@ -524,7 +629,13 @@ impl<'a> Reconcile<'a> {
         if let Some(cutoff) = now.checked_sub(limits.unwrap_or(UNLIMITED_RETENTION)) {
             ledger.forget_before(cutoff);
         }
-        let known = ledger.contains(&self.uid);
+        // Approved by this operator (in memory, or in the ledger it wrote):
+        // not decided again. An `approvedAt` in the status alone proves
+        // nothing (whoever may write a status can set it).
+        let known = ledger.approved(&self.uid);
+        if known && self.status.approved_at.is_some() {
+            return Ok(Ok(()));
+        }
         if !known {
             let request = policy::Request {
                 uid: &self.uid,
@@ -584,7 +695,7 @@ impl<'a> Reconcile<'a> {
             ledger.record(approval);
         }
         for (uid, value) in crate::ledger::load(&self.ctx.client, mpc).await? {
-            if !ledger.contains(&uid) && !ledger.record_stored(&uid, &value) {
+            if !ledger.record_stored(&uid, &value) && !ledger.contains(&uid) {
                 warn!(cluster, uid, "policy ledger entry does not parse; skipped");
             }
         }
@@ -668,14 +779,15 @@ impl<'a> Reconcile<'a> {
             "kind": SigningRequest::kind(&()),
             "status": self.status,
         });
-        api.patch_status(&self.sr.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        let stored = api
+            .patch_status(&self.sr.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await?;
         self.ctx
             .signing
             .written
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(self.uid.clone(), self.status.clone());
+            .insert(self.uid.clone(), (stored.metadata.resource_version, self.status.clone()));
         if old != Some(phase) {
             self.announce(old, phase);
         }
@@ -729,6 +841,17 @@ impl<'a> Reconcile<'a> {
     }
 }
 
+/// Whether an object at resource version `cached` is at least as new as
+/// the write that returned `written`. Resource versions are etcd revisions
+/// (numbers) on every API server Torcus runs on; anything else is compared
+/// for equality only.
+fn caught_up(cached: Option<&str>, written: Option<&str>) -> bool {
+    match (cached.and_then(|v| v.parse::<u64>().ok()), written.and_then(|v| v.parse::<u64>().ok())) {
+        (Some(cached), Some(written)) => cached >= written,
+        _ => cached.is_some() && cached == written,
+    }
+}
+
 fn healthy_indices(nodes: &BTreeMap<u16, Node>) -> Vec<u16> {
     nodes.iter().filter(|(_, n)| n.healthy).map(|(i, _)| *i).collect()
 }
@@ -760,6 +883,15 @@ fn camel(rule: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_behind_the_last_write_is_not_acted_on() {
+        assert!(!caught_up(Some("41"), Some("42")), "the cache has not seen the write");
+        assert!(caught_up(Some("42"), Some("42")));
+        assert!(caught_up(Some("57"), Some("42")), "someone wrote after it: that is what counts");
+        assert!(!caught_up(None, Some("42")));
+        assert!(caught_up(Some("v2"), Some("v2")) && !caught_up(Some("v3"), Some("v2")));
+    }
 
     #[test]
     fn rules_become_condition_reasons() {

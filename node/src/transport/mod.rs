@@ -14,6 +14,7 @@ pub mod seal;
 pub mod tcp;
 
 use std::future::Future;
+use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
@@ -37,6 +38,13 @@ pub enum SendError {
     #[error("message of {0} bytes exceeds the frame limit")]
     TooLarge(usize),
 }
+
+/// Longest a send may take, connecting included. A peer that keeps its
+/// connection open but stops reading fills the flow-control window, and a
+/// write then waits for it for ever: past this, the send fails, the
+/// connection is dropped (a frame may be half written), and the failure is
+/// counted as `send_timeout`.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends envelopes to other parties; received envelopes arrive on the
 /// channel the transport was built with.
@@ -78,7 +86,7 @@ impl TransportMetrics {
         for reason in ["malformed_frame", "spoofed_sender", "unsealable"] {
             dropped.with_label_values(&[reason]);
         }
-        for reason in ["connect", "handshake"] {
+        for reason in ["connect", "handshake", "send_timeout"] {
             connection_failures.with_label_values(&[reason]);
         }
         registry.register(Box::new(sent.clone()))?;

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use torcus_certs::{Role, SecretPem};
 use tracing::{debug, warn};
 
-use super::{SendError, Transport, TransportMetrics, frame};
+use super::{SEND_TIMEOUT, SendError, Transport, TransportMetrics, frame};
 use crate::engine::{Channel, Envelope};
 
 /// ALPN protocol of node-to-node traffic.
@@ -358,6 +358,24 @@ impl QuicTransport {
 
 impl Transport for QuicTransport {
     async fn send(&self, to: u16, envelope: Envelope) -> Result<(), SendError> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.send_now(to, envelope)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                self.metrics.connection_failures.with_label_values(&["send_timeout"]).inc();
+                if let Some(stuck) = self.outbound.lock().await.remove(&to) {
+                    stuck.connection.close(0u32.into(), b"send timeout");
+                }
+                Err(SendError::Connection {
+                    party: to,
+                    reason: format!("did not take a message within {SEND_TIMEOUT:?}"),
+                })
+            }
+        }
+    }
+}
+
+impl QuicTransport {
+    async fn send_now(&self, to: u16, envelope: Envelope) -> Result<(), SendError> {
         // One retry: a cached connection may have died since its last use.
         for attempt in 0..2 {
             let out = self.outbound(to).await?;

@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use super::frame::{self, MAX_FRAME};
-use super::{SendError, Transport, TransportMetrics};
+use super::{SEND_TIMEOUT, SendError, Transport, TransportMetrics};
 use crate::engine::Envelope;
 
 /// Prefix of every signed message, so a signature made here means nothing
@@ -443,6 +443,23 @@ impl TcpTransport {
 
 impl Transport for TcpTransport {
     async fn send(&self, to: u16, envelope: Envelope) -> Result<(), SendError> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.send_now(to, envelope)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                self.metrics.connection_failures.with_label_values(&["send_timeout"]).inc();
+                // A frame may be half written: the next send connects afresh.
+                *self.slot(to).lock().await = None;
+                Err(SendError::Connection {
+                    party: to,
+                    reason: format!("did not take a message within {SEND_TIMEOUT:?}"),
+                })
+            }
+        }
+    }
+}
+
+impl TcpTransport {
+    async fn send_now(&self, to: u16, envelope: Envelope) -> Result<(), SendError> {
         let wire = self.seal(to, &frame::encode(&envelope))?;
         let slot = self.slot(to);
         let mut out = slot.lock().await;
