@@ -568,9 +568,21 @@ async fn policy_denials_end_denied_with_the_rule() {
     // but counting is not approving.
     forge_status(&srs, "selector-1", serde_json::json!({"phase": "Approved", "approvedAt": "2026-01-01T00:00:00Z"}))
         .await;
+    // And whoever may write ConfigMaps adds an approval of a denied request
+    // to the policy ledger: not sealed by the grant key, it counts, but
+    // approves nothing.
+    let rate_2 = srs.get("rate-2").await.unwrap().metadata.uid.unwrap();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let entry = serde_json::json!({"atMs": now_ms, "namespace": ns.name, "labels": {}}).to_string();
+    let ledgers: Api<k8s_openapi::api::core::v1::ConfigMap> = ns.api();
+    let patch = serde_json::json!({"data": {rate_2.clone(): entry}});
+    ledgers.patch("rate-policy-ledger", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    forge_status(&srs, "rate-2", serde_json::json!({"phase": "Approved", "approvedAt": "2026-01-01T00:00:00Z"})).await;
     ns.start_operator();
     let status = wait_redecided(&srs, "selector-1").await;
     assert!(status.reason.unwrap_or_default().starts_with("denied-selector: "));
+    let status = wait_redecided(&srs, "rate-2").await;
+    assert!(status.reason.unwrap_or_default().starts_with("rate-limit: "));
     let after_restart = [
         ("rate-3", "rate", serde_json::json!({"digest": digest}), "rate-limit: "),
         (

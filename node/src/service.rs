@@ -564,13 +564,17 @@ impl<T: Transport> Service<T> {
     async fn participate(self: Arc<Self>, from: u16, signed: SignedGrant, offered: Option<[u8; 32]>) {
         let session = signed.grant.session_id();
         let participants = signed.grant.participants.clone();
+        // Checked before the grant is: verifying records its session as
+        // used, and a proposal from anyone but the initiator must not burn
+        // the session the initiator is about to propose.
+        if signed.grant.initiator() != from {
+            let reason = format!("proposal came from party {from}, but the initiator is {}", signed.grant.initiator());
+            self.metrics.grants_rejected.with_label_values(&["not_initiator"]).inc();
+            self.send_control(from, session, &Control::Abort { session_id: session, from: self.me, reason }).await;
+            return;
+        }
         let grant = match self.verify(&signed) {
-            Ok(grant) if grant.initiator() == from => grant.clone(),
-            Ok(grant) => {
-                let reason = format!("proposal came from party {from}, but the initiator is {}", grant.initiator());
-                self.send_control(from, session, &Control::Abort { session_id: session, from: self.me, reason }).await;
-                return;
-            }
+            Ok(grant) => grant.clone(),
             Err(error) => {
                 warn!(from, %error, "refused a proposal");
                 let reason = format!("party {} refused the grant: {error}", self.me);

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sha2::Digest;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use torcus_contract::{Control, GrantKind, SignMessage, SignedGrant};
@@ -128,4 +129,25 @@ async fn a_participant_never_spends_a_presignature_on_a_raw_digest() {
     let pool = cluster.pool(2, "default", &[0, 2]).await.expect("pool");
     assert!(!pool.ids.contains(&held[0]), "taken for the payload: {pool:?}");
     impostor.send(2, session, &Control::Abort { session_id: session, from: 0, reason: "test over".into() }).await;
+
+    // A proposal of someone else's grant (among 1 and 2, initiated by 1),
+    // seen in transit: refused before the grant is even checked, so it
+    // does not spend the session the real initiator then proposes.
+    let grant = loop {
+        let kind = GrantKind::Sign { key: "default".into(), message: payload(b"not yours"), derivation_path: vec![] };
+        let grant = cluster.grant(kind, vec![1, 2]);
+        if grant.grant.initiator() == 1 {
+            break grant;
+        }
+    };
+    let session = grant.grant.session_id();
+    impostor.send(2, session, &Control::Proposal { grant: grant.clone(), presignature: None }).await;
+    let (_, refused) = impostor.receive(session).await;
+    assert!(
+        matches!(&refused, Control::Abort { reason, .. } if reason.contains("proposal came from party 0")),
+        "{refused:?}"
+    );
+    let (code, body) = cluster.post(1, torcus_contract::api::SIGN_PATH, &grant).await;
+    assert_eq!(code, 200, "the initiator's own proposal still runs: {body}");
+    torcus_node::testing::verify(&body, &sha2::Sha256::digest(b"not yours").into());
 }

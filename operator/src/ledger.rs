@@ -11,8 +11,18 @@
 //!
 //! Writes are JSON merge patches that add one key (and drop expired ones), so
 //! concurrent writers never overwrite each other's entries.
+//!
+//! Each entry is sealed: the stored approval with an Ed25519 signature by
+//! the cluster's grant key over the request's uid and that approval
+//! ([`seal`]). Whoever may write ConfigMaps in the namespace can still delete
+//! entries (so ledger writers are policy administrators, as the README
+//! says), but cannot add one: an entry that does not open ([`open`]) is
+//! counted towards the limits (the safe side) and never taken as an
+//! approval.
 
 use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -57,6 +67,72 @@ pub async fn append(client: &Client, mpc: &MpcCluster, uid: &str, stored: &str, 
     }
 }
 
+/// First bytes of what a ledger entry's signature signs: never a grant's
+/// nor a grant proof's.
+const DOMAIN: &[u8] = b"torcus-ledger-entry-v1:";
+
+/// A ledger entry as the ConfigMap holds it.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Sealed {
+    /// [`Ledger::stored`](crate::policy::Ledger::stored)'s value.
+    approval: String,
+    /// Hex Ed25519 signature over [`DOMAIN`], the uid and `approval`.
+    signature: String,
+}
+
+fn signed_bytes(uid: &str, approval: &str) -> Vec<u8> {
+    let mut bytes = DOMAIN.to_vec();
+    bytes.extend_from_slice(&(uid.len() as u64).to_be_bytes());
+    bytes.extend_from_slice(uid.as_bytes());
+    bytes.extend_from_slice(approval.as_bytes());
+    bytes
+}
+
+/// The ConfigMap value for `uid`'s stored `approval`, signed with the grant key.
+pub fn seal(key: &SigningKey, uid: &str, approval: &str) -> String {
+    let signature = hex::encode(key.sign(&signed_bytes(uid, approval)).to_bytes());
+    serde_json::to_string(&Sealed { approval: approval.to_owned(), signature }).unwrap_or_default()
+}
+
+/// What an entry says: the stored approval, and whether the grant key
+/// signed it for this uid. `None` for a value that is not an entry at all.
+/// An entry of an earlier release (a bare approval) opens unproven.
+pub fn open(issuer: &VerifyingKey, uid: &str, value: &str) -> Option<(String, bool)> {
+    match serde_json::from_str::<Sealed>(value) {
+        Ok(sealed) => {
+            let signature = <[u8; 64]>::try_from(hex::decode(&sealed.signature).unwrap_or_default())
+                .map(|bytes| ed25519_dalek::Signature::from_bytes(&bytes));
+            let proven =
+                signature.is_ok_and(|sig| issuer.verify_strict(&signed_bytes(uid, &sealed.approval), &sig).is_ok());
+            Some((sealed.approval, proven))
+        }
+        Err(_) if serde_json::from_str::<serde_json::Value>(value).is_ok() => Some((value.to_owned(), false)),
+        Err(_) => None,
+    }
+}
+
 fn api(client: &Client, mpc: &MpcCluster) -> Api<ConfigMap> {
     Api::namespaced(client.clone(), &mpc.namespace().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_opens_only_for_its_uid_under_its_key() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let approval = r#"{"atMs":1,"namespace":"n","labels":{}}"#;
+        let sealed = seal(&key, "uid-1", approval);
+        assert_eq!(open(&key.verifying_key(), "uid-1", &sealed), Some((approval.to_owned(), true)));
+        assert_eq!(open(&key.verifying_key(), "uid-2", &sealed), Some((approval.to_owned(), false)), "another uid");
+        let stranger = SigningKey::from_bytes(&[6; 32]);
+        assert_eq!(open(&stranger.verifying_key(), "uid-1", &sealed).map(|(_, p)| p), Some(false));
+        let more = sealed.replace(r#"\"atMs\":1"#, r#"\"atMs\":2"#);
+        assert_ne!(more, sealed);
+        assert_eq!(open(&key.verifying_key(), "uid-1", &more).map(|(_, p)| p), Some(false), "changed");
+        assert_eq!(open(&key.verifying_key(), "uid-1", approval), Some((approval.to_owned(), false)), "unsealed");
+        assert_eq!(open(&key.verifying_key(), "uid-1", "not json"), None);
+    }
 }

@@ -203,6 +203,12 @@ impl Args {
         }));
 
         let mut lease_handle = None;
+        // A replica starting in the pod of a leader that crashed must not
+        // keep its label: the Service would send the registry and relay
+        // traffic here while another replica leads.
+        if let Some((ns, pod)) = own_pod(&instance_for_label, &lease_namespace) {
+            label_leader(&client, &ns, &pod, false).await;
+        }
         if leader_election {
             let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &lease_name)
                 .with_namespace(&lease_namespace)
@@ -256,6 +262,7 @@ impl Args {
         metrics.leader.set(1);
         let own_pod = own_pod(&instance_for_label, &lease_namespace);
         if let Some((ns, pod)) = &own_pod {
+            unlabel_former_leaders(&client, ns, pod).await;
             label_leader(&client, ns, pod, true).await;
         }
         let client_for_label = client.clone();
@@ -324,6 +331,20 @@ pub const LEADER_LABEL: &str = "mpc.torcus.io/leader";
 fn own_pod(instance: &str, namespace: &str) -> Option<(String, String)> {
     let pod = std::env::var("POD_NAME").ok().filter(|p| p == instance)?;
     Some((namespace.to_owned(), pod))
+}
+
+/// Removes [`LEADER_LABEL`] from every pod of `ns` but `own`: the lease is
+/// this replica's now, and a leader that crashed left its label behind.
+async fn unlabel_former_leaders(client: &Client, ns: &str, own: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    match pods.list(&kube::api::ListParams::default().labels(&format!("{LEADER_LABEL}=true"))).await {
+        Ok(list) => {
+            for pod in list.items.iter().filter(|p| kube::ResourceExt::name_any(*p) != own) {
+                label_leader(client, ns, &kube::ResourceExt::name_any(pod), false).await;
+            }
+        }
+        Err(error) => warn!(%error, "could not list pods labelled as leader"),
+    }
 }
 
 /// Sets or removes [`LEADER_LABEL`] on pod `ns/pod`; a failure is logged

@@ -46,7 +46,8 @@ pub struct Metrics {
     /// instead of trusted, by kind: `status` (a SigningRequest status
     /// claiming a grant the operator did not issue for it), `secret` (a key
     /// or CA Secret this MpcCluster does not own), `pool_report` (a node's
-    /// presignature report for a signer set it is not in, or twice).
+    /// presignature report for a signer set it is not in, or twice),
+    /// `ledger` (a policy ledger entry the grant key did not seal).
     pub untrusted_refused: IntCounterVec,
     /// Per MpcCluster (`namespace`, `mpccluster`): what the alerts compare.
     pub cluster: ClusterGauges,
@@ -129,7 +130,7 @@ impl Metrics {
             ),
             &["kind"],
         )?;
-        for kind in ["status", "secret", "pool_report"] {
+        for kind in ["status", "secret", "pool_report", "ledger"] {
             untrusted_refused.with_label_values(&[kind]);
         }
         // Known label values start at 0, so that the series exist before

@@ -509,11 +509,24 @@ impl Ledger {
     /// `value` does not parse, and `false`, only marking it, when `uid` is
     /// already recorded.
     pub fn record_stored(&mut self, uid: &str, value: &str) -> bool {
+        self.record_stored_as(uid, value, true)
+    }
+
+    /// Records an approval read back from the durable ledger whose seal did
+    /// not check out: counted (the safe side for limits), never
+    /// [`Ledger::approved`]. Returns like [`Ledger::record_stored`].
+    pub fn record_unproven(&mut self, uid: &str, value: &str) -> bool {
+        self.record_stored_as(uid, value, false)
+    }
+
+    fn record_stored_as(&mut self, uid: &str, value: &str, proven: bool) -> bool {
         let Ok(stored) = serde_json::from_str::<StoredApproval>(value) else { return false };
         let Some(at) = UNIX_EPOCH.checked_add(Duration::from_millis(stored.at_ms)) else { return false };
-        // Counted once, but the durable ledger is the operator's word: a
-        // uid first read from a status is approved from here on.
-        self.approved.insert(uid.to_owned());
+        // Counted once, but the sealed durable ledger is the operator's
+        // word: a uid first read from a status is approved from here on.
+        if proven {
+            self.approved.insert(uid.to_owned());
+        }
         self.insert(uid, at, Entry { namespace: stored.namespace, labels: stored.labels })
     }
 
@@ -1285,6 +1298,9 @@ mod tests {
         assert!(restored.record_stored("a", &stored));
         assert!(restored.approved("a"));
         assert!(!restored.record_stored("a", &stored), "a uid counts once");
+        let mut unproven = Ledger::new();
+        assert!(unproven.record_unproven("a", &stored));
+        assert!(unproven.contains("a") && !unproven.approved("a"), "counted, not approved");
         assert!(!restored.record_stored("z", "{\"atMs\": 1}x"), "garbage is refused");
         assert!(!restored.record_stored("z", "{\"atMs\":1,\"namespace\":\"n\",\"labels\":{},\"extra\":1}"));
         assert_eq!(restored.len(), 1);

@@ -24,6 +24,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use torcus_contract::api::PresignaturePools;
+
 use crate::node_client::NodeClient;
 
 /// How long a view of the pools is taken as current.
@@ -135,31 +137,63 @@ impl Presignatures {
     }
 }
 
-/// Asks every node at `urls` for its pools and keeps, per signer set of
-/// `key` at `path`, the ids every member reports (in the first member's
-/// order, which is oldest first). A node that does not answer makes its
-/// sets cold.
-pub async fn fetch(client: &NodeClient, urls: &[String], key: &str, path: &[u32]) -> Reported {
-    let answers = futures::future::join_all(urls.iter().map(|url| client.presignatures(url))).await;
-    let mut sets: BTreeMap<Vec<u16>, (Vec<String>, usize)> = BTreeMap::new();
-    for pools in answers.iter().flatten() {
-        for pool in pools.pools.iter().filter(|p| p.key == key && p.path == path) {
-            match sets.get_mut(&pool.participants) {
-                None => {
-                    sets.insert(pool.participants.clone(), (pool.ids.clone(), 1));
+/// Asks every node of `nodes` (party, API URL) for its pools and keeps,
+/// per signer set of `key` at `path`, the ids every member reports (see
+/// [`tally`]). A node that does not answer makes its sets cold. Returns
+/// the reports refused as well, to be counted.
+pub async fn fetch(client: &NodeClient, nodes: &[(u16, String)], key: &str, path: &[u32]) -> (Reported, u64) {
+    let answers = futures::future::join_all(
+        nodes
+            .iter()
+            .map(|(party, url)| async move { client.presignatures(url).await.ok().map(|pools| (*party, pools)) }),
+    )
+    .await;
+    tally(answers.into_iter().flatten(), key, path)
+}
+
+/// Per signer set of `key` at `path`, the ids that every member of the set
+/// reported (in the first member's order, which is oldest first), from
+/// `(party, what that party's node answered)`. A node speaks only for
+/// itself: a report for a set the reporting party is not in, or a second
+/// report for the same set, is refused (and counted in the second value),
+/// so that one node can neither make a set look warm nor outvote another.
+pub fn tally(answers: impl IntoIterator<Item = (u16, PresignaturePools)>, key: &str, path: &[u32]) -> (Reported, u64) {
+    let mut votes: BTreeMap<Vec<u16>, BTreeMap<u16, Vec<String>>> = BTreeMap::new();
+    let mut refused = 0;
+    for (party, pools) in answers {
+        for pool in pools.pools.into_iter().filter(|p| p.key == key && p.path == path) {
+            let ascending = pool.participants.windows(2).all(|w| w[0] < w[1]);
+            if !ascending || !pool.participants.contains(&party) {
+                refused += 1;
+                continue;
+            }
+            match votes.entry(pool.participants).or_default().entry(party) {
+                std::collections::btree_map::Entry::Vacant(vote) => {
+                    vote.insert(pool.ids);
                 }
-                Some((ids, members)) => {
-                    ids.retain(|id| pool.ids.contains(id));
-                    *members += 1;
-                }
+                std::collections::btree_map::Entry::Occupied(_) => refused += 1,
             }
         }
     }
-    sets.into_iter().filter(|(set, (_, members))| *members == set.len()).map(|(set, (ids, _))| (set, ids)).collect()
+    let reported = votes
+        .into_iter()
+        .filter(|(set, members)| members.len() == set.len())
+        .map(|(set, members)| {
+            let mut lists = members.into_values();
+            let mut ids = lists.next().unwrap_or_default();
+            for other in lists {
+                ids.retain(|id| other.contains(id));
+            }
+            (set, ids)
+        })
+        .collect();
+    (reported, refused)
 }
 
 #[cfg(test)]
 mod tests {
+    use torcus_contract::api::PresignaturePool;
+
     use super::*;
 
     const POOL: &str = "ns/c/k";
@@ -205,6 +239,45 @@ mod tests {
         p.update(POOL, [(vec![0, 1], vec!["a0".into(), "a1".into(), "a2".into()])].into());
         let ids: Vec<String> = reserve_n(&p, &[0, 1], 3).into_iter().map(|(_, id)| id).collect();
         assert_eq!(ids, ["a1", "a2"]);
+    }
+
+    fn answer(pools: &[(&[u16], &[&str])]) -> PresignaturePools {
+        PresignaturePools {
+            pools: pools
+                .iter()
+                .map(|(set, ids)| PresignaturePool {
+                    key: "k".into(),
+                    participants: set.to_vec(),
+                    ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+                    ..PresignaturePool::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_node_speaks_only_for_itself_and_once() {
+        let honest_0 = answer(&[(&[0, 1], &["a", "b"]), (&[0, 2], &["c"])]);
+        let honest_1 = answer(&[(&[0, 1], &["a", "b"])]);
+        // Node 2 claims set {0, 1}, which it is not in, twice over, sets
+        // out of order, and reports {0, 2} twice to outvote node 0.
+        let hostile_2 = answer(&[
+            (&[0, 1], &["a", "b", "x"]),
+            (&[0, 1], &["y"]),
+            (&[2, 0], &["c"]),
+            (&[0, 2], &["c", "z"]),
+            (&[0, 2], &["c", "z"]),
+        ]);
+        let (reported, refused) = tally([(0, honest_0), (1, honest_1), (2, hostile_2)], "k", &[]);
+        assert_eq!(refused, 4);
+        assert_eq!(reported.get(&vec![0, 1]), Some(&vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(reported.get(&vec![0, 2]), Some(&vec!["c".to_owned()]), "only what both members hold");
+        assert_eq!(reported.len(), 2);
+
+        // Without node 1's own report, {0, 1} is cold whatever node 2 says.
+        let (reported, _) =
+            tally([(0, answer(&[(&[0, 1], &["a"])])), (2, answer(&[(&[0, 1], &["a"]), (&[0, 1], &["a"])]))], "k", &[]);
+        assert!(reported.is_empty(), "{reported:?}");
     }
 
     #[test]

@@ -476,18 +476,24 @@ impl<'a> Reconcile<'a> {
     /// yet, else in the background when it is old, so that nodes busy
     /// presigning never hold up a signature.
     async fn refresh_pools(&self, pool: &str, nodes: &BTreeMap<u16, Node>, healthy: &[u16], key: &str, path: &[u32]) {
-        let urls: Vec<String> = healthy.iter().filter_map(|i| nodes.get(i).map(|n| n.url.clone())).collect();
+        let members: Vec<(u16, String)> =
+            healthy.iter().filter_map(|i| nodes.get(i).map(|n| (*i, n.url.clone()))).collect();
         let presignatures = &self.ctx.signing.presignatures;
+        let refused = self.ctx.metrics.untrusted_refused.with_label_values(&["pool_report"]);
         match presignatures.freshness(pool) {
             Freshness::Fresh => {}
             Freshness::Missing => {
-                presignatures.update(pool, presignatures::fetch(&self.ctx.nodes, &urls, key, path).await)
+                let (reported, bad) = presignatures::fetch(&self.ctx.nodes, &members, key, path).await;
+                refused.inc_by(bad);
+                presignatures.update(pool, reported);
             }
             Freshness::Stale => {
                 let (presignatures, client, pool, key, path) =
                     (Arc::clone(presignatures), self.ctx.nodes.clone(), pool.to_owned(), key.to_owned(), path.to_vec());
                 tokio::spawn(async move {
-                    presignatures.update(&pool, presignatures::fetch(&client, &urls, &key, &path).await);
+                    let (reported, bad) = presignatures::fetch(&client, &members, &key, &path).await;
+                    refused.inc_by(bad);
+                    presignatures.update(&pool, reported);
                 });
             }
         }
@@ -591,9 +597,21 @@ impl<'a> Reconcile<'a> {
         let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.cluster_ns);
         let pods = pods.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={}", mpc.name_any()))).await?;
         let offline = self.ctx.offline_nodes(mpc);
+        let cluster = mpc.name_any();
+        let names = crate::resources::Names::new(&cluster);
         let mut nodes = BTreeMap::new();
         for pod in pods.items {
             let Some(index) = pod.labels().get(LABEL_PARTY).and_then(|i| i.parse::<u16>().ok()) else { continue };
+            // Labels are anyone's to set: a node is the pod of its
+            // StatefulSet, by name and by controller, or no node at all.
+            let of_its_set =
+                pod.metadata.owner_references.iter().flatten().any(|o| {
+                    o.controller == Some(true) && o.kind == "StatefulSet" && o.name == names.stateful_set(index)
+                });
+            if pod.name_any() != names.pod(index) || !of_its_set {
+                debug!(pod = %pod.name_any(), index, "a pod with a node's labels that is not that node's; ignored");
+                continue;
+            }
             let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else { continue };
             let ready = pod.metadata.deletion_timestamp.is_none() && crate::cluster_controller::pod_ready(&pod);
             let url = node_client::base_url(&ip, torcus_contract::HTTP_PORT);
@@ -656,7 +674,16 @@ impl<'a> Reconcile<'a> {
             && let Some(stored) = ledger.stored(&self.uid, policy)
         {
             let expired = ledger.expired();
-            match crate::ledger::append(&self.ctx.client, mpc, &self.uid, &stored, &expired).await {
+            let sealed = match grants::signing_key(self.ctx, mpc).await {
+                Ok(key) => crate::ledger::seal(&key, &self.uid, &stored),
+                Err(e) => {
+                    if !known {
+                        ledger.remove(&self.uid);
+                    }
+                    return Err(e);
+                }
+            };
+            match crate::ledger::append(&self.ctx.client, mpc, &self.uid, &sealed, &expired).await {
                 Ok(()) => ledger.synced(&expired),
                 // The API server refuses the write itself (the ConfigMap
                 // would be too large): a denial with the reason, not a retry
@@ -694,8 +721,18 @@ impl<'a> Reconcile<'a> {
         for approval in all.items.iter().filter(same_cluster).filter_map(Approval::from_signing_request) {
             ledger.record(approval);
         }
+        let issuer = grants::signing_key(self.ctx, mpc).await?.verifying_key();
         for (uid, value) in crate::ledger::load(&self.ctx.client, mpc).await? {
-            if !ledger.record_stored(&uid, &value) && !ledger.contains(&uid) {
+            let recorded = match crate::ledger::open(&issuer, &uid, &value) {
+                Some((approval, true)) => ledger.record_stored(&uid, &approval),
+                Some((approval, false)) => {
+                    warn!(cluster, uid, "policy ledger entry is not sealed by the grant key: counted, not trusted");
+                    self.ctx.metrics.untrusted_refused.with_label_values(&["ledger"]).inc();
+                    ledger.record_unproven(&uid, &approval)
+                }
+                None => false,
+            };
+            if !recorded && !ledger.contains(&uid) {
                 warn!(cluster, uid, "policy ledger entry does not parse; skipped");
             }
         }
