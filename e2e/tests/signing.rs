@@ -265,6 +265,11 @@ async fn quic_cluster_generates_its_key_and_signs_requests() {
             "no session ran for the forged status"
         );
     }
+    assert_eq!(
+        metric(&metrics, "torcus_grants_issued_total", &[("kind", "sign")]),
+        metric(&sessions_before, "torcus_grants_issued_total", &[("kind", "sign")]),
+        "no grant was issued or re-issued for it"
+    );
     assert!(metric(&metrics, "torcus_untrusted_objects_refused_total", &[("kind", "status")]) >= 1.0, "{metrics}");
     assert_event(&ns, "forged", "StatusRefused").await;
     let honest = request("after-forgery", "vault", serde_json::json!({"payload": hex::encode(b"after")}));

@@ -204,12 +204,14 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    /// The participant this node holds responsible for the failure: the
-    /// one that sent an Abort, or that could not be sent to. The issuer
-    /// leaves it out of its next attempt.
+    /// The participant this node holds responsible for the failure: one
+    /// that could not be sent to (it is down, or stopped reading). The
+    /// issuer leaves it out of its next attempt. Not the sender of an
+    /// Abort: an honest party aborts when another sent it garbage, and
+    /// blaming it would exclude the victim.
     pub fn blamed(&self) -> Option<u16> {
         match self {
-            Self::AbortedBy { party, .. } | Self::Unreachable { party, .. } => Some(*party),
+            Self::Unreachable { party, .. } => Some(*party),
             _ => None,
         }
     }

@@ -445,10 +445,17 @@ async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<S
     let (public, created) = get_or_create_secret(ctx, mpc, ns, &name, make, grant_public_key)
         .await?
         .ok_or_else(|| Error::GrantKey(name.clone()))?;
+    let previous = mpc.status.as_ref().and_then(|s| s.grant_public_key.as_deref());
     if !created {
+        // The owner reference is anyone's to write: a key other than the
+        // one this cluster has been using is not taken over silently.
+        if let Some(previous) = previous
+            && previous != public
+        {
+            return Err(Error::ForeignSecret(name));
+        }
         return Ok(public);
     }
-    let previous = mpc.status.as_ref().and_then(|s| s.grant_public_key.as_deref());
     match previous {
         Some(previous) if previous != public => {
             let note =

@@ -56,12 +56,17 @@ impl<'a> Approval<'a> {
     /// The approval recorded on a SigningRequest, or `None` when it has none:
     /// never approved, or `approvedAt`, uid or namespace missing or unreadable.
     pub fn from_signing_request(request: &'a SigningRequest) -> Option<Self> {
-        let approved_at = request.status.as_ref()?.approved_at.as_deref()?;
+        let approved_at = parse_rfc3339(request.status.as_ref()?.approved_at.as_deref()?)?;
+        // Whoever may write statuses may write any time here: never before
+        // the request existed (which would drop it from the limits' windows
+        // early) nor after now (which would keep it in them for ever).
+        let created = request.metadata.creation_timestamp.as_ref().and_then(|t| parse_rfc3339(&t.0.to_string()));
+        let approved_at = approved_at.max(created.unwrap_or(approved_at)).min(SystemTime::now());
         Some(Self {
             uid: request.metadata.uid.as_deref()?,
             namespace: request.metadata.namespace.as_deref()?,
             labels: &request.spec.labels,
-            approved_at: parse_rfc3339(approved_at)?,
+            approved_at,
         })
     }
 }

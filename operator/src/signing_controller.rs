@@ -71,6 +71,15 @@ pub struct SigningState {
     pub presignatures: Arc<Presignatures>,
 }
 
+/// The grant a status records, re-made from it and the spec.
+enum Recorded {
+    /// With the operator's proof that it issued it for this request.
+    Proven(SignedGrant),
+    /// Without: never sent. The grant, when the fields make one, and why
+    /// it is not taken as the operator's.
+    Unproven(Option<SignedGrant>, String),
+}
+
 /// A grant ready to send, to whom, and the presignature it is to use.
 struct Attempt {
     grant: SignedGrant,
@@ -154,10 +163,19 @@ impl<'a> Reconcile<'a> {
         if self.sr.metadata.deletion_timestamp.is_some() {
             return Ok(Action::await_change());
         }
-        match self.status.phase {
+        let result = match self.status.phase {
             Some(phase) if phase.is_final() => Ok(Action::await_change()),
             Some(SigningPhase::Signing) if self.status.grant.is_some() => self.resume().await,
             _ => self.decide().await,
+        };
+        match result {
+            // The cluster says so too; the request waits (and times out)
+            // rather than retry as an error for ever.
+            Err(Error::ForeignSecret(name)) => {
+                self.wait("GrantKeyNotOwned", format!("the cluster's grant key Secret {name} is not the operator's"))
+                    .await
+            }
+            other => other,
         }
     }
 
@@ -238,27 +256,38 @@ impl<'a> Reconcile<'a> {
         let Some(mpc) = clusters.get_opt(&self.sr.spec.cluster).await? else {
             return self.fail("UnknownCluster", "the MpcCluster was deleted while signing".into()).await;
         };
-        let grant = match self.recorded_grant(&mpc).await? {
-            Ok(grant) => grant,
-            Err(why) => return self.refuse_status(why).await,
-        };
         // The key the signature must verify under, from the cluster's
-        // status as when the grant was issued, not from the request's.
-        let path = match &grant.grant.kind {
-            GrantKind::Sign { derivation_path, .. } => derivation_path.as_slice(),
-            GrantKind::Keygen { .. } => &[],
-        };
+        // status, never from the request's.
+        let spec_path = crypto::derivation_path(self.sr.spec.derivation_path.as_deref()).unwrap_or_default();
         if let Some(key) = self.key(&mpc)
-            && let Ok(public_key) = crypto::signing_public_key(&key, path)
+            && let Ok(public_key) = crypto::signing_public_key(&key, &spec_path)
         {
             self.status.public_key = Some(public_key);
         }
+        let pools = mpc.spec.presignatures.pool_size > 0;
+        let grant = match self.recorded_grant(&mpc).await? {
+            Recorded::Proven(grant) => grant,
+            Recorded::Unproven(grant, why) => {
+                // Nothing is sent for it. But a session it names may have
+                // run (a grant of a release that recorded no proof): a
+                // completed one is taken, its signature checked like any.
+                if let Some(grant) = grant {
+                    let nodes = self.nodes(&mpc).await?;
+                    if let Some(node) = nodes.get(&grant.grant.initiator())
+                        && let Ok(Some(SessionStatus::Completed { outcome })) =
+                            self.ctx.nodes.session(&node.url, &grant.grant.session_id()).await
+                    {
+                        return self.complete(outcome, None, pools).await;
+                    }
+                }
+                return self.refuse_status(why).await;
+            }
+        };
         let nodes = self.nodes(&mpc).await?;
         let initiator = grant.grant.initiator();
         let Some(url) = nodes.get(&initiator).map(|n| n.url.clone()) else {
             return self.retry(&mpc, &nodes, format!("initiator {initiator} has no address"), None).await;
         };
-        let pools = mpc.spec.presignatures.pool_size > 0;
         match self.ctx.nodes.session(&url, &grant.grant.session_id()).await {
             Ok(Some(SessionStatus::Completed { outcome })) => self.complete(outcome, None, pools).await,
             Ok(Some(SessionStatus::Proposed | SessionStatus::Running)) => {
@@ -512,8 +541,10 @@ impl<'a> Reconcile<'a> {
     /// checks the status's proof that the operator issued exactly that
     /// grant for this request. The inner `Err` says why the status is not
     /// the operator's: it is then never acted on.
-    async fn recorded_grant(&self, mpc: &MpcCluster) -> Result<std::result::Result<SignedGrant, String>> {
-        let Some(issued) = self.status.grant.as_ref() else { return Ok(Err("no grant recorded".into())) };
+    async fn recorded_grant(&self, mpc: &MpcCluster) -> Result<Recorded> {
+        let Some(issued) = self.status.grant.as_ref() else {
+            return Ok(Recorded::Unproven(None, "no grant recorded".into()));
+        };
         let hex16 = |s: Option<&str>, what: &str| -> std::result::Result<[u8; 16], String> {
             let mut out = [0; 16];
             hex::decode_to_slice(s.unwrap_or_default(), &mut out)
@@ -528,21 +559,25 @@ impl<'a> Reconcile<'a> {
                 issued_at: issued.issued_at,
                 expires_at: issued.expires_at,
             },
-            (Err(why), _) | (_, Err(why)) => return Ok(Err(why)),
+            (Err(why), _) | (_, Err(why)) => return Ok(Recorded::Unproven(None, why)),
         };
         let kind = match self.kind() {
             Ok(kind) => kind,
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return Ok(Recorded::Unproven(None, e.to_string())),
         };
         let key = grants::signing_key(self.ctx, mpc).await?;
         let grant = match grants::issue(&key, &self.cluster_ns, &mpc.name_any(), kind, &parts) {
             Ok(grant) => grant,
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return Ok(Recorded::Unproven(None, e.to_string())),
         };
         match issued.proof.as_deref() {
-            Some(proof) if grants::proves(&key.verifying_key(), &self.uid, &grant, proof) => Ok(Ok(grant)),
-            Some(_) => Ok(Err("its proof is not the operator's for this request and grant".into())),
-            None => Ok(Err("it carries no proof that the operator issued it".into())),
+            Some(proof) if grants::proves(&key.verifying_key(), &self.uid, &grant, proof) => {
+                Ok(Recorded::Proven(grant))
+            }
+            Some(_) => {
+                Ok(Recorded::Unproven(Some(grant), "its proof is not the operator's for this request and grant".into()))
+            }
+            None => Ok(Recorded::Unproven(Some(grant), "it carries no proof that the operator issued it".into())),
         }
     }
 
@@ -723,7 +758,12 @@ impl<'a> Reconcile<'a> {
         }
         // Without the grant key (not made yet, or refused as not the
         // operator's), no entry can be proven: all count, none approves.
-        let issuer = grants::signing_key(self.ctx, mpc).await.ok().map(|key| key.verifying_key());
+        let issuer = match grants::signing_key(self.ctx, mpc).await {
+            Ok(key) => Some(key.verifying_key()),
+            Err(Error::ForeignSecret(_) | Error::GrantKey(_)) => None,
+            Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => None,
+            Err(e) => return Err(e),
+        };
         for (uid, value) in crate::ledger::load(&self.ctx.client, mpc).await? {
             let recorded = match crate::ledger::open(issuer.as_ref(), &uid, &value) {
                 Some((approval, true)) => ledger.record_stored(&uid, &approval),

@@ -93,6 +93,9 @@ pub struct QuicTransport {
     endpoint: Endpoint,
     peers: std::sync::RwLock<HashMap<u16, PeerAddr>>,
     outbound: Mutex<HashMap<u16, Arc<Outbound>>>,
+    /// One connection attempt per peer at a time, without holding
+    /// `outbound`: a peer slow to answer never holds up sends to the others.
+    connecting: std::sync::Mutex<HashMap<u16, Arc<Mutex<()>>>>,
     metrics: TransportMetrics,
     incoming: mpsc::Sender<Envelope>,
     shutdown: CancellationToken,
@@ -149,6 +152,7 @@ impl QuicTransport {
             endpoint,
             peers: std::sync::RwLock::new(peers),
             outbound: Mutex::new(HashMap::new()),
+            connecting: std::sync::Mutex::new(HashMap::new()),
             metrics,
             incoming,
             shutdown,
@@ -311,13 +315,30 @@ impl QuicTransport {
         }
     }
 
-    async fn outbound(&self, to: u16) -> Result<Arc<Outbound>, SendError> {
+    /// The open connection to `to`, if there is one.
+    async fn cached(&self, to: u16) -> Option<Arc<Outbound>> {
         let mut outbound = self.outbound.lock().await;
-        if let Some(existing) = outbound.get(&to) {
-            if existing.connection.close_reason().is_none() {
-                return Ok(Arc::clone(existing));
+        match outbound.get(&to) {
+            Some(existing) if existing.connection.close_reason().is_none() => Some(Arc::clone(existing)),
+            Some(_) => {
+                outbound.remove(&to);
+                None
             }
-            outbound.remove(&to);
+            None => None,
+        }
+    }
+
+    async fn outbound(&self, to: u16) -> Result<Arc<Outbound>, SendError> {
+        if let Some(existing) = self.cached(to).await {
+            return Ok(existing);
+        }
+        let gate = Arc::clone(
+            self.connecting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(to).or_default(),
+        );
+        let _connecting = gate.lock().await;
+        // Another send may have connected while this one waited.
+        if let Some(existing) = self.cached(to).await {
+            return Ok(existing);
         }
         let peer = self
             .peers
@@ -351,19 +372,24 @@ impl QuicTransport {
         };
         frame::write(&mut stream, &hello).await.map_err(|e| failed(e.to_string()))?;
         let out = Arc::new(Outbound { connection, stream: Mutex::new(stream) });
-        outbound.insert(to, Arc::clone(&out));
+        self.outbound.lock().await.insert(to, Arc::clone(&out));
         Ok(out)
     }
 }
 
 impl Transport for QuicTransport {
     async fn send(&self, to: u16, envelope: Envelope) -> Result<(), SendError> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.send_now(to, envelope)).await {
+        // The connection the send is on, to drop that one (and no other) if
+        // the deadline passes: a frame may be half written on it.
+        let using = std::sync::Mutex::new(None);
+        match tokio::time::timeout(SEND_TIMEOUT, self.send_now(to, envelope, &using)).await {
             Ok(sent) => sent,
             Err(_) => {
                 self.metrics.connection_failures.with_label_values(&["send_timeout"]).inc();
-                if let Some(stuck) = self.outbound.lock().await.remove(&to) {
+                let stuck = using.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                if let Some(stuck) = stuck {
                     stuck.connection.close(0u32.into(), b"send timeout");
+                    self.forget(to, &stuck).await;
                 }
                 Err(SendError::Connection {
                     party: to,
@@ -375,10 +401,16 @@ impl Transport for QuicTransport {
 }
 
 impl QuicTransport {
-    async fn send_now(&self, to: u16, envelope: Envelope) -> Result<(), SendError> {
+    async fn send_now(
+        &self,
+        to: u16,
+        envelope: Envelope,
+        using: &std::sync::Mutex<Option<Arc<Outbound>>>,
+    ) -> Result<(), SendError> {
         // One retry: a cached connection may have died since its last use.
         for attempt in 0..2 {
             let out = self.outbound(to).await?;
+            *using.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&out));
             let mut stream = out.stream.lock().await;
             match frame::write(&mut *stream, &envelope).await {
                 Ok(()) => {
