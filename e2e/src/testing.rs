@@ -298,6 +298,15 @@ impl TestNamespace {
         self.start_with(args);
     }
 
+    /// Like [`Self::start_operator_as`], as if it ran in pod `pod` of this
+    /// namespace (its name is its instance): it labels that pod while it leads.
+    pub fn start_operator_in_pod(&mut self, pod: &str) {
+        let mut args = operator_args(&self.name);
+        args.instance = Some(pod.to_owned());
+        args.pod_name = Some(pod.to_owned());
+        self.start_with(args);
+    }
+
     fn start_with(&mut self, mut args: torcus_operator::Args) {
         args.test_hooks = self.test_hooks;
         // The same address after a restart; a second operator beside the
@@ -368,6 +377,7 @@ pub fn operator_args(namespace: &str) -> torcus_operator::Args {
         lease_name: "torcus-operator".to_owned(),
         lease_namespace: namespace.to_owned(),
         instance: None,
+        pod_name: None,
         log_format: "plain".to_owned(),
         test_hooks: Default::default(),
     }

@@ -539,6 +539,53 @@ async fn certificates_are_renewed_before_they_expire() {
     ns.finish().await.unwrap();
 }
 
+/// A leader that crashed (SIGKILL: no chance to take its label off) leaves
+/// `mpc.torcus.io/leader` on its pod, and the Service would split the
+/// registry and relay traffic between it and the new leader. The next
+/// leader takes it off the crashed one's pod (and only off its own
+/// release's), labels its own, and takes that off when it stops.
+#[tokio::test]
+async fn a_new_leader_takes_the_label_off_a_crashed_leaders_pod() {
+    use k8s_openapi::api::core::v1::Pod;
+    let mut ns = TestNamespace::new("leader-label").await.unwrap();
+    let pods: Api<Pod> = ns.api();
+    // Operator pods as the chart makes them; no kubelet runs them here,
+    // only their labels matter.
+    for (name, instance, leader) in
+        [("torcus-a", "torcus", true), ("torcus-b", "torcus", false), ("other-a", "other", true)]
+    {
+        let mut labels =
+            serde_json::json!({"app.kubernetes.io/name": "torcus", "app.kubernetes.io/instance": instance});
+        if leader {
+            labels["mpc.torcus.io/leader"] = "true".into();
+        }
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"containers": [{"name": "operator", "image": "torcus/torcus-operator:e2e"}]},
+        }))
+        .unwrap();
+        // The namespace's default ServiceAccount may be a moment behind it.
+        eventually(&format!("pod {name} created"), WAIT, || async {
+            Ok(pods.create(&PostParams::default(), &pod).await.ok().map(drop))
+        })
+        .await
+        .unwrap();
+    }
+    let leader = |pod: Pod| pod.labels().get("mpc.torcus.io/leader").cloned();
+    ns.start_operator_in_pod("torcus-b");
+    eventually("the label moved from the crashed leader's pod to the new leader's", WAIT, || async {
+        let moved = leader(pods.get("torcus-a").await?).is_none()
+            && leader(pods.get("torcus-b").await?).as_deref() == Some("true");
+        Ok(moved.then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(leader(pods.get("other-a").await.unwrap()).as_deref(), Some("true"), "another release's pod");
+    ns.stop_operator().await.unwrap();
+    assert_eq!(leader(pods.get("torcus-b").await.unwrap()), None, "a leader that stops takes its label off");
+    ns.finish().await.unwrap();
+}
+
 #[tokio::test]
 async fn leadership_hands_over_through_the_lease() {
     let mut ns = TestNamespace::new("leader").await.unwrap();

@@ -133,6 +133,11 @@ pub struct Args {
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
 
+    /// The pod this replica runs in, which it labels while it leads; the
+    /// chart sets `POD_NAME` for both. Unset outside a pod.
+    #[arg(long, env = "POD_NAME", hide = true)]
+    pub pod_name: Option<String>,
+
     /// Log format: `plain` or `json`.
     #[arg(long, env = "TORCUS_LOG_FORMAT", default_value = "plain")]
     pub log_format: String,
@@ -171,6 +176,7 @@ impl Args {
             lease_name,
             lease_namespace,
             instance,
+            pod_name,
             log_format: _,
             #[cfg(feature = "test-hooks")]
             test_hooks,
@@ -206,7 +212,7 @@ impl Args {
         // A replica starting in the pod of a leader that crashed must not
         // keep its label: the Service would send the registry and relay
         // traffic here while another replica leads.
-        if let Some((ns, pod)) = own_pod(&instance_for_label, &lease_namespace) {
+        if let Some((ns, pod)) = own_pod(&instance_for_label, pod_name.as_deref(), &lease_namespace) {
             label_leader(&client, &ns, &pod, false).await;
         }
         if leader_election {
@@ -260,7 +266,7 @@ impl Args {
         }
         let ctx = Arc::new(ctx);
         metrics.leader.set(1);
-        let own_pod = own_pod(&instance_for_label, &lease_namespace);
+        let own_pod = own_pod(&instance_for_label, pod_name.as_deref(), &lease_namespace);
         if let Some((ns, pod)) = &own_pod {
             unlabel_former_leaders(&client, ns, pod).await;
             label_leader(&client, ns, pod, true).await;
@@ -327,17 +333,32 @@ pub enum RunError {
 /// the node registry and the relay are reached only on the leader.
 pub const LEADER_LABEL: &str = "mpc.torcus.io/leader";
 
-/// This replica's pod, when it runs in one (`POD_NAME` names the instance).
-fn own_pod(instance: &str, namespace: &str) -> Option<(String, String)> {
-    let pod = std::env::var("POD_NAME").ok().filter(|p| p == instance)?;
-    Some((namespace.to_owned(), pod))
+/// This replica's pod, when it runs in one (its name is the instance).
+fn own_pod(instance: &str, pod_name: Option<&str>, namespace: &str) -> Option<(String, String)> {
+    let pod = pod_name.filter(|p| *p == instance)?;
+    Some((namespace.to_owned(), pod.to_owned()))
 }
 
-/// Removes [`LEADER_LABEL`] from every pod of `ns` but `own`: the lease is
-/// this replica's now, and a leader that crashed left its label behind.
+/// Removes [`LEADER_LABEL`] from every pod of this release in `ns` but
+/// `own` (the release is told by `own`'s instance and name labels): the
+/// lease is this replica's now, and a leader that crashed left its label.
 async fn unlabel_former_leaders(client: &Client, ns: &str, own: &str) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    match pods.list(&kube::api::ListParams::default().labels(&format!("{LEADER_LABEL}=true"))).await {
+    let mut selector = format!("{LEADER_LABEL}=true");
+    match pods.get(own).await {
+        Ok(pod) => {
+            for label in ["app.kubernetes.io/instance", "app.kubernetes.io/name"] {
+                if let Some(value) = pod.metadata.labels.as_ref().and_then(|l| l.get(label)) {
+                    selector.push_str(&format!(",{label}={value}"));
+                }
+            }
+        }
+        Err(error) => {
+            warn!(%error, "could not read own pod; leaving other pods' leader labels alone");
+            return;
+        }
+    }
+    match pods.list(&kube::api::ListParams::default().labels(&selector)).await {
         Ok(list) => {
             for pod in list.items.iter().filter(|p| kube::ResourceExt::name_any(*p) != own) {
                 label_leader(client, ns, &kube::ResourceExt::name_any(pod), false).await;
