@@ -46,6 +46,33 @@ async fn wait_for_status(ns: &TestNamespace, name: &str) -> MpcCluster {
     .unwrap()
 }
 
+/// Waits for a Warning Event with `reason` in the test's namespace.
+async fn wait_warning(ns: &TestNamespace, reason: &str) {
+    let events: Api<Event> = ns.api();
+    eventually(&format!("a {reason} warning"), WAIT, || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some("Warning"))
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+/// Waits until cluster `vault` is not Ready because Secret `secret` is not
+/// the operator's.
+async fn wait_secret_refused(clusters: &Api<MpcCluster>, secret: &str) {
+    eventually(&format!("the cluster to refuse the planted {secret}"), WAIT, || async {
+        let mpc = clusters.get("vault").await?;
+        let ready = mpc.status.iter().flat_map(|s| &s.conditions).find(|c| c.type_ == "Ready").cloned();
+        Ok(ready.filter(|c| c.status == "False" && c.reason == "SecretNotOwned" && c.message.contains(secret)))
+    })
+    .await
+    .unwrap();
+}
+
 /// An error's message as the API server wrote it.
 fn api_message(e: kube::Error) -> String {
     match e {
@@ -376,17 +403,7 @@ async fn deleted_children_come_back_without_cutting_trust() {
     torcus_certs::verify_leaf(&old_leaf, &bundle, now).unwrap();
     torcus_certs::verify_leaf(&secret_text(&secrets.get("demo-node-0").await.unwrap(), "tls.crt"), &bundle, now)
         .unwrap();
-    let events: Api<Event> = ns.api();
-    eventually("a CAReplaced warning", WAIT, || async {
-        let list = events.list(&ListParams::default()).await?;
-        Ok(list
-            .items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("CAReplaced") && e.type_.as_deref() == Some("Warning"))
-            .then_some(()))
-    })
-    .await
-    .unwrap();
+    wait_warning(&ns, "CAReplaced").await;
     ns.finish().await.unwrap();
 }
 
@@ -419,25 +436,8 @@ async fn planted_secrets_are_refused_and_never_reach_the_nodes() {
     let clusters: Api<MpcCluster> = ns.api();
     clusters.create(&PostParams::default(), &cluster("vault", 3, 2)).await.unwrap();
 
-    let refused = eventually("the cluster to refuse the planted grant key", WAIT, || async {
-        let mpc = clusters.get("vault").await?;
-        let ready = mpc.status.iter().flat_map(|s| &s.conditions).find(|c| c.type_ == "Ready").cloned();
-        Ok(ready.filter(|c| c.status == "False" && c.reason == "SecretNotOwned"))
-    })
-    .await
-    .unwrap();
-    assert!(refused.message.contains("vault-grant-key"), "{}", refused.message);
-    let events: Api<Event> = ns.api();
-    eventually("a SecretNotOwned warning", WAIT, || async {
-        let list = events.list(&ListParams::default()).await?;
-        Ok(list
-            .items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("SecretNotOwned") && e.type_.as_deref() == Some("Warning"))
-            .then_some(()))
-    })
-    .await
-    .unwrap();
+    wait_secret_refused(&clusters, "vault-grant-key").await;
+    wait_warning(&ns, "SecretNotOwned").await;
     let metrics = ns.operator_metrics().await;
     assert!(
         metrics
@@ -465,13 +465,7 @@ async fn planted_secrets_are_refused_and_never_reach_the_nodes() {
     let node_keys = planted("vault-node-1-keys", vec![("store.key", hex::encode([7u8; 32]).into())]);
     secrets.create(&PostParams::default(), &node_keys).await.unwrap();
     secrets.delete("vault-grant-key", &DeleteParams::default()).await.unwrap();
-    eventually("the cluster to refuse the planted node keys", WAIT, || async {
-        let mpc = clusters.get("vault").await?;
-        let ready = mpc.status.iter().flat_map(|s| &s.conditions).find(|c| c.type_ == "Ready").cloned();
-        Ok(ready.filter(|c| c.reason == "SecretNotOwned" && c.message.contains("vault-node-1-keys")))
-    })
-    .await
-    .unwrap();
+    wait_secret_refused(&clusters, "vault-node-1-keys").await;
     assert!(ns.api::<StatefulSet>().list(&ListParams::default()).await.unwrap().items.is_empty());
 
     // Gone: the operator makes its own, and the nodes get that key.

@@ -3,6 +3,8 @@
 //! message claiming another party index is dropped and counted, garbage
 //! does not stop a node, and a whole keygen and signing runs over it.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -292,7 +294,6 @@ async fn keygen_and_signing_over_quic() {
 /// meanwhile and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_reading_fails_sends_within_the_deadline() {
-    use torcus_node::transport::SEND_TIMEOUT;
     let ca = ca();
     let sender = start(0, &node_cert(&ca, "demo", 0), ca.cert_pem());
     let stalled = start_with_queue(1, &node_cert(&ca, "demo", 1), ca.cert_pem(), 1);
@@ -300,46 +301,12 @@ async fn a_peer_that_stops_reading_fails_sends_within_the_deadline() {
     for (j, peer) in [&sender, &stalled, &healthy].into_iter().enumerate() {
         sender.transport.set_peer(j as u16, PeerAddr { addr: addr(peer), server_name: format!("node-{j}") });
     }
-    let big = move |seq: u64, to: u16| Envelope {
-        session: [9; 32],
-        from: 0,
-        to: Some(to),
-        seq,
-        payload: vec![seq as u8; 64 * 1024],
-        ..Envelope::default()
-    };
-    // At most 400 messages: far past any window or buffer; the loop ends.
-    let transport = Arc::clone(&sender.transport);
-    let stalling = tokio::spawn(async move {
-        for seq in 0..400 {
-            let started = std::time::Instant::now();
-            match tokio::time::timeout(SEND_TIMEOUT * 3, transport.send(1, big(seq, 1))).await {
-                Err(_) => panic!("send {seq} to the stalled peer waited past its deadline"),
-                Ok(Err(error)) => return Some((seq, error, started.elapsed())),
-                Ok(Ok(())) => {}
-            }
-        }
-        None
-    });
-    // Meanwhile, with a send to the stalled peer stuck: a first connection
-    // to another peer, and a message over it, are not held up.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(!stalling.is_finished(), "the stalled peer's window is full by now");
-    let started = std::time::Instant::now();
-    sender.transport.send(2, big(1000, 2)).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), healthy.incoming.recv()).await.unwrap().unwrap();
-    assert_eq!(got.seq, 1000);
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
-
-    let (seq, error, took) = stalling.await.unwrap().expect("the stalled peer's window filled");
-    assert!(seq > 0, "the first messages went through");
-    assert!(took >= SEND_TIMEOUT && took < SEND_TIMEOUT + Duration::from_secs(5), "{took:?}");
-    let text = error.to_string();
-    assert!(text.contains("party 1") && text.contains("did not take a message"), "{text}");
-    assert_eq!(sender.metrics.connection_failures.with_label_values(&["send_timeout"]).get(), 1);
-    // And after it.
-    sender.transport.send(2, big(1001, 2)).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), healthy.incoming.recv()).await.unwrap().unwrap();
-    assert_eq!(got.seq, 1001);
+    common::sends_to_a_stalled_peer_fail_within_the_deadline(
+        Arc::clone(&sender.transport),
+        &sender.metrics,
+        &mut healthy.incoming,
+        64 * 1024,
+    )
+    .await;
     drop(stalled);
 }

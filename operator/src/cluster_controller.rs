@@ -909,7 +909,7 @@ async fn apply_secret(ctx: &Context, ns: &str, mut secret: Secret) -> Result<()>
 }
 
 /// Zeroizes a Secret's data in place (the API types do not do it on drop).
-fn scrub(secret: &mut Secret) {
+pub(crate) fn scrub(secret: &mut Secret) {
     for value in secret.data.iter_mut().flat_map(|d| d.values_mut()) {
         value.0.zeroize();
     }

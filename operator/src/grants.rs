@@ -6,9 +6,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 use torcus_contract::{GRANT_VERSION, Grant, GrantKind, SignedGrant};
 use torcus_crds::MpcCluster;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
-use crate::cluster_controller::{Context, GRANT_PRIVATE_KEY};
+use crate::cluster_controller::{Context, GRANT_PRIVATE_KEY, scrub};
 use crate::resources::Names;
 use crate::{Error, Result};
 
@@ -27,7 +27,7 @@ pub async fn signing_key(ctx: &Context, mpc: &MpcCluster) -> Result<SigningKey> 
     let name = Names::new(&mpc.name_any()).grant_key_secret();
     let mut secret = secrets.get(&name).await?;
     if !crate::resources::controlled_by(&secret.metadata, mpc) {
-        scrub_data(&mut secret);
+        scrub(&mut secret);
         return Err(Error::ForeignSecret(name));
     }
     let seed: Option<Zeroizing<[u8; 32]>> = secret
@@ -36,15 +36,9 @@ pub async fn signing_key(ctx: &Context, mpc: &MpcCluster) -> Result<SigningKey> 
         .and_then(|d| d.get(GRANT_PRIVATE_KEY))
         .and_then(|v| <[u8; 32]>::try_from(v.0.as_slice()).ok())
         .map(Zeroizing::new);
-    scrub_data(&mut secret);
+    scrub(&mut secret);
     let seed = seed.ok_or(Error::GrantKey(name))?;
     Ok(SigningKey::from_bytes(&seed))
-}
-
-fn scrub_data(secret: &mut Secret) {
-    for value in secret.data.iter_mut().flat_map(|d| d.values_mut()) {
-        value.0.zeroize();
-    }
 }
 
 /// The fields that make a grant, so that a grant can be re-made exactly
@@ -80,14 +74,21 @@ impl GrantParts {
 /// signature, nor the other way round.
 const PROOF_DOMAIN: &[u8] = b"torcus-issued-grant-v1:";
 
-fn proof_bytes(uid: &str, grant: &SignedGrant) -> Vec<u8> {
-    let canonical = grant.grant.canonical_bytes();
-    let mut bytes = Vec::with_capacity(PROOF_DOMAIN.len() + 8 + uid.len() + canonical.len());
-    bytes.extend_from_slice(PROOF_DOMAIN);
+/// What the operator signs to vouch for `body` on behalf of the request
+/// (or ledger entry) with uid `uid`: `domain`, the uid's length and the uid,
+/// then `body`. Each use has its own domain, so that no signature of one
+/// kind passes for another, nor for a grant.
+pub(crate) fn uid_bound(domain: &[u8], uid: &str, body: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(domain.len() + 8 + uid.len() + body.len());
+    bytes.extend_from_slice(domain);
     bytes.extend_from_slice(&(uid.len() as u64).to_be_bytes());
     bytes.extend_from_slice(uid.as_bytes());
-    bytes.extend_from_slice(&canonical);
+    bytes.extend_from_slice(body);
     bytes
+}
+
+fn proof_bytes(uid: &str, grant: &SignedGrant) -> Vec<u8> {
+    uid_bound(PROOF_DOMAIN, uid, &grant.grant.canonical_bytes())
 }
 
 /// The proof, recorded in a SigningRequest's status, that the operator

@@ -82,11 +82,7 @@ struct Sealed {
 }
 
 fn signed_bytes(uid: &str, approval: &str) -> Vec<u8> {
-    let mut bytes = DOMAIN.to_vec();
-    bytes.extend_from_slice(&(uid.len() as u64).to_be_bytes());
-    bytes.extend_from_slice(uid.as_bytes());
-    bytes.extend_from_slice(approval.as_bytes());
-    bytes
+    crate::grants::uid_bound(DOMAIN, uid, approval.as_bytes())
 }
 
 /// The ConfigMap value for `uid`'s stored `approval`, signed with the grant key.

@@ -590,20 +590,7 @@ impl<'a> Reconcile<'a> {
         let note =
             format!("the status records a grant the operator did not issue for this request ({why}); deciding again");
         warn!(request = %self.sr.name_any(), namespace = %self.ns, "{note}");
-        let recorder = self.ctx.recorder.clone();
-        let reference = self.sr.object_ref(&());
-        tokio::spawn(async move {
-            let ev = Event {
-                type_: EventType::Warning,
-                reason: "StatusRefused".into(),
-                note: Some(note),
-                action: "Sign".into(),
-                secondary: None,
-            };
-            if let Err(error) = recorder.publish(&ev, &reference).await {
-                warn!(%error, "could not publish event");
-            }
-        });
+        self.event(EventType::Warning, "StatusRefused".into(), note);
         // Clear what was claimed, whoever wrote it (a merge patch removes
         // fields another manager owns; the operator's apply would not).
         let api: Api<SigningRequest> = Api::namespaced(self.ctx.client.clone(), &self.ns);
@@ -903,10 +890,16 @@ impl<'a> Reconcile<'a> {
         } else {
             EventType::Normal
         };
+        self.event(type_, name, note);
+    }
+
+    /// Publishes an Event about the request in the background, so that
+    /// Events never hold up signing.
+    fn event(&self, type_: EventType, reason: String, note: String) {
         let recorder = self.ctx.recorder.clone();
         let reference = self.sr.object_ref(&());
         tokio::spawn(async move {
-            let ev = Event { type_, reason: name, note: Some(note), action: "Sign".into(), secondary: None };
+            let ev = Event { type_, reason, note: Some(note), action: "Sign".into(), secondary: None };
             if let Err(error) = recorder.publish(&ev, &reference).await {
                 warn!(%error, "could not publish event");
             }
