@@ -6,11 +6,15 @@
 
 use std::sync::Arc;
 
-use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::PrivateKeyDer;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{WebPkiServerVerifier, verify_server_cert_signed_by_trust_anchor};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::{Error, Identity, OffsetDateTime, Result, SecretPem};
@@ -71,6 +75,85 @@ pub fn client_config(
         .map_err(Error::Tls)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// Like [`client_config`], for a server known by its Torcus identity rather than a name: the
+/// server must chain to `trust_bundle_pem` and carry exactly `expected` in its URI SAN. The
+/// server name a client connects with is not checked, so a server is reached by its address
+/// (a pod IP a certificate may not list yet) and still authenticated as the party it must be.
+pub fn client_config_for(
+    cert_chain_pem: &str,
+    key: &SecretPem,
+    trust_bundle_pem: &str,
+    expected: &Identity,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>> {
+    let provider = crate::provider();
+    let verifier = IdentityVerifier { roots: roots(trust_bundle_pem)?, expected: expected.clone(), provider };
+    let mut config = ClientConfig::builder_with_provider(verifier.provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(Error::Tls)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(crate::certificates(cert_chain_pem)?, private_key(key)?)
+        .map_err(Error::Tls)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Accepts a server certificate that chains to the roots (webpki, as [`client_config`]) and
+/// names exactly the expected identity; the server name is not used.
+#[derive(Debug)]
+struct IdentityVerifier {
+    roots: Arc<RootCertStore>,
+    expected: Identity,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for IdentityVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        match peer_identity(end_entity) {
+            Ok(identity) if identity == self.expected => Ok(ServerCertVerified::assertion()),
+            _ => Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The Torcus identity in a peer's end-entity certificate, the first of
@@ -234,6 +317,31 @@ mod tests {
             ),
             "{result:?}"
         );
+    }
+
+    #[test]
+    fn a_server_known_by_identity_is_reached_by_any_name_and_must_be_that_party() {
+        let ca = ca(now());
+        let op = ca.issue(&operator(), &[], &[], Duration::hours(1), now()).unwrap();
+        let (one, two) = (issue_node(&ca, 1, now()), issue_node(&ca, 2, now()));
+        let to = |party: u16, bundle: &str| {
+            client_config_for(&op.cert_pem, &op.key_pem, bundle, &node(party), ALPN).unwrap()
+        };
+        // Reached by an address the certificate does not list: the identity is what counts.
+        let (client, server) = handshake(to(1, ca.cert_pem()), as_server(&one, ca.cert_pem()), "10.9.8.7").unwrap();
+        assert_eq!(peer(&client), node(1));
+        assert_eq!(peer(&server), operator());
+        // Another party of the same cluster is not the one asked for.
+        refused(
+            handshake(to(1, ca.cert_pem()), as_server(&two, ca.cert_pem()), &dns(1)),
+            Side::Client,
+            CertificateError::NotValidForName,
+        );
+        // Party 1 of another CA is not ours.
+        let theirs = other_ca();
+        let impostor = issue_node(&theirs, 1, now());
+        let result = handshake(to(1, ca.cert_pem()), as_server(&impostor, theirs.cert_pem()), &dns(1));
+        assert!(matches!(result, Err((Side::Client, rustls::Error::InvalidCertificate(_)))), "{result:?}");
     }
 
     #[test]

@@ -11,8 +11,10 @@ pub const CONFIG_DIR: &str = "/etc/torcus/config";
 pub const TLS_DIR: &str = "/etc/torcus/tls";
 /// Where the pod template mounts the node's persistent volume.
 pub const DATA_DIR: &str = "/var/lib/torcus";
-/// HTTP API port (health, metrics, session API).
+/// The node API's port (mutual TLS; the operator is its only client).
 pub const HTTP_PORT: u16 = 8080;
+/// The node's plain HTTP port: `/metrics`, `/healthz`, `/readyz`.
+pub const METRICS_PORT: u16 = 9090;
 /// Peer-to-peer port: UDP for QUIC, TCP for the TCP transport.
 pub const P2P_PORT: u16 = 7443;
 

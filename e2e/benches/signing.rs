@@ -323,10 +323,8 @@ async fn burst_run(ns: &TestNamespace, cluster: &str, n: usize) -> (Duration, us
     let mut by_set: std::collections::BTreeMap<Vec<u16>, (u32, u32)> = Default::default();
     for (status, _) in finals.values() {
         let (Some(initiator), Some(session)) = (status.initiator, status.session_id.as_deref()) else { continue };
-        let Some(ip) = ns.kubelet().pod_ip(&ns.name, &format!("{cluster}-{initiator}-0")) else { continue };
         let path = format!("/p2p/session/{session}");
-        let Ok((200, body)) = torcus_e2e::kubelet::http_get((ip, 8080).into(), &path, Duration::from_secs(2)).await
-        else {
+        let Ok((200, body)) = ns.node_api_get(cluster, initiator, &path).await else {
             continue;
         };
         let presigned = serde_json::from_str::<serde_json::Value>(&body)
@@ -346,10 +344,7 @@ async fn burst_run(ns: &TestNamespace, cluster: &str, n: usize) -> (Duration, us
 async fn pool_depths(ns: &TestNamespace, cluster: &str) -> Vec<u64> {
     let mut depths = Vec::new();
     for i in 0..3 {
-        let Some(ip) = ns.kubelet().pod_ip(&ns.name, &format!("{cluster}-{i}-0")) else { continue };
-        let Ok((200, body)) =
-            torcus_e2e::kubelet::http_get((ip, 8080).into(), "/p2p/presignatures", Duration::from_secs(2)).await
-        else {
+        let Ok((200, body)) = ns.node_api_get(cluster, i, "/p2p/presignatures").await else {
             continue;
         };
         let pools: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -378,10 +373,7 @@ async fn wait_pools_full(ns: &TestNamespace, cluster: &str) {
 async fn presigned_sessions(ns: &TestNamespace, cluster: &str) -> f64 {
     let mut total = 0.0;
     for i in 0..3 {
-        let Some(ip) = ns.kubelet().pod_ip(&ns.name, &format!("{cluster}-{i}-0")) else { continue };
-        if let Ok((_, text)) =
-            torcus_e2e::kubelet::http_get((ip, 8080).into(), "/metrics", Duration::from_secs(2)).await
-        {
+        if let Ok((_, text)) = ns.node_plain_get(cluster, i, "/metrics").await {
             total += text
                 .lines()
                 .filter(|l| l.starts_with("torcus_presignatures_used_total"))

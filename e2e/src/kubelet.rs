@@ -305,26 +305,54 @@ async fn http_request(
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let mut request =
-            format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: torcus-kubelet\r\nAccept: */*\r\n");
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        let text = String::from_utf8_lossy(&response);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .with_context(|| format!("malformed HTTP response from {addr}"))?;
-        anyhow::Ok((code, body.to_owned()))
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        exchange(stream, addr, host, path, headers).await
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
+}
+
+/// An HTTP/1.0 GET over TLS with `tls` (which says whom to trust and which
+/// certificate to present) to `addr`, with `server_name` as the TLS server
+/// name; returns status code and body.
+pub async fn https_get(
+    addr: SocketAddr,
+    tls: Arc<torcus_certs::rustls::ClientConfig>,
+    server_name: &str,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let name = torcus_certs::rustls::pki_types::ServerName::try_from(server_name.to_owned())?;
+    let get = async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let stream = tokio_rustls::TlsConnector::from(tls).connect(name, stream).await?;
+        exchange(stream, addr, server_name, path, &[]).await
+    };
+    tokio::time::timeout(timeout, get).await.map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
+}
+
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(String, String)],
+) -> anyhow::Result<(u16, String)> {
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: torcus-kubelet\r\nAccept: */*\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("malformed HTTP response from {addr}"))?;
+    Ok((code, body.to_owned()))
 }
 
 type PodKey = (String, String);

@@ -215,6 +215,53 @@ impl TestNamespace {
         body
     }
 
+    /// A TLS client of party `party` of `cluster`'s node API that presents
+    /// the certificate in Secret `secret` (`tls.crt`, `tls.key`, `ca.crt`)
+    /// and accepts only that party's certificate, as the operator does.
+    pub async fn node_api_tls(
+        &self,
+        cluster: &str,
+        party: u16,
+        secret: &str,
+    ) -> anyhow::Result<std::sync::Arc<torcus_certs::rustls::ClientConfig>> {
+        let secret = self.api::<k8s_openapi::api::core::v1::Secret>().get(secret).await?;
+        let data = secret.data.unwrap_or_default();
+        let field = |name: &str| -> anyhow::Result<String> {
+            let bytes = data.get(name).ok_or_else(|| anyhow::anyhow!("no {name} in the Secret"))?;
+            Ok(String::from_utf8(bytes.0.clone())?)
+        };
+        let expected = torcus_certs::Identity {
+            namespace: self.name.clone(),
+            cluster: cluster.to_owned(),
+            role: torcus_certs::Role::Node { party_index: party },
+        };
+        let key = torcus_certs::SecretPem::new(field("tls.key")?);
+        let alpn: &[&[u8]] = &[b"http/1.1"];
+        Ok(torcus_certs::client_config_for(&field("tls.crt")?, &key, &field("ca.crt")?, &expected, alpn)?)
+    }
+
+    /// GET of `path` on party `party` of `cluster`'s node API, as the
+    /// operator calls it (mutual TLS with `<cluster>-operator-client`).
+    pub async fn node_api_get(&self, cluster: &str, party: u16, path: &str) -> anyhow::Result<(u16, String)> {
+        let tls = self.node_api_tls(cluster, party, &format!("{cluster}-operator-client")).await?;
+        let addr = self.node_addr(cluster, party, torcus_contract::HTTP_PORT)?;
+        crate::kubelet::https_get(addr, tls, &addr.ip().to_string(), path, Duration::from_secs(5)).await
+    }
+
+    /// GET of `path` on party `party` of `cluster`'s plain HTTP port
+    /// (`/metrics`, `/healthz`, `/readyz`).
+    pub async fn node_plain_get(&self, cluster: &str, party: u16, path: &str) -> anyhow::Result<(u16, String)> {
+        let addr = self.node_addr(cluster, party, torcus_contract::METRICS_PORT)?;
+        crate::kubelet::http_get(addr, path, Duration::from_secs(5)).await
+    }
+
+    /// Party `party` of `cluster`'s pod address with `port`.
+    pub fn node_addr(&self, cluster: &str, party: u16, port: u16) -> anyhow::Result<std::net::SocketAddr> {
+        let pod = format!("{cluster}-{party}-0");
+        let ip = self.kubelet().pod_ip(&self.name, &pod).ok_or_else(|| anyhow::anyhow!("{pod} has no IP"))?;
+        Ok(std::net::SocketAddr::new(ip, port))
+    }
+
     /// The first operator's HTTP address as a URL (`http://127.0.0.1:<port>`):
     /// its `/metrics`, and the registry and relay its nodes are given.
     pub fn operator_url(&self) -> Option<&str> {

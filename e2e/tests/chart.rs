@@ -208,7 +208,7 @@ fn every_optional_part_renders_and_the_api_server_accepts_it() {
 
     let pod_monitor = find(&docs, "PodMonitor", &format!("{RELEASE}-nodes"));
     assert_eq!(pod_monitor["spec"]["namespaceSelector"]["matchNames"][0], watched);
-    assert_eq!(pod_monitor["spec"]["podMetricsEndpoints"][0]["port"], "http");
+    assert_eq!(pod_monitor["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
 
     let dashboards = find(&docs, "ConfigMap", &format!("{RELEASE}-dashboards"));
     assert_eq!(dashboards["metadata"]["namespace"], monitoring);

@@ -278,7 +278,7 @@ impl Endpoints {
             .map(|i| {
                 let pod = format!("{CLUSTER}-{i}-0");
                 let ip = ns.kubelet().pod_ip(&ns.name, &pod).unwrap_or_else(|| panic!("{pod} has an IP"));
-                (pod, SocketAddr::new(ip, 8080))
+                (pod, SocketAddr::new(ip, torcus_contract::METRICS_PORT))
             })
             .collect();
         Self { operator, nodes }

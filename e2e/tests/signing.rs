@@ -103,18 +103,13 @@ fn assert_signed(sr: &SigningRequest, digest: [u8; 32], public_key: &str) {
 async fn pools(ns: &TestNamespace) -> (BTreeMap<(u16, String, Vec<u32>, Vec<u16>), (u32, u64)>, Vec<f64>) {
     let (mut pools, mut used) = (BTreeMap::new(), Vec::new());
     for party in 0..3u16 {
-        let ip = ns.kubelet().pod_ip(&ns.name, &format!("vault-{party}-0")).expect("pod ip");
-        let (code, body) =
-            torcus_e2e::kubelet::http_get((ip, 8080).into(), "/p2p/presignatures", Duration::from_secs(5))
-                .await
-                .unwrap();
+        let (code, body) = ns.node_api_get("vault", party, "/p2p/presignatures").await.unwrap();
         assert_eq!(code, 200, "{body}");
         let listed: torcus_contract::api::PresignaturePools = serde_json::from_str(&body).unwrap();
         for pool in listed.pools {
             pools.insert((party, pool.key, pool.path, pool.participants), (pool.depth, pool.taken));
         }
-        let (_, text) =
-            torcus_e2e::kubelet::http_get((ip, 8080).into(), "/metrics", Duration::from_secs(5)).await.unwrap();
+        let (_, text) = ns.node_plain_get("vault", party, "/metrics").await.unwrap();
         used.push(metric(&text, "torcus_presignatures_used_total", &[]));
     }
     (pools, used)
@@ -697,9 +692,7 @@ async fn a_node_killed_during_keygen_is_retried_until_the_key_exists() {
         assert_signed(&wait_final(&ns, &name, SIGN_WAIT).await, digest, &public_key);
     }
     for i in 0..3 {
-        let ip = ns.kubelet().pod_ip(&ns.name, &format!("vault-{i}-0")).expect("pod IP");
-        let (code, body) =
-            torcus_e2e::kubelet::http_get((ip, 8080).into(), "/p2p/keys", Duration::from_secs(5)).await.unwrap();
+        let (code, body) = ns.node_api_get("vault", i, "/p2p/keys").await.unwrap();
         assert_eq!(code, 200, "{body}");
         assert!(body.contains(&public_key), "node {i} holds {body}");
     }
@@ -732,9 +725,7 @@ async fn an_operator_restart_mid_batch_signs_every_request_exactly_once() {
     // as a participant too, so count per session id across nodes).
     let mut sessions = 0.0;
     for i in 0..3 {
-        let ip = ns.kubelet().pod_ip(&ns.name, &format!("vault-{i}-0")).unwrap();
-        let (_, metrics) =
-            torcus_e2e::kubelet::http_get((ip, 8080).into(), "/metrics", Duration::from_secs(5)).await.unwrap();
+        let (_, metrics) = ns.node_plain_get("vault", i, "/metrics").await.unwrap();
         sessions += metric(&metrics, "torcus_node_sessions_total", &[("kind", "sign"), ("outcome", "completed")]);
     }
     assert_eq!(sessions, f64::from(count) * 2.0, "each request signed by its 2 participants, once");
@@ -748,3 +739,79 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The node API answers the cluster's operator only (security review,
+/// finding 1): plain HTTP, TLS without a client certificate and TLS with
+/// another node's certificate are refused and counted by the node, while
+/// the operator reads the node's keys and signing goes on.
+#[tokio::test]
+async fn the_node_api_answers_only_the_operator() {
+    use torcus_certs::rustls;
+    use torcus_certs::rustls::pki_types::CertificateDer;
+    use torcus_certs::rustls::pki_types::pem::PemObject as _;
+
+    let mut ns = TestNamespace::new("node-api").await.unwrap();
+    let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
+    let public_key = ready_cluster(&mut ns, cluster("vault", "quic", no_pool)).await;
+    let victim = 0u16;
+    let api = ns.node_addr("vault", victim, torcus_contract::HTTP_PORT).unwrap();
+    let refused = |text: &str, reason: &str| metric(text, "torcus_node_api_refused_total", &[("reason", reason)]);
+    let (_, before) = ns.node_plain_get("vault", victim, "/metrics").await.unwrap();
+
+    // Plain HTTP, as the API was served before: no answer at all.
+    let plain = torcus_e2e::kubelet::http_get(api, "/p2p/keys", Duration::from_secs(5)).await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+
+    // TLS that trusts the cluster CA but presents no certificate.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = ns.api();
+    let own = secrets.get(&format!("vault-node-{victim}")).await.unwrap().data.unwrap();
+    let pem = |name: &str| String::from_utf8(own[name].0.clone()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem("ca.crt").as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let anonymous =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let server_name = torcus_certs::inspect(&pem("tls.crt")).unwrap().dns_names[0].clone();
+    let anonymous =
+        torcus_e2e::kubelet::https_get(api, std::sync::Arc::new(anonymous), &server_name, "/p2p/keys", SECOND * 5)
+            .await;
+    assert!(anonymous.is_err(), "TLS without a client certificate answered: {anonymous:?}");
+
+    // Another node's certificate: the CA's, but not the operator's.
+    let as_node = ns.node_api_tls("vault", victim, "vault-node-1").await.unwrap();
+    let (code, body) =
+        torcus_e2e::kubelet::https_get(api, as_node, &api.ip().to_string(), "/p2p/keys", SECOND * 5).await.unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("not_operator") && !body.contains(&public_key), "{body}");
+
+    // The operator's certificate is served.
+    let (code, body) = ns.node_api_get("vault", victim, "/p2p/keys").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&public_key), "{body}");
+
+    let (_, after) = ns.node_plain_get("vault", victim, "/metrics").await.unwrap();
+    assert!(refused(&after, "handshake") >= refused(&before, "handshake") + 2.0, "{after}");
+    assert_eq!(refused(&after, "not_operator"), refused(&before, "not_operator") + 1.0, "{after}");
+
+    // Honest requests keep completing.
+    let srs: Api<SigningRequest> = ns.api();
+    for i in 0..2u8 {
+        let digest = [0x60 + i; 32];
+        let name = format!("after-probe-{i}");
+        srs.create(
+            &PostParams::default(),
+            &request(&name, "vault", serde_json::json!({"digest": hex::encode(digest)})),
+        )
+        .await
+        .unwrap();
+        assert_signed(&wait_final(&ns, &name, SIGN_WAIT).await, digest, &public_key);
+    }
+    ns.finish().await.unwrap();
+}
+
+const SECOND: Duration = Duration::from_secs(1);

@@ -7,12 +7,21 @@
 //! - `GET /p2p/session/{id}` — state of a session (hex session id).
 //! - `GET /p2p/keys` — names and public keys of the keys held here.
 //! - `GET /p2p/presignatures` — the presignature pools held here (counts).
-//! - `/healthz`, `/readyz`, `/metrics`.
+//! - `/healthz`, `/readyz`.
+//!
+//! Served over mutual TLS ([`crate::tls_listener`]): every call needs a
+//! client certificate of the cluster CA naming this cluster's operator. A
+//! node's certificate is refused (403): nodes talk to each other over their
+//! transport, never through this API. `/metrics`, `/healthz` and `/readyz`
+//! are also served in plain HTTP on a port of their own ([`plain_router`]),
+//! so that scrapers and probes need no certificate and a NetworkPolicy that
+//! lets a scraper in does not open the API.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,6 +30,7 @@ use torcus_contract::api::PresignatureChoice;
 use torcus_contract::{GrantKind, SignedGrant};
 
 use crate::service::{Offer, Outcome, Service, SessionError};
+use crate::tls_listener::Caller;
 use crate::transport::Transport;
 
 pub use torcus_contract::api::{ErrorBody, GrantRequest, KeyInfo};
@@ -31,12 +41,21 @@ pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 struct ApiState<T: Transport> {
     service: Arc<Service<T>>,
     ready: ReadyCheck,
-    registry: prometheus::Registry,
 }
 
-/// The API router over `service`.
-pub fn router<T: Transport>(service: Arc<Service<T>>, ready: ReadyCheck, registry: prometheus::Registry) -> Router {
-    let state = Arc::new(ApiState { service, ready, registry });
+/// Who may call the API, and where refusals are counted.
+#[derive(Clone, Debug)]
+pub struct Access {
+    /// The only identity served: this cluster's operator.
+    pub operator: torcus_certs::Identity,
+    /// `torcus_node_api_refused_total`.
+    pub refused: prometheus::IntCounterVec,
+}
+
+/// The API router over `service`, for connections from a
+/// [`crate::tls_listener::TlsListener`]; only `access.operator` is served.
+pub fn router<T: Transport>(service: Arc<Service<T>>, ready: ReadyCheck, access: Access) -> Router {
+    let state = Arc::new(ApiState { service, ready });
     Router::new()
         .route("/p2p/keygen", post(keygen::<T>))
         .route("/p2p/sign", post(sign::<T>))
@@ -46,8 +65,37 @@ pub fn router<T: Transport>(service: Arc<Service<T>>, ready: ReadyCheck, registr
         .route("/p2p/presignatures", get(presignatures::<T>))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz::<T>))
-        .route("/metrics", get(metrics::<T>))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(Arc::new(access), require_operator))
+}
+
+/// `/metrics`, `/healthz` and `/readyz`, for the plain HTTP port.
+pub fn plain_router(ready: ReadyCheck, registry: prometheus::Registry) -> Router {
+    let readyz = move || {
+        let ready = Arc::clone(&ready);
+        async move { ready_answer(&ready) }
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(move || async move { metrics(&registry) }))
+}
+
+/// Lets through only callers whose certificate names the cluster's operator.
+async fn require_operator(
+    State(access): State<Arc<Access>>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if caller.identity.as_ref() == Some(&access.operator) {
+        return next.run(request).await;
+    }
+    access.refused.with_label_values(&["not_operator"]).inc();
+    let who = caller.identity.map_or_else(|| "no Torcus identity".to_owned(), |i| i.uri());
+    tracing::debug!(addr = %caller.addr, %who, "API call refused: not the operator");
+    let message = format!("only {} may call this API, not {who}", access.operator.uri());
+    (StatusCode::FORBIDDEN, Json(error_body(&message, "not_operator", None))).into_response()
 }
 
 async fn keygen<T: Transport>(State(state): State<Arc<ApiState<T>>>, Json(req): Json<GrantRequest>) -> Response {
@@ -120,15 +168,19 @@ async fn presignatures<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> R
 }
 
 async fn readyz<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
-    match (state.ready)() {
+    ready_answer(&state.ready)
+}
+
+fn ready_answer(ready: &ReadyCheck) -> Response {
+    match ready() {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")).into_response(),
     }
 }
 
-async fn metrics<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
+fn metrics(registry: &prometheus::Registry) -> Response {
     let mut out = Vec::new();
-    let _ = TextEncoder::new().encode(&state.registry.gather(), &mut out);
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -16,6 +16,7 @@ pub mod service;
 pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod tls_listener;
 pub mod transport;
 pub mod used_sessions;
 
@@ -77,10 +78,14 @@ pub struct Args {
     #[arg(long, env = contract::ENV_POD_IP, default_value = "0.0.0.0")]
     pub listen_ip: IpAddr,
 
-    /// Port of the HTTP API, health and metrics; the configuration's port
-    /// for this party when unset.
+    /// Port of the API (mutual TLS, the operator only); the
+    /// configuration's port for this party when unset.
     #[arg(long, env = "TORCUS_HTTP_PORT")]
     pub http_port: Option<u16>,
+
+    /// Port of `/metrics`, `/healthz` and `/readyz` in plain HTTP.
+    #[arg(long, env = "TORCUS_METRICS_PORT", default_value_t = contract::METRICS_PORT)]
+    pub metrics_port: u16,
 
     /// Peer-to-peer port; the configuration's port for this party when unset.
     #[arg(long, env = "TORCUS_P2P_PORT")]
@@ -144,6 +149,9 @@ pub enum Error {
     /// The metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The API's TLS configuration could not be made.
+    #[error("API TLS: {0}")]
+    ApiTls(String),
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Serve(#[source] std::io::Error),
@@ -177,6 +185,7 @@ impl Args {
             store_key_file,
             listen_ip,
             http_port,
+            metrics_port,
             p2p_port,
             #[cfg(feature = "test-fixtures")]
             test_primes_fixture,
@@ -418,11 +427,33 @@ impl Args {
             };
             registry_client::spawn_heartbeats(client, registration, HEARTBEAT_INTERVAL, stats, stop.clone());
         }
-        let app = api::router(Arc::clone(&service), ready, metrics.registry.clone());
+        let access = api::Access {
+            operator: torcus_certs::Identity {
+                namespace: cluster.namespace.clone(),
+                cluster: cluster.cluster.clone(),
+                role: torcus_certs::Role::Operator,
+            },
+            refused: metrics.api_refused.clone(),
+        };
+        let app = api::router(Arc::clone(&service), Arc::clone(&ready), access);
         let listener = tokio::net::TcpListener::bind(http_addr).await.map_err(|e| Error::Bind(http_addr, e))?;
-        info!(me, %http_addr, %p2p_addr, transport = %cluster.transport, "node serving");
+        let listener =
+            tls_listener::TlsListener::start(listener, tls_dir.clone(), metrics.api_refused.clone(), stop.clone())
+                .map_err(Error::ApiTls)?;
+        // Health answers only once the API listens.
+        let metrics_addr = SocketAddr::new(listen_ip, metrics_port);
+        let plain = tokio::net::TcpListener::bind(metrics_addr).await.map_err(|e| Error::Bind(metrics_addr, e))?;
+        let plain_app = api::plain_router(ready, metrics.registry.clone());
         let stopping = stop.clone();
-        let served = axum::serve(listener, app)
+        tokio::spawn(async move {
+            let served = axum::serve(plain, plain_app).with_graceful_shutdown(stopping.cancelled_owned()).await;
+            if let Err(error) = served {
+                warn!(%error, "metrics server stopped");
+            }
+        });
+        info!(me, %http_addr, %metrics_addr, %p2p_addr, transport = %cluster.transport, "node serving");
+        let stopping = stop.clone();
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<tls_listener::Caller>())
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 stopping.cancel();

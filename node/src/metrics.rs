@@ -17,6 +17,11 @@ pub struct NodeMetrics {
     pub grants_rejected: IntCounterVec,
     /// Control messages that were malformed or for no known session.
     pub dropped_control: IntCounter,
+    /// Calls to the API refused before any handler ran, by reason:
+    /// `handshake` (no client certificate, one of another CA, not TLS),
+    /// `not_operator` (a valid certificate that is not this cluster's
+    /// operator's, such as a node's), `busy` (too many handshakes at once).
+    pub api_refused: IntCounterVec,
     /// 1 while configuration and TLS identity check out.
     pub ready: IntGauge,
     /// Presignatures ready, per key (summed over signer sets: sets would
@@ -64,6 +69,14 @@ impl NodeMetrics {
         ] {
             grants_rejected.with_label_values(&[reason]);
         }
+        let api_refused = IntCounterVec::new(
+            Opts::new("torcus_node_api_refused_total", "Calls to the node API refused before a handler, by reason"),
+            &["reason"],
+        )?;
+        for reason in ["handshake", "not_operator", "busy"] {
+            api_refused.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(api_refused.clone()))?;
         let dropped_control =
             IntCounter::new("torcus_node_control_dropped_total", "Control messages malformed or for no session")?;
         let ready = IntGauge::new("torcus_node_ready", "1 while the node's configuration and TLS identity check out")?;
@@ -94,6 +107,7 @@ impl NodeMetrics {
             session_duration,
             grants_rejected,
             dropped_control,
+            api_refused,
             ready,
             presignature_pool_depth,
             presignatures_generated,

@@ -26,8 +26,12 @@ pub struct Cluster {
     /// Whether nodes start with the aux info fixture (keygen without the
     /// aux info protocol) or generate aux info together.
     aux_fixture: bool,
-    /// HTTP client for the nodes' APIs.
+    /// The nodes' plain HTTP ports (`/metrics`, `/healthz`, `/readyz`).
+    metrics_ports: Vec<u16>,
+    /// HTTPS client for the nodes' APIs, with the operator's certificate.
     pub http: reqwest::Client,
+    /// The cluster CA, which also issues the certificates of a test's own clients.
+    pub ca: CertificateAuthority,
 }
 
 impl Drop for Cluster {
@@ -172,6 +176,8 @@ impl Cluster {
             std::fs::write(tls.join("identity.key"), hex::encode(identities[usize::from(i)].to_bytes())).unwrap();
             std::fs::write(tls.join("seal.key"), hex::encode(seal_seeds[usize::from(i)])).unwrap();
         }
+        let operator = Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Operator };
+        let http = api_client(&ca, &operator);
         let mut cluster = Self {
             _relay: relay_task,
             binary: binary.to_owned(),
@@ -180,7 +186,9 @@ impl Cluster {
             grant_key,
             nodes: (0..n).map(|_| None).collect(),
             aux_fixture,
-            http: reqwest::Client::new(),
+            metrics_ports: (0..n).map(|_| free_tcp()).collect(),
+            http,
+            ca,
         };
         for i in 0..n {
             cluster.start(i);
@@ -203,6 +211,7 @@ impl Cluster {
             .arg(format!("--tls-dir={}", d.join(format!("tls-{i}")).display()))
             .arg(format!("--data-dir={}", d.join(format!("data-{i}")).display()))
             .arg("--listen-ip=127.0.0.1")
+            .arg(format!("--metrics-port={}", self.metrics_ports[usize::from(i)]))
             .arg(format!("--test-primes-fixture={}", fixture().display()))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -260,9 +269,14 @@ impl Cluster {
         }
     }
 
-    /// URL of `path` on node `i`.
+    /// URL of `path` on node `i`'s API (mutual TLS).
     pub fn url(&self, i: u16, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.config.peers[usize::from(i)].http_port)
+        format!("https://127.0.0.1:{}{path}", self.config.peers[usize::from(i)].http_port)
+    }
+
+    /// URL of `path` on node `i`'s plain HTTP port (`/metrics`, `/healthz`, `/readyz`).
+    pub fn plain_url(&self, i: u16, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.metrics_ports[usize::from(i)])
     }
 
     /// Waits until every running node is ready.
@@ -270,7 +284,8 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         for i in (0..self.config.nodes).filter(|i| self.nodes[usize::from(*i)].is_some()) {
             loop {
-                let ok = self.http.get(self.url(i, "/readyz")).send().await.is_ok_and(|r| r.status().is_success());
+                let ok =
+                    self.http.get(self.plain_url(i, "/readyz")).send().await.is_ok_and(|r| r.status().is_success());
                 if ok {
                     break;
                 }
@@ -405,7 +420,7 @@ impl Cluster {
 
     /// Node `i`'s `/metrics` text.
     pub async fn metrics(&self, i: u16) -> String {
-        self.http.get(self.url(i, "/metrics")).send().await.expect("metrics").text().await.expect("metrics text")
+        self.http.get(self.plain_url(i, "/metrics")).send().await.expect("metrics").text().await.expect("metrics text")
     }
 }
 
@@ -435,4 +450,13 @@ pub fn verify(body: &serde_json::Value, digest: &[u8; 32]) {
     let recid = secp256k1::ecdsa::RecoveryId::try_from(body["recoveryId"].as_i64().unwrap() as i32).unwrap();
     let recoverable = secp256k1::ecdsa::RecoverableSignature::from_compact(&compact, recid).unwrap();
     assert_eq!(secp.recover_ecdsa(message, &recoverable).unwrap(), key, "recovery id recovers the key");
+}
+
+/// An HTTPS client of the nodes' APIs that presents a certificate of `ca`
+/// for `identity` and trusts only `ca` (nodes' certificates list 127.0.0.1).
+pub fn api_client(ca: &CertificateAuthority, identity: &Identity) -> reqwest::Client {
+    let cert = ca.issue(identity, &[], &[], torcus_certs::Duration::hours(1), OffsetDateTime::now_utc()).unwrap();
+    let tls = torcus_certs::client_config(&cert.cert_pem, &cert.key_pem, ca.cert_pem(), &[crate::tls_listener::ALPN])
+        .unwrap();
+    reqwest::Client::builder().use_preconfigured_tls((*tls).clone()).no_proxy().build().unwrap()
 }

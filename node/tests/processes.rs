@@ -67,7 +67,7 @@ async fn quic_three_nodes_threshold_two_keygen_sign_refuse_restart() {
     let (status, body) = cluster.post(0, "/p2p/sign", &outsider).await;
     assert_eq!((status, body["reason"].as_str()), (403, Some("not_a_member")));
 
-    let metrics = cluster.http.get(cluster.url(initiator, "/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = cluster.metrics(initiator).await;
     assert!(metrics.contains(r#"torcus_node_grants_rejected_total{reason="replayed"} 1"#), "{metrics}");
 
     // A restarted node signs with the share it stored.
@@ -133,7 +133,7 @@ async fn keygen_and_sign_over(transport: &str, generate_aux: bool) {
     cluster.start(0);
     cluster.wait_ready().await;
     cluster.sign("default", vec![0, 1], digest([24; 32]), vec![]).await;
-    let metrics = cluster.http.get(cluster.url(0, "/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = cluster.metrics(0).await;
     let label = match transport {
         "http" => "relay",
         "hybrid" => "quic",

@@ -37,7 +37,7 @@ async fn a_cggmp21_key_share_stops_the_node_with_what_to_do() {
 
     // The other nodes are unaffected.
     for i in [0, 2] {
-        let ready = cluster.http.get(cluster.url(i, "/readyz")).send().await.unwrap();
+        let ready = cluster.http.get(cluster.plain_url(i, "/readyz")).send().await.unwrap();
         assert!(ready.status().is_success(), "node {i}");
     }
 }

@@ -159,6 +159,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
         // Children go with the owner references; the registry forgets it.
         ctx.registry.forget_cluster(&ns, &name);
         ctx.signing.presignatures.forget_cluster(&format!("{ns}/{name}/"));
+        ctx.nodes.forget(&ns, &name);
         ctx.metrics.cluster.remove(&ns, &name);
         return Ok(Action::await_change());
     }
@@ -209,6 +210,10 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
         };
         let secret = resources::tls_secret(mpc, secret_name, &cert.cert_pem, cert.key_pem.expose(), &bundle);
         apply_secret(ctx, &ns, secret).await?;
+        if *leaf == Leaf::Operator {
+            // The nodes serve only this certificate, and are trusted only under this bundle.
+            ctx.nodes.trust(&ns, &name, &bundle, &cert.cert_pem, &cert.key_pem);
+        }
     }
     for change in &pki.changes {
         info!(cluster = %name, namespace = %ns, "{change}");
@@ -343,9 +348,12 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
         .collect();
     let all_ready = nodes.iter().all(|n| n.ready && n.address.is_some());
     if all_ready && !missing.is_empty() {
-        let urls: Vec<String> = nodes
+        let urls: Vec<crate::node_client::NodeAddr> = nodes
             .iter()
-            .map(|n| crate::node_client::base_url(n.address.as_deref().unwrap_or_default(), torcus_contract::HTTP_PORT))
+            .map(|n| {
+                let ip = n.address.as_deref().unwrap_or_default();
+                crate::node_client::NodeAddr::new(&ns, &name, n.index, ip, torcus_contract::HTTP_PORT)
+            })
             .collect();
         ctx.keygens.start(ctx, mpc, &missing, &urls);
     }

@@ -39,6 +39,7 @@ use tracing::{info, warn};
 use crate::cluster_controller::{Context, event};
 use crate::crypto;
 use crate::grants::{self, GrantParts};
+use crate::node_client::NodeAddr;
 
 /// Pause after a failed keygen before the next try.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -116,7 +117,7 @@ impl Keygens {
     /// waiting out a failure, unless one of `mpc` runs: keygens of a
     /// cluster run one after the other, each deciding on aux info from
     /// what the previous one left. `node_urls[i]` is node i's API.
-    pub fn start(&self, ctx: &Arc<Context>, mpc: &MpcCluster, missing: &[String], node_urls: &[String]) {
+    pub fn start(&self, ctx: &Arc<Context>, mpc: &MpcCluster, missing: &[String], node_urls: &[NodeAddr]) {
         let next = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             if any_running(&state, mpc) {
@@ -227,7 +228,7 @@ pub fn plan(nodes: &[NodeHolds]) -> Plan {
 
 /// Asks every node what it holds of `key`; any node that does not answer
 /// fails the lot (deciding without it could supersede its share).
-async fn survey(ctx: &Context, key: &str, urls: &[String]) -> Result<Vec<NodeHolds>, String> {
+async fn survey(ctx: &Context, key: &str, urls: &[NodeAddr]) -> Result<Vec<NodeHolds>, String> {
     let mut nodes = Vec::with_capacity(urls.len());
     for (i, url) in urls.iter().enumerate() {
         let keys = ctx.nodes.keys(url).await.map_err(|e| format!("node {i} did not list its keys: {e}"))?;
@@ -266,7 +267,7 @@ fn chain_code_conflict<'a>(codes: impl Iterator<Item = Option<&'a String>>) -> O
     ))
 }
 
-async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[String]) -> Result<KeyStatus, KeygenError> {
+async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[NodeAddr]) -> Result<KeyStatus, KeygenError> {
     let ns = mpc.namespace().unwrap_or_default();
     let name = mpc.name_any();
     let n = usize::from(mpc.spec.nodes);
@@ -324,7 +325,7 @@ async fn confirm(
     key: &str,
     public_key: &str,
     chain_code: Option<&String>,
-    urls: &[String],
+    urls: &[NodeAddr],
 ) -> Result<(), KeygenError> {
     let deadline = Instant::now() + CONFIRM_WITHIN;
     loop {

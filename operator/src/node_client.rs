@@ -2,12 +2,19 @@
 //! key generation and signing sessions on an initiator, read a session's
 //! state and the keys a node holds.
 //!
-//! Calls carry a signed grant, which is their authentication; the node
-//! verifies it before anything else.
+//! Every call goes over mutual TLS with the cluster's CA: the operator
+//! presents the cluster's `<cluster>-operator-client` certificate (nodes
+//! serve no one else), and accepts only the certificate of the very party it
+//! calls, whatever address the party has. Calls that start sessions also
+//! carry a signed grant, which the node verifies before anything else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
+use torcus_certs::SecretPem;
 use torcus_contract::SignedGrant;
 use torcus_contract::api::{
     self, ErrorBody, GrantRequest, KeyInfo, Outcome, PresignatureChoice, PresignaturePools, SessionStatus,
@@ -68,34 +75,129 @@ impl CallError {
     }
 }
 
-/// Client for the node API.
-#[derive(Clone, Debug)]
-pub struct NodeClient {
-    http: reqwest::Client,
+/// One party's API: who it must be, and where it is now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAddr {
+    /// Namespace of the MpcCluster.
+    pub namespace: String,
+    /// Name of the MpcCluster.
+    pub cluster: String,
+    /// Party index; the certificate the node presents must name it.
+    pub party: u16,
+    /// Base URL (`https://<pod IP>:<port>`).
+    pub url: String,
 }
 
-impl Default for NodeClient {
-    fn default() -> Self {
-        Self::new()
+impl NodeAddr {
+    /// Party `party` of `namespace/cluster`, at `pod_ip:port`.
+    pub fn new(namespace: &str, cluster: &str, party: u16, pod_ip: &str, port: u16) -> Self {
+        let url = match pod_ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(ip)) => format!("https://[{ip}]:{port}"),
+            _ => format!("https://{pod_ip}:{port}"),
+        };
+        Self { namespace: namespace.to_owned(), cluster: cluster.to_owned(), party, url }
+    }
+
+    fn cluster_key(&self) -> (String, String) {
+        (self.namespace.clone(), self.cluster.clone())
+    }
+}
+
+/// What the operator authenticates with to one cluster's nodes.
+struct ClusterTls {
+    /// Digest of the trust bundle and the client certificate: a change
+    /// (a renewal, a CA roll) replaces the clients.
+    fingerprint: [u8; 32],
+    bundle: String,
+    cert_pem: String,
+    key: SecretPem,
+    /// One client per party, each accepting only that party's certificate.
+    clients: HashMap<u16, reqwest::Client>,
+}
+
+/// Client for the node API.
+#[derive(Clone, Default)]
+pub struct NodeClient {
+    clusters: Arc<Mutex<HashMap<(String, String), ClusterTls>>>,
+}
+
+impl std::fmt::Debug for NodeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeClient").finish_non_exhaustive()
     }
 }
 
 impl NodeClient {
-    /// A client with connect timeouts and no proxy: nodes are inside the
-    /// cluster, and protocol traffic must not go to an outside proxy.
+    /// A client that knows no cluster yet: see [`NodeClient::trust`].
     pub fn new() -> Self {
-        let http = reqwest::Client::builder()
+        Self::default()
+    }
+
+    /// Calls to the nodes of `namespace/cluster` trust `bundle_pem` and
+    /// present `cert_pem` with `key` (the cluster's operator certificate).
+    pub fn trust(&self, namespace: &str, cluster: &str, bundle_pem: &str, cert_pem: &str, key: &SecretPem) {
+        use sha2::Digest;
+        let mut digest = sha2::Sha256::new();
+        for part in [bundle_pem, cert_pem] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part.as_bytes());
+        }
+        let fingerprint: [u8; 32] = digest.finalize().into();
+        let mut clusters = self.lock();
+        let key_pair = (namespace.to_owned(), cluster.to_owned());
+        if clusters.get(&key_pair).is_some_and(|c| c.fingerprint == fingerprint) {
+            return;
+        }
+        let tls = ClusterTls {
+            fingerprint,
+            bundle: bundle_pem.to_owned(),
+            cert_pem: cert_pem.to_owned(),
+            key: key.clone(),
+            clients: HashMap::new(),
+        };
+        clusters.insert(key_pair, tls);
+    }
+
+    /// Forgets a deleted cluster's credentials.
+    pub fn forget(&self, namespace: &str, cluster: &str) {
+        self.lock().remove(&(namespace.to_owned(), cluster.to_owned()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), ClusterTls>> {
+        self.clusters.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The HTTPS client for `node`: the cluster's operator certificate, and
+    /// only the party's own certificate accepted. No proxy: nodes are inside
+    /// the cluster, and protocol traffic must not leave it.
+    fn http(&self, node: &NodeAddr) -> Result<reqwest::Client, CallError> {
+        let unreachable = |message: String| CallError::Unreachable { url: node.url.clone(), message };
+        let mut clusters = self.lock();
+        let Some(tls) = clusters.get_mut(&node.cluster_key()) else {
+            return Err(unreachable("no certificate for this cluster yet".to_owned()));
+        };
+        if let Some(client) = tls.clients.get(&node.party) {
+            return Ok(client.clone());
+        }
+        let expected = torcus_certs::Identity {
+            namespace: node.namespace.clone(),
+            cluster: node.cluster.clone(),
+            role: torcus_certs::Role::Node { party_index: node.party },
+        };
+        let config = torcus_certs::client_config_for(&tls.cert_pem, &tls.key, &tls.bundle, &expected, &[b"http/1.1"])
+            .map_err(|e| unreachable(format!("operator certificate unusable: {e}")))?;
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls((*config).clone())
             .connect_timeout(Duration::from_secs(3))
             .no_proxy()
             .build()
-            // Only fails when the TLS backend cannot start; plain HTTP with
-            // rustls and no roots to load always can.
-            .expect("the HTTP client builds");
-        Self { http }
+            .map_err(|e| unreachable(format!("HTTPS client: {e}")))?;
+        tls.clients.insert(node.party, client.clone());
+        Ok(client)
     }
 
     /// Runs key generation with `grant` on its initiator at `base`.
-    pub async fn keygen(&self, base: &str, grant: &SignedGrant) -> Result<Outcome, CallError> {
+    pub async fn keygen(&self, base: &NodeAddr, grant: &SignedGrant) -> Result<Outcome, CallError> {
         let body = GrantRequest { grant: grant.clone(), presignature: PresignatureChoice::Any };
         self.post(base, api::KEYGEN_PATH, &body, KEYGEN_CALL_TIMEOUT).await
     }
@@ -104,7 +206,7 @@ impl NodeClient {
     /// returns the outcome and how long the call took.
     pub async fn sign(
         &self,
-        base: &str,
+        base: &NodeAddr,
         grant: &SignedGrant,
         presignature: PresignatureChoice,
     ) -> Result<(Outcome, Duration), CallError> {
@@ -116,7 +218,7 @@ impl NodeClient {
 
     /// The state of a session the node at `base` has seen; `None` when it
     /// has not seen it (or has restarted since).
-    pub async fn session(&self, base: &str, session_id: &[u8; 32]) -> Result<Option<SessionStatus>, CallError> {
+    pub async fn session(&self, base: &NodeAddr, session_id: &[u8; 32]) -> Result<Option<SessionStatus>, CallError> {
         match self.get(base, &api::session_path(session_id)).await {
             Ok(status) => Ok(Some(status)),
             Err(CallError::Refused { status: 404, .. }) => Ok(None),
@@ -125,41 +227,44 @@ impl NodeClient {
     }
 
     /// Whether the node at `base` answers its readiness check within `timeout`.
-    pub async fn healthy(&self, base: &str, timeout: Duration) -> bool {
-        let url = format!("{}/readyz", base.trim_end_matches('/'));
-        matches!(self.http.get(url).timeout(timeout).send().await, Ok(r) if r.status().is_success())
+    pub async fn healthy(&self, base: &NodeAddr, timeout: Duration) -> bool {
+        let Ok(http) = self.http(base) else { return false };
+        let url = format!("{}/readyz", base.url.trim_end_matches('/'));
+        matches!(http.get(url).timeout(timeout).send().await, Ok(r) if r.status().is_success())
     }
 
     /// The presignature pools of the node at `base`.
-    pub async fn presignatures(&self, base: &str) -> Result<PresignaturePools, CallError> {
+    pub async fn presignatures(&self, base: &NodeAddr) -> Result<PresignaturePools, CallError> {
         self.get(base, api::PRESIGNATURES_PATH).await
     }
 
     /// The keys the node at `base` holds.
-    pub async fn keys(&self, base: &str) -> Result<Vec<KeyInfo>, CallError> {
+    pub async fn keys(&self, base: &NodeAddr) -> Result<Vec<KeyInfo>, CallError> {
         self.get(base, api::KEYS_PATH).await
     }
 
     /// The id of the aux info the node at `base` holds.
-    pub async fn aux_info(&self, base: &str) -> Result<Option<String>, CallError> {
+    pub async fn aux_info(&self, base: &NodeAddr) -> Result<Option<String>, CallError> {
         self.get::<api::AuxInfoId>(base, api::AUX_INFO_PATH).await.map(|a| a.id)
     }
 
     async fn post<T: DeserializeOwned>(
         &self,
-        base: &str,
+        base: &NodeAddr,
         path: &str,
         body: &GrantRequest,
         timeout: Duration,
     ) -> Result<T, CallError> {
-        let url = format!("{}{path}", base.trim_end_matches('/'));
-        let response = self.http.post(&url).timeout(timeout).json(body).send().await;
+        let http = self.http(base)?;
+        let url = format!("{}{path}", base.url.trim_end_matches('/'));
+        let response = http.post(&url).timeout(timeout).json(body).send().await;
         Self::read(url, response).await
     }
 
-    async fn get<T: DeserializeOwned>(&self, base: &str, path: &str) -> Result<T, CallError> {
-        let url = format!("{}{path}", base.trim_end_matches('/'));
-        let response = self.http.get(&url).timeout(READ_TIMEOUT).send().await;
+    async fn get<T: DeserializeOwned>(&self, base: &NodeAddr, path: &str) -> Result<T, CallError> {
+        let http = self.http(base)?;
+        let url = format!("{}{path}", base.url.trim_end_matches('/'));
+        let response = http.get(&url).timeout(READ_TIMEOUT).send().await;
         Self::read(url, response).await
     }
 
@@ -189,13 +294,5 @@ impl NodeClient {
             blamed: None,
         });
         Err(CallError::Refused { status: status.as_u16(), body })
-    }
-}
-
-/// Base URL of a node's API from its pod IP.
-pub fn base_url(pod_ip: &str, port: u16) -> String {
-    match pod_ip.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(ip)) => format!("http://[{ip}]:{port}"),
-        _ => format!("http://{pod_ip}:{port}"),
     }
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use torcus_contract::api::PresignaturePools;
 
-use crate::node_client::NodeClient;
+use crate::node_client::{NodeAddr, NodeClient};
 
 /// How long a view of the pools is taken as current.
 pub const REFRESH_AFTER: Duration = Duration::from_millis(250);
@@ -141,7 +141,7 @@ impl Presignatures {
 /// per signer set of `key` at `path`, the ids every member reports (see
 /// [`tally`]). A node that does not answer makes its sets cold. Returns
 /// the reports refused as well, to be counted.
-pub async fn fetch(client: &NodeClient, nodes: &[(u16, String)], key: &str, path: &[u32]) -> (Reported, u64) {
+pub async fn fetch(client: &NodeClient, nodes: &[(u16, NodeAddr)], key: &str, path: &[u32]) -> (Reported, u64) {
     let answers = futures::future::join_all(
         nodes
             .iter()

@@ -498,7 +498,8 @@ fn node_pod_spec(mpc: &MpcCluster, index: u16, ctx: &BuildContext) -> PodSpec {
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
-            port: IntOrString::String("http".to_owned()),
+            // The plain port: the API port takes the operator's certificate only.
+            port: IntOrString::String("metrics".to_owned()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -539,6 +540,7 @@ fn node_pod_spec(mpc: &MpcCluster, index: u16, ctx: &BuildContext) -> PodSpec {
             ]),
             ports: Some(vec![
                 port("http", contract::HTTP_PORT, "TCP"),
+                port("metrics", contract::METRICS_PORT, "TCP"),
                 port("quic", contract::P2P_PORT, "UDP"),
                 port("p2p-tcp", contract::P2P_PORT, "TCP"),
             ]),
@@ -678,7 +680,12 @@ mod tests {
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref() == Some("/readyz"));
+        let readiness = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(readiness.path.as_deref(), Some("/readyz"));
+        // Probes go to the plain port: the API takes the operator's certificate only.
+        assert_eq!(readiness.port, IntOrString::String("metrics".into()));
+        let metrics = c.ports.as_ref().unwrap().iter().find(|p| p.name.as_deref() == Some("metrics")).unwrap();
+        assert_eq!(metrics.container_port, i32::from(contract::METRICS_PORT));
         assert!(c.resources.as_ref().unwrap().requests.as_ref().unwrap().contains_key("cpu"));
         let party = c.env.as_ref().unwrap().iter().find(|e| e.name == contract::ENV_PARTY_INDEX).unwrap();
         assert_eq!(party.value.as_deref(), Some("2"));

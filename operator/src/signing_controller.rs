@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster_controller::{Context, FIELD_MANAGER};
 use crate::grants::{self, GrantParts};
-use crate::node_client;
+use crate::node_client::NodeAddr;
 use crate::policy::{self, Approval, Ledger};
 use crate::presignatures::{self, Freshness, Presignatures};
 use crate::resources::{LABEL_CLUSTER, LABEL_PARTY};
@@ -83,7 +83,7 @@ enum Recorded {
 /// A grant ready to send, to whom, and the presignature it is to use.
 struct Attempt {
     grant: SignedGrant,
-    url: String,
+    url: NodeAddr,
     presignature: PresignatureChoice,
 }
 
@@ -133,7 +133,7 @@ struct Reconcile<'a> {
 /// A node of the cluster as the controller sees it.
 #[derive(Debug, Clone)]
 struct Node {
-    url: String,
+    url: NodeAddr,
     healthy: bool,
 }
 
@@ -472,7 +472,11 @@ impl<'a> Reconcile<'a> {
         let grant = self.ctx.test_hooks.tamper(grant, &key);
         self.ctx.metrics.grants_issued.with_label_values(&["sign"]).inc();
         let initiator = grant.grant.initiator();
-        let url = nodes.get(&initiator).map(|n| n.url.clone()).unwrap_or_default();
+        // The initiator is one of the healthy nodes the participants come from.
+        let url = nodes
+            .get(&initiator)
+            .map(|n| n.url.clone())
+            .ok_or_else(|| Error::InvalidSpec(format!("initiator {initiator} is not among the nodes found")))?;
         let presignature = match reserved {
             Some((set, id)) if set == parts.participants => PresignatureChoice::Id(id),
             // Any the nodes hold are reserved for other sessions.
@@ -505,7 +509,7 @@ impl<'a> Reconcile<'a> {
     /// yet, else in the background when it is old, so that nodes busy
     /// presigning never hold up a signature.
     async fn refresh_pools(&self, pool: &str, nodes: &BTreeMap<u16, Node>, healthy: &[u16], key: &str, path: &[u32]) {
-        let members: Vec<(u16, String)> =
+        let members: Vec<(u16, NodeAddr)> =
             healthy.iter().filter_map(|i| nodes.get(i).map(|n| (*i, n.url.clone()))).collect();
         let presignatures = &self.ctx.signing.presignatures;
         let refused = self.ctx.metrics.untrusted_refused.with_label_values(&["pool_report"]);
@@ -636,7 +640,7 @@ impl<'a> Reconcile<'a> {
             }
             let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else { continue };
             let ready = pod.metadata.deletion_timestamp.is_none() && crate::cluster_controller::pod_ready(&pod);
-            let url = node_client::base_url(&ip, torcus_contract::HTTP_PORT);
+            let url = NodeAddr::new(&self.cluster_ns, &cluster, index, &ip, torcus_contract::HTTP_PORT);
             nodes.insert(index, Node { url, healthy: ready && !offline.contains(&index) });
         }
         Ok(nodes)
