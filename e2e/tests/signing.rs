@@ -373,6 +373,13 @@ async fn transport_signs(transport: &str, roll_to: Option<&str>) {
     let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
     let public_key = ready_cluster(&mut ns, cluster("vault", transport, no_pool)).await;
     let srs: Api<SigningRequest> = ns.api();
+    // Over the relay, the requests are signed while its operator is flooded
+    // with messages for clusters it does not serve (review finding 2).
+    let flood = (transport == "http").then(|| {
+        let url = ns.operator_url().expect("the operator's address").to_owned();
+        let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+        (tokio::spawn(flood_relay(addr)), rss_bytes())
+    });
     for i in 0..3u8 {
         let digest = [i + 1; 32];
         let name = format!("r{i}");
@@ -383,6 +390,18 @@ async fn transport_signs(transport: &str, roll_to: Option<&str>) {
         .await
         .unwrap();
         assert_signed(&wait_final(&ns, &name, SIGN_WAIT).await, digest, &public_key);
+    }
+    if let Some((flood, rss_before)) = flood {
+        let (refused, peak) = flood.await.unwrap();
+        eprintln!("relay flood: {refused} posts refused; RSS {rss_before} -> peak {peak} bytes");
+        assert_eq!(refused, FLOOD_POSTS, "every post for an invented cluster is refused with 404");
+        let metrics = ns.operator_metrics().await;
+        let unknown = metric(&metrics, "torcus_relay_rejected_total", &[("reason", "unknown_cluster")]);
+        assert!(unknown >= FLOOD_POSTS as f64, "refusals counted: {unknown}");
+        // The operator runs in this test process: its resident memory grew by
+        // less than 64 MiB under 256 MiB of posts (the relay used to queue
+        // them: 128 MiB for its first 256 clusters).
+        assert!(peak.saturating_sub(rss_before) < 64 << 20, "RSS {rss_before} -> {peak} bytes");
     }
     if let Some(mode) = roll_to {
         roll_transport(&ns, mode).await;
@@ -815,3 +834,53 @@ async fn the_node_api_answers_only_the_operator() {
 }
 
 const SECOND: Duration = Duration::from_secs(1);
+
+/// Posts of the relay flood, each of [`FLOOD_BODY`] bytes.
+const FLOOD_POSTS: usize = 512;
+const FLOOD_PAYLOAD: usize = 512 << 10;
+
+/// Posts [`FLOOD_POSTS`] well-formed messages for as many invented clusters
+/// to the relay at `addr`, eight at a time; returns how many were refused
+/// with 404 and the peak resident memory of this process seen meanwhile.
+async fn flood_relay(addr: std::net::SocketAddr) -> (usize, u64) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use torcus_node::transport::relay::{CLUSTER_HEADER, MESSAGES_PATH, PARTY_HEADER};
+    let envelope = torcus_node::engine::Envelope {
+        from: 0,
+        to: Some(1),
+        payload: vec![0x5a; FLOOD_PAYLOAD],
+        ..torcus_node::engine::Envelope::default()
+    };
+    let body = torcus_node::transport::frame::encode(&envelope);
+    let body = &body;
+    let post = |i: usize| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let head = format!(
+            "POST {MESSAGES_PATH}?to=1 HTTP/1.1\r\nhost: relay\r\n{PARTY_HEADER}: 0\r\n\
+             {CLUSTER_HEADER}: flood/invented-{i}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.ok()?;
+        // The relay may answer and close before the body is through.
+        let _ = stream.write_all(body).await;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        Some(answer.starts_with("HTTP/1.1 404"))
+    };
+    let (mut refused, mut peak) = (0, rss_bytes());
+    for batch in (0..FLOOD_POSTS).collect::<Vec<_>>().chunks(8) {
+        let answers = futures::future::join_all(batch.iter().map(|i| post(*i))).await;
+        refused += answers.into_iter().filter(|a| *a == Some(true)).count();
+        peak = peak.max(rss_bytes());
+    }
+    (refused, peak)
+}
+
+/// Resident memory of this process, from `/proc/self/status`.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok());
+    kib.unwrap_or(0) * 1024
+}

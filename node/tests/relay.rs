@@ -33,8 +33,13 @@ struct RelayServer {
 }
 
 async fn serve_relay(limits: RelayLimits) -> RelayServer {
+    serve_relay_with(limits, |relay| relay).await
+}
+
+/// Like [`serve_relay`], with the relay made by `build` from a new one.
+async fn serve_relay_with(limits: RelayLimits, build: impl FnOnce(Relay) -> Relay) -> RelayServer {
     let registry = Registry::new();
-    let relay = Arc::new(Relay::new(&registry, limits).unwrap());
+    let relay = Arc::new(build(Relay::new(&registry, limits).unwrap()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
@@ -117,6 +122,9 @@ async fn poll(relay: &RelayServer, party: u16, cluster: &str) -> (StatusCode, us
         .await
         .unwrap();
     let status = response.status();
+    if !status.is_success() {
+        return (status, 0);
+    }
     let mut body = &response.bytes().await.unwrap()[..];
     let mut frames = 0;
     while let Some((len, rest)) = body.split_first_chunk::<4>() {
@@ -184,6 +192,57 @@ async fn a_broadcast_copy_stays_a_broadcast() {
     for receiver in &mut receivers {
         assert_eq!(recv(receiver).await, broadcast, "the engine must still see a broadcast");
     }
+}
+
+#[tokio::test]
+async fn the_relay_serves_known_clusters_only_and_bounds_the_bodies_it_reads() {
+    let limits = RelayLimits { max_body_bytes_in_flight: 64 << 10, ..RelayLimits::default() };
+    let relay = serve_relay_with(limits, |relay| relay.for_clusters(|cluster| cluster == CLUSTER)).await;
+    let body = |from, to, seq| frame::encode(&env(from, to, seq));
+
+    // A cluster the relay does not serve: refused before anything is read or queued.
+    assert_eq!(post(&relay, 1, "vault/invented", "", body(1, 0, 0)).await, StatusCode::NOT_FOUND);
+    assert_eq!(poll(&relay, 0, "vault/invented").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(relay.sample(r#"torcus_relay_rejected_total{reason="unknown_cluster"}"#), 2.0);
+
+    // A client that declares 60 KiB and sends nothing holds that much of
+    // the 64 KiB budget; a second body that does not fit is refused at once.
+    use tokio::io::AsyncWriteExt as _;
+    let mut slow = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let head = format!(
+        "POST {MESSAGES_PATH}?to=0 HTTP/1.1\r\nhost: relay\r\n{PARTY_HEADER}: 1\r\n{CLUSTER_HEADER}: {CLUSTER}\r\ncontent-length: {}\r\n\r\n",
+        60 << 10
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let padded = frame::encode(&Envelope { payload: vec![0; 10 << 10], ..env(1, 0, 1) });
+    let mut busy = StatusCode::ACCEPTED;
+    for _ in 0..50 {
+        busy = post(&relay, 1, CLUSTER, "", padded.clone()).await;
+        if busy == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        // The slow request may not have reached its handler yet.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(busy, StatusCode::SERVICE_UNAVAILABLE, "the budget was held");
+    assert!(relay.sample(r#"torcus_relay_rejected_total{reason="busy"}"#) >= 1.0);
+    // The budget comes back with the connection, and honest messages flow.
+    drop(slow);
+    let mut zero = node(&relay, CLUSTER, 0);
+    let mut delivered = false;
+    for _ in 0..50 {
+        if post(&relay, 1, CLUSTER, "", body(1, 0, 2)).await == StatusCode::ACCEPTED {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(delivered, "the budget was released");
+    let mut got = recv(&mut zero).await;
+    if got.seq == 1 {
+        got = recv(&mut zero).await;
+    }
+    assert_eq!(got, env(1, 0, 2));
 }
 
 #[tokio::test]

@@ -194,8 +194,15 @@ impl Args {
         }
 
         let registry = Arc::new(registry::Registry::new(metrics.registry(), registry::RegistrySettings::default())?);
-        let relay = Arc::new(torcus_relay::Relay::new(metrics.registry(), torcus_relay::RelayLimits::default())?);
-        let extra = registry::router(registry.clone(), trust_lookup(client.clone()))
+        // What the cluster controller issued: the registry checks nodes'
+        // certificates against it, the relay serves only its clusters.
+        let nodes = node_client::NodeClient::new();
+        let relay = torcus_relay::Relay::new(metrics.registry(), torcus_relay::RelayLimits::default())?;
+        let relay = Arc::new(relay.for_clusters({
+            let nodes = nodes.clone();
+            move |cluster| cluster.split_once('/').is_some_and(|(ns, name)| nodes.knows(ns, name))
+        }));
+        let extra = registry::router(registry.clone(), trust_lookup(nodes.clone()))
             .merge(torcus_relay::relay_router(relay.clone()));
         let listener = tokio::net::TcpListener::bind(http_addr).await.map_err(|e| RunError::Bind(http_addr, e))?;
         info!(addr = %http_addr, "serving metrics, health, the node registry and the relay");
@@ -252,7 +259,6 @@ impl Args {
             }));
         }
 
-        #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut, reason = "only test hooks change the context"))]
         let mut ctx = cluster_controller::Context::new(
             client.clone(),
             Recorder::new(client.clone(), Reporter { controller: "torcus-operator".into(), instance: Some(instance) }),
@@ -260,6 +266,7 @@ impl Args {
             metrics.clone(),
             registry,
         );
+        ctx.nodes = nodes;
         #[cfg(feature = "test-hooks")]
         {
             ctx.test_hooks = test_hooks;
@@ -380,17 +387,16 @@ async fn label_leader(client: &Client, ns: &str, pod: &str, leader: bool) {
     }
 }
 
-/// Reads the trust bundle of cluster `name` in `ns` from its CA Secret, so
-/// that the registry checks a node's certificate against its own cluster's
-/// CAs (old and new during a roll).
-fn trust_lookup(client: Client) -> registry::TrustLookup {
+/// The trust bundle of cluster `name` in `ns` as the cluster controller
+/// issued it, so that the registry checks a node's certificate against its
+/// own cluster's CAs (old and new during a roll). From memory: a registry
+/// POST, authenticated or not, costs no API call, and a cluster this
+/// operator does not manage (or has not reconciled since it started) is
+/// unknown whatever Secrets exist.
+fn trust_lookup(nodes: node_client::NodeClient) -> registry::TrustLookup {
     Arc::new(move |ns: String, name: String| {
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        Box::pin(async move {
-            let secret = secrets.get_opt(&resources::Names::new(&name).ca_secret()).await.ok()??;
-            let bundle = secret.data.as_ref()?.get("ca.crt")?;
-            String::from_utf8(bundle.0.clone()).ok()
-        })
+        let bundle = nodes.trust_bundle(&ns, &name);
+        Box::pin(async move { bundle })
     })
 }
 

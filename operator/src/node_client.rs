@@ -158,6 +158,17 @@ impl NodeClient {
         clusters.insert(key_pair, tls);
     }
 
+    /// Whether the operator manages `namespace/cluster` (has its certificates).
+    pub fn knows(&self, namespace: &str, cluster: &str) -> bool {
+        self.lock().contains_key(&(namespace.to_owned(), cluster.to_owned()))
+    }
+
+    /// The trust bundle of `namespace/cluster` as the operator last issued
+    /// it; `None` for a cluster it does not manage.
+    pub fn trust_bundle(&self, namespace: &str, cluster: &str) -> Option<String> {
+        self.lock().get(&(namespace.to_owned(), cluster.to_owned())).map(|tls| tls.bundle.clone())
+    }
+
     /// Forgets a deleted cluster's credentials.
     pub fn forget(&self, namespace: &str, cluster: &str) {
         self.lock().remove(&(namespace.to_owned(), cluster.to_owned()));

@@ -105,15 +105,24 @@ pub fn relay_router(relay: Arc<Relay>) -> axum::Router {
     axum::Router::new().route(MESSAGES_PATH, get(poll_handler).post(post_handler)).with_state(relay)
 }
 
-/// Bounds on what the relay holds.
+/// Bounds on what the relay holds. The defaults keep the relay (queued
+/// messages plus bodies being read) under 128 MiB, half the operator's
+/// default memory limit.
 #[derive(Clone, Debug)]
 pub struct RelayLimits {
     /// Messages queued for one recipient; more are refused with `429`.
     pub max_messages_per_recipient: usize,
     /// Bytes queued for one recipient; more are refused with `429`.
     pub max_bytes_per_recipient: usize,
+    /// Bytes queued for all the recipients of one cluster; more are refused
+    /// with `429`.
+    pub max_bytes_per_cluster: usize,
     /// Bytes queued in all; more are refused with `503`.
     pub max_total_bytes: usize,
+    /// Bytes of request bodies being read at once, counted from the
+    /// declared length (a frame's limit when none is declared) before a byte
+    /// is read; more are refused with `503`.
+    pub max_body_bytes_in_flight: usize,
     /// Clusters with queues at once; a new one beyond is refused with `503`.
     pub max_clusters: usize,
     /// A queue neither posted to nor polled for this long is dropped, with
@@ -124,14 +133,21 @@ pub struct RelayLimits {
 impl Default for RelayLimits {
     fn default() -> Self {
         Self {
-            max_messages_per_recipient: 10_000,
-            max_bytes_per_recipient: 64 << 20,
-            max_total_bytes: 1 << 30,
-            max_clusters: 256,
+            max_messages_per_recipient: 4096,
+            max_bytes_per_recipient: 16 << 20,
+            max_bytes_per_cluster: 32 << 20,
+            max_total_bytes: 96 << 20,
+            max_body_bytes_in_flight: 32 << 20,
+            max_clusters: 64,
             idle_ttl: Duration::from_secs(300),
         }
     }
 }
+
+/// Whether the relay serves a cluster (`<namespace>/<name>`): the operator
+/// answers for the clusters it manages, so that requests for any other are
+/// refused before they cost memory.
+pub type KnownClusters = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// The DER leaf certificate of the TLS client, which the TLS terminator in
 /// front of [`relay_router`] inserts as a request extension once it has
@@ -206,6 +222,12 @@ pub enum RelayError {
     /// The relay serves as many clusters as it may.
     #[error("relay serves too many clusters")]
     TooManyClusters,
+    /// The cluster is not one the relay serves.
+    #[error("no such cluster")]
+    UnknownCluster,
+    /// Too many bodies are being read at once; try later.
+    #[error("relay is busy reading other requests")]
+    Busy,
 }
 
 impl RelayError {
@@ -221,9 +243,10 @@ impl RelayError {
             | Self::RecipientMismatch { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::ForeignCluster(_) | Self::WrongParty { .. } => StatusCode::FORBIDDEN,
+            Self::UnknownCluster => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::RelayFull | Self::TooManyClusters => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RelayFull | Self::TooManyClusters | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -244,6 +267,8 @@ impl RelayError {
             Self::QueueFull(_) => "queue_full",
             Self::RelayFull => "relay_full",
             Self::TooManyClusters => "too_many_clusters",
+            Self::UnknownCluster => "unknown_cluster",
+            Self::Busy => "busy",
         }
     }
 }
@@ -265,6 +290,10 @@ pub struct Relay {
     state: Mutex<Queues>,
     /// `None` trusts the headers; see the module documentation.
     authenticator: Option<PeerAuthenticator>,
+    /// `None` serves any cluster.
+    known: Option<KnownClusters>,
+    /// Budget of body bytes being read, in KiB permits.
+    reading: Arc<tokio::sync::Semaphore>,
     metrics: RelayMetrics,
     /// Cancelled by [`Relay::close`]: waiting polls return at once, so a
     /// graceful shutdown of the server is not held up by long polls.
@@ -275,6 +304,8 @@ pub struct Relay {
 struct Queues {
     /// Cluster (`namespace/name`) → recipient → queue.
     clusters: HashMap<String, HashMap<u16, Queue>>,
+    /// Cluster → bytes queued for all its recipients.
+    cluster_bytes: HashMap<String, usize>,
     total_bytes: usize,
     last_sweep: Option<Instant>,
 }
@@ -320,7 +351,16 @@ impl Relay {
         for direction in ["in", "out"] {
             messages.with_label_values(&[direction]);
         }
-        for reason in ["unauthenticated", "wrong_party", "too_large", "malformed_frame", "queue_full", "relay_full"] {
+        for reason in [
+            "unauthenticated",
+            "unknown_cluster",
+            "wrong_party",
+            "too_large",
+            "malformed_frame",
+            "queue_full",
+            "relay_full",
+            "busy",
+        ] {
             rejected.with_label_values(&[reason]);
         }
         registry.register(Box::new(messages.clone()))?;
@@ -328,10 +368,13 @@ impl Relay {
         registry.register(Box::new(expired.clone()))?;
         registry.register(Box::new(queued_messages.clone()))?;
         registry.register(Box::new(queued_bytes.clone()))?;
+        let reading = Arc::new(tokio::sync::Semaphore::new(kib(limits.max_body_bytes_in_flight)));
         Ok(Self {
             limits,
             state: Mutex::default(),
             authenticator: None,
+            known: None,
+            reading,
             metrics: RelayMetrics { messages, rejected, expired, queued_messages, queued_bytes },
             closed: CancellationToken::new(),
         })
@@ -346,6 +389,20 @@ impl Relay {
     ) -> Self {
         self.authenticator = Some(Arc::new(authenticator));
         self
+    }
+
+    /// Serves only the clusters `known` answers for; others get `404`,
+    /// counted as `unknown_cluster`, before their body is read.
+    pub fn for_clusters(mut self, known: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.known = Some(Arc::new(known));
+        self
+    }
+
+    fn check_known(&self, cluster: &str) -> Result<(), RelayError> {
+        match &self.known {
+            Some(known) if !known(cluster) => Err(RelayError::UnknownCluster),
+            _ => Ok(()),
+        }
     }
 
     /// Makes waiting polls return now and later ones return at once.
@@ -380,6 +437,10 @@ impl Relay {
         if state.total_bytes + body.len() > self.limits.max_total_bytes {
             return Err(RelayError::RelayFull);
         }
+        let in_cluster = state.cluster_bytes.get(cluster).copied().unwrap_or(0);
+        if in_cluster + body.len() > self.limits.max_bytes_per_cluster {
+            return Err(RelayError::QueueFull(to));
+        }
         let queue = state.clusters.entry(cluster.to_owned()).or_default().entry(to).or_insert_with(|| Queue::new(now));
         if queue.frames.len() >= self.limits.max_messages_per_recipient
             || queue.bytes + body.len() > self.limits.max_bytes_per_recipient
@@ -391,6 +452,7 @@ impl Relay {
         queue.frames.push_back(body);
         queue.last_active = now;
         queue.notify.notify_waiters();
+        *state.cluster_bytes.entry(cluster.to_owned()).or_default() += len;
         state.total_bytes += len;
         self.metrics.queued_messages.inc();
         self.metrics.queued_bytes.add(len as i64);
@@ -422,6 +484,9 @@ impl Relay {
         let taken: usize = frames.iter().map(Bytes::len).sum();
         queue.bytes -= taken;
         let notify = Arc::clone(&queue.notify);
+        if let Some(bytes) = state.cluster_bytes.get_mut(cluster) {
+            *bytes -= taken;
+        }
         state.total_bytes -= taken;
         self.metrics.queued_messages.sub(frames.len() as i64);
         self.metrics.queued_bytes.sub(taken as i64);
@@ -443,18 +508,25 @@ impl Relay {
         }
         state.last_sweep = Some(now);
         let (mut messages, mut bytes) = (0usize, 0usize);
-        for queues in state.clusters.values_mut() {
+        let Queues { clusters, cluster_bytes, .. } = state;
+        for (cluster, queues) in clusters.iter_mut() {
+            let mut dropped = 0;
             queues.retain(|_, queue| {
                 let keep =
                     now.saturating_duration_since(queue.last_active) <= ttl || Arc::strong_count(&queue.notify) > 1;
                 if !keep {
                     messages += queue.frames.len();
-                    bytes += queue.bytes;
+                    dropped += queue.bytes;
                 }
                 keep
             });
+            if let Some(held) = cluster_bytes.get_mut(cluster) {
+                *held -= dropped;
+            }
+            bytes += dropped;
         }
-        state.clusters.retain(|_, queues| !queues.is_empty());
+        clusters.retain(|_, queues| !queues.is_empty());
+        cluster_bytes.retain(|cluster, _| clusters.contains_key(cluster));
         state.total_bytes -= bytes;
         self.metrics.expired.inc_by(messages as u64);
         self.metrics.queued_messages.sub(messages as i64);
@@ -508,6 +580,7 @@ async fn post(
     body: Body,
 ) -> Result<(), RelayError> {
     let cluster = cluster_header(headers)?;
+    relay.check_known(cluster)?;
     let party = party_header(headers)?.ok_or(RelayError::MissingHeader(PARTY_HEADER))?;
     relay.authenticate(cert, cluster, party)?;
     let mut to = None;
@@ -516,7 +589,7 @@ async fn post(
             to = Some(parse_party(value)?);
         }
     }
-    let body = read_body(headers, body).await?;
+    let body = read_body(&relay.reading, headers, body).await?;
     let envelope = frame::decode(&body)?;
     if envelope.from != party {
         return Err(RelayError::WrongParty { claimed: envelope.from, actual: party });
@@ -531,26 +604,39 @@ async fn post(
     relay.push(cluster, to, body, Instant::now())
 }
 
-/// Reads at most [`frame::MAX_FRAME`] bytes of body.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, RelayError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    if declared > frame::MAX_FRAME {
-        return Err(RelayError::TooLarge(declared));
+/// Reads at most [`frame::MAX_FRAME`] bytes of body, and no more than the
+/// length declared, once `budget` (KiB permits) grants that length.
+async fn read_body(budget: &Arc<tokio::sync::Semaphore>, headers: &HeaderMap, body: Body) -> Result<Bytes, RelayError> {
+    let declared = match headers.get(header::CONTENT_LENGTH) {
+        Some(value) => {
+            let length = value.to_str().ok().and_then(|v| v.parse::<usize>().ok());
+            Some(length.ok_or(RelayError::BadHeader("content-length"))?)
+        }
+        None => None,
+    };
+    let limit = declared.unwrap_or(frame::MAX_FRAME);
+    if limit > frame::MAX_FRAME {
+        return Err(RelayError::TooLarge(limit));
     }
-    let mut out = Vec::with_capacity(declared);
+    // Counted before a byte is read: a flood of large bodies is refused
+    // here instead of held in memory.
+    let permits = u32::try_from(kib(limit)).map_err(|_| RelayError::TooLarge(limit))?;
+    let _reading = Arc::clone(budget).try_acquire_many_owned(permits).map_err(|_| RelayError::Busy)?;
+    let mut out = Vec::new();
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| RelayError::Body(e.to_string()))?;
-        if out.len() + chunk.len() > frame::MAX_FRAME {
+        if out.len() + chunk.len() > limit {
             return Err(RelayError::TooLarge(out.len() + chunk.len()));
         }
         out.extend_from_slice(&chunk);
     }
     Ok(out.into())
+}
+
+/// `bytes` in KiB permits, rounded up (at least one).
+fn kib(bytes: usize) -> usize {
+    bytes.div_ceil(1024).max(1)
 }
 
 async fn poll_handler(
@@ -581,6 +667,7 @@ async fn poll(
     cert: Option<&PeerCertificate>,
 ) -> Result<Vec<Bytes>, RelayError> {
     let cluster = cluster_header(headers)?;
+    relay.check_known(cluster)?;
     let (mut party, mut wait) = (None, Duration::ZERO);
     for (key, value) in query_pairs(query) {
         match key {
@@ -970,6 +1057,22 @@ mod tests {
         // Draining makes room again.
         assert_eq!(relay.take("ns/a", 1, now).unwrap().0.len(), 2);
         relay.push("ns/a", 1, body(10), now).unwrap();
+    }
+
+    #[test]
+    fn one_cluster_cannot_take_the_whole_relay() {
+        let relay =
+            relay(RelayLimits { max_bytes_per_cluster: 50, idle_ttl: Duration::ZERO, ..RelayLimits::default() });
+        let now = Instant::now();
+        relay.push("ns/a", 1, body(30), now).unwrap();
+        assert!(matches!(relay.push("ns/a", 2, body(30), now), Err(RelayError::QueueFull(2))), "cluster bytes");
+        relay.push("ns/b", 2, body(30), now).unwrap();
+        assert_eq!(relay.take("ns/a", 1, now).unwrap().0.len(), 1);
+        relay.push("ns/a", 2, body(30), now).unwrap();
+        // Swept queues give their bytes back to their cluster.
+        let later = now + Duration::from_secs(1);
+        relay.sweep(&mut relay.state.lock().unwrap(), later);
+        relay.push("ns/a", 2, body(50), later).unwrap();
     }
 
     #[test]
