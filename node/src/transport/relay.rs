@@ -22,7 +22,15 @@
 //! [`Relay::with_authenticator`] (e.g. [`identity_from_certificate`]); then
 //! the certificate's party and cluster must match the headers. The operator
 //! serves it in plain HTTP inside the cluster today, behind the NetworkPolicy
-//! of the Helm chart.
+//! of the Helm chart, built with [`Relay::for_clusters`]: a request for a
+//! cluster the operator does not manage is refused before its body is read.
+//!
+//! # Memory
+//!
+//! Everything the relay holds is bounded ([`RelayLimits`]): queued bytes per
+//! recipient, per cluster and in all, the number of clusters, and the bytes
+//! of bodies being read at once (counted from the declared length before a
+//! byte is read). Every refusal is counted in `torcus_relay_rejected_total`.
 //!
 //! # Wire format
 //!
