@@ -41,8 +41,26 @@ pub fn verify_signed(
     now: OffsetDateTime,
 ) -> Result<Identity> {
     crate::verify_leaf(cert_pem, trust_bundle_pem, now)?;
-    let der = crate::first_certificate(cert_pem)?;
-    let cert = crate::inspect::parse(&der)?;
+    verify_key_signature(&crate::first_certificate(cert_pem)?, msg, signature)
+}
+
+/// Like [`verify_signed`] for a leaf in DER with no intermediates, as it travels in an HTTP
+/// header: it must chain directly to a CA of `trust_bundle_pem`.
+pub fn verify_signed_der(
+    cert_der: &[u8],
+    trust_bundle_pem: &str,
+    msg: &[u8],
+    signature: &[u8],
+    now: OffsetDateTime,
+) -> Result<Identity> {
+    crate::tls::verify_leaf_der(cert_der, trust_bundle_pem, now)?;
+    verify_key_signature(cert_der, msg, signature)
+}
+
+/// Checks that `signature` is the ECDSA P-256 SHA-256 signature of `der`'s key over `msg`;
+/// returns the certificate's identity. `der` must have been verified already.
+fn verify_key_signature(der: &[u8], msg: &[u8], signature: &[u8]) -> Result<Identity> {
+    let cert = crate::inspect::parse(der)?;
     let spki = cert.public_key();
     let curve = spki.algorithm.parameters.as_ref().and_then(|params| params.as_oid().ok());
     if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY || curve != Some(OID_EC_P256) {
@@ -60,7 +78,7 @@ pub fn verify_signed(
     algorithm
         .verify_signature(spki.subject_public_key.data.as_ref(), msg, signature)
         .map_err(|_| Error::BadSignature)?;
-    crate::inspect_der(&der)?.identity.ok_or(Error::NoIdentity)
+    crate::inspect_der(der)?.identity.ok_or(Error::NoIdentity)
 }
 
 #[cfg(test)]
@@ -90,6 +108,18 @@ mod tests {
         let op = ca.issue(&operator(), &[], &[], Duration::hours(1), now()).unwrap();
         let sig = sign_with_key(&op.key_pem, MSG).unwrap();
         assert_eq!(verify_signed(&op.cert_pem, ca.cert_pem(), MSG, &sig, now()).unwrap(), operator());
+    }
+
+    #[test]
+    fn a_der_leaf_verifies_like_its_pem() {
+        let ca = ca(now());
+        let leaf = issue_node(&ca, 1, now());
+        let der = crate::first_certificate(&leaf.cert_pem).unwrap();
+        let sig = sign_with_key(&leaf.key_pem, MSG).unwrap();
+        assert_eq!(verify_signed_der(&der, ca.cert_pem(), MSG, &sig, now()).unwrap(), node(1));
+        assert!(matches!(verify_signed_der(&der, ca.cert_pem(), b"other", &sig, now()), Err(Error::BadSignature)));
+        let other = CertificateAuthority::generate("another CA", Duration::days(1), now()).unwrap();
+        assert!(verify_signed_der(&der, other.cert_pem(), MSG, &sig, now()).is_err(), "another CA");
     }
 
     #[test]

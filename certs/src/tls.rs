@@ -34,6 +34,14 @@ pub fn verify_leaf(leaf_pem: &str, trust_bundle_pem: &str, now: OffsetDateTime) 
     Ok(())
 }
 
+/// Like [`verify_leaf`] for one DER leaf without intermediates.
+pub(crate) fn verify_leaf_der(leaf_der: &[u8], trust_bundle_pem: &str, now: OffsetDateTime) -> Result<()> {
+    client_verifier(trust_bundle_pem)?
+        .verify_client_cert(&CertificateDer::from(leaf_der), &[], crate::unix_time(now)?)
+        .map_err(Error::Rejected)?;
+    Ok(())
+}
+
 /// A TLS 1.3 server configuration that requires a client certificate chaining to
 /// `trust_bundle_pem`, and presents `cert_chain_pem` (leaf first) with `key`.
 pub fn server_config(

@@ -395,9 +395,17 @@ async fn transport_signs(transport: &str, roll_to: Option<&str>) {
         let (refused, peak) = flood.await.unwrap();
         eprintln!("relay flood: {refused} posts refused; RSS {rss_before} -> peak {peak} bytes");
         assert_eq!(refused, FLOOD_POSTS, "every post for an invented cluster is refused with 404");
+        // A poll of party 0's queue that no node signed, as anyone could send.
+        let url = ns.operator_url().expect("the operator's address").to_owned();
+        let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+        let cluster = format!("{}/vault", ns.name);
+        let answer = raw_relay_request(addr, "GET", "party=0&wait_ms=0", &cluster, 0, &[]).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "an unsigned poll was answered: {answer}");
         let metrics = ns.operator_metrics().await;
         let unknown = metric(&metrics, "torcus_relay_rejected_total", &[("reason", "unknown_cluster")]);
         assert!(unknown >= FLOOD_POSTS as f64, "refusals counted: {unknown}");
+        let unsigned = metric(&metrics, "torcus_relay_rejected_total", &[("reason", "unauthenticated")]);
+        assert!(unsigned >= 1.0, "the unsigned poll is counted: {unsigned}");
         // The operator runs in this test process: its resident memory grew by
         // less than 64 MiB under 256 MiB of posts (the relay used to queue
         // them: 128 MiB for its first 256 clusters).
@@ -843,8 +851,6 @@ const FLOOD_PAYLOAD: usize = 512 << 10;
 /// to the relay at `addr`, eight at a time; returns how many were refused
 /// with 404 and the peak resident memory of this process seen meanwhile.
 async fn flood_relay(addr: std::net::SocketAddr) -> (usize, u64) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    use torcus_node::transport::relay::{CLUSTER_HEADER, MESSAGES_PATH, PARTY_HEADER};
     let envelope = torcus_node::engine::Envelope {
         from: 0,
         to: Some(1),
@@ -854,27 +860,44 @@ async fn flood_relay(addr: std::net::SocketAddr) -> (usize, u64) {
     let body = torcus_node::transport::frame::encode(&envelope);
     let body = &body;
     let post = |i: usize| async move {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let head = format!(
-            "POST {MESSAGES_PATH}?to=1 HTTP/1.1\r\nhost: relay\r\n{PARTY_HEADER}: 0\r\n\
-             {CLUSTER_HEADER}: flood/invented-{i}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.ok()?;
-        // The relay may answer and close before the body is through.
-        let _ = stream.write_all(body).await;
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer).await;
-        let answer = String::from_utf8_lossy(&answer);
-        Some(answer.starts_with("HTTP/1.1 404"))
+        let answer = raw_relay_request(addr, "POST", "to=1", &format!("flood/invented-{i}"), 0, body).await;
+        answer.starts_with("HTTP/1.1 404")
     };
     let (mut refused, mut peak) = (0, rss_bytes());
     for batch in (0..FLOOD_POSTS).collect::<Vec<_>>().chunks(8) {
         let answers = futures::future::join_all(batch.iter().map(|i| post(*i))).await;
-        refused += answers.into_iter().filter(|a| *a == Some(true)).count();
+        refused += answers.into_iter().filter(|refused| *refused).count();
         peak = peak.max(rss_bytes());
     }
     (refused, peak)
+}
+
+/// One relay request over a fresh connection, unsigned, as any pod could
+/// send it; the answer's text (empty when the connection failed).
+async fn raw_relay_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    query: &str,
+    cluster: &str,
+    party: u16,
+    body: &[u8],
+) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use torcus_node::transport::relay::{CLUSTER_HEADER, MESSAGES_PATH, PARTY_HEADER};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return String::new() };
+    let head = format!(
+        "{method} {MESSAGES_PATH}?{query} HTTP/1.1\r\nhost: relay\r\n{PARTY_HEADER}: {party}\r\n\
+         {CLUSTER_HEADER}: {cluster}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    // The relay may answer and close before the body is through.
+    let _ = stream.write_all(body).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Resident memory of this process, from `/proc/self/status`.

@@ -264,7 +264,9 @@ impl Args {
         let relay = |incoming_tx: mpsc::Sender<engine::Envelope>| -> Result<(Arc<RelayTransport>, _), Error> {
             let base_url =
                 cluster.registry_url.clone().ok_or_else(|| Error::Transport("http without a registry URL".into()))?;
-            let config = RelayConfig { me, cluster: format!("{}/{}", cluster.namespace, cluster.cluster), base_url };
+            let signer = Some(Arc::new(transport::relay::RequestSigner::from_tls_dir(tls_dir.clone())));
+            let cluster_name = format!("{}/{}", cluster.namespace, cluster.cluster);
+            let config = RelayConfig { me, cluster: cluster_name, base_url, signer };
             let transport_metrics = TransportMetrics::register(&metrics.registry, "relay")?;
             let dropped = transport_metrics.dropped.clone();
             Ok((RelayTransport::start(config, incoming_tx, transport_metrics, stop.clone()), dropped))

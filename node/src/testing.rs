@@ -122,7 +122,11 @@ impl Cluster {
         // The relay the operator serves in http and hybrid mode, here in-process.
         let mut relay_task = None;
         if transport == "http" || transport == "hybrid" {
-            let relay = crate::transport::relay::Relay::new(&prometheus::Registry::new(), Default::default()).unwrap();
+            // As the operator serves it: requests signed by a node of this cluster only.
+            let bundle = ca.cert_pem().to_owned();
+            let relay = crate::transport::relay::Relay::new(&prometheus::Registry::new(), Default::default())
+                .unwrap()
+                .with_signed_requests(move |cluster| (cluster == "vault/demo").then(|| bundle.clone()));
             let app = crate::transport::relay::relay_router(std::sync::Arc::new(relay));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             config.registry_url = Some(format!("http://{}", listener.local_addr().unwrap()));
@@ -267,6 +271,11 @@ impl Cluster {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// Node `i`'s TLS folder (`tls.crt`, `tls.key`, `ca.crt`, its other keys).
+    pub fn tls_dir(&self, i: u16) -> PathBuf {
+        self.dir.path().join(format!("tls-{i}"))
     }
 
     /// URL of `path` on node `i`'s API (mutual TLS).

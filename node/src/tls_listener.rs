@@ -58,9 +58,15 @@ struct Tls {
 
 const FILES: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
 
+/// The modification times of `files` in `dir` (`None` for one that cannot
+/// be read): what tells that the operator rotated them.
+pub(crate) fn stamps(dir: &std::path::Path, files: &[&str]) -> Vec<Option<SystemTime>> {
+    files.iter().map(|f| std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok()).collect()
+}
+
 impl Tls {
     fn stamps(&self) -> Vec<Option<SystemTime>> {
-        FILES.iter().map(|f| std::fs::metadata(self.dir.join(f)).and_then(|m| m.modified()).ok()).collect()
+        stamps(&self.dir, &FILES)
     }
 
     /// The acceptor for what is on disk now; the last good one when the

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use torcus_contract::{Control, GrantKind, SignMessage, SignedGrant};
 use torcus_node::engine::{Channel, Envelope};
 use torcus_node::testing::{Cluster, digest, payload};
-use torcus_node::transport::relay::{RelayConfig, RelayTransport};
+use torcus_node::transport::relay::{RelayConfig, RelayTransport, RequestSigner};
 use torcus_node::transport::seal::{self, SealedTransport, Sealer};
 use torcus_node::transport::{Transport, TransportMetrics};
 
@@ -50,6 +50,8 @@ impl Impostor {
                 me: 0,
                 cluster: format!("{}/{}", config.namespace, config.cluster),
                 base_url: config.registry_url.clone().expect("http mode has a relay"),
+                // The harness's relay takes requests signed by the node they speak for.
+                signer: Some(Arc::new(RequestSigner::from_tls_dir(cluster.tls_dir(0)))),
             },
             sealed_tx,
             metrics,

@@ -599,7 +599,8 @@ fn build_node(me: u16, mode: &str, dir: &Path) -> anyhow::Result<Node> {
     };
     let relay = |incoming_tx: mpsc::Sender<Envelope>| -> anyhow::Result<(Arc<RelayTransport>, IntCounterVec)> {
         let base_url = cluster.registry_url.clone().context("http without a registry URL")?;
-        let config = RelayConfig { me, cluster: format!("{}/{}", cluster.namespace, cluster.cluster), base_url };
+        let cluster_name = format!("{}/{}", cluster.namespace, cluster.cluster);
+        let config = RelayConfig { me, cluster: cluster_name, base_url, signer: None };
         let metrics = TransportMetrics::register(&registry, "relay")?;
         let dropped = metrics.dropped.clone();
         Ok((RelayTransport::start(config, incoming_tx, metrics, stop.clone()), dropped))

@@ -19,7 +19,8 @@ use torcus_node::router::Router;
 use torcus_node::transport::hybrid::HybridTransport;
 use torcus_node::transport::quic::{QuicConfig, QuicTransport};
 use torcus_node::transport::relay::{
-    CLUSTER_HEADER, MESSAGES_PATH, PARTY_HEADER, Relay, RelayConfig, RelayLimits, RelayTransport, relay_router,
+    self, CLUSTER_HEADER, MESSAGES_PATH, PARTY_HEADER, Relay, RelayConfig, RelayLimits, RelayTransport, RequestSigner,
+    relay_router,
 };
 use torcus_node::transport::{SendError, Transport, TransportMetrics, frame};
 
@@ -87,7 +88,7 @@ fn node(relay: &RelayServer, cluster: &str, me: u16) -> Node {
     let metrics = TransportMetrics::register(&registry, "relay").unwrap();
     let (tx, incoming) = mpsc::channel(1 << 16);
     let stop = CancellationToken::new();
-    let config = RelayConfig { me, cluster: cluster.into(), base_url: relay.url() };
+    let config = RelayConfig { me, cluster: cluster.into(), base_url: relay.url(), signer: None };
     let transport = RelayTransport::start(config, tx, metrics.clone(), stop.clone());
     Node { transport, incoming, metrics, _stop: stop.drop_guard() }
 }
@@ -454,4 +455,119 @@ async fn keygen_over_the_relay() {
     assert!(keys.iter().all(|k| *k == keys[0]), "every party holds the same public key");
     assert!(relay.sample(r#"torcus_relay_messages_total{direction="out"}"#) > 0.0);
     drop(guards);
+}
+
+/// A node's certificate of `ca` for party `party` of `vault/demo`.
+fn node_cert(ca: &CertificateAuthority, party: u16) -> torcus_certs::IssuedCertificate {
+    let identity =
+        Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Node { party_index: party } };
+    ca.issue(&identity, &[], &[], torcus_certs::Duration::hours(1), OffsetDateTime::now_utc()).unwrap()
+}
+
+/// A raw relay request: `method` with `query` and `body` as `party` of
+/// [`CLUSTER`], with `extra` headers; its status.
+async fn raw(
+    relay: &RelayServer,
+    method: &str,
+    party: u16,
+    query: &str,
+    body: Vec<u8>,
+    extra: &[(&str, String)],
+) -> StatusCode {
+    let url = format!("{}{MESSAGES_PATH}?{query}", relay.url());
+    let mut request = match method {
+        "GET" => reqwest::Client::new().get(url),
+        _ => reqwest::Client::new().post(url).body(body),
+    };
+    request = request.header(PARTY_HEADER, party).header(CLUSTER_HEADER, CLUSTER);
+    for (name, value) in extra {
+        request = request.header(*name, value);
+    }
+    request.send().await.unwrap().status()
+}
+
+/// The three signature headers, made by hand: `cert`'s key signs as
+/// `party` at `time_ms`.
+fn sign_as(
+    cert: &torcus_certs::IssuedCertificate,
+    method: &str,
+    party: u16,
+    query: &str,
+    body: &[u8],
+    time_ms: u64,
+) -> Vec<(&'static str, String)> {
+    use torcus_certs::rustls::pki_types::CertificateDer;
+    use torcus_certs::rustls::pki_types::pem::PemObject as _;
+    let input = relay::signing_input(method, CLUSTER, party, query, time_ms, body);
+    let signature = torcus_certs::sign_with_key(&cert.key_pem, &input).unwrap();
+    let der = CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap();
+    vec![
+        (relay::TIME_HEADER, time_ms.to_string()),
+        (relay::CERTIFICATE_HEADER, hex::encode(der.as_ref())),
+        (relay::SIGNATURE_HEADER, hex::encode(signature)),
+    ]
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_relay_serves_each_node_its_own_queue_only() {
+    let ca =
+        CertificateAuthority::generate("test CA", torcus_certs::Duration::days(1), OffsetDateTime::now_utc()).unwrap();
+    let bundle = ca.cert_pem().to_owned();
+    let relay = serve_relay_with(RelayLimits::default(), |r| {
+        r.with_signed_requests(move |c| (c == CLUSTER).then(|| bundle.clone()))
+    })
+    .await;
+    let certs: Vec<_> = (0..3).map(|i| node_cert(&ca, i)).collect();
+    let signed_node = |me: u16| {
+        let registry = Registry::new();
+        let metrics = TransportMetrics::register(&registry, "relay").unwrap();
+        let (tx, incoming) = mpsc::channel(1 << 10);
+        let stop = CancellationToken::new();
+        let signer =
+            RequestSigner::fixed(certs[usize::from(me)].key_pem.clone(), &certs[usize::from(me)].cert_pem).unwrap();
+        let config = RelayConfig { me, cluster: CLUSTER.into(), base_url: relay.url(), signer: Some(Arc::new(signer)) };
+        let transport = RelayTransport::start(config, tx, metrics.clone(), stop.clone());
+        Node { transport, incoming, metrics, _stop: stop.drop_guard() }
+    };
+    let (mut zero, one) = (signed_node(0), signed_node(1));
+    one.transport.send(0, env(1, 0, 1)).await.unwrap();
+    assert_eq!(recv(&mut zero).await, env(1, 0, 1), "signed requests flow");
+
+    let body = frame::encode(&env(1, 0, 2));
+    let reason = |r: &str| relay.sample(&format!(r#"torcus_relay_rejected_total{{reason="{r}"}}"#));
+    // Unsigned: as the relay used to take them.
+    assert_eq!(raw(&relay, "POST", 1, "to=0", body.clone(), &[]).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(raw(&relay, "GET", 0, "party=0&wait_ms=0", vec![], &[]).await, StatusCode::UNAUTHORIZED);
+    // Party 1's key polling party 0's queue.
+    let as_one = sign_as(&certs[1], "GET", 0, "party=0&wait_ms=0", &[], now_ms());
+    assert_eq!(raw(&relay, "GET", 0, "party=0&wait_ms=0", vec![], &as_one).await, StatusCode::FORBIDDEN);
+    // Signed for another body, another query, or long ago.
+    let other_body = sign_as(&certs[1], "POST", 1, "to=0", b"something else", now_ms());
+    assert_eq!(raw(&relay, "POST", 1, "to=0", body.clone(), &other_body).await, StatusCode::UNAUTHORIZED);
+    let other_query = sign_as(&certs[1], "POST", 1, "to=2", &body, now_ms());
+    assert_eq!(raw(&relay, "POST", 1, "to=0", body.clone(), &other_query).await, StatusCode::UNAUTHORIZED);
+    let old = sign_as(&certs[1], "POST", 1, "to=0", &body, now_ms() - 60_000);
+    assert_eq!(raw(&relay, "POST", 1, "to=0", body.clone(), &old).await, StatusCode::UNAUTHORIZED);
+    // A certificate of another CA naming party 1.
+    let foreign_ca =
+        CertificateAuthority::generate("test CA", torcus_certs::Duration::days(1), OffsetDateTime::now_utc()).unwrap();
+    let foreign = sign_as(&node_cert(&foreign_ca, 1), "POST", 1, "to=0", &body, now_ms());
+    assert_eq!(raw(&relay, "POST", 1, "to=0", body.clone(), &foreign).await, StatusCode::UNAUTHORIZED);
+    // A good request, then the same one again.
+    let good = sign_as(&certs[1], "POST", 1, "to=0", &body, now_ms());
+    assert_eq!(raw(&relay, "POST", 1, "to=0", body.clone(), &good).await, StatusCode::ACCEPTED);
+    assert_eq!(raw(&relay, "POST", 1, "to=0", body.clone(), &good).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(recv(&mut zero).await, env(1, 0, 2), "delivered once");
+
+    assert_eq!(reason("unauthenticated"), 5.0);
+    assert_eq!(reason("wrong_party"), 1.0);
+    assert_eq!(reason("stale"), 1.0);
+    assert_eq!(reason("replayed"), 1.0);
+    // The honest nodes go on.
+    one.transport.send(0, env(1, 0, 3)).await.unwrap();
+    assert_eq!(recv(&mut zero).await, env(1, 0, 3));
 }

@@ -89,7 +89,7 @@ fn relay_node(relay: SocketAddr, me: u16) -> Node {
     let (sealed_tx, sealed_rx) = mpsc::channel(1024);
     let (tx, incoming) = mpsc::channel(1024);
     let stop = CancellationToken::new();
-    let config = RelayConfig { me, cluster: CLUSTER.into(), base_url: format!("http://{relay}") };
+    let config = RelayConfig { me, cluster: CLUSTER.into(), base_url: format!("http://{relay}"), signer: None };
     let relay = RelayTransport::start(config, sealed_tx, metrics.clone(), stop.clone());
     seal::spawn_opener(sealer(me), sealed_rx, metrics.dropped.clone(), tx);
     Node { transport: SealedTransport::new(relay, sealer(me)), incoming, metrics, _stop: stop.drop_guard() }

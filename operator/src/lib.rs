@@ -194,13 +194,15 @@ impl Args {
         }
 
         let registry = Arc::new(registry::Registry::new(metrics.registry(), registry::RegistrySettings::default())?);
-        // What the cluster controller issued: the registry checks nodes'
-        // certificates against it, the relay serves only its clusters.
+        // What the cluster controller issued: the registry and the relay
+        // check nodes' certificates against it, and know no other cluster.
         let nodes = node_client::NodeClient::new();
         let relay = torcus_relay::Relay::new(metrics.registry(), torcus_relay::RelayLimits::default())?;
-        let relay = Arc::new(relay.for_clusters({
+        // Every relay request is signed by the node it speaks for, with a
+        // certificate of its cluster's CA; other clusters are unknown.
+        let relay = Arc::new(relay.with_signed_requests({
             let nodes = nodes.clone();
-            move |cluster| cluster.split_once('/').is_some_and(|(ns, name)| nodes.knows(ns, name))
+            move |cluster| cluster.split_once('/').and_then(|(ns, name)| nodes.trust_bundle(ns, name))
         }));
         let extra = registry::router(registry.clone(), trust_lookup(nodes.clone()))
             .merge(torcus_relay::relay_router(relay.clone()));

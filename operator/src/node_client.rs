@@ -158,11 +158,6 @@ impl NodeClient {
         clusters.insert(key_pair, tls);
     }
 
-    /// Whether the operator manages `namespace/cluster` (has its certificates).
-    pub fn knows(&self, namespace: &str, cluster: &str) -> bool {
-        self.lock().contains_key(&(namespace.to_owned(), cluster.to_owned()))
-    }
-
     /// The trust bundle of `namespace/cluster` as the operator last issued
     /// it; `None` for a cluster it does not manage.
     pub fn trust_bundle(&self, namespace: &str, cluster: &str) -> Option<String> {

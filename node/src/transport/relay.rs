@@ -10,20 +10,21 @@
 //! neither read a protocol message nor forge one that the recipient opens.
 //! What is left to the relay's own checks is who may queue and poll.
 //!
-//! **The relay authenticates nobody by itself.** Without an authenticator it
-//! takes the sender's party index from the `x-torcus-party` header and the
-//! cluster from `x-torcus-cluster`, and checks only that the envelope's
-//! `from` agrees with the header. So a client that reaches it can post
-//! (sealed garbage, dropped and counted by the recipient) or poll another
-//! party's queue, which loses those messages and makes the session abort and
-//! be retried: denial of service, not disclosure. With mutual TLS in front,
-//! the operator's TLS terminator passes the verified leaf certificate in as a
-//! [`PeerCertificate`] request extension and the relay is built with
-//! [`Relay::with_authenticator`] (e.g. [`identity_from_certificate`]); then
-//! the certificate's party and cluster must match the headers. The operator
-//! serves it in plain HTTP inside the cluster today, behind the NetworkPolicy
-//! of the Helm chart, built with [`Relay::for_clusters`]: a request for a
-//! cluster the operator does not manage is refused before its body is read.
+//! **Who may queue and poll.** The operator builds its relay with
+//! [`Relay::with_signed_requests`]: every request carries the sender's node
+//! certificate, the time and a signature with the node's TLS key over the
+//! method, cluster, party, query, time and body ([`signing_input`]). The
+//! certificate must chain to the cluster's CA and name the very party the
+//! request speaks for (a poll returns that party's own queue only), the time
+//! must be within [`MAX_SKEW`] of the relay's clock, and a signature is
+//! accepted once: refusals are counted as `unauthenticated`, `wrong_party`,
+//! `foreign_cluster`, `stale` and `replayed`. A cluster without a trust
+//! bundle is unknown (`404`, before a byte of body is read). Nodes sign with
+//! [`RequestSigner`]. A relay made with [`Relay::new`] alone trusts the
+//! party header; with [`Relay::with_authenticator`] it takes the identity
+//! of a client certificate that a TLS terminator in front verified and
+//! passed in as a [`PeerCertificate`] request extension
+//! ([`identity_from_certificate`]).
 //!
 //! # Memory
 //!
@@ -34,6 +35,9 @@
 //!
 //! # Wire format
 //!
+//! - Signed requests (both kinds) add `x-torcus-time` (Unix ms),
+//!   `x-torcus-certificate` (hex DER leaf) and `x-torcus-signature` (hex DER
+//!   ECDSA P-256 SHA-256 over [`signing_input`]).
 //! - `POST /relay/v1/messages?to=<j>` with headers `x-torcus-party: <i>` and
 //!   `x-torcus-cluster: <namespace>/<cluster>`; the body is one envelope in
 //!   the frame body encoding ([`frame::encode`]). The relay queues it for
@@ -86,6 +90,22 @@ pub const MESSAGES_PATH: &str = "/relay/v1/messages";
 pub const PARTY_HEADER: &str = "x-torcus-party";
 /// Header naming the cluster, `<namespace>/<cluster>`.
 pub const CLUSTER_HEADER: &str = "x-torcus-cluster";
+/// Header carrying the sender's leaf certificate (hex DER) in a signed request.
+pub const CERTIFICATE_HEADER: &str = "x-torcus-certificate";
+/// Header carrying the time a request was signed (Unix milliseconds).
+pub const TIME_HEADER: &str = "x-torcus-time";
+/// Header carrying the request's signature (hex DER ECDSA P-256 SHA-256 over
+/// [`signing_input`]) by the key of [`CERTIFICATE_HEADER`].
+pub const SIGNATURE_HEADER: &str = "x-torcus-signature";
+/// Domain of relay request signatures: the key is the node's TLS key, which
+/// also signs registry messages (with a domain of their own).
+pub const SIGNING_DOMAIN: &[u8] = b"torcus-relay-v1\0";
+/// Farthest a signed request's time may be from the relay's clock; a
+/// signature is remembered that long, and refused when it comes again.
+pub const MAX_SKEW: Duration = Duration::from_secs(30);
+/// Signatures remembered against replay at most (about 64 bytes each); a
+/// request beyond them is refused as `busy` rather than let through.
+pub const MAX_REMEMBERED: usize = 1 << 18;
 /// Longest a GET waits for messages.
 pub const MAX_WAIT: Duration = Duration::from_secs(25);
 /// Largest GET response body; a single frame always fits.
@@ -150,6 +170,25 @@ impl Default for RelayLimits {
             idle_ttl: Duration::from_secs(300),
         }
     }
+}
+
+/// The trust bundle (PEM) of a cluster (`<namespace>/<name>`) the relay
+/// serves, `None` for any other: what signed requests are checked against.
+pub type TrustBundles = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// What a signed relay request signs: the domain, then method, cluster,
+/// party, raw query and time, each followed by a zero byte, then the
+/// SHA-256 of the body (empty for a poll).
+pub fn signing_input(method: &str, cluster: &str, party: u16, query: &str, time_ms: u64, body: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let (party, time) = (party.to_string(), time_ms.to_string());
+    let mut out = SIGNING_DOMAIN.to_vec();
+    for part in [method, cluster, party.as_str(), query, time.as_str()] {
+        out.extend_from_slice(part.as_bytes());
+        out.push(0);
+    }
+    out.extend_from_slice(&sha2::Sha256::digest(body));
+    out
 }
 
 /// Whether the relay serves a cluster (`<namespace>/<name>`): the operator
@@ -233,9 +272,16 @@ pub enum RelayError {
     /// The cluster is not one the relay serves.
     #[error("no such cluster")]
     UnknownCluster,
-    /// Too many bodies are being read at once; try later.
-    #[error("relay is busy reading other requests")]
+    /// Too many bodies are being read at once, or too many signatures are
+    /// remembered; try later.
+    #[error("relay is busy")]
     Busy,
+    /// A signed request's time is too far from the relay's clock.
+    #[error("request time is more than 30 s from the relay's clock")]
+    Stale,
+    /// A signed request came again.
+    #[error("request already seen")]
+    Replayed,
 }
 
 impl RelayError {
@@ -249,7 +295,7 @@ impl RelayError {
             | Self::Malformed(_)
             | Self::NoRecipient
             | Self::RecipientMismatch { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated | Self::Stale | Self::Replayed => StatusCode::UNAUTHORIZED,
             Self::ForeignCluster(_) | Self::WrongParty { .. } => StatusCode::FORBIDDEN,
             Self::UnknownCluster => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -277,6 +323,8 @@ impl RelayError {
             Self::TooManyClusters => "too_many_clusters",
             Self::UnknownCluster => "unknown_cluster",
             Self::Busy => "busy",
+            Self::Stale => "stale",
+            Self::Replayed => "replayed",
         }
     }
 }
@@ -300,6 +348,10 @@ pub struct Relay {
     authenticator: Option<PeerAuthenticator>,
     /// `None` serves any cluster.
     known: Option<KnownClusters>,
+    /// `Some`: every request must be signed by a node of its cluster.
+    trust: Option<TrustBundles>,
+    /// Signatures seen within [`MAX_SKEW`], against replay.
+    seen: Mutex<Seen>,
     /// Budget of body bytes being read, in KiB permits.
     reading: Arc<tokio::sync::Semaphore>,
     metrics: RelayMetrics,
@@ -368,6 +420,8 @@ impl Relay {
             "queue_full",
             "relay_full",
             "busy",
+            "stale",
+            "replayed",
         ] {
             rejected.with_label_values(&[reason]);
         }
@@ -382,6 +436,8 @@ impl Relay {
             state: Mutex::default(),
             authenticator: None,
             known: None,
+            trust: None,
+            seen: Mutex::default(),
             reading,
             metrics: RelayMetrics { messages, rejected, expired, queued_messages, queued_bytes },
             closed: CancellationToken::new(),
@@ -406,7 +462,68 @@ impl Relay {
         self
     }
 
+    /// Requires every request to be signed ([`signing_input`]) by the
+    /// node it speaks for, with a certificate that chains to the bundle
+    /// `trust` gives for its cluster; a cluster without one is unknown.
+    pub fn with_signed_requests(mut self, trust: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.trust = Some(Arc::new(trust));
+        self
+    }
+
+    /// Before a body is read: a signed request carries a fresh time.
+    fn check_fresh(&self, headers: &HeaderMap) -> Result<(), RelayError> {
+        if self.trust.is_none() {
+            return Ok(());
+        }
+        let time =
+            signed_header(headers, TIME_HEADER)?.parse::<u64>().map_err(|_| RelayError::BadHeader(TIME_HEADER))?;
+        if time.abs_diff(unix_ms()) > MAX_SKEW.as_millis() as u64 {
+            return Err(RelayError::Stale);
+        }
+        Ok(())
+    }
+
+    /// Checks a request's signature: by a node certificate of `cluster`'s
+    /// CA naming `party`, over this very request, not seen before.
+    fn verify_signed(
+        &self,
+        method: &str,
+        cluster: &str,
+        party: u16,
+        query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), RelayError> {
+        let Some(trust) = &self.trust else { return Ok(()) };
+        let bundle = trust(cluster).ok_or(RelayError::UnknownCluster)?;
+        self.check_fresh(headers)?;
+        let time =
+            signed_header(headers, TIME_HEADER)?.parse::<u64>().map_err(|_| RelayError::BadHeader(TIME_HEADER))?;
+        let certificate = hex::decode(signed_header(headers, CERTIFICATE_HEADER)?)
+            .map_err(|_| RelayError::BadHeader(CERTIFICATE_HEADER))?;
+        let signature = hex::decode(signed_header(headers, SIGNATURE_HEADER)?)
+            .map_err(|_| RelayError::BadHeader(SIGNATURE_HEADER))?;
+        let input = signing_input(method, cluster, party, query, time, body);
+        let now = torcus_certs::OffsetDateTime::now_utc();
+        let identity = torcus_certs::verify_signed_der(&certificate, &bundle, &input, &signature, now)
+            .map_err(|_| RelayError::Unauthenticated)?;
+        if cluster.split_once('/') != Some((identity.namespace.as_str(), identity.cluster.as_str())) {
+            return Err(RelayError::ForeignCluster(cluster.to_owned()));
+        }
+        match identity.role {
+            Role::Node { party_index } if party_index == party => {}
+            Role::Node { party_index } => return Err(RelayError::WrongParty { claimed: party, actual: party_index }),
+            Role::Operator => return Err(RelayError::Unauthenticated),
+        }
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).remember(&signature, time, unix_ms())
+    }
+
     fn check_known(&self, cluster: &str) -> Result<(), RelayError> {
+        if let Some(trust) = &self.trust
+            && trust(cluster).is_none()
+        {
+            return Err(RelayError::UnknownCluster);
+        }
         match &self.known {
             Some(known) if !known(cluster) => Err(RelayError::UnknownCluster),
             _ => Ok(()),
@@ -558,6 +675,54 @@ impl fmt::Debug for Relay {
     }
 }
 
+/// Signatures of accepted requests, until their time is out of the window.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Digest of a signature → the request's time (Unix ms).
+    at: HashMap<[u8; 16], u64>,
+    /// The same, in the order remembered, to forget the oldest first.
+    order: VecDeque<([u8; 16], u64)>,
+}
+
+impl Seen {
+    fn remember(&mut self, signature: &[u8], time: u64, now: u64) -> Result<(), RelayError> {
+        use sha2::Digest;
+        let window = MAX_SKEW.as_millis() as u64;
+        // A request older than the window is refused as stale before it
+        // gets here: what is out of it can go.
+        while let Some((digest, at)) = self.order.front().copied()
+            && at.saturating_add(window) < now
+        {
+            self.order.pop_front();
+            if self.at.get(&digest) == Some(&at) {
+                self.at.remove(&digest);
+            }
+        }
+        let digest: [u8; 32] = sha2::Sha256::digest(signature).into();
+        let mut key = [0; 16];
+        key.copy_from_slice(&digest[..16]);
+        if self.at.contains_key(&key) {
+            return Err(RelayError::Replayed);
+        }
+        if self.at.len() >= MAX_REMEMBERED {
+            return Err(RelayError::Busy);
+        }
+        self.at.insert(key, time);
+        self.order.push_back((key, time));
+        Ok(())
+    }
+}
+
+fn unix_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A header of a signed request; its absence means the request is not signed.
+fn signed_header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, RelayError> {
+    headers.get(name).ok_or(RelayError::Unauthenticated)?.to_str().map_err(|_| RelayError::BadHeader(name))
+}
+
 impl Queue {
     fn new(now: Instant) -> Self {
         Self { frames: VecDeque::new(), bytes: 0, last_active: now, notify: Arc::default() }
@@ -597,7 +762,9 @@ async fn post(
             to = Some(parse_party(value)?);
         }
     }
+    relay.check_fresh(headers)?;
     let body = read_body(&relay.reading, headers, body).await?;
+    relay.verify_signed("POST", cluster, party, query.unwrap_or_default(), headers, &body)?;
     let envelope = frame::decode(&body)?;
     if envelope.from != party {
         return Err(RelayError::WrongParty { claimed: envelope.from, actual: party });
@@ -694,6 +861,10 @@ async fn poll(
         return Err(RelayError::WrongParty { claimed: party, actual: header_party });
     }
     relay.authenticate(cert, cluster, party)?;
+    if relay.trust.is_some() && party_header(headers)?.is_none() {
+        return Err(RelayError::MissingHeader(PARTY_HEADER));
+    }
+    relay.verify_signed("GET", cluster, party, query.unwrap_or_default(), headers, &[])?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let (frames, notify) = relay.take(cluster, party, Instant::now())?;
@@ -752,6 +923,94 @@ pub struct RelayConfig {
     /// Base URL of the relay (`https://operator.torcus-system:8443`); the
     /// relay's paths are appended to it.
     pub base_url: String,
+    /// Signs every request with the node's key, for a relay that takes
+    /// signed requests only (the operator's); `None` sends them unsigned.
+    pub signer: Option<Arc<RequestSigner>>,
+}
+
+/// Signs a node's relay requests with its TLS key, and names its
+/// certificate, both read from the TLS folder again when the files change
+/// (the operator renews them in place).
+#[derive(Debug)]
+pub struct RequestSigner {
+    source: SignerSource,
+    /// The keys last read, with the files' modification times then.
+    cached: Mutex<Option<(FileStamps, Arc<SignerKeys>)>>,
+}
+
+type FileStamps = Vec<Option<std::time::SystemTime>>;
+
+#[derive(Debug)]
+enum SignerSource {
+    TlsDir(std::path::PathBuf),
+    Fixed(Arc<SignerKeys>),
+}
+
+#[derive(Debug)]
+struct SignerKeys {
+    key: torcus_certs::SecretPem,
+    certificate_hex: String,
+}
+
+impl SignerKeys {
+    fn new(key: torcus_certs::SecretPem, cert_pem: &str) -> Result<Self, String> {
+        use torcus_certs::rustls::pki_types::CertificateDer;
+        use torcus_certs::rustls::pki_types::pem::PemObject as _;
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| format!("tls.crt: {e}"))?;
+        Ok(Self { key, certificate_hex: hex::encode(der.as_ref()) })
+    }
+}
+
+impl RequestSigner {
+    /// Signs with `tls.key` and names `tls.crt` of `dir`.
+    pub fn from_tls_dir(dir: std::path::PathBuf) -> Self {
+        Self { source: SignerSource::TlsDir(dir), cached: Mutex::default() }
+    }
+
+    /// Signs with `key` and names `cert_pem` (its leaf first).
+    pub fn fixed(key: torcus_certs::SecretPem, cert_pem: &str) -> Result<Self, String> {
+        let keys = Arc::new(SignerKeys::new(key, cert_pem)?);
+        Ok(Self { source: SignerSource::Fixed(keys), cached: Mutex::default() })
+    }
+
+    fn keys(&self) -> Result<Arc<SignerKeys>, String> {
+        let dir = match &self.source {
+            SignerSource::Fixed(keys) => return Ok(Arc::clone(keys)),
+            SignerSource::TlsDir(dir) => dir,
+        };
+        let stamp = crate::tls_listener::stamps(dir, &["tls.crt", "tls.key"]);
+        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, keys)) = cached.as_ref()
+            && *at == stamp
+        {
+            return Ok(Arc::clone(keys));
+        }
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| format!("{name}: {e}"));
+        let keys = Arc::new(SignerKeys::new(torcus_certs::SecretPem::new(read("tls.key")?), &read("tls.crt")?)?);
+        *cached = Some((stamp, Arc::clone(&keys)));
+        Ok(keys)
+    }
+
+    /// The headers that sign a request of `method` with `query` and `body`
+    /// from `party` of `cluster`.
+    pub fn headers(
+        &self,
+        method: &str,
+        cluster: &str,
+        party: u16,
+        query: &str,
+        body: &[u8],
+    ) -> Result<[(&'static str, String); 3], String> {
+        let keys = self.keys()?;
+        let time = unix_ms();
+        let input = signing_input(method, cluster, party, query, time, body);
+        let signature = torcus_certs::sign_with_key(&keys.key, &input).map_err(|e| e.to_string())?;
+        Ok([
+            (TIME_HEADER, time.to_string()),
+            (CERTIFICATE_HEADER, keys.certificate_hex.clone()),
+            (SIGNATURE_HEADER, hex::encode(signature)),
+        ])
+    }
 }
 
 /// A node's side of the relay: posts envelopes, and polls for its own in a
@@ -760,6 +1019,7 @@ pub struct RelayConfig {
 pub struct RelayTransport {
     me: u16,
     cluster: String,
+    signer: Option<Arc<RequestSigner>>,
     messages_url: String,
     client: reqwest::Client,
     /// One lock per recipient, held from the POST until the relay queued
@@ -785,6 +1045,8 @@ enum PollError {
     Status(reqwest::StatusCode),
     #[error("response exceeds {MAX_POLL_BYTES} bytes")]
     TooLarge,
+    #[error("signing the poll: {0}")]
+    Sign(String),
 }
 
 impl PollError {
@@ -794,6 +1056,7 @@ impl PollError {
             Self::Request(_) => "poll",
             Self::Status(_) => "refused",
             Self::TooLarge => "poll_too_large",
+            Self::Sign(_) => "sign",
         }
     }
 }
@@ -830,10 +1093,11 @@ impl RelayTransport {
         metrics: TransportMetrics,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let RelayConfig { me, cluster, base_url } = config;
+        let RelayConfig { me, cluster, base_url, signer } = config;
         let this = Arc::new(Self {
             me,
             cluster,
+            signer,
             messages_url: format!("{}{MESSAGES_PATH}", base_url.trim_end_matches('/')),
             client,
             lanes: Mutex::default(),
@@ -876,14 +1140,19 @@ impl RelayTransport {
 
     /// One long poll; the raw response body.
     async fn poll_once(&self) -> Result<Vec<u8>, PollError> {
-        let mut response = self
+        let query = format!("party={}&wait_ms={}", self.me, POLL_WAIT.as_millis());
+        let mut request = self
             .client
-            .get(format!("{}?party={}&wait_ms={}", self.messages_url, self.me, POLL_WAIT.as_millis()))
+            .get(format!("{}?{query}", self.messages_url))
             .header(PARTY_HEADER, self.me)
             .header(CLUSTER_HEADER, &self.cluster)
-            .timeout(POLL_WAIT + POLL_SLACK)
-            .send()
-            .await?;
+            .timeout(POLL_WAIT + POLL_SLACK);
+        if let Some(signer) = &self.signer {
+            for (name, value) in signer.headers("GET", &self.cluster, self.me, &query, &[]).map_err(PollError::Sign)? {
+                request = request.header(name, value);
+            }
+        }
+        let mut response = request.send().await?;
         if !response.status().is_success() {
             return Err(PollError::Status(response.status()));
         }
@@ -939,17 +1208,23 @@ impl RelayTransport {
 
     async fn post(&self, to: u16, body: Bytes) -> Result<(), Attempt> {
         let len = body.len();
-        let response = self
+        let failed = |reason: String| SendError::Connection { party: to, reason };
+        let query = format!("to={to}");
+        let mut request = self
             .client
-            .post(format!("{}?to={to}", self.messages_url))
+            .post(format!("{}?{query}", self.messages_url))
             .header(PARTY_HEADER, self.me)
             .header(CLUSTER_HEADER, &self.cluster)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .timeout(SEND_TIMEOUT)
-            .body(body)
-            .send()
-            .await;
-        let failed = |reason: String| SendError::Connection { party: to, reason };
+            .timeout(SEND_TIMEOUT);
+        if let Some(signer) = &self.signer {
+            // Signed again for every try: the relay refuses a signature it has seen.
+            let headers = signer.headers("POST", &self.cluster, self.me, &query, &body);
+            for (name, value) in headers.map_err(|e| Attempt::Fail(failed(format!("signing: {e}"))))? {
+                request = request.header(name, value);
+            }
+        }
+        let response = request.body(body).send().await;
         let mut response = match response {
             Ok(response) => response,
             Err(error) if error.is_connect() => {
@@ -1163,6 +1438,7 @@ mod tests {
         let transport = RelayTransport {
             me: 1,
             cluster: "ns/a".into(),
+            signer: None,
             messages_url: String::new(),
             client: reqwest::Client::new(),
             lanes: Mutex::default(),
