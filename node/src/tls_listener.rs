@@ -1,8 +1,9 @@
 //! The node API's listener: mutual TLS with the cluster CA.
 //!
-//! Handshakes run in tasks of their own, a bounded number at a time and each
-//! within [`HANDSHAKE_TIMEOUT`], so a client that opens connections and never
-//! finishes a handshake cannot hold up the others. A connection reaches the
+//! Handshakes run in tasks of their own, a bounded number at a time (and
+//! fewer from any one address) and each within [`HANDSHAKE_TIMEOUT`], so a
+//! client that opens connections and never finishes a handshake cannot hold
+//! up the others; connections past the handshake are bounded too. A connection reaches the
 //! HTTP server only with a client certificate that chains to the cluster CA;
 //! who the client is ([`Caller`]) travels with it, for [`crate::api`] to
 //! authorize.
@@ -10,9 +11,12 @@
 //! The server certificate and the trusted CAs are read again when the files
 //! change: the operator renews certificates and rolls the CA in place.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use prometheus::IntCounterVec;
@@ -25,10 +29,16 @@ use torcus_certs::{Identity, SecretPem, rustls};
 use tracing::{debug, warn};
 
 /// Longest a client may take to complete its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most handshakes in progress at once; a connection beyond them is closed
 /// and counted as `busy`.
-pub const MAX_HANDSHAKES: usize = 64;
+pub const MAX_HANDSHAKES: usize = 128;
+/// Most handshakes in progress from one address: one client cannot take
+/// the slots of the others (the operator's among them).
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+/// Most connections open past their handshake; one beyond is closed and
+/// counted as `busy`.
+pub const MAX_CONNECTIONS: usize = 256;
 /// The ALPN the API speaks.
 pub const ALPN: &[u8] = b"http/1.1";
 
@@ -99,7 +109,7 @@ fn load(dir: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, String> {
 /// client certificate included, succeeded.
 pub struct TlsListener {
     local: SocketAddr,
-    accepted: mpsc::Receiver<(TlsStream<TcpStream>, Caller)>,
+    accepted: mpsc::Receiver<(ApiStream, Caller)>,
 }
 
 impl std::fmt::Debug for TlsListener {
@@ -123,6 +133,8 @@ impl TlsListener {
         lock(&tls).acceptor()?;
         let (tx, accepted) = mpsc::channel(MAX_HANDSHAKES);
         let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         tokio::spawn(async move {
             loop {
                 let (stream, addr) = tokio::select! {
@@ -137,6 +149,10 @@ impl TlsListener {
                         }
                     },
                 };
+                let Some(from_address) = AddressSlot::take(&per_address, addr.ip()) else {
+                    refused.with_label_values(&["busy"]).inc();
+                    continue;
+                };
                 let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
                     refused.with_label_values(&["busy"]).inc();
                     continue;
@@ -148,18 +164,23 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let (tx, refused) = (tx.clone(), refused.clone());
+                let (tx, refused, open) = (tx.clone(), refused.clone(), Arc::clone(&open));
                 tokio::spawn(async move {
-                    let _slot = slot;
+                    let (_slot, _from_address) = (slot, from_address);
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
+                            let Ok(open) = open.try_acquire_owned() else {
+                                refused.with_label_values(&["busy"]).inc();
+                                return;
+                            };
                             let identity = stream
                                 .get_ref()
                                 .1
                                 .peer_certificates()
                                 .and_then(|certs| certs.first())
                                 .and_then(|cert| torcus_certs::peer_identity(cert).ok());
-                            let _ = tx.send((stream, Caller { addr, identity })).await;
+                            let _ =
+                                tx.send((ApiStream { inner: stream, _open: open }, Caller { addr, identity })).await;
                         }
                         Ok(Err(error)) => {
                             debug!(%addr, %error, "API handshake refused");
@@ -177,12 +198,91 @@ impl TlsListener {
     }
 }
 
+/// One of an address's handshake slots, given back when dropped.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = map.entry(ip).or_default();
+        if *count >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(Self { counts: Arc::clone(counts), ip })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A connection past its handshake, holding one of [`MAX_CONNECTIONS`]
+/// until it closes.
+pub struct ApiStream {
+    inner: TlsStream<TcpStream>,
+    _open: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for ApiStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiStream").finish_non_exhaustive()
+    }
+}
+
+impl tokio::io::AsyncRead for ApiStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ApiStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 fn lock(tls: &Mutex<Tls>) -> std::sync::MutexGuard<'_, Tls> {
     tls.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = ApiStream;
     type Addr = Caller;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -8,6 +8,9 @@
 //!   command, that binary has no such flags, and refuses to start when a
 //!   fixture's environment variable is set (a node with public primes or
 //!   aux info would hold a key share anyone can recover).
+//!
+//! And what a running node refuses: clients that open API connections and
+//! never finish a handshake get a few slots of their own, not the node's.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,6 +20,48 @@ use torcus_node::testing::Cluster;
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_torcus-node"))
+}
+
+/// The value of `torcus_node_api_refused_total{reason}` in node `i`'s metrics.
+async fn api_refused(cluster: &Cluster, i: u16, reason: &str) -> f64 {
+    let metrics = cluster.metrics(i).await;
+    let prefix = format!("torcus_node_api_refused_total{{reason=\"{reason}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_from_one_address_leave_the_api_to_the_operator() {
+    use torcus_node::tls_listener::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES_PER_ADDRESS};
+    let cluster = Cluster::new(binary(), 3, 2, "quic").await;
+    cluster.wait_ready().await;
+    let port = cluster.config.peers[0].http_port;
+    let attacker = |_| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // Another loopback address than the harness's own client (127.0.0.1).
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+    };
+    // Connections that never send a ClientHello fill this address's slots.
+    let mut stalled = Vec::new();
+    for i in 0..MAX_HANDSHAKES_PER_ADDRESS {
+        stalled.push(attacker(i).await);
+    }
+    let busy_before = api_refused(&cluster, 0, "busy").await;
+    let handshakes_before = api_refused(&cluster, 0, "handshake").await;
+    // One more from there is closed at once...
+    let mut extra = attacker(0).await;
+    let mut byte = [0; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), tokio::io::AsyncReadExt::read(&mut extra, &mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "the extra connection is closed: {read:?}");
+    assert_eq!(api_refused(&cluster, 0, "busy").await, busy_before + 1.0);
+    // ...while the operator is served.
+    let keys = cluster.http.get(cluster.url(0, "/p2p/keys")).send().await.unwrap();
+    assert_eq!(keys.status(), 200);
+    // The stalled ones time out and are counted.
+    tokio::time::sleep(HANDSHAKE_TIMEOUT + Duration::from_secs(1)).await;
+    let handshakes = api_refused(&cluster, 0, "handshake").await;
+    assert!(handshakes >= handshakes_before + MAX_HANDSHAKES_PER_ADDRESS as f64, "{handshakes}");
+    drop(stalled);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

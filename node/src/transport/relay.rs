@@ -60,7 +60,7 @@
 //! removes what it returns, so messages are lost if the response does not
 //! reach the node (the protocol then times out and the session is retried).
 //! A node sends again only when the relay surely did not queue the message
-//! (connection refused, `429`, `503`), so there are no duplicates. One poller
+//! (connection refused, `404`, `429`, `503`), so there are no duplicates. One poller
 //! per party is expected; two would split the messages between them.
 
 use std::collections::{HashMap, VecDeque};
@@ -97,15 +97,25 @@ pub const TIME_HEADER: &str = "x-torcus-time";
 /// Header carrying the request's signature (hex DER ECDSA P-256 SHA-256 over
 /// [`signing_input`]) by the key of [`CERTIFICATE_HEADER`].
 pub const SIGNATURE_HEADER: &str = "x-torcus-signature";
+/// Header carrying the SHA-256 of a signed POST's body (hex): signed with the
+/// request, so the signature is checked before the body is read, and the
+/// body is then checked against it.
+pub const BODY_DIGEST_HEADER: &str = "x-torcus-body-sha256";
 /// Domain of relay request signatures: the key is the node's TLS key, which
 /// also signs registry messages (with a domain of their own).
 pub const SIGNING_DOMAIN: &[u8] = b"torcus-relay-v1\0";
-/// Farthest a signed request's time may be from the relay's clock; a
-/// signature is remembered that long, and refused when it comes again.
+/// Farthest a signed request's time may be from the relay's clock. A
+/// request is remembered for twice that from its arrival (the longest it
+/// could still pass), and refused when it comes again.
 pub const MAX_SKEW: Duration = Duration::from_secs(30);
-/// Signatures remembered against replay at most (about 64 bytes each); a
-/// request beyond them is refused as `busy` rather than let through.
+/// Requests remembered against replay at most (about 100 bytes each); one
+/// beyond them is refused as `busy` rather than let through.
 pub const MAX_REMEMBERED: usize = 1 << 18;
+/// Requests of one cluster remembered at most: a cluster's nodes cannot
+/// take the memory of the others.
+pub const MAX_REMEMBERED_PER_CLUSTER: usize = 1 << 16;
+/// Longest the relay reads one body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a GET waits for messages.
 pub const MAX_WAIT: Duration = Duration::from_secs(25);
 /// Largest GET response body; a single frame always fits.
@@ -178,17 +188,29 @@ pub type TrustBundles = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// What a signed relay request signs: the domain, then method, cluster,
 /// party, raw query and time, each followed by a zero byte, then the
-/// SHA-256 of the body (empty for a poll).
-pub fn signing_input(method: &str, cluster: &str, party: u16, query: &str, time_ms: u64, body: &[u8]) -> Vec<u8> {
-    use sha2::Digest;
+/// SHA-256 of the body ([`body_digest`]; of nothing for a poll).
+pub fn signing_input(
+    method: &str,
+    cluster: &str,
+    party: u16,
+    query: &str,
+    time_ms: u64,
+    body_digest: &[u8; 32],
+) -> Vec<u8> {
     let (party, time) = (party.to_string(), time_ms.to_string());
     let mut out = SIGNING_DOMAIN.to_vec();
     for part in [method, cluster, party.as_str(), query, time.as_str()] {
         out.extend_from_slice(part.as_bytes());
         out.push(0);
     }
-    out.extend_from_slice(&sha2::Sha256::digest(body));
+    out.extend_from_slice(body_digest);
     out
+}
+
+/// The SHA-256 of a request body.
+pub fn body_digest(body: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(body).into()
 }
 
 /// Whether the relay serves a cluster (`<namespace>/<name>`): the operator
@@ -470,21 +492,9 @@ impl Relay {
         self
     }
 
-    /// Before a body is read: a signed request carries a fresh time.
-    fn check_fresh(&self, headers: &HeaderMap) -> Result<(), RelayError> {
-        if self.trust.is_none() {
-            return Ok(());
-        }
-        let time =
-            signed_header(headers, TIME_HEADER)?.parse::<u64>().map_err(|_| RelayError::BadHeader(TIME_HEADER))?;
-        if time.abs_diff(unix_ms()) > MAX_SKEW.as_millis() as u64 {
-            return Err(RelayError::Stale);
-        }
-        Ok(())
-    }
-
     /// Checks a request's signature: by a node certificate of `cluster`'s
-    /// CA naming `party`, over this very request, not seen before.
+    /// CA naming `party`, over this very request (its body by the digest it
+    /// signs, `body_digest`), within [`MAX_SKEW`] of now, not seen before.
     fn verify_signed(
         &self,
         method: &str,
@@ -492,20 +502,22 @@ impl Relay {
         party: u16,
         query: &str,
         headers: &HeaderMap,
-        body: &[u8],
+        body_digest: &[u8; 32],
     ) -> Result<(), RelayError> {
         let Some(trust) = &self.trust else { return Ok(()) };
         let bundle = trust(cluster).ok_or(RelayError::UnknownCluster)?;
-        self.check_fresh(headers)?;
+        let now = unix_ms();
         let time =
             signed_header(headers, TIME_HEADER)?.parse::<u64>().map_err(|_| RelayError::BadHeader(TIME_HEADER))?;
+        if time.abs_diff(now) > MAX_SKEW.as_millis() as u64 {
+            return Err(RelayError::Stale);
+        }
         let certificate = hex::decode(signed_header(headers, CERTIFICATE_HEADER)?)
             .map_err(|_| RelayError::BadHeader(CERTIFICATE_HEADER))?;
         let signature = hex::decode(signed_header(headers, SIGNATURE_HEADER)?)
             .map_err(|_| RelayError::BadHeader(SIGNATURE_HEADER))?;
-        let input = signing_input(method, cluster, party, query, time, body);
-        let now = torcus_certs::OffsetDateTime::now_utc();
-        let identity = torcus_certs::verify_signed_der(&certificate, &bundle, &input, &signature, now)
+        let input = signing_input(method, cluster, party, query, time, body_digest);
+        let identity = torcus_certs::verify_signed_der(&certificate, &bundle, &input, &signature, offset_time(now))
             .map_err(|_| RelayError::Unauthenticated)?;
         if cluster.split_once('/') != Some((identity.namespace.as_str(), identity.cluster.as_str())) {
             return Err(RelayError::ForeignCluster(cluster.to_owned()));
@@ -515,7 +527,14 @@ impl Relay {
             Role::Node { party_index } => return Err(RelayError::WrongParty { claimed: party, actual: party_index }),
             Role::Operator => return Err(RelayError::Unauthenticated),
         }
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner).remember(&signature, time, unix_ms())
+        // Keyed by what was signed, not by the signature: ECDSA signatures
+        // are randomized and malleable, the request is not.
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).remember(cluster, &input, now)
+    }
+
+    /// Whether this relay takes signed requests only.
+    fn signed(&self) -> bool {
+        self.trust.is_some()
     }
 
     fn check_known(&self, cluster: &str) -> Result<(), RelayError> {
@@ -675,42 +694,60 @@ impl fmt::Debug for Relay {
     }
 }
 
-/// Signatures of accepted requests, until their time is out of the window.
+/// Requests accepted within the last `2 × MAX_SKEW`, by the digest of what
+/// was signed.
 #[derive(Debug, Default)]
 struct Seen {
-    /// Digest of a signature → the request's time (Unix ms).
+    /// Digest → arrival (Unix ms).
     at: HashMap<[u8; 16], u64>,
-    /// The same, in the order remembered, to forget the oldest first.
-    order: VecDeque<([u8; 16], u64)>,
+    /// The same with their cluster, in arrival order, to forget the oldest first.
+    order: VecDeque<([u8; 16], u64, Arc<str>)>,
+    /// Cluster → requests remembered.
+    per_cluster: HashMap<Arc<str>, usize>,
 }
 
 impl Seen {
-    fn remember(&mut self, signature: &[u8], time: u64, now: u64) -> Result<(), RelayError> {
-        use sha2::Digest;
-        let window = MAX_SKEW.as_millis() as u64;
-        // A request older than the window is refused as stale before it
-        // gets here: what is out of it can go.
-        while let Some((digest, at)) = self.order.front().copied()
-            && at.saturating_add(window) < now
+    fn remember(&mut self, cluster: &str, signed: &[u8], now: u64) -> Result<(), RelayError> {
+        // A request is fresh while |now − time| ≤ MAX_SKEW, and its time is at
+        // most MAX_SKEW after its arrival: 2 × MAX_SKEW after arriving, it
+        // can no longer pass, and is forgotten.
+        let keep = 2 * MAX_SKEW.as_millis() as u64;
+        while let Some((digest, arrived, cluster)) = self.order.front()
+            && arrived.saturating_add(keep) < now
         {
-            self.order.pop_front();
-            if self.at.get(&digest) == Some(&at) {
-                self.at.remove(&digest);
+            if self.at.get(digest) == Some(arrived) {
+                self.at.remove(digest);
             }
+            if let Some(count) = self.per_cluster.get_mut(cluster) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_cluster.remove(cluster);
+                }
+            }
+            self.order.pop_front();
         }
-        let digest: [u8; 32] = sha2::Sha256::digest(signature).into();
+        let digest = body_digest(signed);
         let mut key = [0; 16];
         key.copy_from_slice(&digest[..16]);
         if self.at.contains_key(&key) {
             return Err(RelayError::Replayed);
         }
-        if self.at.len() >= MAX_REMEMBERED {
+        let of_cluster = self.per_cluster.get(cluster).copied().unwrap_or(0);
+        if self.at.len() >= MAX_REMEMBERED || of_cluster >= MAX_REMEMBERED_PER_CLUSTER {
             return Err(RelayError::Busy);
         }
-        self.at.insert(key, time);
-        self.order.push_back((key, time));
+        let cluster: Arc<str> =
+            self.per_cluster.get_key_value(cluster).map_or_else(|| cluster.into(), |(k, _)| Arc::clone(k));
+        self.at.insert(key, now);
+        self.order.push_back((key, now, Arc::clone(&cluster)));
+        *self.per_cluster.entry(cluster).or_default() += 1;
         Ok(())
     }
+}
+
+fn offset_time(unix_ms: u64) -> torcus_certs::OffsetDateTime {
+    let secs = i64::try_from(unix_ms / 1000).unwrap_or(i64::MAX);
+    torcus_certs::OffsetDateTime::from_unix_timestamp(secs).unwrap_or_else(|_| torcus_certs::OffsetDateTime::now_utc())
 }
 
 fn unix_ms() -> u64 {
@@ -762,9 +799,25 @@ async fn post(
             to = Some(parse_party(value)?);
         }
     }
-    relay.check_fresh(headers)?;
-    let body = read_body(&relay.reading, headers, body).await?;
-    relay.verify_signed("POST", cluster, party, query.unwrap_or_default(), headers, &body)?;
+    // A signed request is authenticated before a byte of its body is read:
+    // only a node of the cluster spends the relay's reading budget.
+    let digest = match relay.signed() {
+        true => {
+            let digest = signed_header(headers, BODY_DIGEST_HEADER)?;
+            let digest =
+                <[u8; 32]>::try_from(hex::decode(digest).map_err(|_| RelayError::BadHeader(BODY_DIGEST_HEADER))?)
+                    .map_err(|_| RelayError::BadHeader(BODY_DIGEST_HEADER))?;
+            relay.verify_signed("POST", cluster, party, query.unwrap_or_default(), headers, &digest)?;
+            Some(digest)
+        }
+        false => None,
+    };
+    let body = tokio::time::timeout(BODY_TIMEOUT, read_body(&relay.reading, headers, body))
+        .await
+        .map_err(|_| RelayError::Body("not received in time".into()))??;
+    if digest.is_some_and(|digest| digest != body_digest(&body)) {
+        return Err(RelayError::Unauthenticated);
+    }
     let envelope = frame::decode(&body)?;
     if envelope.from != party {
         return Err(RelayError::WrongParty { claimed: envelope.from, actual: party });
@@ -861,10 +914,10 @@ async fn poll(
         return Err(RelayError::WrongParty { claimed: party, actual: header_party });
     }
     relay.authenticate(cert, cluster, party)?;
-    if relay.trust.is_some() && party_header(headers)?.is_none() {
+    if relay.signed() && party_header(headers)?.is_none() {
         return Err(RelayError::MissingHeader(PARTY_HEADER));
     }
-    relay.verify_signed("GET", cluster, party, query.unwrap_or_default(), headers, &[])?;
+    relay.verify_signed("GET", cluster, party, query.unwrap_or_default(), headers, &body_digest(&[]))?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let (frames, notify) = relay.take(cluster, party, Instant::now())?;
@@ -1000,15 +1053,17 @@ impl RequestSigner {
         party: u16,
         query: &str,
         body: &[u8],
-    ) -> Result<[(&'static str, String); 3], String> {
+    ) -> Result<[(&'static str, String); 4], String> {
         let keys = self.keys()?;
         let time = unix_ms();
-        let input = signing_input(method, cluster, party, query, time, body);
+        let digest = body_digest(body);
+        let input = signing_input(method, cluster, party, query, time, &digest);
         let signature = torcus_certs::sign_with_key(&keys.key, &input).map_err(|e| e.to_string())?;
         Ok([
             (TIME_HEADER, time.to_string()),
             (CERTIFICATE_HEADER, keys.certificate_hex.clone()),
             (SIGNATURE_HEADER, hex::encode(signature)),
+            (BODY_DIGEST_HEADER, hex::encode(digest)),
         ])
     }
 }
@@ -1248,7 +1303,11 @@ impl RelayTransport {
         };
         let reason = format!("relay answered {status}: {reason}");
         match status {
-            reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+            // Not found: an operator that took over and has not yet
+            // reconciled this cluster, seconds away from knowing it.
+            reqwest::StatusCode::TOO_MANY_REQUESTS
+            | reqwest::StatusCode::SERVICE_UNAVAILABLE
+            | reqwest::StatusCode::NOT_FOUND => {
                 self.metrics.connection_failures.with_label_values(&["relay_busy"]).inc();
                 Err(Attempt::Retry(reason))
             }
@@ -1340,6 +1399,21 @@ mod tests {
         // Draining makes room again.
         assert_eq!(relay.take("ns/a", 1, now).unwrap().0.len(), 2);
         relay.push("ns/a", 1, body(10), now).unwrap();
+    }
+
+    #[test]
+    fn a_request_is_remembered_as_long_as_it_could_pass() {
+        let mut seen = Seen::default();
+        let skew = MAX_SKEW.as_millis() as u64;
+        let t0 = 1_000_000;
+        seen.remember("ns/a", b"request", t0).unwrap();
+        // Signed at t0 + skew, it arrived at t0 and stays fresh until t0 + 2 skew.
+        assert!(matches!(seen.remember("ns/a", b"request", t0 + 2 * skew), Err(RelayError::Replayed)));
+        seen.remember("ns/a", b"request", t0 + 2 * skew + 1).unwrap();
+        // Another cluster has a share of its own.
+        seen.remember("ns/b", b"another request", t0 + 2 * skew + 1).unwrap();
+        assert_eq!(seen.per_cluster.len(), 2);
+        assert_eq!(seen.at.len(), 2);
     }
 
     #[test]
