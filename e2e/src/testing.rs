@@ -354,7 +354,20 @@ impl TestNamespace {
         self.start_with(args);
     }
 
-    fn start_with(&mut self, mut args: torcus_operator::Args) {
+    /// Like [`Self::start_operator`], talking to the API server through
+    /// `client` (e.g. one that impersonates the chart's ServiceAccount),
+    /// with its arguments changed by `edit`.
+    pub fn start_operator_with_client(&mut self, client: Client, edit: impl FnOnce(&mut torcus_operator::Args)) {
+        let mut args = operator_args(&self.name);
+        edit(&mut args);
+        self.start_with_client(args, Some(client));
+    }
+
+    fn start_with(&mut self, args: torcus_operator::Args) {
+        self.start_with_client(args, None);
+    }
+
+    fn start_with_client(&mut self, mut args: torcus_operator::Args, client: Option<Client>) {
         args.test_hooks = self.test_hooks;
         // The same address after a restart; a second operator beside the
         // first listens elsewhere but hands out the same registry URL.
@@ -367,7 +380,7 @@ impl TestNamespace {
             args.registry_url = Some(url.clone());
         }
         let stop = CancellationToken::new();
-        let client = self.client.clone();
+        let client = client.unwrap_or_else(|| self.client.clone());
         let shutdown = stop.clone().cancelled_owned();
         self.operator = Some((stop, tokio::spawn(async move { Ok(args.run(client, shutdown).await?) })));
     }

@@ -464,10 +464,14 @@ fn assert_least_privilege(role: &Value) {
     }
     expected.insert("mpc.torcus.io/mpcclusters/status patch".to_owned());
     expected.insert("mpc.torcus.io/signingrequests/status patch".to_owned());
-    for resource in ["/secrets", "/configmaps", "/services", "apps/statefulsets", "policy/poddisruptionbudgets"] {
+    for resource in ["/configmaps", "/services", "apps/statefulsets", "policy/poddisruptionbudgets"] {
         for verb in ["get", "list", "watch", "create", "patch"] {
             expected.insert(format!("{resource} {verb}"));
         }
+    }
+    // Secrets by name only: never listed or watched.
+    for verb in ["get", "create", "patch"] {
+        expected.insert(format!("/secrets {verb}"));
     }
     expected.insert("/pods list".to_owned());
     expected.insert("/pods watch".to_owned());

@@ -922,3 +922,79 @@ fn rss_bytes() -> u64 {
         status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok());
     kib.unwrap_or(0) * 1024
 }
+
+/// The operator needs no more than the rights the Helm chart gives it (here
+/// for one watched namespace), and those do not let it list Secrets (review
+/// finding 9): it runs as the chart's ServiceAccount, through an API server
+/// that enforces RBAC, generates a key and signs.
+#[tokio::test]
+async fn the_operator_runs_on_the_charts_rights_which_cannot_list_secrets() {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let mut ns = TestNamespace::new("rbac").await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let out = torcus_e2e::helm::command(home.path())
+        .unwrap()
+        .args(["template", "torcus", "--namespace", &ns.name, "--set", &format!("watchNamespaces={{{}}}", ns.name)])
+        .arg(torcus_e2e::helm::chart_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let rbac: Vec<serde_yaml::Value> = yaml
+        .split("\n---\n")
+        .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
+        .filter(|doc| ["ServiceAccount", "Role", "RoleBinding"].iter().any(|k| doc["kind"] == *k))
+        .collect();
+    let account = rbac.iter().find(|d| d["kind"] == "ServiceAccount").expect("the chart's ServiceAccount");
+    let account = account["metadata"]["name"].as_str().unwrap().to_owned();
+    // The Lease the chart lets it hold, by name.
+    let lease = rbac
+        .iter()
+        .filter(|d| d["kind"] == "Role")
+        .flat_map(|d| d["rules"].as_sequence().into_iter().flatten())
+        .find_map(|rule| rule["resourceNames"][0].as_str())
+        .expect("the leader election Role names its Lease")
+        .to_owned();
+    let mut apply = ns.kubectl().args(["apply", "-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    let docs: Vec<String> = rbac.iter().map(|d| serde_yaml::to_string(d).unwrap()).collect();
+    std::io::Write::write_all(apply.stdin.as_mut().unwrap(), docs.join("---\n").as_bytes()).unwrap();
+    drop(apply.stdin.take());
+    assert!(apply.wait().unwrap().success(), "kubectl apply of the chart's RBAC");
+
+    let shared = torcus_e2e::testing::shared();
+    let kubeconfig = Kubeconfig::read_from(&shared.kubeconfig).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{}:{account}", ns.name));
+    let as_operator = kube::Client::try_from(config).unwrap();
+    let listed = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_operator.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        matches!(&listed, Err(kube::Error::Api(status)) if status.code == 403),
+        "the chart's rights list Secrets: {listed:?}"
+    );
+
+    ns.start_kubelet().await.unwrap();
+    ns.start_operator_with_client(as_operator, |args| args.lease_name = lease);
+    let clusters: Api<MpcCluster> = ns.api();
+    let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
+    clusters.create(&PostParams::default(), &cluster("vault", "quic", no_pool)).await.unwrap();
+    let public_key = eventually("cluster Ready with its key", KEYGEN_WAIT, || async {
+        let mpc = clusters.get("vault").await?;
+        let status = mpc.status.unwrap_or_default();
+        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        Ok(ready.then(|| status.keys.iter().find(|k| k.name == "default").and_then(|k| k.public_key.clone())).flatten())
+    })
+    .await
+    .unwrap();
+    let digest = [0x42; 32];
+    let srs: Api<SigningRequest> = ns.api();
+    srs.create(
+        &PostParams::default(),
+        &request("as-the-chart", "vault", serde_json::json!({"digest": hex::encode(digest)})),
+    )
+    .await
+    .unwrap();
+    assert_signed(&wait_final(&ns, "as-the-chart", SIGN_WAIT).await, digest, &public_key);
+    ns.finish().await.unwrap();
+}

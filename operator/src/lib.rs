@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -456,8 +456,11 @@ async fn cluster_controller_stream(
     // approval and is no reason to reconcile the cluster.
     let owned = watcher::Config::default()
         .labels("app.kubernetes.io/managed-by=torcus-operator,app.kubernetes.io/name=torcus-node");
+    // Secrets are not watched: that would take the right to list and watch
+    // every Secret in scope. The operator reads its own by name (get), and
+    // a deleted or replaced one is seen at the next reconcile (every 15 s at
+    // most once keys exist, every 5 s while a Secret is refused).
     Controller::new(api::<MpcCluster>(&client, namespace), watcher::Config::default())
-        .owns(api::<Secret>(&client, namespace), owned.clone())
         .owns(api::<ConfigMap>(&client, namespace), owned.clone())
         .owns(api::<Service>(&client, namespace), owned.clone())
         .owns(api::<StatefulSet>(&client, namespace), owned.clone())

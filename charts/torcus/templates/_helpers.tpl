@@ -118,8 +118,13 @@ Nodes get nothing: their pods do not mount a token.
 - apiGroups: [mpc.torcus.io]
   resources: [mpcclusters/status, signingrequests/status]
   verbs: [patch]
+# Secrets by name only: the operator never lists or watches them, so its
+# token cannot enumerate the Secrets in its scope.
 - apiGroups: [""]
-  resources: [secrets, configmaps, services]
+  resources: [secrets]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [configmaps, services]
   verbs: [get, list, watch, create, patch]
 - apiGroups: [apps]
   resources: [statefulsets]
