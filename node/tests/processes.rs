@@ -114,6 +114,66 @@ async fn quic_three_nodes_threshold_two_keygen_sign_refuse_restart() {
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
+/// A node that stops (SIGSTOP: its process neither reads nor answers, and
+/// its connections stay open) makes the one session it is in fail within
+/// the nodes' deadlines, with an answer rather than a hang; the others sign
+/// on without it, and it signs again once it runs again (SIGCONT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_fails_one_session_and_the_others_sign_on() {
+    let cluster = Cluster::new(binary(), 3, 2, "quic").await;
+    cluster.wait_ready().await;
+    cluster.keygen("default").await;
+    let signal = |signal: &str, pid: u32| {
+        let status = std::process::Command::new("kill").arg(signal).arg(pid.to_string()).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    };
+    let state = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // "pid (comm) S ...": the state follows the command's closing parenthesis.
+        stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()).unwrap()
+    };
+    let stopped = cluster.pid(2);
+    signal("-STOP", stopped);
+    // The signal takes a moment to stop every thread.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state(stopped) != 'T' && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state(stopped), 'T', "node 2 is stopped");
+
+    let grant = |n: u8| loop {
+        let kind = GrantKind::Sign { key: "default".into(), message: digest([40 + n; 32]), derivation_path: vec![] };
+        let grant = cluster.grant(kind, vec![1, 2]);
+        if grant.grant.initiator() == 1 {
+            break grant;
+        }
+    };
+    let started = Instant::now();
+    let (status, body) = cluster.post(1, "/p2p/sign", &grant(0)).await;
+    assert!(matches!(status, 503 | 504), "{status} {body}");
+    assert!(started.elapsed() < Duration::from_secs(40), "failed after {:?}: {body}", started.elapsed());
+    eprintln!("a session with a stopped node failed after {:?}: {body}", started.elapsed());
+    assert_eq!(state(stopped), 'T', "still stopped while it failed");
+
+    // The others sign on without it.
+    cluster.sign("default", vec![0, 1], digest([50; 32]), vec![]).await;
+
+    // Running again, it signs again (after a retry or two, as the operator
+    // would make, while its peers reconnect).
+    signal("-CONT", stopped);
+    let mut signed = false;
+    for n in 1..=3 {
+        let (status, body) = cluster.post(1, "/p2p/sign", &grant(n)).await;
+        if status == 200 {
+            signed = true;
+            break;
+        }
+        eprintln!("sign with the resumed node, try {n}: {status} {body}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert!(signed, "the resumed node signs again:\n{}", cluster.log(2));
+}
+
 /// Keygen, signing with two signer sets and an HD path, and a restarted
 /// node signing again, over `transport`; with `generate_aux`, the nodes
 /// generate their aux info first (its large proofs cross the transport).
