@@ -81,6 +81,27 @@ async fn wait_final(ns: &TestNamespace, name: &str, within: Duration) -> Signing
     .unwrap()
 }
 
+/// Creates SigningRequest `name` for `digest` on cluster `vault` and waits
+/// until it ends.
+async fn sign_digest(ns: &TestNamespace, name: &str, digest: [u8; 32]) -> SigningRequest {
+    let srs: Api<SigningRequest> = ns.api();
+    let sr = request(name, "vault", serde_json::json!({"digest": hex::encode(digest)}));
+    srs.create(&PostParams::default(), &sr).await.unwrap();
+    wait_final(ns, name, SIGN_WAIT).await
+}
+
+/// Waits until cluster `vault` is Ready with its key; the key's public key.
+async fn ready_key(clusters: &Api<MpcCluster>) -> String {
+    eventually("cluster Ready with its key", KEYGEN_WAIT, || async {
+        let mpc = clusters.get("vault").await?;
+        let status = mpc.status.unwrap_or_default();
+        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        Ok(ready.then(|| status.keys.iter().find(|k| k.name == "default").and_then(|k| k.public_key.clone())).flatten())
+    })
+    .await
+    .unwrap()
+}
+
 /// Checks a completed request's signature with libsecp256k1, not with
 /// anything of Torcus: over `digest`, under `public_key`, low-s, DER and
 /// r‖s agreeing, the recovery id recovering the key.
@@ -383,13 +404,8 @@ async fn transport_signs(transport: &str, roll_to: Option<&str>) {
     for i in 0..3u8 {
         let digest = [i + 1; 32];
         let name = format!("r{i}");
-        srs.create(
-            &PostParams::default(),
-            &request(&name, "vault", serde_json::json!({"digest": hex::encode(digest)})),
-        )
-        .await
-        .unwrap();
-        assert_signed(&wait_final(&ns, &name, SIGN_WAIT).await, digest, &public_key);
+        let sr = sign_digest(&ns, &name, digest).await;
+        assert_signed(&sr, digest, &public_key);
     }
     if let Some((flood, rss_before)) = flood {
         let (refused, peak) = flood.await.unwrap();
@@ -644,7 +660,6 @@ async fn a_dead_node_shows_offline_and_two_of_three_still_sign() {
     let public_key =
         ready_cluster(&mut ns, cluster("vault", "quic", serde_json::json!({"presignatures": {"poolSize": 0}}))).await;
     let clusters: Api<MpcCluster> = ns.api();
-    let srs: Api<SigningRequest> = ns.api();
     ns.kubelet().hold_down(&ns.name, "vault-1-0", true);
     eventually("node 1 offline in status", Duration::from_secs(60), || async {
         let mpc = clusters.get("vault").await?;
@@ -656,13 +671,7 @@ async fn a_dead_node_shows_offline_and_two_of_three_still_sign() {
     for i in 0..3u8 {
         let digest = [0x40 + i; 32];
         let name = format!("after-{i}");
-        srs.create(
-            &PostParams::default(),
-            &request(&name, "vault", serde_json::json!({"digest": hex::encode(digest)})),
-        )
-        .await
-        .unwrap();
-        let sr = wait_final(&ns, &name, SIGN_WAIT).await;
+        let sr = sign_digest(&ns, &name, digest).await;
         assert_signed(&sr, digest, &public_key);
         assert!(!sr.status.unwrap().participants.contains(&1), "the dead node is not chosen");
     }
@@ -701,14 +710,7 @@ async fn a_node_killed_during_keygen_is_retried_until_the_key_exists() {
 
     let failed = eventually("keygen failed", KEYGEN_WAIT, || find("KeygenFailed")).await.unwrap();
     eprintln!("keygen failed after node {victim} was killed: {:?}", failed.message);
-    let public_key = eventually("cluster Ready with its key", KEYGEN_WAIT, || async {
-        let mpc = clusters.get("vault").await?;
-        let status = mpc.status.unwrap_or_default();
-        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-        Ok(ready.then(|| status.keys.iter().find(|k| k.name == "default").and_then(|k| k.public_key.clone())).flatten())
-    })
-    .await
-    .unwrap();
+    let public_key = ready_key(&clusters).await;
     // Every node holds the same key: any two of them sign under it.
     let srs: Api<SigningRequest> = ns.api();
     for i in 0..3u8 {
@@ -826,17 +828,11 @@ async fn the_node_api_answers_only_the_operator() {
     assert_eq!(refused(&after, "not_operator"), refused(&before, "not_operator") + 1.0, "{after}");
 
     // Honest requests keep completing.
-    let srs: Api<SigningRequest> = ns.api();
     for i in 0..2u8 {
         let digest = [0x60 + i; 32];
         let name = format!("after-probe-{i}");
-        srs.create(
-            &PostParams::default(),
-            &request(&name, "vault", serde_json::json!({"digest": hex::encode(digest)})),
-        )
-        .await
-        .unwrap();
-        assert_signed(&wait_final(&ns, &name, SIGN_WAIT).await, digest, &public_key);
+        let sr = sign_digest(&ns, &name, digest).await;
+        assert_signed(&sr, digest, &public_key);
     }
     ns.finish().await.unwrap();
 }
@@ -979,22 +975,9 @@ async fn the_operator_runs_on_the_charts_rights_which_cannot_list_secrets() {
     let clusters: Api<MpcCluster> = ns.api();
     let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
     clusters.create(&PostParams::default(), &cluster("vault", "quic", no_pool)).await.unwrap();
-    let public_key = eventually("cluster Ready with its key", KEYGEN_WAIT, || async {
-        let mpc = clusters.get("vault").await?;
-        let status = mpc.status.unwrap_or_default();
-        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-        Ok(ready.then(|| status.keys.iter().find(|k| k.name == "default").and_then(|k| k.public_key.clone())).flatten())
-    })
-    .await
-    .unwrap();
+    let public_key = ready_key(&clusters).await;
     let digest = [0x42; 32];
-    let srs: Api<SigningRequest> = ns.api();
-    srs.create(
-        &PostParams::default(),
-        &request("as-the-chart", "vault", serde_json::json!({"digest": hex::encode(digest)})),
-    )
-    .await
-    .unwrap();
-    assert_signed(&wait_final(&ns, "as-the-chart", SIGN_WAIT).await, digest, &public_key);
+    let sr = sign_digest(&ns, "as-the-chart", digest).await;
+    assert_signed(&sr, digest, &public_key);
     ns.finish().await.unwrap();
 }
