@@ -33,6 +33,20 @@ pub struct CertificateInfo {
     pub serial_hex: String,
 }
 
+/// The SHA-256 fingerprint of every certificate in `pem`, in order, each as
+/// `sha256:<lowercase hex of the DER>`: what a CA is pinned by.
+pub fn fingerprints(pem: &str) -> Result<Vec<String>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use sha2::Digest;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|der| {
+            let digest = sha2::Sha256::digest(der?.as_ref());
+            Ok(format!("sha256:{}", hex::encode(digest)))
+        })
+        .collect()
+}
+
 /// Parses the first certificate in `cert_pem`.
 pub fn inspect(cert_pem: &str) -> Result<CertificateInfo> {
     inspect_der(&crate::first_certificate(cert_pem)?)

@@ -27,7 +27,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 pub use crate::bundle::{CaRenewal, TrustBundle, renew_ca};
 pub use crate::ca::{CertificateAuthority, IssuedCertificate, SecretPem};
 pub use crate::identity::{Identity, Role};
-pub use crate::inspect::{CertificateInfo, inspect, inspect_der, needs_renewal};
+pub use crate::inspect::{CertificateInfo, fingerprints, inspect, inspect_der, needs_renewal};
 pub use crate::sign::{sign_with_key, verify_signed, verify_signed_der};
 pub use crate::tls::{client_config, client_config_for, peer_identity, server_config, verify_leaf};
 pub use rustls;

@@ -362,6 +362,14 @@ pub struct MpcClusterStatus {
     /// Expiry of the certificates in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificates: Option<CertificatesStatus>,
+    /// The key material the operator made for this cluster, by Secret name:
+    /// the public half of each key it put there (`ed25519:<hex>` for the
+    /// grant key and a node's identity, `sha256:<hex>` of the DER of each CA
+    /// certificate). Written before the Secret is, so a Secret whose keys are
+    /// not listed here was not made by the operator, whatever its owner
+    /// references say, and is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// Coarse lifecycle of a cluster.

@@ -482,6 +482,126 @@ async fn planted_secrets_are_refused_and_never_reach_the_nodes() {
     ns.finish().await.unwrap();
 }
 
+/// An owner reference is no proof: whoever can read the MpcCluster knows its
+/// uid and can write one. Planted with it between the cluster's creation and
+/// the operator's first look (a CA the attacker holds, a grant key it
+/// knows), or written into the operator's own CA Secret later, key material
+/// is still refused: it is not among the keys the operator recorded in
+/// `status.secrets` before writing its own. The operator's own Secrets, by
+/// contrast, are taken again by a restarted operator.
+#[tokio::test]
+async fn secrets_planted_with_a_forged_owner_reference_are_refused() {
+    use k8s_openapi::ByteString;
+    let mut ns = TestNamespace::new("forged-owner").await.unwrap();
+    let secrets: Api<Secret> = ns.api();
+    let clusters: Api<MpcCluster> = ns.api();
+    // The cluster exists; no operator has looked at it yet.
+    let uid = clusters.create(&PostParams::default(), &cluster("vault", 3, 2)).await.unwrap().uid().unwrap();
+    let planted = |name: &str, data: Vec<(&str, Vec<u8>)>| -> Secret {
+        let mut secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "labels": {"mpc.torcus.io/cluster": "vault"},
+                "ownerReferences": [{
+                    "apiVersion": "mpc.torcus.io/v1alpha1", "kind": "MpcCluster", "name": "vault",
+                    "uid": uid, "controller": true, "blockOwnerDeletion": true,
+                }],
+            },
+            "type": "Opaque",
+        }))
+        .unwrap();
+        secret.data = Some(data.into_iter().map(|(k, v)| (k.to_owned(), ByteString(v))).collect());
+        secret
+    };
+    let now = OffsetDateTime::now_utc();
+    let rogue_ca =
+        torcus_certs::CertificateAuthority::generate("rogue", torcus_certs::Duration::days(30), now).unwrap();
+    let rogue_fingerprint = torcus_certs::fingerprints(rogue_ca.cert_pem()).unwrap().remove(0);
+    let rogue_ca_pem = rogue_ca.cert_pem().as_bytes().to_vec();
+    let ca = planted(
+        "vault-ca",
+        vec![
+            ("tls.crt", rogue_ca_pem.clone()),
+            ("tls.key", rogue_ca.key_pem().expose().as_bytes().to_vec()),
+            ("ca.crt", rogue_ca_pem.clone()),
+        ],
+    );
+    secrets.create(&PostParams::default(), &ca).await.unwrap();
+    let seed = [0x42u8; 32];
+    let planted_key = hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes());
+    let grant_key =
+        planted("vault-grant-key", vec![("ed25519.seed", seed.to_vec()), ("ed25519.pub", planted_key.clone().into())]);
+    secrets.create(&PostParams::default(), &grant_key).await.unwrap();
+    ns.start_operator();
+
+    // The CA first: nothing is issued under it.
+    wait_secret_refused(&clusters, "vault-ca").await;
+    wait_warning(&ns, "SecretNotOwned").await;
+    for leaf in ["vault-node-0", "vault-operator-client"] {
+        assert!(secrets.get_opt(leaf).await.unwrap().is_none(), "{leaf} issued under a planted CA");
+    }
+    assert!(ns.api::<StatefulSet>().list(&ListParams::default()).await.unwrap().items.is_empty());
+
+    // Gone, the operator makes its own CA, and refuses the grant key next.
+    secrets.delete("vault-ca", &DeleteParams::default()).await.unwrap();
+    wait_secret_refused(&clusters, "vault-grant-key").await;
+    let bundle = secret_text(&secrets.get("vault-node-0").await.unwrap(), "ca.crt");
+    assert!(!torcus_certs::fingerprints(&bundle).unwrap().contains(&rogue_fingerprint));
+    let configs: Api<ConfigMap> = ns.api();
+    assert!(configs.get_opt("vault-config").await.unwrap().is_none(), "configuration written from a planted key");
+    assert!(ns.api::<StatefulSet>().list(&ListParams::default()).await.unwrap().items.is_empty());
+    let status = clusters.get("vault").await.unwrap().status.unwrap();
+    let recorded = status.secrets.unwrap_or_default();
+    assert!(!recorded.values().flatten().any(|k| *k == rogue_fingerprint || k.ends_with(&planted_key)), "{recorded:?}");
+
+    // Gone too: the cluster comes up under the operator's own keys, each recorded.
+    secrets.delete("vault-grant-key", &DeleteParams::default()).await.unwrap();
+    let status = wait_for_status(&ns, "vault").await.status.unwrap();
+    let own_key = status.grant_public_key.unwrap();
+    assert_ne!(own_key, planted_key);
+    let recorded = status.secrets.unwrap();
+    assert_eq!(recorded["vault-grant-key"], [format!("ed25519:{own_key}")]);
+    for index in 0..3 {
+        assert!(recorded.contains_key(&format!("vault-node-{index}-keys")), "{recorded:?}");
+    }
+    let own_ca = secret_text(&secrets.get("vault-ca").await.unwrap(), "tls.crt");
+    assert!(recorded["vault-ca"].contains(&torcus_certs::fingerprints(&own_ca).unwrap()[0]));
+    let config =
+        eventually("the configuration", WAIT, || async { Ok(configs.get_opt("vault-config").await?) }).await.unwrap();
+    let config: ClusterConfig = serde_json::from_str(&config.data.unwrap()["cluster.json"]).unwrap();
+    assert_eq!(config.grant_public_key, own_key);
+
+    // A restarted operator takes its own Secrets: it gets as far as the
+    // StatefulSets, and refuses nothing.
+    ns.stop_operator().await.unwrap();
+    ns.api::<StatefulSet>().delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    ns.start_operator();
+    eventually("the restarted operator to make the StatefulSets again", WAIT, || async {
+        Ok((ns.api::<StatefulSet>().list(&ListParams::default()).await?.items.len() == 3).then_some(()))
+    })
+    .await
+    .unwrap();
+    let metrics = ns.operator_metrics().await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("torcus_untrusted_objects_refused_total{kind=\"secret\"}") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // The rogue CA written into the operator's own CA Secret (a Secret
+    // writer making the nodes trust it) is refused as well.
+    let mut ca = secrets.get("vault-ca").await.unwrap();
+    let mut trusted = ca.data.as_ref().unwrap()["ca.crt"].0.clone();
+    trusted.extend_from_slice(&rogue_ca_pem);
+    ca.data.as_mut().unwrap().insert("ca.crt".into(), ByteString(trusted));
+    secrets.replace("vault-ca", &PostParams::default(), &ca).await.unwrap();
+    wait_secret_refused(&clusters, "vault-ca").await;
+    let bundle = secret_text(&secrets.get("vault-node-0").await.unwrap(), "ca.crt");
+    assert!(!torcus_certs::fingerprints(&bundle).unwrap().contains(&rogue_fingerprint));
+    ns.finish().await.unwrap();
+}
+
 #[tokio::test]
 async fn deleting_the_cluster_removes_its_children() {
     let mut ns = TestNamespace::new("gc").await.unwrap();

@@ -28,6 +28,7 @@ use crate::pki::{self, Leaf, LeafRequest, Lifetimes};
 use crate::registry::Registry;
 use crate::resources::{self, BuildContext, LABEL_CLUSTER, Names, NodePublicKeys};
 use crate::rollout;
+use crate::secret_records::{self, Records};
 use crate::signing_controller::SigningState;
 use crate::{Error, Metrics, Result};
 
@@ -166,12 +167,13 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     let lifetimes = match check_spec(mpc) {
         Ok(l) => l,
         Err(message) => {
-            publish_status(ctx, mpc, failed_status(mpc, "InvalidSpec", &message)).await?;
+            publish_status(ctx, mpc, failed_status(mpc, &Records::of(mpc), "InvalidSpec", &message)).await?;
             return Err(Error::InvalidSpec(message));
         }
     };
     let names = Names::new(&name);
     let now = OffsetDateTime::now_utc();
+    let mut recorded = Records::of(mpc);
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods = pods.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"))).await?;
@@ -180,8 +182,8 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
 
     // Certificates: keep what is good, issue what is not.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = match read_existing_pki(&secrets, mpc).await {
-        Err(e @ Error::ForeignSecret(_)) => return refuse_foreign_secret(ctx, mpc, e).await,
+    let existing = match read_existing_pki(&secrets, mpc, &mut recorded).await {
+        Err(e @ Error::ForeignSecret(_)) => return refuse_foreign_secret(ctx, mpc, &recorded, e).await,
         other => other?,
     };
     let mut requests = BTreeMap::new();
@@ -196,13 +198,17 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
         Err(e @ pki::PlanError::CaUnreadable(_)) => {
             let message = format!("{e}: repair or delete Secret {}", names.ca_secret());
             event(ctx, mpc, EventType::Warning, "CAUnreadable", "IssueCertificate", message.clone()).await;
-            publish_status(ctx, mpc, failed_status(mpc, "CAUnreadable", &message)).await?;
+            publish_status(ctx, mpc, failed_status(mpc, &recorded, "CAUnreadable", &message)).await?;
             return Err(e.into());
         }
         Err(e) => return Err(e.into()),
     };
     let bundle = pki.bundle.to_pem();
+    // Recorded before it is written: see `secret_records`.
+    let authorities = ca_fingerprints(&pki)?;
+    secret_records::record_ahead(&ctx.client, mpc, &mut recorded, &names.ca_secret(), &authorities).await?;
     apply_secret(ctx, &ns, resources::ca_secret(mpc, &pki)).await?;
+    recorded.set(&names.ca_secret(), authorities);
     for (leaf, cert) in &pki.leaves {
         let secret_name = match leaf {
             Leaf::Node(i) => names.node_secret(*i),
@@ -245,21 +251,21 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     // The grant key and the node keys come after the certificates, so a
     // broken key Secret cannot stop certificate renewal.
     let keys = async {
-        let grant_public_key = ensure_grant_key(ctx, mpc, &ns).await?;
+        let grant_public_key = ensure_grant_key(ctx, mpc, &ns, &mut recorded).await?;
         let mut identity_keys = Vec::with_capacity(usize::from(mpc.spec.nodes));
         for index in 0..mpc.spec.nodes {
-            identity_keys.push(ensure_node_keys(ctx, mpc, &ns, index).await?);
+            identity_keys.push(ensure_node_keys(ctx, mpc, &ns, index, &mut recorded).await?);
         }
         Ok((grant_public_key, identity_keys))
     };
     let (grant_public_key, identity_keys) = match keys.await {
         Ok(keys) => keys,
-        Err(e @ Error::ForeignSecret(_)) => return refuse_foreign_secret(ctx, mpc, e).await,
+        Err(e @ Error::ForeignSecret(_)) => return refuse_foreign_secret(ctx, mpc, &recorded, e).await,
         Err(e @ (Error::GrantKey(_) | Error::NodeKeys(_))) => {
             let reason = if matches!(e, Error::GrantKey(_)) { "GrantKeyUnreadable" } else { "NodeKeysUnreadable" };
             let message = e.to_string();
             event(ctx, mpc, EventType::Warning, reason, "CreateKeys", message.clone()).await;
-            publish_status(ctx, mpc, failed_status(mpc, reason, &message)).await?;
+            publish_status(ctx, mpc, failed_status(mpc, &recorded, reason, &message)).await?;
             return Err(e);
         }
         Err(e) => return Err(e),
@@ -359,6 +365,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     }
     let keygen_running = ctx.keygens.running(mpc);
     let mut status = cluster_status(mpc, nodes, keys, grant_public_key, certificates);
+    status.secrets = recorded.to_status();
     report_key_conflicts(&mut status, &ctx.keygens.conflicts(mpc));
     let old_phase = mpc.status.as_ref().and_then(|s| s.phase);
     if old_phase != status.phase {
@@ -421,12 +428,12 @@ fn check_spec(mpc: &MpcCluster) -> std::result::Result<Lifetimes, String> {
 /// it is used (no configuration, no certificate, no grant comes from it),
 /// the cluster's status and a Warning Event say which, and the reconcile
 /// fails, to be retried with backoff, until someone deletes it.
-async fn refuse_foreign_secret(ctx: &Context, mpc: &MpcCluster, error: Error) -> Result<Action> {
+async fn refuse_foreign_secret(ctx: &Context, mpc: &MpcCluster, records: &Records, error: Error) -> Result<Action> {
     ctx.metrics.untrusted_refused.with_label_values(&["secret"]).inc();
     let message = error.to_string();
     warn!(cluster = %mpc.name_any(), namespace = ?mpc.namespace(), "{message}");
     event(ctx, mpc, EventType::Warning, "SecretNotOwned", "CheckSecrets", message.clone()).await;
-    publish_status(ctx, mpc, failed_status(mpc, "SecretNotOwned", &message)).await?;
+    publish_status(ctx, mpc, failed_status(mpc, records, "SecretNotOwned", &message)).await?;
     Err(error)
 }
 
@@ -435,7 +442,7 @@ async fn refuse_foreign_secret(ctx: &Context, mpc: &MpcCluster, error: Error) ->
 /// behind anyone's back. If the Secret was deleted, a new key is made and a
 /// Warning Event says so, since every grant from then on verifies only under
 /// the new key.
-async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<String> {
+async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str, records: &mut Records) -> Result<String> {
     let name = Names::new(&mpc.name_any()).grant_key_secret();
     let make = || {
         let seed = random_key()?;
@@ -450,7 +457,8 @@ async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<S
             ]),
         ))
     };
-    let (public, created) = get_or_create_secret(ctx, mpc, ns, &name, make, grant_public_key)
+    let keys_of = |public: &String| vec![secret_records::ed25519(public)];
+    let (public, created) = get_or_create_secret(ctx, mpc, ns, &name, records, make, grant_public_key, keys_of)
         .await?
         .ok_or_else(|| Error::GrantKey(name.clone()))?;
     let previous = mpc.status.as_ref().and_then(|s| s.grant_public_key.as_deref());
@@ -492,7 +500,13 @@ async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<S
 /// encryption key would leave the shares on the node's volume unreadable, so
 /// a Warning says so when a lost Secret had to be replaced after keys were
 /// generated. A Secret made before messages were sealed gets a seal key added.
-async fn ensure_node_keys(ctx: &Context, mpc: &MpcCluster, ns: &str, index: u16) -> Result<NodePublicKeys> {
+async fn ensure_node_keys(
+    ctx: &Context,
+    mpc: &MpcCluster,
+    ns: &str,
+    index: u16,
+    records: &mut Records,
+) -> Result<NodePublicKeys> {
     let name = Names::new(&mpc.name_any()).node_keys_secret(index);
     let make = || {
         let store = Zeroizing::new(hex::encode(random_key()?));
@@ -500,7 +514,10 @@ async fn ensure_node_keys(ctx: &Context, mpc: &MpcCluster, ns: &str, index: u16)
         let seal = Zeroizing::new(hex::encode(random_key()?));
         Ok(resources::node_keys_secret(mpc, index, &store, &identity, &seal))
     };
-    let (stored, created) = get_or_create_secret(ctx, mpc, ns, &name, make, node_public_keys)
+    // The identity key stands for the Secret: to plant one that matches it,
+    // one must have read the operator's.
+    let keys_of = |stored: &StoredNodeKeys| vec![secret_records::ed25519(&stored.identity)];
+    let (stored, created) = get_or_create_secret(ctx, mpc, ns, &name, records, make, node_public_keys, keys_of)
         .await?
         .ok_or_else(|| Error::NodeKeys(name.clone()))?;
     let had_keys = mpc.status.iter().flat_map(|s| &s.keys).any(|k| k.public_key.is_some());
@@ -565,47 +582,57 @@ fn random_key() -> Result<Zeroizing<[u8; 32]>> {
 /// `make` first when it does not exist. Returns `None` when the Secret
 /// exists but `read` finds nothing usable in it (it is then left alone),
 /// and whether this call created it. Key material is wiped from every copy.
+///
+/// An existing Secret is taken only if it carries the cluster's owner
+/// reference and its keys (`keys_of` what `read` took) are in `records`; a
+/// new one is recorded there before it is created.
+#[allow(clippy::too_many_arguments)]
 async fn get_or_create_secret<T>(
     ctx: &Context,
     mpc: &MpcCluster,
     ns: &str,
     name: &str,
+    records: &mut Records,
     make: impl FnOnce() -> Result<Secret>,
     read: fn(&Secret) -> Option<T>,
+    keys_of: fn(&T) -> Vec<String>,
 ) -> Result<Option<(T, bool)>> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let read_scrubbed = |mut secret: Secret| {
+    let take = |mut secret: Secret, records: &mut Records| {
         let value = read(&secret);
         scrub(&mut secret);
-        value
-    };
-    if let Some(mut secret) = secrets.get_opt(name).await? {
-        if !resources::controlled_by(&secret.metadata, mpc) {
-            scrub(&mut secret);
+        let owned = resources::controlled_by(&secret.metadata, mpc)
+            && value.as_ref().is_none_or(|v| records.owns(name, &keys_of(v)));
+        if !owned {
             return Err(Error::ForeignSecret(name.to_owned()));
         }
-        return Ok(read_scrubbed(secret).map(|v| (v, false)));
+        if let Some(v) = &value {
+            records.seen(name, &keys_of(v));
+        }
+        Ok(value)
+    };
+    if let Some(secret) = secrets.get_opt(name).await? {
+        return Ok(take(secret, records)?.map(|v| (v, false)));
     }
     let mut secret = make()?;
     let value = read(&secret);
+    let keys = value.as_ref().map(keys_of).unwrap_or_default();
+    if let Err(e) = secret_records::record_ahead(&ctx.client, mpc, records, name, &keys).await {
+        scrub(&mut secret);
+        return Err(e);
+    }
     let created = secrets
         .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }, &secret)
         .await;
     scrub(&mut secret);
     match created {
-        Ok(stored) => {
-            read_scrubbed(stored);
+        Ok(mut stored) => {
+            scrub(&mut stored);
+            records.set(name, keys);
             Ok(value.map(|v| (v, true)))
         }
-        // Another reconcile won the race: use what it made, if it did.
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            let mut secret = secrets.get(name).await?;
-            if !resources::controlled_by(&secret.metadata, mpc) {
-                scrub(&mut secret);
-                return Err(Error::ForeignSecret(name.to_owned()));
-            }
-            Ok(read_scrubbed(secret).map(|v| (v, false)))
-        }
+        // Another writer won the race: use what it made, if it is ours.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(take(secrets.get(name).await?, records)?.map(|v| (v, false))),
         Err(e) => Err(e.into()),
     }
 }
@@ -658,21 +685,32 @@ fn grant_public_key(secret: &Secret) -> Option<String> {
     (data.get(GRANT_PUBLIC_KEY).map(|p| p.0.as_slice()) == Some(public.as_bytes())).then_some(public)
 }
 
-async fn read_existing_pki(secrets: &Api<Secret>, mpc: &MpcCluster) -> Result<pki::Existing> {
+async fn read_existing_pki(secrets: &Api<Secret>, mpc: &MpcCluster, records: &mut Records) -> Result<pki::Existing> {
     let names = Names::new(mpc.metadata.name.as_deref().unwrap_or_default());
+    let ca_name = names.ca_secret();
     let field = |s: &Secret, key: &str| {
         s.data.as_ref().and_then(|d| d.get(key)).and_then(|v| String::from_utf8(v.0.clone()).ok())
     };
-    let mut existing = pki::Existing::default();
-    let foreign = |secret: &mut Secret, name: String| {
-        let owned = resources::controlled_by(&secret.metadata, mpc);
-        if !owned {
+    // Every CA certificate a Secret carries, and that it carries the owner
+    // reference, must be the operator's: CA certificates are recorded under
+    // the CA Secret's name, whichever Secret (CA or leaf, in `ca.crt`) holds them.
+    let mut check = |secret: &mut Secret, name: String, pem_keys: &[&str]| {
+        let found: Vec<String> = pem_keys
+            .iter()
+            .filter_map(|key| field(secret, key))
+            .flat_map(|pem| torcus_certs::fingerprints(&pem).unwrap_or_default())
+            .collect();
+        if resources::controlled_by(&secret.metadata, mpc) && records.owns(&ca_name, &found) {
+            records.seen(&ca_name, &found);
+            Ok(())
+        } else {
             scrub(secret);
+            Err(Error::ForeignSecret(name))
         }
-        if owned { Ok(()) } else { Err(Error::ForeignSecret(name)) }
     };
-    if let Some(mut ca) = secrets.get_opt(&names.ca_secret()).await? {
-        foreign(&mut ca, names.ca_secret())?;
+    let mut existing = pki::Existing::default();
+    if let Some(mut ca) = secrets.get_opt(&ca_name).await? {
+        check(&mut ca, ca_name.clone(), &["tls.crt", resources::CA_NEXT_CERT, "ca.crt"])?;
         // A CA Secret that exists is taken as it is, even half empty: the
         // planner refuses to replace what it cannot read.
         existing.ca = Some((
@@ -694,7 +732,7 @@ async fn read_existing_pki(secrets: &Api<Secret>, mpc: &MpcCluster) -> Result<pk
         .chain([(Leaf::Operator, names.operator_secret())]);
     for (leaf, secret_name) in leaves {
         if let Some(mut s) = secrets.get_opt(&secret_name).await? {
-            foreign(&mut s, secret_name.clone())?;
+            check(&mut s, secret_name.clone(), &["ca.crt"])?;
             if let (Some(cert_pem), Some(key)) = (field(&s, "tls.crt"), field(&s, "tls.key")) {
                 existing.leaves.insert(leaf, IssuedCertificate { cert_pem, key_pem: SecretPem::new(key) });
             }
@@ -707,6 +745,20 @@ async fn read_existing_pki(secrets: &Api<Secret>, mpc: &MpcCluster) -> Result<pk
         }
     }
     Ok(existing)
+}
+
+/// The record of the CA Secret `pki` leads to: every CA certificate in it.
+fn ca_fingerprints(pki: &pki::Pki) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    let next = pki.next.as_ref().map(|(n, _)| n.cert_pem());
+    for pem in [Some(pki.ca.cert_pem()), next, Some(&pki.bundle.to_pem())].into_iter().flatten() {
+        for key in torcus_certs::fingerprints(pem)? {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    Ok(keys)
 }
 
 fn change_kind(change: &pki::Change) -> &'static str {
@@ -858,11 +910,14 @@ pub fn cluster_status(
         keys,
         grant_public_key: Some(grant_public_key),
         certificates: Some(certificates),
+        secrets: None,
     }
 }
 
-fn failed_status(mpc: &MpcCluster, reason: &str, message: &str) -> MpcClusterStatus {
+fn failed_status(mpc: &MpcCluster, records: &Records, reason: &str, message: &str) -> MpcClusterStatus {
     let mut status = mpc.status.clone().unwrap_or_default();
+    // What was recorded ahead of a write in this reconcile stays.
+    status.secrets = records.published();
     let generation = mpc.metadata.generation;
     status.phase = Some(ClusterPhase::Failed);
     status.observed_generation = generation;

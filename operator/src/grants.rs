@@ -19,7 +19,8 @@ pub const KEYGEN_GRANT_TTL_SECS: u64 = 600;
 pub const SIGN_GRANT_TTL_SECS: u64 = 120;
 
 /// Loads the grant signing key of `mpc`, from the Secret the operator made
-/// for it and no other. The key is zeroized when the returned value is
+/// for it and no other: it must carry the cluster's owner reference and the
+/// key `status.grantPublicKey` names. The key is zeroized when the returned value is
 /// dropped.
 pub async fn signing_key(ctx: &Context, mpc: &MpcCluster) -> Result<SigningKey> {
     let ns = mpc.namespace().unwrap_or_default();
@@ -37,8 +38,15 @@ pub async fn signing_key(ctx: &Context, mpc: &MpcCluster) -> Result<SigningKey> 
         .and_then(|v| <[u8; 32]>::try_from(v.0.as_slice()).ok())
         .map(Zeroizing::new);
     scrub(&mut secret);
-    let seed = seed.ok_or(Error::GrantKey(name))?;
-    Ok(SigningKey::from_bytes(&seed))
+    let seed = seed.ok_or_else(|| Error::GrantKey(name.clone()))?;
+    let key = SigningKey::from_bytes(&seed);
+    // The owner reference is anyone's to write; the key the cluster
+    // controller took (and recorded) is the one its status publishes.
+    let published = mpc.status.as_ref().and_then(|s| s.grant_public_key.as_deref());
+    if published != Some(hex::encode(key.verifying_key().as_bytes()).as_str()) {
+        return Err(Error::ForeignSecret(name));
+    }
+    Ok(key)
 }
 
 /// The fields that make a grant, so that a grant can be re-made exactly

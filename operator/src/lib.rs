@@ -18,6 +18,7 @@ pub mod presignatures;
 pub mod registry;
 pub mod resources;
 pub mod rollout;
+pub mod secret_records;
 pub mod signing_controller;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
