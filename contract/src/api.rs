@@ -70,11 +70,16 @@ pub struct ErrorBody {
     /// Who to ask instead, when this node is not the initiator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator: Option<u16>,
-    /// The participant the node holds responsible for a failed session:
-    /// it sent an Abort, or could not be sent to. The issuer leaves it out
-    /// of its next attempt.
+    /// The participant held responsible for a failed session: one that
+    /// could not be sent to, sent a message that did not decode, or sent
+    /// an Abort (see [`Self::accuser`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blamed: Option<u16>,
+    /// Who holds [`Self::blamed`] responsible, when not the answering node
+    /// itself: the participant whose Abort named it. Either of the two may
+    /// be lying, so the issuer does not put them in one session again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuser: Option<u16>,
 }
 
 /// What a session produced.
@@ -135,6 +140,9 @@ pub enum SessionStatus {
         /// The participant held responsible, as in [`ErrorBody::blamed`].
         #[serde(default, skip_serializing_if = "Option::is_none")]
         blamed: Option<u16>,
+        /// Who holds it responsible, as in [`ErrorBody::accuser`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accuser: Option<u16>,
     },
 }
 

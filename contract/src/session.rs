@@ -171,6 +171,11 @@ pub enum Control {
         from: u16,
         /// Why, for logs and the session status.
         reason: String,
+        /// The participant the sender holds responsible, when it can tell:
+        /// one whose message did not decode, or that it could not send to.
+        /// A claim, not a proof: the issuer only keeps the two apart.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accused: Option<u16>,
     },
 }
 
@@ -438,7 +443,7 @@ fn abort(state: &mut HandshakeState, session_id: [u8; 32], me: u16, reason: Stri
         return None;
     }
     *state = HandshakeState::Aborted;
-    Some(Control::Abort { session_id, from: me, reason })
+    Some(Control::Abort { session_id, from: me, reason, accused: None })
 }
 
 /// `Option<[u8; 32]>` as an optional hex string.
@@ -567,7 +572,7 @@ mod tests {
         let ack = Control::Ack { session_id: SID, from: 2, presignature: None };
         let value = serde_json::to_value(&ack).unwrap();
         assert_eq!(value, serde_json::json!({"type": "ack", "sessionId": "05".repeat(32), "from": 2}));
-        let abort = Control::Abort { session_id: SID, from: 1, reason: "x".into() };
+        let abort = Control::Abort { session_id: SID, from: 1, reason: "x".into(), accused: None };
         let start = Control::Start { session_id: SID, presignature: None };
         let signed = sign(grant(vec![0, 1, 2]), &SigningKey::from_bytes(&[7; 32]));
         let proposal = Control::Proposal { grant: signed.clone(), presignature: None };
@@ -606,7 +611,7 @@ mod tests {
         let mut hs = InitiatorHandshake::new(SID, vec![0, 2, 4], 0, deadline);
         assert_eq!(hs.on_ack(2), None);
         assert_eq!(hs.poll_timeout(t0 + Duration::from_secs(4)), None);
-        let Some(Control::Abort { session_id, from, reason }) = hs.poll_timeout(deadline) else {
+        let Some(Control::Abort { session_id, from, reason, .. }) = hs.poll_timeout(deadline) else {
             panic!("no abort at the deadline");
         };
         assert_eq!((session_id, from), (SID, 0));
@@ -658,7 +663,12 @@ mod tests {
         assert_eq!(hs.poll_timeout(t0), None);
         assert_eq!(
             hs.poll_timeout(t0 + Duration::from_secs(5)),
-            Some(Control::Abort { session_id: g.session_id(), from: me, reason: "no start from initiator".into() })
+            Some(Control::Abort {
+                session_id: g.session_id(),
+                from: me,
+                reason: "no start from initiator".into(),
+                accused: None
+            })
         );
         assert!(!hs.on_start(g.initiator()), "late start does not run");
         assert_eq!(hs.poll_timeout(t0 + Duration::from_secs(6)), None);

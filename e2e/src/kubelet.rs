@@ -273,7 +273,7 @@ fn build_node(profile_dir: &Path) -> anyhow::Result<()> {
     // With the test-only primes fixture flag: the harness hands nodes the
     // fixture whenever a test asks for it.
     cargo.current_dir(&workspace).args(["build", "-p", "torcus-node", "--bin", "torcus-node", "--features"]);
-    cargo.args(["test-fixtures", "--target-dir"]);
+    cargo.args(["test-fixtures,test-hooks", "--target-dir"]);
     cargo.arg(target_dir);
     match profile {
         "debug" => {}

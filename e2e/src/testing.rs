@@ -293,10 +293,21 @@ impl TestNamespace {
     /// Like [`Self::start_kubelet`], with `node_binary` as the program of
     /// `torcus-node` images.
     pub async fn start_kubelet_with(&mut self, node_binary: PathBuf) -> anyhow::Result<()> {
-        let fixtures = vec![
+        self.start_kubelet_with_env(node_binary, Vec::new()).await
+    }
+
+    /// Like [`Self::start_kubelet_with`], with `env` added to every node's
+    /// environment (a test hook, say).
+    pub async fn start_kubelet_with_env(
+        &mut self,
+        node_binary: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
+        let mut fixtures = vec![
             ("TORCUS_TEST_PRIMES_FIXTURE".to_owned(), primes_fixture().display().to_string()),
             ("TORCUS_TEST_AUX_FIXTURE".to_owned(), aux_fixture().display().to_string()),
         ];
+        fixtures.extend(env);
         self.start_kubelet_as(node_binary, fixtures).await
     }
 

@@ -681,6 +681,80 @@ async fn a_dead_node_shows_offline_and_two_of_three_still_sign() {
     ns.finish().await.unwrap();
 }
 
+/// A compromised node breaks every signing session it is in (a test-only
+/// hook makes node 2 send protocol messages that do not decode), but no
+/// request: the party that got the garbage names node 2, the operator puts
+/// the two in dispute and does not put them in one session of that request
+/// again, and every request completes among the honest nodes.
+#[tokio::test]
+async fn a_node_breaking_every_signing_session_is_kept_apart_and_requests_complete() {
+    let mut ns = TestNamespace::new("garbage-node").await.unwrap();
+    let env = vec![(torcus_node::TEST_CORRUPT_ENV.to_owned(), "2".to_owned())];
+    ns.start_kubelet_with_env(torcus_e2e::kubelet::node_binary().unwrap(), env).await.unwrap();
+    ns.start_operator();
+    let clusters: Api<MpcCluster> = ns.api();
+    let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
+    clusters.create(&PostParams::default(), &cluster("vault", "quic", no_pool)).await.unwrap();
+    let public_key = ready_key(&clusters).await;
+    // Until three requests met node 2, each in its first attempt (a
+    // grant's set is random: 2 in 3 sets hold node 2), at most 24 requests.
+    let mut met = Vec::new();
+    for i in 0..24u8 {
+        let (digest, name) = ([0x60 + i; 32], format!("garbage-{i}"));
+        let sr = sign_digest(&ns, &name, digest).await;
+        assert_signed(&sr, digest, &public_key);
+        let status = sr.status.unwrap();
+        assert!(!status.participants.contains(&2), "node 2 in a set that signed: {:?}", status.participants);
+        if status.attempts > 1 {
+            met.push((name, status.attempts));
+        }
+        if met.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(met.len(), 3, "in 24 requests, node 2 was in fewer than three first attempts");
+    // Each attempt of those requests had a signer set of its own: the first
+    // (`Signing` Event), then one per `Retrying` Event, each of which says
+    // the attempt before failed on node 2's garbage.
+    let events: Api<Event> = ns.api();
+    let parties = |note: &str| -> Vec<u16> {
+        let list = note.split("parties [").nth(1).and_then(|rest| rest.split(']').next()).unwrap_or_default();
+        list.split(", ").filter_map(|p| p.parse().ok()).collect()
+    };
+    for (name, attempts) in met {
+        let notes = eventually("an Event per attempt", Duration::from_secs(30), || async {
+            let list = events.list(&ListParams::default()).await?;
+            let mut notes: Vec<(String, String)> = list
+                .items
+                .into_iter()
+                .filter(|e| e.involved_object.name.as_deref() == Some(name.as_str()))
+                .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+                .filter(|(reason, _)| reason == "Signing" || reason == "Retrying")
+                .collect();
+            notes.sort_by_key(|(reason, _)| reason == "Retrying");
+            Ok((notes.len() == usize::from(attempts)).then_some(notes))
+        })
+        .await
+        .unwrap();
+        for (reason, note) in &notes[1..] {
+            assert!(note.contains("party 2 sent a protocol message that does not decode"), "{reason}: {note}");
+        }
+        let mut sets: Vec<Vec<u16>> = notes.iter().map(|(_, note)| parties(note)).collect();
+        assert!(sets[0].contains(&2), "{notes:?}");
+        sets.sort();
+        sets.dedup();
+        assert_eq!(sets.len(), usize::from(attempts), "{name}: a signer set was tried twice: {notes:?}");
+    }
+    // An honest node counted the session it ended on node 2's garbage.
+    let mut misbehaved = 0.0;
+    for party in 0..2u16 {
+        let (_, text) = ns.node_plain_get("vault", party, "/metrics").await.unwrap();
+        misbehaved += metric(&text, "torcus_node_sessions_total", &[("outcome", "misbehaved")]);
+    }
+    assert!(misbehaved >= 1.0, "no honest node counted node 2's garbage");
+    ns.finish().await.unwrap();
+}
+
 /// A participant killed while the cluster generates its key: the keygen
 /// fails (a `KeygenFailed` Event says why), is retried once the node is back,
 /// and ends with one key that every node holds and signs with.

@@ -197,6 +197,7 @@ fn answer(result: Result<Outcome, SessionError>) -> Response {
                 SessionError::Aborted(_)
                 | SessionError::AbortedBy { .. }
                 | SessionError::Unreachable { .. }
+                | SessionError::Misbehaved { .. }
                 | SessionError::Preempted => StatusCode::SERVICE_UNAVAILABLE,
                 SessionError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 SessionError::Engine(_)
@@ -209,7 +210,9 @@ fn answer(result: Result<Outcome, SessionError>) -> Response {
                 _ => None,
             };
             let mut body = error_body(&error.to_string(), error.reason(), initiator);
-            body.blamed = error.blamed();
+            let fault = error.fault();
+            body.blamed = fault.map(|f| f.party);
+            body.accuser = fault.and_then(|f| f.accuser);
             (status, Json(body)).into_response()
         }
     }
@@ -220,5 +223,5 @@ fn bad_request(message: &str) -> Response {
 }
 
 fn error_body(error: &str, reason: &str, initiator: Option<u16>) -> ErrorBody {
-    ErrorBody { error: error.to_owned(), reason: reason.to_owned(), initiator, blamed: None }
+    ErrorBody { error: error.to_owned(), reason: reason.to_owned(), initiator, blamed: None, accuser: None }
 }

@@ -31,6 +31,7 @@
 //! public data travels with it, and every partial signature is checked
 //! against it before the parts are combined.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cggmp24::generic_ec::coords::AlwaysHasAffineX;
@@ -261,6 +262,45 @@ pub struct SessionNet {
     /// Longest silence from every other party before the run fails: a
     /// participant that died mid-protocol ends the session, not a hang.
     pub idle_timeout: Option<Duration>,
+    /// Who broke the session, as far as this party can tell.
+    pub faults: SessionFaults,
+}
+
+/// The first participant whose protocol message for a session did not
+/// decode, and why, shared between the session's network and its owner.
+/// The run ends there: an authenticated sender that sends garbage will not
+/// send the message it owes.
+#[derive(Clone, Debug, Default)]
+pub struct SessionFaults {
+    malformed: Arc<OnceLock<(u16, String)>>,
+    /// TEST ONLY: every protocol message this party sends is garbage.
+    #[cfg(feature = "test-hooks")]
+    pub corrupt: bool,
+}
+
+impl SessionFaults {
+    /// The participant that sent a message that does not decode, and why.
+    pub fn malformed_by(&self) -> Option<(u16, String)> {
+        self.malformed.get().cloned()
+    }
+
+    /// Records that `from` sent a protocol message that does not decode;
+    /// returns the error that ends the run.
+    fn malformed(&self, from: u16, error: &serde_json::Error) -> DeliveryError {
+        let _ =
+            self.malformed.set((from, format!("party {from} sent a protocol message that does not decode: {error}")));
+        DeliveryError::Malformed(from)
+    }
+
+    /// What this party sends: `payload`, or garbage from a party made to
+    /// misbehave (test builds only).
+    fn outgoing(&self, payload: Vec<u8>) -> Vec<u8> {
+        #[cfg(feature = "test-hooks")]
+        if self.corrupt {
+            return b"\"corrupt\"".to_vec();
+        }
+        payload
+    }
 }
 
 /// Adapts a [`SessionNet`] to the library's `Delivery`: keygen indices
@@ -271,10 +311,11 @@ fn delivery<M>(net: SessionNet) -> Result<MpcParty<M, Delivery<M>>, EngineError>
 where
     M: Serialize + DeserializeOwned + Send + 'static,
 {
-    let SessionNet { session, me, parties, incoming, outgoing, idle_timeout } = net;
+    let SessionNet { session, me, parties, incoming, outgoing, idle_timeout, faults } = net;
     if !parties.contains(&me) {
         return Err(EngineError::NotAParticipant(me));
     }
+    let sent_faults = faults.clone();
     let positions = parties.clone();
     let mut next_id = 0u64;
     // Without a limit, a year: the protocol's own timeout ends the run first.
@@ -286,9 +327,10 @@ where
             Err(_) => return std::future::ready(Some(Err(DeliveryError::Silent(idle)))),
         };
         let sender = positions.iter().position(|p| *p == env.from);
+        let ours = env.session == session && env.channel == Channel::Protocol;
         let msg = serde_json::from_slice::<M>(&env.payload);
         let out = match (sender, msg) {
-            (Some(sender), Ok(msg)) if env.session == session && env.channel == Channel::Protocol => {
+            (Some(sender), Ok(msg)) if ours => {
                 next_id += 1;
                 Some(Ok(Incoming {
                     id: next_id,
@@ -297,6 +339,7 @@ where
                     msg,
                 }))
             }
+            (Some(_), Err(error)) if ours && env.from != me => Some(Err(faults.malformed(env.from, &error))),
             _ => {
                 tracing::debug!(from = env.from, "dropped a message that is not for this session");
                 None
@@ -313,7 +356,7 @@ where
                 parties.get(usize::from(j)).copied().map(Some).ok_or(DeliveryError::NoSuchParty(j))
             }
         };
-        let payload = serde_json::to_vec(&out.msg).map_err(DeliveryError::Encode);
+        let payload = serde_json::to_vec(&out.msg).map_err(DeliveryError::Encode).map(|p| sent_faults.outgoing(p));
         let env = to
             .and_then(|to| Ok(Envelope { session, channel: Channel::Protocol, from: me, to, seq, payload: payload? }));
         async move {
@@ -343,6 +386,9 @@ pub enum DeliveryError {
     /// A protocol message could not be serialized.
     #[error("encoding a protocol message: {0}")]
     Encode(#[source] serde_json::Error),
+    /// A participant sent a protocol message that does not decode.
+    #[error("party {0} sent a protocol message that does not decode")]
+    Malformed(u16),
 }
 
 /// Runs `protocol` on a thread of its own, driven by the current runtime.
@@ -573,10 +619,10 @@ pub async fn sign_presigned(
     path: &[u32],
     net: SessionNet,
 ) -> Result<Signature, EngineError> {
-    let SessionNet { session, me, parties, mut incoming, outgoing, idle_timeout } = net;
+    let SessionNet { session, me, parties, mut incoming, outgoing, idle_timeout, faults } = net;
     position(&parties, me)?;
     let (partial, public) = partial_sign(presig, &parties, path, payload)?;
-    let body = serde_json::to_vec(&partial).map_err(DeliveryError::Encode)?;
+    let body = faults.outgoing(serde_json::to_vec(&partial).map_err(DeliveryError::Encode)?);
     let envelope = Envelope { session, channel: Channel::Protocol, from: me, to: None, seq: 1, payload: body };
     outgoing.send(envelope).await.map_err(|_| DeliveryError::Closed)?;
     let mut partials = std::collections::BTreeMap::from([(me, partial)]);
@@ -595,7 +641,7 @@ pub async fn sign_presigned(
             Ok(partial) => {
                 partials.insert(env.from, partial);
             }
-            Err(_) => tracing::debug!(from = env.from, "dropped a partial signature that does not parse"),
+            Err(error) => return Err(faults.malformed(env.from, &error).into()),
         }
     }
     combine(&partials, &public, share, payload, path)
@@ -698,7 +744,7 @@ pub mod memory {
 
     use tokio::sync::mpsc;
 
-    use super::{Envelope, SessionNet};
+    use super::{Envelope, SessionFaults, SessionNet};
 
     /// Builds one connected [`SessionNet`] per party, and spawns the router.
     pub fn network(session: [u8; 32], parties: &[u16]) -> Vec<SessionNet> {
@@ -715,6 +761,7 @@ pub mod memory {
                 incoming: rx,
                 outgoing: out_tx.clone(),
                 idle_timeout: None,
+                faults: SessionFaults::default(),
             });
         }
         drop(out_tx);

@@ -106,7 +106,18 @@ pub struct Args {
     #[cfg(feature = "test-fixtures")]
     #[arg(long, env = TEST_AUX_ENV, hide = true)]
     pub test_aux_fixture: Option<PathBuf>,
+
+    /// TEST ONLY: the node whose party index this is sends garbage in every
+    /// signing session (a compromised node). Only builds with the
+    /// `test-hooks` feature have this flag.
+    #[cfg(feature = "test-hooks")]
+    #[arg(long, env = TEST_CORRUPT_ENV, hide = true)]
+    pub test_corrupt_signing: Option<u16>,
 }
+
+/// The environment variable of the test-only misbehaving node; refused like
+/// [`TEST_PRIMES_ENV`] by a build without the `test-hooks` feature.
+pub const TEST_CORRUPT_ENV: &str = "TORCUS_TEST_CORRUPT_SIGNING";
 
 /// The environment variable of the test-only primes fixture. A build
 /// without the `test-fixtures` feature refuses to start when it is set,
@@ -164,6 +175,9 @@ pub enum Error {
          aux info would hold a key share anyone can recover); unset it"
     )]
     TestFixtureInProduct(&'static str),
+    /// A test hook was asked of a build without them.
+    #[error("{0} is set, but this build of torcus-node has no test hooks (they make a node misbehave); unset it")]
+    TestHookInProduct(&'static str),
 }
 
 impl Args {
@@ -191,6 +205,8 @@ impl Args {
             test_primes_fixture,
             #[cfg(feature = "test-fixtures")]
             test_aux_fixture,
+            #[cfg(feature = "test-hooks")]
+            test_corrupt_signing,
         } = self;
         if command != "serve" {
             return Err(Error::UnknownCommand(command));
@@ -200,6 +216,10 @@ impl Args {
             if std::env::var_os(variable).is_some() {
                 return Err(Error::TestFixtureInProduct(variable));
             }
+        }
+        #[cfg(not(feature = "test-hooks"))]
+        if std::env::var_os(TEST_CORRUPT_ENV).is_some() {
+            return Err(Error::TestHookInProduct(TEST_CORRUPT_ENV));
         }
         let identity = Identity::load(me, &config, &tls_dir)?;
         let cluster = identity.config.clone();
@@ -374,6 +394,10 @@ impl Args {
             used,
             metrics: metrics.clone(),
         })?;
+        #[cfg(feature = "test-hooks")]
+        if test_corrupt_signing == Some(me) {
+            service.corrupt_signing();
+        }
         service.spawn_presigner(stop.clone());
         let (control_tx, mut control_rx) = mpsc::channel(1024);
         router.spawn_inbound(incoming, Some(control_tx));

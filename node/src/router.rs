@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::engine::{Channel, Envelope, SessionNet};
+use crate::engine::{Channel, Envelope, SessionFaults, SessionNet};
 use crate::transport::Transport;
 
 /// Envelopes kept for one session that is not open yet.
@@ -32,6 +32,8 @@ pub struct Router {
     /// Per session, the first party a send to failed, and why, until the
     /// session's owner takes it ([`Router::take_failure`]).
     failures: Mutex<HashMap<[u8; 32], (u16, String)>>,
+    /// Per open session, who sent it garbage ([`Router::take_malformed`]).
+    faults: Mutex<HashMap<[u8; 32], SessionFaults>>,
 }
 
 /// Most send failures kept for sessions whose owner has not taken them.
@@ -67,6 +69,7 @@ impl Router {
     /// Forgets `session`; later envelopes for it are dropped after the TTL.
     pub fn close(&self, session: &[u8; 32]) {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner).remove(session);
+        self.faults.lock().unwrap_or_else(PoisonError::into_inner).remove(session);
     }
 
     /// Hands an envelope to its session, or keeps it until the session
@@ -117,6 +120,12 @@ impl Router {
                 }
             }
         })
+    }
+
+    /// The first participant of `session` that sent a protocol message that
+    /// does not decode, and why; taken once.
+    pub fn take_malformed(&self, session: &[u8; 32]) -> Option<(u16, String)> {
+        self.faults.lock().unwrap_or_else(PoisonError::into_inner).remove(session)?.malformed_by()
     }
 
     /// The first party a send of `session` failed to, and why; taken once.
@@ -174,7 +183,10 @@ impl Router {
                 }
             }
         });
-        SessionNet { session, me, parties, incoming, outgoing, idle_timeout: None }
+        let faults = SessionFaults::default();
+        // One per open session: `close` (or the owner's take) removes it.
+        self.faults.lock().unwrap_or_else(PoisonError::into_inner).insert(session, faults.clone());
+        SessionNet { session, me, parties, incoming, outgoing, idle_timeout: None, faults }
     }
 }
 

@@ -166,6 +166,16 @@ pub enum SessionError {
         party: u16,
         /// Its reason.
         reason: String,
+        /// Whom it held responsible, if anyone.
+        accused: Option<u16>,
+    },
+    /// A participant sent a protocol message that does not decode.
+    #[error("{reason}")]
+    Misbehaved {
+        /// The participant.
+        party: u16,
+        /// What it sent.
+        reason: String,
     },
     /// The protocol failed.
     #[error(transparent)]
@@ -203,17 +213,34 @@ pub enum SessionError {
     },
 }
 
+/// Who a node holds responsible for a failed session ([`SessionError::fault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// The participant held responsible.
+    pub party: u16,
+    /// Who accused it, when not the reporting node itself.
+    pub accuser: Option<u16>,
+}
+
 impl SessionError {
-    /// The participant this node holds responsible for the failure: one
-    /// that could not be sent to (it is down, or stopped reading). The
-    /// issuer leaves it out of its next attempt. Not the sender of an
-    /// Abort: an honest party aborts when another sent it garbage, and
-    /// blaming it would exclude the victim.
-    pub fn blamed(&self) -> Option<u16> {
-        match self {
-            Self::Unreachable { party, .. } => Some(*party),
-            _ => None,
-        }
+    /// Who broke a failed session, as far as this node can tell: a
+    /// participant it could not send to, one whose message did not decode
+    /// or whose partial signature was false, or the one an Abort named
+    /// (then the Abort's sender is the accuser). An Abort that names nobody
+    /// puts its sender and this node at odds. Either side of an accusation
+    /// may be the liar, so the issuer keeps the two apart rather than
+    /// excluding one.
+    pub fn fault(&self) -> Option<Fault> {
+        let party = match self {
+            Self::Unreachable { party, .. } | Self::Misbehaved { party, .. } => *party,
+            Self::Engine(engine::EngineError::BadPartial(party)) => *party,
+            Self::AbortedBy { party, accused: Some(accused), .. } => {
+                return Some(Fault { party: *accused, accuser: Some(*party) });
+            }
+            Self::AbortedBy { party, accused: None, .. } => *party,
+            _ => return None,
+        };
+        Some(Fault { party, accuser: None })
     }
 
     fn is_abort(&self) -> bool {
@@ -232,6 +259,7 @@ impl SessionError {
             Self::Engine(_) => "protocol",
             Self::Timeout(_) => "timeout",
             Self::Unreachable { .. } => "unreachable",
+            Self::Misbehaved { .. } => "misbehaved",
             Self::Preempted => "preempted",
             Self::Store(_) | Self::Corrupt(_) | Self::ShareFormat { .. } => "storage",
         }
@@ -283,6 +311,9 @@ pub struct Service<T: Transport> {
     presign_permit: Arc<Semaphore>,
     /// Presigning session ids seen lately, oldest first (bounded).
     seen_presign: Mutex<SeenIds>,
+    /// TEST ONLY: this node sends garbage in every signing session.
+    #[cfg(feature = "test-hooks")]
+    corrupt_signing: std::sync::atomic::AtomicBool,
 }
 
 impl<T: Transport> std::fmt::Debug for Service<T> {
@@ -408,6 +439,8 @@ impl<T: Transport> Service<T> {
             foreground_began: Notify::new(),
             presign_permit: Arc::new(Semaphore::new(1)),
             seen_presign: Mutex::new(SeenIds::default()),
+            #[cfg(feature = "test-hooks")]
+            corrupt_signing: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -572,7 +605,12 @@ impl<T: Transport> Service<T> {
         if signed.grant.initiator() != from {
             let reason = format!("proposal came from party {from}, but the initiator is {}", signed.grant.initiator());
             self.metrics.grants_rejected.with_label_values(&["not_initiator"]).inc();
-            self.send_control(from, session, &Control::Abort { session_id: session, from: self.me, reason }).await;
+            self.send_control(
+                from,
+                session,
+                &Control::Abort { session_id: session, from: self.me, reason, accused: None },
+            )
+            .await;
             return;
         }
         let grant = match self.verify(&signed) {
@@ -580,13 +618,23 @@ impl<T: Transport> Service<T> {
             Err(error) => {
                 warn!(from, %error, "refused a proposal");
                 let reason = format!("party {} refused the grant: {error}", self.me);
-                self.send_control(from, session, &Control::Abort { session_id: session, from: self.me, reason }).await;
+                self.send_control(
+                    from,
+                    session,
+                    &Control::Abort { session_id: session, from: self.me, reason, accused: None },
+                )
+                .await;
                 return;
             }
         };
         if let Err(error) = self.precheck(&grant) {
             let reason = format!("party {}: {error}", self.me);
-            self.send_control(from, session, &Control::Abort { session_id: session, from: self.me, reason }).await;
+            self.send_control(
+                from,
+                session,
+                &Control::Abort { session_id: session, from: self.me, reason, accused: None },
+            )
+            .await;
             return;
         }
         let _foreground = self.foreground();
@@ -604,8 +652,8 @@ impl<T: Transport> Service<T> {
                     Ok(Some((from, Control::Start { presignature, .. }))) if handshake.on_start(from) => {
                         break presignature;
                     }
-                    Ok(Some((from, Control::Abort { reason, .. }))) if handshake.on_abort(from) => {
-                        return Err(SessionError::AbortedBy { party: from, reason });
+                    Ok(Some((from, Control::Abort { reason, accused, .. }))) if handshake.on_abort(from) => {
+                        return Err(SessionError::AbortedBy { party: from, reason, accused });
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {
@@ -622,7 +670,8 @@ impl<T: Transport> Service<T> {
                 (Some(id), Some(taken)) if taken.id() == id => Some(taken),
                 (Some(_), _) => {
                     let reason = format!("party {} does not hold the presignature the session started with", self.me);
-                    let abort = Control::Abort { session_id: session, from: self.me, reason: reason.clone() };
+                    let abort =
+                        Control::Abort { session_id: session, from: self.me, reason: reason.clone(), accused: None };
                     self.broadcast_control(&participants, session, &abort).await;
                     return Err(SessionError::Aborted(reason));
                 }
@@ -669,8 +718,10 @@ impl<T: Transport> Service<T> {
         let aborted = async {
             loop {
                 match control.recv().await {
-                    Some((from, Control::Abort { reason, .. })) if participants.contains(&from) && from != self.me => {
-                        break (from, reason);
+                    Some((from, Control::Abort { reason, accused, .. }))
+                        if participants.contains(&from) && from != self.me =>
+                    {
+                        break (from, reason, accused);
                     }
                     Some(_) => {}
                     None => std::future::pending::<()>().await,
@@ -679,21 +730,29 @@ impl<T: Transport> Service<T> {
         };
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, protocol) => r.unwrap_or(Err(SessionError::Timeout(timeout))),
-            (party, reason) = aborted => Err(SessionError::AbortedBy { party, reason }),
+            (party, reason, accused) = aborted => Err(SessionError::AbortedBy { party, reason, accused }),
         };
-        // A failed send ends the protocol early (its queue is closed): say
-        // whom it was to, rather than what the protocol made of it.
+        // A message that did not decode, or a failed send, ends the
+        // protocol early: say who broke it, rather than what the protocol
+        // made of it.
+        let malformed = self.router.take_malformed(&session);
         let failure = self.router.take_failure(&session);
-        let result = match (result, failure) {
-            (Err(error), Some((party, reason))) if !error.is_abort() => {
+        let result = match (result, malformed, failure) {
+            (Err(error), Some((party, reason)), _) if !error.is_abort() => {
+                Err(SessionError::Misbehaved { party, reason })
+            }
+            (Err(error), None, Some((party, reason))) if !error.is_abort() => {
                 Err(SessionError::Unreachable { party, reason })
             }
-            (result, _) => result,
+            (result, ..) => result,
         };
         if let Err(error) = &result
             && !error.is_abort()
         {
-            let abort = Control::Abort { session_id: session, from: self.me, reason: error.to_string() };
+            // Named when this node saw it itself; an Abort it received
+            // ended the session already.
+            let accused = error.fault().filter(|f| f.accuser.is_none()).map(|f| f.party);
+            let abort = Control::Abort { session_id: session, from: self.me, reason: error.to_string(), accused };
             self.broadcast_control(participants, session, &abort).await;
         }
         self.metrics.session_duration.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
@@ -736,7 +795,12 @@ impl<T: Transport> Service<T> {
             }
             GrantKind::Sign { key, message, derivation_path } => {
                 let share = self.share(key)?;
-                let net = self.net(session, grant.participants.clone(), SIGN_IDLE_TIMEOUT);
+                #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut, reason = "the hook is compiled out"))]
+                let mut net = self.net(session, grant.participants.clone(), SIGN_IDLE_TIMEOUT);
+                #[cfg(feature = "test-hooks")]
+                {
+                    net.faults.corrupt = self.corrupt_signing.load(Ordering::Relaxed);
+                }
                 let (signature, presigned) = match (presig, message) {
                     (Some(taken), SignMessage::Payload { hash, payload, .. }) => {
                         self.metrics.presignatures_used.inc();
@@ -859,8 +923,8 @@ impl<T: Transport> Service<T> {
                         return Ok(start);
                     }
                 }
-                Ok(Some((from, Control::Abort { reason, .. }))) if handshake.on_abort(from) => {
-                    return Err(SessionError::AbortedBy { party: from, reason });
+                Ok(Some((from, Control::Abort { reason, accused, .. }))) if handshake.on_abort(from) => {
+                    return Err(SessionError::AbortedBy { party: from, reason, accused });
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
@@ -876,6 +940,15 @@ impl<T: Transport> Service<T> {
                 }
             }
         }
+    }
+
+    /// TEST ONLY: from now on, every protocol message this node sends in a
+    /// signing session is garbage (a compromised node, for the tests that
+    /// the others get by without it).
+    #[cfg(feature = "test-hooks")]
+    pub fn corrupt_signing(&self) {
+        warn!("TEST HOOK: this node now sends garbage in every signing session");
+        self.corrupt_signing.store(true, Ordering::Relaxed);
     }
 
     /// Marks a grant session as running until the guard drops.
@@ -975,7 +1048,12 @@ impl<T: Transport> Service<T> {
             Err(error) => {
                 warn!(%error, "session failed");
                 self.metrics.sessions.with_label_values(&["any", error.reason()]).inc();
-                SessionStatus::Failed { reason: error.to_string(), blamed: error.blamed() }
+                let fault = error.fault();
+                SessionStatus::Failed {
+                    reason: error.to_string(),
+                    blamed: fault.map(|f| f.party),
+                    accuser: fault.and_then(|f| f.accuser),
+                }
             }
         };
         self.set_status(session, status);
@@ -1124,7 +1202,12 @@ impl<T: Transport> Service<T> {
                 debug!(%reason, "refused a presigning proposal");
                 self.metrics.sessions.with_label_values(&["presign", "refused"]).inc();
                 let reason = format!("party {}: {reason}", self.me);
-                self.send_control(from, session, &Control::Abort { session_id: session, from: self.me, reason }).await;
+                self.send_control(
+                    from,
+                    session,
+                    &Control::Abort { session_id: session, from: self.me, reason, accused: None },
+                )
+                .await;
                 return;
             }
         };
@@ -1137,8 +1220,8 @@ impl<T: Transport> Service<T> {
                 let wait = handshake.deadline().saturating_duration_since(Instant::now());
                 match tokio::time::timeout(wait, control.recv()).await {
                     Ok(Some((from, Control::Start { .. }))) if handshake.on_start(from) => break,
-                    Ok(Some((from, Control::Abort { reason, .. }))) if handshake.on_abort(from) => {
-                        return Err(SessionError::AbortedBy { party: from, reason });
+                    Ok(Some((from, Control::Abort { reason, accused, .. }))) if handshake.on_abort(from) => {
+                        return Err(SessionError::AbortedBy { party: from, reason, accused });
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {

@@ -119,7 +119,7 @@ async fn a_participant_never_spends_a_presignature_on_a_raw_digest() {
     assert!(matches!(ack, Control::Ack { presignature: None, .. }), "{ack:?}");
     let pool = cluster.pool(2, "default", &[0, 2]).await.expect("pool");
     assert_eq!(pool.ids, held, "the presignature stays in the pool");
-    let abort = Control::Abort { session_id: session, from: 0, reason: "test over".into() };
+    let abort = Control::Abort { session_id: session, from: 0, reason: "test over".into(), accused: None };
     impostor.send(2, session, &abort).await;
 
     // The same offer for a payload: taken, as the protocol wants.
@@ -130,7 +130,9 @@ async fn a_participant_never_spends_a_presignature_on_a_raw_digest() {
     assert!(matches!(ack, Control::Ack { presignature: Some(id), .. } if id == offered), "{ack:?}");
     let pool = cluster.pool(2, "default", &[0, 2]).await.expect("pool");
     assert!(!pool.ids.contains(&held[0]), "taken for the payload: {pool:?}");
-    impostor.send(2, session, &Control::Abort { session_id: session, from: 0, reason: "test over".into() }).await;
+    impostor
+        .send(2, session, &Control::Abort { session_id: session, from: 0, reason: "test over".into(), accused: None })
+        .await;
 
     // A proposal of someone else's grant (among 1 and 2, initiated by 1),
     // seen in transit: refused before the grant is even checked, so it

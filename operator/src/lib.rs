@@ -19,6 +19,7 @@ pub mod registry;
 pub mod resources;
 pub mod rollout;
 pub mod secret_records;
+pub mod signers;
 pub mod signing_controller;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;

@@ -57,11 +57,12 @@ pub enum CallError {
 pub const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 impl CallError {
-    /// The participant the node holds responsible for a failed session.
-    pub fn blamed(&self) -> Option<u16> {
+    /// The participant the node holds responsible for a failed session,
+    /// and who accused it when not the node itself.
+    pub fn fault(&self) -> (Option<u16>, Option<u16>) {
         match self {
-            Self::Refused { body, .. } => body.blamed,
-            _ => None,
+            Self::Refused { body, .. } => (body.blamed, body.accuser),
+            _ => (None, None),
         }
     }
 
@@ -298,6 +299,7 @@ impl NodeClient {
             reason: format!("http_{}", status.as_u16()),
             initiator: None,
             blamed: None,
+            accuser: None,
         });
         Err(CallError::Refused { status: status.as_u16(), body })
     }

@@ -112,13 +112,27 @@ impl Presignatures {
     /// Choosing and reserving are one step: sessions decided at the same
     /// time spread over the warm sets instead of all picking the warmest.
     pub fn reserve(&self, pool: &str, healthy: &[u16], threshold: u16) -> Option<(Vec<u16>, String)> {
+        self.reserve_apart(pool, healthy, threshold, &[])
+    }
+
+    /// [`Self::reserve`], among the sets without a pair of `disputes` in them.
+    pub fn reserve_apart(
+        &self,
+        pool: &str,
+        healthy: &[u16],
+        threshold: u16,
+        disputes: &[crate::signers::Dispute],
+    ) -> Option<(Vec<u16>, String)> {
         let mut views = self.lock();
         let view = views.get_mut(pool)?;
         let (set, ids) = view
             .free
             .iter_mut()
             .filter(|(set, ids)| {
-                !ids.is_empty() && set.len() == usize::from(threshold) && set.iter().all(|i| healthy.contains(i))
+                !ids.is_empty()
+                    && set.len() == usize::from(threshold)
+                    && set.iter().all(|i| healthy.contains(i))
+                    && crate::signers::apart(set, disputes)
             })
             .max_by_key(|(set, ids)| (ids.len(), std::cmp::Reverse(*set)))?;
         let id = ids.pop_front()?;

@@ -46,7 +46,7 @@ use crate::node_client::NodeAddr;
 use crate::policy::{self, Approval, Ledger};
 use crate::presignatures::{self, Freshness, Presignatures};
 use crate::resources::{LABEL_CLUSTER, LABEL_PARTY};
-use crate::{Error, Result, crypto};
+use crate::{Error, Result, crypto, signers};
 
 /// Signing attempts (each with its own grant) before a request fails.
 pub const MAX_ATTEMPTS: u16 = 4;
@@ -69,6 +69,41 @@ pub struct SigningState {
     /// The nodes' presignature pools, and the presignature reserved for
     /// each session.
     pub presignatures: Arc<Presignatures>,
+    /// Per request uid, the pairs of parties its failed attempts put in
+    /// dispute ([`signers`]). Memory only: after a restart a request starts
+    /// over with none, which costs at most attempts.
+    disputes: Mutex<HashMap<String, Vec<signers::Dispute>>>,
+}
+
+/// Requests whose disputes are kept at once; beyond, all are forgotten.
+const MAX_DISPUTED_REQUESTS: usize = 4096;
+
+/// A failure that names nobody.
+const NO_FAULT: (Option<u16>, Option<u16>) = (None, None);
+
+impl SigningState {
+    /// Records `dispute` for request `uid`; returns all of its disputes.
+    fn add_dispute(&self, uid: &str, dispute: signers::Dispute) -> Vec<signers::Dispute> {
+        let mut all = self.disputes.lock().unwrap_or_else(PoisonError::into_inner);
+        if all.len() >= MAX_DISPUTED_REQUESTS && !all.contains_key(uid) {
+            all.clear();
+        }
+        let disputes = all.entry(uid.to_owned()).or_default();
+        if !disputes.contains(&dispute) {
+            disputes.push(dispute);
+        }
+        disputes.clone()
+    }
+
+    /// The disputes recorded for request `uid`.
+    fn disputes(&self, uid: &str) -> Vec<signers::Dispute> {
+        self.disputes.lock().unwrap_or_else(PoisonError::into_inner).get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Forgets the disputes of request `uid`, which is over.
+    fn settle(&self, uid: &str) {
+        self.disputes.lock().unwrap_or_else(PoisonError::into_inner).remove(uid);
+    }
 }
 
 /// The grant a status records, re-made from it and the spec.
@@ -229,7 +264,7 @@ impl<'a> Reconcile<'a> {
         let kind = GrantKind::Sign { key: spec.key.clone(), message, derivation_path: path };
         self.status.public_key = Some(public_key);
         self.status.reason = None;
-        let attempt = match self.new_attempt(&mpc, &nodes, kind, &[]).await {
+        let attempt = match self.new_attempt(&mpc, &nodes, kind, &[], &[]).await {
             Ok(next) => next,
             Err(Error::InvalidSpec(message)) => return self.wait("WaitingForNodes", message).await,
             Err(e) => return Err(e),
@@ -286,21 +321,23 @@ impl<'a> Reconcile<'a> {
         let nodes = self.nodes(&mpc).await?;
         let initiator = grant.grant.initiator();
         let Some(url) = nodes.get(&initiator).map(|n| n.url.clone()) else {
-            return self.retry(&mpc, &nodes, format!("initiator {initiator} has no address"), None).await;
+            return self.retry(&mpc, &nodes, format!("initiator {initiator} has no address"), NO_FAULT).await;
         };
         match self.ctx.nodes.session(&url, &grant.grant.session_id()).await {
             Ok(Some(SessionStatus::Completed { outcome })) => self.complete(outcome, None, pools).await,
             Ok(Some(SessionStatus::Proposed | SessionStatus::Running)) => {
                 Ok(Action::requeue(Duration::from_millis(500)))
             }
-            Ok(Some(SessionStatus::Failed { reason, blamed })) => self.retry(&mpc, &nodes, reason, blamed).await,
+            Ok(Some(SessionStatus::Failed { reason, blamed, accuser })) => {
+                self.retry(&mpc, &nodes, reason, (blamed, accuser)).await
+            }
             // What was reserved for it is not known after a restart: the
             // initiator chooses.
             Ok(None) if grant.grant.expires_at > torcus_contract::unix_now() + 5 => {
                 self.sign(&mpc, Attempt { grant, url, presignature: PresignatureChoice::Any }).await
             }
-            Ok(None) => self.retry(&mpc, &nodes, "the grant expired before its session ran".into(), None).await,
-            Err(e) => self.retry(&mpc, &nodes, e.to_string(), None).await,
+            Ok(None) => self.retry(&mpc, &nodes, "the grant expired before its session ran".into(), NO_FAULT).await,
+            Err(e) => self.retry(&mpc, &nodes, e.to_string(), NO_FAULT).await,
         }
     }
 
@@ -316,7 +353,7 @@ impl<'a> Reconcile<'a> {
             Err(e) => {
                 self.ctx.metrics.grants_rejected.with_label_values(&[&e.reason()]).inc();
                 let nodes = self.nodes(mpc).await?;
-                self.retry(mpc, &nodes, e.to_string(), e.blamed()).await
+                self.retry(mpc, &nodes, e.to_string(), e.fault()).await
             }
         }
     }
@@ -367,24 +404,32 @@ impl<'a> Reconcile<'a> {
         let timings = self.status.timings.get_or_insert_with(Timings::default);
         timings.signing_ms = took.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.status.reason = None;
+        self.ctx.signing.settle(&self.uid);
         self.publish(SigningPhase::Completed).await?;
         Ok(Action::await_change())
     }
 
     /// Starts another attempt after a failed one, or fails the request.
-    /// `blamed`, the participant the initiator held responsible (it sent an
-    /// Abort, or could not be sent to), is left out of the next attempt
-    /// when enough others remain: one node aborting every session it is in
-    /// cannot make a request fail.
+    /// `fault` is whom the initiator held responsible and who accused it
+    /// (see [`signers`]): the two are not put in one session of this
+    /// request again while other signers remain, so one node breaking every
+    /// session it is in cannot make a request fail.
     async fn retry(
         &mut self,
         mpc: &MpcCluster,
         nodes: &BTreeMap<u16, Node>,
         why: String,
-        blamed: Option<u16>,
+        fault: (Option<u16>, Option<u16>),
     ) -> Result<Action> {
-        warn!(request = %self.sr.name_any(), namespace = %self.ns, attempt = self.status.attempts, %why, "signing attempt failed");
-        if self.status.attempts >= MAX_ATTEMPTS {
+        warn!(request = %self.sr.name_any(), namespace = %self.ns, attempt = self.status.attempts, %why, ?fault, "signing attempt failed");
+        let disputes = match self.status.initiator.and_then(|i| signers::dispute(i, fault.0, fault.1)) {
+            Some(dispute) => self.ctx.signing.add_dispute(&self.uid, dispute),
+            None => self.ctx.signing.disputes(&self.uid),
+        };
+        // Enough attempts for a node breaking every session to meet each
+        // honest one it could be put with (see `signers`).
+        let most = MAX_ATTEMPTS.max(mpc.spec.nodes.saturating_sub(mpc.spec.threshold).saturating_add(2));
+        if self.status.attempts >= most {
             let message = format!("{} attempts failed; the last: {why}", self.status.attempts);
             return self.fail("SigningFailed", message).await;
         }
@@ -398,23 +443,24 @@ impl<'a> Reconcile<'a> {
             Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
         };
         self.status.reason = Some(format!("attempt {} failed: {why}", self.status.attempts));
-        let mut excluded = unresponsive.clone();
-        excluded.extend(blamed.filter(|b| !unresponsive.contains(b)));
-        let attempt = match self.new_attempt(mpc, nodes, kind.clone(), &excluded).await {
+        let attempt = match self.new_attempt(mpc, nodes, kind, &unresponsive, &disputes).await {
             Ok(next) => next,
-            // Not enough without the blamed one (the initiator may blame
-            // falsely): with it, then.
-            Err(Error::InvalidSpec(_)) if excluded.len() > unresponsive.len() => {
-                match self.new_attempt(mpc, nodes, kind, &unresponsive).await {
-                    Ok(next) => next,
-                    Err(Error::InvalidSpec(message)) => return self.fail("NotEnoughNodes", message).await,
-                    Err(e) => return Err(e),
-                }
-            }
             Err(Error::InvalidSpec(message)) => return self.fail("NotEnoughNodes", message).await,
             Err(e) => return Err(e),
         };
         self.publish(SigningPhase::Signing).await?;
+        // An Event's note holds at most 1 kB.
+        let why: String = why.chars().take(600).collect();
+        let note = format!(
+            "attempt {} failed: {why}; attempt {} with parties {:?}, party {} initiates",
+            self.status.attempts - 1,
+            self.status.attempts,
+            self.status.participants,
+            self.status.initiator.unwrap_or_default()
+        );
+        // An action of its own per attempt: Events of one reason and action
+        // are folded into one series, which would keep only the first note.
+        self.event(EventType::Warning, "Retrying".to_owned(), format!("SignAttempt{}", self.status.attempts), note);
         Box::pin(self.sign(mpc, attempt)).await
     }
 
@@ -428,6 +474,7 @@ impl<'a> Reconcile<'a> {
         nodes: &BTreeMap<u16, Node>,
         kind: GrantKind,
         exclude: &[u16],
+        disputes: &[signers::Dispute],
     ) -> Result<Attempt> {
         let healthy: Vec<u16> = healthy_indices(nodes).into_iter().filter(|i| !exclude.contains(i)).collect();
         let threshold = mpc.spec.threshold;
@@ -447,7 +494,7 @@ impl<'a> Reconcile<'a> {
             (Ok(path), true) => {
                 let pool = self.pool_id(kind.key(), path);
                 self.refresh_pools(&pool, nodes, &healthy, kind.key(), path).await;
-                self.ctx.signing.presignatures.reserve(&pool, &healthy, threshold)
+                self.ctx.signing.presignatures.reserve_apart(&pool, &healthy, threshold, disputes)
             }
             _ => None,
         };
@@ -459,7 +506,8 @@ impl<'a> Reconcile<'a> {
         self.status.protocol = None;
         let warm: Vec<Vec<u16>> = reserved.iter().map(|(set, _)| set.clone()).collect();
         let parts = GrantParts::fresh(grants::SIGN_GRANT_TTL_SECS, |id| {
-            torcus_contract::select_participants_preferring(id, &healthy, threshold, &warm)
+            let usual = || torcus_contract::select_participants_preferring(id, &healthy, threshold, &warm);
+            signers::choose_apart(&healthy, threshold, disputes, usual).or_else(usual)
         })
         .ok_or_else(|| {
             Error::InvalidSpec(format!("{} healthy nodes answer; {threshold} needed to sign", healthy.len()))
@@ -594,7 +642,7 @@ impl<'a> Reconcile<'a> {
         let note =
             format!("the status records a grant the operator did not issue for this request ({why}); deciding again");
         warn!(request = %self.sr.name_any(), namespace = %self.ns, "{note}");
-        self.event(EventType::Warning, "StatusRefused".into(), note);
+        self.event(EventType::Warning, "StatusRefused".into(), "Sign".into(), note);
         // Clear what was claimed, whoever wrote it (a merge patch removes
         // fields another manager owns; the operator's apply would not).
         let api: Api<SigningRequest> = Api::namespaced(self.ctx.client.clone(), &self.ns);
@@ -798,6 +846,7 @@ impl<'a> Reconcile<'a> {
     }
 
     async fn fail(&mut self, reason: &str, message: String) -> Result<Action> {
+        self.ctx.signing.settle(&self.uid);
         self.status.reason = Some(message.clone());
         self.set_condition("Completed", false, reason, message);
         self.publish(SigningPhase::Failed).await?;
@@ -894,16 +943,16 @@ impl<'a> Reconcile<'a> {
         } else {
             EventType::Normal
         };
-        self.event(type_, name, note);
+        self.event(type_, name, "Sign".into(), note);
     }
 
     /// Publishes an Event about the request in the background, so that
     /// Events never hold up signing.
-    fn event(&self, type_: EventType, reason: String, note: String) {
+    fn event(&self, type_: EventType, reason: String, action: String, note: String) {
         let recorder = self.ctx.recorder.clone();
         let reference = self.sr.object_ref(&());
         tokio::spawn(async move {
-            let ev = Event { type_, reason, note: Some(note), action: "Sign".into(), secondary: None };
+            let ev = Event { type_, reason, note: Some(note), action, secondary: None };
             if let Err(error) = recorder.publish(&ev, &reference).await {
                 warn!(%error, "could not publish event");
             }
