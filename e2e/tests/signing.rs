@@ -755,6 +755,64 @@ async fn a_node_breaking_every_signing_session_is_kept_apart_and_requests_comple
     ns.finish().await.unwrap();
 }
 
+/// Whoever may create pods plants one that looks like a node: a node's
+/// labels, a node's name pattern (`vault-3-0`, a party the cluster does not
+/// have) and a forged controller reference to that party's StatefulSet. It
+/// gets nothing: the operator takes as nodes only the pods of its own
+/// StatefulSets, by uid, and only parties that registered with their
+/// certificate count as online, so no grant, pool or health call ever
+/// reaches the address the pod claims, and requests keep completing.
+#[tokio::test]
+async fn a_pod_planted_with_a_nodes_labels_gets_no_grants() {
+    use k8s_openapi::api::core::v1::Pod;
+    let mut ns = TestNamespace::new("rogue-pod").await.unwrap();
+    let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
+    let public_key = ready_cluster(&mut ns, cluster("vault", "quic", no_pool)).await;
+    // What the pod claims as its address, with a listener that counts who
+    // calls it: the node API's and the metrics port.
+    let rogue_ip = "127.0.0.77";
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for port in [torcus_contract::HTTP_PORT, torcus_contract::METRICS_PORT] {
+        let listener = tokio::net::TcpListener::bind((rogue_ip, port)).await.unwrap();
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
+    let pods: Api<Pod> = ns.api();
+    let rogue: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": "vault-3-0",
+            "labels": {"mpc.torcus.io/cluster": "vault", "mpc.torcus.io/party-index": "3"},
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "vault-3",
+                "uid": "6c1e0a3c-0000-4000-8000-000000000003", "controller": true,
+            }],
+        },
+        // No kubelet runs it; only what the API says of it matters.
+        "spec": {"nodeName": "nowhere", "containers": [{"name": "node", "image": "torcus/torcus-node:e2e"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &rogue).await.unwrap();
+    let status = serde_json::json!({"status": {
+        "phase": "Running", "podIP": rogue_ip, "podIPs": [{"ip": rogue_ip}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }});
+    pods.patch_status("vault-3-0", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    for i in 0..6u8 {
+        let digest = [0x90 + i; 32];
+        let sr = sign_digest(&ns, &format!("rogue-{i}"), digest).await;
+        assert_signed(&sr, digest, &public_key);
+        let status = sr.status.unwrap();
+        assert!(status.participants.iter().all(|p| *p < 3), "{:?}", status.participants);
+        assert_eq!(status.attempts, 1);
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0, "the operator called the planted pod");
+    ns.finish().await.unwrap();
+}
+
 /// A participant killed while the cluster generates its key: the keygen
 /// fails (a `KeygenFailed` Event says why), is retried once the node is back,
 /// and ends with one key that every node holds and signs with.

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -673,15 +674,34 @@ impl<'a> Reconcile<'a> {
         let offline = self.ctx.offline_nodes(mpc);
         let cluster = mpc.name_any();
         let names = crate::resources::Names::new(&cluster);
+        // The uid of each party's StatefulSet, the operator's own: a pod
+        // names its owner's uid, which a pod planted with a forged owner
+        // reference cannot guess.
+        let sets: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), &self.cluster_ns);
+        let sets = sets.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={cluster}"))).await?;
+        let set_uid = |index: u16| {
+            sets.items
+                .iter()
+                .find(|s| {
+                    s.name_any() == names.stateful_set(index) && crate::resources::controlled_by(&s.metadata, mpc)
+                })
+                .and_then(|s| s.metadata.uid.clone())
+        };
         let mut nodes = BTreeMap::new();
         for pod in pods.items {
             let Some(index) = pod.labels().get(LABEL_PARTY).and_then(|i| i.parse::<u16>().ok()) else { continue };
             // Labels are anyone's to set: a node is the pod of its
-            // StatefulSet, by name and by controller, or no node at all.
-            let of_its_set =
+            // StatefulSet, by name and by that StatefulSet's uid, or no
+            // node at all.
+            let uid = (index < mpc.spec.nodes).then(|| set_uid(index)).flatten();
+            let of_its_set = uid.is_some_and(|uid| {
                 pod.metadata.owner_references.iter().flatten().any(|o| {
-                    o.controller == Some(true) && o.kind == "StatefulSet" && o.name == names.stateful_set(index)
-                });
+                    o.controller == Some(true)
+                        && o.kind == "StatefulSet"
+                        && o.name == names.stateful_set(index)
+                        && o.uid == uid
+                })
+            });
             if pod.name_any() != names.pod(index) || !of_its_set {
                 debug!(pod = %pod.name_any(), index, "a pod with a node's labels that is not that node's; ignored");
                 continue;
