@@ -52,6 +52,11 @@ impl TrustBundle {
         self.cas.concat()
     }
 
+    /// The CAs, one PEM block each, newest first.
+    pub fn blocks(&self) -> impl Iterator<Item = &str> {
+        self.cas.iter().map(String::as_str)
+    }
+
     /// Number of CAs.
     pub fn len(&self) -> usize {
         self.cas.len()
@@ -146,6 +151,28 @@ mod tests {
     use super::*;
     use crate::test_util::{ca, issue_node, t0};
     use crate::verify_leaf;
+
+    /// A pin check must see what any reader would trust: a block indented
+    /// out of the strict reader's sight is listed, and text either reader
+    /// refuses is an error rather than no certificate.
+    #[test]
+    fn fingerprints_see_every_certificate_however_the_text_is_made() {
+        let (own, rogue) = (ca(t0()), ca(t0()));
+        let own_print = crate::fingerprints(own.cert_pem()).unwrap();
+        let rogue_print = crate::fingerprints(rogue.cert_pem()).unwrap();
+        assert_eq!(own_print.len(), 1);
+        assert_ne!(own_print, rogue_print);
+        let indented: String = rogue.cert_pem().lines().map(|l| format!("  {l}\n")).collect();
+        let text = format!("{}{indented}", own.cert_pem());
+        let prints = crate::fingerprints(&text).unwrap();
+        assert!(prints.contains(&own_print[0]) && prints.contains(&rogue_print[0]), "{prints:?}");
+        assert!(TrustBundle::from_pem(&text).unwrap().len() == 2, "the planner trusts both");
+        for broken in
+            [format!("{}-----BEGIN x", own.cert_pem()), format!("{}-----BEGIN CERTIFICATE-----\n", own.cert_pem())]
+        {
+            assert!(crate::fingerprints(&broken).is_err(), "{broken}");
+        }
+    }
 
     fn roll_at(ca: &CertificateAuthority, now: OffsetDateTime) -> (CertificateAuthority, TrustBundle) {
         let bundle = TrustBundle::single(ca.cert_pem());

@@ -33,18 +33,30 @@ pub struct CertificateInfo {
     pub serial_hex: String,
 }
 
-/// The SHA-256 fingerprint of every certificate in `pem`, in order, each as
+/// The SHA-256 fingerprint of every certificate in `pem`, each as
 /// `sha256:<lowercase hex of the DER>`: what a CA is pinned by.
+///
+/// Every certificate either PEM reader here would find is listed (the
+/// strict one, which [`inspect`] and the CA use, and the lenient one of
+/// [`crate::TrustBundle::from_pem`]), and text that either refuses is an
+/// error: whoever checks a pin must see every certificate that could be
+/// trusted, however the text is made.
 pub fn fingerprints(pem: &str) -> Result<Vec<String>> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     use sha2::Digest;
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .map(|der| {
-            let digest = sha2::Sha256::digest(der?.as_ref());
-            Ok(format!("sha256:{}", hex::encode(digest)))
-        })
-        .collect()
+    let print = |der: &[u8]| format!("sha256:{}", hex::encode(sha2::Sha256::digest(der)));
+    let mut prints = Vec::new();
+    for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        prints.push(print(der?.as_ref()));
+    }
+    for block in crate::TrustBundle::from_pem(pem)?.blocks() {
+        let der = print(crate::first_certificate(block)?.as_ref());
+        if !prints.contains(&der) {
+            prints.push(der);
+        }
+    }
+    Ok(prints)
 }
 
 /// Parses the first certificate in `cert_pem`.

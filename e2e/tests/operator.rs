@@ -487,8 +487,9 @@ async fn planted_secrets_are_refused_and_never_reach_the_nodes() {
 /// the operator's first look (a CA the attacker holds, a grant key it
 /// knows), or written into the operator's own CA Secret later, key material
 /// is still refused: it is not among the keys the operator recorded in
-/// `status.secrets` before writing its own. The operator's own Secrets, by
-/// contrast, are taken again by a restarted operator.
+/// `status.secrets` before writing its own. A rogue CA written into a node's
+/// TLS Secret is written over. The operator's own Secrets, by contrast, are
+/// taken again by a restarted operator.
 #[tokio::test]
 async fn secrets_planted_with_a_forged_owner_reference_are_refused() {
     use k8s_openapi::ByteString;
@@ -589,11 +590,28 @@ async fn secrets_planted_with_a_forged_owner_reference_are_refused() {
         "{metrics}"
     );
 
-    // The rogue CA written into the operator's own CA Secret (a Secret
-    // writer making the nodes trust it) is refused as well.
+    // The rogue CA written into a node's TLS Secret (a Secret writer making
+    // that node trust it) is written over: the leaf is issued again.
+    let mut leaf = secrets.get("vault-node-0").await.unwrap();
+    let mut trusted = leaf.data.as_ref().unwrap()["ca.crt"].0.clone();
+    trusted.extend_from_slice(&rogue_ca_pem);
+    leaf.data.as_mut().unwrap().insert("ca.crt".into(), ByteString(trusted));
+    secrets.replace("vault-node-0", &PostParams::default(), &leaf).await.unwrap();
+    eventually("the node's Secret to lose the rogue CA", WAIT, || async {
+        let bundle = secret_text(&secrets.get("vault-node-0").await?, "ca.crt");
+        Ok((!torcus_certs::fingerprints(&bundle)?.contains(&rogue_fingerprint)).then_some(()))
+    })
+    .await
+    .unwrap();
+    wait_warning(&ns, "SecretRepaired").await;
+
+    // Written into the operator's own CA Secret, indented out of sight of a
+    // strict PEM reader (which the planner's lenient one would still
+    // trust), it is refused, and reaches no node.
     let mut ca = secrets.get("vault-ca").await.unwrap();
     let mut trusted = ca.data.as_ref().unwrap()["ca.crt"].0.clone();
-    trusted.extend_from_slice(&rogue_ca_pem);
+    let indented: String = rogue_ca.cert_pem().lines().map(|l| format!("  {l}\n")).collect();
+    trusted.extend_from_slice(indented.as_bytes());
     ca.data.as_mut().unwrap().insert("ca.crt".into(), ByteString(trusted));
     secrets.replace("vault-ca", &PostParams::default(), &ca).await.unwrap();
     wait_secret_refused(&clusters, "vault-ca").await;

@@ -287,8 +287,9 @@ impl SessionFaults {
     /// Records that `from` sent a protocol message that does not decode;
     /// returns the error that ends the run.
     fn malformed(&self, from: u16, error: &serde_json::Error) -> DeliveryError {
-        let _ =
-            self.malformed.set((from, format!("party {from} sent a protocol message that does not decode: {error}")));
+        // The decoder's words quote what the peer sent: kept to the log.
+        tracing::debug!(from, %error, "a protocol message that does not decode");
+        let _ = self.malformed.set((from, format!("party {from} sent a protocol message that does not decode")));
         DeliveryError::Malformed(from)
     }
 

@@ -234,10 +234,11 @@ impl SessionError {
         let party = match self {
             Self::Unreachable { party, .. } | Self::Misbehaved { party, .. } => *party,
             Self::Engine(engine::EngineError::BadPartial(party)) => *party,
-            Self::AbortedBy { party, accused: Some(accused), .. } => {
+            // A sender naming itself names nobody.
+            Self::AbortedBy { party, accused: Some(accused), .. } if accused != party => {
                 return Some(Fault { party: *accused, accuser: Some(*party) });
             }
-            Self::AbortedBy { party, accused: None, .. } => *party,
+            Self::AbortedBy { party, .. } => *party,
             _ => return None,
         };
         Some(Fault { party, accuser: None })

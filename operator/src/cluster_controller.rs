@@ -167,7 +167,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     let lifetimes = match check_spec(mpc) {
         Ok(l) => l,
         Err(message) => {
-            publish_status(ctx, mpc, failed_status(mpc, &Records::of(mpc), "InvalidSpec", &message)).await?;
+            publish_status(ctx, mpc, failed_status(mpc, "InvalidSpec", &message)).await?;
             return Err(Error::InvalidSpec(message));
         }
     };
@@ -182,10 +182,16 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
 
     // Certificates: keep what is good, issue what is not.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = match read_existing_pki(&secrets, mpc, &mut recorded).await {
-        Err(e @ Error::ForeignSecret(_)) => return refuse_foreign_secret(ctx, mpc, &recorded, e).await,
+    let (existing, tampered) = match read_existing_pki(&secrets, mpc, &mut recorded).await {
+        Err(e @ Error::ForeignSecret(_)) => return refuse_foreign_secret(ctx, mpc, e).await,
         other => other?,
     };
+    for name in tampered {
+        ctx.metrics.untrusted_refused.with_label_values(&["secret"]).inc();
+        let note = format!("Secret {name} trusts a CA this cluster's operator did not make; issuing it again");
+        warn!(cluster = %mpc.name_any(), namespace = %ns, "{note}");
+        event(ctx, mpc, EventType::Warning, "SecretRepaired", "CheckSecrets", note).await;
+    }
     let mut requests = BTreeMap::new();
     for index in 0..mpc.spec.nodes {
         let ips = pod_ips.get(&names.pod(index)).and_then(|ip| ip.parse().ok()).into_iter().collect();
@@ -198,7 +204,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
         Err(e @ pki::PlanError::CaUnreadable(_)) => {
             let message = format!("{e}: repair or delete Secret {}", names.ca_secret());
             event(ctx, mpc, EventType::Warning, "CAUnreadable", "IssueCertificate", message.clone()).await;
-            publish_status(ctx, mpc, failed_status(mpc, &recorded, "CAUnreadable", &message)).await?;
+            publish_status(ctx, mpc, failed_status(mpc, "CAUnreadable", &message)).await?;
             return Err(e.into());
         }
         Err(e) => return Err(e.into()),
@@ -260,12 +266,12 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     };
     let (grant_public_key, identity_keys) = match keys.await {
         Ok(keys) => keys,
-        Err(e @ Error::ForeignSecret(_)) => return refuse_foreign_secret(ctx, mpc, &recorded, e).await,
+        Err(e @ Error::ForeignSecret(_)) => return refuse_foreign_secret(ctx, mpc, e).await,
         Err(e @ (Error::GrantKey(_) | Error::NodeKeys(_))) => {
             let reason = if matches!(e, Error::GrantKey(_)) { "GrantKeyUnreadable" } else { "NodeKeysUnreadable" };
             let message = e.to_string();
             event(ctx, mpc, EventType::Warning, reason, "CreateKeys", message.clone()).await;
-            publish_status(ctx, mpc, failed_status(mpc, &recorded, reason, &message)).await?;
+            publish_status(ctx, mpc, failed_status(mpc, reason, &message)).await?;
             return Err(e);
         }
         Err(e) => return Err(e),
@@ -364,8 +370,8 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
         ctx.keygens.start(ctx, mpc, &missing, &urls);
     }
     let keygen_running = ctx.keygens.running(mpc);
+    secret_records::persist(&ctx.client, mpc, &mut recorded).await?;
     let mut status = cluster_status(mpc, nodes, keys, grant_public_key, certificates);
-    status.secrets = recorded.to_status();
     report_key_conflicts(&mut status, &ctx.keygens.conflicts(mpc));
     let old_phase = mpc.status.as_ref().and_then(|s| s.phase);
     if old_phase != status.phase {
@@ -428,12 +434,12 @@ fn check_spec(mpc: &MpcCluster) -> std::result::Result<Lifetimes, String> {
 /// it is used (no configuration, no certificate, no grant comes from it),
 /// the cluster's status and a Warning Event say which, and the reconcile
 /// fails, to be retried with backoff, until someone deletes it.
-async fn refuse_foreign_secret(ctx: &Context, mpc: &MpcCluster, records: &Records, error: Error) -> Result<Action> {
+async fn refuse_foreign_secret(ctx: &Context, mpc: &MpcCluster, error: Error) -> Result<Action> {
     ctx.metrics.untrusted_refused.with_label_values(&["secret"]).inc();
     let message = error.to_string();
     warn!(cluster = %mpc.name_any(), namespace = ?mpc.namespace(), "{message}");
     event(ctx, mpc, EventType::Warning, "SecretNotOwned", "CheckSecrets", message.clone()).await;
-    publish_status(ctx, mpc, failed_status(mpc, records, "SecretNotOwned", &message)).await?;
+    publish_status(ctx, mpc, failed_status(mpc, "SecretNotOwned", &message)).await?;
     Err(error)
 }
 
@@ -514,9 +520,13 @@ async fn ensure_node_keys(
         let seal = Zeroizing::new(hex::encode(random_key()?));
         Ok(resources::node_keys_secret(mpc, index, &store, &identity, &seal))
     };
-    // The identity key stands for the Secret: to plant one that matches it,
-    // one must have read the operator's.
-    let keys_of = |stored: &StoredNodeKeys| vec![secret_records::ed25519(&stored.identity)];
+    // The public keys stand for the Secret (the store key is symmetric: to
+    // plant a Secret that matches them, one must have read the operator's).
+    let keys_of = |stored: &StoredNodeKeys| {
+        std::iter::once(secret_records::ed25519(&stored.identity))
+            .chain(stored.seal.as_deref().map(secret_records::x25519))
+            .collect()
+    };
     let (stored, created) = get_or_create_secret(ctx, mpc, ns, &name, records, make, node_public_keys, keys_of)
         .await?
         .ok_or_else(|| Error::NodeKeys(name.clone()))?;
@@ -531,7 +541,7 @@ async fn ensure_node_keys(
     }
     let seal = match stored.seal {
         Some(seal) => seal,
-        None => add_seal_key(ctx, ns, &name, stored.resource_version).await?,
+        None => add_seal_key(ctx, mpc, records, &name, stored.resource_version).await?,
     };
     Ok(NodePublicKeys { identity: stored.identity, seal })
 }
@@ -539,9 +549,18 @@ async fn ensure_node_keys(
 /// Adds a fresh seal key to node keys Secret `name`, which has none: a JSON
 /// merge patch that sets only that key, and only on the version of the
 /// Secret that was read. Returns the seal public key the Secret then holds.
-async fn add_seal_key(ctx: &Context, ns: &str, name: &str, resource_version: Option<String>) -> Result<String> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let seed = Zeroizing::new(hex::encode(random_key()?));
+async fn add_seal_key(
+    ctx: &Context,
+    mpc: &MpcCluster,
+    records: &mut Records,
+    name: &str,
+    resource_version: Option<String>,
+) -> Result<String> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &mpc.namespace().unwrap_or_default());
+    let seed = random_key()?;
+    let public = hex::encode(torcus_node::transport::seal::public_key(&seed));
+    secret_records::record_ahead(&ctx.client, mpc, records, name, &[secret_records::x25519(&public)]).await?;
+    let seed = Zeroizing::new(hex::encode(seed.as_slice()));
     let mut patch = Secret {
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             // A precondition: a Secret changed since it was read is not patched (409).
@@ -559,7 +578,7 @@ async fn add_seal_key(ctx: &Context, ns: &str, name: &str, resource_version: Opt
     scrub(&mut patch);
     let mut stored = match patched {
         Ok(stored) => {
-            info!(namespace = %ns, secret = %name, "added a seal key to the node keys");
+            info!(namespace = ?mpc.namespace(), secret = %name, "added a seal key to the node keys");
             stored
         }
         // Changed meanwhile (another reconcile may have added one): use what is there.
@@ -685,32 +704,49 @@ fn grant_public_key(secret: &Secret) -> Option<String> {
     (data.get(GRANT_PUBLIC_KEY).map(|p| p.0.as_slice()) == Some(public.as_bytes())).then_some(public)
 }
 
-async fn read_existing_pki(secrets: &Api<Secret>, mpc: &MpcCluster, records: &mut Records) -> Result<pki::Existing> {
+/// The certificates in the cluster's Secrets, as far as they are the
+/// operator's. A CA Secret without the owner reference, or holding a CA
+/// certificate the records do not list, is refused. A leaf Secret with the
+/// owner reference but a CA the records do not list in its `ca.crt` (a
+/// Secret writer adding trust to the node that mounts it) is not taken: its
+/// name is returned, and the planner issues that leaf again, so the apply
+/// overwrites what was written into it.
+async fn read_existing_pki(
+    secrets: &Api<Secret>,
+    mpc: &MpcCluster,
+    records: &mut Records,
+) -> Result<(pki::Existing, Vec<String>)> {
     let names = Names::new(mpc.metadata.name.as_deref().unwrap_or_default());
     let ca_name = names.ca_secret();
     let field = |s: &Secret, key: &str| {
         s.data.as_ref().and_then(|d| d.get(key)).and_then(|v| String::from_utf8(v.0.clone()).ok())
     };
-    // Every CA certificate a Secret carries, and that it carries the owner
-    // reference, must be the operator's: CA certificates are recorded under
-    // the CA Secret's name, whichever Secret (CA or leaf, in `ca.crt`) holds them.
-    let mut check = |secret: &mut Secret, name: String, pem_keys: &[&str]| {
-        let found: Vec<String> = pem_keys
-            .iter()
-            .filter_map(|key| field(secret, key))
-            .flat_map(|pem| torcus_certs::fingerprints(&pem).unwrap_or_default())
-            .collect();
-        if resources::controlled_by(&secret.metadata, mpc) && records.owns(&ca_name, &found) {
-            records.seen(&ca_name, &found);
-            Ok(())
-        } else {
-            scrub(secret);
-            Err(Error::ForeignSecret(name))
+    // Every CA certificate a Secret carries must be the operator's: CA
+    // certificates are recorded under the CA Secret's name, whichever
+    // Secret (CA, or leaf in `ca.crt`) holds them. Text that does not parse
+    // is not the operator's either.
+    let mut recorded_cas = |secret: &Secret, pem_keys: &[&str]| {
+        let mut found = Vec::new();
+        for pem in pem_keys.iter().filter_map(|key| field(secret, key)) {
+            match torcus_certs::fingerprints(&pem) {
+                Ok(prints) => found.extend(prints),
+                Err(_) => return false,
+            }
         }
+        let ours = records.owns(&ca_name, &found);
+        if ours {
+            records.seen(&ca_name, &found);
+        }
+        ours
     };
     let mut existing = pki::Existing::default();
     if let Some(mut ca) = secrets.get_opt(&ca_name).await? {
-        check(&mut ca, ca_name.clone(), &["tls.crt", resources::CA_NEXT_CERT, "ca.crt"])?;
+        let ours = resources::controlled_by(&ca.metadata, mpc)
+            && recorded_cas(&ca, &["tls.crt", resources::CA_NEXT_CERT, "ca.crt"]);
+        if !ours {
+            scrub(&mut ca);
+            return Err(Error::ForeignSecret(ca_name));
+        }
         // A CA Secret that exists is taken as it is, even half empty: the
         // planner refuses to replace what it cannot read.
         existing.ca = Some((
@@ -730,9 +766,18 @@ async fn read_existing_pki(secrets: &Api<Secret>, mpc: &MpcCluster, records: &mu
     let leaves = (0..mpc.spec.nodes)
         .map(|i| (Leaf::Node(i), names.node_secret(i)))
         .chain([(Leaf::Operator, names.operator_secret())]);
+    let mut tampered = Vec::new();
     for (leaf, secret_name) in leaves {
         if let Some(mut s) = secrets.get_opt(&secret_name).await? {
-            check(&mut s, secret_name.clone(), &["ca.crt"])?;
+            if !resources::controlled_by(&s.metadata, mpc) {
+                scrub(&mut s);
+                return Err(Error::ForeignSecret(secret_name));
+            }
+            if !recorded_cas(&s, &["ca.crt"]) {
+                scrub(&mut s);
+                tampered.push(secret_name);
+                continue;
+            }
             if let (Some(cert_pem), Some(key)) = (field(&s, "tls.crt"), field(&s, "tls.key")) {
                 existing.leaves.insert(leaf, IssuedCertificate { cert_pem, key_pem: SecretPem::new(key) });
             }
@@ -744,7 +789,7 @@ async fn read_existing_pki(secrets: &Api<Secret>, mpc: &MpcCluster, records: &mu
             scrub(&mut s);
         }
     }
-    Ok(existing)
+    Ok((existing, tampered))
 }
 
 /// The record of the CA Secret `pki` leads to: every CA certificate in it.
@@ -914,10 +959,8 @@ pub fn cluster_status(
     }
 }
 
-fn failed_status(mpc: &MpcCluster, records: &Records, reason: &str, message: &str) -> MpcClusterStatus {
+fn failed_status(mpc: &MpcCluster, reason: &str, message: &str) -> MpcClusterStatus {
     let mut status = mpc.status.clone().unwrap_or_default();
-    // What was recorded ahead of a write in this reconcile stays.
-    status.secrets = records.published();
     let generation = mpc.metadata.generation;
     status.phase = Some(ClusterPhase::Failed);
     status.observed_generation = generation;
@@ -949,10 +992,15 @@ fn condition(
     }
 }
 
-async fn publish_status(ctx: &Context, mpc: &MpcCluster, status: MpcClusterStatus) -> Result<()> {
+async fn publish_status(ctx: &Context, mpc: &MpcCluster, mut status: MpcClusterStatus) -> Result<()> {
+    // `status.secrets` is written by merge patches only (`secret_records`):
+    // never applied, so an apply made from an older copy cannot take a
+    // record back.
+    status.secrets = mpc.status.as_ref().and_then(|s| s.secrets.clone());
     if mpc.status.as_ref() == Some(&status) {
         return Ok(());
     }
+    status.secrets = None;
     let api: Api<MpcCluster> = Api::namespaced(ctx.client.clone(), &mpc.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": MpcCluster::api_version(&()),

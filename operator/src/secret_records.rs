@@ -85,17 +85,14 @@ impl Records {
         (recorded.map(Vec::len) != Some(wanted.len())).then_some(wanted)
     }
 
-    /// What `status.secrets` should say once the reconcile went through.
-    pub fn to_status(&self) -> Option<BTreeMap<String, Vec<String>>> {
-        (!self.map.is_empty()).then(|| self.map.clone())
-    }
-
-    /// What `status.secrets` should say when the reconcile stops short:
-    /// what was published, and nothing this reconcile merely took (a
-    /// cluster from an older release takes all its Secrets in one status,
-    /// or none).
-    pub fn published(&self) -> Option<BTreeMap<String, Vec<String>>> {
-        (!self.persisted.is_empty()).then(|| self.persisted.clone())
+    /// The entries this reconcile changed (seen, adopted, or narrowed to
+    /// what it wrote) and has not written to the status yet.
+    fn changed(&self) -> BTreeMap<String, Vec<String>> {
+        self.map
+            .iter()
+            .filter(|(name, keys)| self.persisted.get(*name) != Some(*keys))
+            .map(|(n, k)| (n.clone(), k.clone()))
+            .collect()
     }
 }
 
@@ -104,10 +101,19 @@ pub fn ed25519(public_hex: &str) -> String {
     format!("ed25519:{public_hex}")
 }
 
+/// The record form of an X25519 public key in hex.
+pub fn x25519(public_hex: &str) -> String {
+    format!("x25519:{public_hex}")
+}
+
 /// Records in `mpc`'s status that Secret `name` is about to hold `keys`,
-/// unless that is recorded already. Only this one entry is patched (a JSON
-/// merge patch), so the rest of the status is untouched. Fails, and the
-/// Secret must then not be written, when the status cannot be written.
+/// unless that is recorded already. The record is read fresh from the API
+/// (the reconcile's copy may be older than an earlier reconcile's record)
+/// and written back with a merge patch of this one entry, on the version
+/// read. Fails, and the Secret must then not be written, when the status
+/// cannot be written. A cluster from an older release takes its Secrets on
+/// the owner reference until its first full status, so nothing is written
+/// ahead for it (that would end the taking half way).
 pub async fn record_ahead(
     client: &kube::Client,
     mpc: &MpcCluster,
@@ -115,13 +121,47 @@ pub async fn record_ahead(
     name: &str,
     keys: &[String],
 ) -> Result<()> {
-    let Some(wanted) = records.ahead(name, keys) else { return Ok(()) };
+    if records.legacy {
+        records.seen(name, keys);
+        return Ok(());
+    }
     let api: Api<MpcCluster> = Api::namespaced(client.clone(), &mpc.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": { "secrets": { name: wanted } } });
+    let fresh = api.get_status(&mpc.name_any()).await?;
+    let recorded = fresh.status.as_ref().and_then(|s| s.secrets.as_ref()).and_then(|s| s.get(name)).cloned();
+    let mut wanted = recorded.clone().unwrap_or_default();
+    for key in records.map.get(name).into_iter().flatten().chain(keys) {
+        if !wanted.contains(key) {
+            wanted.push(key.clone());
+        }
+    }
+    if recorded.as_ref().map(Vec::len) != Some(wanted.len()) {
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": fresh.metadata.resource_version },
+            "status": { "secrets": { name: wanted } },
+        });
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+        api.patch_status(&mpc.name_any(), &params, &Patch::Merge(&patch)).await?;
+    }
+    records.persisted.insert(name.to_owned(), wanted.clone());
+    records.map.insert(name.to_owned(), wanted);
+    Ok(())
+}
+
+/// Writes to `mpc`'s status what this reconcile took or narrowed
+/// ([`Records::seen`], [`Records::set`]), once it went through: a merge
+/// patch of the changed entries. `status.secrets` is only ever written this
+/// way and by [`record_ahead`], never by the status apply, so that no apply
+/// made from an older copy can take a record back.
+pub async fn persist(client: &kube::Client, mpc: &MpcCluster, records: &mut Records) -> Result<()> {
+    let changed = records.changed();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let api: Api<MpcCluster> = Api::namespaced(client.clone(), &mpc.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "status": { "secrets": changed } });
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
     api.patch_status(&mpc.name_any(), &params, &Patch::Merge(&patch)).await?;
-    records.persisted.insert(name.to_owned(), wanted.clone());
-    records.set(name, wanted);
+    records.persisted.clone_from(&records.map);
     Ok(())
 }
 
@@ -166,7 +206,7 @@ mod tests {
         let mut records = Records::of(&cluster(None));
         records.set("vault-ca", vec!["sha256:a".into(), "sha256:b".into()]);
         records.seen("vault-ca", &["sha256:b".into()]);
-        assert_eq!(records.to_status().unwrap()["vault-ca"], ["sha256:a", "sha256:b"]);
+        assert_eq!(records.changed()["vault-ca"], ["sha256:a", "sha256:b"]);
     }
 
     #[test]
@@ -195,7 +235,7 @@ mod tests {
         assert!(Records::of(&cluster(Some(partly.clone()))).owns("vault-grant-key", &[ed25519("aa")]));
         // ... the status published with what was taken does: from then on
         // the records decide.
-        partly.secrets = records.to_status();
+        partly.secrets = Some(records.changed());
         let records = Records::of(&cluster(Some(partly)));
         assert!(records.owns("vault-node-0-keys", &[ed25519("bb")]));
         assert!(!records.owns("vault-node-0-keys", &[ed25519("cc")]));

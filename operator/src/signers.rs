@@ -67,13 +67,22 @@ pub fn choose_apart(
     None
 }
 
-/// The dispute a failed attempt leaves: between the party held responsible
-/// and its accuser, or the initiator that reported it. `None` when nobody
-/// was named, or a party named itself.
-pub fn dispute(initiator: u16, blamed: Option<u16>, accuser: Option<u16>) -> Option<Dispute> {
-    let blamed = blamed?;
+/// The disputes a failed attempt among `participants` leaves, from its
+/// initiator's report: between the party held responsible and its accuser
+/// (the initiator itself when it names none). A report that names nobody,
+/// or does not hold together (a party outside the attempt, one accusing
+/// itself), leaves the initiator, the only one whose word there is, at odds
+/// with each other participant: a silent or lying party is then kept apart
+/// from the initiator either way.
+pub fn disputes(initiator: u16, participants: &[u16], blamed: Option<u16>, accuser: Option<u16>) -> Vec<Dispute> {
+    let pair = |a: u16, b: u16| (a.min(b), a.max(b));
     let accuser = accuser.unwrap_or(initiator);
-    (accuser != blamed).then_some((accuser.min(blamed), accuser.max(blamed)))
+    match blamed {
+        Some(blamed) if blamed != accuser && participants.contains(&blamed) && participants.contains(&accuser) => {
+            vec![pair(accuser, blamed)]
+        }
+        _ => participants.iter().filter(|p| **p != initiator).map(|p| pair(initiator, *p)).collect(),
+    }
 }
 
 #[cfg(test)]
@@ -122,7 +131,7 @@ mod tests {
                     }
                     // It names an honest member falsely, as initiator or accuser.
                     let victim = *set.iter().find(|p| **p != bad).unwrap();
-                    disputes.push(dispute(bad, Some(victim), None).unwrap());
+                    disputes.extend(super::disputes(bad, &set, Some(victim), None));
                 };
                 assert!(!signed.contains(&bad));
             }
@@ -131,10 +140,22 @@ mod tests {
 
     #[test]
     fn a_dispute_is_between_accuser_and_accused() {
-        assert_eq!(dispute(0, Some(2), None), Some((0, 2)));
-        assert_eq!(dispute(0, Some(2), Some(1)), Some((1, 2)));
-        assert_eq!(dispute(2, Some(0), None), Some((0, 2)));
-        assert_eq!(dispute(0, None, Some(1)), None);
-        assert_eq!(dispute(1, Some(1), None), None);
+        let set = [0, 1, 2];
+        assert_eq!(disputes(0, &set, Some(2), None), [(0, 2)]);
+        assert_eq!(disputes(0, &set, Some(2), Some(1)), [(1, 2)]);
+        assert_eq!(disputes(2, &set, Some(0), None), [(0, 2)]);
+    }
+
+    /// Silence, or a report that does not hold together, is set against
+    /// the initiator: a lying initiator cannot stay out of every dispute.
+    #[test]
+    fn a_report_naming_nobody_sets_the_initiator_against_the_rest() {
+        let set = [0, 1, 2];
+        let reports =
+            [(None, None), (None, Some(1)), (Some(1), None), (Some(2), Some(2)), (Some(7), None), (Some(1), Some(9))];
+        for (blamed, accuser) in reports {
+            let got = disputes(1, &set, blamed, accuser);
+            assert_eq!(got, [(0, 1), (1, 2)], "{blamed:?} accused by {accuser:?}");
+        }
     }
 }

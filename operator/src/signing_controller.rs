@@ -83,22 +83,19 @@ const MAX_DISPUTED_REQUESTS: usize = 4096;
 const NO_FAULT: (Option<u16>, Option<u16>) = (None, None);
 
 impl SigningState {
-    /// Records `dispute` for request `uid`; returns all of its disputes.
-    fn add_dispute(&self, uid: &str, dispute: signers::Dispute) -> Vec<signers::Dispute> {
+    /// Records `new` disputes for request `uid`; returns all of its disputes.
+    fn add_disputes(&self, uid: &str, new: &[signers::Dispute]) -> Vec<signers::Dispute> {
         let mut all = self.disputes.lock().unwrap_or_else(PoisonError::into_inner);
         if all.len() >= MAX_DISPUTED_REQUESTS && !all.contains_key(uid) {
             all.clear();
         }
         let disputes = all.entry(uid.to_owned()).or_default();
-        if !disputes.contains(&dispute) {
-            disputes.push(dispute);
+        for dispute in new {
+            if !disputes.contains(dispute) {
+                disputes.push(*dispute);
+            }
         }
         disputes.clone()
-    }
-
-    /// The disputes recorded for request `uid`.
-    fn disputes(&self, uid: &str) -> Vec<signers::Dispute> {
-        self.disputes.lock().unwrap_or_else(PoisonError::into_inner).get(uid).cloned().unwrap_or_default()
     }
 
     /// Forgets the disputes of request `uid`, which is over.
@@ -423,10 +420,11 @@ impl<'a> Reconcile<'a> {
         fault: (Option<u16>, Option<u16>),
     ) -> Result<Action> {
         warn!(request = %self.sr.name_any(), namespace = %self.ns, attempt = self.status.attempts, %why, ?fault, "signing attempt failed");
-        let disputes = match self.status.initiator.and_then(|i| signers::dispute(i, fault.0, fault.1)) {
-            Some(dispute) => self.ctx.signing.add_dispute(&self.uid, dispute),
-            None => self.ctx.signing.disputes(&self.uid),
+        let new = match self.status.initiator {
+            Some(initiator) => signers::disputes(initiator, &self.status.participants, fault.0, fault.1),
+            None => Vec::new(),
         };
+        let disputes = self.ctx.signing.add_disputes(&self.uid, &new);
         // Enough attempts for a node breaking every session to meet each
         // honest one it could be put with (see `signers`).
         let most = MAX_ATTEMPTS.max(mpc.spec.nodes.saturating_sub(mpc.spec.threshold).saturating_add(2));
