@@ -591,12 +591,16 @@ async fn secrets_planted_with_a_forged_owner_reference_are_refused() {
     );
 
     // The rogue CA written into a node's TLS Secret (a Secret writer making
-    // that node trust it) is written over: the leaf is issued again.
+    // that node trust it) is written over: the leaf is issued again. Written
+    // while no operator runs, so that no reconcile in flight overwrites it
+    // unseen (every reconcile applies the leaf Secrets).
+    ns.stop_operator().await.unwrap();
     let mut leaf = secrets.get("vault-node-0").await.unwrap();
     let mut trusted = leaf.data.as_ref().unwrap()["ca.crt"].0.clone();
     trusted.extend_from_slice(&rogue_ca_pem);
     leaf.data.as_mut().unwrap().insert("ca.crt".into(), ByteString(trusted));
     secrets.replace("vault-node-0", &PostParams::default(), &leaf).await.unwrap();
+    ns.start_operator();
     eventually("the node's Secret to lose the rogue CA", WAIT, || async {
         let bundle = secret_text(&secrets.get("vault-node-0").await?, "ca.crt");
         Ok((!torcus_certs::fingerprints(&bundle)?.contains(&rogue_fingerprint)).then_some(()))
@@ -608,12 +612,14 @@ async fn secrets_planted_with_a_forged_owner_reference_are_refused() {
     // Written into the operator's own CA Secret, indented out of sight of a
     // strict PEM reader (which the planner's lenient one would still
     // trust), it is refused, and reaches no node.
+    ns.stop_operator().await.unwrap();
     let mut ca = secrets.get("vault-ca").await.unwrap();
     let mut trusted = ca.data.as_ref().unwrap()["ca.crt"].0.clone();
     let indented: String = rogue_ca.cert_pem().lines().map(|l| format!("  {l}\n")).collect();
     trusted.extend_from_slice(indented.as_bytes());
     ca.data.as_mut().unwrap().insert("ca.crt".into(), ByteString(trusted));
     secrets.replace("vault-ca", &PostParams::default(), &ca).await.unwrap();
+    ns.start_operator();
     wait_secret_refused(&clusters, "vault-ca").await;
     let bundle = secret_text(&secrets.get("vault-node-0").await.unwrap(), "ca.crt");
     assert!(!torcus_certs::fingerprints(&bundle).unwrap().contains(&rogue_fingerprint));
