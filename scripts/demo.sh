@@ -28,10 +28,13 @@ dir=${TORCUS_SANDBOX_DIR:-.torcus-sandbox}
 up=(up --dir "$dir")
 node_features=()
 # Tests only: start the nodes from pregenerated safe primes, which only a
-# build with the test-fixtures feature accepts (never an image).
+# build with the test-fixtures feature accepts (never an image). The build
+# lands where the e2e tests find their node binary, so it carries the same
+# test-only features as theirs (test-hooks too, unused here): otherwise the
+# tests that run after this one would get a node without them.
 if [[ -n "${TORCUS_TEST_PRIMES_FIXTURE:-}" ]]; then
   up+=(--test-primes-fixture "$TORCUS_TEST_PRIMES_FIXTURE")
-  node_features=(--features test-fixtures)
+  node_features=(--features test-fixtures,test-hooks)
 fi
 echo "building the sandbox and torcus-node (the first build compiles GMP and a few hundred crates: several minutes)"
 cargo build --quiet -p torcus-e2e --bin torcus-sandbox

@@ -126,7 +126,9 @@ pub async fn record_ahead(
         return Ok(());
     }
     let api: Api<MpcCluster> = Api::namespaced(client.clone(), &mpc.namespace().unwrap_or_default());
-    let fresh = api.get_status(&mpc.name_any()).await?;
+    // The object, not its status subresource: the operator may get
+    // MpcClusters, and the status comes with them.
+    let fresh = api.get(&mpc.name_any()).await?;
     let recorded = fresh.status.as_ref().and_then(|s| s.secrets.as_ref()).and_then(|s| s.get(name)).cloned();
     let mut wanted = recorded.clone().unwrap_or_default();
     for key in records.map.get(name).into_iter().flatten().chain(keys) {
