@@ -288,9 +288,10 @@ impl Cluster {
         format!("http://127.0.0.1:{}{path}", self.metrics_ports[usize::from(i)])
     }
 
-    /// Waits until every running node is ready.
+    /// Waits until every running node is ready; fails at once, with its log,
+    /// if one has exited.
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         for i in (0..self.config.nodes).filter(|i| self.nodes[usize::from(*i)].is_some()) {
             loop {
                 let ok =
@@ -298,10 +299,20 @@ impl Cluster {
                 if ok {
                     break;
                 }
+                assert!(!self.exited(i), "node {i} exited before it was ready:\n{}", self.log(i));
                 assert!(Instant::now() < deadline, "node {i} not ready:\n{}", self.log(i));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+
+    /// Whether node `i`'s process has exited and not been reaped (a zombie,
+    /// as `/proc` shows it); `wait_exit` reaps it.
+    fn exited(&self, i: u16) -> bool {
+        let Some(child) = &self.nodes[usize::from(i)] else { return true };
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        // `pid (comm) state ...`; comm may hold spaces and parentheses.
+        stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
     }
 
     /// Node `i`'s log.

@@ -3,17 +3,15 @@
 //! - A key share written by a cggmp21-based release: its aux info has
 //!   another shape under CGGMP24, and the node says so and stops rather
 //!   than reinterpret it; the share stays on the volume as it was.
-//! - The test-only fixtures (safe primes, aux info), in the binary
-//!   `Dockerfile.node` builds: built here with the Dockerfile's exact
-//!   command, that binary has no such flags, and refuses to start when a
-//!   fixture's environment variable is set (a node with public primes or
-//!   aux info would hold a key share anyone can recover).
+//!
+//! (What the image's binary refuses is in `image_binary.rs`: building it
+//! takes both cores for minutes, so it runs in a test binary of its own, not
+//! beside tests that wait on nodes.)
 //!
 //! And what a running node refuses: clients that open API connections and
 //! never finish a handshake get a few slots of their own, not the node's.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use torcus_node::testing::Cluster;
@@ -84,62 +82,5 @@ async fn a_cggmp21_key_share_stops_the_node_with_what_to_do() {
     for i in [0, 2] {
         let ready = cluster.http.get(cluster.plain_url(i, "/readyz")).send().await.unwrap();
         assert!(ready.status().is_success(), "node {i}");
-    }
-}
-
-/// The release binary of `torcus-node` as `Dockerfile.node` builds it:
-/// `cargo build --release --locked -p torcus-node --bin torcus-node`, run
-/// here in the workspace (reused when it is up to date, as after `.ci/run`
-/// built it up front).
-fn product_binary() -> PathBuf {
-    let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile.node")).unwrap();
-    let command = "cargo build --release --locked -p torcus-node --bin torcus-node";
-    assert!(dockerfile.contains(command), "Dockerfile.node builds with `{command}`");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(&workspace)
-        .args(command.split(' ').skip(1))
-        .stdin(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{command}: {status}");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
-    target.join("release/torcus-node")
-}
-
-#[test]
-fn the_image_binary_refuses_the_test_primes_fixture() {
-    let binary = product_binary();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/primes.json");
-    let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str], env: Option<(&str, &Path)>| {
-        let mut command = Command::new(&binary);
-        command.args(args).current_dir(dir.path()).env_remove("TORCUS_TEST_PRIMES_FIXTURE");
-        if let Some((key, value)) = env {
-            command.env(key, value);
-        }
-        let out = command.output().unwrap();
-        (out.status, String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
-    };
-    let fixture_flag = format!("--test-primes-fixture={}", fixture.display());
-    let (status, out) = run(&["serve", "--party-index=0", &fixture_flag], None);
-    assert_eq!(status.code(), Some(2), "clap refuses an unknown flag: {out}");
-    assert!(out.contains("unexpected argument '--test-primes-fixture"), "{out}");
-
-    let aux = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/aux-info.json");
-    let (status, out) = run(&["serve", "--party-index=0", &format!("--test-aux-fixture={}", aux.display())], None);
-    assert_eq!(status.code(), Some(2), "clap refuses an unknown flag: {out}");
-    assert!(out.contains("unexpected argument '--test-aux-fixture"), "{out}");
-
-    // With the variables instead: refused before anything is read or bound
-    // (the configuration named here does not even exist).
-    for (variable, file) in [("TORCUS_TEST_PRIMES_FIXTURE", &fixture), ("TORCUS_TEST_AUX_FIXTURE", &aux)] {
-        let (status, out) = run(
-            &["serve", "--party-index=0", "--config=missing.json", "--tls-dir=.", "--data-dir=."],
-            Some((variable, file)),
-        );
-        assert!(!status.success(), "{out}");
-        assert!(out.contains(&format!("{variable} is set, but this build")), "{out}");
-        assert!(out.contains("does not take test fixtures"), "{out}");
     }
 }

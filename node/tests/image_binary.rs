@@ -1,0 +1,83 @@
+//! The test-only switches, in the binary `Dockerfile.node` builds: built here
+//! with the Dockerfile's exact command, that binary has no flags for the
+//! fixtures (safe primes, aux info) and refuses to start when a fixture's or
+//! a test hook's environment variable is set. A node with public primes or aux
+//! info would hold a key share anyone can recover; one with the corrupting
+//! hook would break every session it joins.
+//!
+//! This is a test binary of its own: the release build takes both cores for
+//! minutes, and cargo runs test binaries one after another, so no test that
+//! waits on a node's readiness runs beside it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The release binary of `torcus-node` as `Dockerfile.node` builds it:
+/// `cargo build --release --locked -p torcus-node --bin torcus-node`, run
+/// here in the workspace (reused when it is up to date, as after `.ci/run`
+/// built it up front).
+fn product_binary() -> PathBuf {
+    let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile.node")).unwrap();
+    let command = "cargo build --release --locked -p torcus-node --bin torcus-node";
+    assert!(dockerfile.contains(command), "Dockerfile.node builds with `{command}`");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&workspace)
+        .args(command.split(' ').skip(1))
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{command}: {status}");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
+    target.join("release/torcus-node")
+}
+
+#[test]
+fn the_image_binary_refuses_the_test_fixtures_and_hooks() {
+    let binary = product_binary();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/primes.json");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: Option<(&str, &Path)>| {
+        let mut command = Command::new(&binary);
+        command.args(args).current_dir(dir.path()).env_remove("TORCUS_TEST_PRIMES_FIXTURE");
+        if let Some((key, value)) = env {
+            command.env(key, value);
+        }
+        let out = command.output().unwrap();
+        (out.status, String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let fixture_flag = format!("--test-primes-fixture={}", fixture.display());
+    let (status, out) = run(&["serve", "--party-index=0", &fixture_flag], None);
+    assert_eq!(status.code(), Some(2), "clap refuses an unknown flag: {out}");
+    assert!(out.contains("unexpected argument '--test-primes-fixture"), "{out}");
+
+    let aux = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/aux-info.json");
+    let (status, out) = run(&["serve", "--party-index=0", &format!("--test-aux-fixture={}", aux.display())], None);
+    assert_eq!(status.code(), Some(2), "clap refuses an unknown flag: {out}");
+    assert!(out.contains("unexpected argument '--test-aux-fixture"), "{out}");
+
+    // With the variables instead: refused before anything is read or bound
+    // (the configuration named here does not even exist).
+    for (variable, file) in [("TORCUS_TEST_PRIMES_FIXTURE", &fixture), ("TORCUS_TEST_AUX_FIXTURE", &aux)] {
+        let (status, out) = run(
+            &["serve", "--party-index=0", "--config=missing.json", "--tls-dir=.", "--data-dir=."],
+            Some((variable, file)),
+        );
+        assert!(!status.success(), "{out}");
+        assert!(out.contains(&format!("{variable} is set, but this build")), "{out}");
+        assert!(out.contains("does not take test fixtures"), "{out}");
+    }
+
+    // The hook that makes a node corrupt its signing messages: no flag, and
+    // its variable stops the node.
+    let (status, out) = run(&["serve", "--party-index=0", "--test-corrupt-signing=1"], None);
+    assert_eq!(status.code(), Some(2), "clap refuses an unknown flag: {out}");
+    assert!(out.contains("unexpected argument '--test-corrupt-signing"), "{out}");
+    let (status, out) = run(
+        &["serve", "--party-index=0", "--config=missing.json", "--tls-dir=.", "--data-dir=."],
+        Some((torcus_node::TEST_CORRUPT_ENV, Path::new("1"))),
+    );
+    assert!(!status.success(), "{out}");
+    assert!(out.contains(&format!("{} is set, but this build", torcus_node::TEST_CORRUPT_ENV)), "{out}");
+    assert!(out.contains("has no test hooks"), "{out}");
+}
