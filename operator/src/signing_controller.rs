@@ -671,41 +671,12 @@ impl<'a> Reconcile<'a> {
         let pods = pods.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={}", mpc.name_any()))).await?;
         let offline = self.ctx.offline_nodes(mpc);
         let cluster = mpc.name_any();
-        let names = crate::resources::Names::new(&cluster);
-        // The uid of each party's StatefulSet, the operator's own: a pod
-        // names its owner's uid, which a pod planted with a forged owner
-        // reference cannot guess.
         let sets: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), &self.cluster_ns);
         let sets = sets.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={cluster}"))).await?;
-        let set_uid = |index: u16| {
-            sets.items
-                .iter()
-                .find(|s| {
-                    s.name_any() == names.stateful_set(index) && crate::resources::controlled_by(&s.metadata, mpc)
-                })
-                .and_then(|s| s.metadata.uid.clone())
-        };
         let mut nodes = BTreeMap::new();
-        for pod in pods.items {
-            let Some(index) = pod.labels().get(LABEL_PARTY).and_then(|i| i.parse::<u16>().ok()) else { continue };
-            // Labels are anyone's to set: a node is the pod of its
-            // StatefulSet, by name and by that StatefulSet's uid, or no
-            // node at all.
-            let uid = (index < mpc.spec.nodes).then(|| set_uid(index)).flatten();
-            let of_its_set = uid.is_some_and(|uid| {
-                pod.metadata.owner_references.iter().flatten().any(|o| {
-                    o.controller == Some(true)
-                        && o.kind == "StatefulSet"
-                        && o.name == names.stateful_set(index)
-                        && o.uid == uid
-                })
-            });
-            if pod.name_any() != names.pod(index) || !of_its_set {
-                debug!(pod = %pod.name_any(), index, "a pod with a node's labels that is not that node's; ignored");
-                continue;
-            }
+        for (index, pod) in node_pods(mpc, &pods.items, &sets.items) {
             let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else { continue };
-            let ready = pod.metadata.deletion_timestamp.is_none() && crate::cluster_controller::pod_ready(&pod);
+            let ready = pod.metadata.deletion_timestamp.is_none() && crate::cluster_controller::pod_ready(pod);
             let url = NodeAddr::new(&self.cluster_ns, &cluster, index, &ip, torcus_contract::HTTP_PORT);
             nodes.insert(index, Node { url, healthy: ready && !offline.contains(&index) });
         }
@@ -1023,9 +994,118 @@ fn camel(rule: &str) -> String {
         .collect()
 }
 
+/// The pods among `pods` that are the cluster's nodes, with their party
+/// index. Labels are anyone's to set: a node is the pod of its party's
+/// StatefulSet, by name and by the uid of that StatefulSet, which must be the
+/// operator's own (controlled by `mpc`), or no node at all. A pod planted with
+/// a forged owner reference cannot guess that uid.
+fn node_pods<'p>(mpc: &MpcCluster, pods: &'p [Pod], sets: &[StatefulSet]) -> Vec<(u16, &'p Pod)> {
+    let cluster = mpc.name_any();
+    let names = crate::resources::Names::new(&cluster);
+    let set_uid = |index: u16| {
+        sets.iter()
+            .find(|s| s.name_any() == names.stateful_set(index) && crate::resources::controlled_by(&s.metadata, mpc))
+            .and_then(|s| s.metadata.uid.as_deref())
+    };
+    pods.iter()
+        .filter_map(|pod| {
+            let index = pod.labels().get(LABEL_PARTY)?.parse::<u16>().ok()?;
+            let uid = (index < mpc.spec.nodes).then(|| set_uid(index)).flatten();
+            let of_its_set = uid.is_some_and(|uid| {
+                pod.metadata.owner_references.iter().flatten().any(|o| {
+                    o.controller == Some(true)
+                        && o.kind == "StatefulSet"
+                        && o.name == names.stateful_set(index)
+                        && o.uid == uid
+                })
+            });
+            if pod.name_any() != names.pod(index) || !of_its_set {
+                debug!(pod = %pod.name_any(), index, "a pod with a node's labels that is not that node's; ignored");
+                return None;
+            }
+            Some((index, pod))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The operator's StatefulSets of a 3-node cluster, with uids, and the
+    /// pod each one runs.
+    fn operator_sets_and_pods(mpc: &MpcCluster) -> (Vec<StatefulSet>, Vec<Pod>) {
+        let ctx = crate::resources::BuildContext {
+            default_node_image: "torcus/torcus-node:test".into(),
+            registry_url: None,
+            cluster_domain: "cluster.local".into(),
+        };
+        let mut sets = Vec::new();
+        let mut pods = Vec::new();
+        for index in 0..mpc.spec.nodes {
+            let mut set = crate::resources::stateful_set(mpc, index, "hash", &ctx);
+            set.metadata.uid = Some(format!("5e7-{index}"));
+            pods.push(pod_of(&set, index, "demo", set.metadata.uid.clone().unwrap()));
+            sets.push(set);
+        }
+        (sets, pods)
+    }
+
+    /// A pod with party `index`'s labels, named `name`-`index`-0, whose
+    /// controller is the StatefulSet named like `set` with uid `uid`.
+    fn pod_of(set: &StatefulSet, index: u16, name: &str, uid: String) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(format!("{name}-{index}-0"));
+        pod.metadata.labels = set.spec.as_ref().and_then(|s| s.template.metadata.as_ref()?.labels.clone());
+        pod.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "StatefulSet".into(),
+            name: set.name_any(),
+            uid,
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        pod
+    }
+
+    fn indices(found: &[(u16, &Pod)]) -> Vec<u16> {
+        found.iter().map(|(index, _)| *index).collect()
+    }
+
+    #[test]
+    fn a_node_is_the_pod_of_the_operators_own_stateful_set() {
+        let mpc = crate::resources::fixtures::cluster("demo", 3, 2);
+        let (sets, pods) = operator_sets_and_pods(&mpc);
+        assert_eq!(indices(&node_pods(&mpc, &pods, &sets)), [0, 1, 2]);
+
+        // Party 1's pod, replaced by one naming its set with a guessed uid.
+        let mut planted = pods.clone();
+        planted[1] = pod_of(&sets[1], 1, "demo", "0a0b0c0d-0000-4000-8000-000000000001".into());
+        assert_eq!(indices(&node_pods(&mpc, &planted, &sets)), [0, 2], "a forged owner uid");
+
+        // Party 1's labels on a pod of another name, owned right.
+        let mut renamed = pods.clone();
+        renamed[1].metadata.name = Some("rogue".into());
+        assert_eq!(indices(&node_pods(&mpc, &renamed, &sets)), [0, 2], "another name");
+
+        // A party the cluster does not have, with a set and pod of its own.
+        let (more_sets, more_pods) = operator_sets_and_pods(&crate::resources::fixtures::cluster("demo", 4, 2));
+        assert_eq!(indices(&node_pods(&mpc, &more_pods, &more_sets)), [0, 1, 2], "index 3 of 3 nodes");
+
+        // The set itself planted: named right, but controlled by another
+        // MpcCluster (or by none).
+        let mut foreign = sets.clone();
+        foreign[2].metadata.owner_references.as_mut().unwrap()[0].uid = "another-cluster".into();
+        assert_eq!(indices(&node_pods(&mpc, &pods, &foreign)), [0, 1], "a set the cluster does not control");
+        foreign[2].metadata.owner_references = None;
+        assert_eq!(indices(&node_pods(&mpc, &pods, &foreign)), [0, 1], "a set with no owner");
+
+        // A pod with no controller, or a party label that is no number.
+        let mut loose = pods.clone();
+        loose[0].metadata.owner_references.as_mut().unwrap()[0].controller = None;
+        loose[2].labels_mut().insert(LABEL_PARTY.into(), "two".into());
+        assert_eq!(indices(&node_pods(&mpc, &loose, &sets)), [1]);
+    }
 
     #[test]
     fn a_cache_behind_the_last_write_is_not_acted_on() {
