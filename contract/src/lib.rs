@@ -8,8 +8,11 @@
 
 pub mod api;
 pub mod config;
+pub mod envelope;
 pub mod grant;
 pub mod registry;
+pub mod relay;
+pub mod seal;
 pub mod session;
 
 pub use config::*;

@@ -86,6 +86,30 @@ fn chart_version_and_images_match_the_workspace() {
     }
 }
 
+/// The operator image needs no MPC engine: the operator links neither
+/// cggmp24 nor GMP (its Dockerfile installs no m4), and the node's does.
+#[test]
+fn the_operator_links_no_mpc_engine() {
+    let tree = |package: &str| {
+        let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cargo.current_dir(repo()).args(["tree", "--locked", "--offline", "-e", "normal", "--prefix", "none"]);
+        let out = run(cargo.args(["-p", package]));
+        assert!(out.status.success(), "cargo tree -p {package}:\n{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split(' ').next().unwrap_or("").to_owned()).collect()
+    };
+    let engine = ["cggmp24", "rug", "gmp-mpfr-sys", "torcus-node"];
+    let operator: BTreeSet<String> = tree("torcus-operator");
+    assert!(operator.contains("hd-wallet") && operator.contains("kube"), "{operator:?}");
+    for crate_ in engine {
+        assert!(!operator.contains(crate_), "torcus-operator links {crate_}");
+    }
+    let node: BTreeSet<String> = tree("torcus-node");
+    assert!(node.contains("cggmp24") && node.contains("gmp-mpfr-sys"), "the check sees the node's engine: {node:?}");
+    let dockerfile = read(&repo().join("Dockerfile.operator"));
+    let installs_m4 = dockerfile.lines().any(|l| !l.trim_start().starts_with('#') && l.contains("m4"));
+    assert!(!installs_m4, "Dockerfile.operator installs m4:\n{dockerfile}");
+}
+
 #[test]
 fn chart_lints() {
     let home = tempfile::tempdir().unwrap();

@@ -73,36 +73,7 @@ pub type Signature = cggmp24::Signature<Curve>;
 /// `cggmp21`-based releases carry none: their aux info has another shape.
 pub const SHARE_FORMAT: &str = "torcus-key-share/cggmp24";
 
-/// One protocol message between two parties of a session, as transports
-/// carry it. `from` is what the transport authenticated (for QUIC, the party
-/// index in the peer's certificate), never what the sender claims.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// Session the message belongs to.
-    pub session: [u8; 32],
-    /// Session control (Proposal, Ack, Start, Abort) or protocol traffic.
-    pub channel: Channel,
-    /// Sending party (keygen index).
-    pub from: u16,
-    /// Receiving party, or `None` for a broadcast.
-    pub to: Option<u16>,
-    /// Per-sender sequence number within the session.
-    pub seq: u64,
-    /// The protocol message, serialized.
-    pub payload: Vec<u8>,
-}
-
-/// What an envelope carries.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Channel {
-    /// A message of the MPC protocol.
-    #[default]
-    Protocol,
-    /// A session control message (`torcus_contract::Control`, JSON).
-    Control,
-    /// A transport's own greeting (the sender's boot id); never reaches a session.
-    Hello,
-}
+pub use torcus_contract::envelope::{Channel, Envelope};
 
 /// Why a protocol run failed.
 #[derive(Debug, thiserror::Error)]
@@ -709,23 +680,6 @@ pub fn public_key_bytes(share: &Share, path: &[u32]) -> Result<Vec<u8>, EngineEr
 /// The SLIP-10 chain code of `share`, when it can derive keys.
 pub fn chain_code(share: &Share) -> Option<[u8; 32]> {
     share.chain_code
-}
-
-/// Derives along `path` from the extended public key (`public_key`, a
-/// compressed or uncompressed SEC1 point, and `chain_code`) the public key
-/// signing with that path verifies under, compressed: what [`public_key`]
-/// computes from a share, from public material only.
-pub fn derive_public_key(public_key: &[u8], chain_code: &[u8; 32], path: &[u32]) -> Result<Vec<u8>, EngineError> {
-    let point = cggmp24::generic_ec::Point::<Curve>::from_bytes(public_key)
-        .map_err(|_| EngineError::DerivationPath("not a secp256k1 point".into()))?;
-    let parent = cggmp24::hd_wallet::ExtendedPublicKey { public_key: point, chain_code: *chain_code };
-    let child =
-        <cggmp24::hd_wallet::Slip10 as cggmp24::hd_wallet::HdWallet<Curve>>::try_derive_child_public_key_with_path(
-            &parent,
-            path.iter().map(|i| cggmp24::hd_wallet::NonHardenedIndex::try_from(*i)),
-        )
-        .map_err(|e| EngineError::DerivationPath(e.to_string()))?;
-    Ok(child.public_key.to_bytes(true).to_vec())
 }
 
 /// A requester's digest, for the full protocol only: z = digest mod n, as

@@ -124,10 +124,10 @@ impl Cluster {
         if transport == "http" || transport == "hybrid" {
             // As the operator serves it: requests signed by a node of this cluster only.
             let bundle = ca.cert_pem().to_owned();
-            let relay = crate::transport::relay::Relay::new(&prometheus::Registry::new(), Default::default())
+            let relay = torcus_operator::relay::Relay::new(&prometheus::Registry::new(), Default::default())
                 .unwrap()
                 .with_signed_requests(move |cluster| (cluster == "vault/demo").then(|| bundle.clone()));
-            let app = crate::transport::relay::relay_router(std::sync::Arc::new(relay));
+            let app = torcus_operator::relay::relay_router(std::sync::Arc::new(relay));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             config.registry_url = Some(format!("http://{}", listener.local_addr().unwrap()));
             relay_task = Some(tokio::spawn(async move {

@@ -118,16 +118,23 @@ async fn three_parties_threshold_two() {
     let (r, s) = rs(&sig);
     verify_independently(&shares[1], &path, &payload.digest(), &r, &s);
 
-    // The child key from public material only (what the operator checks a
-    // signature under) is the one the shares sign with; a hardened index or
-    // a point off the curve is refused.
+    // The child key the operator derives from public material only (what it
+    // checks a signature under, without this engine) is the one the shares
+    // sign with; a hardened index or a point off the curve is refused.
     let chain_code = engine::chain_code(&shares[0]).expect("keys are generated with a chain code");
     assert!(shares.iter().all(|s| engine::chain_code(s) == Some(chain_code)), "all parties agree on the chain code");
-    let child = engine::derive_public_key(&key.to_bytes(true), &chain_code, &path).unwrap();
-    assert_eq!(child, engine::public_key(&shares[2], &path).unwrap().to_bytes(true).to_vec());
-    assert_eq!(engine::derive_public_key(&key.to_bytes(true), &chain_code, &[]).unwrap(), key.to_bytes(true).to_vec());
-    assert!(engine::derive_public_key(&key.to_bytes(true), &chain_code, &[44, 1 << 31]).is_err());
-    assert!(engine::derive_public_key(&[5; 33], &chain_code, &path).is_err());
+    let status = |public_key: &[u8]| torcus_crds::KeyStatus {
+        name: "default".into(),
+        public_key: Some(hex::encode(public_key)),
+        ethereum_address: None,
+        chain_code: Some(hex::encode(chain_code)),
+    };
+    let derive = torcus_operator::crypto::signing_public_key;
+    let child = derive(&status(&key.to_bytes(true)), &path).unwrap();
+    assert_eq!(child, hex::encode(engine::public_key(&shares[2], &path).unwrap().to_bytes(true)));
+    assert_eq!(derive(&status(&key.to_bytes(true)), &[]).unwrap(), hex::encode(key.to_bytes(true)));
+    assert!(derive(&status(&key.to_bytes(true)), &[44, 1 << 31]).is_err());
+    assert!(derive(&status(&[5; 33]), &path).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

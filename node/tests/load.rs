@@ -48,10 +48,11 @@ use torcus_node::engine::{Channel, Envelope};
 use torcus_node::transport::any::AnyTransport;
 use torcus_node::transport::hybrid::HybridTransport;
 use torcus_node::transport::quic::{QuicConfig, QuicTransport};
-use torcus_node::transport::relay::{Relay, RelayConfig, RelayLimits, RelayTransport, relay_router};
+use torcus_node::transport::relay::{RelayConfig, RelayTransport};
 use torcus_node::transport::seal::{self, SealedTransport, Sealer};
 use torcus_node::transport::tcp::{DEFAULT_WINDOW, TcpConfig, TcpTransport};
 use torcus_node::transport::{Transport, TransportMetrics};
+use torcus_operator::relay::{Relay, RelayLimits, relay_router};
 
 /// Node processes.
 const PARTIES: u16 = 3;

@@ -19,10 +19,10 @@ use torcus_node::router::Router;
 use torcus_node::transport::hybrid::HybridTransport;
 use torcus_node::transport::quic::{QuicConfig, QuicTransport};
 use torcus_node::transport::relay::{
-    self, CLUSTER_HEADER, MESSAGES_PATH, PARTY_HEADER, Relay, RelayConfig, RelayLimits, RelayTransport, RequestSigner,
-    relay_router,
+    self, CLUSTER_HEADER, MESSAGES_PATH, PARTY_HEADER, RelayConfig, RelayTransport, RequestSigner,
 };
 use torcus_node::transport::{SendError, Transport, TransportMetrics, frame};
+use torcus_operator::relay::{Relay, RelayLimits, relay_router};
 
 const CLUSTER: &str = "vault/demo";
 

@@ -16,12 +16,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use torcus_node::engine::{Channel, Envelope};
-use torcus_node::transport::relay::{
-    CLUSTER_HEADER, MESSAGES_PATH, PARTY_HEADER, Relay, RelayConfig, RelayLimits, RelayTransport, relay_router,
-};
+use torcus_node::transport::relay::{CLUSTER_HEADER, MESSAGES_PATH, PARTY_HEADER, RelayConfig, RelayTransport};
 use torcus_node::transport::seal::{self, SealedTransport, Sealer};
 use torcus_node::transport::tcp::{self, DEFAULT_WINDOW, TcpConfig, TcpTransport};
 use torcus_node::transport::{Transport, TransportMetrics, frame};
+use torcus_operator::relay::{Relay, RelayLimits, relay_router};
 use zeroize::Zeroizing;
 
 const CLUSTER: &str = "vault/demo";

@@ -558,7 +558,7 @@ async fn add_seal_key(
 ) -> Result<String> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &mpc.namespace().unwrap_or_default());
     let seed = random_key()?;
-    let public = hex::encode(torcus_node::transport::seal::public_key(&seed));
+    let public = hex::encode(torcus_contract::seal::public_key(&seed));
     secret_records::record_ahead(&ctx.client, mpc, records, name, &[secret_records::x25519(&public)]).await?;
     let seed = Zeroizing::new(hex::encode(seed.as_slice()));
     let mut patch = Secret {
@@ -684,7 +684,7 @@ fn node_public_keys(secret: &Secret) -> Option<StoredNodeKeys> {
     let identity = hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes());
     // Absent is fine (added later); present and malformed is not.
     let seal = match data.contains_key(resources::NODE_SEAL_KEY) {
-        true => Some(hex::encode(torcus_node::transport::seal::public_key(&*hex32(resources::NODE_SEAL_KEY)?))),
+        true => Some(hex::encode(torcus_contract::seal::public_key(&*hex32(resources::NODE_SEAL_KEY)?))),
         false => None,
     };
     Some(StoredNodeKeys { identity, seal, resource_version: secret.metadata.resource_version.clone() })
@@ -1205,7 +1205,7 @@ mod tests {
         let keys = node_public_keys(&secret).unwrap();
         let identity_public = hex::encode(ed25519_dalek::SigningKey::from_bytes(&[2; 32]).verifying_key().as_bytes());
         assert_eq!(keys.identity, identity_public);
-        assert_eq!(keys.seal, Some(hex::encode(torcus_node::transport::seal::public_key(&[3; 32]))));
+        assert_eq!(keys.seal, Some(hex::encode(torcus_contract::seal::public_key(&[3; 32]))));
         assert_eq!(keys.resource_version.as_deref(), Some("17"));
         // Made before messages were sealed: readable, with no seal key yet.
         let data = secret.data.as_mut().unwrap();

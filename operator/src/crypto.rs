@@ -111,9 +111,15 @@ pub fn signing_public_key(key: &KeyStatus, path: &[u32]) -> Result<String, Crypt
     hex::decode_to_slice(chain_code, &mut code)
         .map_err(|_| CryptoError::Derivation("chain code is not 64 hex digits".into()))?;
     let parent = hex::decode(public_key).map_err(|_| CryptoError::PublicKey)?;
-    let child = torcus_node::engine::derive_public_key(&parent, &code, path)
-        .map_err(|e| CryptoError::Derivation(e.to_string()))?;
-    Ok(hex::encode(child))
+    let point =
+        generic_ec::Point::<generic_ec::curves::Secp256k1>::from_bytes(&parent).map_err(|_| CryptoError::PublicKey)?;
+    let parent = hd_wallet::ExtendedPublicKey { public_key: point, chain_code: code };
+    let child = <hd_wallet::Slip10 as hd_wallet::HdWallet<_>>::try_derive_child_public_key_with_path(
+        &parent,
+        path.iter().map(|i| hd_wallet::NonHardenedIndex::try_from(*i)),
+    )
+    .map_err(|e| CryptoError::Derivation(e.to_string()))?;
+    Ok(hex::encode(child.public_key.to_bytes(true)))
 }
 
 /// EIP-55 checksummed Ethereum address of a compressed public key (hex).

@@ -16,6 +16,7 @@ pub mod pki;
 pub mod policy;
 pub mod presignatures;
 pub mod registry;
+pub mod relay;
 pub mod resources;
 pub mod rollout;
 pub mod secret_records;
@@ -39,7 +40,6 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use torcus_crds::{MpcCluster, SigningRequest};
-use torcus_node::transport::relay as torcus_relay;
 use tracing::{info, warn};
 
 pub use metrics::Metrics;
@@ -199,15 +199,15 @@ impl Args {
         // What the cluster controller issued: the registry and the relay
         // check nodes' certificates against it, and know no other cluster.
         let nodes = node_client::NodeClient::new();
-        let relay = torcus_relay::Relay::new(metrics.registry(), torcus_relay::RelayLimits::default())?;
+        let relay = relay::Relay::new(metrics.registry(), relay::RelayLimits::default())?;
         // Every relay request is signed by the node it speaks for, with a
         // certificate of its cluster's CA; other clusters are unknown.
         let relay = Arc::new(relay.with_signed_requests({
             let nodes = nodes.clone();
             move |cluster| cluster.split_once('/').and_then(|(ns, name)| nodes.trust_bundle(ns, name))
         }));
-        let extra = registry::router(registry.clone(), trust_lookup(nodes.clone()))
-            .merge(torcus_relay::relay_router(relay.clone()));
+        let extra =
+            registry::router(registry.clone(), trust_lookup(nodes.clone())).merge(relay::relay_router(relay.clone()));
         let listener = tokio::net::TcpListener::bind(http_addr).await.map_err(|e| RunError::Bind(http_addr, e))?;
         info!(addr = %http_addr, "serving metrics, health, the node registry and the relay");
         let server = tokio::spawn(metrics::serve(listener, metrics.clone(), extra, {

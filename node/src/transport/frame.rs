@@ -1,79 +1,12 @@
-//! The binary form of an [`Envelope`] on stream transports, and
-//! length-prefixed framing with a size cap.
-//!
-//! Layout (big-endian): `session[32] ‖ channel u8 (0 protocol, 1 control, 2 hello)
-//! ‖ from u16 ‖ to u16 (0xFFFF = broadcast) ‖ seq u64 ‖ payload`. A frame is `len u32 ‖ body`, and a frame
-//! longer than [`MAX_FRAME`] is refused before it is read.
+//! Length-prefixed framing of [`Envelope`]s on stream transports, with a
+//! size cap: a frame is `len u32 (BE) ‖ body`, the body in the encoding of
+//! [`torcus_contract::envelope`], and a frame longer than [`MAX_FRAME`] is
+//! refused before it is read.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+pub use torcus_contract::envelope::{FrameError, MAX_FRAME, decode, encode};
 
-use crate::engine::{Channel, Envelope};
-
-/// Largest frame body accepted: far above the largest CGGMP'21 message
-/// (aux info proofs, a few hundred KiB for n = 16), far below memory trouble.
-pub const MAX_FRAME: usize = 8 << 20;
-const HEADER: usize = 32 + 1 + 2 + 2 + 8;
-const BROADCAST: u16 = u16::MAX;
-
-/// Why bytes are not a frame.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    /// The length prefix announces more than [`MAX_FRAME`].
-    #[error("frame of {0} bytes exceeds the limit")]
-    TooLarge(usize),
-    /// The body is shorter than an envelope header.
-    #[error("frame of {0} bytes is too short for an envelope")]
-    TooShort(usize),
-    /// The channel byte names no known channel.
-    #[error("unknown channel {0}")]
-    UnknownChannel(u8),
-    /// The stream failed or ended mid-frame.
-    #[error("reading a frame: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// Encodes an envelope's body.
-pub fn encode(env: &Envelope) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + env.payload.len());
-    out.extend_from_slice(&env.session);
-    out.push(match env.channel {
-        Channel::Protocol => 0,
-        Channel::Control => 1,
-        Channel::Hello => 2,
-    });
-    out.extend_from_slice(&env.from.to_be_bytes());
-    out.extend_from_slice(&env.to.unwrap_or(BROADCAST).to_be_bytes());
-    out.extend_from_slice(&env.seq.to_be_bytes());
-    out.extend_from_slice(&env.payload);
-    out
-}
-
-/// Decodes an envelope's body.
-pub fn decode(body: &[u8]) -> Result<Envelope, FrameError> {
-    if body.len() < HEADER {
-        return Err(FrameError::TooShort(body.len()));
-    }
-    let (session, rest) = body.split_at(32);
-    let channel = match rest[0] {
-        0 => Channel::Protocol,
-        1 => Channel::Control,
-        2 => Channel::Hello,
-        other => return Err(FrameError::UnknownChannel(other)),
-    };
-    let rest = &rest[1..];
-    let u16_at = |i: usize| u16::from_be_bytes([rest[i], rest[i + 1]]);
-    let to = u16_at(2);
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&rest[4..12]);
-    Ok(Envelope {
-        session: session.try_into().map_err(|_| FrameError::TooShort(body.len()))?,
-        channel,
-        from: u16_at(0),
-        to: (to != BROADCAST).then_some(to),
-        seq: u64::from_be_bytes(seq),
-        payload: rest[12..].to_vec(),
-    })
-}
+use crate::engine::Envelope;
 
 /// Writes one length-prefixed frame.
 pub async fn write(out: &mut (impl AsyncWrite + Unpin), env: &Envelope) -> Result<(), FrameError> {
@@ -120,6 +53,7 @@ pub async fn read_body(input: &mut (impl AsyncRead + Unpin), max: usize) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Channel;
 
     fn env(to: Option<u16>) -> Envelope {
         Envelope { session: [3; 32], channel: Channel::Control, from: 1, to, seq: 42, payload: b"hello".to_vec() }

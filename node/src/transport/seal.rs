@@ -71,10 +71,7 @@ pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 /// Length of the header the seal covers.
 const HEADER_LEN: usize = 32 + 1 + 2 + 2 + 1 + 8;
 
-/// The X25519 public key of seal seed `seed`.
-pub fn public_key(seed: &[u8; 32]) -> [u8; 32] {
-    MontgomeryPoint::mul_base_clamped(*seed).to_bytes()
-}
+pub use torcus_contract::seal::public_key;
 
 /// Reads a seal seed: 64 hexadecimal digits (surrounding white space is
 /// ignored), as the operator writes `seal.key`.
