@@ -6,101 +6,32 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
 use torcus_certs::{IssuedCertificate, OffsetDateTime, SecretPem};
 use torcus_crds::{CertificatesStatus, ClusterPhase, KeyStatus, MpcCluster, MpcClusterStatus, NodeStatus};
 use tracing::{info, warn};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
-use crate::keygen::Keygens;
-use crate::node_client::NodeClient;
+use crate::apiserver::{FIELD_MANAGER, apply, event, event_about, pod_ready, scrub};
+use crate::context::Context;
+use crate::grants::{GRANT_PRIVATE_KEY, GRANT_PUBLIC_KEY};
+use crate::keygen::KeygenEnv;
 use crate::pki::{self, Leaf, LeafRequest, Lifetimes};
-use crate::registry::Registry;
-use crate::resources::{self, BuildContext, LABEL_CLUSTER, Names, NodePublicKeys};
+use crate::resources::{self, LABEL_CLUSTER, Names, NodePublicKeys};
 use crate::rollout;
 use crate::secret_records::{self, Records};
-use crate::signing_controller::SigningState;
-use crate::{Error, Metrics, Result};
-
-/// Field manager of everything the operator applies.
-pub const FIELD_MANAGER: &str = "torcus-operator";
+use crate::{Error, Result};
 
 /// Longest the operator waits before looking at a cluster again, even when
 /// nothing changed (certificate renewal is time-driven).
 const MAX_REQUEUE: StdDuration = StdDuration::from_secs(300);
-
-/// What every reconciliation shares.
-#[derive(Clone)]
-pub struct Context {
-    /// API client.
-    pub client: Client,
-    /// Event recorder.
-    pub recorder: Recorder,
-    /// Defaults for the children.
-    pub build: BuildContext,
-    /// Operator metrics.
-    pub metrics: Arc<Metrics>,
-    /// Consecutive failures per cluster (namespace/name), for backoff.
-    pub failures: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
-    /// Client of the nodes' API.
-    pub nodes: NodeClient,
-    /// Key generations in flight.
-    pub keygens: Arc<Keygens>,
-    /// The SigningRequest controller's memory.
-    pub signing: Arc<SigningState>,
-    /// Nodes' registrations and heartbeats.
-    pub registry: Arc<Registry>,
-    /// Ways a test makes this operator misbehave (test builds only).
-    #[cfg(feature = "test-hooks")]
-    pub test_hooks: crate::test_hooks::TestHooks,
-}
-
-impl Context {
-    /// A context with empty memory.
-    pub fn new(
-        client: Client,
-        recorder: Recorder,
-        build: BuildContext,
-        metrics: Arc<Metrics>,
-        registry: Arc<Registry>,
-    ) -> Self {
-        Self {
-            registry,
-            client,
-            recorder,
-            build,
-            metrics,
-            failures: Arc::default(),
-            nodes: NodeClient::new(),
-            keygens: Arc::default(),
-            signing: Arc::default(),
-            #[cfg(feature = "test-hooks")]
-            test_hooks: Default::default(),
-        }
-    }
-
-    /// Party indices of `mpc` that registered and then went silent.
-    pub fn offline_nodes(&self, mpc: &MpcCluster) -> Vec<u16> {
-        let ns = mpc.namespace().unwrap_or_default();
-        self.registry.nodes(&ns, &mpc.name_any()).into_iter().filter(|n| !n.online).map(|n| n.party).collect()
-    }
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("build", &self.build).finish_non_exhaustive()
-    }
-}
 
 /// Brings one MpcCluster's children in line with its spec.
 pub async fn reconcile(mpc: Arc<MpcCluster>, ctx: Arc<Context>) -> Result<Action> {
@@ -114,7 +45,7 @@ pub async fn reconcile(mpc: Arc<MpcCluster>, ctx: Arc<Context>) -> Result<Action
         // The API server refused something: say so where a person looks.
         Err(Error::Kube(kube::Error::Api(status))) => {
             let message = format!("the API server refused a change: {}", status.message);
-            event(&ctx, &mpc, EventType::Warning, "ApplyFailed", "Reconcile", message).await;
+            event(&ctx.recorder, &mpc, EventType::Warning, "ApplyFailed", "Reconcile", message).await;
         }
         Err(_) => {}
     }
@@ -190,7 +121,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
         ctx.metrics.untrusted_refused.with_label_values(&["secret"]).inc();
         let note = format!("Secret {name} trusts a CA this cluster's operator did not make; issuing it again");
         warn!(cluster = %mpc.name_any(), namespace = %ns, "{note}");
-        event(ctx, mpc, EventType::Warning, "SecretRepaired", "CheckSecrets", note).await;
+        event(&ctx.recorder, mpc, EventType::Warning, "SecretRepaired", "CheckSecrets", note).await;
     }
     let mut requests = BTreeMap::new();
     for index in 0..mpc.spec.nodes {
@@ -203,7 +134,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
         Ok(pki) => pki,
         Err(e @ pki::PlanError::CaUnreadable(_)) => {
             let message = format!("{e}: repair or delete Secret {}", names.ca_secret());
-            event(ctx, mpc, EventType::Warning, "CAUnreadable", "IssueCertificate", message.clone()).await;
+            event(&ctx.recorder, mpc, EventType::Warning, "CAUnreadable", "IssueCertificate", message.clone()).await;
             publish_status(ctx, mpc, failed_status(mpc, "CAUnreadable", &message)).await?;
             return Err(e.into());
         }
@@ -251,7 +182,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
             namespace: Some(ns.clone()),
             ..ObjectReference::default()
         };
-        event_about(ctx, mpc, type_, reason, "IssueCertificate", change.to_string(), Some(related)).await;
+        event_about(&ctx.recorder, mpc, type_, reason, "IssueCertificate", change.to_string(), Some(related)).await;
     }
 
     // The grant key and the node keys come after the certificates, so a
@@ -270,7 +201,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
         Err(e @ (Error::GrantKey(_) | Error::NodeKeys(_))) => {
             let reason = if matches!(e, Error::GrantKey(_)) { "GrantKeyUnreadable" } else { "NodeKeysUnreadable" };
             let message = e.to_string();
-            event(ctx, mpc, EventType::Warning, reason, "CreateKeys", message.clone()).await;
+            event(&ctx.recorder, mpc, EventType::Warning, reason, "CreateKeys", message.clone()).await;
             publish_status(ctx, mpc, failed_status(mpc, reason, &message)).await?;
             return Err(e);
         }
@@ -367,7 +298,13 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
                 crate::node_client::NodeAddr::new(&ns, &name, n.index, ip, torcus_contract::HTTP_PORT)
             })
             .collect();
-        ctx.keygens.start(ctx, mpc, &missing, &urls);
+        let env = KeygenEnv {
+            client: ctx.client.clone(),
+            recorder: ctx.recorder.clone(),
+            nodes: ctx.nodes.clone(),
+            metrics: Arc::clone(&ctx.metrics),
+        };
+        ctx.keygens.start(&env, mpc, &missing, &urls);
     }
     let keygen_running = ctx.keygens.running(mpc);
     secret_records::persist(&ctx.client, mpc, &mut recorded).await?;
@@ -376,7 +313,8 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     let old_phase = mpc.status.as_ref().and_then(|s| s.phase);
     if old_phase != status.phase {
         let phase = status.phase.map(|p| format!("{p:?}")).unwrap_or_default();
-        event(ctx, mpc, EventType::Normal, "PhaseChanged", "Reconcile", format!("phase is now {phase}")).await;
+        event(&ctx.recorder, mpc, EventType::Normal, "PhaseChanged", "Reconcile", format!("phase is now {phase}"))
+            .await;
     }
     publish_status(ctx, mpc, status).await?;
 
@@ -438,7 +376,7 @@ async fn refuse_foreign_secret(ctx: &Context, mpc: &MpcCluster, error: Error) ->
     ctx.metrics.untrusted_refused.with_label_values(&["secret"]).inc();
     let message = error.to_string();
     warn!(cluster = %mpc.name_any(), namespace = ?mpc.namespace(), "{message}");
-    event(ctx, mpc, EventType::Warning, "SecretNotOwned", "CheckSecrets", message.clone()).await;
+    event(&ctx.recorder, mpc, EventType::Warning, "SecretNotOwned", "CheckSecrets", message.clone()).await;
     publish_status(ctx, mpc, failed_status(mpc, "SecretNotOwned", &message)).await?;
     Err(error)
 }
@@ -483,11 +421,11 @@ async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str, records: &m
             let note =
                 format!("grant key Secret {name} was missing; created a new grant key {public} (was {previous})");
             warn!(cluster = %mpc.name_any(), namespace = %ns, "{note}");
-            event(ctx, mpc, EventType::Warning, "GrantKeyReplaced", "CreateGrantKey", note).await;
+            event(&ctx.recorder, mpc, EventType::Warning, "GrantKeyReplaced", "CreateGrantKey", note).await;
         }
         _ => {
             event(
-                ctx,
+                &ctx.recorder,
                 mpc,
                 EventType::Normal,
                 "GrantKeyCreated",
@@ -537,7 +475,7 @@ async fn ensure_node_keys(
              can no longer be decrypted"
         );
         warn!(cluster = %mpc.name_any(), namespace = %ns, "{note}");
-        event(ctx, mpc, EventType::Warning, "NodeKeysReplaced", "CreateNodeKeys", note).await;
+        event(&ctx.recorder, mpc, EventType::Warning, "NodeKeysReplaced", "CreateNodeKeys", note).await;
     }
     let seal = match stored.seal {
         Some(seal) => seal,
@@ -690,11 +628,6 @@ fn node_public_keys(secret: &Secret) -> Option<StoredNodeKeys> {
     Some(StoredNodeKeys { identity, seal, resource_version: secret.metadata.resource_version.clone() })
 }
 
-/// Key of the grant key Secret holding the 32-byte Ed25519 seed.
-pub const GRANT_PRIVATE_KEY: &str = "ed25519.seed";
-/// Key of the grant key Secret holding the hex public key.
-pub const GRANT_PUBLIC_KEY: &str = "ed25519.pub";
-
 fn grant_public_key(secret: &Secret) -> Option<String> {
     let data = secret.data.as_ref()?;
     let seed: [u8; 32] = data.get(GRANT_PRIVATE_KEY)?.0.as_slice().try_into().ok()?;
@@ -829,13 +762,6 @@ fn certificates_status(pki: &pki::Pki) -> Result<CertificatesStatus> {
         earliest_leaf_not_after: earliest.map(rfc3339).unwrap_or_default(),
         trusted_cas: u16::try_from(pki.bundle.len()).unwrap_or(u16::MAX),
     })
-}
-
-pub(crate) fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn sts_ready(sts: &StatefulSet) -> bool {
@@ -1017,48 +943,6 @@ async fn apply_secret(ctx: &Context, ns: &str, mut secret: Secret) -> Result<()>
     scrub(&mut secret);
     scrub(&mut result?);
     Ok(())
-}
-
-/// Zeroizes a Secret's data in place (the API types do not do it on drop).
-pub(crate) fn scrub(secret: &mut Secret) {
-    for value in secret.data.iter_mut().flat_map(|d| d.values_mut()) {
-        value.0.zeroize();
-    }
-}
-
-/// Server-side applies `obj` under the operator's field manager and returns
-/// what the API server stored.
-pub async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let name = obj.meta().name.clone().unwrap_or_default();
-    Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await?)
-}
-
-/// Publishes an Event; a failure to publish is logged, never fatal.
-pub(crate) async fn event(ctx: &Context, mpc: &MpcCluster, type_: EventType, reason: &str, action: &str, note: String) {
-    event_about(ctx, mpc, type_, reason, action, note, None).await;
-}
-
-async fn event_about(
-    ctx: &Context,
-    mpc: &MpcCluster,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-    secondary: Option<ObjectReference>,
-) {
-    let ev = Event { type_, reason: reason.to_owned(), note: Some(note), action: action.to_owned(), secondary };
-    if let Err(error) = ctx.recorder.publish(&ev, &mpc.object_ref(&())).await {
-        warn!(%error, reason, "could not publish event");
-    }
 }
 
 #[cfg(test)]

@@ -3,12 +3,12 @@
 
 use ed25519_dalek::SigningKey;
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use torcus_contract::{GRANT_VERSION, Grant, GrantKind, SignedGrant};
 use torcus_crds::MpcCluster;
 use zeroize::Zeroizing;
 
-use crate::cluster_controller::{Context, GRANT_PRIVATE_KEY, scrub};
+use crate::apiserver::scrub;
 use crate::resources::Names;
 use crate::{Error, Result};
 
@@ -18,13 +18,18 @@ pub const KEYGEN_GRANT_TTL_SECS: u64 = 600;
 /// How long a signing grant stays valid.
 pub const SIGN_GRANT_TTL_SECS: u64 = 120;
 
+/// Key of the grant key Secret holding the 32-byte Ed25519 seed.
+pub const GRANT_PRIVATE_KEY: &str = "ed25519.seed";
+/// Key of the grant key Secret holding the hex public key.
+pub const GRANT_PUBLIC_KEY: &str = "ed25519.pub";
+
 /// Loads the grant signing key of `mpc`, from the Secret the operator made
 /// for it and no other: it must carry the cluster's owner reference and the
 /// key `status.grantPublicKey` names. The key is zeroized when the returned value is
 /// dropped.
-pub async fn signing_key(ctx: &Context, mpc: &MpcCluster) -> Result<SigningKey> {
+pub async fn signing_key(client: &Client, mpc: &MpcCluster) -> Result<SigningKey> {
     let ns = mpc.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let name = Names::new(&mpc.name_any()).grant_key_secret();
     let mut secret = secrets.get(&name).await?;
     if !crate::resources::controlled_by(&secret.metadata, mpc) {

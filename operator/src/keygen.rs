@@ -29,17 +29,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use kube::ResourceExt;
-use kube::runtime::events::EventType;
+use kube::runtime::events::{EventType, Recorder};
+use kube::{Client, ResourceExt};
 use torcus_contract::GrantKind;
 use torcus_contract::api::Outcome;
 use torcus_crds::{KeyStatus, MpcCluster};
 use tracing::{info, warn};
 
-use crate::cluster_controller::{Context, event};
+use crate::apiserver::event;
 use crate::crypto;
 use crate::grants::{self, GrantParts};
-use crate::node_client::NodeAddr;
+use crate::metrics::Metrics;
+use crate::node_client::{NodeAddr, NodeClient};
 
 /// Pause after a failed keygen before the next try.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -47,6 +48,26 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 /// How often a key whose nodes disagree is surveyed again.
 pub const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
+
+/// What a keygen uses of the operator: the API client (to read the grant
+/// key), the Event recorder, the nodes' client and the keygen counter.
+#[derive(Clone)]
+pub struct KeygenEnv {
+    /// API client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Client of the nodes' API.
+    pub nodes: NodeClient,
+    /// Operator metrics (`torcus_keygens_total`).
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for KeygenEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeygenEnv").finish_non_exhaustive()
+    }
+}
 
 /// Keygens in flight and what they learned, per MpcCluster uid and key (a
 /// cluster deleted and made again under its name starts afresh).
@@ -117,7 +138,7 @@ impl Keygens {
     /// waiting out a failure, unless one of `mpc` runs: keygens of a
     /// cluster run one after the other, each deciding on aux info from
     /// what the previous one left. `node_urls[i]` is node i's API.
-    pub fn start(&self, ctx: &Arc<Context>, mpc: &MpcCluster, missing: &[String], node_urls: &[NodeAddr]) {
+    pub fn start(self: &Arc<Self>, env: &KeygenEnv, mpc: &MpcCluster, missing: &[String], node_urls: &[NodeAddr]) {
         let next = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             if any_running(&state, mpc) {
@@ -136,27 +157,28 @@ impl Keygens {
         };
         if let Some(key) = next {
             let id = id(mpc, key);
-            let (ctx, mpc, key, urls) = (Arc::clone(ctx), mpc.clone(), key.clone(), node_urls.to_vec());
+            let (keygens, env, mpc, key, urls) =
+                (Arc::clone(self), env.clone(), mpc.clone(), key.clone(), node_urls.to_vec());
             tokio::spawn(async move {
-                let result = run(&ctx, &mpc, &key, &urls).await;
+                let result = run(&env, &mpc, &key, &urls).await;
                 let next = match result {
                     Ok(status) => State::Done(status),
                     Err(KeygenError::Conflict(reason)) => {
                         warn!(cluster = %mpc.name_any(), %key, %reason, "nodes disagree on a key");
-                        ctx.metrics.keygens.with_label_values(&["conflict"]).inc();
+                        env.metrics.keygens.with_label_values(&["conflict"]).inc();
                         let note = format!("key {key} is not recorded: {reason}");
-                        event(&ctx, &mpc, EventType::Warning, "KeyConflict", "GenerateKey", note).await;
+                        event(&env.recorder, &mpc, EventType::Warning, "KeyConflict", "GenerateKey", note).await;
                         State::Conflict { at: Instant::now(), reason }
                     }
                     Err(KeygenError::Failed(message)) => {
                         warn!(cluster = %mpc.name_any(), %key, %message, "keygen failed");
-                        ctx.metrics.keygens.with_label_values(&["failed"]).inc();
+                        env.metrics.keygens.with_label_values(&["failed"]).inc();
                         let note = format!("key {key}: {message}; retrying in {}s", RETRY_AFTER.as_secs());
-                        event(&ctx, &mpc, EventType::Warning, "KeygenFailed", "GenerateKey", note).await;
+                        event(&env.recorder, &mpc, EventType::Warning, "KeygenFailed", "GenerateKey", note).await;
                         State::Failed { at: Instant::now() }
                     }
                 };
-                ctx.keygens.state.lock().unwrap_or_else(PoisonError::into_inner).insert(id, next);
+                keygens.state.lock().unwrap_or_else(PoisonError::into_inner).insert(id, next);
             });
         }
     }
@@ -228,15 +250,15 @@ pub fn plan(nodes: &[NodeHolds]) -> Plan {
 
 /// Asks every node what it holds of `key`; any node that does not answer
 /// fails the lot (deciding without it could supersede its share).
-async fn survey(ctx: &Context, key: &str, urls: &[NodeAddr]) -> Result<Vec<NodeHolds>, String> {
-    let mut nodes = Vec::with_capacity(urls.len());
+async fn survey(nodes: &NodeClient, key: &str, urls: &[NodeAddr]) -> Result<Vec<NodeHolds>, String> {
+    let mut holds = Vec::with_capacity(urls.len());
     for (i, url) in urls.iter().enumerate() {
-        let keys = ctx.nodes.keys(url).await.map_err(|e| format!("node {i} did not list its keys: {e}"))?;
-        let aux_info = ctx.nodes.aux_info(url).await.map_err(|e| format!("node {i} did not name its aux info: {e}"))?;
+        let keys = nodes.keys(url).await.map_err(|e| format!("node {i} did not list its keys: {e}"))?;
+        let aux_info = nodes.aux_info(url).await.map_err(|e| format!("node {i} did not name its aux info: {e}"))?;
         let key = keys.into_iter().find(|k| k.name == key).map(|k| (k.public_key, k.chain_code));
-        nodes.push(NodeHolds { key, aux_info });
+        holds.push(NodeHolds { key, aux_info });
     }
-    Ok(nodes)
+    Ok(holds)
 }
 
 /// The nodes' chain codes (in party order) disagree: why, naming the nodes.
@@ -267,12 +289,12 @@ fn chain_code_conflict<'a>(codes: impl Iterator<Item = Option<&'a String>>) -> O
     ))
 }
 
-async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[NodeAddr]) -> Result<KeyStatus, KeygenError> {
+async fn run(env: &KeygenEnv, mpc: &MpcCluster, key: &str, urls: &[NodeAddr]) -> Result<KeyStatus, KeygenError> {
     let ns = mpc.namespace().unwrap_or_default();
     let name = mpc.name_any();
     let n = usize::from(mpc.spec.nodes);
 
-    let (aux_info, supersedes) = match plan(&survey(ctx, key, urls).await?) {
+    let (aux_info, supersedes) = match plan(&survey(&env.nodes, key, urls).await?) {
         Plan::Record { public_key, chain_code } => {
             info!(cluster = %name, %key, "every node holds the key already; recording it");
             return Ok(key_status(key, &public_key, chain_code)?);
@@ -285,10 +307,10 @@ async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[NodeAddr]) -> R
             "key {key}: an earlier keygen ended on some nodes only (public keys {}); the new one supersedes it",
             supersedes.join(", ")
         );
-        event(ctx, mpc, EventType::Warning, "KeygenSupersedes", "GenerateKey", note).await;
+        event(&env.recorder, mpc, EventType::Warning, "KeygenSupersedes", "GenerateKey", note).await;
     }
 
-    let signing_key = grants::signing_key(ctx, mpc).await.map_err(|e| e.to_string())?;
+    let signing_key = grants::signing_key(&env.client, mpc).await.map_err(|e| e.to_string())?;
     let all: Vec<u16> = (0..mpc.spec.nodes).collect();
     let parts = GrantParts::fresh(grants::KEYGEN_GRANT_TTL_SECS, |_| Some(all)).ok_or("no participants")?;
     let kind = GrantKind::Keygen { key: key.to_owned(), aux_info, supersedes };
@@ -296,11 +318,11 @@ async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[NodeAddr]) -> R
     let initiator = grant.grant.initiator();
     let url = urls.get(usize::from(initiator)).ok_or("initiator has no address")?;
     let note = format!("generating key {key} with {n} nodes; party {initiator} initiates");
-    event(ctx, mpc, EventType::Normal, "KeygenStarted", "GenerateKey", note).await;
+    event(&env.recorder, mpc, EventType::Normal, "KeygenStarted", "GenerateKey", note).await;
     let started = Instant::now();
-    match ctx.nodes.keygen(url, &grant).await {
+    match env.nodes.keygen(url, &grant).await {
         Ok(Outcome::Keygen { key: got, public_key, chain_code }) if got == key => {
-            confirm(ctx, key, &public_key, chain_code.as_ref(), urls).await?;
+            confirm(&env.nodes, key, &public_key, chain_code.as_ref(), urls).await?;
             let status = key_status(key, &public_key, chain_code)?;
             let note = format!(
                 "generated key {key}: public key {public_key}, address {} in {:.1}s",
@@ -308,8 +330,8 @@ async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[NodeAddr]) -> R
                 started.elapsed().as_secs_f64()
             );
             info!(cluster = %name, "{note}");
-            ctx.metrics.keygens.with_label_values(&["completed"]).inc();
-            event(ctx, mpc, EventType::Normal, "KeyGenerated", "GenerateKey", note).await;
+            env.metrics.keygens.with_label_values(&["completed"]).inc();
+            event(&env.recorder, mpc, EventType::Normal, "KeyGenerated", "GenerateKey", note).await;
             Ok(status)
         }
         Ok(other) => Err(format!("initiator answered {other:?} to a keygen").into()),
@@ -321,7 +343,7 @@ async fn run(ctx: &Context, mpc: &MpcCluster, key: &str, urls: &[NodeAddr]) -> R
 /// code as the initiator; a node that lists the public key under another
 /// chain code is a conflict at once.
 async fn confirm(
-    ctx: &Context,
+    nodes: &NodeClient,
     key: &str,
     public_key: &str,
     chain_code: Option<&String>,
@@ -332,7 +354,7 @@ async fn confirm(
         let mut lacking = Vec::new();
         let mut codes = Vec::new();
         for (i, url) in urls.iter().enumerate() {
-            let listed = ctx.nodes.keys(url).await.ok().and_then(|keys| {
+            let listed = nodes.keys(url).await.ok().and_then(|keys| {
                 keys.into_iter().find(|k| k.name == key && k.public_key == public_key).map(|k| k.chain_code)
             });
             match listed {

@@ -30,7 +30,7 @@ use kube::{Api, Client, ResourceExt};
 use torcus_crds::MpcCluster;
 
 use crate::Result;
-use crate::cluster_controller::FIELD_MANAGER;
+use crate::apiserver::FIELD_MANAGER;
 use crate::resources::{self, Names};
 
 /// The stored approvals of `mpc`'s ledger, uid to stored value; empty when

@@ -5,7 +5,9 @@
 //! `main` only parses [`Args`] and calls [`Args::run`]; tests call
 //! [`Args::run`] directly with their own client and shutdown signal.
 
+pub mod apiserver;
 pub mod cluster_controller;
+pub mod context;
 pub mod crypto;
 pub mod grants;
 pub mod keygen;
@@ -22,6 +24,7 @@ pub mod rollout;
 pub mod secret_records;
 pub mod signers;
 pub mod signing_controller;
+pub mod signing_state;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 
@@ -263,7 +266,7 @@ impl Args {
             }));
         }
 
-        let mut ctx = cluster_controller::Context::new(
+        let mut ctx = context::Context::new(
             client.clone(),
             Recorder::new(client.clone(), Reporter { controller: "torcus-operator".into(), instance: Some(instance) }),
             resources::BuildContext { default_node_image: node_image, registry_url, cluster_domain },
@@ -420,7 +423,7 @@ fn default_instance() -> String {
 async fn signing_controller_stream(
     client: Client,
     namespace: Option<&str>,
-    ctx: Arc<cluster_controller::Context>,
+    ctx: Arc<context::Context>,
     stop: CancellationToken,
 ) {
     let api: Api<SigningRequest> = match namespace {
@@ -442,7 +445,7 @@ async fn signing_controller_stream(
 async fn cluster_controller_stream(
     client: Client,
     namespace: Option<&str>,
-    ctx: Arc<cluster_controller::Context>,
+    ctx: Arc<context::Context>,
     stop: CancellationToken,
 ) {
     fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>

@@ -24,7 +24,7 @@ use kube::{Api, ResourceExt};
 use torcus_crds::MpcCluster;
 
 use crate::Result;
-use crate::cluster_controller::FIELD_MANAGER;
+use crate::apiserver::FIELD_MANAGER;
 
 /// `status.secrets` as this reconcile knows it.
 #[derive(Clone, Debug, Default, PartialEq)]

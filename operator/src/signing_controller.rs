@@ -21,8 +21,8 @@
 //! node refuses a grant it has used); only a session that failed gets a new
 //! grant. No grant is ever issued twice for the same attempt.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -41,11 +41,12 @@ use torcus_crds::{
 };
 use tracing::{debug, info, warn};
 
-use crate::cluster_controller::{Context, FIELD_MANAGER};
+use crate::apiserver::FIELD_MANAGER;
+use crate::context::Context;
 use crate::grants::{self, GrantParts};
 use crate::node_client::NodeAddr;
 use crate::policy::{self, Approval, Ledger};
-use crate::presignatures::{self, Freshness, Presignatures};
+use crate::presignatures::{self, Freshness};
 use crate::resources::{LABEL_CLUSTER, LABEL_PARTY};
 use crate::{Error, Result, crypto, signers};
 
@@ -57,52 +58,8 @@ pub const PENDING_TIMEOUT: Duration = Duration::from_secs(600);
 /// limits, for a limit added later to count them.
 const UNLIMITED_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
-/// What the controller keeps between reconciles.
-#[derive(Debug, Default)]
-pub struct SigningState {
-    /// Policy ledgers per `namespace/cluster`, built from the API on first use.
-    ledgers: tokio::sync::Mutex<HashMap<String, Ledger>>,
-    /// The last status written per request uid, with the resource version
-    /// the write made, until the watch cache shows that version or a later
-    /// one: a reconcile must never act on a status older than its own
-    /// write, and must see what anyone else wrote after it.
-    written: Mutex<HashMap<String, (Option<String>, SigningRequestStatus)>>,
-    /// The nodes' presignature pools, and the presignature reserved for
-    /// each session.
-    pub presignatures: Arc<Presignatures>,
-    /// Per request uid, the pairs of parties its failed attempts put in
-    /// dispute ([`signers`]). Memory only: after a restart a request starts
-    /// over with none, which costs at most attempts.
-    disputes: Mutex<HashMap<String, Vec<signers::Dispute>>>,
-}
-
-/// Requests whose disputes are kept at once; beyond, all are forgotten.
-const MAX_DISPUTED_REQUESTS: usize = 4096;
-
 /// A failure that names nobody.
 const NO_FAULT: (Option<u16>, Option<u16>) = (None, None);
-
-impl SigningState {
-    /// Records `new` disputes for request `uid`; returns all of its disputes.
-    fn add_disputes(&self, uid: &str, new: &[signers::Dispute]) -> Vec<signers::Dispute> {
-        let mut all = self.disputes.lock().unwrap_or_else(PoisonError::into_inner);
-        if all.len() >= MAX_DISPUTED_REQUESTS && !all.contains_key(uid) {
-            all.clear();
-        }
-        let disputes = all.entry(uid.to_owned()).or_default();
-        for dispute in new {
-            if !disputes.contains(dispute) {
-                disputes.push(*dispute);
-            }
-        }
-        disputes.clone()
-    }
-
-    /// Forgets the disputes of request `uid`, which is over.
-    fn settle(&self, uid: &str) {
-        self.disputes.lock().unwrap_or_else(PoisonError::into_inner).remove(uid);
-    }
-}
 
 /// The grant a status records, re-made from it and the spec.
 enum Recorded {
@@ -511,7 +468,7 @@ impl<'a> Reconcile<'a> {
         .ok_or_else(|| {
             Error::InvalidSpec(format!("{} healthy nodes answer; {threshold} needed to sign", healthy.len()))
         })?;
-        let key = grants::signing_key(self.ctx, mpc).await?;
+        let key = grants::signing_key(&self.ctx.client, mpc).await?;
         let grant = grants::issue(&key, &self.cluster_ns, &mpc.name_any(), kind, &parts)?;
         // Over the grant as the status and the spec make it again.
         let proof = grants::proof(&key, &self.uid, &grant);
@@ -616,7 +573,7 @@ impl<'a> Reconcile<'a> {
             Ok(kind) => kind,
             Err(e) => return Ok(Recorded::Unproven(None, e.to_string())),
         };
-        let key = grants::signing_key(self.ctx, mpc).await?;
+        let key = grants::signing_key(&self.ctx.client, mpc).await?;
         let grant = match grants::issue(&key, &self.cluster_ns, &mpc.name_any(), kind, &parts) {
             Ok(grant) => grant,
             Err(e) => return Ok(Recorded::Unproven(None, e.to_string())),
@@ -676,7 +633,7 @@ impl<'a> Reconcile<'a> {
         let mut nodes = BTreeMap::new();
         for (index, pod) in node_pods(mpc, &pods.items, &sets.items) {
             let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else { continue };
-            let ready = pod.metadata.deletion_timestamp.is_none() && crate::cluster_controller::pod_ready(pod);
+            let ready = pod.metadata.deletion_timestamp.is_none() && crate::apiserver::pod_ready(pod);
             let url = NodeAddr::new(&self.cluster_ns, &cluster, index, &ip, torcus_contract::HTTP_PORT);
             nodes.insert(index, Node { url, healthy: ready && !offline.contains(&index) });
         }
@@ -737,7 +694,7 @@ impl<'a> Reconcile<'a> {
             && let Some(stored) = ledger.stored(&self.uid, policy)
         {
             let expired = ledger.expired();
-            let sealed = match grants::signing_key(self.ctx, mpc).await {
+            let sealed = match grants::signing_key(&self.ctx.client, mpc).await {
                 Ok(key) => crate::ledger::seal(&key, &self.uid, &stored),
                 Err(e) => {
                     if !known {
@@ -786,7 +743,7 @@ impl<'a> Reconcile<'a> {
         }
         // Without the grant key (not made yet, or refused as not the
         // operator's), no entry can be proven: all count, none approves.
-        let issuer = match grants::signing_key(self.ctx, mpc).await {
+        let issuer = match grants::signing_key(&self.ctx.client, mpc).await {
             Ok(key) => Some(key.verifying_key()),
             Err(Error::ForeignSecret(_) | Error::GrantKey(_)) => None,
             Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => None,
