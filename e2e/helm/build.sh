@@ -7,41 +7,26 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/../.." && pwd)
-out="${TORCUS_HELM_DIR:-$top/.cache/helm}"
-bin="$out/helm"
+source "$here/../go-tool.sh"
 
-stamp=$(cat "$here/go.mod" "$here/go.sum" "$here/build.sh" | sha256sum | cut -d' ' -f1)
-if [[ -x "$bin" && -f "$out/stamp" && "$(cat "$out/stamp")" == "$stamp" ]]; then
-  echo "$bin"
-  exit 0
-fi
+go_tool_compile() {
+  cd "$here"
+  local helm_version client_go k8s_minor
+  helm_version=$(go list -m -f '{{.Version}}' helm.sh/helm/v3)
+  # What helm's own Makefile stamps: its version, and the Kubernetes version
+  # `helm template` and `helm lint` assume without a cluster (that of the
+  # client-go it is built with; client-go v0.N is Kubernetes 1.N).
+  client_go=$(go list -m -f '{{.Version}}' k8s.io/client-go)
+  k8s_minor=$(echo "$client_go" | cut -d. -f2)
+  go build -trimpath -o "$1" \
+    -ldflags "-s -w \
+      -X helm.sh/helm/v3/internal/version.version=$helm_version \
+      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 \
+      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$k8s_minor \
+      -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 \
+      -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor" \
+    helm.sh/helm/v3/cmd/helm
+}
 
-mkdir -p "$out"
-# One build at a time: test binaries may ask at once.
-exec 9>"$out/lock"
-flock 9
-if [[ -x "$bin" && -f "$out/stamp" && "$(cat "$out/stamp")" == "$stamp" ]]; then
-  echo "$bin"
-  exit 0
-fi
-cd "$here"
-helm_version=$(go list -m -f '{{.Version}}' helm.sh/helm/v3)
-echo "building helm $helm_version into $out; the first build takes a few minutes" >&2
-start=$(date +%s)
-# What helm's own Makefile stamps: its version, and the Kubernetes version
-# `helm template` and `helm lint` assume without a cluster (that of the
-# client-go it is built with; client-go v0.N is Kubernetes 1.N).
-client_go=$(go list -m -f '{{.Version}}' k8s.io/client-go)
-k8s_minor=$(echo "$client_go" | cut -d. -f2)
-go build -trimpath -o "$bin.tmp.$$" \
-  -ldflags "-s -w \
-    -X helm.sh/helm/v3/internal/version.version=$helm_version \
-    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 \
-    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$k8s_minor \
-    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 \
-    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor" \
-  helm.sh/helm/v3/cmd/helm
-mv "$bin.tmp.$$" "$bin"
-echo "$stamp" > "$out/stamp"
-echo "built helm in $(( $(date +%s) - start ))s" >&2
-echo "$bin"
+go_tool "helm" "${TORCUS_HELM_DIR:-$top/.cache/helm}/helm" "a first build takes about 3 minutes on 2 cores" \
+  "$here/go.mod" "$here/go.sum" "$here/build.sh"

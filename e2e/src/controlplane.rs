@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use base64::Engine as _;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -207,17 +206,7 @@ pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<Client> {
 /// The control plane binary: `TORCUS_CONTROLPLANE_BIN` if set, otherwise
 /// built (or found up to date) by `e2e/controlplane/build.sh`.
 pub fn binary() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("TORCUS_CONTROLPLANE_BIN") {
-        return Ok(bin.into());
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/build.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    anyhow::ensure!(out.status.success(), "{} failed; is Go installed?", script.display());
-    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+    crate::process::go_tool("TORCUS_CONTROLPLANE_BIN", "controlplane/build.sh")
 }
 
 fn kubeconfig_yaml(server: &str, pki: &pki::Files) -> String {

@@ -12,17 +12,7 @@ use anyhow::Context as _;
 /// The Helm binary: `TORCUS_HELM_BIN` if set, otherwise built (or found up
 /// to date) by `e2e/helm/build.sh`.
 pub fn binary() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("TORCUS_HELM_BIN") {
-        return Ok(bin.into());
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/build.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    anyhow::ensure!(out.status.success(), "{} failed; is Go installed?", script.display());
-    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+    crate::process::go_tool("TORCUS_HELM_BIN", "helm/build.sh")
 }
 
 /// `helm`, ready for arguments, with its cache, configuration and data

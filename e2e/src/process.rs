@@ -91,3 +91,20 @@ pub fn tail(path: &Path, lines: usize) -> String {
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// A Go tool the tests build from its module: the binary `variable` names if
+/// set, otherwise the one `script` (relative to the e2e crate) builds, or
+/// finds up to date, and prints the path of.
+pub fn go_tool(variable: &str, script: &str) -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(variable) {
+        return Ok(bin.into());
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    anyhow::ensure!(out.status.success(), "{} failed; is Go installed?", script.display());
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}

@@ -92,7 +92,7 @@ fn chart_version_and_images_match_the_workspace() {
 fn the_operator_links_no_mpc_engine() {
     let tree = |package: &str| {
         let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        cargo.current_dir(repo()).args(["tree", "--locked", "--offline", "-e", "normal", "--prefix", "none"]);
+        cargo.current_dir(repo()).args(["tree", "--locked", "-e", "normal", "--prefix", "none"]);
         let out = run(cargo.args(["-p", package]));
         assert!(out.status.success(), "cargo tree -p {package}:\n{}", text(&out));
         String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split(' ').next().unwrap_or("").to_owned()).collect()

@@ -15,7 +15,7 @@ use torcus_contract::{ClusterConfig, Grant, GrantKind, HashAlgorithm, Peer, Sign
 
 #[derive(Debug)]
 pub struct Cluster {
-    _relay: Option<tokio::task::JoinHandle<()>>,
+    _relay: Option<RelayServer>,
     binary: PathBuf,
     dir: tempfile::TempDir,
     /// The configuration every node reads.
@@ -49,6 +49,78 @@ fn free_tcp() -> u16 {
 
 fn free_udp() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes node `i`'s TLS folder as the operator's Secret mounts it: a
+/// certificate of `ca` for party `i` of `vault/demo` (names `node-<i>` and
+/// 127.0.0.1), its key, the CA, and the node's identity and seal keys.
+pub fn write_node_tls(tls: &Path, ca: &CertificateAuthority, i: u16, identity_key: &SigningKey, seal_seed: &[u8; 32]) {
+    std::fs::create_dir_all(tls).unwrap();
+    let identity = Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Node { party_index: i } };
+    let cert = ca
+        .issue(
+            &identity,
+            &[format!("node-{i}")],
+            &["127.0.0.1".parse().unwrap()],
+            torcus_certs::Duration::hours(1),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    std::fs::write(tls.join("tls.crt"), &cert.cert_pem).unwrap();
+    std::fs::write(tls.join("tls.key"), cert.key_pem.expose()).unwrap();
+    std::fs::write(tls.join("ca.crt"), ca.cert_pem()).unwrap();
+    std::fs::write(tls.join("identity.key"), hex::encode(identity_key.to_bytes())).unwrap();
+    std::fs::write(tls.join("seal.key"), hex::encode(seal_seed)).unwrap();
+}
+
+/// The operator's relay, served on a loopback port until dropped.
+#[derive(Debug)]
+pub struct RelayServer {
+    addr: std::net::SocketAddr,
+    /// The registry of the relay's metrics.
+    pub registry: prometheus::Registry,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl RelayServer {
+    /// A relay with `limits` that takes any request's party header.
+    pub async fn start(limits: torcus_operator::relay::RelayLimits) -> Self {
+        Self::start_with(limits, |relay| relay).await
+    }
+
+    /// A relay with `limits`, made what it is by `build` (signed requests
+    /// only, known clusters only).
+    pub async fn start_with(
+        limits: torcus_operator::relay::RelayLimits,
+        build: impl FnOnce(torcus_operator::relay::Relay) -> torcus_operator::relay::Relay,
+    ) -> Self {
+        let registry = prometheus::Registry::new();
+        let relay = std::sync::Arc::new(build(torcus_operator::relay::Relay::new(&registry, limits).unwrap()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let shutdown = stop.clone();
+        let app = torcus_operator::relay::relay_router(std::sync::Arc::clone(&relay));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    shutdown.cancelled().await;
+                    relay.close();
+                })
+                .await;
+        });
+        Self { addr, registry, _stop: stop.drop_guard() }
+    }
+
+    /// The relay's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
 }
 
 /// The pregenerated primes fixture.
@@ -120,19 +192,16 @@ impl Cluster {
         config.presignature_paths = paths;
         config.grant_public_key = hex::encode(grant_key.verifying_key().as_bytes());
         // The relay the operator serves in http and hybrid mode, here in-process.
-        let mut relay_task = None;
+        let mut relay = None;
         if transport == "http" || transport == "hybrid" {
             // As the operator serves it: requests signed by a node of this cluster only.
             let bundle = ca.cert_pem().to_owned();
-            let relay = torcus_operator::relay::Relay::new(&prometheus::Registry::new(), Default::default())
-                .unwrap()
-                .with_signed_requests(move |cluster| (cluster == "vault/demo").then(|| bundle.clone()));
-            let app = torcus_operator::relay::relay_router(std::sync::Arc::new(relay));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            config.registry_url = Some(format!("http://{}", listener.local_addr().unwrap()));
-            relay_task = Some(tokio::spawn(async move {
-                let _ = axum::serve(listener, app).await;
-            }));
+            let server = RelayServer::start_with(Default::default(), |relay| {
+                relay.with_signed_requests(move |cluster| (cluster == "vault/demo").then(|| bundle.clone()))
+            })
+            .await;
+            config.registry_url = Some(server.url());
+            relay = Some(server);
         }
         config.peers = (0..n)
             .map(|index| Peer {
@@ -161,29 +230,13 @@ impl Cluster {
         std::fs::write(dir.path().join("cluster.json"), serde_json::to_vec(&config).unwrap()).unwrap();
         for i in 0..n {
             let tls = dir.path().join(format!("tls-{i}"));
-            std::fs::create_dir_all(&tls).unwrap();
-            let identity =
-                Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Node { party_index: i } };
-            let cert = ca
-                .issue(
-                    &identity,
-                    &[format!("node-{i}")],
-                    &["127.0.0.1".parse().unwrap()],
-                    torcus_certs::Duration::hours(1),
-                    OffsetDateTime::now_utc(),
-                )
-                .unwrap();
-            std::fs::write(tls.join("tls.crt"), &cert.cert_pem).unwrap();
-            std::fs::write(tls.join("tls.key"), cert.key_pem.expose()).unwrap();
-            std::fs::write(tls.join("ca.crt"), ca.cert_pem()).unwrap();
+            write_node_tls(&tls, &ca, i, &identities[usize::from(i)], &seal_seeds[usize::from(i)]);
             std::fs::write(tls.join("store.key"), hex::encode([i as u8 + 1; 32])).unwrap();
-            std::fs::write(tls.join("identity.key"), hex::encode(identities[usize::from(i)].to_bytes())).unwrap();
-            std::fs::write(tls.join("seal.key"), hex::encode(seal_seeds[usize::from(i)])).unwrap();
         }
         let operator = Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Operator };
         let http = api_client(&ca, &operator);
         let mut cluster = Self {
-            _relay: relay_task,
+            _relay: relay,
             binary: binary.to_owned(),
             dir,
             config,

@@ -41,10 +41,11 @@ use prometheus::{IntCounterVec, Registry, TextEncoder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio_util::sync::{CancellationToken, DropGuard};
-use torcus_certs::{CertificateAuthority, Identity, OffsetDateTime, Role, SecretPem};
+use tokio_util::sync::CancellationToken;
+use torcus_certs::{CertificateAuthority, OffsetDateTime, SecretPem};
 use torcus_contract::ClusterConfig;
 use torcus_node::engine::{Channel, Envelope};
+use torcus_node::testing::{RelayServer, write_node_tls};
 use torcus_node::transport::any::AnyTransport;
 use torcus_node::transport::hybrid::HybridTransport;
 use torcus_node::transport::quic::{QuicConfig, QuicTransport};
@@ -52,7 +53,7 @@ use torcus_node::transport::relay::{RelayConfig, RelayTransport};
 use torcus_node::transport::seal::{self, SealedTransport, Sealer};
 use torcus_node::transport::tcp::{DEFAULT_WINDOW, TcpConfig, TcpTransport};
 use torcus_node::transport::{Transport, TransportMetrics};
-use torcus_operator::relay::{Relay, RelayLimits, relay_router};
+use torcus_operator::relay::RelayLimits;
 
 /// Node processes.
 const PARTIES: u16 = 3;
@@ -134,10 +135,10 @@ async fn load(mode: &str) {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let relay = match mode {
-        "http" | "hybrid" => Some(RelayServer::start().await),
+        "http" | "hybrid" => Some(RelayServer::start(RelayLimits::default()).await),
         _ => None,
     };
-    write_cluster(dir.path(), mode, relay.as_ref().map(RelayServer::url));
+    write_cluster(dir.path(), mode, relay.as_ref().map(|r| r.url()));
 
     let started = Instant::now();
     let mut peers = Peers::spawn(dir.path(), mode);
@@ -343,63 +344,22 @@ fn write_cluster(dir: &Path, mode: &str, relay_url: Option<String>) {
     std::fs::write(dir.join("cluster.json"), serde_json::to_vec(&config).unwrap()).unwrap();
     for i in 0..PARTIES {
         let tls = dir.join(format!("tls-{i}"));
-        std::fs::create_dir_all(&tls).unwrap();
-        let identity =
-            Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Node { party_index: i } };
-        let cert = ca
-            .issue(
-                &identity,
-                &[format!("node-{i}")],
-                &["127.0.0.1".parse().unwrap()],
-                torcus_certs::Duration::hours(1),
-                OffsetDateTime::now_utc(),
-            )
-            .unwrap();
-        std::fs::write(tls.join("tls.crt"), &cert.cert_pem).unwrap();
-        std::fs::write(tls.join("tls.key"), cert.key_pem.expose()).unwrap();
-        std::fs::write(tls.join("ca.crt"), ca.cert_pem()).unwrap();
-        std::fs::write(tls.join("identity.key"), hex::encode(identities[usize::from(i)].to_bytes())).unwrap();
-        std::fs::write(tls.join("seal.key"), hex::encode(seal_seeds[usize::from(i)])).unwrap();
+        write_node_tls(&tls, &ca, i, &identities[usize::from(i)], &seal_seeds[usize::from(i)]);
     }
 }
 
-/// The relay as the operator serves it (default limits), on a loopback
-/// port until dropped.
-struct RelayServer {
-    addr: SocketAddr,
-    registry: Registry,
-    _stop: DropGuard,
+/// The relay's counters, as the operator serves it (default limits).
+trait RelayCounters {
+    fn sample(&self, name: &str) -> f64;
+    /// The relay's counters that are not zero.
+    fn counters(&self) -> BTreeMap<String, f64>;
 }
 
-impl RelayServer {
-    async fn start() -> Self {
-        let registry = Registry::new();
-        let relay = Arc::new(Relay::new(&registry, RelayLimits::default()).unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let shutdown = stop.clone();
-        let app = relay_router(Arc::clone(&relay));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    shutdown.cancelled().await;
-                    relay.close();
-                })
-                .await;
-        });
-        Self { addr, registry, _stop: stop.drop_guard() }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
+impl RelayCounters for RelayServer {
     fn sample(&self, name: &str) -> f64 {
         counters(&self.registry).get(name).copied().unwrap_or(0.0)
     }
 
-    /// The relay's counters that are not zero.
     fn counters(&self) -> BTreeMap<String, f64> {
         counters(&self.registry).into_iter().filter(|(_, v)| *v != 0.0).collect()
     }

@@ -4,7 +4,6 @@
 //! messages, the hybrid transport falls back to it and counts which path
 //! delivered, and a whole keygen runs over it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,54 +15,32 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use torcus_certs::{CertificateAuthority, Identity, OffsetDateTime, Role};
 use torcus_node::engine::{self, Envelope};
 use torcus_node::router::Router;
+use torcus_node::testing::RelayServer;
 use torcus_node::transport::hybrid::HybridTransport;
 use torcus_node::transport::quic::{QuicConfig, QuicTransport};
 use torcus_node::transport::relay::{
     self, CLUSTER_HEADER, MESSAGES_PATH, PARTY_HEADER, RelayConfig, RelayTransport, RequestSigner,
 };
 use torcus_node::transport::{SendError, Transport, TransportMetrics, frame};
-use torcus_operator::relay::{Relay, RelayLimits, relay_router};
+use torcus_operator::relay::{Relay, RelayLimits};
 
 const CLUSTER: &str = "vault/demo";
 
-/// A relay served on a loopback port until dropped.
-struct RelayServer {
-    addr: SocketAddr,
-    registry: Registry,
-    _stop: DropGuard,
-}
-
 async fn serve_relay(limits: RelayLimits) -> RelayServer {
-    serve_relay_with(limits, |relay| relay).await
+    RelayServer::start(limits).await
 }
 
 /// Like [`serve_relay`], with the relay made by `build` from a new one.
 async fn serve_relay_with(limits: RelayLimits, build: impl FnOnce(Relay) -> Relay) -> RelayServer {
-    let registry = Registry::new();
-    let relay = Arc::new(build(Relay::new(&registry, limits).unwrap()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let app = relay_router(Arc::clone(&relay));
-    let shutdown = stop.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-                relay.close();
-            })
-            .await
-            .unwrap();
-    });
-    RelayServer { addr, registry, _stop: stop.drop_guard() }
+    RelayServer::start_with(limits, build).await
 }
 
-impl RelayServer {
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
+trait Sampled {
     /// A sample of the relay's registry (0 when absent).
+    fn sample(&self, name_and_labels: &str) -> f64;
+}
+
+impl Sampled for RelayServer {
     fn sample(&self, name_and_labels: &str) -> f64 {
         sample(&self.registry, name_and_labels)
     }
@@ -84,11 +61,16 @@ struct Node {
 }
 
 fn node(relay: &RelayServer, cluster: &str, me: u16) -> Node {
+    node_at(relay.url(), cluster, me)
+}
+
+/// A node whose relay is at `base_url`.
+fn node_at(base_url: String, cluster: &str, me: u16) -> Node {
     let registry = Registry::new();
     let metrics = TransportMetrics::register(&registry, "relay").unwrap();
     let (tx, incoming) = mpsc::channel(1 << 16);
     let stop = CancellationToken::new();
-    let config = RelayConfig { me, cluster: cluster.into(), base_url: relay.url(), signer: None };
+    let config = RelayConfig { me, cluster: cluster.into(), base_url, signer: None };
     let transport = RelayTransport::start(config, tx, metrics.clone(), stop.clone());
     Node { transport, incoming, metrics, _stop: stop.drop_guard() }
 }
@@ -209,7 +191,7 @@ async fn the_relay_serves_known_clusters_only_and_bounds_the_bodies_it_reads() {
     // A client that declares 60 KiB and sends nothing holds that much of
     // the 64 KiB budget; a second body that does not fit is refused at once.
     use tokio::io::AsyncWriteExt as _;
-    let mut slow = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
     let head = format!(
         "POST {MESSAGES_PATH}?to=0 HTTP/1.1\r\nhost: relay\r\n{PARTY_HEADER}: 1\r\n{CLUSTER_HEADER}: {CLUSTER}\r\ncontent-length: {}\r\n\r\n",
         60 << 10
@@ -319,8 +301,7 @@ async fn a_sender_retries_while_the_queue_is_full_and_keeps_the_order() {
 async fn a_send_to_an_unreachable_relay_fails_as_a_connection_error() {
     // A port that was bound a moment ago and is closed now.
     let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let relay = RelayServer { addr, registry: Registry::new(), _stop: CancellationToken::new().drop_guard() };
-    let node = node(&relay, CLUSTER, 0);
+    let node = node_at(format!("http://{addr}"), CLUSTER, 0);
     let err = node.transport.send(1, env(0, 1, 0)).await.unwrap_err();
     assert!(matches!(err, SendError::Connection { party: 1, .. }), "{err}");
     assert!(node.metrics.connection_failures.with_label_values(&["connect"]).get() >= 6, "retried, bounded");
@@ -578,7 +559,7 @@ async fn a_signed_relay_serves_each_node_its_own_queue_only() {
     // A client that is no node declares a large body and sends nothing: it
     // is refused at once, and takes none of the relay's reading budget.
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut slow = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
     let head = format!(
         "POST {MESSAGES_PATH}?to=0 HTTP/1.1\r\nhost: relay\r\n{PARTY_HEADER}: 1\r\n{CLUSTER_HEADER}: {CLUSTER}\r\ncontent-length: {}\r\n\r\n",
         frame::MAX_FRAME

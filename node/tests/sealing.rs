@@ -16,11 +16,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use torcus_node::engine::{Channel, Envelope};
+use torcus_node::testing::RelayServer;
 use torcus_node::transport::relay::{CLUSTER_HEADER, MESSAGES_PATH, PARTY_HEADER, RelayConfig, RelayTransport};
 use torcus_node::transport::seal::{self, SealedTransport, Sealer};
 use torcus_node::transport::tcp::{self, DEFAULT_WINDOW, TcpConfig, TcpTransport};
 use torcus_node::transport::{Transport, TransportMetrics, frame};
-use torcus_operator::relay::{Relay, RelayLimits, relay_router};
+use torcus_operator::relay::RelayLimits;
 use zeroize::Zeroizing;
 
 const CLUSTER: &str = "vault/demo";
@@ -53,25 +54,6 @@ fn secret(from: u16, to: u16, seq: u64) -> Envelope {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-async fn serve_relay() -> (SocketAddr, DropGuard) {
-    let relay = Arc::new(Relay::new(&Registry::new(), RelayLimits::default()).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let shutdown = stop.clone();
-    let app = relay_router(Arc::clone(&relay));
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-                relay.close();
-            })
-            .await
-            .unwrap();
-    });
-    (addr, stop.drop_guard())
 }
 
 /// A node on the relay as `Args::run` builds one: its transport seals, and
@@ -135,7 +117,8 @@ async fn recv(node: &mut Node) -> Envelope {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_only_ever_holds_ciphertext() {
-    let (relay, _relay) = serve_relay().await;
+    let server = RelayServer::start(RelayLimits::default()).await;
+    let relay = server.addr();
     let node = relay_node(relay, 0);
     // Party 2 does not poll: what is queued for it stays for us to look at.
     node.transport.send(2, secret(0, 2, 1)).await.unwrap();
@@ -152,7 +135,8 @@ async fn the_relay_only_ever_holds_ciphertext() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_injected_into_the_relay_as_another_party_is_dropped_and_counted() {
-    let (relay, _relay) = serve_relay().await;
+    let server = RelayServer::start(RelayLimits::default()).await;
+    let relay = server.addr();
     let mut receiver = relay_node(relay, 1);
     let sender = relay_node(relay, 0);
     // The relay's operator, or anyone who may post to it, knows every public

@@ -135,17 +135,7 @@ impl Metrics {
         }
         // Known label values start at 0, so that the series exist before
         // the first occurrence: the dashboard's rates read 0, not "no data".
-        for rule in [
-            Rule::DeniedNamespace,
-            Rule::AllowedNamespaces,
-            Rule::DeniedSelector,
-            Rule::AllowedSelector,
-            Rule::MaxPayloadSize,
-            Rule::TimeWindow,
-            Rule::RateLimit,
-            Rule::SpendLimit,
-            Rule::InvalidPolicy,
-        ] {
+        for rule in Rule::ALL {
             policy_denials.with_label_values(&[rule.as_str()]);
         }
         // The reasons of `CallError::reason` that are the operator's own

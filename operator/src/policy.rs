@@ -111,6 +111,20 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule, in the order of the policy's checks (a new rule goes here
+    /// too: metrics start its series from this list).
+    pub const ALL: [Rule; 9] = [
+        Self::DeniedNamespace,
+        Self::AllowedNamespaces,
+        Self::DeniedSelector,
+        Self::AllowedSelector,
+        Self::MaxPayloadSize,
+        Self::TimeWindow,
+        Self::RateLimit,
+        Self::SpendLimit,
+        Self::InvalidPolicy,
+    ];
+
     /// Low-cardinality name, for metrics, Events and conditions.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1383,18 +1397,7 @@ mod tests {
 
     #[test]
     fn rule_names_are_stable() {
-        let rules = [
-            Rule::DeniedNamespace,
-            Rule::AllowedNamespaces,
-            Rule::DeniedSelector,
-            Rule::AllowedSelector,
-            Rule::MaxPayloadSize,
-            Rule::TimeWindow,
-            Rule::RateLimit,
-            Rule::SpendLimit,
-            Rule::InvalidPolicy,
-        ];
-        let names: Vec<_> = rules.iter().map(|rule| rule.as_str()).collect();
+        let names: Vec<_> = Rule::ALL.iter().map(|rule| rule.as_str()).collect();
         assert_eq!(
             names,
             [
