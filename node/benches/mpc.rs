@@ -252,7 +252,7 @@ async fn warm_pool(n: u16, t: u16, transport: &str, count: usize) -> (Option<Sta
 
 /// Every signer set of `t` among `n` parties, ascending.
 fn signer_sets(n: u16, t: u16) -> Vec<Vec<u16>> {
-    (0..n).flat_map(|me| torcus_node::service::led_sets(me, n, t)).collect()
+    (0..n).flat_map(|me| torcus_node::sessions::led_sets(me, n, t)).collect()
 }
 
 /// For each set, the smallest depth of its pool over its members.

@@ -29,7 +29,7 @@ use prometheus::{Encoder, TextEncoder};
 use torcus_contract::api::PresignatureChoice;
 use torcus_contract::{GrantKind, SignedGrant};
 
-use crate::service::{Offer, Outcome, Service, SessionError};
+use crate::sessions::{Offer, Outcome, SessionError, Sessions};
 use crate::tls_listener::Caller;
 use crate::transport::Transport;
 
@@ -39,7 +39,7 @@ pub use torcus_contract::api::{ErrorBody, GrantRequest, KeyInfo};
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 struct ApiState<T: Transport> {
-    service: Arc<Service<T>>,
+    sessions: Arc<Sessions<T>>,
     ready: ReadyCheck,
 }
 
@@ -52,10 +52,10 @@ pub struct Access {
     pub refused: prometheus::IntCounterVec,
 }
 
-/// The API router over `service`, for connections from a
+/// The API router over `sessions`, for connections from a
 /// [`crate::tls_listener::TlsListener`]; only `access.operator` is served.
-pub fn router<T: Transport>(service: Arc<Service<T>>, ready: ReadyCheck, access: Access) -> Router {
-    let state = Arc::new(ApiState { service, ready });
+pub fn router<T: Transport>(sessions: Arc<Sessions<T>>, ready: ReadyCheck, access: Access) -> Router {
+    let state = Arc::new(ApiState { sessions, ready });
     Router::new()
         .route("/p2p/keygen", post(keygen::<T>))
         .route("/p2p/sign", post(sign::<T>))
@@ -105,7 +105,7 @@ async fn keygen<T: Transport>(State(state): State<Arc<ApiState<T>>>, Json(req): 
     if !req.presignature.is_any() {
         return bad_request("a presignature applies to signing grants only");
     }
-    answer(initiate(&state.service, req.grant, Offer::None).await)
+    answer(initiate(&state.sessions, req.grant, Offer::None).await)
 }
 
 async fn sign<T: Transport>(State(state): State<Arc<ApiState<T>>>, Json(req): Json<GrantRequest>) -> Response {
@@ -120,7 +120,7 @@ async fn sign<T: Transport>(State(state): State<Arc<ApiState<T>>>, Json(req): Js
             Err(()) => return bad_request("a presignature id is 64 hex digits"),
         },
     };
-    answer(initiate(&state.service, req.grant, presignature).await)
+    answer(initiate(&state.sessions, req.grant, presignature).await)
 }
 
 /// A presignature id: 64 hex digits.
@@ -134,12 +134,12 @@ fn parse_id(hex_id: &str) -> Result<[u8; 32], ()> {
 /// operator that restarts) must not cancel a session the other participants
 /// are in. Its outcome stays readable at `GET /p2p/session/{id}`.
 async fn initiate<T: Transport>(
-    service: &Arc<Service<T>>,
+    sessions: &Arc<Sessions<T>>,
     grant: SignedGrant,
     presignature: Offer,
 ) -> Result<Outcome, SessionError> {
-    let service = Arc::clone(service);
-    match tokio::spawn(async move { service.initiate(grant, presignature).await }).await {
+    let sessions = Arc::clone(sessions);
+    match tokio::spawn(async move { sessions.initiate(grant, presignature).await }).await {
         Ok(result) => result,
         Err(error) => Err(SessionError::Aborted(format!("session task ended: {error}"))),
     }
@@ -149,22 +149,22 @@ async fn session<T: Transport>(State(state): State<Arc<ApiState<T>>>, Path(id): 
     let Some(session) = hex::decode(&id).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
         return bad_request("session id must be 64 hex digits");
     };
-    match state.service.status(&session) {
+    match state.sessions.status(&session) {
         Some(status) => Json(status).into_response(),
         None => (StatusCode::NOT_FOUND, Json(error_body("no such session", "not_found", None))).into_response(),
     }
 }
 
 async fn keys<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
-    Json(state.service.keys()).into_response()
+    Json(state.sessions.keys()).into_response()
 }
 
 async fn aux_info<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
-    Json(torcus_contract::api::AuxInfoId { id: state.service.aux_id() }).into_response()
+    Json(torcus_contract::api::AuxInfoId { id: state.sessions.aux_id() }).into_response()
 }
 
 async fn presignatures<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
-    Json(state.service.presignature_pools()).into_response()
+    Json(state.sessions.presignature_pools()).into_response()
 }
 
 async fn readyz<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {

@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod pool;
 pub mod registry_client;
 pub mod router;
-pub mod service;
+pub mod sessions;
 pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -37,7 +37,7 @@ pub use identity::{Identity, IdentityError};
 use crate::engine::Primes;
 use crate::metrics::NodeMetrics;
 use crate::router::Router;
-use crate::service::{Service, ServiceParts};
+use crate::sessions::{Sessions, SessionsParts};
 use crate::transport::TransportMetrics;
 use crate::transport::any::AnyTransport;
 use crate::transport::hybrid::HybridTransport;
@@ -151,9 +151,9 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
-    /// The service could not start.
+    /// The session logic could not start.
     #[error(transparent)]
-    Session(#[from] service::SessionError),
+    Session(#[from] sessions::SessionError),
     /// The HTTP address could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, #[source] std::io::Error),
@@ -242,7 +242,7 @@ impl Args {
         if let Some(path) = &test_aux_fixture {
             let json = std::fs::read(path).map_err(|e| Error::Io(path.display().to_string(), e))?;
             let (id, aux) = engine::fixture_aux_info(&json, cluster.nodes, me).map_err(Error::Primes)?;
-            service::seed_aux_info(&store, id, aux)?;
+            sessions::seed_aux_info(&store, id, aux)?;
         }
         let used_path = data_dir.join("used-sessions");
         let mut used = used_sessions::FileUsedSessions::open(&used_path)
@@ -378,7 +378,7 @@ impl Args {
         };
         #[cfg(not(feature = "test-fixtures"))]
         let primes_fixture = None;
-        let service = Service::new(ServiceParts {
+        let sessions = Sessions::new(SessionsParts {
             me,
             nodes: cluster.nodes,
             threshold: cluster.threshold,
@@ -396,20 +396,20 @@ impl Args {
         })?;
         #[cfg(feature = "test-hooks")]
         if test_corrupt_signing == Some(me) {
-            service.corrupt_signing();
+            sessions.corrupt_signing();
         }
-        service.spawn_presigner(stop.clone());
+        sessions.spawn_presigner(stop.clone());
         let (control_tx, mut control_rx) = mpsc::channel(1024);
         router.spawn_inbound(incoming, Some(control_tx));
         {
-            let service = Arc::clone(&service);
+            let sessions = Arc::clone(&sessions);
             tokio::spawn(async move {
                 while let Some(env) = control_rx.recv().await {
-                    service.on_control(env).await;
+                    sessions.on_control(env).await;
                 }
             });
         }
-        service.prepare_primes(true);
+        sessions.prepare_primes(true);
 
         let ready: api::ReadyCheck = {
             let (me, config, tls_dir, metrics) = (me, config.clone(), tls_dir.clone(), metrics.clone());
@@ -461,7 +461,7 @@ impl Args {
             },
             refused: metrics.api_refused.clone(),
         };
-        let app = api::router(Arc::clone(&service), Arc::clone(&ready), access);
+        let app = api::router(Arc::clone(&sessions), Arc::clone(&ready), access);
         let listener = tokio::net::TcpListener::bind(http_addr).await.map_err(|e| Error::Bind(http_addr, e))?;
         let listener =
             tls_listener::TlsListener::start(listener, tls_dir.clone(), metrics.api_refused.clone(), stop.clone())

@@ -12,7 +12,7 @@ use torcus_crds::MpcCluster;
 use crate::keygen::Keygens;
 use crate::metrics::Metrics;
 use crate::node_client::NodeClient;
-use crate::registry::Registry;
+use crate::registry::NodeRegistry;
 use crate::resources::BuildContext;
 use crate::signing_state::SigningState;
 
@@ -36,7 +36,7 @@ pub struct Context {
     /// The SigningRequest controller's memory.
     pub signing: Arc<SigningState>,
     /// Nodes' registrations and heartbeats.
-    pub registry: Arc<Registry>,
+    pub registry: Arc<NodeRegistry>,
     /// Ways a test makes this operator misbehave (test builds only).
     #[cfg(feature = "test-hooks")]
     pub test_hooks: crate::test_hooks::TestHooks,
@@ -49,7 +49,7 @@ impl Context {
         recorder: Recorder,
         build: BuildContext,
         metrics: Arc<Metrics>,
-        registry: Arc<Registry>,
+        registry: Arc<NodeRegistry>,
     ) -> Self {
         Self {
             registry,

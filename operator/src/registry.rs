@@ -21,8 +21,8 @@
 //! Health is computed when asked, so a node that stopped heartbeating reads offline without a
 //! sweeper: `health = 0.4·reliability + 0.3·latency score + 0.3·uptime score`, where
 //! - reliability is the share of successful sessions among those the operator saw the node
-//!   take part in within the window ([`Registry::record_outcome`]), 1 with none;
-//! - latency score is 1 at an operator-observed latency ([`Registry::record_latency`],
+//!   take part in within the window ([`NodeRegistry::record_outcome`]), 1 with none;
+//! - latency score is 1 at an operator-observed latency ([`NodeRegistry::record_latency`],
 //!   exponentially weighted) of 50 ms or less, falling linearly to 0 at 2 s, 1 with none;
 //! - uptime score is the share of the window (or of the time since the node first registered,
 //!   if shorter) covered by heartbeats, each heartbeat (and registration) covering the
@@ -103,13 +103,13 @@ pub type TrustLookup = Arc<dyn Fn(String, String) -> BoxFuture<'static, Option<S
 
 /// The registry of every cluster's nodes, in memory.
 #[derive(Debug)]
-pub struct Registry {
+pub struct NodeRegistry {
     settings: RegistrySettings,
     state: Mutex<Known>,
     metrics: RegistryMetrics,
 }
 
-impl Registry {
+impl NodeRegistry {
     /// An empty registry whose metrics are registered in `metrics`.
     pub fn new(metrics: &prometheus::Registry, settings: RegistrySettings) -> prometheus::Result<Self> {
         Ok(Self { settings, state: Mutex::default(), metrics: RegistryMetrics::register(metrics)? })
@@ -298,7 +298,7 @@ impl Registry {
 }
 
 /// The registry's HTTP endpoints (see [`torcus_contract::registry`] for paths and bodies).
-pub fn router(registry: Arc<Registry>, trust: TrustLookup) -> axum::Router {
+pub fn router(registry: Arc<NodeRegistry>, trust: TrustLookup) -> axum::Router {
     axum::Router::new()
         .route(REGISTER_PATH, post(register))
         .route(HEARTBEAT_PATH, post(heartbeat))
@@ -311,7 +311,7 @@ pub fn router(registry: Arc<Registry>, trust: TrustLookup) -> axum::Router {
 /// The state of the handlers.
 #[derive(Clone)]
 struct App {
-    registry: Arc<Registry>,
+    registry: Arc<NodeRegistry>,
     trust: TrustLookup,
 }
 
@@ -661,7 +661,7 @@ mod tests {
     const CLUSTER: &str = "demo";
 
     struct Fixture {
-        registry: Arc<Registry>,
+        registry: Arc<NodeRegistry>,
         app: axum::Router,
         ca: CertificateAuthority,
         prometheus: prometheus::Registry,
@@ -669,7 +669,7 @@ mod tests {
 
     fn fixture(settings: RegistrySettings) -> Fixture {
         let prometheus = prometheus::Registry::new();
-        let registry = Arc::new(Registry::new(&prometheus, settings).unwrap());
+        let registry = Arc::new(NodeRegistry::new(&prometheus, settings).unwrap());
         let ca = CertificateAuthority::generate("torcus demo CA", torcus_certs::Duration::days(1), now_utc()).unwrap();
         let bundle = ca.cert_pem().to_owned();
         let trust: TrustLookup = Arc::new(move |ns, cluster| {
@@ -925,13 +925,13 @@ mod tests {
     }
 
     /// A registry with one registered node at `t0`, 1 s heartbeats and a 10 s window.
-    fn registered_at(t0: Now) -> Registry {
+    fn registered_at(t0: Now) -> NodeRegistry {
         let settings = RegistrySettings {
             heartbeat_interval: Duration::from_secs(1),
             stale_after: Duration::from_secs(3),
             window: Duration::from_secs(10),
         };
-        let registry = Registry::new(&prometheus::Registry::new(), settings).unwrap();
+        let registry = NodeRegistry::new(&prometheus::Registry::new(), settings).unwrap();
         registry.accept_registration(Registration { sent_at: t0.unix_ms, ..registration(0) }, t0).unwrap();
         registry
     }
@@ -944,7 +944,7 @@ mod tests {
         Duration::from_secs(s)
     }
 
-    fn beat(registry: &Registry, at: Now) {
+    fn beat(registry: &NodeRegistry, at: Now) {
         registry.accept_heartbeat(heartbeat(0, at.unix_ms), at).unwrap();
     }
 

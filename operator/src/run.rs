@@ -57,7 +57,8 @@ impl Args {
             });
         }
 
-        let registry = Arc::new(registry::Registry::new(metrics.registry(), registry::RegistrySettings::default())?);
+        let registry =
+            Arc::new(registry::NodeRegistry::new(metrics.registry(), registry::RegistrySettings::default())?);
         // What the cluster controller issued: the registry and the relay
         // check nodes' certificates against it, and know no other cluster.
         let nodes = node_client::NodeClient::new();

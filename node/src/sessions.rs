@@ -271,7 +271,7 @@ impl SessionError {
 type ControlSender = mpsc::Sender<(u16, Control)>;
 
 /// The node's session logic over transport `T`.
-pub struct Service<T: Transport> {
+pub struct Sessions<T: Transport> {
     me: u16,
     nodes: u16,
     threshold: u16,
@@ -317,14 +317,14 @@ pub struct Service<T: Transport> {
     corrupt_signing: std::sync::atomic::AtomicBool,
 }
 
-impl<T: Transport> std::fmt::Debug for Service<T> {
+impl<T: Transport> std::fmt::Debug for Sessions<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("me", &self.me).field("cluster", &self.cluster).finish_non_exhaustive()
+        f.debug_struct("Sessions").field("me", &self.me).field("cluster", &self.cluster).finish_non_exhaustive()
     }
 }
 
-/// What a [`Service`] is built from.
-pub struct ServiceParts<T> {
+/// What a [`Sessions`] is built from.
+pub struct SessionsParts<T> {
     /// This node's party index.
     pub me: u16,
     /// Number of parties of the cluster.
@@ -356,16 +356,16 @@ pub struct ServiceParts<T> {
     pub metrics: crate::metrics::NodeMetrics,
 }
 
-impl<T> std::fmt::Debug for ServiceParts<T> {
+impl<T> std::fmt::Debug for SessionsParts<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceParts").field("me", &self.me).field("cluster", &self.cluster).finish_non_exhaustive()
+        f.debug_struct("SessionsParts").field("me", &self.me).field("cluster", &self.cluster).finish_non_exhaustive()
     }
 }
 
-impl<T: Transport> Service<T> {
-    /// Builds the service and loads the shares already on disk.
-    pub fn new(parts: ServiceParts<T>) -> Result<Arc<Self>, SessionError> {
-        let ServiceParts {
+impl<T: Transport> Sessions<T> {
+    /// Builds the session logic and loads the shares already on disk.
+    pub fn new(parts: SessionsParts<T>) -> Result<Arc<Self>, SessionError> {
+        let SessionsParts {
             me,
             nodes,
             threshold,
@@ -459,9 +459,9 @@ impl<T: Transport> Service<T> {
         {
             return;
         }
-        let service = Arc::clone(self);
+        let sessions = Arc::clone(self);
         tokio::spawn(async move {
-            let primes = match service.primes_fixture.clone() {
+            let primes = match sessions.primes_fixture.clone() {
                 Some(p) => Some(p),
                 None => {
                     info!("generating safe primes for aux info in the background");
@@ -472,10 +472,10 @@ impl<T: Transport> Service<T> {
                 }
             };
             if let Some(primes) = primes {
-                *service.primes.lock().unwrap_or_else(PoisonError::into_inner) = Some(primes);
+                *sessions.primes.lock().unwrap_or_else(PoisonError::into_inner) = Some(primes);
             }
-            service.primes_generating.store(false, std::sync::atomic::Ordering::Release);
-            service.primes_ready.notify_waiters();
+            sessions.primes_generating.store(false, std::sync::atomic::Ordering::Release);
+            sessions.primes_ready.notify_waiters();
         });
     }
 
@@ -697,8 +697,8 @@ impl<T: Transport> Service<T> {
             GrantKind::Sign { .. } => (SIGN_TIMEOUT, "sign"),
         };
         let protocol = {
-            let (service, grant) = (Arc::clone(self), grant.clone());
-            engine::on_own_thread(async move { service.protocol(&grant, presig).await })
+            let (sessions, grant) = (Arc::clone(self), grant.clone());
+            engine::on_own_thread(async move { sessions.protocol(&grant, presig).await })
         };
         self.run_started(grant.session_id(), &grant.participants, kind, timeout, protocol, control).await
     }
@@ -1089,7 +1089,7 @@ impl<T: Transport> Service<T> {
 
 /// Presigning: the background presigner (the leader's side) and a member's
 /// side of a presigning session.
-impl<T: Transport> Service<T> {
+impl<T: Transport> Sessions<T> {
     /// The presigner's loop; runs until its task is cancelled.
     async fn presigner(&self) {
         let sets = led_sets(self.me, self.nodes, self.threshold);
