@@ -14,7 +14,7 @@ go_tool() {
   local name=$1 bin about=$3
   bin=$(realpath -m "$2")
   shift 3
-  local out stamp start ticker
+  local out stamp start
   out=$(dirname "$bin")
   stamp=$(cat "$@" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
   if [[ -x "$bin" && -f "$out/stamp" && "$(cat "$out/stamp")" == "$stamp" ]]; then
@@ -36,10 +36,11 @@ go_tool() {
   ( while sleep 30 </dev/null >/dev/null 2>&1; do
       echo "  still building $name ($(( $(date +%s) - start ))s)" >&2
     done ) 9>&- >/dev/null &
-  ticker=$!
-  trap 'kill "$ticker" 2>/dev/null || true' EXIT
+  go_tool_ticker=$!
+  trap 'kill "${go_tool_ticker:-}" 2>/dev/null || true' EXIT
   ( go_tool_compile "$bin.tmp.$$" )
-  kill "$ticker" 2>/dev/null || true
+  kill "$go_tool_ticker" 2>/dev/null || true
+  trap - EXIT
   mv "$bin.tmp.$$" "$bin"
   echo "$stamp" > "$out/stamp"
   echo "built $name in $(( $(date +%s) - start ))s" >&2
