@@ -52,16 +52,16 @@ use torcus_contract::{
     ClusterStats, Heartbeat, NodeRecord, Registration, RegistryError, RegistryMessage, SignedMessage,
 };
 
-/// Weight of the newest sample in the latency average.
-const LATENCY_ALPHA: f64 = 0.3;
-/// Latency at or below which the latency score is 1.
-const LATENCY_GOOD: f64 = 0.050;
-/// Latency at or above which the latency score is 0.
-const LATENCY_BAD: f64 = 2.0;
-/// Outcome counts are kept in this many buckets per window.
-const OUTCOME_BUCKETS: u32 = 60;
+mod health;
+mod http;
+
+use health::*;
+pub use http::router;
+use http::*;
+
 /// Longest version string a registration may carry.
 const MAX_VERSION_LEN: usize = 128;
+
 /// Every value of the `reason` label of `torcus_registry_rejected_total`.
 const REASONS: &[&str] = &[
     "too_large",
@@ -297,182 +297,6 @@ impl NodeRegistry {
     }
 }
 
-/// The registry's HTTP endpoints (see [`torcus_contract::registry`] for paths and bodies).
-pub fn router(registry: Arc<NodeRegistry>, trust: TrustLookup) -> axum::Router {
-    axum::Router::new()
-        .route(REGISTER_PATH, post(register))
-        .route(HEARTBEAT_PATH, post(heartbeat))
-        .route(NODES_PATH, get(list_nodes))
-        .route(NODE_PATH, get(one_node))
-        .route(STATS_PATH, get(stats))
-        .with_state(App { registry, trust })
-}
-
-/// The state of the handlers.
-#[derive(Clone)]
-struct App {
-    registry: Arc<NodeRegistry>,
-    trust: TrustLookup,
-}
-
-/// Which endpoint a message came to.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Register,
-    Heartbeat,
-}
-
-async fn register(State(app): State<App>, body: Body) -> Response {
-    let now = Now::system();
-    let result = match app.authenticate(Kind::Register, body, now).await {
-        Ok(RegistryMessage::Register(registration)) => app.registry.accept_registration(registration, now),
-        Ok(RegistryMessage::Heartbeat(_)) => Err(wrong_kind()),
-        Err(rejection) => Err(rejection),
-    };
-    app.respond(result)
-}
-
-async fn heartbeat(State(app): State<App>, body: Body) -> Response {
-    let now = Now::system();
-    let result = match app.authenticate(Kind::Heartbeat, body, now).await {
-        Ok(RegistryMessage::Heartbeat(heartbeat)) => app.registry.accept_heartbeat(heartbeat, now),
-        Ok(RegistryMessage::Register(_)) => Err(wrong_kind()),
-        Err(rejection) => Err(rejection),
-    };
-    app.respond(result)
-}
-
-async fn list_nodes(State(app): State<App>, Path((namespace, cluster)): Path<(String, String)>) -> Response {
-    Json(app.registry.nodes(&namespace, &cluster)).into_response()
-}
-
-async fn one_node(
-    State(app): State<App>,
-    Path((namespace, cluster, party)): Path<(String, String, String)>,
-) -> Response {
-    let Ok(party) = party.parse::<u16>() else {
-        return Rejection::new(StatusCode::BAD_REQUEST, "malformed", "party is not an index").into_response();
-    };
-    match app.registry.node(&namespace, &cluster, party) {
-        Some(record) => Json(record).into_response(),
-        None => Rejection::new(StatusCode::NOT_FOUND, "not_found", "no such node").into_response(),
-    }
-}
-
-async fn stats(State(app): State<App>, Path((namespace, cluster)): Path<(String, String)>) -> Response {
-    Json(app.registry.stats(&namespace, &cluster)).into_response()
-}
-
-impl App {
-    /// Reads and checks a signed message: size, shape, endpoint, trust, signature,
-    /// identity, clock. Returns the payload as signed.
-    async fn authenticate(&self, kind: Kind, body: Body, now: Now) -> Result<RegistryMessage, Rejection> {
-        let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
-            Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body exceeds 64 KiB or was cut short")
-        })?;
-        let malformed = |what: &str| Rejection::new(StatusCode::BAD_REQUEST, "malformed", what);
-        let signed: SignedMessage =
-            serde_json::from_slice(&bytes).map_err(|_| malformed("body is not a signed message"))?;
-        let message: RegistryMessage =
-            serde_json::from_str(&signed.payload).map_err(|_| malformed("payload is not a registry message"))?;
-        let message_kind = match message {
-            RegistryMessage::Register(_) => Kind::Register,
-            RegistryMessage::Heartbeat(_) => Kind::Heartbeat,
-        };
-        if message_kind != kind {
-            return Err(wrong_kind());
-        }
-        if let RegistryMessage::Register(registration) = &message {
-            validate(registration).map_err(malformed)?;
-        }
-        let signature = hex::decode(&signed.signature).map_err(|_| malformed("signature is not hex"))?;
-
-        let (namespace, cluster, party) = message.node();
-        let Some(bundle) = (self.trust)(namespace.to_owned(), cluster.to_owned()).await else {
-            return Err(Rejection::new(StatusCode::UNAUTHORIZED, "unknown_cluster", "no such cluster"));
-        };
-        let identity = torcus_certs::verify_signed(
-            &signed.certificate,
-            &bundle,
-            &registry::signing_input(&signed.payload),
-            &signature,
-            offset_time(now.unix_ms),
-        )
-        .map_err(certificate_rejection)?;
-        let expected = Identity {
-            namespace: namespace.to_owned(),
-            cluster: cluster.to_owned(),
-            role: Role::Node { party_index: party },
-        };
-        if identity != expected {
-            return Err(Rejection::new(
-                StatusCode::FORBIDDEN,
-                "identity_mismatch",
-                format!("certificate is for {}, message is from {}", identity.uri(), expected.uri()),
-            ));
-        }
-        if message.sent_at().abs_diff(now.unix_ms) > MAX_CLOCK_SKEW_MS {
-            return Err(Rejection::new(
-                StatusCode::UNAUTHORIZED,
-                "stale",
-                "sentAt is more than 60 s from the operator's clock",
-            ));
-        }
-        Ok(message)
-    }
-
-    fn respond(&self, result: Result<NodeRecord, Rejection>) -> Response {
-        match result {
-            Ok(record) => Json(record).into_response(),
-            Err(rejection) => {
-                self.registry.metrics.rejected.with_label_values(&[rejection.reason]).inc();
-                tracing::debug!(reason = rejection.reason, error = %rejection.error, "registry refused a message");
-                rejection.into_response()
-            }
-        }
-    }
-}
-
-/// Why a message was refused, and the answer that says so.
-#[derive(Debug)]
-struct Rejection {
-    status: StatusCode,
-    /// One of [`REASONS`].
-    reason: &'static str,
-    error: String,
-}
-
-impl Rejection {
-    fn new(status: StatusCode, reason: &'static str, error: impl Into<String>) -> Self {
-        Self { status, reason, error: error.into() }
-    }
-}
-
-impl IntoResponse for Rejection {
-    fn into_response(self) -> Response {
-        (self.status, Json(RegistryError { error: self.error, reason: self.reason.to_owned() })).into_response()
-    }
-}
-
-fn wrong_kind() -> Rejection {
-    Rejection::new(StatusCode::BAD_REQUEST, "wrong_kind", "message kind does not match the endpoint")
-}
-
-/// A message not newer than the node's previous one: a replay, or the node's clock went back.
-fn replayed() -> Rejection {
-    Rejection::new(StatusCode::UNAUTHORIZED, "replayed", "message is not newer than the node's previous one")
-}
-
-fn certificate_rejection(error: torcus_certs::Error) -> Rejection {
-    use torcus_certs::Error as E;
-    let (status, reason) = match &error {
-        E::BadSignature | E::UnsupportedKey => (StatusCode::UNAUTHORIZED, "bad_signature"),
-        E::NoIdentity | E::AmbiguousIdentity => (StatusCode::FORBIDDEN, "identity_mismatch"),
-        _ => (StatusCode::UNAUTHORIZED, "untrusted_certificate"),
-    };
-    Rejection::new(status, reason, error.to_string())
-}
-
 /// Checks the fields of a registration the operator will hand out to others.
 fn validate(registration: &Registration) -> Result<(), &'static str> {
     match registration.address.parse::<IpAddr>() {
@@ -486,15 +310,6 @@ fn validate(registration: &Registration) -> Result<(), &'static str> {
         return Err("version is too long");
     }
     Ok(())
-}
-
-fn health(reliability: f64, latency_score: f64, uptime_score: f64) -> f64 {
-    (0.4 * reliability + 0.3 * latency_score + 0.3 * uptime_score).clamp(0.0, 1.0)
-}
-
-/// 1 at [`LATENCY_GOOD`] seconds or less, 0 at [`LATENCY_BAD`] or more, linear between.
-fn latency_score(latency_secs: f64) -> f64 {
-    (1.0 - (latency_secs - LATENCY_GOOD) / (LATENCY_BAD - LATENCY_GOOD)).clamp(0.0, 1.0)
 }
 
 fn offset_time(unix_ms: u64) -> OffsetDateTime {
@@ -530,94 +345,6 @@ struct Known {
     nodes: BTreeMap<NodeKey, NodeState>,
     /// Accepted heartbeats per `(namespace, cluster)`.
     heartbeats: HashMap<(String, String), u64>,
-}
-
-#[derive(Debug)]
-struct NodeState {
-    /// The node's latest registration.
-    registration: Registration,
-    registered_at_ms: u64,
-    /// Start of the uptime span: the registration this operator saw first.
-    first_registered: Instant,
-    /// Last registration or heartbeat: what online means.
-    last_seen: Instant,
-    last_heartbeat_ms: Option<u64>,
-    /// `sent_at` of the last accepted message; later ones must be newer (replay guard).
-    last_sent_at: u64,
-    sessions_ok: u64,
-    sessions_failed: u64,
-    /// Disjoint, ordered spans `[start, end)` during which a heartbeat covered the node.
-    /// Overlapping covers merge, so a node heartbeating too often still takes one entry.
-    covered: VecDeque<(Instant, Instant)>,
-    outcomes: VecDeque<OutcomeBucket>,
-    /// Exponentially weighted latency in seconds.
-    latency: Option<f64>,
-}
-
-#[derive(Debug)]
-struct OutcomeBucket {
-    start: Instant,
-    ok: u64,
-    failed: u64,
-}
-
-impl NodeState {
-    fn new(registration: Registration, now: Instant) -> Self {
-        Self {
-            registration,
-            registered_at_ms: 0,
-            first_registered: now,
-            last_seen: now,
-            last_heartbeat_ms: None,
-            last_sent_at: 0,
-            sessions_ok: 0,
-            sessions_failed: 0,
-            covered: VecDeque::new(),
-            outcomes: VecDeque::new(),
-            latency: None,
-        }
-    }
-
-    /// A registration or heartbeat arrived at `now`.
-    fn seen(&mut self, now: Instant, cover: Duration, window: Duration) {
-        self.last_seen = now;
-        let end = now + cover;
-        match self.covered.back_mut() {
-            Some((_, last_end)) if now <= *last_end => *last_end = (*last_end).max(end),
-            _ => self.covered.push_back((now, end)),
-        }
-        if let Some(horizon) = now.checked_sub(window) {
-            while self.covered.front().is_some_and(|(_, end)| *end <= horizon) {
-                self.covered.pop_front();
-            }
-        }
-    }
-
-    fn uptime(&self, now: Instant, window: Duration) -> f64 {
-        let start = now.checked_sub(window).map_or(self.first_registered, |w| w.max(self.first_registered));
-        let span = now.saturating_duration_since(start);
-        if span.is_zero() {
-            return 1.0;
-        }
-        let covered: Duration =
-            self.covered.iter().map(|(s, e)| (*e).min(now).saturating_duration_since((*s).max(start))).sum();
-        (covered.as_secs_f64() / span.as_secs_f64()).clamp(0.0, 1.0)
-    }
-
-    fn prune_outcomes(&mut self, now: Instant, window: Duration, bucket_width: Duration) {
-        if let Some(horizon) = now.checked_sub(window) {
-            while self.outcomes.front().is_some_and(|b| b.start + bucket_width <= horizon) {
-                self.outcomes.pop_front();
-            }
-        }
-    }
-
-    fn reliability(&self, now: Instant, window: Duration, bucket_width: Duration) -> f64 {
-        let horizon = now.checked_sub(window);
-        let live = self.outcomes.iter().filter(|b| horizon.is_none_or(|h| b.start + bucket_width > h));
-        let (ok, failed) = live.fold((0u64, 0u64), |(ok, failed), b| (ok + b.ok, failed + b.failed));
-        if ok + failed == 0 { 1.0 } else { ok as f64 / (ok + failed) as f64 }
-    }
 }
 
 #[derive(Debug)]
