@@ -153,10 +153,10 @@ impl<'a> Reconcile<'a> {
         if self.sr.metadata.deletion_timestamp.is_some() {
             return Ok(Action::await_change());
         }
-        let result = match self.status.phase {
-            Some(phase) if phase.is_final() => Ok(Action::await_change()),
-            Some(SigningPhase::Signing) if self.status.grant.is_some() => self.resume().await,
-            _ => self.decide().await,
+        let result = match next_step(&self.status) {
+            Step::Done => Ok(Action::await_change()),
+            Step::Resume => self.resume().await,
+            Step::Decide => self.decide().await,
         };
         match result {
             // The cluster says so too; the request waits (and times out)
@@ -301,7 +301,7 @@ impl<'a> Reconcile<'a> {
         let pools = mpc.spec.presignatures.pool_size > 0;
         match self.ctx.nodes.sign(&attempt.url, &attempt.grant, attempt.presignature).await {
             Ok((outcome, took)) => self.complete(outcome, Some(took), pools).await,
-            Err(e) if FINAL_REFUSALS.contains(&e.reason().as_str()) => {
+            Err(e) if is_final_refusal(&e.reason()) => {
                 self.ctx.metrics.grants_rejected.with_label_values(&[&e.reason()]).inc();
                 self.fail("GrantRefused", format!("the nodes refused the grant: {e}")).await
             }
@@ -382,10 +382,7 @@ impl<'a> Reconcile<'a> {
             None => Vec::new(),
         };
         let disputes = self.ctx.signing.add_disputes(&self.uid, &new);
-        // Enough attempts for a node breaking every session to meet each
-        // honest one it could be put with (see `signers`).
-        let most = MAX_ATTEMPTS.max(mpc.spec.nodes.saturating_sub(mpc.spec.threshold).saturating_add(2));
-        if self.status.attempts >= most {
+        if self.status.attempts >= attempts_allowed(mpc.spec.nodes, mpc.spec.threshold) {
             let message = format!("{} attempts failed; the last: {why}", self.status.attempts);
             return self.fail("SigningFailed", message).await;
         }
@@ -912,6 +909,41 @@ impl<'a> Reconcile<'a> {
     }
 }
 
+/// What a reconcile does with a request, from its status alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Completed, Denied or Failed: nothing more.
+    Done,
+    /// In `Signing` with a recorded grant: find out how that attempt went
+    /// (the grant is resumed only if its signature proves it the operator's).
+    Resume,
+    /// Anything else, whatever the status claims (`approvedAt` included):
+    /// validate, run the policy, issue a grant.
+    Decide,
+}
+
+fn next_step(status: &SigningRequestStatus) -> Step {
+    match status.phase {
+        Some(phase) if phase.is_final() => Step::Done,
+        Some(SigningPhase::Signing) if status.grant.is_some() => Step::Resume,
+        _ => Step::Decide,
+    }
+}
+
+/// Attempts a request of a cluster of `nodes` with `threshold` gets before
+/// it fails: [`MAX_ATTEMPTS`], or enough for a node that breaks every
+/// session to meet each honest party it could be put with once (see
+/// [`signers`]), if that is more.
+fn attempts_allowed(nodes: u16, threshold: u16) -> u16 {
+    MAX_ATTEMPTS.max(nodes.saturating_sub(threshold).saturating_add(2))
+}
+
+/// Whether the nodes' refusal of a grant is one a new grant for the same
+/// request cannot cure.
+fn is_final_refusal(reason: &str) -> bool {
+    FINAL_REFUSALS.contains(&reason)
+}
+
 /// Whether an object at resource version `cached` is at least as new as
 /// the write that returned `written`. Resource versions are etcd revisions
 /// (numbers) on every API server Torcus runs on; anything else is compared
@@ -1062,6 +1094,46 @@ mod tests {
         loose[0].metadata.owner_references.as_mut().unwrap()[0].controller = None;
         loose[2].labels_mut().insert(LABEL_PARTY.into(), "two".into());
         assert_eq!(indices(&node_pods(&mpc, &loose, &sets)), [1]);
+    }
+
+    #[test]
+    fn a_status_says_what_happens_next_but_never_approves() {
+        let status = |phase, grant: bool, approved: bool| SigningRequestStatus {
+            phase,
+            grant: grant.then(IssuedGrant::default),
+            approved_at: approved.then(|| "2026-01-01T00:00:00Z".to_owned()),
+            ..SigningRequestStatus::default()
+        };
+        for phase in [SigningPhase::Completed, SigningPhase::Denied, SigningPhase::Failed] {
+            assert_eq!(next_step(&status(Some(phase), true, true)), Step::Done, "{phase:?}");
+        }
+        assert_eq!(next_step(&status(Some(SigningPhase::Signing), true, false)), Step::Resume);
+        // Signing without a grant, or any claim of approval: the policy runs.
+        assert_eq!(next_step(&status(Some(SigningPhase::Signing), false, true)), Step::Decide);
+        for phase in [None, Some(SigningPhase::Pending), Some(SigningPhase::Approved)] {
+            assert_eq!(next_step(&status(phase, false, true)), Step::Decide, "{phase:?}");
+            assert_eq!(next_step(&status(phase, true, true)), Step::Decide, "{phase:?} with a grant");
+        }
+    }
+
+    #[test]
+    fn a_request_gets_enough_attempts_to_get_around_one_bad_node() {
+        // (nodes, threshold) → attempts: at least MAX_ATTEMPTS, and n − t + 2.
+        for ((n, t), attempts) in [((3, 2), 4), ((4, 4), 4), ((5, 2), 5), ((7, 3), 6), ((16, 2), 16)] {
+            assert_eq!(attempts_allowed(n, t), attempts, "{n} nodes, threshold {t}");
+        }
+        // A threshold above the node count (refused at admission) gives no fewer.
+        assert_eq!(attempts_allowed(2, 3), MAX_ATTEMPTS);
+    }
+
+    #[test]
+    fn only_refusals_of_the_request_itself_are_final() {
+        for reason in ["digest_mismatch", "malformed", "unsupported_version"] {
+            assert!(is_final_refusal(reason), "{reason}");
+        }
+        for reason in ["expired", "replayed", "not_a_participant", "busy", "unreachable", "misbehaved", ""] {
+            assert!(!is_final_refusal(reason), "{reason}");
+        }
     }
 
     #[test]
