@@ -36,14 +36,15 @@ const MAX_REQUEUE: StdDuration = StdDuration::from_secs(300);
 /// Brings one MpcCluster's children in line with its spec.
 pub async fn reconcile(mpc: Arc<MpcCluster>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let result = reconcile_inner(&mpc, &ctx).await;
+    let mut step = "observe";
+    let result = reconcile_inner(&mpc, &ctx, &mut step).await.map_err(Error::at(step));
     ctx.metrics.reconcile_duration.with_label_values(&["mpccluster"]).observe(started.elapsed().as_secs_f64());
     match &result {
         Ok(_) => {
             ctx.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key(&mpc));
         }
         // The API server refused something: say so where a person looks.
-        Err(Error::Kube(kube::Error::Api(status))) => {
+        Err(e) if let Error::Kube(kube::Error::Api(status)) = e.cause() => {
             let message = format!("the API server refused a change: {}", status.message);
             event(&ctx.recorder, &mpc, EventType::Warning, "ApplyFailed", "Reconcile", message).await;
         }
@@ -56,14 +57,14 @@ pub async fn reconcile(mpc: Arc<MpcCluster>, ctx: Arc<Context>) -> Result<Action
 /// 5 min); a spec the operator cannot use waits for the object to change; a
 /// Secret it does not own is looked at again every few seconds.
 pub fn error_policy(mpc: Arc<MpcCluster>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_errors.with_label_values(&["mpccluster", error.metric_label()]).inc();
+    ctx.metrics.reconcile_errors.with_label_values(&["mpccluster", error.step(), error.metric_label()]).inc();
     warn!(cluster = %mpc.name_any(), namespace = ?mpc.namespace(), %error, "reconcile failed");
-    if matches!(error, Error::InvalidSpec(_)) {
+    if matches!(error.cause(), Error::InvalidSpec(_)) {
         return Action::await_change();
     }
     // Cured by someone deleting a Secret the operator does not watch (it
     // is not the cluster's child): looked at again every few seconds.
-    if matches!(error, Error::ForeignSecret(_)) {
+    if matches!(error.cause(), Error::ForeignSecret(_)) {
         return Action::requeue(FOREIGN_SECRET_RECHECK);
     }
     let mut failures = ctx.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -84,7 +85,9 @@ fn backoff(failures: u32) -> StdDuration {
     StdDuration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(MAX_REQUEUE)
 }
 
-async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action> {
+/// `step` follows the reconcile through its steps ([`crate::error::STEPS`]),
+/// so that a failure is counted under the one it happened in.
+async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'static str) -> Result<Action> {
     let name = mpc.name_any();
     let ns = mpc.namespace().ok_or_else(|| Error::InvalidSpec("MpcCluster has no namespace".into()))?;
     if mpc.metadata.deletion_timestamp.is_some() {
@@ -112,6 +115,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
         pods.items.iter().filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?))).collect();
 
     // Certificates: keep what is good, issue what is not.
+    *step = "certificates";
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let (existing, tampered) = match read_existing_pki(&secrets, mpc, &mut recorded).await {
         Err(e @ Error::ForeignSecret(_)) => return refuse_foreign_secret(ctx, mpc, e).await,
@@ -187,6 +191,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
 
     // The grant key and the node keys come after the certificates, so a
     // broken key Secret cannot stop certificate renewal.
+    *step = "keys";
     let keys = async {
         let grant_public_key = ensure_grant_key(ctx, mpc, &ns, &mut recorded).await?;
         let mut identity_keys = Vec::with_capacity(usize::from(mpc.spec.nodes));
@@ -209,6 +214,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     };
 
     // Configuration, addressing and the nodes themselves.
+    *step = "children";
     let config = resources::cluster_config(mpc, &grant_public_key, &identity_keys, &ctx.build);
     let config_hash = resources::config_hash(&config);
     apply(&ctx.client, &ns, &resources::config_map(mpc, &config)).await?;
@@ -245,7 +251,8 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>) -> Result<Action>
     }
     apply(&ctx.client, &ns, &resources::pod_disruption_budget(mpc)).await?;
 
-    // Status.
+    // Keygens and status.
+    *step = "status";
     let records = ctx.registry.nodes(&ns, &name);
     let nodes: Vec<NodeStatus> = (0..mpc.spec.nodes)
         .map(|index| {

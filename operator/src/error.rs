@@ -33,12 +33,55 @@ pub enum Error {
          refusing to use it: delete it and the operator makes its own"
     )]
     ForeignSecret(String),
+    /// `source`, in the named step of a reconcile (see [`STEPS`]).
+    #[error("{step}: {source}")]
+    At {
+        /// The step that failed.
+        step: &'static str,
+        /// What failed in it.
+        source: Box<Error>,
+    },
 }
 
+/// The steps of a reconcile, as `torcus_reconcile_errors_total{step}` names
+/// them: for an MpcCluster, what it reads (`observe`), its certificates,
+/// its grant and node keys, the children it applies, and its keygens and
+/// status; for a SigningRequest, a new request (`decide`) or one whose
+/// grant is out (`resume`).
+pub const STEPS: [(&str, &[&str]); 2] = [
+    ("mpccluster", &["observe", "certificates", "keys", "children", "status"]),
+    ("signingrequest", &["decide", "resume"]),
+];
+
 impl Error {
-    /// Low-cardinality label for the error counter.
-    pub fn metric_label(&self) -> &'static str {
+    /// This error as having happened in `step`.
+    pub fn at(step: &'static str) -> impl FnOnce(Error) -> Error {
+        move |source| match source {
+            already @ Error::At { .. } => already,
+            source => Error::At { step, source: Box::new(source) },
+        }
+    }
+
+    /// What failed, without the step it failed in.
+    pub fn cause(&self) -> &Error {
         match self {
+            Self::At { source, .. } => source.cause(),
+            other => other,
+        }
+    }
+
+    /// The step of the reconcile that failed, or `unknown`.
+    pub fn step(&self) -> &'static str {
+        match self {
+            Self::At { step, .. } => step,
+            _ => "unknown",
+        }
+    }
+
+    /// Low-cardinality label for the error counter: the kind of what failed.
+    pub fn metric_label(&self) -> &'static str {
+        match self.cause() {
+            Self::At { .. } => "unknown",
             Self::Kube(_) => "kube",
             Self::Certs(_) | Self::Pki(_) => "certs",
             Self::InvalidSpec(_) => "invalid_spec",
@@ -52,3 +95,24 @@ impl Error {
 
 /// Result with the operator's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_keeps_its_kind_and_names_its_step() {
+        let failed = Error::at("keys")(Error::GrantKey("demo-grant-key".into()));
+        assert_eq!((failed.step(), failed.metric_label()), ("keys", "grant_key"));
+        assert!(matches!(failed.cause(), Error::GrantKey(name) if name == "demo-grant-key"));
+        assert!(failed.to_string().starts_with("keys: grant key secret demo-grant-key"), "{failed}");
+        // The innermost step is the one that failed.
+        let again = Error::at("status")(failed);
+        assert_eq!(again.step(), "keys");
+        let bare = Error::InvalidSpec("n < t".into());
+        assert_eq!((bare.step(), bare.metric_label()), ("unknown", "invalid_spec"));
+        for (_, steps) in STEPS {
+            assert!(!steps.is_empty() && !steps.contains(&"unknown"));
+        }
+    }
+}

@@ -87,8 +87,11 @@ impl Metrics {
             &["controller"],
         )?;
         let reconcile_errors = IntCounterVec::new(
-            Opts::new("torcus_reconcile_errors_total", "Reconciles that failed, by error kind"),
-            &["controller", "error"],
+            Opts::new(
+                "torcus_reconcile_errors_total",
+                "Reconciles that failed, by the step that failed and error kind",
+            ),
+            &["controller", "step", "error"],
         )?;
         let certificates_issued = IntCounterVec::new(
             Opts::new("torcus_certificates_issued_total", "Certificates issued, by kind"),
@@ -143,10 +146,12 @@ impl Metrics {
         for reason in ["unreachable", "malformed_answer"] {
             grants_rejected.with_label_values(&[reason]);
         }
-        // The controllers, and the labels of `Error::metric_label`.
-        for controller in ["mpccluster", "signingrequest"] {
-            for error in ["kube", "certs", "invalid_spec", "grant_key", "node_keys", "random", "foreign_secret"] {
-                reconcile_errors.with_label_values(&[controller, error]);
+        // The controllers, their steps, and the labels of `Error::metric_label`.
+        for (controller, steps) in crate::error::STEPS {
+            for step in steps {
+                for error in ["kube", "certs", "invalid_spec", "grant_key", "node_keys", "random", "foreign_secret"] {
+                    reconcile_errors.with_label_values(&[controller, step, error]);
+                }
             }
         }
         for c in [

@@ -104,7 +104,7 @@ pub async fn reconcile(sr: Arc<SigningRequest>, ctx: Arc<Context>) -> Result<Act
 
 /// Retries after a failure to reach the API server.
 pub fn error_policy(sr: Arc<SigningRequest>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_errors.with_label_values(&["signingrequest", error.metric_label()]).inc();
+    ctx.metrics.reconcile_errors.with_label_values(&["signingrequest", error.step(), error.metric_label()]).inc();
     warn!(request = %sr.name_any(), namespace = ?sr.namespace(), %error, "signing request reconcile failed");
     Action::requeue(Duration::from_secs(2))
 }
@@ -155,18 +155,16 @@ impl<'a> Reconcile<'a> {
         }
         let result = match next_step(&self.status) {
             Step::Done => Ok(Action::await_change()),
-            Step::Resume => self.resume().await,
-            Step::Decide => self.decide().await,
+            Step::Resume => self.resume().await.map_err(Error::at("resume")),
+            Step::Decide => self.decide().await.map_err(Error::at("decide")),
         };
-        match result {
-            // The cluster says so too; the request waits (and times out)
-            // rather than retry as an error for ever.
-            Err(Error::ForeignSecret(name)) => {
-                self.wait("GrantKeyNotOwned", format!("the cluster's grant key Secret {name} is not the operator's"))
-                    .await
-            }
-            other => other,
-        }
+        // The cluster says so too; the request waits (and times out)
+        // rather than retry as an error for ever.
+        let foreign = match result.as_ref().map_err(Error::cause) {
+            Err(Error::ForeignSecret(name)) => name.clone(),
+            _ => return result,
+        };
+        self.wait("GrantKeyNotOwned", format!("the cluster's grant key Secret {foreign} is not the operator's")).await
     }
 
     /// A new (or waiting) request: validate, run the policy, issue a grant.
