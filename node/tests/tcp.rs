@@ -154,39 +154,10 @@ async fn eventually(what: &str, condition: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_arrives_once_and_in_order() {
-    const PER_PAIR: u64 = 2000;
     let mut nodes = cluster(3);
-    let senders: Vec<_> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, node)| {
-            let transport = Arc::clone(&node.transport);
-            tokio::spawn(async move {
-                for seq in 0..PER_PAIR {
-                    for to in (0..3u16).filter(|t| usize::from(*t) != i) {
-                        transport.send(to, env(i as u16, to, seq)).await.unwrap();
-                    }
-                }
-            })
-        })
-        .collect();
-    for s in senders {
-        s.await.unwrap();
-    }
-    for (i, node) in nodes.iter_mut().enumerate() {
-        let mut next: HashMap<u16, u64> = HashMap::new();
-        for _ in 0..2 * PER_PAIR {
-            let e = tokio::time::timeout(Duration::from_secs(20), node.incoming.recv()).await.unwrap().unwrap();
-            assert_eq!(e.to, Some(i as u16));
-            let expected = next.entry(e.from).or_default();
-            assert_eq!(e.seq, *expected, "from {} to {i}: lost, duplicated or reordered", e.from);
-            assert_eq!(e.payload, e.seq.to_be_bytes());
-            *expected += 1;
-        }
-        assert!(next.values().all(|n| *n == PER_PAIR));
-        assert!(node.incoming.try_recv().is_err(), "nothing extra");
-        assert_eq!(node.metrics.received.get(), 2 * PER_PAIR);
-        assert_eq!(node.metrics.sent.get(), 2 * PER_PAIR);
+    let parties = nodes.iter_mut().map(|n| (Arc::clone(&n.transport), &mut n.incoming, &n.metrics)).collect();
+    common::every_message_arrives_once_and_in_order(parties, 2000).await;
+    for node in &nodes {
         for reason in ["bad_signature", "stale_timestamp", "replayed", "spoofed_sender", "rate_limited"] {
             assert_eq!(dropped(node, reason), 0, "{reason}");
         }
