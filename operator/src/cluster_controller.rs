@@ -39,12 +39,12 @@ pub async fn reconcile(mpc: Arc<MpcCluster>, ctx: Arc<Context>) -> Result<Action
     let mut step = "observe";
     let result = reconcile_inner(&mpc, &ctx, &mut step).await.map_err(Error::at(step));
     ctx.metrics.reconcile_duration.with_label_values(&["mpccluster"]).observe(started.elapsed().as_secs_f64());
-    match &result {
+    match result.as_ref().map_err(Error::cause) {
         Ok(_) => {
             ctx.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key(&mpc));
         }
         // The API server refused something: say so where a person looks.
-        Err(e) if let Error::Kube(kube::Error::Api(status)) = e.cause() => {
+        Err(Error::Kube(kube::Error::Api(status))) => {
             let message = format!("the API server refused a change: {}", status.message);
             event(&ctx.recorder, &mpc, EventType::Warning, "ApplyFailed", "Reconcile", message).await;
         }

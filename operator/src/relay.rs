@@ -6,7 +6,7 @@
 //! # Security
 //!
 //! Nodes seal every payload they send through the relay end to end for its
-//! recipient ([`super::seal`]): the relay, and anyone who can reach it, can
+//! recipient ((`torcus_node::transport::seal`)): the relay, and anyone who can reach it, can
 //! neither read a protocol message nor forge one that the recipient opens.
 //! What is left to the relay's own checks is who may queue and poll.
 //!
@@ -20,7 +20,7 @@
 //! accepted once: refusals are counted as `unauthenticated`, `wrong_party`,
 //! `foreign_cluster`, `stale` and `replayed`. A cluster without a trust
 //! bundle is unknown (`404`, before a byte of body is read). Nodes sign with
-//! [`RequestSigner`]. A relay made with [`Relay::new`] alone trusts the
+//! `RequestSigner` (`torcus_node::transport::relay`). A relay made with [`Relay::new`] alone trusts the
 //! party header; with [`Relay::with_authenticator`] it takes the identity
 //! of a client certificate that a TLS terminator in front verified and
 //! passed in as a [`PeerCertificate`] request extension

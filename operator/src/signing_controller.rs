@@ -153,18 +153,21 @@ impl<'a> Reconcile<'a> {
         if self.sr.metadata.deletion_timestamp.is_some() {
             return Ok(Action::await_change());
         }
-        let result = match next_step(&self.status) {
-            Step::Done => Ok(Action::await_change()),
-            Step::Resume => self.resume().await.map_err(Error::at("resume")),
-            Step::Decide => self.decide().await.map_err(Error::at("decide")),
+        let (step, result) = match next_step(&self.status) {
+            Step::Done => return Ok(Action::await_change()),
+            Step::Resume => ("resume", self.resume().await),
+            Step::Decide => ("decide", self.decide().await),
         };
         // The cluster says so too; the request waits (and times out)
         // rather than retry as an error for ever.
-        let foreign = match result.as_ref().map_err(Error::cause) {
-            Err(Error::ForeignSecret(name)) => name.clone(),
-            _ => return result,
+        let result = match result {
+            Err(Error::ForeignSecret(name)) => {
+                self.wait("GrantKeyNotOwned", format!("the cluster's grant key Secret {name} is not the operator's"))
+                    .await
+            }
+            other => other,
         };
-        self.wait("GrantKeyNotOwned", format!("the cluster's grant key Secret {foreign} is not the operator's")).await
+        result.map_err(Error::at(step))
     }
 
     /// A new (or waiting) request: validate, run the policy, issue a grant.
