@@ -430,6 +430,137 @@ impl ParticipantHandshake {
     }
 }
 
+/// What a handshake made of one input: the one interface a node's driver
+/// needs, for either side of either kind of session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandshakeStep {
+    /// Nothing decided yet: wait for the next message or the deadline.
+    Waiting,
+    /// The protocol may run, with this presignature (`None`: the full
+    /// protocol). `send` (the initiator's Start) goes to the other
+    /// participants first.
+    Started {
+        /// What to send to the other participants before running.
+        send: Option<Control>,
+        /// The presignature the session runs with, if any.
+        presignature: Option<[u8; 32]>,
+    },
+    /// A participant aborted the session.
+    AbortedBy {
+        /// Who (the authenticated sender).
+        party: u16,
+        /// Its reason.
+        reason: String,
+        /// Whom it accused, if anyone.
+        accused: Option<u16>,
+    },
+    /// The deadline passed: `send` (an Abort naming what was missing) goes
+    /// to the other participants.
+    TimedOut {
+        /// What to send to the other participants.
+        send: Option<Control>,
+        /// Why, for the session status.
+        reason: String,
+    },
+}
+
+/// Either side of a handshake, driven by one loop: feed it every control
+/// message of its session ([`on_control`](Self::on_control)) and, when no
+/// message came before [`deadline`](Self::deadline), the time
+/// ([`on_time`](Self::on_time)); act on the step returned until it is not
+/// [`HandshakeStep::Waiting`].
+pub trait Handshake {
+    /// A control message from party `from` (the authenticated sender).
+    fn on_control(&mut self, from: u16, control: Control) -> HandshakeStep;
+    /// The time is `now`: at or past the deadline the handshake gives up.
+    fn on_time(&mut self, now: Instant) -> HandshakeStep;
+    /// When the handshake gives up.
+    fn deadline(&self) -> Instant;
+    /// The session's participants, the driver's own index among them.
+    fn participants(&self) -> &[u16];
+    /// The session.
+    fn session(&self) -> [u8; 32];
+}
+
+impl Handshake for InitiatorHandshake {
+    fn on_control(&mut self, from: u16, control: Control) -> HandshakeStep {
+        match control {
+            Control::Ack { presignature, .. } => match self.on_ack_with(from, presignature) {
+                Some(start) => {
+                    let presignature = match &start {
+                        Control::Start { presignature, .. } => *presignature,
+                        _ => None,
+                    };
+                    HandshakeStep::Started { send: Some(start), presignature }
+                }
+                None => HandshakeStep::Waiting,
+            },
+            Control::Abort { reason, accused, .. } if self.on_abort(from) => {
+                HandshakeStep::AbortedBy { party: from, reason, accused }
+            }
+            _ => HandshakeStep::Waiting,
+        }
+    }
+
+    fn on_time(&mut self, now: Instant) -> HandshakeStep {
+        match self.poll_timeout(now) {
+            Some(abort) => {
+                let reason = match &abort {
+                    Control::Abort { reason, .. } => reason.clone(),
+                    _ => "handshake timed out".to_owned(),
+                };
+                HandshakeStep::TimedOut { send: Some(abort), reason }
+            }
+            None => HandshakeStep::Waiting,
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    fn participants(&self) -> &[u16] {
+        &self.participants
+    }
+
+    fn session(&self) -> [u8; 32] {
+        self.session_id
+    }
+}
+
+impl Handshake for ParticipantHandshake {
+    fn on_control(&mut self, from: u16, control: Control) -> HandshakeStep {
+        match control {
+            Control::Start { presignature, .. } if self.on_start(from) => {
+                HandshakeStep::Started { send: None, presignature }
+            }
+            Control::Abort { reason, accused, .. } if self.on_abort(from) => {
+                HandshakeStep::AbortedBy { party: from, reason, accused }
+            }
+            _ => HandshakeStep::Waiting,
+        }
+    }
+
+    fn on_time(&mut self, now: Instant) -> HandshakeStep {
+        match self.poll_timeout(now) {
+            Some(abort) => HandshakeStep::TimedOut { send: Some(abort), reason: "no start from initiator".into() },
+            None => HandshakeStep::Waiting,
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    fn participants(&self) -> &[u16] {
+        &self.participants
+    }
+
+    fn session(&self) -> [u8; 32] {
+        self.session_id
+    }
+}
+
 fn on_abort(state: &mut HandshakeState, participants: &[u16], me: u16, from: u16) -> bool {
     if *state == HandshakeState::Aborted || from == me || !participants.contains(&from) {
         return false;
@@ -488,7 +619,7 @@ mod hex_list {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
+    use std::collections::{BTreeMap, HashSet, VecDeque};
     use std::time::Duration;
 
     use ed25519_dalek::SigningKey;
@@ -808,5 +939,184 @@ mod tests {
         assert_eq!(hs.ack_with(Some([1; 32])), Control::Ack { session_id: SID, from: 3, presignature: Some([1; 32]) });
         assert!(!hs.on_start(3));
         assert!(hs.on_start(1));
+    }
+
+    /// N parties of one session in memory, on a virtual clock: control
+    /// messages are delivered in the order sent, a party in `silent` is cut
+    /// off (everything it sends or is sent is lost), and when nothing is in flight the clock jumps
+    /// to the earliest deadline. Runs every handshake through the same
+    /// [`Handshake`] interface a node's driver uses.
+    struct Harness {
+        now: Instant,
+        parties: BTreeMap<u16, Box<dyn Handshake>>,
+        outcome: BTreeMap<u16, (Instant, HandshakeStep)>,
+        queue: VecDeque<(u16, u16, Control)>,
+        silent: BTreeSet<u16>,
+    }
+
+    impl Harness {
+        /// A session among `participants` led by `initiator`, which offers
+        /// `offered`; each participant in `holding` holds it. Deadlines
+        /// are `timeout` from the start, the initiator's first.
+        fn new(
+            participants: &[u16],
+            initiator: u16,
+            offered: Option<[u8; 32]>,
+            holding: &[u16],
+            silent: &[u16],
+        ) -> Self {
+            let now = Instant::now();
+            let timeout = Duration::from_secs(10);
+            let mut h = Self {
+                now,
+                parties: BTreeMap::new(),
+                outcome: BTreeMap::new(),
+                queue: VecDeque::new(),
+                silent: silent.iter().copied().collect(),
+            };
+            let mut lead = InitiatorHandshake::new(SID, participants.to_vec(), initiator, now + timeout);
+            if let Some(id) = offered {
+                lead.offer_presignature(id);
+            }
+            h.parties.insert(initiator, Box::new(lead));
+            for &me in participants.iter().filter(|p| **p != initiator) {
+                // A participant's deadline runs from the proposal's arrival.
+                let deadline = now + timeout + Duration::from_millis(5);
+                let hs = ParticipantHandshake::for_session(SID, participants.to_vec(), initiator, me, deadline);
+                let held = offered.filter(|_| holding.contains(&me));
+                h.send(me, initiator, hs.ack_with(held));
+                h.parties.insert(me, Box::new(hs));
+            }
+            h
+        }
+
+        fn send(&mut self, from: u16, to: u16, control: Control) {
+            if !self.silent.contains(&from) && !self.silent.contains(&to) {
+                self.queue.push_back((from, to, control));
+            }
+        }
+
+        fn record(&mut self, me: u16, step: HandshakeStep) {
+            if step == HandshakeStep::Waiting {
+                return;
+            }
+            let (HandshakeStep::Started { send: Some(out), .. } | HandshakeStep::TimedOut { send: Some(out), .. }) =
+                &step
+            else {
+                self.outcome.insert(me, (self.now, step));
+                return;
+            };
+            let out = out.clone();
+            let others: Vec<u16> = self.parties[&me].participants().iter().copied().filter(|p| *p != me).collect();
+            for to in others {
+                self.send(me, to, out.clone());
+            }
+            self.outcome.insert(me, (self.now, step));
+        }
+
+        /// Runs until every party has an outcome; bounded.
+        fn run(mut self) -> BTreeMap<u16, (Instant, HandshakeStep)> {
+            for _ in 0..1000 {
+                if let Some((from, to, control)) = self.queue.pop_front() {
+                    if self.outcome.contains_key(&to) {
+                        continue;
+                    }
+                    let step = self.parties.get_mut(&to).expect("a party").on_control(from, control);
+                    self.record(to, step);
+                    continue;
+                }
+                let waiting: Vec<u16> =
+                    self.parties.keys().copied().filter(|p| !self.outcome.contains_key(p)).collect();
+                let Some(next) = waiting.iter().map(|p| self.parties[p].deadline()).min() else {
+                    return self.outcome;
+                };
+                self.now = self.now.max(next);
+                for me in waiting {
+                    let now = self.now;
+                    let step = self.parties.get_mut(&me).expect("a party").on_time(now);
+                    self.record(me, step);
+                }
+            }
+            panic!("the handshake did not settle");
+        }
+    }
+
+    fn started(step: &HandshakeStep) -> Option<Option<[u8; 32]>> {
+        match step {
+            HandshakeStep::Started { presignature, .. } => Some(*presignature),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn harness_every_party_starts_at_once_with_the_presignature_all_hold() {
+        let id = Some([8; 32]);
+        let outcome = Harness::new(&[1, 3, 4, 6], 1, id, &[3, 4, 6], &[]).run();
+        assert_eq!(outcome.len(), 4);
+        let t0 = outcome[&1].0;
+        for (party, (at, step)) in &outcome {
+            assert_eq!(started(step), Some(id), "party {party}: {step:?}");
+            assert_eq!(*at, t0, "no one waited for a deadline");
+        }
+        // One member lacks it: everyone runs the full protocol, still at once.
+        let outcome = Harness::new(&[1, 3, 4, 6], 1, id, &[3, 6], &[]).run();
+        assert!(outcome.values().all(|(_, step)| started(step) == Some(None)), "{outcome:?}");
+    }
+
+    #[test]
+    fn harness_a_missing_ack_aborts_everyone_at_the_deadline_naming_it() {
+        let outcome = Harness::new(&[0, 2, 5], 0, None, &[], &[5]).run();
+        let (at, lead) = &outcome[&0];
+        let HandshakeStep::TimedOut { reason, .. } = lead else { panic!("initiator: {lead:?}") };
+        assert_eq!(reason, "no ack from participants [5]");
+        // The member that acked learns it from the initiator's Abort, at
+        // the same instant; the silent one gives up at its own deadline.
+        let (at2, member) = &outcome[&2];
+        assert_eq!(at2, at);
+        assert!(
+            matches!(member, HandshakeStep::AbortedBy { party: 0, reason, .. } if reason.contains("[5]")),
+            "{member:?}"
+        );
+        let (at5, silent) = &outcome[&5];
+        assert!(at5 > at);
+        assert!(matches!(silent, HandshakeStep::TimedOut { reason, .. } if reason == "no start from initiator"));
+        assert!(outcome.values().all(|(_, step)| started(step).is_none()));
+    }
+
+    #[test]
+    fn harness_a_silent_initiator_times_every_member_out() {
+        let outcome = Harness::new(&[0, 2, 5], 0, None, &[], &[0]).run();
+        for party in [2, 5] {
+            assert!(
+                matches!(&outcome[&party].1, HandshakeStep::TimedOut { reason, .. } if reason == "no start from initiator"),
+                "{party}: {:?}",
+                outcome[&party]
+            );
+        }
+        assert!(
+            matches!(&outcome[&0].1, HandshakeStep::TimedOut { reason, .. } if reason == "no ack from participants [2, 5]"),
+            "{:?}",
+            outcome[&0]
+        );
+    }
+
+    #[test]
+    fn harness_a_refusal_ends_the_initiator_and_a_late_start_runs_nobody() {
+        let mut h = Harness::new(&[0, 2, 5], 0, None, &[], &[]);
+        // Party 5 refused instead of acking: its Abort overtakes its ack.
+        h.queue.retain(|(from, ..)| *from != 5);
+        h.queue.push_front((5, 0, Control::Abort { session_id: SID, from: 5, reason: "no".into(), accused: None }));
+        let outcome = h.run();
+        assert!(matches!(&outcome[&0].1, HandshakeStep::AbortedBy { party: 5, .. }), "{:?}", outcome[&0]);
+        assert!(outcome.values().all(|(_, step)| started(step).is_none()), "{outcome:?}");
+        // An Abort that claims to come from elsewhere counts for its real
+        // sender only: a non-participant cannot end the session.
+        let mut lead = InitiatorHandshake::new(SID, vec![0, 2], 0, Instant::now());
+        let forged = Control::Abort { session_id: SID, from: 2, reason: "forged".into(), accused: None };
+        assert_eq!(lead.on_control(9, forged), HandshakeStep::Waiting);
+        assert_eq!(
+            lead.on_control(9, Control::Ack { session_id: SID, from: 2, presignature: None }),
+            HandshakeStep::Waiting
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod identity;
 pub mod metrics;
 pub mod pool;
+pub mod presign_schedule;
 pub mod registry_client;
 pub mod router;
 pub mod sessions;

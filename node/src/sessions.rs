@@ -34,24 +34,26 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+#[cfg(feature = "test-hooks")]
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
 use rand_core::RngCore;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use torcus_contract::{
-    Control, Grant, GrantError, GrantKind, InitiatorHandshake, ParticipantHandshake, SignMessage, SignedGrant,
-    UsedSessions,
+    Control, Grant, GrantError, GrantKind, Handshake, HandshakeStep, InitiatorHandshake, ParticipantHandshake,
+    SignMessage, SignedGrant, UsedSessions,
 };
 use tracing::{Instrument, debug, info, warn};
 use zeroize::Zeroizing;
 
 use crate::engine::{self, Aux, Channel, Envelope, Presig, Primes, Share};
 use crate::pool::{PoolId, Pools, Taken};
+use crate::presign_schedule::{Ended, Join, Next, PresignSchedule};
 use crate::router::Router;
 use crate::store::ShareStore;
 use crate::transport::Transport;
@@ -300,16 +302,17 @@ pub struct Sessions<T: Transport> {
     pools: Pools<Presig>,
     /// The derivation paths whose presignatures are kept (per key).
     presign_paths: Vec<Vec<u32>>,
-    /// Grant sessions (keygen, sign) running here; presigning waits for 0.
-    foreground: AtomicUsize,
-    /// When the last grant session here ended (`None`: none yet).
-    foreground_ended: Mutex<Option<Instant>>,
-    /// Wakes the presigner: a grant session ended, a key appeared.
+    /// When this node may presign (the policy; `crate::presign_schedule`).
+    schedule: Mutex<PresignSchedule>,
+    /// Wakes the presigner: a grant or presigning session ended, a key
+    /// appeared.
     presigner_wake: Notify,
-    /// Wakes running presigning sessions: a grant session began.
-    foreground_began: Notify,
-    /// One presigning session at a time on this node, in either role.
-    presign_permit: Arc<Semaphore>,
+    /// Wakes members waiting to join a presigning session: the schedule
+    /// changed.
+    schedule_changed: Notify,
+    /// Grant sessions running here, as the schedule counts them: a running
+    /// presigning session gives way when it turns non-zero.
+    foreground: watch::Sender<usize>,
     /// Presigning session ids seen lately, oldest first (bounded).
     seen_presign: Mutex<SeenIds>,
     /// TEST ONLY: this node sends garbage in every signing session.
@@ -434,11 +437,10 @@ impl<T: Transport> Sessions<T> {
             metrics,
             pools,
             presign_paths: presignature_paths,
-            foreground: AtomicUsize::new(0),
-            foreground_ended: Mutex::new(None),
+            schedule: Mutex::new(PresignSchedule::new(PRESIGN_QUIET, PRESIGN_BACKOFF)),
             presigner_wake: Notify::new(),
-            foreground_began: Notify::new(),
-            presign_permit: Arc::new(Semaphore::new(1)),
+            schedule_changed: Notify::new(),
+            foreground: watch::Sender::new(0),
             seen_presign: Mutex::new(SeenIds::default()),
             #[cfg(feature = "test-hooks")]
             corrupt_signing: std::sync::atomic::AtomicBool::new(false),
@@ -531,14 +533,10 @@ impl<T: Transport> Sessions<T> {
             }
             let proposal = Control::Proposal { grant: signed.clone(), presignature: handshake.offered() };
             self.broadcast_control(&grant.participants, session, &proposal).await;
-            let start = self.collect_acks(&grant.participants, &mut handshake, &mut control).await?;
+            let started_with = self.handshake(&mut handshake, &mut control).await?;
             // Not started with it: dropped here (counted as discarded).
-            let presig = match &start {
-                Control::Start { presignature: Some(id), .. } => offered.take().filter(|taken| taken.id() == *id),
-                _ => None,
-            };
+            let presig = started_with.and_then(|id| offered.take().filter(|taken| taken.id() == id));
             drop(offered);
-            self.broadcast_control(&grant.participants, session, &start).await;
             self.run(&grant, control, presig).await
         }
         .await;
@@ -647,24 +645,7 @@ impl<T: Transport> Sessions<T> {
         let mut reserved = offered.and_then(|id| self.reserve_presignature(&grant, &id));
         self.send_control(from, session, &handshake.ack_with(reserved.as_ref().map(Taken::id))).await;
         let result = async {
-            let started_with = loop {
-                let wait = handshake.deadline().saturating_duration_since(Instant::now());
-                match tokio::time::timeout(wait, control.recv()).await {
-                    Ok(Some((from, Control::Start { presignature, .. }))) if handshake.on_start(from) => {
-                        break presignature;
-                    }
-                    Ok(Some((from, Control::Abort { reason, accused, .. }))) if handshake.on_abort(from) => {
-                        return Err(SessionError::AbortedBy { party: from, reason, accused });
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
-                        if let Some(abort) = handshake.poll_timeout(Instant::now() + HANDSHAKE_TIMEOUT) {
-                            self.broadcast_control(&participants, session, &abort).await;
-                        }
-                        return Err(SessionError::Aborted("no start from initiator".into()));
-                    }
-                }
-            };
+            let started_with = self.handshake(&mut handshake, &mut control).await?;
             let presig = match (started_with, reserved.take()) {
                 // The full protocol; a presignature set aside is dropped.
                 (None, _) => None,
@@ -907,35 +888,43 @@ impl<T: Transport> Sessions<T> {
         }
     }
 
-    /// Waits for every participant's ack; returns the Start to send. An
-    /// Abort from a participant, or the handshake timeout, ends the session
-    /// (the timeout with an Abort naming who did not ack).
-    async fn collect_acks(
+    /// Drives either side of a handshake to its end: feeds it this
+    /// session's control messages and the time, and sends what it says to.
+    /// Returns the presignature the session starts with (`None`: the full
+    /// protocol); an Abort from a participant, or the deadline, ends the
+    /// session (the deadline with an Abort to the others saying what was
+    /// missing).
+    async fn handshake(
         &self,
-        participants: &[u16],
-        handshake: &mut InitiatorHandshake,
+        handshake: &mut impl Handshake,
         control: &mut mpsc::Receiver<(u16, Control)>,
-    ) -> Result<Control, SessionError> {
+    ) -> Result<Option<[u8; 32]>, SessionError> {
         loop {
-            let wait = handshake.deadline().saturating_duration_since(Instant::now());
-            match tokio::time::timeout(wait, control.recv()).await {
-                Ok(Some((from, Control::Ack { presignature, .. }))) => {
-                    if let Some(start) = handshake.on_ack_with(from, presignature) {
-                        return Ok(start);
+            let deadline = handshake.deadline();
+            let step = match tokio::time::timeout_at(deadline.into(), control.recv()).await {
+                Ok(Some((from, message))) => handshake.on_control(from, message),
+                // Closed (the node is shutting down) counts as the deadline.
+                Ok(None) | Err(_) => match handshake.on_time(Instant::now().max(deadline)) {
+                    HandshakeStep::Waiting => {
+                        HandshakeStep::TimedOut { send: None, reason: "handshake timed out".into() }
                     }
+                    step => step,
+                },
+            };
+            match step {
+                HandshakeStep::Waiting => {}
+                HandshakeStep::Started { send, presignature } => {
+                    if let Some(start) = send {
+                        self.broadcast_control(handshake.participants(), handshake.session(), &start).await;
+                    }
+                    return Ok(presignature);
                 }
-                Ok(Some((from, Control::Abort { reason, accused, .. }))) if handshake.on_abort(from) => {
-                    return Err(SessionError::AbortedBy { party: from, reason, accused });
+                HandshakeStep::AbortedBy { party, reason, accused } => {
+                    return Err(SessionError::AbortedBy { party, reason, accused });
                 }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    let abort = handshake.poll_timeout(Instant::now() + HANDSHAKE_TIMEOUT);
-                    let reason = match &abort {
-                        Some(Control::Abort { reason, .. }) => reason.clone(),
-                        _ => "handshake timed out".to_owned(),
-                    };
-                    if let Some(abort) = abort {
-                        self.broadcast_control(participants, handshake.session_id(), &abort).await;
+                HandshakeStep::TimedOut { send, reason } => {
+                    if let Some(abort) = send {
+                        self.broadcast_control(handshake.participants(), handshake.session(), &abort).await;
                     }
                     return Err(SessionError::Aborted(reason));
                 }
@@ -952,34 +941,42 @@ impl<T: Transport> Sessions<T> {
         self.corrupt_signing.store(true, Ordering::Relaxed);
     }
 
-    /// Marks a grant session as running until the guard drops.
-    fn foreground(&self) -> Foreground<'_> {
-        self.foreground.fetch_add(1, Ordering::AcqRel);
-        self.foreground_began.notify_waiters();
-        Foreground { running: &self.foreground, ended: &self.foreground_ended, wake: &self.presigner_wake }
+    /// The presigning schedule, locked.
+    fn schedule(&self) -> MutexGuard<'_, PresignSchedule> {
+        self.schedule.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How much longer presigning must wait for signing: `None` when it may
-    /// start now (no grant session running, none for [`PRESIGN_QUIET`]).
-    fn presign_wait(&self) -> Option<Duration> {
-        if self.foreground.load(Ordering::Acquire) > 0 {
-            return Some(PRESIGN_QUIET);
+    /// Marks a grant session as running until the guard drops; a
+    /// presigning session running here gives way.
+    fn foreground(&self) -> Foreground<'_> {
+        let mut schedule = self.schedule();
+        if schedule.foreground_began() {
+            debug!("a grant session preempts presigning");
         }
-        let ended = (*self.foreground_ended.lock().unwrap_or_else(PoisonError::into_inner))?;
-        PRESIGN_QUIET.checked_sub(ended.elapsed()).filter(|left| !left.is_zero())
+        self.foreground.send_replace(schedule.foreground());
+        Foreground { wakes: self.wakes() }
+    }
+
+    /// Counts this node as presigning (the schedule has admitted it) until
+    /// the guard ends or drops; `led`: the pool, when this node leads.
+    fn presigning(&self, led: Option<PoolId>) -> Presigning<'_> {
+        Presigning { wakes: self.wakes(), led, ended: false }
+    }
+
+    fn wakes(&self) -> Wakes<'_> {
+        Wakes {
+            schedule: &self.schedule,
+            foreground: &self.foreground,
+            presigner: &self.presigner_wake,
+            changed: &self.schedule_changed,
+        }
     }
 
     /// Completes once a grant session runs on this node.
     async fn foreground_running(&self) {
-        loop {
-            let began = self.foreground_began.notified();
-            tokio::pin!(began);
-            // Registered before the check, so an increment in between wakes it.
-            began.as_mut().enable();
-            if self.foreground.load(Ordering::Acquire) > 0 {
-                return;
-            }
-            began.await;
+        let mut running = self.foreground.subscribe();
+        if running.wait_for(|count| *count > 0).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 
@@ -1090,84 +1087,61 @@ impl<T: Transport> Sessions<T> {
 /// Presigning: the background presigner (the leader's side) and a member's
 /// side of a presigning session.
 impl<T: Transport> Sessions<T> {
-    /// The presigner's loop; runs until its task is cancelled.
+    /// The presigner's loop; runs until its task is cancelled. The
+    /// schedule decides; this only waits and runs what it says.
     async fn presigner(&self) {
         let sets = led_sets(self.me, self.nodes, self.threshold);
         info!(sets = sets.len(), paths = self.presign_paths.len(), target = self.pools.target(), "presigner started");
-        // Per pool: no new attempt before the instant; the last pause.
-        let mut backoff: HashMap<PoolId, (Instant, Duration)> = HashMap::new();
         loop {
-            if let Some(wait) = self.presign_wait() {
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            let Some(pool) = self.next_presign(&sets, &backoff) else {
-                // Woken when a grant session ends or a key appears; the tick
-                // catches backoffs running out.
-                let _ = tokio::time::timeout(PRESIGNER_TICK, self.presigner_wake.notified()).await;
-                continue;
-            };
-            let Ok(permit) = Arc::clone(&self.presign_permit).acquire_owned().await else {
-                return;
-            };
-            if self.presign_wait().is_some() {
-                // Signing came in while this waited: it goes first.
-                continue;
-            }
-            let result = self.lead_presign(&pool, permit).await;
-            match result {
-                Ok(()) => {
-                    backoff.remove(&pool);
+            let led = self.led_pools(&sets);
+            let next = self.schedule().next(Instant::now(), led, self.pools.target(), self.pools.at_capacity());
+            match next {
+                Next::Lead(pool) => {
+                    let presigning = self.presigning(Some(pool.clone()));
+                    let result = self.lead_presign(&pool).await;
+                    let how = ended_how(&result);
+                    if let Some(pause) = presigning.end(how)
+                        && let Err(error) = &result
+                    {
+                        warn!(?pool, %error, retry_in = ?pause, "presigning failed");
+                    } else if how == Ended::Preempted {
+                        debug!(?pool, "presigning preempted");
+                    }
                 }
-                // Not a failure of the set: it waits for signing to end.
-                Err(SessionError::Preempted) => debug!(?pool, "presigning preempted"),
-                Err(SessionError::Aborted(reason) | SessionError::AbortedBy { reason, .. })
-                    if reason.ends_with(PREEMPTED) =>
-                {
-                    debug!(?pool, %reason, "presigning preempted");
+                Next::Until(at) => {
+                    let _ = tokio::time::timeout_at(at.into(), self.presigner_wake.notified()).await;
                 }
-                Err(error) => {
-                    let pause =
-                        backoff.get(&pool).map_or(PRESIGN_BACKOFF.0, |(_, last)| (*last * 2).min(PRESIGN_BACKOFF.1));
-                    warn!(?pool, %error, retry_in = ?pause, "presigning failed");
-                    backoff.insert(pool, (Instant::now() + pause, pause));
+                // Woken when a session ends or a key appears; the tick
+                // catches pools drained by signing.
+                Next::Idle => {
+                    let _ = tokio::time::timeout(PRESIGNER_TICK, self.presigner_wake.notified()).await;
                 }
             }
         }
     }
 
-    /// The pool (key, path, set) most in need of a presignature: below
-    /// target, not pausing after a failure, lowest depth first.
-    fn next_presign(&self, sets: &[Vec<u16>], backoff: &HashMap<PoolId, (Instant, Duration)>) -> Option<PoolId> {
-        if self.pools.at_capacity() {
-            return None;
-        }
+    /// Every pool this node leads (key, path, set), with its depth, in a
+    /// stable order.
+    fn led_pools(&self, sets: &[Vec<u16>]) -> Vec<(PoolId, usize)> {
         let mut keys: Vec<String> =
             self.shares.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
         keys.sort();
-        let now = Instant::now();
-        let mut best: Option<(usize, PoolId)> = None;
+        let mut led = Vec::new();
         for key in &keys {
             for path in &self.presign_paths {
                 for set in sets {
                     let pool = PoolId::new(key, path, set);
                     let depth = self.pools.depth(&pool);
-                    let pausing = backoff.get(&pool).is_some_and(|(until, _)| *until > now);
-                    if depth < self.pools.target()
-                        && !pausing
-                        && best.as_ref().is_none_or(|(lowest, _)| depth < *lowest)
-                    {
-                        best = Some((depth, pool));
-                    }
+                    led.push((pool, depth));
                 }
             }
         }
-        best.map(|(_, pool)| pool)
+        led
     }
 
-    /// Runs one presigning session for `pool`, led by this node, holding
-    /// this node's presigning permit throughout.
-    async fn lead_presign(&self, pool: &PoolId, _permit: OwnedSemaphorePermit) -> Result<(), SessionError> {
+    /// Runs one presigning session for `pool`, led by this node (which the
+    /// schedule counts as presigning throughout).
+    async fn lead_presign(&self, pool: &PoolId) -> Result<(), SessionError> {
         let share = self.share(&pool.key)?;
         let mut session = [0u8; 32];
         rand_core::OsRng.fill_bytes(&mut session);
@@ -1185,8 +1159,7 @@ impl<T: Transport> Sessions<T> {
                 held: self.pools.ids(pool),
             };
             self.broadcast_control(set, session, &proposal).await;
-            let start = self.collect_acks(set, &mut handshake, &mut control).await?;
-            self.broadcast_control(set, session, &start).await;
+            self.handshake(&mut handshake, &mut control).await?;
             self.presign(session, pool, share, control).await
         }
         .await;
@@ -1197,7 +1170,7 @@ impl<T: Transport> Sessions<T> {
     /// an Abort to the sender unless every check passes, else acked and run.
     async fn join_presign(self: Arc<Self>, from: u16, session: [u8; 32], pool: PoolId, held: Vec<[u8; 32]>) {
         let participants = pool.set.clone();
-        let (permit, share) = match self.admit_presign(from, session, &pool, &held).await {
+        let (presigning, share) = match self.admit_presign(from, session, &pool, &held).await {
             Ok(admitted) => admitted,
             Err(reason) => {
                 debug!(%reason, "refused a presigning proposal");
@@ -1214,45 +1187,31 @@ impl<T: Transport> Sessions<T> {
         };
         let mut control = self.open_handshake(session);
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        let mut handshake = ParticipantHandshake::for_session(session, participants.clone(), from, self.me, deadline);
+        let mut handshake = ParticipantHandshake::for_session(session, participants, from, self.me, deadline);
         self.send_control(from, session, &handshake.ack()).await;
         let result = async {
-            loop {
-                let wait = handshake.deadline().saturating_duration_since(Instant::now());
-                match tokio::time::timeout(wait, control.recv()).await {
-                    Ok(Some((from, Control::Start { .. }))) if handshake.on_start(from) => break,
-                    Ok(Some((from, Control::Abort { reason, accused, .. }))) if handshake.on_abort(from) => {
-                        return Err(SessionError::AbortedBy { party: from, reason, accused });
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
-                        if let Some(abort) = handshake.poll_timeout(Instant::now() + HANDSHAKE_TIMEOUT) {
-                            self.broadcast_control(&participants, session, &abort).await;
-                        }
-                        return Err(SessionError::Aborted("no start from initiator".into()));
-                    }
-                }
-            }
+            self.handshake(&mut handshake, &mut control).await?;
             self.presign(session, &pool, share, control).await
         }
         .await;
-        if let Err(error) = self.finish_presign(session, &pool, result) {
+        let result = self.finish_presign(session, &pool, result);
+        presigning.end(ended_how(&result));
+        if let Err(error) = result {
             debug!(%error, "presigning session failed");
         }
-        drop(permit);
     }
 
     /// The checks a member makes before it acks a presigning proposal, then
     /// the wait (bounded) until this node is free to presign: no grant
-    /// session running or just ended, no other presigning session. Returns the permit to
-    /// hold and the key share.
+    /// session running or just ended, no other presigning session. Returns
+    /// the guard that counts this node as presigning, and the key share.
     async fn admit_presign(
         &self,
         from: u16,
         session: [u8; 32],
         pool: &PoolId,
         held: &[[u8; 32]],
-    ) -> Result<(OwnedSemaphorePermit, Arc<Share>), String> {
+    ) -> Result<(Presigning<'_>, Arc<Share>), String> {
         let (key, participants) = (pool.key.as_str(), pool.set.as_slice());
         if self.pools.target() == 0 {
             return Err("presignature pools are off here".into());
@@ -1297,15 +1256,20 @@ impl<T: Transport> Sessions<T> {
         }
         let deadline = Instant::now() + PRESIGN_JOIN_WAIT;
         loop {
-            if self.presign_wait().is_none()
-                && let Ok(permit) = Arc::clone(&self.presign_permit).try_acquire_owned()
-            {
-                return Ok((permit, share));
-            }
-            if Instant::now() >= deadline {
+            let changed = self.schedule_changed.notified();
+            tokio::pin!(changed);
+            // Registered before asking, so a change in between wakes it.
+            changed.as_mut().enable();
+            let now = Instant::now();
+            let until = match self.schedule().join(now) {
+                Join::Admitted => return Ok((self.presigning(None), share)),
+                Join::NotBefore(at) => at.min(deadline),
+                Join::Busy => deadline,
+            };
+            if now >= deadline {
                 return Err("busy".into());
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tokio::time::timeout_at(until.into(), changed).await;
         }
     }
 
@@ -1359,20 +1323,79 @@ impl<T: Transport> Sessions<T> {
     }
 }
 
+/// What the schedule's guards change and whom they wake.
+struct Wakes<'a> {
+    schedule: &'a Mutex<PresignSchedule>,
+    foreground: &'a watch::Sender<usize>,
+    presigner: &'a Notify,
+    changed: &'a Notify,
+}
+
+impl Wakes<'_> {
+    fn changed(&self) {
+        self.presigner.notify_one();
+        self.changed.notify_waiters();
+    }
+}
+
 /// Counts a grant session as running for as long as it lives.
 struct Foreground<'a> {
-    running: &'a AtomicUsize,
-    ended: &'a Mutex<Option<Instant>>,
-    wake: &'a Notify,
+    wakes: Wakes<'a>,
 }
 
 impl Drop for Foreground<'_> {
     fn drop(&mut self) {
-        *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-        if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // The last one: the presigner may go on (after the quiet time).
-            self.wake.notify_one();
+        let mut schedule = self.wakes.schedule.lock().unwrap_or_else(PoisonError::into_inner);
+        schedule.foreground_ended(Instant::now());
+        self.wakes.foreground.send_replace(schedule.foreground());
+        drop(schedule);
+        self.wakes.changed();
+    }
+}
+
+/// Counts this node as presigning until [`end`](Self::end) or drop (a
+/// session cut short counts as failed).
+struct Presigning<'a> {
+    wakes: Wakes<'a>,
+    led: Option<PoolId>,
+    ended: bool,
+}
+
+impl Presigning<'_> {
+    /// The session ended `how`; returns the pause a failure put on the pool
+    /// this node leads.
+    fn end(mut self, how: Ended) -> Option<std::time::Duration> {
+        self.ended = true;
+        self.finish(how)
+    }
+
+    fn finish(&self, how: Ended) -> Option<std::time::Duration> {
+        let mut schedule = self.wakes.schedule.lock().unwrap_or_else(PoisonError::into_inner);
+        let pause = schedule.ended(self.led.as_ref(), how, Instant::now());
+        drop(schedule);
+        self.wakes.changed();
+        pause
+    }
+}
+
+impl Drop for Presigning<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.finish(Ended::Failed);
         }
+    }
+}
+
+/// How a presigning session's result counts for the schedule: given up
+/// for signing (here, or on a member that said so) is not a failure.
+fn ended_how<T>(result: &Result<T, SessionError>) -> Ended {
+    match result {
+        Ok(_) => Ended::Made,
+        Err(SessionError::Preempted) => Ended::Preempted,
+        Err(SessionError::Aborted(reason) | SessionError::AbortedBy { reason, .. }) if reason.ends_with(PREEMPTED) => {
+            Ended::Preempted
+        }
+        Err(_) => Ended::Failed,
     }
 }
 
