@@ -27,5 +27,5 @@ go_tool_compile() {
 
 go_tool "the local control plane (kubernetes $k8s_version)" \
   "${TORCUS_CONTROLPLANE_DIR:-$top/.cache/controlplane}/torcus-controlplane" \
-  "a first build takes about 5 minutes on 2 cores" \
+  "a first build takes about 9 minutes on 2 cores" \
   "$here/go.mod" "$here/go.sum" "$here/main.go" "$here/build.sh"

@@ -8,30 +8,25 @@ use std::time::{Duration as StdDuration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use torcus_certs::{IssuedCertificate, OffsetDateTime, SecretPem};
-use torcus_crds::{CertificatesStatus, ClusterPhase, KeyStatus, MpcCluster, MpcClusterStatus, NodeStatus};
+use torcus_crds::{CertificatesStatus, MpcCluster, MpcClusterStatus};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::apiserver::{FIELD_MANAGER, apply, event, event_about, pod_ready, scrub};
+use crate::cluster_plan::{self, NodeSeen, Observed, failed_status};
 use crate::context::Context;
 use crate::grants::{GRANT_PRIVATE_KEY, GRANT_PUBLIC_KEY};
 use crate::keygen::KeygenEnv;
-use crate::pki::{self, Leaf, LeafRequest, Lifetimes};
+use crate::node_client::NodeAddr;
+use crate::pki::{self, Leaf, LeafRequest};
 use crate::resources::{self, LABEL_CLUSTER, Names, NodePublicKeys};
-use crate::rollout;
 use crate::secret_records::{self, Records};
 use crate::{Error, Result};
-
-/// Longest the operator waits before looking at a cluster again, even when
-/// nothing changed (certificate renewal is time-driven).
-const MAX_REQUEUE: StdDuration = StdDuration::from_secs(300);
 
 /// Brings one MpcCluster's children in line with its spec.
 pub async fn reconcile(mpc: Arc<MpcCluster>, ctx: Arc<Context>) -> Result<Action> {
@@ -70,7 +65,7 @@ pub fn error_policy(mpc: Arc<MpcCluster>, error: &Error, ctx: Arc<Context>) -> A
     let mut failures = ctx.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let n = failures.entry(key(&mpc)).or_insert(0);
     *n = n.saturating_add(1);
-    Action::requeue(backoff(*n))
+    Action::requeue(cluster_plan::backoff(*n))
 }
 
 /// How often a cluster with a Secret it does not own looks again.
@@ -78,11 +73,6 @@ const FOREIGN_SECRET_RECHECK: StdDuration = StdDuration::from_secs(5);
 
 fn key(mpc: &MpcCluster) -> String {
     format!("{}/{}", mpc.namespace().unwrap_or_default(), mpc.name_any())
-}
-
-/// Delay before retry number `failures` (1-based).
-fn backoff(failures: u32) -> StdDuration {
-    StdDuration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(MAX_REQUEUE)
 }
 
 /// `step` follows the reconcile through its steps ([`crate::error::STEPS`]),
@@ -98,7 +88,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
         ctx.metrics.cluster.remove(&ns, &name);
         return Ok(Action::await_change());
     }
-    let lifetimes = match check_spec(mpc) {
+    let lifetimes = match cluster_plan::check_spec(mpc) {
         Ok(l) => l,
         Err(message) => {
             publish_status(ctx, mpc, failed_status(mpc, "InvalidSpec", &message)).await?;
@@ -109,10 +99,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
     let now = OffsetDateTime::now_utc();
     let mut recorded = Records::of(mpc);
 
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods = pods.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"))).await?;
-    let pod_ips: BTreeMap<String, String> =
-        pods.items.iter().filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?))).collect();
+    let observed = observe(ctx, mpc, &ns).await?;
 
     // Certificates: keep what is good, issue what is not.
     *step = "certificates";
@@ -129,7 +116,8 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
     }
     let mut requests = BTreeMap::new();
     for index in 0..mpc.spec.nodes {
-        let ips = pod_ips.get(&names.pod(index)).and_then(|ip| ip.parse().ok()).into_iter().collect();
+        let seen = observed.nodes.get(usize::from(index));
+        let ips = seen.and_then(|n| n.pod_ip.as_deref()?.parse().ok()).into_iter().collect();
         let dns_names = resources::node_dns_names(mpc, index, &ctx.build.cluster_domain);
         requests.insert(Leaf::Node(index), LeafRequest { dns_names, ips });
     }
@@ -219,65 +207,29 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
     let config_hash = resources::config_hash(&config);
     apply(&ctx.client, &ns, &resources::config_map(mpc, &config)).await?;
     apply(&ctx.client, &ns, &resources::headless_service(mpc)).await?;
-    // The nodes, rolled within the disruption budget.
-    let existing: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = existing.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"))).await?;
+    // The nodes, rolled within the disruption budget: a StatefulSet held
+    // back keeps the template it runs.
     let desired: Vec<StatefulSet> =
         (0..mpc.spec.nodes).map(|index| resources::stateful_set(mpc, index, &config_hash, &ctx.build)).collect();
-    let rollout_nodes: Vec<rollout::Node> = desired
+    let hashes: Vec<String> = desired
         .iter()
-        .enumerate()
-        .map(|(index, sts)| {
-            let now = existing.items.iter().find(|e| e.metadata.name == sts.metadata.name);
-            let current = now.and_then(|e| resources::template_hash(e.spec.as_ref()?.template.metadata.as_ref()));
-            let pod = pods.items.iter().find(|p| p.name_any() == names.pod(u16::try_from(index).unwrap_or(u16::MAX)));
-            let settled = pod.is_some_and(|p| pod_ready(p) && resources::template_hash(Some(&p.metadata)) == current);
-            let desired = resources::template_hash(sts.spec.as_ref().and_then(|s| s.template.metadata.as_ref()));
-            rollout::Node { desired: desired.unwrap_or_default(), current, settled }
-        })
+        .map(|sts| resources::template_hash(sts.spec.as_ref().and_then(|s| s.template.metadata.as_ref())))
+        .map(Option::unwrap_or_default)
         .collect();
-    let budget = usize::from(mpc.spec.nodes.saturating_sub(mpc.spec.threshold));
-    let mut rollout_waits = false;
-    let mut stateful_sets = Vec::new();
-    for (sts, go) in desired.iter().zip(rollout::plan(budget, &rollout_nodes)) {
-        let held = (!go).then(|| existing.items.iter().find(|e| e.metadata.name == sts.metadata.name)).flatten();
-        match held {
-            Some(held) => {
-                rollout_waits = true;
-                stateful_sets.push(held.clone());
-            }
-            None => stateful_sets.push(apply(&ctx.client, &ns, sts).await?),
-        }
+    let go = cluster_plan::rollout(mpc, &hashes, &observed);
+    for (sts, _) in desired.iter().zip(&go).filter(|(_, go)| **go) {
+        apply(&ctx.client, &ns, sts).await?;
     }
     apply(&ctx.client, &ns, &resources::pod_disruption_budget(mpc)).await?;
 
-    // Keygens and status.
+    // Keygens, gauges and status.
     *step = "status";
-    let records = ctx.registry.nodes(&ns, &name);
-    let nodes: Vec<NodeStatus> = (0..mpc.spec.nodes)
-        .map(|index| {
-            let pod_name = names.pod(index);
-            let pod = pods.items.iter().find(|p| p.name_any() == pod_name);
-            let record = records.iter().find(|r| r.party == index);
-            NodeStatus {
-                index,
-                address: pod_ips.get(&pod_name).cloned(),
-                ready: pod.is_some_and(pod_ready) && sts_ready(&stateful_sets[usize::from(index)]),
-                pod: pod_name,
-                // Rounded, so the status changes when the health does, not every heartbeat.
-                health_score: record.map(|r| (r.health_score * 100.0).round() / 100.0),
-                last_heartbeat: record.and_then(|r| r.last_heartbeat).map(heartbeat_time),
-                online: record.is_some_and(|r| r.online),
-            }
-        })
-        .collect();
-    let certificates = certificates_status(&pki)?;
+    let plan = cluster_plan::status(mpc, &observed, grant_public_key, certificates_status(&pki)?);
     let gauges = &ctx.metrics.cluster;
     let labels = [ns.as_str(), name.as_str()];
     gauges.threshold.with_label_values(&labels).set(i64::from(mpc.spec.threshold));
     gauges.presignature_pool_size.with_label_values(&labels).set(i64::from(mpc.spec.presignatures.pool_size));
-    let online = records.iter().filter(|r| r.online).count();
-    gauges.nodes_online.with_label_values(&labels).set(i64::try_from(online).unwrap_or(i64::MAX));
+    gauges.nodes_online.with_label_values(&labels).set(i64::try_from(plan.online).unwrap_or(i64::MAX));
     let earliest = pki
         .leaves
         .values()
@@ -288,22 +240,10 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
     if let Some(earliest) = earliest {
         gauges.certificate_expiry.with_label_values(&labels).set(earliest.unix_timestamp() as f64);
     }
-    let keys = merged_keys(mpc, ctx.keygens.learned(mpc));
-    let missing: Vec<String> = mpc
-        .spec
-        .keys
-        .iter()
-        .filter(|k| !keys.iter().any(|s| &s.name == *k && s.public_key.is_some()))
-        .cloned()
-        .collect();
-    let all_ready = nodes.iter().all(|n| n.ready && n.address.is_some());
-    if all_ready && !missing.is_empty() {
-        let urls: Vec<crate::node_client::NodeAddr> = nodes
-            .iter()
-            .map(|n| {
-                let ip = n.address.as_deref().unwrap_or_default();
-                crate::node_client::NodeAddr::new(&ns, &name, n.index, ip, torcus_contract::HTTP_PORT)
-            })
+    if let Some(ips) = &plan.keygen_on {
+        let urls: Vec<NodeAddr> = (0..mpc.spec.nodes)
+            .zip(ips)
+            .map(|(index, ip)| NodeAddr::new(&ns, &name, index, ip, torcus_contract::HTTP_PORT))
             .collect();
         let env = KeygenEnv {
             client: ctx.client.clone(),
@@ -311,68 +251,50 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
             nodes: ctx.nodes.clone(),
             metrics: Arc::clone(&ctx.metrics),
         };
-        ctx.keygens.start(&env, mpc, &missing, &urls);
+        ctx.keygens.start(&env, mpc, &plan.missing_keys, &urls);
     }
-    let keygen_running = ctx.keygens.running(mpc);
     secret_records::persist(&ctx.client, mpc, &mut recorded).await?;
-    let mut status = cluster_status(mpc, nodes, keys, grant_public_key, certificates);
-    report_key_conflicts(&mut status, &ctx.keygens.conflicts(mpc));
     let old_phase = mpc.status.as_ref().and_then(|s| s.phase);
-    if old_phase != status.phase {
-        let phase = status.phase.map(|p| format!("{p:?}")).unwrap_or_default();
+    if old_phase != plan.status.phase {
+        let phase = plan.status.phase.map(|p| format!("{p:?}")).unwrap_or_default();
         event(&ctx.recorder, mpc, EventType::Normal, "PhaseChanged", "Reconcile", format!("phase is now {phase}"))
             .await;
     }
-    publish_status(ctx, mpc, status).await?;
+    publish_status(ctx, mpc, plan.status).await?;
 
-    let due = StdDuration::try_from(pki.due - OffsetDateTime::now_utc()).unwrap_or(StdDuration::ZERO);
-    // While keys are missing, look again soon: a keygen reports back, or
-    // waits out a failure, without an event on the MpcCluster.
-    // Otherwise as often as a node can go stale in the registry, so that
-    // status.nodes shows a silent node offline without any event about it.
-    let soon = if rollout_waits {
-        StdDuration::from_secs(2)
-    } else if !missing.is_empty() {
-        StdDuration::from_secs(if keygen_running { 1 } else { 5 })
-    } else {
-        ctx.registry.settings().stale_after
-    };
-    Ok(Action::requeue(due.clamp(StdDuration::from_secs(1), soon)))
+    Ok(Action::requeue(cluster_plan::requeue(cluster_plan::Wake {
+        certificates_due: StdDuration::try_from(pki.due - OffsetDateTime::now_utc()).unwrap_or(StdDuration::ZERO),
+        rollout_waits: go.contains(&false),
+        keys_missing: !plan.missing_keys.is_empty(),
+        keygen_running: ctx.keygens.running(mpc),
+        stale_after: ctx.registry.settings().stale_after,
+    })))
 }
 
-/// What the API server's schema cannot check, or an object admitted before
-/// the schema could: refused with a message, never a panic.
-fn check_spec(mpc: &MpcCluster) -> std::result::Result<Lifetimes, String> {
-    let spec = &mpc.spec;
-    if spec.threshold < 2 || spec.threshold > spec.nodes || spec.nodes > torcus_crds::MAX_NODES {
-        return Err(format!(
-            "threshold {} of {} nodes is not allowed: need 2 ≤ threshold ≤ nodes ≤ {}",
-            spec.threshold,
-            spec.nodes,
-            torcus_crds::MAX_NODES
-        ));
-    }
-    let duration = |field: &str, text: &str| {
-        pki::parse_duration(text)
-            .filter(|d| d.is_positive())
-            .ok_or_else(|| format!("certificates.{field} {text:?} is not a duration like 2160h"))
-    };
-    if spec.presignatures.paths.len() > torcus_contract::MAX_PRESIGNATURE_PATHS {
-        return Err(format!(
-            "presignatures.paths lists {} paths; at most {}",
-            spec.presignatures.paths.len(),
-            torcus_contract::MAX_PRESIGNATURE_PATHS
-        ));
-    }
-    for path in &spec.presignatures.paths {
-        crate::crypto::derivation_path(Some(path)).map_err(|e| format!("presignatures.paths: {e}"))?;
-    }
-    let leaf_validity = duration("validity", &spec.certificates.validity)?;
-    let renew_before = duration("renewBefore", &spec.certificates.renew_before)?;
-    if renew_before >= leaf_validity {
-        return Err("certificates.renewBefore must be shorter than certificates.validity".into());
-    }
-    Ok(Lifetimes { leaf_validity, renew_before, propagation: pki::DEFAULT_PROPAGATION })
+/// Observe: the cluster's pods and StatefulSets, what the node registry
+/// knows of its nodes, and what its keygens learned.
+async fn observe(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<Observed> {
+    let name = mpc.name_any();
+    let names = Names::new(&name);
+    let selector = ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"));
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns).list(&selector).await?;
+    let sets = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns).list(&selector).await?;
+    let records = ctx.registry.nodes(ns, &name);
+    let nodes = (0..mpc.spec.nodes)
+        .map(|index| {
+            let pod = pods.items.iter().find(|p| p.name_any() == names.pod(index));
+            let sts = sets.items.iter().find(|s| s.name_any() == names.stateful_set(index));
+            NodeSeen {
+                pod_ip: pod.and_then(|p| p.status.as_ref()?.pod_ip.clone()),
+                pod_ready: pod.is_some_and(pod_ready),
+                pod_template: pod.and_then(|p| resources::template_hash(Some(&p.metadata))),
+                sts_template: sts.and_then(|s| resources::template_hash(s.spec.as_ref()?.template.metadata.as_ref())),
+                sts_ready: sts.and_then(|s| s.status.as_ref()?.ready_replicas).unwrap_or(0) >= 1,
+                record: records.iter().find(|r| r.party == index).cloned(),
+            }
+        })
+        .collect();
+    Ok(Observed { nodes, learned_keys: ctx.keygens.learned(mpc), conflicts: ctx.keygens.conflicts(mpc) })
 }
 
 /// A Secret the cluster needs exists but is not the operator's: nothing of
@@ -771,160 +693,6 @@ fn certificates_status(pki: &pki::Pki) -> Result<CertificatesStatus> {
     })
 }
 
-fn sts_ready(sts: &StatefulSet) -> bool {
-    sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= 1
-}
-
-/// A heartbeat's Unix milliseconds as RFC 3339, to the second.
-fn heartbeat_time(ms: u64) -> String {
-    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
-    Timestamp::from_second(secs).map(|t| t.to_string()).unwrap_or_default()
-}
-
-/// The keys in `mpc`'s status, with `learned` added or updated.
-fn merged_keys(mpc: &MpcCluster, learned: Vec<KeyStatus>) -> Vec<KeyStatus> {
-    let mut keys: Vec<KeyStatus> = mpc.status.as_ref().map(|s| s.keys.clone()).unwrap_or_default();
-    for key in learned {
-        match keys.iter_mut().find(|k| k.name == key.name) {
-            Some(existing) => *existing = key,
-            None => keys.push(key),
-        }
-    }
-    keys
-}
-
-/// Marks `KeysReady` false for keys whose nodes disagree (a key in conflict
-/// is never in `status.keys`, so the cluster is not ready already), with
-/// the reason instead of "pending".
-pub fn report_key_conflicts(status: &mut MpcClusterStatus, conflicts: &[(String, String)]) {
-    if conflicts.is_empty() {
-        return;
-    }
-    let message: Vec<String> = conflicts.iter().map(|(key, reason)| format!("key {key}: {reason}")).collect();
-    if let Some(condition) = status.conditions.iter_mut().find(|c| c.type_ == "KeysReady") {
-        condition.status = "False".to_owned();
-        condition.reason = "KeyConflict".to_owned();
-        condition.message = message.join("; ");
-    }
-}
-
-/// The status a reconcile that went through reports.
-pub fn cluster_status(
-    mpc: &MpcCluster,
-    nodes: Vec<NodeStatus>,
-    keys: Vec<KeyStatus>,
-    grant_public_key: String,
-    certificates: CertificatesStatus,
-) -> MpcClusterStatus {
-    let spec = &mpc.spec;
-    let ready = u16::try_from(nodes.iter().filter(|n| n.ready).count()).unwrap_or(u16::MAX);
-    let generation = mpc.metadata.generation;
-    let keys_ready = spec.keys.iter().all(|k| keys.iter().any(|s| &s.name == k && s.public_key.is_some()));
-
-    let mut conditions = Vec::new();
-    let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
-        conditions.push(condition(mpc, type_, ok, reason, message, generation));
-    };
-    set(
-        "CertificatesReady",
-        true,
-        "Issued",
-        format!("CA and {} node certificates are valid; {} CA(s) trusted", spec.nodes, certificates.trusted_cas),
-    );
-    let all_ready = ready == spec.nodes;
-    set(
-        "NodesReady",
-        all_ready,
-        if all_ready { "AllNodesReady" } else { "WaitingForNodes" },
-        format!("{ready}/{} nodes ready", spec.nodes),
-    );
-    set(
-        "KeysReady",
-        keys_ready,
-        if keys_ready { "KeysGenerated" } else { "KeygenPending" },
-        if keys_ready {
-            format!("{} key(s) generated", spec.keys.len())
-        } else {
-            "key generation starts once every node is ready".to_owned()
-        },
-    );
-    let degraded = !all_ready && ready >= spec.threshold && keys_ready;
-    set(
-        "Degraded",
-        degraded,
-        if degraded { "NodesUnavailable" } else { "AsExpected" },
-        if degraded {
-            format!(
-                "{ready}/{} nodes ready: signing still possible, with no margin for further loss below {}",
-                spec.nodes, spec.threshold
-            )
-        } else {
-            String::new()
-        },
-    );
-    let all_good = all_ready && keys_ready;
-    set(
-        "Ready",
-        all_good,
-        if all_good { "Ready" } else { "NotReady" },
-        if all_good { "cluster can sign".to_owned() } else { "cluster cannot sign yet".to_owned() },
-    );
-
-    let phase = if all_good {
-        ClusterPhase::Ready
-    } else if degraded {
-        ClusterPhase::Degraded
-    } else if all_ready {
-        ClusterPhase::GeneratingKeys
-    } else {
-        ClusterPhase::WaitingForNodes
-    };
-    MpcClusterStatus {
-        phase: Some(phase),
-        conditions,
-        observed_generation: generation,
-        ready_nodes: ready,
-        nodes,
-        keys,
-        grant_public_key: Some(grant_public_key),
-        certificates: Some(certificates),
-        secrets: None,
-    }
-}
-
-fn failed_status(mpc: &MpcCluster, reason: &str, message: &str) -> MpcClusterStatus {
-    let mut status = mpc.status.clone().unwrap_or_default();
-    let generation = mpc.metadata.generation;
-    status.phase = Some(ClusterPhase::Failed);
-    status.observed_generation = generation;
-    status.conditions.retain(|c| c.type_ != "Ready");
-    status.conditions.push(condition(mpc, "Ready", false, reason, message.to_owned(), generation));
-    status
-}
-
-/// A condition that keeps its `lastTransitionTime` while its status holds.
-fn condition(
-    mpc: &MpcCluster,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let previous = mpc.status.iter().flat_map(|s| &s.conditions).find(|c| c.type_ == type_ && c.status == status);
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: generation,
-        last_transition_time: previous
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| Time(Timestamp::now())),
-    }
-}
-
 async fn publish_status(ctx: &Context, mpc: &MpcCluster, mut status: MpcClusterStatus) -> Result<()> {
     // `status.secrets` is written by merge patches only (`secret_records`):
     // never applied, so an apply made from an older copy cannot take a
@@ -956,109 +724,6 @@ async fn apply_secret(ctx: &Context, ns: &str, mut secret: Secret) -> Result<()>
 mod tests {
     use super::*;
     use crate::resources::fixtures::cluster;
-
-    fn certs() -> CertificatesStatus {
-        CertificatesStatus { ca_not_after: "x".into(), earliest_leaf_not_after: "y".into(), trusted_cas: 1 }
-    }
-
-    fn nodes(ready: &[bool]) -> Vec<NodeStatus> {
-        ready
-            .iter()
-            .enumerate()
-            .map(|(i, r)| NodeStatus { index: i as u16, ready: *r, ..NodeStatus::default() })
-            .collect()
-    }
-
-    fn keys(mpc: &MpcCluster) -> Vec<KeyStatus> {
-        merged_keys(mpc, Vec::new())
-    }
-
-    fn cond<'a>(s: &'a MpcClusterStatus, t: &str) -> &'a Condition {
-        s.conditions.iter().find(|c| c.type_ == t).unwrap()
-    }
-
-    #[test]
-    fn waiting_for_nodes_until_all_are_ready() {
-        let mpc = cluster("demo", 3, 2);
-        let s = cluster_status(&mpc, nodes(&[true, false, false]), keys(&mpc), "ab".into(), certs());
-        assert_eq!(s.phase, Some(ClusterPhase::WaitingForNodes));
-        assert_eq!(s.ready_nodes, 1);
-        assert_eq!(cond(&s, "NodesReady").status, "False");
-        assert_eq!(cond(&s, "NodesReady").message, "1/3 nodes ready");
-        assert_eq!(cond(&s, "CertificatesReady").status, "True");
-        assert_eq!(cond(&s, "Ready").status, "False");
-        assert!(s.conditions.iter().all(|c| c.observed_generation == Some(1)));
-    }
-
-    #[test]
-    fn keys_whose_nodes_disagree_say_so() {
-        let mpc = cluster("demo", 3, 2);
-        let mut s = cluster_status(&mpc, nodes(&[true, true, true]), keys(&mpc), "ab".into(), certs());
-        report_key_conflicts(&mut s, &[]);
-        assert_eq!(cond(&s, "KeysReady").reason, "KeygenPending");
-        report_key_conflicts(&mut s, &[("default".into(), "they disagree on the chain code".into())]);
-        let keys_ready = cond(&s, "KeysReady");
-        assert_eq!((keys_ready.status.as_str(), keys_ready.reason.as_str()), ("False", "KeyConflict"));
-        assert_eq!(keys_ready.message, "key default: they disagree on the chain code");
-        assert_eq!(cond(&s, "Ready").status, "False");
-    }
-
-    #[test]
-    fn all_nodes_ready_waits_for_keys() {
-        let mpc = cluster("demo", 3, 2);
-        let s = cluster_status(&mpc, nodes(&[true, true, true]), keys(&mpc), "ab".into(), certs());
-        assert_eq!(s.phase, Some(ClusterPhase::GeneratingKeys));
-        assert_eq!(cond(&s, "KeysReady").reason, "KeygenPending");
-    }
-
-    #[test]
-    fn degraded_once_keys_exist_and_a_node_is_lost() {
-        let mut mpc = cluster("demo", 3, 2);
-        mpc.status = Some(MpcClusterStatus {
-            keys: vec![torcus_crds::KeyStatus {
-                name: "default".into(),
-                public_key: Some("02ab".into()),
-                ethereum_address: None,
-                chain_code: None,
-            }],
-            ..MpcClusterStatus::default()
-        });
-        let s = cluster_status(&mpc, nodes(&[true, true, true]), keys(&mpc), "ab".into(), certs());
-        assert_eq!(s.phase, Some(ClusterPhase::Ready));
-        let s = cluster_status(&mpc, nodes(&[true, false, true]), keys(&mpc), "ab".into(), certs());
-        assert_eq!(s.phase, Some(ClusterPhase::Degraded));
-        assert_eq!(cond(&s, "Degraded").status, "True");
-    }
-
-    #[test]
-    fn transition_time_is_kept_while_the_status_holds() {
-        let mut mpc = cluster("demo", 3, 2);
-        let first = cluster_status(&mpc, nodes(&[false, false, false]), keys(&mpc), "ab".into(), certs());
-        mpc.status = Some(first.clone());
-        std::thread::sleep(StdDuration::from_millis(5));
-        let second = cluster_status(&mpc, nodes(&[true, false, false]), keys(&mpc), "ab".into(), certs());
-        assert_eq!(cond(&first, "NodesReady").last_transition_time, cond(&second, "NodesReady").last_transition_time);
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_five_minutes() {
-        let delays: Vec<u64> = [1, 2, 3, 9, 10, 50].map(|n| backoff(n).as_secs()).to_vec();
-        assert_eq!(delays, [1, 2, 4, 256, 300, 300]);
-    }
-
-    #[test]
-    fn spec_checks_explain_themselves() {
-        let mut mpc = cluster("demo", 3, 2);
-        mpc.spec.threshold = 4;
-        assert!(check_spec(&mpc).unwrap_err().contains("threshold 4 of 3 nodes"));
-        let mut mpc = cluster("demo", 3, 2);
-        mpc.spec.certificates.renew_before = "5000h".into();
-        assert!(check_spec(&mpc).unwrap_err().contains("renewBefore"));
-        let mut mpc = cluster("demo", 3, 2);
-        mpc.spec.certificates.validity = "soon".into();
-        assert!(check_spec(&mpc).unwrap_err().contains("validity"));
-        assert!(check_spec(&cluster("demo", 3, 2)).is_ok());
-    }
 
     #[test]
     fn grant_key_secret_must_be_consistent() {

@@ -8,6 +8,7 @@
 pub mod apiserver;
 pub mod cli;
 pub mod cluster_controller;
+pub mod cluster_plan;
 pub mod context;
 pub mod crypto;
 mod error;
