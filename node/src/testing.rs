@@ -121,6 +121,27 @@ impl RelayServer {
     pub fn addr(&self) -> std::net::SocketAddr {
         self.addr
     }
+
+    /// One sample of the relay's metrics, `name{labels}` as the text format
+    /// writes it; 0 when absent.
+    pub fn sample(&self, name_and_labels: &str) -> f64 {
+        samples(&self.registry).get(name_and_labels).copied().unwrap_or(0.0)
+    }
+
+    /// The relay's metric samples that are not zero.
+    pub fn nonzero_samples(&self) -> std::collections::BTreeMap<String, f64> {
+        samples(&self.registry).into_iter().filter(|(_, v)| *v != 0.0).collect()
+    }
+}
+
+/// Every sample in `registry`, by `name{labels}` as the text format writes it.
+pub fn samples(registry: &prometheus::Registry) -> std::collections::BTreeMap<String, f64> {
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter_map(|(name, value)| Some((name.to_owned(), value.parse().ok()?)))
+        .collect()
 }
 
 /// The pregenerated primes fixture.

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use ed25519_dalek::SigningKey;
-use prometheus::{IntCounterVec, Registry, TextEncoder};
+use prometheus::{IntCounterVec, Registry};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use torcus_certs::{CertificateAuthority, OffsetDateTime, SecretPem};
 use torcus_contract::ClusterConfig;
 use torcus_node::engine::{Channel, Envelope};
-use torcus_node::testing::{RelayServer, write_node_tls};
+use torcus_node::testing::{RelayServer, samples, write_node_tls};
 use torcus_node::transport::any::AnyTransport;
 use torcus_node::transport::hybrid::HybridTransport;
 use torcus_node::transport::quic::{QuicConfig, QuicTransport};
@@ -165,7 +165,7 @@ async fn load(mode: &str) {
     let summary = totals.summary(mode, wall);
     println!("{summary}");
     if let Some(relay) = &relay {
-        println!("load[{mode}]: relay counters {:?}", relay.counters());
+        println!("load[{mode}]: relay counters {:?}", relay.nonzero_samples());
     }
     let detail = || format!("{summary}\n{}\n{}", serde_json::to_string_pretty(&reports).unwrap(), logs());
     assert!(expected >= 10_000, "the issue asks for at least 10 000 messages");
@@ -348,23 +348,6 @@ fn write_cluster(dir: &Path, mode: &str, relay_url: Option<String>) {
     }
 }
 
-/// The relay's counters, as the operator serves it (default limits).
-trait RelayCounters {
-    fn sample(&self, name: &str) -> f64;
-    /// The relay's counters that are not zero.
-    fn counters(&self) -> BTreeMap<String, f64>;
-}
-
-impl RelayCounters for RelayServer {
-    fn sample(&self, name: &str) -> f64 {
-        counters(&self.registry).get(name).copied().unwrap_or(0.0)
-    }
-
-    fn counters(&self) -> BTreeMap<String, f64> {
-        counters(&self.registry).into_iter().filter(|(_, v)| *v != 0.0).collect()
-    }
-}
-
 /// The peer processes of one test; killed if still running when dropped.
 struct Peers {
     dir: PathBuf,
@@ -499,7 +482,7 @@ async fn run_peer(me: u16, mode: &str, dir: &Path) -> anyhow::Result<Report> {
     rendezvous(dir, "done").await?;
     // Counted while every transport is still open, so that the counts are
     // of the exchange alone, not of the shutdown.
-    report.metrics = counters(&registry);
+    report.metrics = samples(&registry);
     write_atomically(&dir.join(format!("counted-{me}")), b"")?;
     let counted = rendezvous(dir, "counted").await;
     stop.cancel();
@@ -848,15 +831,6 @@ async fn rendezvous(dir: &Path, stage: &str) -> anyhow::Result<Vec<String>> {
 }
 
 /// Every sample of `registry` as `name{labels}` → value.
-fn counters(registry: &Registry) -> BTreeMap<String, f64> {
-    let text = TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.rsplit_once(' '))
-        .filter_map(|(name, value)| Some((name.to_owned(), value.parse().ok()?)))
-        .collect()
-}
-
 fn unix_ms() -> u64 {
     let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)

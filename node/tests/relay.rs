@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus::{Registry, TextEncoder};
+use prometheus::Registry;
 use reqwest::StatusCode;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use torcus_certs::{CertificateAuthority, Identity, OffsetDateTime, Role};
 use torcus_node::engine::{self, Envelope};
 use torcus_node::router::Router;
-use torcus_node::testing::RelayServer;
+use torcus_node::testing::{RelayServer, samples};
 use torcus_node::transport::hybrid::HybridTransport;
 use torcus_node::transport::quic::{QuicConfig, QuicTransport};
 use torcus_node::transport::relay::{
@@ -33,24 +33,6 @@ async fn serve_relay(limits: RelayLimits) -> RelayServer {
 /// Like [`serve_relay`], with the relay made by `build` from a new one.
 async fn serve_relay_with(limits: RelayLimits, build: impl FnOnce(Relay) -> Relay) -> RelayServer {
     RelayServer::start_with(limits, build).await
-}
-
-trait Sampled {
-    /// A sample of the relay's registry (0 when absent).
-    fn sample(&self, name_and_labels: &str) -> f64;
-}
-
-impl Sampled for RelayServer {
-    fn sample(&self, name_and_labels: &str) -> f64 {
-        sample(&self.registry, name_and_labels)
-    }
-}
-
-fn sample(registry: &Registry, name_and_labels: &str) -> f64 {
-    let text = TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name_and_labels).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0.0, |value| value.parse().unwrap())
 }
 
 struct Node {
@@ -331,7 +313,7 @@ impl Transport for Direct {
 }
 
 fn path(registry: &Registry, path: &str) -> f64 {
-    sample(registry, &format!(r#"torcus_p2p_messages_total{{path="{path}"}}"#))
+    samples(registry).get(&format!(r#"torcus_p2p_messages_total{{path="{path}"}}"#)).copied().unwrap_or(0.0)
 }
 
 #[tokio::test]
