@@ -460,71 +460,50 @@ mod tests {
         assert!(matches!(verify_leaf(&leaf.cert_pem, "", now()), Err(Error::EmptyBundle)));
     }
 
+    /// `leaf` (of `ca`) is refused by `verify_leaf` with an error that
+    /// `is` recognises and whose text says `says`; and in a handshake, when
+    /// it is the server's certificate (`served`) or the client's, the other
+    /// side refuses it the same way.
+    fn refused_for_its_time(
+        ca: &CertificateAuthority,
+        leaf: &IssuedCertificate,
+        is: fn(&CertificateError) -> bool,
+        says: &str,
+        served: bool,
+    ) {
+        let err = verify_leaf(&leaf.cert_pem, ca.cert_pem(), now()).unwrap_err();
+        assert!(matches!(&err, Error::Rejected(rustls::Error::InvalidCertificate(e)) if is(e)), "{err:?}");
+        assert!(err.to_string().contains(says), "{err}");
+        let fresh = issue_node(ca, 1, now());
+        let (result, refuser) = if served {
+            (handshake(as_client(&fresh, ca.cert_pem()), as_server(leaf, ca.cert_pem()), &dns(0)), Side::Client)
+        } else {
+            (handshake(as_client(leaf, ca.cert_pem()), as_server(&fresh, ca.cert_pem()), &dns(1)), Side::Server)
+        };
+        assert!(
+            matches!(&result, Err((side, rustls::Error::InvalidCertificate(e))) if *side == refuser && is(e)),
+            "{result:?}"
+        );
+    }
+
     #[test]
     fn expired_certificate_is_refused() {
         let ca =
             CertificateAuthority::generate("torcus demo CA", Duration::days(365), now() - Duration::days(100)).unwrap();
         let leaf = ca.issue(&node(0), &[dns(0)], &[], Duration::days(30), now() - Duration::days(60)).unwrap();
-        let err = verify_leaf(&leaf.cert_pem, ca.cert_pem(), now()).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Rejected(rustls::Error::InvalidCertificate(
-                    CertificateError::Expired | CertificateError::ExpiredContext { .. }
-                ))
-            ),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("expired"), "{err}");
-
-        // And in a handshake, as a server's certificate.
-        let fresh = issue_node(&ca, 1, now());
-        let result = handshake(as_client(&fresh, ca.cert_pem()), as_server(&leaf, ca.cert_pem()), &dns(0));
-        assert!(
-            matches!(
-                result,
-                Err((
-                    Side::Client,
-                    rustls::Error::InvalidCertificate(
-                        CertificateError::ExpiredContext { .. } | CertificateError::Expired
-                    )
-                ))
-            ),
-            "{result:?}"
-        );
+        let expired =
+            |e: &CertificateError| matches!(e, CertificateError::Expired | CertificateError::ExpiredContext { .. });
+        refused_for_its_time(&ca, &leaf, expired, "expired", true);
     }
 
     #[test]
     fn not_yet_valid_certificate_is_refused() {
         let ca = ca(now());
         let leaf = ca.issue(&node(0), &[dns(0)], &[], Duration::days(30), now() + Duration::days(1)).unwrap();
-        let err = verify_leaf(&leaf.cert_pem, ca.cert_pem(), now()).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Rejected(rustls::Error::InvalidCertificate(
-                    CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }
-                ))
-            ),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("not valid yet"), "{err}");
-
-        // And in a handshake, as a client's certificate.
-        let fresh = issue_node(&ca, 1, now());
-        let result = handshake(as_client(&leaf, ca.cert_pem()), as_server(&fresh, ca.cert_pem()), &dns(1));
-        assert!(
-            matches!(
-                result,
-                Err((
-                    Side::Server,
-                    rustls::Error::InvalidCertificate(
-                        CertificateError::NotValidYetContext { .. } | CertificateError::NotValidYet
-                    )
-                ))
-            ),
-            "{result:?}"
-        );
+        let early = |e: &CertificateError| {
+            matches!(e, CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. })
+        };
+        refused_for_its_time(&ca, &leaf, early, "not valid yet", false);
     }
 
     #[test]

@@ -633,14 +633,17 @@ fn random<const N: usize>() -> [u8; N] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashSet;
 
     use super::*;
 
-    const NOW: u64 = 1_750_000_000;
+    /// The tests' Unix time.
+    pub(crate) const NOW: u64 = 1_750_000_000;
 
-    fn grant() -> Grant {
+    /// A grant to sign a raw digest with key `default` under `path`, issued
+    /// at [`NOW`] to `participants` for a minute.
+    pub(crate) fn sign_grant(participants: Vec<u16>, path: Vec<u32>) -> Grant {
         Grant {
             version: GRANT_VERSION,
             grant_id: [1; 16],
@@ -649,13 +652,17 @@ mod tests {
             kind: GrantKind::Sign {
                 key: "default".into(),
                 message: SignMessage::Digest { digest: [9; 32] },
-                derivation_path: vec![0, 7],
+                derivation_path: path,
             },
-            participants: vec![0, 2, 4],
+            participants,
             nonce: [3; 16],
             issued_at: NOW,
             expires_at: NOW + 60,
         }
+    }
+
+    fn grant() -> Grant {
+        sign_grant(vec![0, 2, 4], vec![0, 7])
     }
 
     fn issuer() -> SigningKey {

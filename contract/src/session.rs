@@ -625,27 +625,13 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     use super::*;
-    use crate::grant::{GRANT_VERSION, GrantKind, MemoryUsedSessions, sign};
+    use crate::grant::tests::{NOW, sign_grant};
+    use crate::grant::{MemoryUsedSessions, sign};
 
-    const NOW: u64 = 1_750_000_000;
     const SID: [u8; 32] = [5; 32];
 
     fn grant(participants: Vec<u16>) -> Grant {
-        Grant {
-            version: GRANT_VERSION,
-            grant_id: [1; 16],
-            namespace: "payments".into(),
-            cluster: "demo".into(),
-            kind: GrantKind::Sign {
-                key: "default".into(),
-                message: crate::SignMessage::Digest { digest: [9; 32] },
-                derivation_path: vec![],
-            },
-            participants,
-            nonce: [3; 16],
-            issued_at: NOW,
-            expires_at: NOW + 60,
-        }
+        sign_grant(participants, vec![])
     }
 
     #[test]

@@ -497,3 +497,24 @@ fn rand_u32() -> u32 {
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     h.finish() as u32
 }
+
+/// Tool `name` of Debian's `prometheus` package (`promtool`, `prometheus`)
+/// on the PATH. CI installs the package (`.ci/run`) and sets
+/// `TORCUS_REQUIRE_PROMTOOL`, so there a missing tool fails the test;
+/// elsewhere it is said, loudly, that `what` was not done, and `None`
+/// returned.
+pub fn prometheus_tool(name: &str, what: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("TORCUS_REQUIRE_PROMTOOL").is_none(),
+            "{name} not found: install Debian's `prometheus` package"
+        );
+        eprintln!("NOTE: {name} not found (Debian package `prometheus`); {what}");
+    }
+    found
+}

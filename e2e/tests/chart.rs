@@ -13,7 +13,8 @@ use std::sync::Once;
 
 use clap::CommandFactory as _;
 use serde_yaml::Value;
-use torcus_e2e::{helm, testing};
+use torcus_e2e::helm;
+use torcus_e2e::testing::{self, prometheus_tool};
 
 /// Release name; it contains the chart's name, so objects are called `torcus`.
 const RELEASE: &str = "torcus";
@@ -266,14 +267,7 @@ fn values_the_operator_cannot_honour_are_refused() {
 
 #[test]
 fn promtool_accepts_the_alert_rules_and_they_fire() {
-    let Some(promtool) = which("promtool") else {
-        // CI installs it (.ci/run) and sets TORCUS_REQUIRE_PROMTOOL, so there
-        // the rules are always checked; elsewhere a missing tool is said, loudly.
-        assert!(
-            std::env::var_os("TORCUS_REQUIRE_PROMTOOL").is_none(),
-            "promtool not found: install Debian's `prometheus` package"
-        );
-        eprintln!("NOTE: promtool not found (Debian package `prometheus`); the alert rules were not checked");
+    let Some(promtool) = prometheus_tool("promtool", "the alert rules were not checked") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -628,13 +622,4 @@ fn is_metric_name(s: &str) -> bool {
     s.starts_with("torcus_")
         && s.len() > 7
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
-/// `name` on the PATH.
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
 }

@@ -22,7 +22,7 @@ use torcus_crds::{MpcCluster, SigningPhase, SigningRequest};
 use torcus_e2e::helm;
 use torcus_e2e::kubelet::http_get;
 use torcus_e2e::process::{Process, free_port};
-use torcus_e2e::testing::{TestNamespace, eventually};
+use torcus_e2e::testing::{TestNamespace, eventually, prometheus_tool};
 
 /// Aux info and keygen with fixture primes on 2 cores, plus pod start-up.
 const KEYGEN_WAIT: Duration = Duration::from_secs(150);
@@ -174,13 +174,7 @@ async fn signing_moves_the_counters_and_histograms(ns: &TestNamespace, endpoints
 
 /// `promtool check metrics` on each endpoint's exposition: exit 0, no output.
 async fn promtool_has_no_complaints(endpoints: &Endpoints) {
-    let promtool = which("promtool");
-    let Some(promtool) = promtool else {
-        assert!(
-            std::env::var_os("TORCUS_REQUIRE_PROMTOOL").is_none(),
-            "promtool not found: install Debian's `prometheus` package"
-        );
-        eprintln!("NOTE: promtool not found (Debian package `prometheus`); the expositions were not linted");
+    let Some(promtool) = prometheus_tool("promtool", "the expositions were not linted") else {
         return;
     };
     let scrape = endpoints.scrape().await;
@@ -215,12 +209,7 @@ async fn promtool_has_no_complaints(endpoints: &Endpoints) {
 /// all four targets are up, every metric name the chart's alerts and
 /// dashboard query is among the names it stored.
 async fn prometheus_scrapes_every_metric_the_chart_uses(endpoints: &Endpoints) {
-    let Some(binary) = which("prometheus") else {
-        assert!(
-            std::env::var_os("TORCUS_REQUIRE_PROMTOOL").is_none(),
-            "prometheus not found: install Debian's `prometheus` package"
-        );
-        eprintln!("NOTE: prometheus not found (Debian package `prometheus`); nothing was scraped");
+    let Some(binary) = prometheus_tool("prometheus", "nothing was scraped") else {
         return;
     };
     let used = helm::chart_metric_names().unwrap();
@@ -482,13 +471,4 @@ impl Prometheus {
     fn log_tail(&self) -> String {
         torcus_e2e::process::tail(&self.log, 30)
     }
-}
-
-/// `name` on the PATH.
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
 }

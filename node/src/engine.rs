@@ -497,6 +497,23 @@ pub fn decode_share(bytes: &[u8]) -> Result<Share, ShareFormatError> {
     }
 }
 
+/// The signing protocol of party `i` among `parties` for the key of `share`
+/// derived along `path`: the path is set here, on the protocol, before a
+/// presignature or signature exists, and reliable broadcast is enforced.
+fn signing_builder<'r>(
+    eid: &'r [u8],
+    i: u16,
+    parties: &'r [u16],
+    share: &'r Share,
+    path: &[u32],
+) -> Result<cggmp24::signing::SigningBuilder<'r, Curve, Level>, EngineError> {
+    let builder = cggmp24::signing(ExecutionId::new(eid), i, parties, share).enforce_reliable_broadcast(true);
+    if path.is_empty() {
+        return Ok(builder);
+    }
+    builder.set_derivation_path(path.iter().copied()).map_err(|e| EngineError::DerivationPath(e.to_string()))
+}
+
 /// Runs the full signing protocol among `net.parties` over `message`,
 /// optionally for a non-hardened child key at `path`. A raw digest is signed
 /// only here, never with a presignature.
@@ -510,12 +527,7 @@ pub async fn sign(
     let parties = net.parties.clone();
     let i = position(&parties, net.me)?;
     let party = delivery(net)?;
-    let mut builder = cggmp24::signing(ExecutionId::new(eid), i, &parties, share).enforce_reliable_broadcast(true);
-    if !path.is_empty() {
-        builder = builder
-            .set_derivation_path(path.iter().copied())
-            .map_err(|e| EngineError::DerivationPath(e.to_string()))?;
-    }
+    let builder = signing_builder(eid, i, &parties, share, path)?;
     let signature = match message {
         Message::Payload(payload) => builder.sign(&mut OsRng, party, &payload.data_to_sign()).await?,
         Message::Digest(digest) => builder.sign(&mut OsRng, party, &prehashed(digest)).await?,
@@ -531,12 +543,7 @@ pub async fn presign(eid: &[u8], share: &Share, path: &[u32], net: SessionNet) -
     let parties = net.parties.clone();
     let i = position(&parties, net.me)?;
     let party = delivery(net)?;
-    let mut builder = cggmp24::signing(ExecutionId::new(eid), i, &parties, share).enforce_reliable_broadcast(true);
-    if !path.is_empty() {
-        builder = builder
-            .set_derivation_path(path.iter().copied())
-            .map_err(|e| EngineError::DerivationPath(e.to_string()))?;
-    }
+    let builder = signing_builder(eid, i, &parties, share, path)?;
     let (secret, public) = builder.generate_presignature(&mut OsRng, party).await?;
     Ok(Presig { secret, public, parties, path: path.to_vec() })
 }

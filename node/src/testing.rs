@@ -554,3 +554,19 @@ pub fn api_client(ca: &CertificateAuthority, identity: &Identity) -> reqwest::Cl
         .unwrap();
     reqwest::Client::builder().use_preconfigured_tls((*tls).clone()).no_proxy().build().unwrap()
 }
+
+/// A router for each of `nodes` (a transport and its incoming channel), fed
+/// from that channel (control envelopes dropped): the routers and the
+/// transports, in the order given.
+pub fn routed<T>(
+    nodes: Vec<(std::sync::Arc<T>, tokio::sync::mpsc::Receiver<crate::engine::Envelope>)>,
+) -> (Vec<std::sync::Arc<crate::router::Router>>, Vec<std::sync::Arc<T>>) {
+    nodes
+        .into_iter()
+        .map(|(transport, incoming)| {
+            let router = crate::router::Router::new();
+            router.spawn_inbound(incoming, None);
+            (router, transport)
+        })
+        .unzip()
+}

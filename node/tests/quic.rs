@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use torcus_certs::{CertificateAuthority, Identity, IssuedCertificate, OffsetDateTime, Role};
 use torcus_node::engine::{self, Envelope};
-use torcus_node::router::Router;
+use torcus_node::testing::routed;
 use torcus_node::transport::Transport;
 use torcus_node::transport::TransportMetrics;
 use torcus_node::transport::quic::{PeerAddr, QuicConfig, QuicTransport};
@@ -211,14 +211,8 @@ async fn an_oversized_frame_closes_only_that_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keygen_and_signing_over_quic() {
     let nodes = cluster(3);
-    let routers: Vec<Arc<Router>> = nodes.iter().map(|_| Router::new()).collect();
-    let mut transports = Vec::new();
-    let mut guards = Vec::new();
-    for (node, router) in nodes.into_iter().zip(&routers) {
-        router.spawn_inbound(node.incoming, None);
-        transports.push(node.transport);
-        guards.push(node._stop);
-    }
+    let (nodes, guards): (Vec<_>, Vec<_>) = nodes.into_iter().map(|n| ((n.transport, n.incoming), n._stop)).unzip();
+    let (routers, transports) = routed(nodes);
     let parties = vec![0u16, 1, 2];
     let net = |i: usize, session: u8, parties: &[u16]| {
         routers[i].session(Arc::clone(&transports[i]), [session; 32], i as u16, parties.to_vec())

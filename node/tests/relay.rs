@@ -14,8 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use torcus_certs::{CertificateAuthority, Identity, OffsetDateTime, Role};
 use torcus_node::engine::{self, Envelope};
-use torcus_node::router::Router;
-use torcus_node::testing::{RelayServer, samples};
+use torcus_node::testing::{RelayServer, routed, samples};
 use torcus_node::transport::hybrid::HybridTransport;
 use torcus_node::transport::quic::{QuicConfig, QuicTransport};
 use torcus_node::transport::relay::{
@@ -400,14 +399,8 @@ async fn hybrid_over_quic_relays_to_a_peer_without_an_address() {
 async fn keygen_over_the_relay() {
     let relay = serve_relay(RelayLimits::default()).await;
     let nodes: Vec<Node> = (0..3).map(|i| node(&relay, CLUSTER, i)).collect();
-    let routers: Vec<Arc<Router>> = nodes.iter().map(|_| Router::new()).collect();
-    let mut transports = Vec::new();
-    let mut guards = Vec::new();
-    for (node, router) in nodes.into_iter().zip(&routers) {
-        router.spawn_inbound(node.incoming, None);
-        transports.push(node.transport);
-        guards.push(node._stop);
-    }
+    let (nodes, guards): (Vec<_>, Vec<_>) = nodes.into_iter().map(|n| ((n.transport, n.incoming), n._stop)).unzip();
+    let (routers, transports) = routed(nodes);
     let parties = [0u16, 1, 2];
     let cores = futures::future::try_join_all((0..3).map(|i| {
         let net = routers[i].session(Arc::clone(&transports[i]), [2; 32], i as u16, parties.to_vec());

@@ -471,12 +471,7 @@ impl<T: Transport> Sessions<T> {
         if signed.grant.initiator() != from {
             let reason = format!("proposal came from party {from}, but the initiator is {}", signed.grant.initiator());
             self.metrics.grants_rejected.with_label_values(&["not_initiator"]).inc();
-            self.send_control(
-                from,
-                session,
-                &Control::Abort { session_id: session, from: self.me, reason, accused: None },
-            )
-            .await;
+            self.refuse(from, session, reason).await;
             return;
         }
         let grant = match self.verify(&signed) {
@@ -484,23 +479,13 @@ impl<T: Transport> Sessions<T> {
             Err(error) => {
                 warn!(from, %error, "refused a proposal");
                 let reason = format!("party {} refused the grant: {error}", self.me);
-                self.send_control(
-                    from,
-                    session,
-                    &Control::Abort { session_id: session, from: self.me, reason, accused: None },
-                )
-                .await;
+                self.refuse(from, session, reason).await;
                 return;
             }
         };
         if let Err(error) = self.precheck(&grant) {
             let reason = format!("party {}: {error}", self.me);
-            self.send_control(
-                from,
-                session,
-                &Control::Abort { session_id: session, from: self.me, reason, accused: None },
-            )
-            .await;
+            self.refuse(from, session, reason).await;
             return;
         }
         let _foreground = self.foreground();
@@ -898,6 +883,12 @@ impl<T: Transport> Sessions<T> {
         for &to in participants.iter().filter(|p| **p != self.me) {
             self.send_control(to, session, control).await;
         }
+    }
+
+    /// Tells party `to` that this node will not take part in `session`, and why.
+    pub(super) async fn refuse(&self, to: u16, session: [u8; 32], reason: String) {
+        let abort = Control::Abort { session_id: session, from: self.me, reason, accused: None };
+        self.send_control(to, session, &abort).await;
     }
 
     async fn send_control(&self, to: u16, session: [u8; 32], control: &Control) {

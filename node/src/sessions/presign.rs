@@ -157,12 +157,7 @@ impl<T: Transport> Sessions<T> {
                 debug!(%reason, "refused a presigning proposal");
                 self.metrics.sessions.with_label_values(&["presign", "refused"]).inc();
                 let reason = format!("party {}: {reason}", self.me);
-                self.send_control(
-                    from,
-                    session,
-                    &Control::Abort { session_id: session, from: self.me, reason, accused: None },
-                )
-                .await;
+                self.refuse(from, session, reason).await;
                 return;
             }
         };
