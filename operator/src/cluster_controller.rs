@@ -224,6 +224,12 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
 
     // Keygens, gauges and status.
     *step = "status";
+    // What the keygens learned is looked at last, as close to publishing as
+    // possible: a keygen that ended during this reconcile shows in this
+    // status, not one requeue later (a SigningRequest may already be signed
+    // with the key by then).
+    let observed =
+        Observed { learned_keys: ctx.keygens.learned(mpc), conflicts: ctx.keygens.conflicts(mpc), ..observed };
     let plan = cluster_plan::status(mpc, &observed, grant_public_key, certificates_status(&pki)?);
     let gauges = &ctx.metrics.cluster;
     let labels = [ns.as_str(), name.as_str()];
@@ -271,8 +277,8 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
     })))
 }
 
-/// Observe: the cluster's pods and StatefulSets, what the node registry
-/// knows of its nodes, and what its keygens learned.
+/// Observe: the cluster's pods and StatefulSets and what the node registry
+/// knows of its nodes.
 async fn observe(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<Observed> {
     let name = mpc.name_any();
     let names = Names::new(&name);
@@ -294,7 +300,8 @@ async fn observe(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<Observed> 
             }
         })
         .collect();
-    Ok(Observed { nodes, learned_keys: ctx.keygens.learned(mpc), conflicts: ctx.keygens.conflicts(mpc) })
+    // The keygens are looked at in the status step, as late as possible.
+    Ok(Observed { nodes, ..Observed::default() })
 }
 
 /// A Secret the cluster needs exists but is not the operator's: nothing of
