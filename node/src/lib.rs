@@ -18,6 +18,7 @@ pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod tls_listener;
+pub mod tls_reload;
 pub mod transport;
 pub mod used_sessions;
 
@@ -222,6 +223,9 @@ impl Args {
         if std::env::var_os(TEST_CORRUPT_ENV).is_some() {
             return Err(Error::TestHookInProduct(TEST_CORRUPT_ENV));
         }
+        let tls_files = tls_reload::TlsFiles { dir: tls_dir.clone(), config: config.clone(), me };
+        // Before reading: a change made meanwhile is then seen as one.
+        let tls_stamps = tls_files.stamps();
         let identity = Identity::load(me, &config, &tls_dir)?;
         let cluster = identity.config.clone();
         let read = |path: PathBuf| std::fs::read_to_string(&path).map_err(|e| Error::Io(path.display().to_string(), e));
@@ -340,6 +344,16 @@ impl Args {
             }
             other => return Err(Error::Transport(other.to_owned())),
         };
+        // QUIC takes a renewed certificate or trust bundle without a restart.
+        let quic_transport = match &transport {
+            AnyTransport::Quic(quic) => Some(Arc::clone(quic)),
+            AnyTransport::Hybrid(hybrid) => Some(Arc::clone(hybrid.primary())),
+            _ => None,
+        };
+        if let Some(quic) = quic_transport {
+            let reloads = metrics.tls_reloads.clone();
+            tokio::spawn(tls_reload::run(tls_files, tls_stamps, quic, reloads, stop.clone()));
+        }
         let transport = match (sealer, unsealable) {
             (Some(sealer), Some(dropped)) => {
                 transport::seal::spawn_opener(Arc::clone(&sealer), sealed_rx, dropped, incoming_tx);

@@ -24,6 +24,8 @@ pub struct NodeMetrics {
     pub api_refused: IntCounterVec,
     /// 1 while configuration and TLS identity check out.
     pub ready: IntGauge,
+    /// Changed TLS files taken for QUIC (`ok`) or refused (`refused`).
+    pub tls_reloads: IntCounterVec,
     /// Presignatures ready, per key (summed over signer sets: sets would
     /// multiply the series).
     pub presignature_pool_depth: IntGaugeVec,
@@ -77,6 +79,14 @@ impl NodeMetrics {
             api_refused.with_label_values(&[reason]);
         }
         registry.register(Box::new(api_refused.clone()))?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new("torcus_node_tls_reloads_total", "Changed TLS files taken for QUIC or refused, by outcome"),
+            &["outcome"],
+        )?;
+        for outcome in ["ok", "refused"] {
+            tls_reloads.with_label_values(&[outcome]);
+        }
+        registry.register(Box::new(tls_reloads.clone()))?;
         let dropped_control =
             IntCounter::new("torcus_node_control_dropped_total", "Control messages malformed or for no session")?;
         let ready = IntGauge::new("torcus_node_ready", "1 while the node's configuration and TLS identity check out")?;
@@ -108,6 +118,7 @@ impl NodeMetrics {
             grants_rejected,
             dropped_control,
             api_refused,
+            tls_reloads,
             ready,
             presignature_pool_depth,
             presignatures_generated,

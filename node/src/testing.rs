@@ -51,21 +51,34 @@ fn free_udp() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A certificate of `ca` for party `i` of `vault/demo` (names `node-<i>`
+/// and 127.0.0.1), valid for an hour.
+fn node_leaf(ca: &CertificateAuthority, i: u16) -> torcus_certs::IssuedCertificate {
+    let identity = Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Node { party_index: i } };
+    ca.issue(
+        &identity,
+        &[format!("node-{i}")],
+        &["127.0.0.1".parse().unwrap()],
+        torcus_certs::Duration::hours(1),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap()
+}
+
+/// Replaces file `path` with `bytes` at once (written beside it, renamed
+/// over it), as the kubelet swaps a Secret volume's files.
+fn replace_file(path: &Path, bytes: &[u8]) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, bytes).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
 /// Writes node `i`'s TLS folder as the operator's Secret mounts it: a
 /// certificate of `ca` for party `i` of `vault/demo` (names `node-<i>` and
 /// 127.0.0.1), its key, the CA, and the node's identity and seal keys.
 pub fn write_node_tls(tls: &Path, ca: &CertificateAuthority, i: u16, identity_key: &SigningKey, seal_seed: &[u8; 32]) {
     std::fs::create_dir_all(tls).unwrap();
-    let identity = Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Node { party_index: i } };
-    let cert = ca
-        .issue(
-            &identity,
-            &[format!("node-{i}")],
-            &["127.0.0.1".parse().unwrap()],
-            torcus_certs::Duration::hours(1),
-            OffsetDateTime::now_utc(),
-        )
-        .unwrap();
+    let cert = node_leaf(ca, i);
     std::fs::write(tls.join("tls.crt"), &cert.cert_pem).unwrap();
     std::fs::write(tls.join("tls.key"), cert.key_pem.expose()).unwrap();
     std::fs::write(tls.join("ca.crt"), ca.cert_pem()).unwrap();
@@ -347,6 +360,34 @@ impl Cluster {
         }
     }
 
+    /// The CA the cluster started with.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// Rewrites every node's trust bundle (`ca.crt`) with `bundle` and, with
+    /// `leaves_from`, its certificate and key with a new leaf of that CA:
+    /// what the operator's renewal and CA roll do to the mounted Secrets.
+    pub fn rewrite_tls(&self, bundle: &str, leaves_from: Option<&CertificateAuthority>) {
+        for i in 0..self.config.nodes {
+            let tls = self.tls_dir(i);
+            if let Some(ca) = leaves_from {
+                let cert = node_leaf(ca, i);
+                replace_file(&tls.join("tls.key"), cert.key_pem.expose().as_bytes());
+                replace_file(&tls.join("tls.crt"), cert.cert_pem.as_bytes());
+            }
+            replace_file(&tls.join("ca.crt"), bundle.as_bytes());
+        }
+    }
+
+    /// From now on the test calls the nodes as the operator with a client
+    /// certificate of `ca`, trusting the node certificates of the CAs in
+    /// `bundle` (as the operator does through a CA roll).
+    pub fn call_as_operator(&mut self, ca: &CertificateAuthority, bundle: &str) {
+        let operator = Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Operator };
+        self.http = api_client_trusting(ca, &operator, bundle);
+    }
+
     /// Node `i`'s TLS folder (`tls.crt`, `tls.key`, `ca.crt`, its other keys).
     pub fn tls_dir(&self, i: u16) -> PathBuf {
         self.dir.path().join(format!("tls-{i}"))
@@ -549,9 +590,13 @@ pub fn verify(body: &serde_json::Value, digest: &[u8; 32]) {
 /// An HTTPS client of the nodes' APIs that presents a certificate of `ca`
 /// for `identity` and trusts only `ca` (nodes' certificates list 127.0.0.1).
 pub fn api_client(ca: &CertificateAuthority, identity: &Identity) -> reqwest::Client {
+    api_client_trusting(ca, identity, ca.cert_pem())
+}
+
+/// Like [`api_client`], trusting the CAs of `bundle` for the server.
+pub fn api_client_trusting(ca: &CertificateAuthority, identity: &Identity, bundle: &str) -> reqwest::Client {
     let cert = ca.issue(identity, &[], &[], torcus_certs::Duration::hours(1), OffsetDateTime::now_utc()).unwrap();
-    let tls = torcus_certs::client_config(&cert.cert_pem, &cert.key_pem, ca.cert_pem(), &[crate::tls_listener::ALPN])
-        .unwrap();
+    let tls = torcus_certs::client_config(&cert.cert_pem, &cert.key_pem, bundle, &[crate::tls_listener::ALPN]).unwrap();
     reqwest::Client::builder().use_preconfigured_tls((*tls).clone()).no_proxy().build().unwrap()
 }
 

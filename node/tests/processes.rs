@@ -2,15 +2,18 @@
 //! the HTTP API with operator-style grants, every signature checked with
 //! libsecp256k1; forged, expired, replayed and non-member grants refused;
 //! a restarted node signs with the share it stored; presignature pools fill
-//! in the background and signing uses each presignature once.
+//! in the background and signing uses each presignature once; renewed
+//! certificates and a new CA are taken without a restart.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
+use torcus_certs::{CertificateAuthority, OffsetDateTime};
 use torcus_contract::api::PresignatureChoice;
 use torcus_contract::{GrantKind, HashAlgorithm, SignMessage};
-use torcus_node::testing::{Cluster, digest, payload};
+use torcus_node::testing::{Cluster, digest, payload, verify};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_torcus-node"))
@@ -172,6 +175,115 @@ async fn a_stopped_node_fails_one_session_and_the_others_sign_on() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     assert!(signed, "the resumed node signs again:\n{}", cluster.log(2));
+}
+
+/// A node takes renewed certificates and a new CA from its mounted files
+/// without restarting. The operator's CA roll is played on the files step
+/// by step — the new CA trusted beside the old, every leaf reissued by the
+/// new CA, the old CA dropped — while nodes 0 and 1 sign one request after
+/// another, none of which may fail. Connections made before stay up, so the
+/// proof is a node killed and started again afterwards: it trusts only the
+/// new CA and must make new connections, and it signs with each node that
+/// never restarted, which it could not if they still presented their first
+/// certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_nodes_take_renewed_certificates_and_a_new_ca_without_restarting() {
+    let mut cluster = Cluster::new(binary(), 3, 2, "quic").await;
+    cluster.wait_ready().await;
+    cluster.keygen("default").await;
+    let first = cluster.ca().clone();
+    let next = CertificateAuthority::generate("test CA 2", torcus_certs::Duration::days(1), OffsetDateTime::now_utc())
+        .unwrap();
+    let both = format!("{}{}", first.cert_pem(), next.cert_pem());
+    // Through the roll the operator trusts node certificates of both CAs.
+    cluster.call_as_operator(&first, &both);
+
+    let signed = signing_through(&cluster, async {
+        cluster.rewrite_tls(&both, None);
+        wait_for_reloads(&cluster, &[0, 1, 2], 1).await;
+        cluster.rewrite_tls(&both, Some(&next));
+        wait_for_reloads(&cluster, &[0, 1, 2], 2).await;
+    })
+    .await;
+    cluster.call_as_operator(&next, next.cert_pem());
+    let signed_after = signing_through(&cluster, async {
+        cluster.rewrite_tls(next.cert_pem(), None);
+        wait_for_reloads(&cluster, &[0, 1, 2], 3).await;
+    })
+    .await;
+    eprintln!("{signed} and {signed_after} signatures while the files changed");
+    // Each signature was checked; how many fit in depends on the machine.
+    assert!(signed >= 1 && signed_after >= 1, "signing went on throughout");
+    for i in 0..3 {
+        let refused = sample(&cluster.metrics(i).await, r#"torcus_node_tls_reloads_total{outcome="refused"}"#);
+        assert_eq!(refused, 0.0, "node {i} refused files it was given:\n{}", cluster.log(i));
+    }
+
+    // SIGKILL, then a new process on the new files only.
+    cluster.kill(2);
+    cluster.start(2);
+    cluster.wait_ready().await;
+    for signers in [vec![0, 2], vec![1, 2]] {
+        let mut signed = false;
+        // A retry or two, as the operator would make, while peers reconnect.
+        for n in 0..3u8 {
+            let kind =
+                GrantKind::Sign { key: "default".into(), message: digest([60 + n; 32]), derivation_path: vec![] };
+            let grant = cluster.grant(kind, signers.clone());
+            let (status, body) = cluster.post(grant.grant.initiator(), "/p2p/sign", &grant).await;
+            if status == 200 {
+                verify(&body, &[60 + n; 32]);
+                signed = true;
+                break;
+            }
+            eprintln!("sign with {signers:?}, try {n}: {status} {body}");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        assert!(signed, "the restarted node signs with {signers:?}:\n{}", cluster.log(2));
+    }
+}
+
+/// Signs with nodes 0 and 1, one request after another, each checked,
+/// until `steps` is done; how many were signed.
+async fn signing_through(cluster: &Cluster, steps: impl std::future::Future<Output = ()>) -> u32 {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let signing = async {
+        let mut count = 0u32;
+        while !done.load(std::sync::atomic::Ordering::Acquire) {
+            let message = digest(Sha256::digest(count.to_be_bytes()).into());
+            cluster.sign("default", vec![0, 1], message, vec![]).await;
+            count += 1;
+        }
+        count
+    };
+    let steps = async {
+        steps.await;
+        done.store(true, std::sync::atomic::Ordering::Release);
+    };
+    tokio::join!(steps, signing).1
+}
+
+/// Waits until each of `nodes` has taken changed TLS files `count` times.
+async fn wait_for_reloads(cluster: &Cluster, nodes: &[u16], count: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for &i in nodes {
+        loop {
+            let ok = sample(&cluster.metrics(i).await, r#"torcus_node_tls_reloads_total{outcome="ok"}"#);
+            if ok >= f64::from(count) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {i} reloaded {ok} times, not {count}:\n{}", cluster.log(i));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The value of sample `name_and_labels` in a metrics text; 0 when absent.
+fn sample(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
 /// Keygen, signing with two signer sets and an HD path, and a restarted

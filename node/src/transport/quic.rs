@@ -91,6 +91,8 @@ pub struct QuicTransport {
     namespace: String,
     cluster: String,
     endpoint: Endpoint,
+    /// What this node dials with: its certificate and the CAs it trusts now.
+    client: std::sync::RwLock<quinn::ClientConfig>,
     peers: std::sync::RwLock<HashMap<u16, PeerAddr>>,
     outbound: Mutex<HashMap<u16, Arc<Outbound>>>,
     /// One connection attempt per peer at a time, without holding
@@ -103,6 +105,33 @@ pub struct QuicTransport {
     boot_id: [u8; 16],
     /// The boot id each peer last greeted with.
     peer_boots: std::sync::Mutex<HashMap<u16, Vec<u8>>>,
+}
+
+/// The endpoint's server and client configurations for this certificate,
+/// key and trust bundle.
+fn quic_configs(
+    cert_chain_pem: &str,
+    key: &SecretPem,
+    trust_bundle_pem: &str,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), QuicError> {
+    let server_tls = torcus_certs::server_config(cert_chain_pem, key, trust_bundle_pem, &[ALPN])?;
+    let client_tls = torcus_certs::client_config(cert_chain_pem, key, trust_bundle_pem, &[ALPN])?;
+    let mut transport_config = quinn::TransportConfig::default();
+    transport_config
+        .max_concurrent_uni_streams(8u32.into())
+        .max_concurrent_bidi_streams(0u32.into())
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Some(Duration::from_secs(10).try_into().map_err(|e| QuicError::QuicTls(format!("{e}")))?));
+    let transport_config = Arc::new(transport_config);
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+        QuicServerConfig::try_from(server_tls).map_err(|e| QuicError::QuicTls(e.to_string()))?,
+    ));
+    server.transport_config(transport_config.clone());
+    let mut client = quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(client_tls).map_err(|e| QuicError::QuicTls(e.to_string()))?,
+    ));
+    client.transport_config(transport_config);
+    Ok((server, client))
 }
 
 #[derive(Debug)]
@@ -121,27 +150,8 @@ impl QuicTransport {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, QuicError> {
         let QuicConfig { me, namespace, cluster, listen, peers, cert_chain_pem, key, trust_bundle_pem } = config;
-        let server_tls = torcus_certs::server_config(&cert_chain_pem, &key, &trust_bundle_pem, &[ALPN])?;
-        let client_tls = torcus_certs::client_config(&cert_chain_pem, &key, &trust_bundle_pem, &[ALPN])?;
-        let mut transport_config = quinn::TransportConfig::default();
-        transport_config
-            .max_concurrent_uni_streams(8u32.into())
-            .max_concurrent_bidi_streams(0u32.into())
-            .keep_alive_interval(Some(Duration::from_secs(2)))
-            .max_idle_timeout(Some(
-                Duration::from_secs(10).try_into().map_err(|e| QuicError::QuicTls(format!("{e}")))?,
-            ));
-        let transport_config = Arc::new(transport_config);
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
-            QuicServerConfig::try_from(server_tls).map_err(|e| QuicError::QuicTls(e.to_string()))?,
-        ));
-        server.transport_config(transport_config.clone());
-        let mut client = quinn::ClientConfig::new(Arc::new(
-            QuicClientConfig::try_from(client_tls).map_err(|e| QuicError::QuicTls(e.to_string()))?,
-        ));
-        client.transport_config(transport_config);
-        let mut endpoint = Endpoint::server(server, listen).map_err(|e| QuicError::Bind(listen, e))?;
-        endpoint.set_default_client_config(client);
+        let (server, client) = quic_configs(&cert_chain_pem, &key, &trust_bundle_pem)?;
+        let endpoint = Endpoint::server(server, listen).map_err(|e| QuicError::Bind(listen, e))?;
 
         let mut boot_id = [0u8; 16];
         getrandom::fill(&mut boot_id).map_err(|e| QuicError::QuicTls(format!("random boot id: {e}")))?;
@@ -150,6 +160,7 @@ impl QuicTransport {
             namespace,
             cluster,
             endpoint,
+            client: std::sync::RwLock::new(client),
             peers: std::sync::RwLock::new(peers),
             outbound: Mutex::new(HashMap::new()),
             connecting: std::sync::Mutex::new(HashMap::new()),
@@ -161,6 +172,17 @@ impl QuicTransport {
         });
         tokio::spawn(Arc::clone(&this).accept_loop());
         Ok(this)
+    }
+
+    /// Replaces this node's certificate, key and trust bundle: connections
+    /// made from now on, dialled or accepted, use them; connections already
+    /// open keep what they were authenticated with, so no session in flight
+    /// is cut. Nothing changes when the new files do not make a configuration.
+    pub fn reload_tls(&self, cert_chain_pem: &str, key: &SecretPem, trust_bundle_pem: &str) -> Result<(), QuicError> {
+        let (server, client) = quic_configs(cert_chain_pem, key, trust_bundle_pem)?;
+        self.endpoint.set_server_config(Some(server));
+        *self.client.write().unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        Ok(())
     }
 
     /// Sets or replaces where party `index` is reached (addresses become
@@ -351,7 +373,9 @@ impl QuicTransport {
             self.metrics.connection_failures.with_label_values(&["connect"]).inc();
             SendError::Connection { party: to, reason }
         };
-        let connecting = self.endpoint.connect(peer.addr, &peer.server_name).map_err(|e| failed(e.to_string()))?;
+        let client = self.client.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let connecting =
+            self.endpoint.connect_with(client, peer.addr, &peer.server_name).map_err(|e| failed(e.to_string()))?;
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| failed(format!("no answer from {} within {CONNECT_TIMEOUT:?}", peer.addr)))?
