@@ -210,6 +210,10 @@ impl<'a> Reconcile<'a> {
             Ok(k) => k,
             Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
         };
+        if !self.credentials_loaded(&mpc) {
+            let message = format!("the operator has not loaded cluster {}'s certificates yet", mpc.name_any());
+            return self.wait("WaitingForNodes", message).await;
+        }
         let nodes = self.nodes(&mpc).await?;
         let healthy: Vec<u16> = healthy_indices(&nodes);
         if healthy.len() < usize::from(mpc.spec.threshold) {
@@ -274,6 +278,12 @@ impl<'a> Reconcile<'a> {
                 return self.refuse_status(why).await;
             }
         };
+        // Just after a start, the cluster controller may not have loaded the
+        // certificate the nodes are called with: not a failed attempt.
+        if !self.credentials_loaded(&mpc) && grant.grant.expires_at > torcus_contract::unix_now() {
+            debug!(request = %self.sr.name_any(), namespace = %self.ns, "waiting for the cluster's certificates");
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
         let nodes = self.nodes(&mpc).await?;
         let initiator = grant.grant.initiator();
         let Some(url) = nodes.get(&initiator).map(|n| n.url.clone()) else {
@@ -617,6 +627,12 @@ impl<'a> Reconcile<'a> {
         from_status
             .or_else(|| self.ctx.keygens.learned(mpc).into_iter().find(|k| k.name == self.sr.spec.key))
             .filter(|k| k.public_key.is_some())
+    }
+
+    /// Whether the cluster controller has loaded the certificate the nodes
+    /// of `mpc` are called with (it does on its first reconcile).
+    fn credentials_loaded(&self, mpc: &MpcCluster) -> bool {
+        self.ctx.nodes.trust_bundle(&self.cluster_ns, &mpc.name_any()).is_some()
     }
 
     /// The cluster's nodes by party index: API URL from the pod IP, healthy
