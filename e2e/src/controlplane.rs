@@ -16,10 +16,12 @@ use crate::process::{Process, free_port};
 
 /// Controllers the tests and the sandbox need: StatefulSets make pods, the
 /// garbage collector follows owner references, the disruption controller
-/// keeps PodDisruptionBudget status, and the rest make namespaces usable.
+/// keeps PodDisruptionBudget status, the PVC protection controller lets a
+/// claim no pod uses be deleted, and the rest make namespaces usable.
 const CONTROLLERS: &str = "statefulset-controller,garbage-collector-controller,namespace-controller,\
 serviceaccount-controller,serviceaccount-token-controller,disruption-controller,endpointslice-controller,\
-endpoints-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller";
+endpoints-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller,\
+persistentvolumeclaim-protection-controller";
 
 /// A running local control plane. Dropping it stops every process.
 #[derive(Debug)]

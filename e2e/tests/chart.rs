@@ -493,6 +493,7 @@ fn assert_least_privilege(role: &Value) {
     }
     expected.insert("/pods list".to_owned());
     expected.insert("/pods watch".to_owned());
+    expected.insert("/persistentvolumeclaims get".to_owned());
     expected.insert("events.k8s.io/events create".to_owned());
     expected.insert("events.k8s.io/events patch".to_owned());
     assert_eq!(granted, expected, "the operator's rules");

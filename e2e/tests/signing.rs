@@ -1113,3 +1113,100 @@ async fn the_operator_runs_on_the_charts_rights_which_cannot_list_secrets() {
     assert_signed(&sr, digest, &public_key);
     ns.finish().await.unwrap();
 }
+
+/// Deleting an MpcCluster by mistake loses no key: each node's keys Secret
+/// stays with its retained volume, and the cluster applied again comes back
+/// with the same key, taken from the volumes, without a keygen. A keys
+/// Secret planted for a fresh volume is not used. Deleting the volumes
+/// deletes the keys for good.
+#[tokio::test]
+async fn a_cluster_deleted_by_mistake_comes_back_with_its_key_and_no_keygen() {
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+    use kube::api::DeleteParams;
+    let mut ns = TestNamespace::new("retain").await.unwrap();
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    let secrets: Api<Secret> = ns.api();
+    // Planted before the cluster exists: node 0's volume claim (empty), and
+    // a keys Secret bound to it whose store key the planter knows.
+    let claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "data-vault-0-0"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .unwrap();
+    let claim = claims.create(&PostParams::default(), &claim).await.unwrap();
+    let planted_store_key = hex::encode([0x77; 32]);
+    let planted: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "vault-node-0-keys", "ownerReferences": [{
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": "data-vault-0-0", "uid": claim.uid().unwrap(),
+        }]},
+        "stringData": {"store.key": planted_store_key, "identity.key": hex::encode([0x78; 32]), "seal.key": hex::encode([0x79; 32])},
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &planted).await.unwrap();
+
+    let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
+    let public_key = ready_cluster(&mut ns, cluster("vault", "quic", no_pool.clone())).await;
+    assert_event(&ns, "vault", "RetainedKeysRefused").await;
+    let store_key = |s: &Secret| s.data.as_ref().and_then(|d| d.get("store.key")).map(|v| v.0.clone());
+    let now = secrets.get("vault-node-0-keys").await.unwrap();
+    assert_ne!(store_key(&now), Some(planted_store_key.into_bytes()), "the planted store key was used");
+    let digest = [0x51; 32];
+    assert_signed(&sign_digest(&ns, "before-delete", digest).await, digest, &public_key);
+    let keygen_grants =
+        || async { metric(&ns.operator_metrics().await, "torcus_grants_issued_total", &[("kind", "keygen")]) };
+    let keygens_before = keygen_grants().await;
+    assert!(keygens_before >= 1.0, "the first cluster generated its key");
+    let clusters: Api<MpcCluster> = ns.api();
+    let address = |mpc: &MpcCluster| mpc.status.as_ref().and_then(|s| s.keys.first()?.ethereum_address.clone());
+    let first_address = address(&clusters.get("vault").await.unwrap());
+
+    // Deleted: the garbage collector takes what was the cluster's alone,
+    // and takes the cluster off the keys Secrets, which it keeps.
+    clusters.delete("vault", &DeleteParams::background()).await.unwrap();
+    eventually("the cluster's dependents collected, its keys Secrets kept", KEYGEN_WAIT, || async {
+        let ca_gone = secrets.get_opt("vault-ca").await?.is_none();
+        let mut kept = 0;
+        for i in 0..3 {
+            if let Some(s) = secrets.get_opt(&format!("vault-node-{i}-keys")).await? {
+                let owners = s.metadata.owner_references.unwrap_or_default();
+                let claim_only = owners.iter().all(|o| o.kind == "PersistentVolumeClaim")
+                    && owners.iter().any(|o| o.name == format!("data-vault-{i}-0"));
+                kept += usize::from(claim_only);
+            }
+        }
+        let pods = ns.api::<k8s_openapi::api::core::v1::Pod>().list(&ListParams::default()).await?;
+        Ok((ca_gone && kept == 3 && pods.items.is_empty()).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Applied again over the retained volumes: the same key, no keygen.
+    clusters.create(&PostParams::default(), &cluster("vault", "quic", no_pool)).await.unwrap();
+    assert_eq!(ready_key(&clusters).await, public_key);
+    assert_eq!(address(&clusters.get("vault").await.unwrap()), first_address);
+    assert_event(&ns, "vault", "NodeKeysAdopted").await;
+    assert_eq!(keygen_grants().await, keygens_before, "a keygen grant was issued for the retained key");
+    let digest = [0x52; 32];
+    assert_signed(&sign_digest(&ns, "after-apply", digest).await, digest, &public_key);
+
+    // For good: the cluster, then its volume claims; the keys go with them.
+    clusters.delete("vault", &DeleteParams::background()).await.unwrap();
+    eventually("the cluster gone", KEYGEN_WAIT, || async {
+        Ok(clusters.get_opt("vault").await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+    for i in 0..3 {
+        claims.delete(&format!("data-vault-{i}-0"), &DeleteParams::background()).await.unwrap();
+    }
+    eventually("the keys Secrets collected with the volumes", KEYGEN_WAIT, || async {
+        let mut left = 0;
+        for i in 0..3 {
+            left += usize::from(secrets.get_opt(&format!("vault-node-{i}-keys")).await?.is_some());
+        }
+        Ok((left == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    ns.finish().await.unwrap();
+}

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -23,6 +24,7 @@ use crate::context::Context;
 use crate::grants::{GRANT_PRIVATE_KEY, GRANT_PUBLIC_KEY};
 use crate::keygen::KeygenEnv;
 use crate::node_client::NodeAddr;
+use crate::node_keys::{self, Claim};
 use crate::pki::{self, Leaf, LeafRequest};
 use crate::resources::{self, LABEL_CLUSTER, Names, NodePublicKeys};
 use crate::secret_records::{self, Records};
@@ -182,13 +184,14 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
     *step = "keys";
     let keys = async {
         let grant_public_key = ensure_grant_key(ctx, mpc, &ns, &mut recorded).await?;
-        let mut identity_keys = Vec::with_capacity(usize::from(mpc.spec.nodes));
+        let mut node_keys = Vec::with_capacity(usize::from(mpc.spec.nodes));
         for index in 0..mpc.spec.nodes {
-            identity_keys.push(ensure_node_keys(ctx, mpc, &ns, index, &mut recorded).await?);
+            let claim = observed.nodes.get(usize::from(index)).and_then(|n| n.claim.as_ref());
+            node_keys.push(ensure_node_keys(ctx, mpc, &ns, index, claim, &mut recorded).await?);
         }
-        Ok((grant_public_key, identity_keys))
+        Ok((grant_public_key, node_keys))
     };
-    let (grant_public_key, identity_keys) = match keys.await {
+    let (grant_public_key, node_keys) = match keys.await {
         Ok(keys) => keys,
         Err(e @ Error::ForeignSecret(_)) => return refuse_foreign_secret(ctx, mpc, e).await,
         Err(e @ (Error::GrantKey(_) | Error::NodeKeys(_))) => {
@@ -203,6 +206,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
 
     // Configuration, addressing and the nodes themselves.
     *step = "children";
+    let identity_keys: Vec<NodePublicKeys> = node_keys.iter().map(|k| k.public.clone()).collect();
     let config = resources::cluster_config(mpc, &grant_public_key, &identity_keys, &ctx.build);
     let config_hash = resources::config_hash(&config);
     apply(&ctx.client, &ns, &resources::config_map(mpc, &config)).await?;
@@ -222,14 +226,36 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
     }
     apply(&ctx.client, &ns, &resources::pod_disruption_budget(mpc)).await?;
 
+    // Keys retained from a deleted cluster are taken, or replaced, once
+    // their nodes show what their volumes hold.
+    *step = "retained keys";
+    let mut keygen_held = Vec::new();
+    for (index, keys) in (0..mpc.spec.nodes).zip(&node_keys) {
+        let seen = observed.nodes.get(usize::from(index));
+        if let Some(retained) = &keys.retained {
+            keygen_held.extend(settle_retained(ctx, mpc, &ns, index, retained, seen, &mut recorded).await?);
+        } else if !keys.bound {
+            keygen_held.push(format!("node {index}'s keys Secret is not bound to its volume claim yet"));
+        }
+        // A node not yet restarted with what it is to run (new keys, say)
+        // takes part in no keygen.
+        if seen.and_then(|n| n.pod_template.as_ref()) != hashes.get(usize::from(index)) {
+            keygen_held.push(format!("node {index} does not run its current configuration yet"));
+        }
+    }
+
     // Keygens, gauges and status.
     *step = "status";
     // What the keygens learned is looked at last, as close to publishing as
     // possible: a keygen that ended during this reconcile shows in this
     // status, not one requeue later (a SigningRequest may already be signed
     // with the key by then).
-    let observed =
-        Observed { learned_keys: ctx.keygens.learned(mpc), conflicts: ctx.keygens.conflicts(mpc), ..observed };
+    let observed = Observed {
+        learned_keys: ctx.keygens.learned(mpc),
+        conflicts: ctx.keygens.conflicts(mpc),
+        keygen_held,
+        ..observed
+    };
     let plan = cluster_plan::status(mpc, &observed, grant_public_key, certificates_status(&pki)?);
     let gauges = &ctx.metrics.cluster;
     let labels = [ns.as_str(), name.as_str()];
@@ -286,8 +312,16 @@ async fn observe(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<Observed> 
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns).list(&selector).await?;
     let sets = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns).list(&selector).await?;
     let records = ctx.registry.nodes(ns, &name);
+    // By name: a claim is the StatefulSet's whatever its labels say.
+    let claims_api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ns);
+    let mut claims = Vec::with_capacity(usize::from(mpc.spec.nodes));
+    for index in 0..mpc.spec.nodes {
+        let claim = claims_api.get_opt(&names.data_claim(index)).await?;
+        claims.push(claim.and_then(|c| Some(Claim { uid: c.metadata.uid?, name: c.metadata.name? })));
+    }
     let nodes = (0..mpc.spec.nodes)
-        .map(|index| {
+        .zip(claims)
+        .map(|(index, claim)| {
             let pod = pods.items.iter().find(|p| p.name_any() == names.pod(index));
             let sts = sets.items.iter().find(|s| s.name_any() == names.stateful_set(index));
             NodeSeen {
@@ -297,6 +331,7 @@ async fn observe(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<Observed> 
                 sts_template: sts.and_then(|s| resources::template_hash(s.spec.as_ref()?.template.metadata.as_ref())),
                 sts_ready: sts.and_then(|s| s.status.as_ref()?.ready_replicas).unwrap_or(0) >= 1,
                 record: records.iter().find(|r| r.party == index).cloned(),
+                claim,
             }
         })
         .collect();
@@ -374,19 +409,46 @@ async fn ensure_grant_key(ctx: &Context, mpc: &MpcCluster, ns: &str, records: &m
     Ok(public)
 }
 
-/// Returns node `index`'s public keys (TCP identity and seal key), creating
-/// its keys Secret (share encryption key, TCP identity, seal key) once. Like
-/// the grant key, it is created, and its keys are never replaced: a new share
-/// encryption key would leave the shares on the node's volume unreadable, so
-/// a Warning says so when a lost Secret had to be replaced after keys were
-/// generated. A Secret made before messages were sealed gets a seal key added.
+/// Node `index`'s keys as the keys step leaves them.
+struct NodeKeys {
+    /// What the configuration publishes of them.
+    public: NodePublicKeys,
+    /// Whether the Secret is bound to the node's volume claim, so that it
+    /// outlives the cluster exactly as long as the shares do.
+    bound: bool,
+    /// A Secret retained from a deleted cluster of this name, not taken yet.
+    retained: Option<Retained>,
+}
+
+/// A node keys Secret retained from a deleted cluster (see `crate::node_keys`).
+struct Retained {
+    name: String,
+    claim: Claim,
+    /// The version read: it is taken or replaced only as it was read.
+    resource_version: Option<String>,
+    owners: Vec<OwnerReference>,
+    /// Its public keys, as records list them.
+    keys: Vec<String>,
+}
+
+/// Returns node `index`'s keys (TCP identity and seal key public halves),
+/// creating its keys Secret (share encryption key, TCP identity, seal key)
+/// once and binding it to the node's volume `claim`. Like the grant key, it
+/// is created, and its keys are never replaced: a new share encryption key
+/// would leave the shares on the node's volume unreadable, so a Warning says
+/// so when a lost Secret had to be replaced after keys were generated. A
+/// Secret made before messages were sealed gets a seal key added. A Secret
+/// this cluster did not make is refused, unless it was retained with the
+/// node's volume from a deleted cluster of the same name: then it is
+/// returned as such, for [`settle_retained`] to decide on.
 async fn ensure_node_keys(
     ctx: &Context,
     mpc: &MpcCluster,
     ns: &str,
     index: u16,
+    claim: Option<&Claim>,
     records: &mut Records,
-) -> Result<NodePublicKeys> {
+) -> Result<NodeKeys> {
     let name = Names::new(&mpc.name_any()).node_keys_secret(index);
     let make = || {
         let store = Zeroizing::new(hex::encode(random_key()?));
@@ -394,16 +456,13 @@ async fn ensure_node_keys(
         let seal = Zeroizing::new(hex::encode(random_key()?));
         Ok(resources::node_keys_secret(mpc, index, &store, &identity, &seal))
     };
-    // The public keys stand for the Secret (the store key is symmetric: to
-    // plant a Secret that matches them, one must have read the operator's).
-    let keys_of = |stored: &StoredNodeKeys| {
-        std::iter::once(secret_records::ed25519(&stored.identity))
-            .chain(stored.seal.as_deref().map(secret_records::x25519))
-            .collect()
+    let found = get_or_create_secret(ctx, mpc, ns, &name, records, make, node_public_keys, node_keys_records).await;
+    let (stored, created) = match found {
+        Err(Error::ForeignSecret(foreign)) => {
+            return retained_node_keys(ctx, mpc, ns, &name, claim).await?.ok_or(Error::ForeignSecret(foreign));
+        }
+        found => found?.ok_or_else(|| Error::NodeKeys(name.clone()))?,
     };
-    let (stored, created) = get_or_create_secret(ctx, mpc, ns, &name, records, make, node_public_keys, keys_of)
-        .await?
-        .ok_or_else(|| Error::NodeKeys(name.clone()))?;
     let had_keys = mpc.status.iter().flat_map(|s| &s.keys).any(|k| k.public_key.is_some());
     if created && had_keys {
         let note = format!(
@@ -413,11 +472,174 @@ async fn ensure_node_keys(
         warn!(cluster = %mpc.name_any(), namespace = %ns, "{note}");
         event(&ctx.recorder, mpc, EventType::Warning, "NodeKeysReplaced", "CreateNodeKeys", note).await;
     }
-    let seal = match stored.seal {
-        Some(seal) => seal,
-        None => add_seal_key(ctx, mpc, records, &name, stored.resource_version).await?,
+    let (seal, resource_version) = match stored.seal {
+        Some(seal) => (seal, stored.resource_version),
+        // Bound at the next reconcile: the version read is gone.
+        None => (add_seal_key(ctx, mpc, records, &name, stored.resource_version).await?, None),
     };
-    Ok(NodePublicKeys { identity: stored.identity, seal })
+    let bound = match claim {
+        None => false,
+        Some(claim) if node_keys::bound_to(&stored.owners, claim) => true,
+        Some(claim) => {
+            let bound = bind_node_keys(ctx, mpc, &name, resource_version, &stored.owners, claim, None).await?;
+            if bound {
+                info!(cluster = %mpc.name_any(), namespace = %ns, secret = %name, claim = %claim.name, "node keys bound to the node's volume claim");
+            }
+            bound
+        }
+    };
+    Ok(NodeKeys { public: NodePublicKeys { identity: stored.identity, seal }, bound, retained: None })
+}
+
+/// The public keys of a node keys Secret, as records list them (the store
+/// key is symmetric: to plant a Secret that matches them, one must have read
+/// the operator's).
+fn node_keys_records(stored: &StoredNodeKeys) -> Vec<String> {
+    std::iter::once(secret_records::ed25519(&stored.identity))
+        .chain(stored.seal.as_deref().map(secret_records::x25519))
+        .collect()
+}
+
+/// Node keys Secret `name` as a candidate retained with `claim` from a
+/// deleted cluster of this name, if it is one (see `crate::node_keys`).
+async fn retained_node_keys(
+    ctx: &Context,
+    mpc: &MpcCluster,
+    ns: &str,
+    name: &str,
+    claim: Option<&Claim>,
+) -> Result<Option<NodeKeys>> {
+    let (Some(claim), Some(uid)) = (claim, mpc.metadata.uid.as_deref()) else { return Ok(None) };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(mut secret) = secrets.get_opt(name).await? else { return Ok(None) };
+    let stored = node_public_keys(&secret);
+    scrub(&mut secret);
+    let owners = secret.metadata.owner_references.unwrap_or_default();
+    let Some(stored) = stored.filter(|_| node_keys::retained_for(&owners, uid, claim)) else { return Ok(None) };
+    let Some(seal) = stored.seal.clone() else { return Ok(None) };
+    let keys = node_keys_records(&stored);
+    Ok(Some(NodeKeys {
+        public: NodePublicKeys { identity: stored.identity, seal },
+        bound: true,
+        retained: Some(Retained {
+            name: name.to_owned(),
+            claim: claim.clone(),
+            resource_version: stored.resource_version,
+            owners,
+            keys,
+        }),
+    }))
+}
+
+/// Makes node keys Secret `name` this cluster's and binds it to `claim`:
+/// its owner references become the cluster (controller) and the claim, and,
+/// with `data`, its keys are replaced. A merge patch, only on the version
+/// read. Returns whether it was patched (`false`: it changed meanwhile).
+async fn bind_node_keys(
+    ctx: &Context,
+    mpc: &MpcCluster,
+    name: &str,
+    resource_version: Option<String>,
+    owners: &[OwnerReference],
+    claim: &Claim,
+    data: Option<BTreeMap<String, k8s_openapi::ByteString>>,
+) -> Result<bool> {
+    let Some(cluster) = mpc.controller_owner_ref(&()) else { return Ok(false) };
+    if resource_version.is_none() {
+        return Ok(false);
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &mpc.namespace().unwrap_or_default());
+    let mut patch = Secret {
+        metadata: ObjectMeta {
+            resource_version,
+            owner_references: Some(node_keys::owners_for(owners, cluster, claim)),
+            ..ObjectMeta::default()
+        },
+        data,
+        ..Secret::default()
+    };
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    let patched = secrets.patch(name, &params, &Patch::Merge(&patch)).await;
+    scrub(&mut patch);
+    match patched {
+        Ok(mut stored) => {
+            scrub(&mut stored);
+            Ok(true)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Decides on a node keys Secret retained from a deleted cluster once node
+/// `index` (running on it) says which keys its volume holds: shares its
+/// store key opened take the Secret (recorded, then bound); none at all (a
+/// fresh volume) replaces its keys with new ones, so nothing is ever
+/// generated under keys this cluster did not make. Returns why key
+/// generation waits, `None` once the Secret is taken.
+async fn settle_retained(
+    ctx: &Context,
+    mpc: &MpcCluster,
+    ns: &str,
+    index: u16,
+    retained: &Retained,
+    seen: Option<&NodeSeen>,
+    records: &mut Records,
+) -> Result<Option<String>> {
+    let name = &retained.name;
+    let waiting =
+        |why: String| Some(format!("node {index} runs on keys Secret {name}, retained from a deleted cluster: {why}"));
+    let Some(ip) = seen.filter(|n| n.pod_ready).and_then(|n| n.pod_ip.as_deref()) else {
+        return Ok(waiting("taken once the node starts and shows the shares on its volume".into()));
+    };
+    let addr = NodeAddr::new(ns, &mpc.name_any(), index, ip, torcus_contract::HTTP_PORT);
+    let held = match ctx.nodes.keys(&addr).await {
+        Ok(held) => held,
+        Err(e) => return Ok(waiting(format!("taken once the node says which shares its volume holds ({e})"))),
+    };
+    if !held.is_empty() {
+        secret_records::record_ahead(&ctx.client, mpc, records, name, &retained.keys).await?;
+        let (version, owners) = (retained.resource_version.clone(), &retained.owners);
+        if !bind_node_keys(ctx, mpc, name, version, owners, &retained.claim, None).await? {
+            return Ok(waiting("it changed while being taken; looked at again".into()));
+        }
+        records.set(name, retained.keys.clone());
+        let held: Vec<&str> = held.iter().map(|k| k.name.as_str()).collect();
+        let note = format!(
+            "node {index}'s volume {} holds shares of keys {held:?} that the retained keys Secret {name} opens: \
+             the Secret is this cluster's again",
+            retained.claim.name
+        );
+        info!(cluster = %mpc.name_any(), namespace = %ns, "{note}");
+        event(&ctx.recorder, mpc, EventType::Normal, "NodeKeysAdopted", "AdoptNodeKeys", note).await;
+        return Ok(None);
+    }
+    // A fresh volume: keys this cluster did not make are never used for it.
+    let mut fresh = resources::node_keys_secret(
+        mpc,
+        index,
+        &Zeroizing::new(hex::encode(random_key()?)),
+        &Zeroizing::new(hex::encode(random_key()?)),
+        &Zeroizing::new(hex::encode(random_key()?)),
+    );
+    let keys = node_public_keys(&fresh).map(|stored| node_keys_records(&stored));
+    let data = fresh.data.take();
+    let Some(keys) = keys else { return Err(Error::NodeKeys(name.clone())) };
+    secret_records::record_ahead(&ctx.client, mpc, records, name, &keys).await?;
+    let (version, owners) = (retained.resource_version.clone(), &retained.owners);
+    if !bind_node_keys(ctx, mpc, name, version, owners, &retained.claim, data).await? {
+        return Ok(waiting("it changed while being replaced; looked at again".into()));
+    }
+    records.set(name, keys);
+    ctx.metrics.untrusted_refused.with_label_values(&["secret"]).inc();
+    let note = format!(
+        "keys Secret {name} was retained with volume claim {} from a deleted cluster, but node {index}'s volume \
+         holds no share it opens: not taken; node {index} gets new keys and restarts with them",
+        retained.claim.name
+    );
+    warn!(cluster = %mpc.name_any(), namespace = %ns, "{note}");
+    event(&ctx.recorder, mpc, EventType::Warning, "RetainedKeysRefused", "AdoptNodeKeys", note).await;
+    Ok(waiting("replaced with new keys; the node restarts with them".into()))
 }
 
 /// Adds a fresh seal key to node keys Secret `name`, which has none: a JSON
@@ -436,7 +658,7 @@ async fn add_seal_key(
     secret_records::record_ahead(&ctx.client, mpc, records, name, &[secret_records::x25519(&public)]).await?;
     let seed = Zeroizing::new(hex::encode(seed.as_slice()));
     let mut patch = Secret {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        metadata: ObjectMeta {
             // A precondition: a Secret changed since it was read is not patched (409).
             resource_version,
             ..Default::default()
@@ -540,6 +762,8 @@ struct StoredNodeKeys {
     seal: Option<String>,
     /// The version read, the precondition of adding a seal key.
     resource_version: Option<String>,
+    /// Its owner references.
+    owners: Vec<OwnerReference>,
 }
 
 /// The public keys of the seeds in a node keys Secret, when the Secret holds
@@ -561,7 +785,12 @@ fn node_public_keys(secret: &Secret) -> Option<StoredNodeKeys> {
         true => Some(hex::encode(torcus_contract::seal::public_key(&*hex32(resources::NODE_SEAL_KEY)?))),
         false => None,
     };
-    Some(StoredNodeKeys { identity, seal, resource_version: secret.metadata.resource_version.clone() })
+    Some(StoredNodeKeys {
+        identity,
+        seal,
+        resource_version: secret.metadata.resource_version.clone(),
+        owners: secret.metadata.owner_references.clone().unwrap_or_default(),
+    })
 }
 
 fn grant_public_key(secret: &Secret) -> Option<String> {

@@ -13,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use torcus_contract::registry::NodeRecord;
 use torcus_crds::{CertificatesStatus, ClusterPhase, KeyStatus, MpcCluster, MpcClusterStatus, NodeStatus};
 
+use crate::node_keys::Claim;
 use crate::pki::{self, Lifetimes};
 use crate::resources::Names;
 use crate::rollout;
@@ -47,6 +48,8 @@ pub struct NodeSeen {
     pub sts_ready: bool,
     /// What the node registry knows of it.
     pub record: Option<NodeRecord>,
+    /// Its volume claim, once the StatefulSet has made it.
+    pub claim: Option<Claim>,
 }
 
 /// Everything a reconcile reads about a cluster besides its Secrets.
@@ -58,6 +61,10 @@ pub struct Observed {
     pub learned_keys: Vec<KeyStatus>,
     /// Keys whose nodes disagree, with why.
     pub conflicts: Vec<(String, String)>,
+    /// Why no key may be generated yet, from the keys step: node keys
+    /// Secrets not yet bound to their volumes, or retained from a deleted
+    /// cluster and not yet shown to open the shares (see `crate::node_keys`).
+    pub keygen_held: Vec<String>,
 }
 
 /// What the spec says that the API server's schema cannot check, or that an
@@ -163,8 +170,11 @@ pub fn status(
         .cloned()
         .collect();
     let addresses: Option<Vec<String>> = nodes.iter().map(|n| n.address.clone().filter(|_| n.ready)).collect();
-    let keygen_on = addresses.filter(|_| !missing_keys.is_empty());
+    let keygen_on = addresses.filter(|_| !missing_keys.is_empty() && observed.keygen_held.is_empty());
     let mut status = cluster_status(mpc, nodes, keys, grant_public_key, certificates);
+    if !missing_keys.is_empty() {
+        report_keygen_held(&mut status, &observed.keygen_held);
+    }
     report_key_conflicts(&mut status, &observed.conflicts);
     StatusPlan { status, missing_keys, keygen_on, online }
 }
@@ -223,6 +233,18 @@ fn merged_keys(mpc: &MpcCluster, learned: Vec<KeyStatus>) -> Vec<KeyStatus> {
         }
     }
     keys
+}
+
+/// Says in `KeysReady` why missing keys are not generated yet.
+fn report_keygen_held(status: &mut MpcClusterStatus, held: &[String]) {
+    if held.is_empty() {
+        return;
+    }
+    if let Some(condition) = status.conditions.iter_mut().find(|c| c.type_ == "KeysReady") {
+        condition.status = "False".to_owned();
+        condition.reason = "NodeKeysPending".to_owned();
+        condition.message = held.join("; ");
+    }
 }
 
 /// Marks `KeysReady` false for keys whose nodes disagree (a key in conflict
@@ -385,6 +407,7 @@ mod tests {
                         sts_template: Some("a".into()),
                         sts_ready: true,
                         record: None,
+                        claim: None,
                     },
                     'o' => NodeSeen {
                         pod_ip: ip,
@@ -393,6 +416,7 @@ mod tests {
                         sts_template: Some("o".into()),
                         sts_ready: true,
                         record: None,
+                        claim: None,
                     },
                     'd' | 'x' => {
                         let template = Some(if c == 'd' { "a" } else { "o" }.to_owned());
@@ -466,6 +490,21 @@ mod tests {
         let mut observed = seen("rrr");
         observed.nodes[1].pod_ip = None;
         assert_eq!(status(&cluster("demo", 3, 2), &observed, "ab".into(), certs()).keygen_on, None);
+    }
+
+    #[test]
+    fn no_keygen_while_a_node_keys_secret_is_unbound_or_unproven() {
+        let mut observed = seen("rrr");
+        observed.keygen_held = vec!["node 1 holds retained keys; waiting for it to show its volume".into()];
+        let plan = status(&cluster("demo", 3, 2), &observed, "ab".into(), certs());
+        assert_eq!(plan.keygen_on, None);
+        assert_eq!(plan.missing_keys, ["default"]);
+        let keys_ready = cond(&plan.status, "KeysReady");
+        assert_eq!((keys_ready.status.as_str(), keys_ready.reason.as_str()), ("False", "NodeKeysPending"));
+        assert!(keys_ready.message.contains("node 1 holds retained keys"), "{}", keys_ready.message);
+        // A key already recorded is not held back by it.
+        let plan = status(&with_key(cluster("demo", 3, 2)), &observed, "ab".into(), certs());
+        assert_eq!(plan.status.phase, Some(ClusterPhase::Ready));
     }
 
     #[test]

@@ -315,6 +315,7 @@ async fn run(env: &KeygenEnv, mpc: &MpcCluster, key: &str, urls: &[NodeAddr]) ->
     let parts = GrantParts::fresh(grants::KEYGEN_GRANT_TTL_SECS, |_| Some(all)).ok_or("no participants")?;
     let kind = GrantKind::Keygen { key: key.to_owned(), aux_info, supersedes };
     let grant = grants::issue(&signing_key, &ns, &name, kind, &parts).map_err(|e| e.to_string())?;
+    env.metrics.grants_issued.with_label_values(&["keygen"]).inc();
     let initiator = grant.grant.initiator();
     let url = urls.get(usize::from(initiator)).ok_or("initiator has no address")?;
     let note = format!("generating key {key} with {n} nodes; party {initiator} initiates");

@@ -18,6 +18,7 @@ pub mod leader;
 pub mod ledger;
 pub mod metrics;
 pub mod node_client;
+pub mod node_keys;
 pub mod pki;
 pub mod policy;
 pub mod presignatures;

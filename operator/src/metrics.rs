@@ -108,6 +108,9 @@ impl Metrics {
             Opts::new("torcus_grants_issued_total", "Grants signed by the operator, by kind"),
             &["kind"],
         )?;
+        for kind in ["keygen", "sign"] {
+            grants_issued.with_label_values(&[kind]);
+        }
         let grants_rejected = IntCounterVec::new(
             Opts::new("torcus_grants_rejected_total", "Grants that did not end in a session outcome, by reason"),
             &["reason"],

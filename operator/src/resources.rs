@@ -71,13 +71,21 @@ impl<'a> Names<'a> {
         format!("{}-node-{index}", self.cluster)
     }
 
-    /// TLS client certificate the operator uses towards the nodes.
     /// Secret with node `index`'s long-lived keys: the key that encrypts its
-    /// shares at rest and its Ed25519 identity for the TCP transport.
+    /// shares at rest, its Ed25519 identity for the TCP transport and its
+    /// seal key. Owned by the MpcCluster and by the node's volume claim, so
+    /// it lives as long as the shares it decrypts.
     pub fn node_keys_secret(&self, index: u16) -> String {
         format!("{}-node-{index}-keys", self.cluster)
     }
 
+    /// The PersistentVolumeClaim the StatefulSet of party `index` makes for
+    /// its pod's `data` volume (`<template>-<pod>`), where its shares are.
+    pub fn data_claim(&self, index: u16) -> String {
+        format!("{DATA_VOLUME}-{}", self.pod(index))
+    }
+
+    /// TLS client certificate the operator uses towards the nodes.
     pub fn operator_secret(&self) -> String {
         format!("{}-operator-client", self.cluster)
     }
@@ -211,6 +219,9 @@ pub fn tls_secret(mpc: &MpcCluster, name: String, cert_pem: &str, key_pem: &str,
         ]),
     )
 }
+
+/// The node's volume (claim template) holding its shares.
+pub const DATA_VOLUME: &str = "data";
 
 /// Key in the node keys Secret: hex key that encrypts the node's shares.
 pub const NODE_STORE_KEY: &str = "store.key";
@@ -454,7 +465,7 @@ pub fn stateful_set(mpc: &MpcCluster, index: u16, config_hash: &str, ctx: &Build
             }),
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
                 metadata: ObjectMeta {
-                    name: Some("data".to_owned()),
+                    name: Some(DATA_VOLUME.to_owned()),
                     labels: Some(pod_labels),
                     ..ObjectMeta::default()
                 },
@@ -557,7 +568,7 @@ fn node_pod_spec(mpc: &MpcCluster, index: u16, ctx: &BuildContext) -> PodSpec {
             volume_mounts: Some(vec![
                 mount("tls", contract::TLS_DIR, true),
                 mount("config", contract::CONFIG_DIR, true),
-                mount("data", contract::DATA_DIR, false),
+                mount(DATA_VOLUME, contract::DATA_DIR, false),
                 mount("tmp", "/tmp", false),
             ]),
             ..Container::default()

@@ -135,6 +135,11 @@ Nodes get nothing: their pods do not mount a token.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
+# A node's volume claim, by name: its keys Secret is bound to it, so the
+# store key outlives the MpcCluster exactly as long as the shares do.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

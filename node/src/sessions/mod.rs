@@ -102,7 +102,7 @@ const AUX_FORMAT: &str = "torcus-aux-info/cggmp24";
 /// fixtures only: a product node generates its aux info with its peers).
 #[cfg(feature = "test-fixtures")]
 pub fn seed_aux_info(store: &ShareStore, id: String, aux: Aux) -> Result<(), SessionError> {
-    if store.get(AUX_SHARE)?.is_some() {
+    if stored_aux(store)?.is_some() {
         return Ok(());
     }
     warn!("storing aux info from a test fixture: never do this outside tests");
@@ -110,6 +110,26 @@ pub fn seed_aux_info(store: &ShareStore, id: String, aux: Aux) -> Result<(), Ses
     let bytes = Zeroizing::new(serde_json::to_vec(&stored).map_err(|e| SessionError::Corrupt(e.to_string()))?);
     store.put(AUX_SHARE, &bytes)?;
     Ok(())
+}
+
+/// The aux info on the volume. Aux info that does not open under the store
+/// key is taken as none: it was sealed under keys the operator replaced
+/// before any key was generated (a fresh volume that came up with keys
+/// retained from a deleted cluster; see the operator's `node_keys`), and the
+/// next keygen generates new aux info over it. A key share that does not
+/// open is never passed over like this.
+fn stored_aux(store: &ShareStore) -> Result<Option<Zeroizing<Vec<u8>>>, SessionError> {
+    match store.get(AUX_SHARE) {
+        Err(
+            e @ (crate::store::Error::Decrypt { .. }
+            | crate::store::Error::BadMagic { .. }
+            | crate::store::Error::Truncated { .. }),
+        ) => {
+            warn!(error = %e, "stored aux info does not open under this node's store key; the next keygen generates new aux info");
+            Ok(None)
+        }
+        other => Ok(other?),
+    }
 }
 
 /// Aux info as stored, with the id keygen grants name it by. Aux info of
@@ -261,7 +281,7 @@ impl<T: Transport> Sessions<T> {
             }
         }
         info!(me, keys = shares.len(), "loaded key shares");
-        let aux_id = match store.get(AUX_SHARE)? {
+        let aux_id = match stored_aux(&store)? {
             Some(bytes) => match serde_json::from_slice::<StoredAux>(&bytes) {
                 Ok(stored) if stored.format == AUX_FORMAT => Some(stored.id),
                 // Kept, never deleted: the next keygen with new aux info
@@ -963,4 +983,28 @@ fn signature_out(
         public_key: hex::encode(public),
         presigned,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreKey;
+
+    #[test]
+    fn aux_info_sealed_under_replaced_keys_is_none_but_a_key_share_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shares");
+        let before = ShareStore::open(&dir, StoreKey::generate().unwrap()).unwrap();
+        before.put(AUX_SHARE, b"{\"format\":\"x\"}").unwrap();
+        before.put("key-default", b"share").unwrap();
+        assert!(stored_aux(&before).unwrap().is_some());
+        let after = ShareStore::open(&dir, StoreKey::generate().unwrap()).unwrap();
+        assert!(stored_aux(&after).unwrap().is_none());
+        assert!(matches!(after.get("key-default"), Err(crate::store::Error::Decrypt { .. })));
+        // An unreadable folder is still an error, not "no aux info".
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::create_dir(dir.join(format!("{AUX_SHARE}.share"))).unwrap();
+        assert!(stored_aux(&after).is_err());
+    }
 }
