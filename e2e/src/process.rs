@@ -54,6 +54,16 @@ impl Process {
         Ok(())
     }
 
+    /// Kills the process with SIGKILL and reaps it; how it ended.
+    pub fn kill(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            anyhow::bail!("{} had exited already ({status})", self.name);
+        }
+        let pid = i32::try_from(self.child.id())?;
+        kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+        Ok(self.child.wait()?)
+    }
+
     /// Stops the process: SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {

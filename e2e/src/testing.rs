@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
@@ -517,4 +518,146 @@ pub fn prometheus_tool(name: &str, what: &str) -> Option<PathBuf> {
         eprintln!("NOTE: {name} not found (Debian package `prometheus`); {what}");
     }
     found
+}
+
+/// An operator run as the `torcus-operator` binary, in a process of its own,
+/// as a pod of the chart's Deployment runs it. Dropping it stops it.
+#[derive(Debug)]
+pub struct OperatorProcess {
+    /// Its Lease identity.
+    pub instance: String,
+    /// Its API and metrics address (`http://…`).
+    pub url: String,
+    process: crate::process::Process,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OperatorProcess {
+    /// Kills it with SIGKILL, as the kernel's OOM killer or a node failure
+    /// would: no handler runs. Returns how it ended.
+    pub fn kill(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.process.kill()
+    }
+
+    /// Fails with the end of its log if it has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.process.check_running()
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- operator {} (last lines) ---\n{}", self.instance, crate::process::tail(&self.log, 60));
+        }
+    }
+}
+
+impl TestNamespace {
+    /// Applies the Helm chart's ServiceAccount, Role, RoleBinding and leader
+    /// election Role, rendered for an operator that watches only this
+    /// namespace; returns the ServiceAccount's name and the Lease the chart
+    /// lets it hold.
+    pub fn apply_chart_rbac(&self) -> anyhow::Result<(String, String)> {
+        let home = tempfile::tempdir()?;
+        let out = crate::helm::command(home.path())?
+            .args([
+                "template",
+                "torcus",
+                "--namespace",
+                &self.name,
+                "--set",
+                &format!("watchNamespaces={{{}}}", self.name),
+            ])
+            .arg(crate::helm::chart_dir())
+            .output()?;
+        anyhow::ensure!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
+        let yaml = String::from_utf8(out.stdout)?;
+        let rbac: Vec<serde_yaml::Value> = yaml
+            .split("\n---\n")
+            .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
+            .filter(|doc| ["ServiceAccount", "Role", "RoleBinding"].iter().any(|k| doc["kind"] == *k))
+            .collect();
+        let account = rbac
+            .iter()
+            .find(|d| d["kind"] == "ServiceAccount")
+            .and_then(|d| d["metadata"]["name"].as_str())
+            .context("the chart renders no ServiceAccount")?
+            .to_owned();
+        let lease = rbac
+            .iter()
+            .filter(|d| d["kind"] == "Role")
+            .flat_map(|d| d["rules"].as_sequence().into_iter().flatten())
+            .find_map(|rule| rule["resourceNames"][0].as_str())
+            .context("the leader election Role names no Lease")?
+            .to_owned();
+        let docs: Vec<String> = rbac.iter().map(serde_yaml::to_string).collect::<Result<_, _>>()?;
+        let mut apply = self.kubectl().args(["apply", "-f", "-"]).stdin(std::process::Stdio::piped()).spawn()?;
+        std::io::Write::write_all(apply.stdin.as_mut().context("kubectl stdin")?, docs.join("---\n").as_bytes())?;
+        drop(apply.stdin.take());
+        anyhow::ensure!(apply.wait()?.success(), "kubectl apply of the chart's RBAC failed");
+        Ok((account, lease))
+    }
+
+    /// A kubeconfig file in `dir` that authenticates as ServiceAccount
+    /// `account` of this namespace, with a token the API server issued for
+    /// it (TokenRequest), and nothing else.
+    pub fn service_account_kubeconfig(&self, account: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+        let out = self.kubectl().args(["create", "token", account, "--duration=2h"]).output()?;
+        anyhow::ensure!(out.status.success(), "kubectl create token: {}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8(out.stdout)?.trim().to_owned();
+        let admin: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&shared().kubeconfig)?)?;
+        let cluster = &admin["clusters"][0]["cluster"];
+        let server = cluster["server"].as_str().context("admin kubeconfig has no server")?;
+        let ca = cluster["certificate-authority-data"].as_str().context("admin kubeconfig has no CA data")?;
+        let config = serde_yaml::to_string(&serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority-data": ca}}],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [{"name": account, "context": {"cluster": "local", "user": account, "namespace": self.name}}],
+            "current-context": account,
+        }))?;
+        let path = dir.join(format!("{account}.kubeconfig"));
+        std::fs::write(&path, config)?;
+        Ok(path)
+    }
+
+    /// Starts the `torcus-operator` binary as `instance`, authenticated by
+    /// `kubeconfig`, watching only this namespace, in the leader election for
+    /// `lease`. `serve_registry`: it listens on the registry address the
+    /// nodes are given (the first one; another listens elsewhere).
+    pub fn spawn_operator_process(
+        &self,
+        instance: &str,
+        kubeconfig: &Path,
+        lease: &str,
+        serve_registry: bool,
+    ) -> anyhow::Result<OperatorProcess> {
+        let registry_url = self.registry_url.clone().context("no registry URL")?;
+        let http_addr = match serve_registry {
+            true => registry_url.trim_start_matches("http://").to_owned(),
+            false => format!("127.0.0.1:{}", crate::process::free_port()?),
+        };
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join(format!("{instance}.log"));
+        let mut command = std::process::Command::new(crate::kubelet::operator_binary()?);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .args(["--namespace", &self.name, "--node-image", "torcus/torcus-node:e2e"])
+            .args(["--registry-url", &registry_url, "--http-addr", &http_addr])
+            .args(["--lease-name", lease, "--lease-namespace", &self.name, "--instance", instance]);
+        let process = crate::process::Process::spawn(&format!("operator {instance}"), command, &log)?;
+        Ok(OperatorProcess {
+            instance: instance.to_owned(),
+            url: format!("http://{http_addr}"),
+            process,
+            log,
+            _dir: dir,
+        })
+    }
 }

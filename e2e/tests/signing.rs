@@ -1051,66 +1051,79 @@ fn rss_bytes() -> u64 {
     kib.unwrap_or(0) * 1024
 }
 
-/// The operator needs no more than the rights the Helm chart gives it (here
-/// for one watched namespace), and those do not let it list Secrets (review
-/// finding 9): it runs as the chart's ServiceAccount, through an API server
-/// that enforces RBAC, generates a key and signs.
+/// The operator as a pod of the chart's Deployment runs it: the
+/// `torcus-operator` binary, two replicas in leader election, each a
+/// process authenticated with a token of the chart's ServiceAccount and
+/// nothing but the chart's rights (here for one watched namespace), which
+/// do not let it list Secrets (review finding 9). The leader is killed with
+/// SIGKILL while requests are being signed: the other takes the Lease,
+/// resumes them, and every request is signed exactly once.
 #[tokio::test]
-async fn the_operator_runs_on_the_charts_rights_which_cannot_list_secrets() {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    let mut ns = TestNamespace::new("rbac").await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let out = torcus_e2e::helm::command(home.path())
-        .unwrap()
-        .args(["template", "torcus", "--namespace", &ns.name, "--set", &format!("watchNamespaces={{{}}}", ns.name)])
-        .arg(torcus_e2e::helm::chart_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let yaml = String::from_utf8(out.stdout).unwrap();
-    let rbac: Vec<serde_yaml::Value> = yaml
-        .split("\n---\n")
-        .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
-        .filter(|doc| ["ServiceAccount", "Role", "RoleBinding"].iter().any(|k| doc["kind"] == *k))
-        .collect();
-    let account = rbac.iter().find(|d| d["kind"] == "ServiceAccount").expect("the chart's ServiceAccount");
-    let account = account["metadata"]["name"].as_str().unwrap().to_owned();
-    // The Lease the chart lets it hold, by name.
-    let lease = rbac
-        .iter()
-        .filter(|d| d["kind"] == "Role")
-        .flat_map(|d| d["rules"].as_sequence().into_iter().flatten())
-        .find_map(|rule| rule["resourceNames"][0].as_str())
-        .expect("the leader election Role names its Lease")
-        .to_owned();
-    let mut apply = ns.kubectl().args(["apply", "-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
-    let docs: Vec<String> = rbac.iter().map(|d| serde_yaml::to_string(d).unwrap()).collect();
-    std::io::Write::write_all(apply.stdin.as_mut().unwrap(), docs.join("---\n").as_bytes()).unwrap();
-    drop(apply.stdin.take());
-    assert!(apply.wait().unwrap().success(), "kubectl apply of the chart's RBAC");
-
-    let shared = torcus_e2e::testing::shared();
-    let kubeconfig = Kubeconfig::read_from(&shared.kubeconfig).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
-    config.auth_info.impersonate = Some(format!("system:serviceaccount:{}:{account}", ns.name));
-    let as_operator = kube::Client::try_from(config).unwrap();
-    let listed = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_operator.clone(), &ns.name)
-        .list(&ListParams::default())
-        .await;
+async fn operator_processes_on_the_charts_rights_lose_no_request_when_the_leader_is_killed() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use std::os::unix::process::ExitStatusExt;
+    let mut ns = TestNamespace::new("failover").await.unwrap();
+    let (account, lease) = ns.apply_chart_rbac().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = ns.service_account_kubeconfig(&account, dir.path()).unwrap();
+    let as_operator = torcus_e2e::controlplane::client_for(&kubeconfig).await.unwrap();
+    let listed =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_operator, &ns.name).list(&ListParams::default()).await;
     assert!(
         matches!(&listed, Err(kube::Error::Api(status)) if status.code == 403),
         "the chart's rights list Secrets: {listed:?}"
     );
 
+    let leases: Api<Lease> = ns.api();
+    let leader = || async {
+        let held = leases.get_opt(&lease).await?.and_then(|l| l.spec?.holder_identity);
+        Ok::<_, anyhow::Error>(held)
+    };
     ns.start_kubelet().await.unwrap();
-    ns.start_operator_with_client(as_operator, |args| args.lease_name = lease);
+    let mut first = ns.spawn_operator_process("operator-a", &kubeconfig, &lease, true).unwrap();
+    eventually("operator-a to lead", SIGN_WAIT, || async { Ok(leader().await?.filter(|h| h == "operator-a")) })
+        .await
+        .unwrap();
+    let mut second = ns.spawn_operator_process("operator-b", &kubeconfig, &lease, false).unwrap();
     let clusters: Api<MpcCluster> = ns.api();
     let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
     clusters.create(&PostParams::default(), &cluster("vault", "quic", no_pool)).await.unwrap();
     let public_key = ready_key(&clusters).await;
-    let digest = [0x42; 32];
-    let sr = sign_digest(&ns, "as-the-chart", digest).await;
-    assert_signed(&sr, digest, &public_key);
+
+    let srs: Api<SigningRequest> = ns.api();
+    let count = 6u8;
+    for i in 0..count {
+        let digest = hex::encode([0x90 + i; 32]);
+        let sr = request(&format!("batch-{i}"), "vault", serde_json::json!({"digest": digest}));
+        srs.create(&PostParams::default(), &sr).await.unwrap();
+    }
+    // Killed while at least one request is being signed.
+    let signing = eventually("a request in Signing", SIGN_WAIT, || async {
+        let list = srs.list(&ListParams::default()).await?;
+        let signing =
+            list.items.iter().find(|sr| sr.status.as_ref().and_then(|s| s.phase) == Some(SigningPhase::Signing));
+        Ok(signing.map(ResourceExt::name_any))
+    })
+    .await
+    .unwrap();
+    let ended = first.kill().unwrap();
+    assert_eq!(ended.signal(), Some(9), "operator-a ended with {ended:?}");
+    eprintln!("killed the leader while {signing} was in Signing");
+    eventually("operator-b to lead", SIGN_WAIT, || async { Ok(leader().await?.filter(|h| h == "operator-b")) })
+        .await
+        .unwrap();
+    for i in 0..count {
+        assert_signed(&wait_final(&ns, &format!("batch-{i}"), SIGN_WAIT).await, [0x90 + i; 32], &public_key);
+    }
+    // Exactly once: as many signing sessions as requests, each counted by
+    // its 2 participants.
+    let mut sessions = 0.0;
+    for i in 0..3 {
+        let (_, metrics) = ns.node_plain_get("vault", i, "/metrics").await.unwrap();
+        sessions += metric(&metrics, "torcus_node_sessions_total", &[("kind", "sign"), ("outcome", "completed")]);
+    }
+    assert_eq!(sessions, f64::from(count) * 2.0, "each request signed by its 2 participants, once");
+    second.check_running().unwrap();
     ns.finish().await.unwrap();
 }
 

@@ -13,14 +13,8 @@ pub fn node_binary() -> anyhow::Result<PathBuf> {
         anyhow::ensure!(bin.is_file(), "TORCUS_NODE_BIN={} is not a file", bin.display());
         return Ok(bin);
     }
-    let exe = std::env::current_exe().context("locating the current executable")?;
-    let dir = exe.parent().context("the current executable has no folder")?.to_owned();
-    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.parent().context("deps folder without a parent")?.to_owned()
-    } else {
-        dir.clone()
-    };
-    let find = || [dir.join("torcus-node"), profile_dir.join("torcus-node")].into_iter().find(|p| p.is_file());
+    let (dirs, profile_dir) = binary_dirs()?;
+    let find = || dirs.iter().map(|d| d.join("torcus-node")).find(|p| p.is_file());
     if let Some(bin) = find() {
         return Ok(bin);
     }
@@ -28,6 +22,38 @@ pub fn node_binary() -> anyhow::Result<PathBuf> {
     BUILT.get_or_init(|| build_node(&profile_dir).map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)?;
     find()
         .with_context(|| format!("torcus-node was built but is not in {}; set TORCUS_NODE_BIN", profile_dir.display()))
+}
+
+/// The `torcus-operator` binary: `$TORCUS_OPERATOR_BIN` if set, else next
+/// to the current executable or in its parent folder, where `cargo test
+/// --workspace` builds it (the operator's own integration tests need it).
+pub fn operator_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("TORCUS_OPERATOR_BIN") {
+        let bin = PathBuf::from(bin);
+        anyhow::ensure!(bin.is_file(), "TORCUS_OPERATOR_BIN={} is not a file", bin.display());
+        return Ok(bin);
+    }
+    let (dirs, profile_dir) = binary_dirs()?;
+    dirs.iter().map(|d| d.join("torcus-operator")).find(|p| p.is_file()).with_context(|| {
+        format!(
+            "no torcus-operator in {}: run `cargo build -p torcus-operator` or set TORCUS_OPERATOR_BIN",
+            profile_dir.display()
+        )
+    })
+}
+
+/// Where the workspace's binaries are, next to the current (test)
+/// executable: its folder and the profile folder above `deps/`; and that
+/// profile folder.
+fn binary_dirs() -> anyhow::Result<([PathBuf; 2], PathBuf)> {
+    let exe = std::env::current_exe().context("locating the current executable")?;
+    let dir = exe.parent().context("the current executable has no folder")?.to_owned();
+    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().context("deps folder without a parent")?.to_owned()
+    } else {
+        dir.clone()
+    };
+    Ok(([dir, profile_dir.clone()], profile_dir))
 }
 
 pub(super) fn build_node(profile_dir: &Path) -> anyhow::Result<()> {

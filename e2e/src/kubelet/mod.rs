@@ -48,7 +48,7 @@ mod probes;
 mod volumes;
 mod worker;
 
-pub use binary::node_binary;
+pub use binary::{node_binary, operator_binary};
 use env::*;
 use node::*;
 use pods::*;
