@@ -1172,6 +1172,8 @@ async fn a_cluster_deleted_by_mistake_comes_back_with_its_key_and_no_keygen() {
     let clusters: Api<MpcCluster> = ns.api();
     let address = |mpc: &MpcCluster| mpc.status.as_ref().and_then(|s| s.keys.first()?.ethereum_address.clone());
     let first_address = address(&clusters.get("vault").await.unwrap());
+    let node_keys_before = secrets.get("vault-node-1-keys").await.unwrap();
+    let identity = |s: &Secret| s.data.as_ref().and_then(|d| d.get("identity.key")).map(|v| v.0.clone());
 
     // Deleted: the garbage collector takes what was the cluster's alone,
     // and takes the cluster off the keys Secrets, which it keeps.
@@ -1198,6 +1200,10 @@ async fn a_cluster_deleted_by_mistake_comes_back_with_its_key_and_no_keygen() {
     assert_eq!(ready_key(&clusters).await, public_key);
     assert_eq!(address(&clusters.get("vault").await.unwrap()), first_address);
     assert_event(&ns, "vault", "NodeKeysAdopted").await;
+    // Only the store key, which the shares proved, was taken.
+    let node_keys_after = secrets.get("vault-node-1-keys").await.unwrap();
+    assert_eq!(store_key(&node_keys_after), store_key(&node_keys_before));
+    assert_ne!(identity(&node_keys_after), identity(&node_keys_before), "the retained identity key was taken");
     assert_eq!(keygen_grants().await, keygens_before, "a keygen grant was issued for the retained key");
     let digest = [0x52; 32];
     assert_signed(&sign_digest(&ns, "after-apply", digest).await, digest, &public_key);

@@ -311,12 +311,8 @@ impl Args {
                 (AnyTransport::Hybrid(Arc::new(hybrid)), Some(dropped))
             }
             "tcp" => {
-                let seed = read(tls_dir.join("identity.key"))?;
-                let identity = hex::decode(seed.trim())
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .map(|b| ed25519_dalek::SigningKey::from_bytes(&zeroize::Zeroizing::new(b)))
-                    .ok_or_else(|| Error::Transport("tcp: identity.key is not a hex Ed25519 seed".into()))?;
+                let seed = zeroize::Zeroizing::new(read(tls_dir.join("identity.key"))?);
+                let identity = own_identity(&seed, &cluster, me).map_err(Error::Transport)?;
                 let mut peer_keys = std::collections::HashMap::new();
                 for peer in &cluster.peers {
                     let key = peer
@@ -507,6 +503,29 @@ impl Args {
     }
 }
 
+/// This node's TCP identity from the hex seed in `identity.key`, which must
+/// be the key the cluster configuration names for it: a Secret changed after
+/// the operator read it (or a stale mount) does not run.
+fn own_identity(
+    seed_hex: &str,
+    cluster: &contract::ClusterConfig,
+    me: u16,
+) -> Result<ed25519_dalek::SigningKey, String> {
+    let identity = hex::decode(seed_hex.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .map(|b| ed25519_dalek::SigningKey::from_bytes(&zeroize::Zeroizing::new(b)))
+        .ok_or("tcp: identity.key is not a hex Ed25519 seed")?;
+    let named = cluster.peers.iter().find(|p| p.index == me).and_then(|p| p.identity_key.as_deref());
+    if named != Some(hex::encode(identity.verifying_key().as_bytes()).as_str()) {
+        return Err(format!(
+            "tcp: identity.key is not the identity the cluster configuration names for party {me}; \
+             its keys Secret changed after the operator read it: not starting on it"
+        ));
+    }
+    Ok(identity)
+}
+
 /// How often the node tells the registry it is alive.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -584,4 +603,24 @@ fn fixture_primes(path: &std::path::Path, me: u16) -> Result<Primes, Error> {
     }
     warn!("using safe primes from a test fixture: never do this outside tests");
     Ok(all.swap_remove(usize::from(me)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tcp_identity_runs_only_if_the_configuration_names_it() {
+        let seed = [5u8; 32];
+        let public = hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes());
+        let mut cluster = contract::ClusterConfig::sample("demo", "default", 3, 2);
+        cluster.peers[1].identity_key = Some(public);
+        assert!(own_identity(&format!("{}\n", hex::encode(seed)), &cluster, 1).is_ok());
+        // Another seed (the Secret patched after the operator read it).
+        let err = own_identity(&hex::encode([6u8; 32]), &cluster, 1).unwrap_err();
+        assert!(err.contains("party 1") && err.contains("not starting"), "{err}");
+        // No key named for this party, or not a seed at all.
+        assert!(own_identity(&hex::encode(seed), &cluster, 2).is_err());
+        assert!(own_identity("zz", &cluster, 1).unwrap_err().contains("not a hex Ed25519 seed"));
+    }
 }

@@ -427,8 +427,6 @@ struct Retained {
     /// The version read: it is taken or replaced only as it was read.
     resource_version: Option<String>,
     owners: Vec<OwnerReference>,
-    /// Its public keys, as records list them.
-    keys: Vec<String>,
 }
 
 /// Returns node `index`'s keys (TCP identity and seal key public halves),
@@ -457,8 +455,13 @@ async fn ensure_node_keys(
         Ok(resources::node_keys_secret(mpc, index, &store, &identity, &seal))
     };
     let found = get_or_create_secret(ctx, mpc, ns, &name, records, make, node_public_keys, node_keys_records).await;
+    // A cluster that has a key never takes a Secret it has no record of: a
+    // retained one is a candidate only for a cluster applied again, before
+    // any key is recorded.
+    let keyless =
+        !mpc.status.iter().flat_map(|s| &s.keys).any(|k| k.public_key.is_some()) && ctx.keygens.learned(mpc).is_empty();
     let (stored, created) = match found {
-        Err(Error::ForeignSecret(foreign)) => {
+        Err(Error::ForeignSecret(foreign)) if keyless => {
             return retained_node_keys(ctx, mpc, ns, &name, claim).await?.ok_or(Error::ForeignSecret(foreign));
         }
         found => found?.ok_or_else(|| Error::NodeKeys(name.clone()))?,
@@ -517,7 +520,6 @@ async fn retained_node_keys(
     let owners = secret.metadata.owner_references.unwrap_or_default();
     let Some(stored) = stored.filter(|_| node_keys::retained_for(&owners, uid, claim)) else { return Ok(None) };
     let Some(seal) = stored.seal.clone() else { return Ok(None) };
-    let keys = node_keys_records(&stored);
     Ok(Some(NodeKeys {
         public: NodePublicKeys { identity: stored.identity, seal },
         bound: true,
@@ -526,7 +528,6 @@ async fn retained_node_keys(
             claim: claim.clone(),
             resource_version: stored.resource_version,
             owners,
-            keys,
         }),
     }))
 }
@@ -572,11 +573,14 @@ async fn bind_node_keys(
 }
 
 /// Decides on a node keys Secret retained from a deleted cluster once node
-/// `index` (running on it) says which keys its volume holds: shares its
-/// store key opened take the Secret (recorded, then bound); none at all (a
-/// fresh volume) replaces its keys with new ones, so nothing is ever
-/// generated under keys this cluster did not make. Returns why key
-/// generation waits, `None` once the Secret is taken.
+/// `index` (running on it) says which keys its volume holds. Shares that its
+/// store key opened prove the store key, and it is taken; nothing proves the
+/// identity and seal keys (whoever may patch the Secret could have written
+/// them), so they are always made anew. A volume without shares (a fresh
+/// one) proves nothing: all three keys are made anew, so nothing is ever
+/// generated under keys this cluster did not make. The Secret is then
+/// recorded and bound, and the node restarts on its new configuration.
+/// Returns why key generation waits.
 async fn settle_retained(
     ctx: &Context,
     mpc: &MpcCluster,
@@ -590,52 +594,54 @@ async fn settle_retained(
     let waiting =
         |why: String| Some(format!("node {index} runs on keys Secret {name}, retained from a deleted cluster: {why}"));
     let Some(ip) = seen.filter(|n| n.pod_ready).and_then(|n| n.pod_ip.as_deref()) else {
-        return Ok(waiting("taken once the node starts and shows the shares on its volume".into()));
+        return Ok(waiting("decided once the node starts and shows the shares on its volume".into()));
     };
     let addr = NodeAddr::new(ns, &mpc.name_any(), index, ip, torcus_contract::HTTP_PORT);
     let held = match ctx.nodes.keys(&addr).await {
         Ok(held) => held,
-        Err(e) => return Ok(waiting(format!("taken once the node says which shares its volume holds ({e})"))),
+        Err(e) => return Ok(waiting(format!("decided once the node says which shares its volume holds ({e})"))),
     };
-    if !held.is_empty() {
-        secret_records::record_ahead(&ctx.client, mpc, records, name, &retained.keys).await?;
-        let (version, owners) = (retained.resource_version.clone(), &retained.owners);
-        if !bind_node_keys(ctx, mpc, name, version, owners, &retained.claim, None).await? {
-            return Ok(waiting("it changed while being taken; looked at again".into()));
-        }
-        records.set(name, retained.keys.clone());
+    let keep_store = !held.is_empty();
+    let (identity, seal) = (random_key()?, random_key()?);
+    let store = if keep_store { None } else { Some(random_key()?) };
+    let keys = vec![
+        secret_records::ed25519(&hex::encode(
+            ed25519_dalek::SigningKey::from_bytes(&identity).verifying_key().as_bytes(),
+        )),
+        secret_records::x25519(&hex::encode(torcus_contract::seal::public_key(&seal))),
+    ];
+    // Only this attempt's keys are on record for it: an attempt that loses
+    // a race leaves nothing behind to pile up.
+    records.set(name, Vec::new());
+    secret_records::record_ahead(&ctx.client, mpc, records, name, &keys).await?;
+    let hex_value = |seed: &[u8; 32]| k8s_openapi::ByteString(hex::encode(seed).into_bytes());
+    let mut data = BTreeMap::from([
+        (resources::NODE_IDENTITY_KEY.to_owned(), hex_value(&identity)),
+        (resources::NODE_SEAL_KEY.to_owned(), hex_value(&seal)),
+    ]);
+    if let Some(store) = &store {
+        data.insert(resources::NODE_STORE_KEY.to_owned(), hex_value(store));
+    }
+    let (version, owners) = (retained.resource_version.clone(), &retained.owners);
+    if !bind_node_keys(ctx, mpc, name, version, owners, &retained.claim, Some(data)).await? {
+        return Ok(waiting("it changed while being decided on; looked at again".into()));
+    }
+    records.set(name, keys);
+    let claim = &retained.claim.name;
+    if keep_store {
         let held: Vec<&str> = held.iter().map(|k| k.name.as_str()).collect();
         let note = format!(
-            "node {index}'s volume {} holds shares of keys {held:?} that the retained keys Secret {name} opens: \
-             the Secret is this cluster's again",
-            retained.claim.name
+            "node {index}'s volume {claim} holds shares of keys {held:?} that the store key retained in {name} \
+             opens: the store key is taken; the node's identity and seal keys are made anew"
         );
         info!(cluster = %mpc.name_any(), namespace = %ns, "{note}");
         event(&ctx.recorder, mpc, EventType::Normal, "NodeKeysAdopted", "AdoptNodeKeys", note).await;
-        return Ok(None);
+        return Ok(waiting("its store key is taken; the node restarts with new identity and seal keys".into()));
     }
-    // A fresh volume: keys this cluster did not make are never used for it.
-    let mut fresh = resources::node_keys_secret(
-        mpc,
-        index,
-        &Zeroizing::new(hex::encode(random_key()?)),
-        &Zeroizing::new(hex::encode(random_key()?)),
-        &Zeroizing::new(hex::encode(random_key()?)),
-    );
-    let keys = node_public_keys(&fresh).map(|stored| node_keys_records(&stored));
-    let data = fresh.data.take();
-    let Some(keys) = keys else { return Err(Error::NodeKeys(name.clone())) };
-    secret_records::record_ahead(&ctx.client, mpc, records, name, &keys).await?;
-    let (version, owners) = (retained.resource_version.clone(), &retained.owners);
-    if !bind_node_keys(ctx, mpc, name, version, owners, &retained.claim, data).await? {
-        return Ok(waiting("it changed while being replaced; looked at again".into()));
-    }
-    records.set(name, keys);
     ctx.metrics.untrusted_refused.with_label_values(&["secret"]).inc();
     let note = format!(
-        "keys Secret {name} was retained with volume claim {} from a deleted cluster, but node {index}'s volume \
-         holds no share it opens: not taken; node {index} gets new keys and restarts with them",
-        retained.claim.name
+        "keys Secret {name} was retained with volume claim {claim} from a deleted cluster, but node {index}'s \
+         volume holds no share it opens: not taken; node {index} gets new keys and restarts with them"
     );
     warn!(cluster = %mpc.name_any(), namespace = %ns, "{note}");
     event(&ctx.recorder, mpc, EventType::Warning, "RetainedKeysRefused", "AdoptNodeKeys", note).await;

@@ -13,18 +13,22 @@
 //! An MpcCluster applied again under the same name finds Secrets it has no
 //! record of (records live in the status of the cluster that was deleted).
 //! Taking one on its owner references would reopen the planted-Secret door:
-//! anyone who can create Secrets can write a claim's uid into one. So a
-//! Secret bound to the node's current claim and to no live controller is a
-//! *candidate*: it is mounted, and key generation is held back, until the
-//! node it is mounted in shows over mutual TLS that its volume holds key
-//! shares the candidate's store key opens. Then it is recorded and taken
-//! (`NodeKeysAdopted`), and the keygen's survey finds the key on every node
-//! and records it without generating anything. A node whose volume holds no
-//! share (a fresh volume) never keeps a candidate's keys: they are replaced
-//! with new ones before anything is generated (`RetainedKeysRefused`), and the
-//! node restarts with them. A candidate whose store key does not open the
+//! anyone who can create Secrets can write a claim's uid into one. So, for a
+//! cluster that has no key yet, a Secret bound to the node's current claim
+//! and to no live controller is a *candidate*: it is mounted, and key
+//! generation is held back, until the node it is mounted in shows over
+//! mutual TLS that its volume holds key shares the candidate's store key
+//! opens. That proves the store key, and only it: the store key is taken,
+//! the identity and seal keys (which anyone who may patch the Secret could
+//! have written) are made anew, the Secret is recorded and bound
+//! (`NodeKeysAdopted`), and the node restarts on them. The keygen's survey
+//! then finds the key on every node and records it without generating
+//! anything. A node whose volume holds no share (a fresh volume) proves
+//! nothing: all three keys are made anew before anything is generated
+//! (`RetainedKeysRefused`). A candidate whose store key does not open the
 //! shares on the volume leaves that node failing to start and the cluster
-//! waiting, with the reason in `KeysReady`.
+//! waiting, with the reason in `KeysReady`. A cluster with a key never takes
+//! an unrecorded Secret.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 

@@ -9,7 +9,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
     Secret, SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeProjection, VolumeResourceRequirements,
@@ -576,18 +576,32 @@ fn node_pod_spec(mpc: &MpcCluster, index: u16, ctx: &BuildContext) -> PodSpec {
         volumes: Some(vec![
             Volume {
                 // The certificate Secret (renewed in place) and the keys
-                // Secret (created once) side by side in one folder.
+                // Secret (created once) side by side in one folder, each
+                // with only its own files: a key written into one Secret
+                // cannot shadow a file of the other.
                 name: "tls".to_owned(),
                 projected: Some(ProjectedVolumeSource {
                     default_mode: Some(0o400),
                     sources: Some(
-                        [names.node_secret(index), names.node_keys_secret(index)]
-                            .into_iter()
-                            .map(|name| VolumeProjection {
-                                secret: Some(SecretProjection { name, ..SecretProjection::default() }),
-                                ..VolumeProjection::default()
-                            })
-                            .collect(),
+                        [
+                            (names.node_secret(index), ["tls.crt", "tls.key", "ca.crt"]),
+                            (names.node_keys_secret(index), [NODE_STORE_KEY, NODE_IDENTITY_KEY, NODE_SEAL_KEY]),
+                        ]
+                        .into_iter()
+                        .map(|(name, files)| VolumeProjection {
+                            secret: Some(SecretProjection {
+                                name,
+                                items: Some(
+                                    files
+                                        .into_iter()
+                                        .map(|f| KeyToPath { key: f.to_owned(), path: f.to_owned(), mode: None })
+                                        .collect(),
+                                ),
+                                ..SecretProjection::default()
+                            }),
+                            ..VolumeProjection::default()
+                        })
+                        .collect(),
                     ),
                 }),
                 ..Volume::default()
@@ -682,9 +696,21 @@ mod tests {
         let pod = spec.template.spec.unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
         let tls = pod.volumes.unwrap().into_iter().find(|v| v.name == "tls").unwrap();
-        let sources: Vec<String> =
-            tls.projected.unwrap().sources.unwrap().into_iter().map(|p| p.secret.unwrap().name).collect();
-        assert_eq!(sources, ["demo-node-2", "demo-node-2-keys"]);
+        let sources: Vec<(String, Vec<String>)> = tls
+            .projected
+            .unwrap()
+            .sources
+            .unwrap()
+            .into_iter()
+            .map(|p| p.secret.unwrap())
+            .map(|s| (s.name, s.items.unwrap().into_iter().map(|i| i.key).collect()))
+            .collect();
+        // Each Secret projects only its own files.
+        assert_eq!(sources[0], ("demo-node-2".into(), vec!["tls.crt".into(), "tls.key".into(), "ca.crt".into()]));
+        assert_eq!(
+            sources[1],
+            ("demo-node-2-keys".into(), vec![NODE_STORE_KEY.into(), NODE_IDENTITY_KEY.into(), NODE_SEAL_KEY.into()])
+        );
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("torcus/torcus-node:test"));
         let sc = c.security_context.as_ref().unwrap();
