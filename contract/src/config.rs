@@ -84,6 +84,22 @@ pub struct Peer {
     /// sealed end to end; required in every transport mode but `quic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal_key: Option<String>,
+    /// [`store_key_check`] of the key the party's shares are sealed under:
+    /// a node whose store key is another (its keys Secret changed after the
+    /// operator read it, or a stale mount) does not start on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_key_check: Option<String>,
+}
+
+/// A public check value of a store key: hex SHA-256 over a fixed label and
+/// the key. The key is 32 random bytes, so the value reveals nothing of it;
+/// it tells only whether two keys are the same.
+pub fn store_key_check(key: &[u8; 32]) -> String {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    digest.update(b"torcus store key check v1\0");
+    digest.update(key);
+    hex::encode(digest.finalize())
 }
 
 /// Most derivation paths a cluster keeps presignatures for: every path
@@ -181,6 +197,7 @@ impl ClusterConfig {
                     http_port: HTTP_PORT,
                     identity_key: None,
                     seal_key: None,
+                    store_key_check: None,
                 })
                 .collect(),
         }

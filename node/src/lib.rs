@@ -141,6 +141,12 @@ pub enum Error {
     /// The grant public key in the configuration is malformed.
     #[error("grant public key in the configuration is not a hex Ed25519 key")]
     GrantKey,
+    /// The store key is not the one the configuration names for this node.
+    #[error(
+        "the store key is not the one the cluster configuration names for party {0}: its keys Secret changed \
+         after the operator read it (or the mount is stale); not starting on it"
+    )]
+    StoreKeyMismatch(u16),
     /// The configured transport is not available.
     #[error("transport {0:?} is not available")]
     Transport(String),
@@ -242,6 +248,10 @@ impl Args {
         let p2p_addr = SocketAddr::new(listen_ip, p2p_port.unwrap_or(own.p2p_port));
 
         let store_key = store::StoreKey::from_file(store_key_file.unwrap_or_else(|| tls_dir.join("store.key")))?;
+        // Configurations of older operators name none.
+        if own.store_key_check.as_ref().is_some_and(|check| *check != store_key.check()) {
+            return Err(Error::StoreKeyMismatch(me));
+        }
         let store = store::ShareStore::open(data_dir.join("shares"), store_key)?;
         #[cfg(feature = "test-fixtures")]
         if let Some(path) = &test_aux_fixture {

@@ -164,6 +164,12 @@ impl StoreKey {
         Ok(Self(key))
     }
 
+    /// The key's public check value ([`torcus_contract::store_key_check`]),
+    /// which the cluster configuration names for this node.
+    pub fn check(&self) -> String {
+        torcus_contract::store_key_check(&self.0)
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         // The cipher keeps its own copy of the key and zeroizes it on drop.
         XChaCha20Poly1305::new(<&Key>::from(&*self.0))

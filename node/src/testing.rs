@@ -245,6 +245,8 @@ impl Cluster {
                 http_port: free_tcp(),
                 identity_key: None,
                 seal_key: None,
+                // As the operator publishes it: the node checks its store key against it.
+                store_key_check: Some(torcus_contract::store_key_check(&[index as u8 + 1; 32])),
             })
             .collect();
         // TCP frames are signed with a per-node Ed25519 identity.

@@ -84,3 +84,31 @@ async fn a_cggmp21_key_share_stops_the_node_with_what_to_do() {
         assert!(ready.status().is_success(), "node {i}");
     }
 }
+
+/// A store key other than the one the configuration names for the node (its
+/// keys Secret patched after the operator read it, or a stale mount) is
+/// never used: on a fresh volume, where nothing else would notice, the node
+/// does not start and says why, so no share is ever sealed under it; with
+/// the right key back it generates and signs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_key_the_configuration_does_not_name_stops_the_node() {
+    let mut cluster = Cluster::new(binary(), 3, 2, "quic").await;
+    cluster.wait_ready().await;
+    cluster.kill(1);
+    let key_file = cluster.tls_dir(1).join("store.key");
+    let right = std::fs::read(&key_file).unwrap();
+    std::fs::write(&key_file, hex::encode([0x66u8; 32])).unwrap();
+    cluster.start(1);
+    let status = cluster.wait_exit(1, Duration::from_secs(30)).expect("the node stops by itself");
+    assert!(!status.success(), "{status}");
+    let log = cluster.log(1);
+    assert!(log.contains("store key is not the one the cluster configuration names for party 1"), "{log}");
+
+    std::fs::write(&key_file, right).unwrap();
+    cluster.start(1);
+    cluster.wait_ready().await;
+    cluster.keygen("default").await;
+    let digest = [0x3c; 32];
+    let body = cluster.sign("default", vec![0, 1], torcus_node::testing::digest(digest), vec![]).await;
+    torcus_node::testing::verify(&body, &digest);
+}

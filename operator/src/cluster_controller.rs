@@ -427,6 +427,8 @@ struct Retained {
     /// The version read: it is taken or replaced only as it was read.
     resource_version: Option<String>,
     owners: Vec<OwnerReference>,
+    /// Check value of its store key, taken if the shares prove it.
+    store_check: String,
 }
 
 /// Returns node `index`'s keys (TCP identity and seal key public halves),
@@ -491,14 +493,16 @@ async fn ensure_node_keys(
             bound
         }
     };
-    Ok(NodeKeys { public: NodePublicKeys { identity: stored.identity, seal }, bound, retained: None })
+    let public = NodePublicKeys { identity: stored.identity, seal, store_check: stored.store_check };
+    Ok(NodeKeys { public, bound, retained: None })
 }
 
 /// The public keys of a node keys Secret, as records list them (the store
 /// key is symmetric: to plant a Secret that matches them, one must have read
 /// the operator's).
 fn node_keys_records(stored: &StoredNodeKeys) -> Vec<String> {
-    std::iter::once(secret_records::ed25519(&stored.identity))
+    [secret_records::ed25519(&stored.identity), secret_records::store(&stored.store_check)]
+        .into_iter()
         .chain(stored.seal.as_deref().map(secret_records::x25519))
         .collect()
 }
@@ -521,13 +525,14 @@ async fn retained_node_keys(
     let Some(stored) = stored.filter(|_| node_keys::retained_for(&owners, uid, claim)) else { return Ok(None) };
     let Some(seal) = stored.seal.clone() else { return Ok(None) };
     Ok(Some(NodeKeys {
-        public: NodePublicKeys { identity: stored.identity, seal },
+        public: NodePublicKeys { identity: stored.identity, seal, store_check: stored.store_check.clone() },
         bound: true,
         retained: Some(Retained {
             name: name.to_owned(),
             claim: claim.clone(),
             resource_version: stored.resource_version,
             owners,
+            store_check: stored.store_check,
         }),
     }))
 }
@@ -604,10 +609,15 @@ async fn settle_retained(
     let keep_store = !held.is_empty();
     let (identity, seal) = (random_key()?, random_key()?);
     let store = if keep_store { None } else { Some(random_key()?) };
+    let store_check = match &store {
+        Some(store) => torcus_contract::store_key_check(store),
+        None => retained.store_check.clone(),
+    };
     let keys = vec![
         secret_records::ed25519(&hex::encode(
             ed25519_dalek::SigningKey::from_bytes(&identity).verifying_key().as_bytes(),
         )),
+        secret_records::store(&store_check),
         secret_records::x25519(&hex::encode(torcus_contract::seal::public_key(&seal))),
     ];
     // Only this attempt's keys are on record for it: an attempt that loses
@@ -766,6 +776,8 @@ struct StoredNodeKeys {
     /// Hex X25519 seal public key; `None` in a Secret made before messages
     /// were sealed.
     seal: Option<String>,
+    /// [`torcus_contract::store_key_check`] of its store key.
+    store_check: String,
     /// The version read, the precondition of adding a seal key.
     resource_version: Option<String>,
     /// Its owner references.
@@ -783,7 +795,7 @@ fn node_public_keys(secret: &Secret) -> Option<StoredNodeKeys> {
         hex::decode_to_slice(text.trim(), out.as_mut()).ok()?;
         Some(out)
     };
-    hex32(resources::NODE_STORE_KEY)?;
+    let store_check = torcus_contract::store_key_check(&*hex32(resources::NODE_STORE_KEY)?);
     let seed = hex32(resources::NODE_IDENTITY_KEY)?;
     let identity = hex::encode(ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().as_bytes());
     // Absent is fine (added later); present and malformed is not.
@@ -794,6 +806,7 @@ fn node_public_keys(secret: &Secret) -> Option<StoredNodeKeys> {
     Some(StoredNodeKeys {
         identity,
         seal,
+        store_check,
         resource_version: secret.metadata.resource_version.clone(),
         owners: secret.metadata.owner_references.clone().unwrap_or_default(),
     })

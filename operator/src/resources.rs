@@ -258,6 +258,8 @@ pub struct NodePublicKeys {
     pub identity: String,
     /// Hex X25519 key to which peers seal messages for the node.
     pub seal: String,
+    /// [`contract::store_key_check`] of its store key.
+    pub store_check: String,
 }
 
 /// CA Secret key: the staged next CA certificate, during a roll.
@@ -315,6 +317,7 @@ pub fn cluster_config(
                 http_port: contract::HTTP_PORT,
                 identity_key: node_keys.get(usize::from(index)).map(|k| k.identity.clone()),
                 seal_key: node_keys.get(usize::from(index)).map(|k| k.seal.clone()),
+                store_key_check: node_keys.get(usize::from(index)).map(|k| k.store_check.clone()),
             })
             .collect(),
     }
@@ -753,7 +756,11 @@ mod tests {
     fn config_lists_every_peer_and_its_hash_follows_the_transport() {
         let mut mpc = cluster("demo", 5, 3);
         let keys: Vec<NodePublicKeys> = (0..5)
-            .map(|i| NodePublicKeys { identity: format!("{i:064x}"), seal: format!("{:064x}", i + 100) })
+            .map(|i| NodePublicKeys {
+                identity: format!("{i:064x}"),
+                seal: format!("{:064x}", i + 100),
+                store_check: format!("{:064x}", i + 200),
+            })
             .collect();
         let config = cluster_config(&mpc, "ab", &keys, &ctx());
         config.check().unwrap();

@@ -53,8 +53,15 @@ impl Records {
     /// Whether Secret `name`, holding the keys `found` (public halves, as
     /// [`ed25519`] and [`torcus_certs::fingerprints`] give them) and carrying
     /// the cluster's owner reference, is the operator's.
+    ///
+    /// A record made before store keys were recorded lists none: the store
+    /// key found is then taken once (and recorded by [`Records::seen`]).
     pub fn owns(&self, name: &str, found: &[String]) -> bool {
-        self.legacy || self.map.get(name).is_some_and(|recorded| found.iter().all(|key| recorded.contains(key)))
+        self.legacy
+            || self.map.get(name).is_some_and(|recorded| {
+                let stores_recorded = recorded.iter().any(|r| r.starts_with(STORE_PREFIX));
+                found.iter().all(|key| recorded.contains(key) || (key.starts_with(STORE_PREFIX) && !stores_recorded))
+            })
     }
 
     /// Notes that Secret `name`, found to be the operator's, holds `keys`:
@@ -105,6 +112,14 @@ pub fn ed25519(public_hex: &str) -> String {
 pub fn x25519(public_hex: &str) -> String {
     format!("x25519:{public_hex}")
 }
+
+/// The record form of a store key, by its check value
+/// ([`torcus_contract::store_key_check`]).
+pub fn store(check: &str) -> String {
+    format!("{STORE_PREFIX}{check}")
+}
+
+const STORE_PREFIX: &str = "store:";
 
 /// Records in `mpc`'s status that Secret `name` is about to hold `keys`,
 /// unless that is recorded already. The record is read fresh from the API
@@ -201,6 +216,20 @@ mod tests {
         assert!(records.owns("vault-ca", &["sha256:old".into(), "sha256:new".into()]));
         assert!(!records.owns("vault-ca", &["sha256:new".into(), "sha256:planted".into()]));
         assert!(!records.owns("vault-grant-key", &[ed25519("aa")]));
+    }
+
+    #[test]
+    fn a_store_key_is_the_recorded_one_once_one_is_recorded() {
+        let mut records = Records::of(&cluster(None));
+        // Recorded before store keys were: the one found is taken, and kept.
+        records.set("vault-node-0-keys", vec![ed25519("bb")]);
+        assert!(records.owns("vault-node-0-keys", &[ed25519("bb"), store("s1")]));
+        records.seen("vault-node-0-keys", &[ed25519("bb"), store("s1")]);
+        assert!(records.owns("vault-node-0-keys", &[ed25519("bb"), store("s1")]));
+        // From then on another store key (a patched Secret) is not the operator's.
+        assert!(!records.owns("vault-node-0-keys", &[ed25519("bb"), store("s2")]));
+        // Nor is an identity key of an older record.
+        assert!(!records.owns("vault-node-0-keys", &[ed25519("cc"), store("s1")]));
     }
 
     #[test]
