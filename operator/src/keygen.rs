@@ -226,9 +226,20 @@ impl From<&str> for KeygenError {
     }
 }
 
-/// Decides on a keygen of a key that the cluster's status does not list
-/// (so it was never used to sign).
-pub fn plan(nodes: &[NodeHolds]) -> Plan {
+/// Public keys an MpcCluster allows a keygen to supersede although enough
+/// nodes hold them to sign (comma-separated, on the MpcCluster).
+pub const ANNOTATION_SUPERSEDE: &str = "mpc.torcus.io/supersede-keys";
+
+/// Decides on a keygen of a key that the cluster's status does not list.
+///
+/// That the status does not list it does not prove it was never used: a
+/// cluster deleted and applied again over its retained volumes, one of them
+/// lost since, has an empty status and a key that `threshold` nodes can
+/// still sign with. So a public key that at least `threshold` nodes hold is
+/// never superseded unless `allowed` names it: the plan is a conflict that
+/// says so. A key fewer nodes hold cannot sign, and is superseded (its
+/// shares are set aside, not deleted).
+pub fn plan(nodes: &[NodeHolds], threshold: u16, allowed: &[String]) -> Plan {
     let keys: Vec<_> = nodes.iter().map(|n| n.key.clone()).collect();
     if let Some(Some((public_key, chain_code))) = keys.first()
         && keys.iter().all(|k| k.as_ref().map(|(pk, _)| pk) == Some(public_key))
@@ -238,9 +249,28 @@ pub fn plan(nodes: &[NodeHolds]) -> Plan {
         }
         return Plan::Record { public_key: public_key.clone(), chain_code: chain_code.clone() };
     }
-    let mut supersedes: Vec<String> = keys.into_iter().flatten().map(|(pk, _)| pk).collect();
+    let mut supersedes: Vec<String> = keys.iter().flatten().map(|(pk, _)| pk.clone()).collect();
     supersedes.sort();
     supersedes.dedup();
+    for public_key in &supersedes {
+        let holders: Vec<usize> = keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.as_ref().is_some_and(|(pk, _)| pk == public_key))
+            .map(|(i, _)| i)
+            .collect();
+        if holders.len() >= usize::from(threshold) && !allowed.contains(public_key) {
+            let missing: Vec<usize> = (0..keys.len()).filter(|i| !holders.contains(i)).collect();
+            return Plan::Conflict {
+                reason: format!(
+                    "nodes {holders:?} hold it under public key {public_key}, enough to sign with it, and nodes \
+                     {missing:?} do not: it may be in use (a volume lost since, say), so no keygen runs over it. \
+                     Restore the missing shares, or, if that key was never used, name it in the annotation \
+                     {ANNOTATION_SUPERSEDE} to generate a new one"
+                ),
+            };
+        }
+    }
     let aux_info = match nodes.first().and_then(|n| n.aux_info.clone()) {
         Some(id) if nodes.iter().all(|n| n.aux_info.as_ref() == Some(&id)) => Some(id),
         _ => None,
@@ -294,7 +324,13 @@ async fn run(env: &KeygenEnv, mpc: &MpcCluster, key: &str, urls: &[NodeAddr]) ->
     let name = mpc.name_any();
     let n = usize::from(mpc.spec.nodes);
 
-    let (aux_info, supersedes) = match plan(&survey(&env.nodes, key, urls).await?) {
+    let allowed: Vec<String> = mpc
+        .annotations()
+        .get(ANNOTATION_SUPERSEDE)
+        .map(|v| v.split(',').map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).collect())
+        .unwrap_or_default();
+    let surveyed = survey(&env.nodes, key, urls).await?;
+    let (aux_info, supersedes) = match plan(&surveyed, mpc.spec.threshold, &allowed) {
         Plan::Record { public_key, chain_code } => {
             info!(cluster = %name, %key, "every node holds the key already; recording it");
             return Ok(key_status(key, &public_key, chain_code)?);
@@ -403,7 +439,7 @@ mod tests {
     #[test]
     fn a_key_every_node_holds_is_recorded() {
         let nodes = [holds(Some("02aa"), Some("x")), holds(Some("02aa"), Some("x")), holds(Some("02aa"), None)];
-        assert_eq!(plan(&nodes), Plan::Record { public_key: "02aa".into(), chain_code: Some("cc".into()) });
+        assert_eq!(plan(&nodes, 2, &[]), Plan::Record { public_key: "02aa".into(), chain_code: Some("cc".into()) });
     }
 
     #[test]
@@ -414,35 +450,51 @@ mod tests {
         };
         let nodes =
             [with_code(Some(&"c".repeat(64))), with_code(Some(&"d".repeat(64))), with_code(Some(&"c".repeat(64)))];
-        let Plan::Conflict { reason } = plan(&nodes) else { panic!("{:?}", plan(&nodes)) };
+        let Plan::Conflict { reason } = plan(&nodes, 2, &[]) else { panic!("{:?}", plan(&nodes, 2, &[])) };
         assert!(
             reason.contains("nodes [0, 2] report chain code cccc")
                 && reason.contains("nodes [1] report chain code dddd"),
             "{reason}"
         );
         let nodes = [with_code(Some(&"c".repeat(64))), with_code(None), with_code(Some(&"c".repeat(64)))];
-        let Plan::Conflict { reason } = plan(&nodes) else { panic!("{:?}", plan(&nodes)) };
+        let Plan::Conflict { reason } = plan(&nodes, 2, &[]) else { panic!("{:?}", plan(&nodes, 2, &[])) };
         assert!(reason.contains("nodes [1] report none"), "{reason}");
         let nodes = [with_code(None), with_code(None), with_code(None)];
-        assert_eq!(plan(&nodes), Plan::Record { public_key: "02aa".into(), chain_code: None });
+        assert_eq!(plan(&nodes, 2, &[]), Plan::Record { public_key: "02aa".into(), chain_code: None });
     }
 
     #[test]
     fn shared_aux_info_is_reused_and_partial_keys_are_superseded() {
         let nodes = [holds(None, None), holds(None, None), holds(None, None)];
-        assert_eq!(plan(&nodes), Plan::Generate { aux_info: None, supersedes: vec![] });
+        assert_eq!(plan(&nodes, 2, &[]), Plan::Generate { aux_info: None, supersedes: vec![] });
 
         let nodes = [holds(None, Some("x")), holds(None, Some("x")), holds(None, Some("x"))];
-        assert_eq!(plan(&nodes), Plan::Generate { aux_info: Some("x".into()), supersedes: vec![] });
+        assert_eq!(plan(&nodes, 2, &[]), Plan::Generate { aux_info: Some("x".into()), supersedes: vec![] });
 
         // Aux info on some nodes only: new aux info for all.
         let nodes = [holds(None, Some("x")), holds(None, Some("x")), holds(None, None)];
-        assert_eq!(plan(&nodes), Plan::Generate { aux_info: None, supersedes: vec![] });
+        assert_eq!(plan(&nodes, 2, &[]), Plan::Generate { aux_info: None, supersedes: vec![] });
 
-        // A run that ended on two nodes, another on one.
+        // A run that ended on one node only: that key cannot sign.
+        let nodes = [holds(Some("02bb"), Some("y")), holds(None, Some("x")), holds(None, Some("x"))];
+        assert_eq!(plan(&nodes, 2, &[]), Plan::Generate { aux_info: None, supersedes: vec!["02bb".into()] });
+    }
+
+    #[test]
+    fn a_key_enough_nodes_hold_to_sign_is_not_superseded_unless_named() {
+        // Two of three nodes hold 02aa: with threshold 2 it can sign, and
+        // may be in use (a cluster applied again after a volume was lost).
         let nodes = [holds(Some("02bb"), Some("y")), holds(Some("02aa"), Some("x")), holds(Some("02aa"), Some("x"))];
-        assert_eq!(plan(&nodes), Plan::Generate { aux_info: None, supersedes: vec!["02aa".into(), "02bb".into()] });
+        let Plan::Conflict { reason } = plan(&nodes, 2, &[]) else { panic!("{:?}", plan(&nodes, 2, &[])) };
+        assert!(reason.contains("nodes [1, 2] hold it under public key 02aa") && reason.contains("nodes [0] do not"));
+        assert!(reason.contains(ANNOTATION_SUPERSEDE), "{reason}");
+        // Named by whoever may edit the MpcCluster: generated over.
+        let allowed = ["02aa".to_owned()];
+        let expected = Plan::Generate { aux_info: None, supersedes: vec!["02aa".into(), "02bb".into()] };
+        assert_eq!(plan(&nodes, 2, &allowed), expected);
+        // With threshold 3, two holders cannot sign: superseded.
+        assert_eq!(plan(&nodes, 3, &[]), expected);
         let nodes = [holds(None, Some("x")), holds(Some("02aa"), Some("x")), holds(Some("02aa"), Some("x"))];
-        assert_eq!(plan(&nodes), Plan::Generate { aux_info: Some("x".into()), supersedes: vec!["02aa".into()] });
+        assert!(matches!(plan(&nodes, 2, &[]), Plan::Conflict { .. }));
     }
 }
