@@ -626,25 +626,53 @@ async fn secrets_planted_with_a_forged_owner_reference_are_refused() {
     ns.finish().await.unwrap();
 }
 
+/// Deleting an MpcCluster collects everything it owns but the keys Secrets
+/// of its retained volumes (which decrypt the shares on them); deleting the
+/// volume claims collects those too.
 #[tokio::test]
-async fn deleting_the_cluster_removes_its_children() {
+async fn deleting_the_cluster_removes_its_children_and_its_volumes_keep_their_keys() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
     let mut ns = TestNamespace::new("gc").await.unwrap();
     ns.start_operator();
     let clusters: Api<MpcCluster> = ns.api();
     clusters.create(&PostParams::default(), &cluster("gone", 3, 2)).await.unwrap();
     wait_for_status(&ns, "gone").await;
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    let labelled = || ListParams::default().labels("mpc.torcus.io/cluster=gone");
+    // Bound to their claims before the cluster goes.
+    eventually("the keys Secrets bound to the volume claims", WAIT, || async {
+        let bound = ns
+            .api::<Secret>()
+            .list(&labelled())
+            .await?
+            .items
+            .iter()
+            .filter(|s| s.metadata.owner_references.iter().flatten().any(|o| o.kind == "PersistentVolumeClaim"))
+            .count();
+        Ok((bound == 3).then_some(()))
+    })
+    .await
+    .unwrap();
     clusters.delete("gone", &DeleteParams::foreground()).await.unwrap();
+    let secret_names = || async {
+        let secrets = ns.api::<Secret>().list(&labelled()).await?.items;
+        Ok::<_, anyhow::Error>(secrets.iter().map(ResourceExt::name_any).collect::<Vec<_>>())
+    };
     eventually("children to be garbage-collected", WAIT, || async {
         let left = ns.api::<StatefulSet>().list(&ListParams::default()).await?.items.len()
-            + ns.api::<Secret>().list(&ListParams::default().labels("mpc.torcus.io/cluster=gone")).await?.items.len()
-            + ns.api::<ConfigMap>()
-                .list(&ListParams::default().labels("mpc.torcus.io/cluster=gone"))
-                .await?
-                .items
-                .len()
+            + ns.api::<ConfigMap>().list(&labelled()).await?.items.len()
             + ns.api::<PodDisruptionBudget>().list(&ListParams::default()).await?.items.len()
             + usize::from(clusters.get_opt("gone").await?.is_some());
-        Ok((left == 0).then_some(()))
+        let secrets = secret_names().await?;
+        Ok((left == 0 && secrets == ["gone-node-0-keys", "gone-node-1-keys", "gone-node-2-keys"]).then_some(()))
+    })
+    .await
+    .unwrap();
+    for claim in claims.list(&labelled()).await.unwrap().items {
+        claims.delete(&claim.name_any(), &DeleteParams::default()).await.unwrap();
+    }
+    eventually("the keys Secrets collected with the claims", WAIT, || async {
+        Ok(secret_names().await?.is_empty().then_some(()))
     })
     .await
     .unwrap();
