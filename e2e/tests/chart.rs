@@ -346,7 +346,7 @@ tests:
           - exp_labels: {severity: warning, team: signing, namespace: vault, mpccluster: demo}
             exp_annotations:
               summary: MpcCluster vault/demo is one node from losing its quorum
-              description: '2 nodes are online, no more than the threshold: one more node lost and the cluster cannot sign.'
+              description: '2 nodes are online or hold a share of each key, no more than the threshold: one more node lost and the cluster cannot sign (a lost share shows in the MpcCluster''s Degraded condition).'
       - eval_time: 9m
         alertname: TorcusQuorumLost
         exp_alerts: []
@@ -356,7 +356,7 @@ tests:
           - exp_labels: {severity: critical, team: signing, namespace: vault, mpccluster: demo}
             exp_annotations:
               summary: MpcCluster vault/demo cannot sign
-              description: 'Only 1 of its nodes are online, fewer than its threshold: no signer set can be formed, so every SigningRequest waits or fails.'
+              description: 'Only 1 of its nodes are online or hold a share of each key, fewer than its threshold: no signer set can be formed, so every SigningRequest waits or fails.'
       - eval_time: 15m
         alertname: TorcusSigningFailuresRising
         exp_alerts: []
@@ -379,6 +379,29 @@ tests:
               description: 'Replicas are up but none leads, so none reconciles or issues grants (see the Lease torcus-leader in torcus-system).'
       - eval_time: 20m
         alertname: TorcusOperatorDown
+        exp_alerts: []
+  # Every node online, but one lost its volume: two of three hold the key.
+  - interval: 1m
+    input_series:
+      - series: 'torcus_mpccluster_threshold{namespace="vault", mpccluster="lost"}'
+        values: '2x20'
+      - series: 'torcus_mpccluster_nodes_online{namespace="vault", mpccluster="lost"}'
+        values: '3x20'
+      - series: 'torcus_mpccluster_key_shares{namespace="vault", mpccluster="lost", key="default"}'
+        values: '3x5 2x15'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: TorcusQuorumAtRisk
+        exp_alerts: []
+      - eval_time: 9m
+        alertname: TorcusQuorumAtRisk
+        exp_alerts:
+          - exp_labels: {severity: warning, team: signing, namespace: vault, mpccluster: lost}
+            exp_annotations:
+              summary: MpcCluster vault/lost is one node from losing its quorum
+              description: '2 nodes are online or hold a share of each key, no more than the threshold: one more node lost and the cluster cannot sign (a lost share shows in the MpcCluster''s Degraded condition).'
+      - eval_time: 9m
+        alertname: TorcusQuorumLost
         exp_alerts: []
 "#;
 

@@ -1229,3 +1229,68 @@ async fn a_cluster_deleted_by_mistake_comes_back_with_its_key_and_no_keygen() {
     .unwrap();
     ns.finish().await.unwrap();
 }
+
+/// One node's volume is lost: its pod comes back on an empty volume. The
+/// cluster keeps signing with the other two (never picking that node), its
+/// status names the node (Degraded, ShareLost), the gauge the quorum alerts
+/// read drops to 2 of 3 (TorcusQuorumAtRisk, threshold 2), and no keygen
+/// runs over the survivors' shares.
+#[tokio::test]
+async fn a_node_whose_volume_is_lost_is_left_out_reported_and_the_rest_sign() {
+    let mut ns = TestNamespace::new("lost-volume").await.unwrap();
+    let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
+    let public_key = ready_cluster(&mut ns, cluster("vault", "quic", no_pool)).await;
+    let keygens =
+        || async { metric(&ns.operator_metrics().await, "torcus_grants_issued_total", &[("kind", "keygen")]) };
+    let keygens_before = keygens().await;
+    let shares =
+        || async { metric(&ns.operator_metrics().await, "torcus_mpccluster_key_shares", &[("key", "default")]) };
+    eventually("every node counted as holding the key", SIGN_WAIT, || async {
+        Ok((shares().await == 3.0).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Down, its volume emptied, up again: what a lost volume looks like.
+    ns.kubelet().hold_down(&ns.name, "vault-1-0", true);
+    eventually("node 1 down", SIGN_WAIT, || async {
+        Ok(ns.kubelet().pid(&ns.name, "vault-1-0").is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+    let volume = ns.kubelet().work_dir().join("pvc").join(&ns.name).join("data-vault-1-0");
+    let mut wiped = 0;
+    for entry in std::fs::read_dir(&volume).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }.unwrap();
+        wiped += 1;
+    }
+    assert!(wiped > 0, "node 1's volume held its store");
+    ns.kubelet().hold_down(&ns.name, "vault-1-0", false);
+
+    let clusters: Api<MpcCluster> = ns.api();
+    let degraded = eventually("the lost share in the status", KEYGEN_WAIT, || async {
+        let mpc = clusters.get("vault").await?;
+        let status = mpc.status.unwrap_or_default();
+        let condition = status.conditions.into_iter().find(|c| c.type_ == "Degraded" && c.reason == "ShareLost");
+        Ok(condition.filter(|c| c.status == "True"))
+    })
+    .await
+    .unwrap();
+    assert!(degraded.message.contains("nodes [1] hold no share"), "{}", degraded.message);
+    assert_eq!(shares().await, 2.0, "the quorum alerts read 2 of 3");
+
+    for i in 0..4u8 {
+        let digest = [0xa0 + i; 32];
+        let sr = sign_digest(&ns, &format!("after-loss-{i}"), digest).await;
+        assert_signed(&sr, digest, &public_key);
+        // Not even tried first and failed over: picked away from the start.
+        let status = sr.status.as_ref().unwrap();
+        assert!(!status.participants.contains(&1), "node 1, without a share, was picked: {:?}", status.participants);
+        assert_eq!(status.attempts, 1, "{}: {:?}", sr.name_any(), status.reason);
+    }
+    assert_eq!(keygens().await, keygens_before, "a keygen ran over the survivors' shares");
+    let (code, body) = ns.node_api_get("vault", 1, "/p2p/keys").await.unwrap();
+    assert_eq!((code, body.contains(&public_key)), (200, false), "{body}");
+    ns.finish().await.unwrap();
+}

@@ -87,7 +87,11 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
         ctx.registry.forget_cluster(&ns, &name);
         ctx.signing.presignatures.forget_cluster(&format!("{ns}/{name}/"));
         ctx.nodes.forget(&ns, &name);
-        ctx.metrics.cluster.remove(&ns, &name);
+        ctx.metrics.cluster.remove(&ns, &name, &mpc.spec.keys);
+        ctx.shares_lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&mpc.uid().unwrap_or_default());
         return Ok(Action::await_change());
     }
     let lifetimes = match cluster_plan::check_spec(mpc) {
@@ -228,7 +232,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
 
     // Keys retained from a deleted cluster are taken, or replaced, once
     // their nodes show what their volumes hold.
-    *step = "retained keys";
+    *step = "retained";
     let mut keygen_held = Vec::new();
     for (index, keys) in (0..mpc.spec.nodes).zip(&node_keys) {
         let seen = observed.nodes.get(usize::from(index));
@@ -250,14 +254,24 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
     // possible: a keygen that ended during this reconcile shows in this
     // status, not one requeue later (a SigningRequest may already be signed
     // with the key by then).
+    let gauges = &ctx.metrics.cluster;
+    let shares_lost = shares_lost(ctx, mpc, &ns, &observed).await;
+    for (key, parties) in &shares_lost {
+        let holders = mpc.spec.nodes.saturating_sub(u16::try_from(parties.len()).unwrap_or(u16::MAX));
+        gauges.key_shares.with_label_values(&[ns.as_str(), name.as_str(), key.as_str()]).set(i64::from(holders));
+    }
+    ctx.shares_lost
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(mpc.uid().unwrap_or_default(), shares_lost.iter().cloned().collect());
     let observed = Observed {
         learned_keys: ctx.keygens.learned(mpc),
         conflicts: ctx.keygens.conflicts(mpc),
         keygen_held,
+        shares_lost,
         ..observed
     };
     let plan = cluster_plan::status(mpc, &observed, grant_public_key, certificates_status(&pki)?);
-    let gauges = &ctx.metrics.cluster;
     let labels = [ns.as_str(), name.as_str()];
     gauges.threshold.with_label_values(&labels).set(i64::from(mpc.spec.threshold));
     gauges.presignature_pool_size.with_label_values(&labels).set(i64::from(mpc.spec.presignatures.pool_size));
@@ -337,6 +351,39 @@ async fn observe(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<Observed> 
         .collect();
     // The keygens are looked at in the status step, as late as possible.
     Ok(Observed { nodes, ..Observed::default() })
+}
+
+/// Each recorded key with the parties whose node, ready and asked now, lists
+/// no share of it under its public key: a volume lost or replaced. A node
+/// that does not answer (down, restarting) is not counted: that is what
+/// `status.nodes` and the registry show.
+async fn shares_lost(ctx: &Context, mpc: &MpcCluster, ns: &str, observed: &Observed) -> Vec<(String, Vec<u16>)> {
+    let recorded: Vec<(String, String)> =
+        mpc.status.iter().flat_map(|s| &s.keys).filter_map(|k| Some((k.name.clone(), k.public_key.clone()?))).collect();
+    if recorded.is_empty() {
+        return Vec::new();
+    }
+    let name = mpc.name_any();
+    let asks = (0..mpc.spec.nodes).zip(&observed.nodes).filter(|(_, n)| n.pod_ready).filter_map(|(index, n)| {
+        let addr = NodeAddr::new(ns, &name, index, n.pod_ip.as_deref()?, torcus_contract::HTTP_PORT);
+        Some(async move { (index, tokio::time::timeout(StdDuration::from_secs(2), ctx.nodes.keys(&addr)).await) })
+    });
+    let answers: Vec<(u16, Vec<torcus_contract::api::KeyInfo>)> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter_map(|(index, answer)| Some((index, answer.ok()?.ok()?)))
+        .collect();
+    recorded
+        .into_iter()
+        .map(|(key, public_key)| {
+            let lost = answers
+                .iter()
+                .filter(|(_, held)| !held.iter().any(|k| k.name == key && k.public_key == public_key))
+                .map(|(index, _)| *index)
+                .collect();
+            (key, lost)
+        })
+        .collect()
 }
 
 /// A Secret the cluster needs exists but is not the operator's: nothing of

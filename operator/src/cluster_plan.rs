@@ -65,6 +65,9 @@ pub struct Observed {
     /// Secrets not yet bound to their volumes, or retained from a deleted
     /// cluster and not yet shown to open the shares (see `crate::node_keys`).
     pub keygen_held: Vec<String>,
+    /// Recorded keys some nodes answered they hold no share of (a volume
+    /// lost or replaced): key name and those parties.
+    pub shares_lost: Vec<(String, Vec<u16>)>,
 }
 
 /// What the spec says that the API server's schema cannot check, or that an
@@ -176,6 +179,7 @@ pub fn status(
         report_keygen_held(&mut status, &observed.keygen_held);
     }
     report_key_conflicts(&mut status, &observed.conflicts);
+    report_shares_lost(mpc, &mut status, &observed.shares_lost);
     StatusPlan { status, missing_keys, keygen_on, online }
 }
 
@@ -233,6 +237,45 @@ fn merged_keys(mpc: &MpcCluster, learned: Vec<KeyStatus>) -> Vec<KeyStatus> {
         }
     }
     keys
+}
+
+/// A recorded key that some nodes hold no share of leaves the cluster
+/// Degraded (not Ready), saying which nodes and whether the rest can sign.
+fn report_shares_lost(mpc: &MpcCluster, status: &mut MpcClusterStatus, lost: &[(String, Vec<u16>)]) {
+    let lost: Vec<&(String, Vec<u16>)> = lost.iter().filter(|(_, parties)| !parties.is_empty()).collect();
+    if lost.is_empty() {
+        return;
+    }
+    let (n, t) = (usize::from(mpc.spec.nodes), usize::from(mpc.spec.threshold));
+    let message: Vec<String> = lost
+        .iter()
+        .map(|(key, parties)| {
+            let holders = n.saturating_sub(parties.len());
+            let can = if holders >= t { "still signs with the rest" } else { "cannot sign" };
+            format!(
+                "key {key}: nodes {parties:?} hold no share of it (a volume lost or replaced); {holders} of {n} \
+                 nodes hold it, {t} needed: the cluster {can}, and no keygen runs over it"
+            )
+        })
+        .collect();
+    for condition in &mut status.conditions {
+        match condition.type_.as_str() {
+            "Degraded" => {
+                condition.status = "True".to_owned();
+                condition.reason = "ShareLost".to_owned();
+                condition.message = message.join("; ");
+            }
+            "Ready" => {
+                condition.status = "False".to_owned();
+                condition.reason = "ShareLost".to_owned();
+                condition.message = "a node lost its share of a key".to_owned();
+            }
+            _ => {}
+        }
+    }
+    if status.phase == Some(ClusterPhase::Ready) {
+        status.phase = Some(ClusterPhase::Degraded);
+    }
 }
 
 /// Says in `KeysReady` why missing keys are not generated yet.
@@ -503,6 +546,28 @@ mod tests {
         assert_eq!((keys_ready.status.as_str(), keys_ready.reason.as_str()), ("False", "NodeKeysPending"));
         assert!(keys_ready.message.contains("node 1 holds retained keys"), "{}", keys_ready.message);
         // A key already recorded is not held back by it.
+        let plan = status(&with_key(cluster("demo", 3, 2)), &observed, "ab".into(), certs());
+        assert_eq!(plan.status.phase, Some(ClusterPhase::Ready));
+    }
+
+    #[test]
+    fn a_lost_share_degrades_the_cluster_and_names_the_node() {
+        let mut observed = seen("rrr");
+        observed.shares_lost = vec![("default".into(), vec![1])];
+        let plan = status(&with_key(cluster("demo", 3, 2)), &observed, "ab".into(), certs());
+        assert_eq!(plan.status.phase, Some(ClusterPhase::Degraded));
+        let degraded = cond(&plan.status, "Degraded");
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "ShareLost"));
+        assert!(degraded.message.contains("nodes [1] hold no share") && degraded.message.contains("still signs"));
+        assert_eq!(cond(&plan.status, "Ready").status, "False");
+        // The key stays recorded: nothing to generate.
+        assert!(plan.missing_keys.is_empty() && plan.keygen_on.is_none());
+        // Two of three lost with threshold 2: it cannot sign.
+        observed.shares_lost = vec![("default".into(), vec![0, 1])];
+        let plan = status(&with_key(cluster("demo", 3, 2)), &observed, "ab".into(), certs());
+        assert!(cond(&plan.status, "Degraded").message.contains("cannot sign"));
+        // Nothing lost: as before.
+        observed.shares_lost = vec![("default".into(), vec![])];
         let plan = status(&with_key(cluster("demo", 3, 2)), &observed, "ab".into(), certs());
         assert_eq!(plan.status.phase, Some(ClusterPhase::Ready));
     }

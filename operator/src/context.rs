@@ -37,10 +37,17 @@ pub struct Context {
     pub signing: Arc<SigningState>,
     /// Nodes' registrations and heartbeats.
     pub registry: Arc<NodeRegistry>,
+    /// Per MpcCluster uid and key, the parties whose node answered without
+    /// a share of it (a volume lost or replaced), as the last reconcile of
+    /// the cluster found: no signer set includes them.
+    pub shares_lost: Arc<std::sync::Mutex<BTreeMap<String, SharesLost>>>,
     /// Ways a test makes this operator misbehave (test builds only).
     #[cfg(feature = "test-hooks")]
     pub test_hooks: crate::test_hooks::TestHooks,
 }
+
+/// Per key name, the parties whose node holds no share of it.
+pub type SharesLost = BTreeMap<String, Vec<u16>>;
 
 impl Context {
     /// A context with empty memory.
@@ -58,12 +65,19 @@ impl Context {
             build,
             metrics,
             failures: Arc::default(),
+            shares_lost: Arc::default(),
             nodes: NodeClient::new(),
             keygens: Arc::default(),
             signing: Arc::default(),
             #[cfg(feature = "test-hooks")]
             test_hooks: Default::default(),
         }
+    }
+
+    /// Parties of `mpc` whose node holds no share of `key`, as last found.
+    pub fn shares_lost(&self, mpc: &MpcCluster, key: &str) -> Vec<u16> {
+        let lost = self.shares_lost.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        lost.get(&mpc.uid().unwrap_or_default()).and_then(|keys| keys.get(key)).cloned().unwrap_or_default()
     }
 
     /// Party indices of `mpc` that registered and then went silent.

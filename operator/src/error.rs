@@ -49,7 +49,7 @@ pub enum Error {
 /// status; for a SigningRequest, a new request (`decide`) or one whose
 /// grant is out (`resume`).
 pub const STEPS: [(&str, &[&str]); 2] = [
-    ("mpccluster", &["observe", "certificates", "keys", "children", "status"]),
+    ("mpccluster", &["observe", "certificates", "keys", "children", "retained", "status"]),
     ("signingrequest", &["decide", "resume"]),
 ];
 

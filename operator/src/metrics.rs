@@ -60,6 +60,9 @@ pub struct ClusterGauges {
     pub threshold: IntGaugeVec,
     /// Nodes the registry sees online.
     pub nodes_online: IntGaugeVec,
+    /// Per key: nodes not found without a share of it (spec.nodes minus
+    /// those that answered they hold none).
+    pub key_shares: IntGaugeVec,
     /// `spec.presignatures.poolSize` (0: pooling off).
     pub presignature_pool_size: IntGaugeVec,
     /// Earliest notAfter of the cluster's certificates, Unix seconds.
@@ -67,8 +70,11 @@ pub struct ClusterGauges {
 }
 
 impl ClusterGauges {
-    /// Forgets the series of a deleted cluster.
-    pub fn remove(&self, namespace: &str, cluster: &str) {
+    /// Forgets the series of a deleted cluster with `keys`.
+    pub fn remove(&self, namespace: &str, cluster: &str, keys: &[String]) {
+        for key in keys {
+            let _ = self.key_shares.remove_label_values(&[namespace, cluster, key.as_str()]);
+        }
         let labels = [namespace, cluster];
         let _ = self.threshold.remove_label_values(&labels);
         let _ = self.nodes_online.remove_label_values(&labels);
@@ -179,6 +185,13 @@ impl Metrics {
                 Opts::new("torcus_mpccluster_nodes_online", "Nodes of the cluster the registry sees online"),
                 &per_cluster,
             )?,
+            key_shares: IntGaugeVec::new(
+                Opts::new(
+                    "torcus_mpccluster_key_shares",
+                    "Nodes of the cluster not found without a share of the key (a node that answers holding none lost it)",
+                ),
+                &["namespace", "mpccluster", "key"],
+            )?,
             presignature_pool_size: IntGaugeVec::new(
                 Opts::new(
                     "torcus_mpccluster_presignature_pool_size",
@@ -196,6 +209,7 @@ impl Metrics {
         };
         registry.register(Box::new(cluster.threshold.clone()))?;
         registry.register(Box::new(cluster.nodes_online.clone()))?;
+        registry.register(Box::new(cluster.key_shares.clone()))?;
         registry.register(Box::new(cluster.presignature_pool_size.clone()))?;
         registry.register(Box::new(cluster.certificate_expiry.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;

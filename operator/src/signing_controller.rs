@@ -440,7 +440,10 @@ impl<'a> Reconcile<'a> {
         exclude: &[u16],
         disputes: &[signers::Dispute],
     ) -> Result<Attempt> {
-        let healthy: Vec<u16> = healthy_indices(nodes).into_iter().filter(|i| !exclude.contains(i)).collect();
+        // Nor a node that holds no share of the key (a volume lost).
+        let lost = self.ctx.shares_lost(mpc, kind.key());
+        let healthy: Vec<u16> =
+            healthy_indices(nodes).into_iter().filter(|i| !exclude.contains(i) && !lost.contains(i)).collect();
         let threshold = mpc.spec.threshold;
         let pools = mpc.spec.presignatures.pool_size > 0;
         // Only a payload the nodes hash, at a path pooled before the
