@@ -444,6 +444,7 @@ pub fn operator_args(namespace: &str) -> torcus_operator::Args {
         node_image: "torcus/torcus-node:e2e".to_owned(),
         registry_url: Some(format!("http://127.0.0.1:{port}")),
         cluster_domain: "cluster.local".to_owned(),
+        secret_propagation: std::time::Duration::from_secs(300),
         http_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         leader_election: true,
         lease_name: "torcus-operator".to_owned(),

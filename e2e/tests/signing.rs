@@ -1294,3 +1294,75 @@ async fn a_node_whose_volume_is_lost_is_left_out_reported_and_the_rest_sign() {
     assert_eq!((code, body.contains(&public_key)), (200, false), "{body}");
     ns.finish().await.unwrap();
 }
+
+/// A stream of requests keeps completing while every leaf certificate is
+/// renewed (60 s leaves renewed with 45 s left: every 15 s) and then the CA
+/// rolls (staged, trusted beside the old one for the 15 s the kubelet is
+/// given to propagate it, then issuing): no request fails, every signature
+/// checks out with libsecp256k1, and the nodes take the new certificates and
+/// the new CA from their files without restarting.
+#[tokio::test]
+async fn requests_keep_completing_while_leaves_renew_and_the_ca_rolls() {
+    let mut ns = TestNamespace::new("renew-stream").await.unwrap();
+    ns.start_kubelet().await.unwrap();
+    let client = ns.client.clone();
+    ns.start_operator_with_client(client, |args| args.secret_propagation = Duration::from_secs(15));
+    let clusters: Api<MpcCluster> = ns.api();
+    let short = serde_json::json!({
+        "presignatures": {"poolSize": 0},
+        "certificates": {"validity": "60s", "renewBefore": "45s"},
+    });
+    clusters.create(&PostParams::default(), &cluster("vault", "quic", short)).await.unwrap();
+    let public_key = ready_key(&clusters).await;
+    let pids: Vec<Option<u32>> = (0..3).map(|i| ns.kubelet().pid(&ns.name, &format!("vault-{i}-0"))).collect();
+    assert!(pids.iter().all(Option::is_some), "{pids:?}");
+
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = ns.api();
+    let text = |secret: k8s_openapi::api::core::v1::Secret, key: &str| {
+        String::from_utf8(secret.data.unwrap_or_default().remove(key).unwrap_or_default().0).unwrap_or_default()
+    };
+    let first_ca = text(secrets.get("vault-ca").await.unwrap(), "tls.crt");
+    let mut serials = std::collections::BTreeSet::new();
+    let started = std::time::Instant::now();
+    let mut signed = 0u16;
+    let mut rolled_at = None;
+    // Bounded: at most 200 requests or 8 minutes.
+    while signed < 200 && started.elapsed() < Duration::from_secs(480) {
+        let digest = Sha256::digest(format!("renew-stream-{signed}")).into();
+        let sr = sign_digest(&ns, &format!("stream-{signed}"), digest).await;
+        assert_signed(&sr, digest, &public_key);
+        signed += 1;
+        let leaf = text(secrets.get("vault-node-0").await.unwrap(), "tls.crt");
+        serials.insert(torcus_certs::inspect(&leaf).unwrap().serial_hex);
+        let ca = text(secrets.get("vault-ca").await.unwrap(), "tls.crt");
+        if ca != first_ca && rolled_at.is_none() {
+            rolled_at = Some(signed);
+        }
+        // Past the roll, until every node's leaf is the new CA's alone.
+        if let Some(at) = rolled_at
+            && signed >= at + 5
+        {
+            let mut by_new_ca = 0;
+            for i in 0..3 {
+                let leaf = text(secrets.get(&format!("vault-node-{i}")).await.unwrap(), "tls.crt");
+                by_new_ca +=
+                    usize::from(torcus_certs::verify_leaf(&leaf, &ca, torcus_certs::OffsetDateTime::now_utc()).is_ok());
+            }
+            if by_new_ca == 3 {
+                break;
+            }
+        }
+    }
+    let at = rolled_at.expect("the CA rolled within the stream");
+    eprintln!("{signed} requests signed; the CA was promoted after {at}; node 0 had {} leaves", serials.len());
+    assert!(signed >= at + 5, "requests signed after the roll");
+    assert!(serials.len() >= 3, "node 0's leaf was renewed during the stream: {serials:?}");
+    // Taken from the files: reloaded, never restarted.
+    for i in 0..3u16 {
+        let (_, metrics) = ns.node_plain_get("vault", i, "/metrics").await.unwrap();
+        let reloads = metric(&metrics, "torcus_node_tls_reloads_total", &[("outcome", "ok")]);
+        assert!(reloads >= 2.0, "node {i} reloaded its certificate {reloads} times");
+        assert_eq!(ns.kubelet().pid(&ns.name, &format!("vault-{i}-0")), pids[usize::from(i)], "node {i} restarted");
+    }
+    ns.finish().await.unwrap();
+}

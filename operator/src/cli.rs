@@ -50,6 +50,13 @@ pub struct Args {
     #[arg(long, env = "POD_NAME", hide = true)]
     pub pod_name: Option<String>,
 
+    /// How long kubelets may take to show a changed Secret in the pods that
+    /// mount it (their sync period plus cache TTL, with margin). A staged CA
+    /// is trusted this long before it issues anything, so no node meets a
+    /// certificate from a CA it does not trust yet.
+    #[arg(long, env = "TORCUS_SECRET_PROPAGATION", default_value = "5m", value_parser = parse_propagation)]
+    pub secret_propagation: std::time::Duration,
+
     /// Log format: `plain` or `json`.
     #[arg(long, env = "TORCUS_LOG_FORMAT", default_value = "plain")]
     pub log_format: String,
@@ -60,6 +67,13 @@ pub struct Args {
     #[cfg(feature = "test-hooks")]
     #[arg(skip)]
     pub test_hooks: test_hooks::TestHooks,
+}
+
+fn parse_propagation(text: &str) -> Result<std::time::Duration, String> {
+    crate::pki::parse_duration(text)
+        .filter(|d| d.is_positive())
+        .and_then(|d| std::time::Duration::try_from(d).ok())
+        .ok_or_else(|| format!("{text:?} is not a duration like 5m or 90s"))
 }
 
 impl Args {

@@ -95,7 +95,10 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
         return Ok(Action::await_change());
     }
     let lifetimes = match cluster_plan::check_spec(mpc) {
-        Ok(l) => l,
+        Ok(l) => pki::Lifetimes {
+            propagation: torcus_certs::Duration::try_from(ctx.build.secret_propagation).unwrap_or(l.propagation),
+            ..l
+        },
         Err(message) => {
             publish_status(ctx, mpc, failed_status(mpc, "InvalidSpec", &message)).await?;
             return Err(Error::InvalidSpec(message));

@@ -47,6 +47,9 @@ pub struct BuildContext {
     pub registry_url: Option<String>,
     /// Kubernetes cluster domain, for the nodes' DNS names.
     pub cluster_domain: String,
+    /// How long a changed Secret takes to reach the pods that mount it
+    /// ([`crate::pki::Lifetimes::propagation`]).
+    pub secret_propagation: std::time::Duration,
 }
 
 /// Names of an MpcCluster's children, in one place.
@@ -666,6 +669,7 @@ mod tests {
             default_node_image: "torcus/torcus-node:test".into(),
             registry_url: Some("http://torcus-operator.torcus-system.svc:8080".into()),
             cluster_domain: "cluster.local".into(),
+            secret_propagation: std::time::Duration::from_secs(300),
         }
     }
 

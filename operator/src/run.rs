@@ -35,6 +35,7 @@ impl Args {
             node_image,
             registry_url,
             cluster_domain,
+            secret_propagation,
             http_addr,
             leader_election,
             lease_name,
@@ -100,7 +101,12 @@ impl Args {
         let mut ctx = context::Context::new(
             client.clone(),
             Recorder::new(client.clone(), Reporter { controller: "torcus-operator".into(), instance: Some(instance) }),
-            resources::BuildContext { default_node_image: node_image, registry_url, cluster_domain },
+            resources::BuildContext {
+                default_node_image: node_image,
+                registry_url,
+                cluster_domain,
+                secret_propagation,
+            },
             metrics.clone(),
             registry,
         );

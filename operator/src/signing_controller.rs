@@ -1048,6 +1048,7 @@ mod tests {
             default_node_image: "torcus/torcus-node:test".into(),
             registry_url: None,
             cluster_domain: "cluster.local".into(),
+            secret_propagation: std::time::Duration::from_secs(300),
         };
         let mut sets = Vec::new();
         let mut pods = Vec::new();
