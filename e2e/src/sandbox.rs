@@ -326,6 +326,7 @@ async fn supervise_inner(dir: &Path, fixtures: &Fixtures) -> anyhow::Result<()> 
                 .into_iter()
                 .map(|(variable, path)| (variable.to_owned(), path.display().to_string()))
                 .collect(),
+            new_ip_on_recreate: false,
         },
     )
     .await?;

@@ -106,6 +106,8 @@ pub struct TestNamespace {
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Handed to every operator this namespace starts.
     test_hooks: torcus_operator::test_hooks::TestHooks,
+    /// Its kubelet gives a re-created pod a new IP.
+    new_ips: bool,
 }
 
 /// How many tests of one test binary run node processes at once
@@ -179,6 +181,7 @@ impl TestNamespace {
             is_second: false,
             _slot: None,
             test_hooks: Default::default(),
+            new_ips: false,
         })
     }
 
@@ -193,7 +196,14 @@ impl TestNamespace {
             is_second: true,
             _slot: None,
             test_hooks: self.test_hooks,
+            new_ips: self.new_ips,
         }
+    }
+
+    /// Makes the kubelet this namespace starts give a pod deleted and made
+    /// again a new IP, as a real cluster does.
+    pub fn new_ips_on_recreate(&mut self) {
+        self.new_ips = true;
     }
 
     /// Makes every operator this namespace starts from now on misbehave as
@@ -324,6 +334,7 @@ impl TestNamespace {
             node_binary,
             work_dir: dir.join(format!("kubelet-{}", self.name)),
             extra_env,
+            new_ip_on_recreate: self.new_ips,
         };
         self.kubelet = Some(Kubelet::start(self.client.clone(), config).await?);
         Ok(())

@@ -1366,3 +1366,72 @@ async fn requests_keep_completing_while_leaves_renew_and_the_ca_rolls() {
     }
     ns.finish().await.unwrap();
 }
+
+/// Node pods deleted one at a time come back on new IPs, as on a real
+/// cluster. Their peers find them again by their stable DNS names (the
+/// kubelet mounts the headless Service's names as each node process's
+/// `/etc/hosts`, so the node resolves them as it would through cluster
+/// DNS), never through the registry, and requests keep completing, with
+/// each moved node among the signers.
+#[tokio::test]
+async fn node_pods_recreated_on_new_ips_are_found_again_and_requests_complete() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::DeleteParams;
+    let mut ns = TestNamespace::new("new-ips").await.unwrap();
+    ns.new_ips_on_recreate();
+    let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
+    let public_key = ready_cluster(&mut ns, cluster("vault", "quic", no_pool)).await;
+    let pods: Api<Pod> = ns.api();
+    let peer_addresses = |party: u16, source: &'static str| {
+        let ns = &ns;
+        async move {
+            let (_, metrics) = ns.node_plain_get("vault", party, "/metrics").await.unwrap();
+            metric(&metrics, "torcus_node_peer_addresses_total", &[("source", source)])
+        }
+    };
+    let mut signed = 0u8;
+    for moved in 0..3u16 {
+        let name = format!("vault-{moved}-0");
+        let old = pods.get(&name).await.unwrap().status.and_then(|s| s.pod_ip).unwrap();
+        let before: Vec<f64> = futures::future::join_all((0..3).map(|p| peer_addresses(p, "dns"))).await;
+        pods.delete(&name, &DeleteParams::default()).await.unwrap();
+        let new = eventually(&format!("{name} back on a new IP"), KEYGEN_WAIT, || async {
+            let Some(pod) = pods.get_opt(&name).await? else { return Ok(None) };
+            let ready = pod
+                .status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let ip = pod.status.and_then(|s| s.pod_ip).filter(|ip| *ip != old);
+            Ok(ip.filter(|_| ready && pod.metadata.deletion_timestamp.is_none()))
+        })
+        .await
+        .unwrap();
+        eprintln!("{name}: {old} → {new}");
+        // Until the moved node signs (the operator picks 2 of 3; bounded).
+        let mut with_moved = false;
+        for _ in 0..8 {
+            let digest = Sha256::digest(format!("new-ips-{signed}")).into();
+            let sr = sign_digest(&ns, &format!("moved-{signed}"), digest).await;
+            assert_signed(&sr, digest, &public_key);
+            signed += 1;
+            if sr.status.as_ref().unwrap().participants.contains(&moved) {
+                with_moved = true;
+                break;
+            }
+        }
+        assert!(with_moved, "node {moved} was not picked in 8 requests");
+        // The others took its new address from its DNS name.
+        for peer in (0..3).filter(|p| *p != moved) {
+            eventually(&format!("node {peer} to look up node {moved} again"), SIGN_WAIT, || async {
+                Ok((peer_addresses(peer, "dns").await > before[usize::from(peer)]).then_some(()))
+            })
+            .await
+            .unwrap();
+        }
+    }
+    for party in 0..3 {
+        assert_eq!(peer_addresses(party, "registry").await, 0.0, "node {party} fell back to the registry");
+    }
+    ns.finish().await.unwrap();
+}

@@ -388,6 +388,7 @@ impl Args {
             me,
             registry.clone(),
             Arc::clone(&announced),
+            metrics.peer_addresses.clone(),
             stop.clone(),
         ));
 
@@ -544,63 +545,87 @@ fn unix_millis() -> u64 {
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Resolves every peer's host name until all are known (pods come up in any
-/// order, and their DNS names appear with them). Where the name does not
-/// resolve (no cluster DNS, as under the sandbox's process kubelet), the
-/// address the peer registered with the operator's registry is used; the
-/// peer's identity is still checked by the transport (its certificate, its
-/// sealed frames), so a wrong address can only make it unreachable.
+/// How often peer addresses are looked up again when nothing failed.
+const PEER_RECHECK: Duration = Duration::from_secs(30);
+/// Least time between two lookups that failures woke.
+const PEER_RECHECK_MIN: Duration = Duration::from_secs(1);
+
+/// Keeps every peer's address current for the node's life. A peer is looked
+/// up by its stable DNS name (the headless Service's record, as a real
+/// cluster's DNS serves it) and, where that name does not resolve (no
+/// cluster DNS, as under a process kubelet without mount namespaces), by the
+/// address it registered with the operator's registry. Lookups run until
+/// every peer is known, then again whenever a peer cannot be dialled or does
+/// not take a message (a pod made again on a new IP), and every
+/// [`PEER_RECHECK`]. A changed address replaces the old one, and the
+/// transport drops its connection to the old. The peer's identity is still
+/// checked by the transport (its certificate, its sealed frames), so a wrong
+/// address can only make it unreachable.
 async fn resolve_peers(
     transport: Arc<AnyTransport>,
     cluster: contract::ClusterConfig,
     me: u16,
     registry: Option<Arc<registry_client::RegistryClient>>,
     announced: Arc<std::sync::atomic::AtomicBool>,
+    addresses: prometheus::IntCounterVec,
     stop: CancellationToken,
 ) {
-    let mut missing: Vec<contract::Peer> = if transport.needs_addresses() {
-        cluster.peers.into_iter().filter(|p| p.index != me).collect()
-    } else {
-        Vec::new()
-    };
-    if missing.is_empty() {
+    let peers: Vec<contract::Peer> = cluster.peers.into_iter().filter(|p| p.index != me).collect();
+    let Some(failures) = transport.peer_failures().filter(|_| transport.needs_addresses()) else {
         announced.store(true, std::sync::atomic::Ordering::Release);
-    }
-    while !missing.is_empty() && !stop.is_cancelled() {
-        let mut still = Vec::new();
-        let registered = match &registry {
-            Some(client) => client.nodes().await.unwrap_or_default(),
-            None => Vec::new(),
-        };
-        for peer in missing {
+        return;
+    };
+    let mut known: std::collections::HashMap<u16, SocketAddr> = std::collections::HashMap::new();
+    while !stop.is_cancelled() {
+        let mut registered = None;
+        for peer in &peers {
             let dns =
                 tokio::net::lookup_host((peer.host.as_str(), peer.p2p_port)).await.ok().and_then(|mut a| a.next());
-            let from_registry = || {
-                let record = registered.iter().find(|r| r.party == peer.index && r.online)?;
-                Some(SocketAddr::new(record.address.parse().ok()?, record.p2p_port))
-            };
-            match dns.or_else(from_registry) {
-                Some(addr) => {
-                    transport.set_peer(peer.index, addr, &peer.host);
-                    // Announce this run; a peer that is down dials in when it starts.
-                    if let Err(error) = transport.connect(peer.index).await {
-                        tracing::debug!(peer = peer.index, %error, "peer not reachable yet");
+            let found = match dns {
+                Some(addr) => Some((addr, "dns")),
+                None => {
+                    if registered.is_none() {
+                        registered = Some(match &registry {
+                            Some(client) => client.nodes().await.unwrap_or_default(),
+                            None => Vec::new(),
+                        });
                     }
+                    registered.iter().flatten().find(|r| r.party == peer.index && r.online).and_then(|record| {
+                        Some((SocketAddr::new(record.address.parse().ok()?, record.p2p_port), "registry"))
+                    })
                 }
-                None => still.push(peer),
+            };
+            let Some((addr, source)) = found else { continue };
+            if known.get(&peer.index) == Some(&addr) {
+                continue;
+            }
+            let first = known.insert(peer.index, addr).is_none();
+            transport.set_peer(peer.index, addr, &peer.host);
+            addresses.with_label_values(&[source]).inc();
+            if first {
+                // Announce this run; a peer that is down dials in when it starts.
+                if let Err(error) = transport.connect(peer.index).await {
+                    tracing::debug!(peer = peer.index, %error, "peer not reachable yet");
+                }
+            } else {
+                info!(peer = peer.index, %addr, source, "peer moved; its new address is used from now on");
             }
         }
         announced.store(true, std::sync::atomic::Ordering::Release);
-        missing = still;
-        if !missing.is_empty() {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                () = stop.cancelled() => {}
+        let wait = if known.len() < peers.len() { Duration::from_secs(2) } else { PEER_RECHECK };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = failures.notified() => {
+                tokio::select! {
+                    () = tokio::time::sleep(PEER_RECHECK_MIN) => {}
+                    () = stop.cancelled() => {}
+                }
             }
+            () = stop.cancelled() => {}
         }
     }
-    if !missing.is_empty() {
-        warn!(count = missing.len(), "stopped resolving peers");
+    if known.len() < peers.len() {
+        warn!(count = peers.len() - known.len(), "stopped resolving peers");
     }
 }
 

@@ -26,6 +26,9 @@ pub struct NodeMetrics {
     pub ready: IntGauge,
     /// Changed TLS files taken for QUIC (`ok`) or refused (`refused`).
     pub tls_reloads: IntCounterVec,
+    /// Peer addresses taken (a peer's first, or a changed one), by where
+    /// they came from: `dns` (the peer's stable DNS name) or `registry`.
+    pub peer_addresses: IntCounterVec,
     /// Presignatures ready, per key (summed over signer sets: sets would
     /// multiply the series).
     pub presignature_pool_depth: IntGaugeVec,
@@ -87,6 +90,14 @@ impl NodeMetrics {
             tls_reloads.with_label_values(&[outcome]);
         }
         registry.register(Box::new(tls_reloads.clone()))?;
+        let peer_addresses = IntCounterVec::new(
+            Opts::new("torcus_node_peer_addresses_total", "Peer addresses taken (first or changed), by source"),
+            &["source"],
+        )?;
+        for source in ["dns", "registry"] {
+            peer_addresses.with_label_values(&[source]);
+        }
+        registry.register(Box::new(peer_addresses.clone()))?;
         let dropped_control =
             IntCounter::new("torcus_node_control_dropped_total", "Control messages malformed or for no session")?;
         let ready = IntGauge::new("torcus_node_ready", "1 while the node's configuration and TLS identity check out")?;
@@ -119,6 +130,7 @@ impl NodeMetrics {
             dropped_control,
             api_refused,
             tls_reloads,
+            peer_addresses,
             ready,
             presignature_pool_depth,
             presignatures_generated,

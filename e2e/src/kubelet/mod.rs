@@ -103,6 +103,9 @@ pub struct KubeletConfig {
     pub work_dir: PathBuf,
     /// Added to the environment of every process, after the pod's own.
     pub extra_env: Vec<(String, String)>,
+    /// A pod deleted and made again gets a new IP, as on a real cluster
+    /// (by default a pod name keeps its IP for the kubelet's life).
+    pub new_ip_on_recreate: bool,
 }
 
 /// Entry point: [`Kubelet::start`].
@@ -119,11 +122,20 @@ impl Kubelet {
         let work_dir = config.work_dir.canonicalize()?;
         let config = KubeletConfig { work_dir, ..config };
         anyhow::ensure!(config.node_binary.is_file(), "node binary {} does not exist", config.node_binary.display());
+        let hosts = config.work_dir.join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost\n::1 localhost\n")?;
+        let hosts_mount = hosts_mount_works(&hosts);
+        if !hosts_mount {
+            warn!(
+                "no mount namespaces here (not root?): node processes resolve pod DNS names through the registry only"
+            );
+        }
         let shared = Arc::new(Shared {
             client: client.clone(),
             subnet: pick_subnet(),
             started: now(),
             state: Mutex::new(State::default()),
+            hosts_mount,
             config,
         });
         register_node(&shared).await.context("registering the Node")?;
@@ -277,11 +289,14 @@ struct Shared {
     /// The node's Ready transition time.
     started: String,
     state: Mutex<State>,
+    /// Whether processes get the hosts file as their `/etc/hosts`.
+    hosts_mount: bool,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// Never released while the pod's name may come back.
+    /// Kept while the pod's name may come back (unless
+    /// [`KubeletConfig::new_ip_on_recreate`]).
     ips: HashMap<PodKey, Ipv4Addr>,
     /// The current worker of each pod name.
     pods: HashMap<PodKey, Slot>,
@@ -289,6 +304,8 @@ struct State {
     held: HashSet<PodKey>,
     /// DNS names of the pods, for the hosts file.
     hosts: BTreeMap<PodKey, Vec<String>>,
+    /// IPs of deleted pods, not handed out again while others are free.
+    retired: HashSet<Ipv4Addr>,
 }
 
 /// What the handle needs of a pod's worker.
@@ -322,7 +339,7 @@ impl Shared {
             return Some(*ip);
         }
         let (a, b) = self.subnet;
-        let used: HashSet<Ipv4Addr> = state.ips.values().copied().collect();
+        let used: HashSet<Ipv4Addr> = state.ips.values().chain(&state.retired).copied().collect();
         let ip = match (2..=254).map(|d| Ipv4Addr::new(127, a, b, d)).find(|ip| !used.contains(ip)) {
             Some(ip) => ip,
             None => {
@@ -334,6 +351,17 @@ impl Shared {
         Some(ip)
     }
 
+    /// The pod `key` was deleted: with [`KubeletConfig::new_ip_on_recreate`]
+    /// its IP goes, and the pod made again under its name gets another.
+    fn release_ip(&self, key: &PodKey) {
+        if self.config.new_ip_on_recreate {
+            let mut state = self.lock();
+            if let Some(ip) = state.ips.remove(key) {
+                state.retired.insert(ip);
+            }
+        }
+    }
+
     fn is_held(&self, key: &PodKey) -> bool {
         self.lock().held.contains(key)
     }
@@ -342,26 +370,59 @@ impl Shared {
         self.config.work_dir.join("hosts")
     }
 
-    /// Records the DNS names of a pod and rewrites the hosts file
-    /// (atomically: a reader sees the old or the new file).
+    /// Records the DNS names of a pod at its current IP and rewrites the
+    /// hosts file: what cluster DNS answers for the pods of a headless
+    /// Service. Rewritten in place, since it is bind-mounted over each
+    /// process's `/etc/hosts` (see [`hosts_mount_works`]); a lookup at the
+    /// very moment of a rewrite may find nothing and is retried, as a DNS
+    /// lookup that times out would be.
     fn set_hosts(&self, key: &PodKey, names: Vec<String>) {
         let mut state = self.lock();
-        if state.hosts.get(key) == Some(&names) {
-            return;
-        }
         state.hosts.insert(key.clone(), names);
-        let mut text = String::from("# written by the torcus process kubelet\n");
+        let mut text = String::from("# written by the torcus process kubelet\n127.0.0.1 localhost\n::1 localhost\n");
         for (key, names) in &state.hosts {
             if let (Some(ip), false) = (state.ips.get(key), names.is_empty()) {
                 text.push_str(&format!("{ip} {}\n", names.join(" ")));
             }
         }
-        let path = self.hosts_file();
-        let tmp = path.with_file_name(".hosts.kubelet-tmp");
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+        if let Err(e) = std::fs::write(self.hosts_file(), text) {
             warn!(error = %e, "hosts file not written");
         }
     }
+}
+
+/// The program and arguments that run `program` with `hosts` as its
+/// `/etc/hosts`, as a real kubelet mounts a pod's hosts file into its
+/// containers: util-linux `unshare` gives it a mount namespace of its own
+/// (private, so nothing leaks back), a bind mount puts the file in place,
+/// and the shell `exec`s the program, which keeps the process id.
+fn with_hosts(hosts: &Path, program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
+    let mut wrapped = vec![
+        "--mount".to_owned(),
+        "--propagation".to_owned(),
+        "private".to_owned(),
+        "sh".to_owned(),
+        "-c".to_owned(),
+        r#"mount --bind "$0" /etc/hosts && exec "$@""#.to_owned(),
+        hosts.display().to_string(),
+        program.display().to_string(),
+    ];
+    wrapped.extend(args.iter().cloned());
+    (PathBuf::from("unshare"), wrapped)
+}
+
+/// Whether [`with_hosts`] works here (a mount namespace needs
+/// CAP_SYS_ADMIN; `unshare` and `mount` come with util-linux): tried on
+/// `true`.
+fn hosts_mount_works(hosts: &Path) -> bool {
+    let (program, args) = with_hosts(hosts, Path::new("true"), &[]);
+    std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A random /24 in 127.100.0.0 – 127.250.255.0, not used by another kubelet

@@ -243,10 +243,14 @@ impl Worker {
             }
         }
         let mut state = self.shared.lock();
-        if state.pods.get(&self.key).is_some_and(|slot| slot.uid == self.uid) {
+        let current = state.pods.get(&self.key).is_some_and(|slot| slot.uid == self.uid);
+        if current {
             state.pods.remove(&self.key);
         }
         drop(state);
+        if current {
+            self.shared.release_ip(&self.key);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
@@ -416,9 +420,13 @@ impl Worker {
         let started = (|| {
             let out = std::fs::File::options().create(true).append(true).open(log)?;
             let err = out.try_clone()?;
-            let mut command = tokio::process::Command::new(&launch.program);
+            let (program, args) = match self.shared.hosts_mount {
+                true => with_hosts(&self.shared.hosts_file(), &launch.program, &launch.args),
+                false => (launch.program.clone(), launch.args.clone()),
+            };
+            let mut command = tokio::process::Command::new(program);
             command
-                .args(&launch.args)
+                .args(args)
                 .env_clear()
                 .envs(launch.env.iter().map(|(k, v)| (k, v)))
                 .current_dir(&launch.cwd)

@@ -43,6 +43,18 @@ impl AnyTransport {
         }
     }
 
+    /// Woken when a peer reached at its own address cannot be reached;
+    /// `None` for the relay, which addresses no peer.
+    pub fn peer_failures(&self) -> Option<Arc<tokio::sync::Notify>> {
+        match self {
+            Self::Quic(t) => Some(t.peer_failures()),
+            Self::Hybrid(t) => Some(t.primary().peer_failures()),
+            Self::Tcp(t) => Some(t.peer_failures()),
+            Self::Relay(_) => None,
+            Self::Sealed(t) => t.inner().peer_failures(),
+        }
+    }
+
     /// Dials party `index` ahead of the first message, where that means anything.
     pub async fn connect(&self, index: u16) -> Result<(), SendError> {
         match self {

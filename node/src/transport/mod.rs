@@ -64,6 +64,10 @@ pub struct TransportMetrics {
     pub dropped: IntCounterVec,
     /// Connections refused or failed, by reason.
     pub connection_failures: IntCounterVec,
+    /// Woken when a peer could not be dialled or did not take a message in
+    /// time: its address may be stale (a pod re-created on a new IP), and
+    /// the node resolves its peers again.
+    pub peer_unreachable: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl TransportMetrics {
@@ -93,6 +97,13 @@ impl TransportMetrics {
         registry.register(Box::new(received.clone()))?;
         registry.register(Box::new(dropped.clone()))?;
         registry.register(Box::new(connection_failures.clone()))?;
-        Ok(Self { sent, received, dropped, connection_failures })
+        Ok(Self { sent, received, dropped, connection_failures, peer_unreachable: Default::default() })
+    }
+
+    /// Counts a failure to reach a peer (`connect`, `send_timeout`) and
+    /// wakes whoever resolves peer addresses.
+    pub fn peer_failed(&self, reason: &str) {
+        self.connection_failures.with_label_values(&[reason]).inc();
+        self.peer_unreachable.notify_one();
     }
 }

@@ -185,8 +185,13 @@ impl QuicTransport {
         Ok(())
     }
 
+    /// Woken when a peer cannot be reached ([`TransportMetrics::peer_failed`]).
+    pub fn peer_failures(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.metrics.peer_unreachable)
+    }
+
     /// Sets or replaces where party `index` is reached (addresses become
-    /// known as pods start).
+    /// known as pods start, and change when a pod is made again).
     pub fn set_peer(&self, index: u16, peer: PeerAddr) {
         self.peers.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(index, peer);
     }
@@ -331,18 +336,31 @@ impl QuicTransport {
             let previous = boots.insert(peer, boot_id.clone());
             previous.is_some_and(|p| p != boot_id)
         };
-        if restarted && let Some(stale) = self.outbound.lock().await.remove(&peer) {
-            debug!(peer, "peer restarted; dropping the connection to its previous run");
-            stale.connection.close(0u32.into(), b"peer restarted");
+        if restarted {
+            // A pod made again may be on a new IP: look it up again.
+            self.metrics.peer_unreachable.notify_one();
+            if let Some(stale) = self.outbound.lock().await.remove(&peer) {
+                debug!(peer, "peer restarted; dropping the connection to its previous run");
+                stale.connection.close(0u32.into(), b"peer restarted");
+            }
         }
     }
 
-    /// The open connection to `to`, if there is one.
+    /// The open connection to `to`, if there is one, to the address `to` has
+    /// now: one to an address it had before (a pod made again on a new IP)
+    /// is closed, not written into until it times out.
     async fn cached(&self, to: u16) -> Option<Arc<Outbound>> {
+        let now_at = self.peers.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&to).map(|p| p.addr);
         let mut outbound = self.outbound.lock().await;
         match outbound.get(&to) {
-            Some(existing) if existing.connection.close_reason().is_none() => Some(Arc::clone(existing)),
-            Some(_) => {
+            Some(existing)
+                if existing.connection.close_reason().is_none()
+                    && now_at.is_none_or(|addr| addr == existing.connection.remote_address()) =>
+            {
+                Some(Arc::clone(existing))
+            }
+            Some(existing) => {
+                existing.connection.close(0u32.into(), b"peer moved");
                 outbound.remove(&to);
                 None
             }
@@ -370,7 +388,7 @@ impl QuicTransport {
             .cloned()
             .ok_or(SendError::NoRoute(to))?;
         let failed = |reason: String| {
-            self.metrics.connection_failures.with_label_values(&["connect"]).inc();
+            self.metrics.peer_failed("connect");
             SendError::Connection { party: to, reason }
         };
         let client = self.client.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
@@ -409,7 +427,7 @@ impl Transport for QuicTransport {
         match tokio::time::timeout(SEND_TIMEOUT, self.send_now(to, envelope, &using)).await {
             Ok(sent) => sent,
             Err(_) => {
-                self.metrics.connection_failures.with_label_values(&["send_timeout"]).inc();
+                self.metrics.peer_failed("send_timeout");
                 let stuck = using.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
                 if let Some(stuck) = stuck {
                     stuck.connection.close(0u32.into(), b"send timeout");

@@ -196,8 +196,13 @@ impl TcpTransport {
         Ok(this)
     }
 
+    /// Woken when a peer cannot be reached ([`TransportMetrics::peer_failed`]).
+    pub fn peer_failures(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.metrics.peer_unreachable)
+    }
+
     /// Sets or replaces where party `index` is reached (addresses become
-    /// known as pods start).
+    /// known as pods start, and change when a pod is made again).
     pub fn set_peer(&self, index: u16, addr: SocketAddr) {
         self.peers.write().unwrap_or_else(PoisonError::into_inner).insert(index, addr);
     }
@@ -404,7 +409,7 @@ impl TcpTransport {
             .copied()
             .ok_or(SendError::NoRoute(to))?;
         let failed = |reason: String| {
-            self.metrics.connection_failures.with_label_values(&["connect"]).inc();
+            self.metrics.peer_failed("connect");
             SendError::Connection { party: to, reason }
         };
         let connected = tokio::select! {
@@ -446,7 +451,7 @@ impl Transport for TcpTransport {
         match tokio::time::timeout(SEND_TIMEOUT, self.send_now(to, envelope)).await {
             Ok(sent) => sent,
             Err(_) => {
-                self.metrics.connection_failures.with_label_values(&["send_timeout"]).inc();
+                self.metrics.peer_failed("send_timeout");
                 // A frame may be half written: the next send connects afresh.
                 *self.slot(to).lock().await = None;
                 Err(SendError::Connection {
