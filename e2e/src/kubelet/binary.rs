@@ -8,9 +8,7 @@ use super::*;
 /// `target/<profile>/deps/`), else built once with cargo into the same
 /// target folder and profile.
 pub fn node_binary() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("TORCUS_NODE_BIN") {
-        let bin = PathBuf::from(bin);
-        anyhow::ensure!(bin.is_file(), "TORCUS_NODE_BIN={} is not a file", bin.display());
+    if let Some(bin) = named_by("TORCUS_NODE_BIN")? {
         return Ok(bin);
     }
     let (dirs, profile_dir) = binary_dirs()?;
@@ -28,9 +26,7 @@ pub fn node_binary() -> anyhow::Result<PathBuf> {
 /// to the current executable or in its parent folder, where `cargo test
 /// --workspace` builds it (the operator's own integration tests need it).
 pub fn operator_binary() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("TORCUS_OPERATOR_BIN") {
-        let bin = PathBuf::from(bin);
-        anyhow::ensure!(bin.is_file(), "TORCUS_OPERATOR_BIN={} is not a file", bin.display());
+    if let Some(bin) = named_by("TORCUS_OPERATOR_BIN")? {
         return Ok(bin);
     }
     let (dirs, profile_dir) = binary_dirs()?;
@@ -40,6 +36,14 @@ pub fn operator_binary() -> anyhow::Result<PathBuf> {
             profile_dir.display()
         )
     })
+}
+
+/// The binary environment variable `variable` names, if it is set: it
+/// must be a file.
+fn named_by(variable: &str) -> anyhow::Result<Option<PathBuf>> {
+    let Some(bin) = std::env::var_os(variable).map(PathBuf::from) else { return Ok(None) };
+    anyhow::ensure!(bin.is_file(), "{variable}={} is not a file", bin.display());
+    Ok(Some(bin))
 }
 
 /// Where the workspace's binaries are, next to the current (test)
