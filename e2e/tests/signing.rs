@@ -1381,6 +1381,12 @@ async fn node_pods_recreated_on_new_ips_are_found_again_and_requests_complete() 
     ns.new_ips_on_recreate();
     let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
     let public_key = ready_cluster(&mut ns, cluster("vault", "quic", no_pool)).await;
+    if !ns.kubelet().resolves_pod_names() {
+        // CI runs as root and requires it (.ci/run).
+        assert!(std::env::var_os("TORCUS_REQUIRE_POD_DNS").is_none(), "no mount namespaces: pod DNS names untested");
+        eprintln!("NOTE: no mount namespaces here (not root?): pod DNS names and new IPs not tested");
+        return ns.finish().await.unwrap();
+    }
     let pods: Api<Pod> = ns.api();
     let peer_addresses = |party: u16, source: &'static str| {
         let ns = &ns;
@@ -1421,7 +1427,8 @@ async fn node_pods_recreated_on_new_ips_are_found_again_and_requests_complete() 
             }
         }
         assert!(with_moved, "node {moved} was not picked in 8 requests");
-        // The others took its new address from its DNS name.
+        // The others took its new address from its DNS name, never from
+        // the registry (which may still hold the old one).
         for peer in (0..3).filter(|p| *p != moved) {
             eventually(&format!("node {peer} to look up node {moved} again"), SIGN_WAIT, || async {
                 Ok((peer_addresses(peer, "dns").await > before[usize::from(peer)]).then_some(()))
@@ -1429,9 +1436,9 @@ async fn node_pods_recreated_on_new_ips_are_found_again_and_requests_complete() 
             .await
             .unwrap();
         }
-    }
-    for party in 0..3 {
-        assert_eq!(peer_addresses(party, "registry").await, 0.0, "node {party} fell back to the registry");
+        for party in 0..3 {
+            assert_eq!(peer_addresses(party, "registry").await, 0.0, "node {party} fell back to the registry");
+        }
     }
     ns.finish().await.unwrap();
 }

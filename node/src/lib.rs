@@ -545,6 +545,20 @@ fn unix_millis() -> u64 {
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Longest a peer's DNS lookup may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The first address `host` resolves to, within [`LOOKUP_TIMEOUT`]; `None`
+/// when it does not resolve, takes too long, or the node stops.
+async fn lookup(host: &str, port: u16, stop: &CancellationToken) -> Option<SocketAddr> {
+    tokio::select! {
+        found = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))) => {
+            found.ok()?.ok()?.next()
+        }
+        () = stop.cancelled() => None,
+    }
+}
+
 /// How often peer addresses are looked up again when nothing failed.
 const PEER_RECHECK: Duration = Duration::from_secs(30);
 /// Least time between two lookups that failures woke.
@@ -575,12 +589,24 @@ async fn resolve_peers(
         announced.store(true, std::sync::atomic::Ordering::Release);
         return;
     };
-    let mut known: std::collections::HashMap<u16, SocketAddr> = std::collections::HashMap::new();
+    // Where each known peer is, and whether its DNS name said so.
+    let mut known: std::collections::HashMap<u16, (SocketAddr, bool)> = std::collections::HashMap::new();
     while !stop.is_cancelled() {
         let mut registered = None;
         for peer in &peers {
-            let dns =
-                tokio::net::lookup_host((peer.host.as_str(), peer.p2p_port)).await.ok().and_then(|mut a| a.next());
+            // Twice, a moment apart, before the registry: a name that does
+            // not resolve for an instant (a hosts file being rewritten, a DNS
+            // server restarting) is not a reason to look elsewhere.
+            let mut dns = lookup(&peer.host, peer.p2p_port, &stop).await;
+            if dns.is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                dns = lookup(&peer.host, peer.p2p_port, &stop).await;
+            }
+            // Once its DNS name answered, a peer's address comes from there
+            // only: the registry may still hold the address it just left.
+            if dns.is_none() && known.get(&peer.index).is_some_and(|(_, by_dns)| *by_dns) {
+                continue;
+            }
             let found = match dns {
                 Some(addr) => Some((addr, "dns")),
                 None => {
@@ -596,10 +622,10 @@ async fn resolve_peers(
                 }
             };
             let Some((addr, source)) = found else { continue };
-            if known.get(&peer.index) == Some(&addr) {
+            if known.get(&peer.index).is_some_and(|(at, _)| *at == addr) {
                 continue;
             }
-            let first = known.insert(peer.index, addr).is_none();
+            let first = known.insert(peer.index, (addr, source == "dns")).is_none();
             transport.set_peer(peer.index, addr, &peer.host);
             addresses.with_label_values(&[source]).inc();
             if first {

@@ -175,8 +175,15 @@ impl KubeletHandle {
         &self.shared.config.work_dir
     }
 
+    /// Whether node processes resolve pod DNS names (their `/etc/hosts` is
+    /// the kubelet's hosts file): where mount namespaces are allowed.
+    pub fn resolves_pod_names(&self) -> bool {
+        self.shared.hosts_mount
+    }
+
     /// The IP of pod `name` in `namespace`, once it has one; stable for the
-    /// kubelet's life, also across deletion and re-creation of the pod.
+    /// kubelet's life, also across deletion and re-creation of the pod
+    /// (unless [`KubeletConfig::new_ip_on_recreate`]).
     pub fn pod_ip(&self, namespace: &str, name: &str) -> Option<IpAddr> {
         self.shared.lock().ips.get(&key(namespace, name)).map(|ip| IpAddr::V4(*ip))
     }
@@ -306,6 +313,8 @@ struct State {
     hosts: BTreeMap<PodKey, Vec<String>>,
     /// IPs of deleted pods, not handed out again while others are free.
     retired: HashSet<Ipv4Addr>,
+    /// The hosts file as last written.
+    hosts_text: String,
 }
 
 /// What the handle needs of a pod's worker.
@@ -342,10 +351,16 @@ impl Shared {
         let used: HashSet<Ipv4Addr> = state.ips.values().chain(&state.retired).copied().collect();
         let ip = match (2..=254).map(|d| Ipv4Addr::new(127, a, b, d)).find(|ip| !used.contains(ip)) {
             Some(ip) => ip,
-            None => {
-                let idle = state.ips.keys().find(|k| !state.pods.contains_key(*k))?.clone();
-                state.ips.remove(&idle)?
-            }
+            None => match state.retired.iter().next().copied() {
+                Some(retired) => {
+                    state.retired.remove(&retired);
+                    retired
+                }
+                None => {
+                    let idle = state.ips.keys().find(|k| !state.pods.contains_key(*k))?.clone();
+                    state.ips.remove(&idle)?
+                }
+            },
         };
         state.ips.insert(key.clone(), ip);
         Some(ip)
@@ -385,8 +400,12 @@ impl Shared {
                 text.push_str(&format!("{ip} {}\n", names.join(" ")));
             }
         }
-        if let Err(e) = std::fs::write(self.hosts_file(), text) {
-            warn!(error = %e, "hosts file not written");
+        if text == state.hosts_text {
+            return;
+        }
+        match std::fs::write(self.hosts_file(), &text) {
+            Ok(()) => state.hosts_text = text,
+            Err(e) => warn!(error = %e, "hosts file not written"),
         }
     }
 }

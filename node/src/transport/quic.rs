@@ -138,6 +138,9 @@ fn quic_configs(
 struct Outbound {
     connection: Connection,
     stream: Mutex<SendStream>,
+    /// The address it was dialled at (not `remote_address()`, which an
+    /// IPv6 endpoint reports IPv4-mapped).
+    dialled: SocketAddr,
 }
 
 impl QuicTransport {
@@ -355,7 +358,7 @@ impl QuicTransport {
         match outbound.get(&to) {
             Some(existing)
                 if existing.connection.close_reason().is_none()
-                    && now_at.is_none_or(|addr| addr == existing.connection.remote_address()) =>
+                    && now_at.is_none_or(|addr| addr == existing.dialled) =>
             {
                 Some(Arc::clone(existing))
             }
@@ -413,7 +416,7 @@ impl QuicTransport {
             ..Envelope::default()
         };
         frame::write(&mut stream, &hello).await.map_err(|e| failed(e.to_string()))?;
-        let out = Arc::new(Outbound { connection, stream: Mutex::new(stream) });
+        let out = Arc::new(Outbound { connection, stream: Mutex::new(stream), dialled: peer.addr });
         self.outbound.lock().await.insert(to, Arc::clone(&out));
         Ok(out)
     }
