@@ -26,19 +26,22 @@ fi
 
 dir=${TORCUS_SANDBOX_DIR:-.torcus-sandbox}
 up=(up --dir "$dir")
-node_features=()
+build() {
+  cargo build --quiet -p torcus-e2e --bin torcus-sandbox
+  cargo build --quiet -p torcus-node --bin torcus-node
+}
 # Tests only: start the nodes from pregenerated safe primes, which only a
-# build with the test-fixtures feature accepts (never an image). The build
-# lands where the e2e tests find their node binary, so it carries the same
-# test-only features as theirs (test-hooks too, unused here): otherwise the
-# tests that run after this one would get a node without them.
+# build with the test-fixtures feature accepts (never an image). The e2e
+# tests run this script after `cargo test` built every binary with the
+# test-only features; building the same set again finds it up to date,
+# where a build with fewer features would recompile most dependencies and
+# leave the tests after this one a node without their hooks.
 if [[ -n "${TORCUS_TEST_PRIMES_FIXTURE:-}" ]]; then
   up+=(--test-primes-fixture "$TORCUS_TEST_PRIMES_FIXTURE")
-  node_features=(--features test-fixtures,test-hooks)
+  build() { cargo test --quiet --workspace --no-run; }
 fi
 echo "building the sandbox and torcus-node (the first build compiles GMP and a few hundred crates: several minutes)"
-cargo build --quiet -p torcus-e2e --bin torcus-sandbox
-cargo build --quiet -p torcus-node --bin torcus-node "${node_features[@]}"
+build
 target/debug/torcus-sandbox "${up[@]}"
 
 kubectl() { "$dir/bin/kubectl" --kubeconfig "$dir/kubeconfig" "$@"; }

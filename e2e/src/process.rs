@@ -64,6 +64,27 @@ impl Process {
         Ok(self.child.wait()?)
     }
 
+    /// Sends SIGTERM, as the kubelet does to a pod being replaced, and
+    /// waits up to `grace` for the process to exit (without blocking the
+    /// runtime); how it ended. Past `grace` it is killed, as the kubelet
+    /// would, and that is an error.
+    pub async fn terminate(&mut self, grace: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            anyhow::bail!("{} had exited already ({status})", self.name);
+        }
+        kill(Pid::from_raw(i32::try_from(self.child.id())?), Signal::SIGTERM)?;
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        anyhow::bail!("{} did not exit within {grace:?} of SIGTERM; killed", self.name)
+    }
+
     /// Stops the process: SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {

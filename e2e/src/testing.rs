@@ -552,6 +552,12 @@ impl OperatorProcess {
         self.process.kill()
     }
 
+    /// Stops it as the kubelet stops a pod that a rollout replaces: SIGTERM,
+    /// then 30 s (the pod's default grace period) to exit.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.process.terminate(Duration::from_secs(30)).await
+    }
+
     /// Fails with the end of its log if it has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         self.process.check_running()
@@ -638,20 +644,18 @@ impl TestNamespace {
 
     /// Starts the `torcus-operator` binary as `instance`, authenticated by
     /// `kubeconfig`, watching only this namespace, in the leader election for
-    /// `lease`. `serve_registry`: it listens on the registry address the
-    /// nodes are given (the first one; another listens elsewhere).
+    /// `lease`, on a free loopback port. It runs as pod `instance` of this
+    /// namespace (`POD_NAME`, as the chart sets it), which it labels while
+    /// it leads; [`Self::operator_pod`] makes that pod and
+    /// [`Self::serve_leader_service`] routes the nodes to it.
     pub fn spawn_operator_process(
         &self,
         instance: &str,
         kubeconfig: &Path,
         lease: &str,
-        serve_registry: bool,
     ) -> anyhow::Result<OperatorProcess> {
         let registry_url = self.registry_url.clone().context("no registry URL")?;
-        let http_addr = match serve_registry {
-            true => registry_url.trim_start_matches("http://").to_owned(),
-            false => format!("127.0.0.1:{}", crate::process::free_port()?),
-        };
+        let http_addr = format!("127.0.0.1:{}", crate::process::free_port()?);
         let dir = tempfile::tempdir()?;
         let log = dir.path().join(format!("{instance}.log"));
         let mut command = std::process::Command::new(crate::kubelet::operator_binary()?);
@@ -660,6 +664,7 @@ impl TestNamespace {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
+            .env("POD_NAME", instance)
             .args(["--namespace", &self.name, "--node-image", "torcus/torcus-node:e2e"])
             .args(["--registry-url", &registry_url, "--http-addr", &http_addr])
             .args(["--lease-name", lease, "--lease-namespace", &self.name, "--instance", instance]);
@@ -671,5 +676,116 @@ impl TestNamespace {
             log,
             _dir: dir,
         })
+    }
+}
+
+impl TestNamespace {
+    /// An operator pod as the chart's Deployment makes it, for
+    /// [`Self::spawn_operator_process`]`(name, …)` to run as: only its
+    /// labels matter (no kubelet runs it).
+    pub async fn operator_pod(&self, name: &str) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::Pod;
+        let labels: serde_json::Map<String, serde_json::Value> =
+            OPERATOR_POD_LABELS.iter().map(|(k, v)| ((*k).to_owned(), (*v).into())).collect();
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"containers": [{"name": "operator", "image": "torcus/torcus-operator:e2e"}]},
+        }))?;
+        let pods: Api<Pod> = self.api();
+        // The namespace's default ServiceAccount may be a moment behind it.
+        eventually(&format!("operator pod {name} created"), Duration::from_secs(30), || async {
+            Ok(pods.create(&PostParams::default(), &pod).await.ok().map(drop))
+        })
+        .await
+    }
+
+    /// The chart's operator Service on loopback, at the registry and relay
+    /// URL the nodes are given: it selects, as the Service does, the
+    /// operator pod labelled `mpc.torcus.io/leader=true` (as the endpoints
+    /// controller would, every 200 ms) and forwards each new connection to
+    /// the operator process that runs as that pod ([`LeaderService::route`]).
+    /// With no such pod, connections are closed, as a Service without
+    /// endpoints refuses them.
+    pub async fn serve_leader_service(&self) -> anyhow::Result<LeaderService> {
+        use k8s_openapi::api::core::v1::Pod;
+        let url = self.registry_url.clone().context("no registry URL")?;
+        let listener = tokio::net::TcpListener::bind(url.trim_start_matches("http://")).await?;
+        let pods: Api<Pod> = self.api();
+        let selector =
+            OPERATOR_POD_LABELS.iter().fold(format!("{LEADER_LABEL}=true"), |s, (k, v)| format!("{s},{k}={v}"));
+        let (endpoint, current) = tokio::sync::watch::channel(None::<String>);
+        let stop = CancellationToken::new();
+        let backends = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+        let endpoints = tokio::spawn({
+            let (stop, backends) = (stop.clone(), backends.clone());
+            async move {
+                while !stop.is_cancelled() {
+                    if let Ok(list) = pods.list(&kube::api::ListParams::default().labels(&selector)).await {
+                        let routes = backends.lock().map(|b| b.clone()).unwrap_or_default();
+                        let leader = list.items.iter().find_map(|pod| {
+                            let name = kube::ResourceExt::name_any(pod);
+                            let (_, url) = routes.iter().find(|(n, _)| *n == name)?;
+                            Some(url.trim_start_matches("http://").to_owned())
+                        });
+                        endpoint.send_if_modified(|e| std::mem::replace(e, leader.clone()) != leader);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        let forwarder = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                loop {
+                    let (mut inbound, _) = tokio::select! {
+                        accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                        () = stop.cancelled() => return,
+                    };
+                    let Some(backend) = current.borrow().clone() else { continue };
+                    let stop = stop.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&backend).await else { return };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            () = stop.cancelled() => {}
+                        }
+                    });
+                }
+            }
+        });
+        Ok(LeaderService { stop, backends, tasks: vec![endpoints, forwarder] })
+    }
+}
+
+/// The labels of the chart's operator pods (release `torcus`), which its
+/// Service selects on, with the leader label.
+const OPERATOR_POD_LABELS: [(&str, &str); 2] =
+    [("app.kubernetes.io/name", "torcus"), ("app.kubernetes.io/instance", "torcus")];
+const LEADER_LABEL: &str = "mpc.torcus.io/leader";
+
+/// See [`TestNamespace::serve_leader_service`]; stops when dropped.
+#[derive(Debug)]
+pub struct LeaderService {
+    stop: CancellationToken,
+    backends: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl LeaderService {
+    /// Lets the Service reach `operator` (running as the pod of its
+    /// instance's name) when that pod is the one labelled leader.
+    pub fn route(&self, operator: &OperatorProcess) {
+        if let Ok(mut backends) = self.backends.lock() {
+            backends.push((operator.instance.clone(), operator.url.clone()));
+        }
+    }
+}
+
+impl Drop for LeaderService {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }

@@ -1055,14 +1055,27 @@ fn rss_bytes() -> u64 {
 /// `torcus-operator` binary, two replicas in leader election, each a
 /// process authenticated with a token of the chart's ServiceAccount and
 /// nothing but the chart's rights (here for one watched namespace), which
-/// do not let it list Secrets (review finding 9). The leader is killed with
-/// SIGKILL while requests are being signed: the other takes the Lease,
-/// resumes them, and every request is signed exactly once.
+/// do not let it list Secrets (review finding 9), reached by the nodes
+/// through the chart's Service, which follows the leader label. The
+/// leader is killed with SIGKILL while requests are being signed: the
+/// other takes the Lease, resumes them, and every request is signed
+/// exactly once.
 #[tokio::test]
 async fn operator_processes_on_the_charts_rights_lose_no_request_when_the_leader_is_killed() {
+    leader_killed_mid_signing("failover", "quic").await;
+}
+
+/// The same over the HTTP relay: the relay the nodes' frames go through
+/// dies with the leader, and moves with the Service to the new one.
+#[tokio::test]
+async fn with_the_relay_in_the_killed_leader_no_request_is_lost_either() {
+    leader_killed_mid_signing("failover-relay", "http").await;
+}
+
+async fn leader_killed_mid_signing(prefix: &str, transport: &str) {
     use k8s_openapi::api::coordination::v1::Lease;
     use std::os::unix::process::ExitStatusExt;
-    let mut ns = TestNamespace::new("failover").await.unwrap();
+    let mut ns = TestNamespace::new(prefix).await.unwrap();
     let (account, lease) = ns.apply_chart_rbac().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = ns.service_account_kubeconfig(&account, dir.path()).unwrap();
@@ -1080,14 +1093,20 @@ async fn operator_processes_on_the_charts_rights_lose_no_request_when_the_leader
         Ok::<_, anyhow::Error>(held)
     };
     ns.start_kubelet().await.unwrap();
-    let mut first = ns.spawn_operator_process("operator-a", &kubeconfig, &lease, true).unwrap();
+    for pod in ["operator-a", "operator-b"] {
+        ns.operator_pod(pod).await.unwrap();
+    }
+    let mut first = ns.spawn_operator_process("operator-a", &kubeconfig, &lease).unwrap();
     eventually("operator-a to lead", SIGN_WAIT, || async { Ok(leader().await?.filter(|h| h == "operator-a")) })
         .await
         .unwrap();
-    let mut second = ns.spawn_operator_process("operator-b", &kubeconfig, &lease, false).unwrap();
+    let mut second = ns.spawn_operator_process("operator-b", &kubeconfig, &lease).unwrap();
+    let service = ns.serve_leader_service().await.unwrap();
+    service.route(&first);
+    service.route(&second);
     let clusters: Api<MpcCluster> = ns.api();
     let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
-    clusters.create(&PostParams::default(), &cluster("vault", "quic", no_pool)).await.unwrap();
+    clusters.create(&PostParams::default(), &cluster("vault", transport, no_pool)).await.unwrap();
     let public_key = ready_key(&clusters).await;
 
     let srs: Api<SigningRequest> = ns.api();
@@ -1123,7 +1142,117 @@ async fn operator_processes_on_the_charts_rights_lose_no_request_when_the_leader
         sessions += metric(&metrics, "torcus_node_sessions_total", &[("kind", "sign"), ("outcome", "completed")]);
     }
     assert_eq!(sessions, f64::from(count) * 2.0, "each request signed by its 2 participants, once");
+    if transport == "http" {
+        // The frames went through the operators' relay, the new leader's too.
+        let addr = second.url.trim_start_matches("http://").parse().unwrap();
+        let (_, text) = torcus_e2e::kubelet::http_get(addr, "/metrics", Duration::from_secs(5)).await.unwrap();
+        let relayed = metric(&text, "torcus_relay_messages_total", &[]);
+        assert!(relayed > 0.0, "no frame went through the new leader's relay");
+    }
     second.check_running().unwrap();
+    ns.finish().await.unwrap();
+}
+
+/// An upgrade as `helm upgrade` rolls the chart's two-replica Deployment:
+/// a pod of the new version starts, an old one gets SIGTERM, the next new
+/// one starts, and the old leader gets SIGTERM while requests are being
+/// signed. It hands the Lease over on its way out, a new replica resumes
+/// its requests, and each is signed exactly once. (Both versions are the
+/// build under test: the rollout, not a wire-format change, is what this
+/// exercises.)
+#[tokio::test]
+async fn an_operator_upgrade_rolling_through_the_replicas_loses_no_request() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let mut ns = TestNamespace::new("upgrade").await.unwrap();
+    let (account, lease) = ns.apply_chart_rbac().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = ns.service_account_kubeconfig(&account, dir.path()).unwrap();
+    let leases: Api<Lease> = ns.api();
+    let leader = || async {
+        let held = leases.get_opt(&lease).await?.and_then(|l| l.spec?.holder_identity);
+        Ok::<_, anyhow::Error>(held)
+    };
+    ns.start_kubelet().await.unwrap();
+    let service = ns.serve_leader_service().await.unwrap();
+    let spawn = |instance: &'static str| {
+        let ns = &ns;
+        let kubeconfig = &kubeconfig;
+        let lease = &lease;
+        let service = &service;
+        async move {
+            ns.operator_pod(instance).await.unwrap();
+            let process = ns.spawn_operator_process(instance, kubeconfig, lease).unwrap();
+            service.route(&process);
+            process
+        }
+    };
+    let mut old_a = spawn("torcus-old-a").await;
+    eventually("the first replica to lead", SIGN_WAIT, || async {
+        Ok(leader().await?.filter(|h| h == "torcus-old-a"))
+    })
+    .await
+    .unwrap();
+    let mut old_b = spawn("torcus-old-b").await;
+    let clusters: Api<MpcCluster> = ns.api();
+    let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
+    clusters.create(&PostParams::default(), &cluster("vault", "quic", no_pool)).await.unwrap();
+    let public_key = ready_key(&clusters).await;
+
+    let srs: Api<SigningRequest> = ns.api();
+    let submit = |from: u8, to: u8| {
+        let srs = srs.clone();
+        async move {
+            for i in from..to {
+                let digest = hex::encode([0xa0 + i; 32]);
+                let sr = request(&format!("rolling-{i}"), "vault", serde_json::json!({"digest": digest}));
+                srs.create(&PostParams::default(), &sr).await.unwrap();
+            }
+        }
+    };
+    let in_signing = |from: u8, to: u8| {
+        let srs = srs.clone();
+        async move {
+            eventually("a request in Signing", SIGN_WAIT, || async {
+                let list = srs.list(&ListParams::default()).await?;
+                let signing = list.items.iter().find(|sr| {
+                    let index = sr.name_any().strip_prefix("rolling-").and_then(|i| i.parse::<u8>().ok());
+                    index.is_some_and(|i| (from..to).contains(&i))
+                        && sr.status.as_ref().and_then(|s| s.phase) == Some(SigningPhase::Signing)
+                });
+                Ok(signing.map(ResourceExt::name_any))
+            })
+            .await
+            .unwrap()
+        }
+    };
+    submit(0, 4).await;
+    in_signing(0, 4).await;
+    // The rollout: new, old standby out, new, old leader out.
+    let _new_a = spawn("torcus-new-a").await;
+    let ended = old_b.terminate().await.unwrap();
+    assert!(ended.success(), "the old standby ended with {ended:?}");
+    let _new_b = spawn("torcus-new-b").await;
+    submit(4, 8).await;
+    let signing = in_signing(4, 8).await;
+    assert_eq!(leader().await.unwrap().as_deref(), Some("torcus-old-a"), "the old leader still leads");
+    let ended = old_a.terminate().await.unwrap();
+    assert!(ended.success(), "the old leader ended with {ended:?}");
+    eprintln!("the old leader stopped while {signing} was in Signing");
+    let new_leader = eventually("a new replica to lead", SIGN_WAIT, || async {
+        Ok(leader().await?.filter(|h| h.starts_with("torcus-new-")))
+    })
+    .await
+    .unwrap();
+    eprintln!("{new_leader} leads");
+    for i in 0..8u8 {
+        assert_signed(&wait_final(&ns, &format!("rolling-{i}"), SIGN_WAIT).await, [0xa0 + i; 32], &public_key);
+    }
+    let mut sessions = 0.0;
+    for i in 0..3 {
+        let (_, metrics) = ns.node_plain_get("vault", i, "/metrics").await.unwrap();
+        sessions += metric(&metrics, "torcus_node_sessions_total", &[("kind", "sign"), ("outcome", "completed")]);
+    }
+    assert_eq!(sessions, 8.0 * 2.0, "each request signed by its 2 participants, once");
     ns.finish().await.unwrap();
 }
 
