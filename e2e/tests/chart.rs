@@ -154,6 +154,7 @@ fn default_values_render_a_cluster_wide_operator_the_api_server_accepts() {
     assert_eq!(env_value(&env, "TORCUS_NODE_IMAGE"), operator_default("node_image"));
     assert_eq!(env_value(&env, "TORCUS_LEADER_ELECTION"), "true");
     assert_eq!(env_value(&env, "TORCUS_LEASE_NAME"), RELEASE);
+    assert_eq!(env_value(&env, "TORCUS_SECRET_PROPAGATION"), operator_default("secret_propagation"));
     assert_eq!(env_value(&env, "POD_NAME"), "fieldRef:metadata.name");
     assert_eq!(env_value(&env, "POD_NAMESPACE"), "fieldRef:metadata.namespace");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
@@ -251,6 +252,7 @@ fn values_the_operator_cannot_honour_are_refused() {
     for (set, message) in [
         ("watchNamespaces={a,b}", "watches one namespace or all of them"),
         ("leaderElection.enabled=false", "replicaCount > 1 needs leaderElection.enabled"),
+        ("secretPropagation=5 minutes", "secretPropagation"),
     ] {
         let out = run(helm_command(home.path())
             .args(["template", RELEASE, "--namespace", NAMESPACE, "--set", set])
