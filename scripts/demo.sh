@@ -32,13 +32,15 @@ build() {
 }
 # Tests only: start the nodes from pregenerated safe primes, which only a
 # build with the test-fixtures feature accepts (never an image). The e2e
-# tests run this script after `cargo test` built every binary with the
-# test-only features; building the same set again finds it up to date,
-# where a build with fewer features would recompile most dependencies and
-# leave the tests after this one a node without their hooks.
+# tests run this script after cargo built the sandbox and the node with
+# the test-only features, and use those binaries as the other e2e tests
+# do; a build here with fewer features would recompile most dependencies
+# and leave the tests after this one a node without their hooks.
 if [[ -n "${TORCUS_TEST_PRIMES_FIXTURE:-}" ]]; then
   up+=(--test-primes-fixture "$TORCUS_TEST_PRIMES_FIXTURE")
-  build() { cargo test --quiet --workspace --no-run; }
+  build() {
+    [[ -x target/debug/torcus-sandbox && -x target/debug/torcus-node ]] || "${CARGO:-cargo}" test --quiet --workspace --no-run
+  }
 fi
 echo "building the sandbox and torcus-node (the first build compiles GMP and a few hundred crates: several minutes)"
 build

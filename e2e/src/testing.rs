@@ -702,10 +702,11 @@ impl TestNamespace {
     /// The chart's operator Service on loopback, at the registry and relay
     /// URL the nodes are given: it selects, as the Service does, the
     /// operator pod labelled `mpc.torcus.io/leader=true` (as the endpoints
-    /// controller would, every 200 ms) and forwards each new connection to
-    /// the operator process that runs as that pod ([`LeaderService::route`]).
-    /// With no such pod, connections are closed, as a Service without
-    /// endpoints refuses them.
+    /// controller would, every 200 ms, leaving out pods being deleted) and
+    /// forwards each new connection to the operator process that runs as
+    /// that pod ([`LeaderService::route`]); to any of them, when more than
+    /// one is labelled. With no such pod, connections are closed, as a
+    /// Service without endpoints refuses them.
     pub async fn serve_leader_service(&self) -> anyhow::Result<LeaderService> {
         use k8s_openapi::api::core::v1::Pod;
         let url = self.registry_url.clone().context("no registry URL")?;
@@ -713,21 +714,29 @@ impl TestNamespace {
         let pods: Api<Pod> = self.api();
         let selector =
             OPERATOR_POD_LABELS.iter().fold(format!("{LEADER_LABEL}=true"), |s, (k, v)| format!("{s},{k}={v}"));
-        let (endpoint, current) = tokio::sync::watch::channel(None::<String>);
+        let (endpoint, current) = tokio::sync::watch::channel(Vec::<String>::new());
         let stop = CancellationToken::new();
         let backends = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+        let most_endpoints = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let endpoints = tokio::spawn({
-            let (stop, backends) = (stop.clone(), backends.clone());
+            let (stop, backends, most) = (stop.clone(), backends.clone(), most_endpoints.clone());
             async move {
                 while !stop.is_cancelled() {
                     if let Ok(list) = pods.list(&kube::api::ListParams::default().labels(&selector)).await {
                         let routes = backends.lock().map(|b| b.clone()).unwrap_or_default();
-                        let leader = list.items.iter().find_map(|pod| {
-                            let name = kube::ResourceExt::name_any(pod);
-                            let (_, url) = routes.iter().find(|(n, _)| *n == name)?;
-                            Some(url.trim_start_matches("http://").to_owned())
-                        });
-                        endpoint.send_if_modified(|e| std::mem::replace(e, leader.clone()) != leader);
+                        // A pod being deleted leaves the endpoints at once.
+                        let labelled: Vec<String> = list
+                            .items
+                            .iter()
+                            .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+                            .filter_map(|pod| {
+                                let name = kube::ResourceExt::name_any(pod);
+                                let (_, url) = routes.iter().find(|(n, _)| *n == name)?;
+                                Some(url.trim_start_matches("http://").to_owned())
+                            })
+                            .collect();
+                        most.fetch_max(labelled.len(), std::sync::atomic::Ordering::Relaxed);
+                        endpoint.send_if_modified(|e| std::mem::replace(e, labelled.clone()) != labelled);
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -738,10 +747,22 @@ impl TestNamespace {
             async move {
                 loop {
                     let (mut inbound, _) = tokio::select! {
-                        accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                        accepted = listener.accept() => match accepted {
+                            Ok(a) => a,
+                            Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        },
                         () = stop.cancelled() => return,
                     };
-                    let Some(backend) = current.borrow().clone() else { continue };
+                    // Like kube-proxy: any of the endpoints, per connection.
+                    let Some(backend) = ({
+                        let endpoints = current.borrow();
+                        endpoints.get(usize::try_from(rand_u32()).unwrap_or(0) % endpoints.len().max(1)).cloned()
+                    }) else {
+                        continue;
+                    };
                     let stop = stop.clone();
                     tokio::spawn(async move {
                         let Ok(mut outbound) = tokio::net::TcpStream::connect(&backend).await else { return };
@@ -753,7 +774,7 @@ impl TestNamespace {
                 }
             }
         });
-        Ok(LeaderService { stop, backends, tasks: vec![endpoints, forwarder] })
+        Ok(LeaderService { stop, backends, most_endpoints, tasks: vec![endpoints, forwarder] })
     }
 }
 
@@ -768,6 +789,7 @@ const LEADER_LABEL: &str = "mpc.torcus.io/leader";
 pub struct LeaderService {
     stop: CancellationToken,
     backends: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    most_endpoints: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -778,6 +800,12 @@ impl LeaderService {
         if let Ok(mut backends) = self.backends.lock() {
             backends.push((operator.instance.clone(), operator.url.clone()));
         }
+    }
+
+    /// The most live operator pods the Service ever selected at once:
+    /// above 1, relay frames were split between two replicas.
+    pub fn most_endpoints(&self) -> usize {
+        self.most_endpoints.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -253,6 +253,7 @@ fn values_the_operator_cannot_honour_are_refused() {
         ("watchNamespaces={a,b}", "watches one namespace or all of them"),
         ("leaderElection.enabled=false", "replicaCount > 1 needs leaderElection.enabled"),
         ("secretPropagation=5 minutes", "secretPropagation"),
+        ("secretPropagation=0s", "secretPropagation"),
     ] {
         let out = run(helm_command(home.path())
             .args(["template", RELEASE, "--namespace", NAMESPACE, "--set", set])

@@ -1096,13 +1096,13 @@ async fn leader_killed_mid_signing(prefix: &str, transport: &str) {
     for pod in ["operator-a", "operator-b"] {
         ns.operator_pod(pod).await.unwrap();
     }
+    let service = ns.serve_leader_service().await.unwrap();
     let mut first = ns.spawn_operator_process("operator-a", &kubeconfig, &lease).unwrap();
+    service.route(&first);
     eventually("operator-a to lead", SIGN_WAIT, || async { Ok(leader().await?.filter(|h| h == "operator-a")) })
         .await
         .unwrap();
     let mut second = ns.spawn_operator_process("operator-b", &kubeconfig, &lease).unwrap();
-    let service = ns.serve_leader_service().await.unwrap();
-    service.route(&first);
     service.route(&second);
     let clusters: Api<MpcCluster> = ns.api();
     let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
@@ -1127,7 +1127,19 @@ async fn leader_killed_mid_signing(prefix: &str, transport: &str) {
     .unwrap();
     let ended = first.kill().unwrap();
     assert_eq!(ended.signal(), Some(9), "operator-a ended with {ended:?}");
-    eprintln!("killed the leader while {signing} was in Signing");
+    // No operator writes until operator-b holds the Lease: what is in
+    // Signing now was cut short by the kill, and only a resume ends it.
+    let cut_short: Vec<String> = srs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|sr| sr.status.as_ref().and_then(|s| s.phase) == Some(SigningPhase::Signing))
+        .map(ResourceExt::name_any)
+        .collect();
+    assert!(!cut_short.is_empty(), "{signing} left Signing before the kill; nothing was cut short");
+    eprintln!("killed the leader while {cut_short:?} were in Signing");
     eventually("operator-b to lead", SIGN_WAIT, || async { Ok(leader().await?.filter(|h| h == "operator-b")) })
         .await
         .unwrap();
@@ -1149,21 +1161,38 @@ async fn leader_killed_mid_signing(prefix: &str, transport: &str) {
         let relayed = metric(&text, "torcus_relay_messages_total", &[]);
         assert!(relayed > 0.0, "no frame went through the new leader's relay");
     }
+    assert!(service.most_endpoints() <= 1, "the Service selected {} operator pods at once", service.most_endpoints());
     second.check_running().unwrap();
+    let ended = second.terminate().await.unwrap();
+    assert!(ended.success(), "operator-b ended with {ended:?}");
     ns.finish().await.unwrap();
 }
 
 /// An upgrade as `helm upgrade` rolls the chart's two-replica Deployment:
-/// a pod of the new version starts, an old one gets SIGTERM, the next new
-/// one starts, and the old leader gets SIGTERM while requests are being
-/// signed. It hands the Lease over on its way out, a new replica resumes
-/// its requests, and each is signed exactly once. (Both versions are the
-/// build under test: the rollout, not a wire-format change, is what this
-/// exercises.)
+/// a pod of the new version starts, an old one is deleted (it leaves the
+/// Service at once) and gets SIGTERM, the next new one starts, and the old
+/// leader's pod goes the same way while requests are being signed. The old
+/// leader finishes what it can within its grace period and releases the
+/// Lease; a new replica takes over the rest, and each request is signed
+/// exactly once. (Both versions are the build under test: the rollout, not
+/// a wire-format change, is what this exercises.)
 #[tokio::test]
 async fn an_operator_upgrade_rolling_through_the_replicas_loses_no_request() {
+    rolling_upgrade("upgrade", "quic").await;
+}
+
+/// The same over the HTTP relay, which leaves the Service with the old
+/// leader's pod and comes back with the new leader.
+#[tokio::test]
+async fn an_operator_upgrade_loses_no_request_over_the_relay_either() {
+    rolling_upgrade("upgrade-relay", "http").await;
+}
+
+async fn rolling_upgrade(prefix: &str, transport: &str) {
     use k8s_openapi::api::coordination::v1::Lease;
-    let mut ns = TestNamespace::new("upgrade").await.unwrap();
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::DeleteParams;
+    let mut ns = TestNamespace::new(prefix).await.unwrap();
     let (account, lease) = ns.apply_chart_rbac().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = ns.service_account_kubeconfig(&account, dir.path()).unwrap();
@@ -1195,10 +1224,15 @@ async fn an_operator_upgrade_rolling_through_the_replicas_loses_no_request() {
     let mut old_b = spawn("torcus-old-b").await;
     let clusters: Api<MpcCluster> = ns.api();
     let no_pool = serde_json::json!({"presignatures": {"poolSize": 0}});
-    clusters.create(&PostParams::default(), &cluster("vault", "quic", no_pool)).await.unwrap();
+    clusters.create(&PostParams::default(), &cluster("vault", transport, no_pool)).await.unwrap();
     let public_key = ready_key(&clusters).await;
 
     let srs: Api<SigningRequest> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    let delete_pod = |name: &str| {
+        let (pods, name) = (pods.clone(), name.to_owned());
+        async move { pods.delete(&name, &DeleteParams::default()).await.map(drop).unwrap() }
+    };
     let submit = |from: u8, to: u8| {
         let srs = srs.clone();
         async move {
@@ -1228,13 +1262,15 @@ async fn an_operator_upgrade_rolling_through_the_replicas_loses_no_request() {
     submit(0, 4).await;
     in_signing(0, 4).await;
     // The rollout: new, old standby out, new, old leader out.
-    let _new_a = spawn("torcus-new-a").await;
+    let mut new_a = spawn("torcus-new-a").await;
+    delete_pod("torcus-old-b").await;
     let ended = old_b.terminate().await.unwrap();
     assert!(ended.success(), "the old standby ended with {ended:?}");
-    let _new_b = spawn("torcus-new-b").await;
+    let mut new_b = spawn("torcus-new-b").await;
     submit(4, 8).await;
     let signing = in_signing(4, 8).await;
     assert_eq!(leader().await.unwrap().as_deref(), Some("torcus-old-a"), "the old leader still leads");
+    delete_pod("torcus-old-a").await;
     let ended = old_a.terminate().await.unwrap();
     assert!(ended.success(), "the old leader ended with {ended:?}");
     eprintln!("the old leader stopped while {signing} was in Signing");
@@ -1253,6 +1289,11 @@ async fn an_operator_upgrade_rolling_through_the_replicas_loses_no_request() {
         sessions += metric(&metrics, "torcus_node_sessions_total", &[("kind", "sign"), ("outcome", "completed")]);
     }
     assert_eq!(sessions, 8.0 * 2.0, "each request signed by its 2 participants, once");
+    assert!(service.most_endpoints() <= 1, "the Service selected {} operator pods at once", service.most_endpoints());
+    for process in [&mut new_a, &mut new_b] {
+        let ended = process.terminate().await.unwrap();
+        assert!(ended.success(), "{} ended with {ended:?}", process.instance);
+    }
     ns.finish().await.unwrap();
 }
 

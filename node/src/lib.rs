@@ -550,13 +550,26 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The first address `host` resolves to, within [`LOOKUP_TIMEOUT`]; `None`
 /// when it does not resolve, takes too long, or the node stops.
-async fn lookup(host: &str, port: u16, stop: &CancellationToken) -> Option<SocketAddr> {
+async fn lookup(host: &str, port: u16, stop: &CancellationToken) -> Vec<SocketAddr> {
     tokio::select! {
         found = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))) => {
-            found.ok()?.ok()?.next()
+            found.ok().and_then(Result::ok).map(Iterator::collect).unwrap_or_default()
         }
-        () = stop.cancelled() => None,
+        () = stop.cancelled() => Vec::new(),
     }
+}
+
+/// `host`'s addresses, asked twice, a moment apart, when the first answer
+/// is empty: a name that does not resolve for an instant (a hosts file
+/// being rewritten, a DNS server restarting) is not a reason to look
+/// elsewhere.
+async fn lookup_twice(host: &str, port: u16, stop: &CancellationToken) -> Vec<SocketAddr> {
+    let found = lookup(host, port, stop).await;
+    if !found.is_empty() {
+        return found;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    lookup(host, port, stop).await
 }
 
 /// How often peer addresses are looked up again when nothing failed.
@@ -593,22 +606,20 @@ async fn resolve_peers(
     let mut known: std::collections::HashMap<u16, (SocketAddr, bool)> = std::collections::HashMap::new();
     while !stop.is_cancelled() {
         let mut registered = None;
-        for peer in &peers {
-            // Twice, a moment apart, before the registry: a name that does
-            // not resolve for an instant (a hosts file being rewritten, a DNS
-            // server restarting) is not a reason to look elsewhere.
-            let mut dns = lookup(&peer.host, peer.p2p_port, &stop).await;
-            if dns.is_none() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                dns = lookup(&peer.host, peer.p2p_port, &stop).await;
-            }
+        // All names at once: a lookup that times out holds up no other.
+        let answers =
+            futures::future::join_all(peers.iter().map(|peer| lookup_twice(&peer.host, peer.p2p_port, &stop))).await;
+        for (peer, dns) in peers.iter().zip(answers) {
             // Once its DNS name answered, a peer's address comes from there
             // only: the registry may still hold the address it just left.
-            if dns.is_none() && known.get(&peer.index).is_some_and(|(_, by_dns)| *by_dns) {
+            if dns.is_empty() && known.get(&peer.index).is_some_and(|(_, by_dns)| *by_dns) {
                 continue;
             }
-            let found = match dns {
-                Some(addr) => Some((addr, "dns")),
+            let current = known.get(&peer.index).map(|(at, _)| *at);
+            let found = match dns.first() {
+                // The address in use while the name still gives it: answers
+                // with several addresses may come in any order.
+                Some(first) => Some((current.filter(|at| dns.contains(at)).unwrap_or(*first), "dns")),
                 None => {
                     if registered.is_none() {
                         registered = Some(match &registry {
@@ -622,7 +633,10 @@ async fn resolve_peers(
                 }
             };
             let Some((addr, source)) = found else { continue };
-            if known.get(&peer.index).is_some_and(|(at, _)| *at == addr) {
+            if let Some((at, by_dns)) = known.get_mut(&peer.index)
+                && *at == addr
+            {
+                *by_dns |= source == "dns";
                 continue;
             }
             let first = known.insert(peer.index, (addr, source == "dns")).is_none();
