@@ -884,13 +884,36 @@ async fn an_operator_restart_mid_batch_signs_every_request_exactly_once() {
     // Exactly once: the nodes ran as many signing sessions as there are
     // requests, no more (each initiator counts the sessions it completed
     // as a participant too, so count per session id across nodes).
-    let mut sessions = 0.0;
-    for i in 0..3 {
-        let (_, metrics) = ns.node_plain_get("vault", i, "/metrics").await.unwrap();
-        sessions += metric(&metrics, "torcus_node_sessions_total", &[("kind", "sign"), ("outcome", "completed")]);
-    }
+    let sessions = completed_sign_sessions(&ns, "vault").await;
     assert_eq!(sessions, f64::from(count) * 2.0, "each request signed by its 2 participants, once");
     ns.finish().await.unwrap();
+}
+
+/// Operator processes on the chart's rights in `ns`: its RBAC applied, a
+/// kubeconfig in `dir` with a token of its ServiceAccount, and the Lease
+/// the chart lets them hold.
+fn chart_operator_credentials(ns: &TestNamespace, dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let (account, lease) = ns.apply_chart_rbac().unwrap();
+    (ns.service_account_kubeconfig(&account, dir).unwrap(), lease)
+}
+
+/// Who holds Lease `lease` among `leases`.
+async fn lease_holder(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    lease: &str,
+) -> anyhow::Result<Option<String>> {
+    Ok(leases.get_opt(lease).await?.and_then(|l| l.spec?.holder_identity))
+}
+
+/// Signing sessions the three nodes of `cluster` completed, summed over
+/// the nodes: each session is counted once by each participant.
+async fn completed_sign_sessions(ns: &TestNamespace, cluster: &str) -> f64 {
+    let mut sessions = 0.0;
+    for i in 0..3 {
+        let (_, metrics) = ns.node_plain_get(cluster, i, "/metrics").await.unwrap();
+        sessions += metric(&metrics, "torcus_node_sessions_total", &[("kind", "sign"), ("outcome", "completed")]);
+    }
+    sessions
 }
 
 /// The value of the sample of `name` with `labels` in a Prometheus text exposition.
@@ -1073,12 +1096,10 @@ async fn with_the_relay_in_the_killed_leader_no_request_is_lost_either() {
 }
 
 async fn leader_killed_mid_signing(prefix: &str, transport: &str) {
-    use k8s_openapi::api::coordination::v1::Lease;
     use std::os::unix::process::ExitStatusExt;
     let mut ns = TestNamespace::new(prefix).await.unwrap();
-    let (account, lease) = ns.apply_chart_rbac().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = ns.service_account_kubeconfig(&account, dir.path()).unwrap();
+    let (kubeconfig, lease) = chart_operator_credentials(&ns, dir.path());
     let as_operator = torcus_e2e::controlplane::client_for(&kubeconfig).await.unwrap();
     let listed =
         Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_operator, &ns.name).list(&ListParams::default()).await;
@@ -1087,11 +1108,8 @@ async fn leader_killed_mid_signing(prefix: &str, transport: &str) {
         "the chart's rights list Secrets: {listed:?}"
     );
 
-    let leases: Api<Lease> = ns.api();
-    let leader = || async {
-        let held = leases.get_opt(&lease).await?.and_then(|l| l.spec?.holder_identity);
-        Ok::<_, anyhow::Error>(held)
-    };
+    let leases = ns.api();
+    let leader = || lease_holder(&leases, &lease);
     ns.start_kubelet().await.unwrap();
     for pod in ["operator-a", "operator-b"] {
         ns.operator_pod(pod).await.unwrap();
@@ -1148,11 +1166,7 @@ async fn leader_killed_mid_signing(prefix: &str, transport: &str) {
     }
     // Exactly once: as many signing sessions as requests, each counted by
     // its 2 participants.
-    let mut sessions = 0.0;
-    for i in 0..3 {
-        let (_, metrics) = ns.node_plain_get("vault", i, "/metrics").await.unwrap();
-        sessions += metric(&metrics, "torcus_node_sessions_total", &[("kind", "sign"), ("outcome", "completed")]);
-    }
+    let sessions = completed_sign_sessions(&ns, "vault").await;
     assert_eq!(sessions, f64::from(count) * 2.0, "each request signed by its 2 participants, once");
     if transport == "http" {
         // The frames went through the operators' relay, the new leader's too.
@@ -1189,18 +1203,13 @@ async fn an_operator_upgrade_loses_no_request_over_the_relay_either() {
 }
 
 async fn rolling_upgrade(prefix: &str, transport: &str) {
-    use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::Pod;
     use kube::api::DeleteParams;
     let mut ns = TestNamespace::new(prefix).await.unwrap();
-    let (account, lease) = ns.apply_chart_rbac().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = ns.service_account_kubeconfig(&account, dir.path()).unwrap();
-    let leases: Api<Lease> = ns.api();
-    let leader = || async {
-        let held = leases.get_opt(&lease).await?.and_then(|l| l.spec?.holder_identity);
-        Ok::<_, anyhow::Error>(held)
-    };
+    let (kubeconfig, lease) = chart_operator_credentials(&ns, dir.path());
+    let leases = ns.api();
+    let leader = || lease_holder(&leases, &lease);
     ns.start_kubelet().await.unwrap();
     let service = ns.serve_leader_service().await.unwrap();
     let spawn = |instance: &'static str| {
@@ -1283,11 +1292,7 @@ async fn rolling_upgrade(prefix: &str, transport: &str) {
     for i in 0..8u8 {
         assert_signed(&wait_final(&ns, &format!("rolling-{i}"), SIGN_WAIT).await, [0xa0 + i; 32], &public_key);
     }
-    let mut sessions = 0.0;
-    for i in 0..3 {
-        let (_, metrics) = ns.node_plain_get("vault", i, "/metrics").await.unwrap();
-        sessions += metric(&metrics, "torcus_node_sessions_total", &[("kind", "sign"), ("outcome", "completed")]);
-    }
+    let sessions = completed_sign_sessions(&ns, "vault").await;
     assert_eq!(sessions, 8.0 * 2.0, "each request signed by its 2 participants, once");
     assert!(service.most_endpoints() <= 1, "the Service selected {} operator pods at once", service.most_endpoints());
     for process in [&mut new_a, &mut new_b] {
