@@ -13,7 +13,9 @@ use std::process::Command;
 #[test]
 fn every_fuzz_target_runs_clean_for_its_time() {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // The rustup proxy on the PATH, which understands `+nightly` (`$CARGO` is
+    // the stable toolchain's own cargo, which does not).
+    let cargo = "cargo";
     let fuzz_command = || {
         let mut command = Command::new(&cargo);
         // The outer cargo's toolchain must not pin the inner one to stable.
@@ -34,7 +36,8 @@ fn every_fuzz_target_runs_clean_for_its_time() {
     let listed = fuzz_command().arg("list").output().unwrap();
     assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
     let targets: Vec<String> = String::from_utf8(listed.stdout).unwrap().lines().map(str::to_owned).collect();
-    let checked: Vec<&str> = torcus_contract::fuzz_checks::TARGETS.iter().map(|(name, _)| *name).collect();
+    let mut checked: Vec<&str> = torcus_contract::fuzz_checks::TARGETS.iter().map(|(name, _)| *name).collect();
+    checked.sort_unstable();
     assert_eq!(targets, checked, "fuzz/ and fuzz_checks::TARGETS list different targets");
     for target in &targets {
         let scratch = tempfile::tempdir().unwrap();
