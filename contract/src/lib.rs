@@ -9,6 +9,8 @@
 pub mod api;
 pub mod config;
 pub mod envelope;
+#[cfg(feature = "test-util")]
+pub mod fuzz_checks;
 pub mod grant;
 pub mod registry;
 pub mod relay;

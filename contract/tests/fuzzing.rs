@@ -1,0 +1,58 @@
+//! Runs every cargo-fuzz target of `fuzz/` for a fixed time
+//! (`TORCUS_FUZZ_SECONDS`, default 15) from its seed corpus, on nightly
+//! with libFuzzer and AddressSanitizer. New inputs go to a temporary
+//! corpus, not into the repository. A crash fails the test and leaves its
+//! input in `fuzz/artifacts/<target>/`: fix the bug, then move the input to
+//! `fuzz/regressions/<target>/`, where `fuzz_corpora.rs` replays it on
+//! every run. CI installs cargo-fuzz and sets `TORCUS_REQUIRE_FUZZ`, so
+//! there a missing toolchain fails; elsewhere the test says it did not run.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn every_fuzz_target_runs_clean_for_its_time() {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    // The rustup proxy on the PATH, which understands `+nightly` (`$CARGO` is
+    // the stable toolchain's own cargo, which does not).
+    let cargo = "cargo";
+    let fuzz_command = || {
+        let mut command = Command::new(&cargo);
+        // The outer cargo's toolchain must not pin the inner one to stable.
+        command.env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTC").env_remove("RUSTDOC");
+        command.current_dir(&fuzz).args(["+nightly", "fuzz"]);
+        command
+    };
+    let available = fuzz_command().arg("--version").output().is_ok_and(|o| o.status.success());
+    if !available {
+        assert!(
+            std::env::var_os("TORCUS_REQUIRE_FUZZ").is_none(),
+            "TORCUS_REQUIRE_FUZZ is set but `cargo +nightly fuzz` does not run: install cargo-fuzz and a nightly toolchain"
+        );
+        eprintln!("NOT RUN: fuzzing needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`)");
+        return;
+    }
+    let seconds = std::env::var("TORCUS_FUZZ_SECONDS").unwrap_or_else(|_| "15".into());
+    let listed = fuzz_command().arg("list").output().unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let targets: Vec<String> = String::from_utf8(listed.stdout).unwrap().lines().map(str::to_owned).collect();
+    // Every check the corpus replay runs has its target (the protocol
+    // message target has no stable check: it needs the MPC engine).
+    for (name, _) in torcus_contract::fuzz_checks::TARGETS {
+        assert!(targets.iter().any(|t| t == name), "fuzz/ has no target {name}: {targets:?}");
+    }
+    for target in &targets {
+        let scratch = tempfile::tempdir().unwrap();
+        let out = fuzz_command()
+            .args(["run", target])
+            .arg(scratch.path())
+            .arg(fuzz.join("corpus").join(target))
+            .args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=1024", "-print_final_stats=1"])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "fuzz target {target} failed:\n{log}");
+        let runs = log.lines().find(|l| l.starts_with("stat::number_of_executed_units:")).unwrap_or("no stats");
+        eprintln!("{target}: {runs}");
+    }
+}
