@@ -549,7 +549,10 @@ pub enum GrantError {
     #[error("grant signature does not verify with the issuer key")]
     BadSignature,
     /// The grant's validity has ended.
-    #[error("grant expired at {expires_at} (now {now})")]
+    #[error(
+        "grant expired at {expires_at}, {} s before this node's clock (now {now}): a slow issuer, or a node clock ahead",
+        .now.saturating_sub(*.expires_at)
+    )]
     Expired {
         /// The grant's `expires_at`.
         expires_at: u64,
@@ -557,7 +560,11 @@ pub enum GrantError {
         now: u64,
     },
     /// The grant was issued further in the future than the allowed clock skew.
-    #[error("grant is issued at {issued_at}, in the future (now {now})")]
+    #[error(
+        "grant is issued at {issued_at}, {} s ahead of this node's clock (now {now}), beyond the {} s of skew allowed",
+        .issued_at.saturating_sub(*.now),
+        CLOCK_SKEW_SECS
+    )]
     NotYetValid {
         /// The grant's `issued_at`.
         issued_at: u64,
@@ -1016,8 +1023,13 @@ pub(crate) mod tests {
         let signed = sign(grant(), &issuer());
         let err = signed.verify(&key, 2, NOW + 61, &mut used()).unwrap_err();
         assert!(matches!(err, GrantError::Expired { expires_at, now } if expires_at == NOW + 60 && now == NOW + 61));
+        assert!(err.to_string().contains("1 s before this node's clock"), "{err}");
         let err = signed.verify(&key, 2, NOW - 31, &mut used()).unwrap_err();
         assert!(matches!(err, GrantError::NotYetValid { issued_at: NOW, now } if now == NOW - 31));
+        assert!(
+            err.to_string().contains("31 s ahead of this node's clock") && err.to_string().contains("30 s of skew"),
+            "{err}"
+        );
         let err = signed.verify(&key, 9, NOW, &mut used()).unwrap_err();
         assert!(matches!(err, GrantError::NotAMember { me: 9 }));
         let err = sign(Grant { version: 0, ..grant() }, &issuer()).verify(&key, 2, NOW, &mut used()).unwrap_err();

@@ -115,11 +115,21 @@ pub struct Args {
     #[cfg(feature = "test-hooks")]
     #[arg(long, env = TEST_CORRUPT_ENV, hide = true)]
     pub test_corrupt_signing: Option<u16>,
+
+    /// TEST ONLY: this node's clock for grants runs this many seconds off
+    /// the system clock (negative: behind), as a node whose clock drifted.
+    /// Only builds with the `test-hooks` feature have this flag.
+    #[cfg(feature = "test-hooks")]
+    #[arg(long, env = TEST_CLOCK_OFFSET_ENV, hide = true, allow_hyphen_values = true)]
+    pub test_clock_offset_secs: Option<i64>,
 }
 
 /// The environment variable of the test-only misbehaving node; refused like
 /// [`TEST_PRIMES_ENV`] by a build without the `test-hooks` feature.
 pub const TEST_CORRUPT_ENV: &str = "TORCUS_TEST_CORRUPT_SIGNING";
+/// The environment variable of the test-only clock offset; refused like
+/// [`TEST_CORRUPT_ENV`].
+pub const TEST_CLOCK_OFFSET_ENV: &str = "TORCUS_TEST_CLOCK_OFFSET_SECS";
 
 /// The environment variable of the test-only primes fixture. A build
 /// without the `test-fixtures` feature refuses to start when it is set,
@@ -215,6 +225,8 @@ impl Args {
             test_aux_fixture,
             #[cfg(feature = "test-hooks")]
             test_corrupt_signing,
+            #[cfg(feature = "test-hooks")]
+            test_clock_offset_secs,
         } = self;
         if command != "serve" {
             return Err(Error::UnknownCommand(command));
@@ -226,8 +238,10 @@ impl Args {
             }
         }
         #[cfg(not(feature = "test-hooks"))]
-        if std::env::var_os(TEST_CORRUPT_ENV).is_some() {
-            return Err(Error::TestHookInProduct(TEST_CORRUPT_ENV));
+        for variable in [TEST_CORRUPT_ENV, TEST_CLOCK_OFFSET_ENV] {
+            if std::env::var_os(variable).is_some() {
+                return Err(Error::TestHookInProduct(variable));
+            }
         }
         let tls_files = tls_reload::TlsFiles { dir: tls_dir.clone(), config: config.clone(), me };
         // Before reading: a change made meanwhile is then seen as one.
@@ -419,6 +433,10 @@ impl Args {
         #[cfg(feature = "test-hooks")]
         if test_corrupt_signing == Some(me) {
             sessions.corrupt_signing();
+        }
+        #[cfg(feature = "test-hooks")]
+        if let Some(offset) = test_clock_offset_secs {
+            sessions.set_clock_offset(offset);
         }
         sessions.spawn_presigner(stop.clone());
         let (control_tx, mut control_rx) = mpsc::channel(1024);

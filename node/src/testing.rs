@@ -291,9 +291,16 @@ impl Cluster {
 
     /// Starts (or restarts) node `i`.
     pub fn start(&mut self, i: u16) {
+        self.start_with_args(i, &[]);
+    }
+
+    /// Starts (or restarts) node `i` with `args` added to its command line
+    /// (test-only flags such as `--test-clock-offset-secs`).
+    pub fn start_with_args(&mut self, i: u16, args: &[&str]) {
         let d = self.dir.path();
         let log = std::fs::File::create(d.join(format!("node-{i}.log"))).unwrap();
         let mut command = Command::new(&self.binary);
+        command.args(args);
         if self.aux_fixture {
             command.arg(format!("--test-aux-fixture={}", aux_fixture().display()));
         }

@@ -68,16 +68,22 @@ fn the_image_binary_refuses_the_test_fixtures_and_hooks() {
         assert!(out.contains("does not take test fixtures"), "{out}");
     }
 
-    // The hook that makes a node corrupt its signing messages: no flag, and
-    // its variable stops the node.
-    let (status, out) = run(&["serve", "--party-index=0", "--test-corrupt-signing=1"], None);
-    assert_eq!(status.code(), Some(2), "clap refuses an unknown flag: {out}");
-    assert!(out.contains("unexpected argument '--test-corrupt-signing"), "{out}");
-    let (status, out) = run(
-        &["serve", "--party-index=0", "--config=missing.json", "--tls-dir=.", "--data-dir=."],
-        Some((torcus_node::TEST_CORRUPT_ENV, Path::new("1"))),
-    );
-    assert!(!status.success(), "{out}");
-    assert!(out.contains(&format!("{} is set, but this build", torcus_node::TEST_CORRUPT_ENV)), "{out}");
-    assert!(out.contains("has no test hooks"), "{out}");
+    // The hooks that make a node corrupt its signing messages or run its
+    // grant clock off: no flag, and their variables stop the node.
+    for (flag, variable) in [
+        ("--test-corrupt-signing=1", torcus_node::TEST_CORRUPT_ENV),
+        ("--test-clock-offset-secs=100", torcus_node::TEST_CLOCK_OFFSET_ENV),
+    ] {
+        let (status, out) = run(&["serve", "--party-index=0", flag], None);
+        assert_eq!(status.code(), Some(2), "clap refuses an unknown flag: {out}");
+        let name = flag.split('=').next().unwrap_or_default();
+        assert!(out.contains(&format!("unexpected argument '{name}")), "{out}");
+        let (status, out) = run(
+            &["serve", "--party-index=0", "--config=missing.json", "--tls-dir=.", "--data-dir=."],
+            Some((variable, Path::new("1"))),
+        );
+        assert!(!status.success(), "{out}");
+        assert!(out.contains(&format!("{variable} is set, but this build")), "{out}");
+        assert!(out.contains("has no test hooks"), "{out}");
+    }
 }

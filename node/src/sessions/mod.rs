@@ -205,6 +205,9 @@ pub struct Sessions<T: Transport> {
     /// TEST ONLY: this node sends garbage in every signing session.
     #[cfg(feature = "test-hooks")]
     corrupt_signing: std::sync::atomic::AtomicBool,
+    /// TEST ONLY: seconds the grant clock runs off the system clock.
+    #[cfg(feature = "test-hooks")]
+    clock_offset: std::sync::atomic::AtomicI64,
 }
 
 impl<T: Transport> std::fmt::Debug for Sessions<T> {
@@ -331,6 +334,8 @@ impl<T: Transport> Sessions<T> {
             seen_presign: Mutex::new(SeenIds::default()),
             #[cfg(feature = "test-hooks")]
             corrupt_signing: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "test-hooks")]
+            clock_offset: std::sync::atomic::AtomicI64::new(0),
         }))
     }
 
@@ -728,7 +733,7 @@ impl<T: Transport> Sessions<T> {
     }
 
     fn verify<'g>(&self, signed: &'g SignedGrant) -> Result<&'g Grant, SessionError> {
-        let now = torcus_contract::unix_now();
+        let now = self.now();
         let mut used = UsedOnDisk { file: &self.used, now };
         let grant = signed
             .verify(&self.grant_key, self.me, now, &mut used)
@@ -802,6 +807,22 @@ impl<T: Transport> Sessions<T> {
                 }
             }
         }
+    }
+
+    /// TEST ONLY: the clock grants are checked by runs `offset` seconds off
+    /// the system clock (a node whose clock drifted).
+    #[cfg(feature = "test-hooks")]
+    pub fn set_clock_offset(&self, offset: i64) {
+        warn!(offset, "TEST HOOK: this node's grant clock runs off the system clock");
+        self.clock_offset.store(offset, Ordering::Relaxed);
+    }
+
+    /// The time grants are checked at: the system clock (unix seconds).
+    fn now(&self) -> u64 {
+        let now = torcus_contract::unix_now();
+        #[cfg(feature = "test-hooks")]
+        let now = now.saturating_add_signed(self.clock_offset.load(Ordering::Relaxed));
+        now
     }
 
     /// TEST ONLY: from now on, every protocol message this node sends in a
