@@ -17,7 +17,7 @@ fn every_fuzz_target_runs_clean_for_its_time() {
     // the stable toolchain's own cargo, which does not).
     let cargo = "cargo";
     let fuzz_command = || {
-        let mut command = Command::new(&cargo);
+        let mut command = Command::new(cargo);
         // The outer cargo's toolchain must not pin the inner one to stable.
         command.env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTC").env_remove("RUSTDOC");
         command.current_dir(&fuzz).args(["+nightly", "fuzz"]);
