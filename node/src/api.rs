@@ -198,6 +198,10 @@ fn answer(result: Result<Outcome, SessionError>) -> Response {
                 | SessionError::AbortedBy { .. }
                 | SessionError::Unreachable { .. }
                 | SessionError::Misbehaved { .. }
+                | SessionError::Silent { .. }
+                | SessionError::Engine(
+                    crate::engine::EngineError::Blamed { .. } | crate::engine::EngineError::BadPartial(_),
+                )
                 | SessionError::Preempted => StatusCode::SERVICE_UNAVAILABLE,
                 SessionError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 SessionError::Engine(_)

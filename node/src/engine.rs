@@ -31,12 +31,12 @@
 //! public data travels with it, and every partial signature is checked
 //! against it before the parts are combined.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use cggmp24::generic_ec::coords::AlwaysHasAffineX;
 use cggmp24::key_share::AuxInfo;
-use cggmp24::round_based::{Incoming, MessageDestination, MessageType, MpcParty, Outgoing};
+use cggmp24::round_based::{Incoming, MessageDestination, MessageType, MpcParty, Outgoing, ProtocolMessage};
 use cggmp24::signing::PresignaturePublicData;
 use cggmp24::{
     DataToSign, ExecutionId, IncompleteKeyShare, KeyShare, PartialSignature, PregeneratedPrimes, PrehashedDataToSign,
@@ -111,6 +111,15 @@ pub enum EngineError {
     /// Partial signatures did not combine into a valid signature.
     #[error("partial signatures do not combine into a valid signature")]
     Combine,
+    /// The library aborted the run on a party's message that failed its
+    /// checks (a proof that does not verify, a broadcast that differs).
+    #[error("party {party} failed the protocol's checks: {reason}")]
+    Blamed {
+        /// The party's keygen index.
+        party: u16,
+        /// The library's error, with its causes.
+        reason: String,
+    },
     /// Exchanging partial signatures failed.
     #[error("exchanging partial signatures: {0}")]
     Delivery(#[from] DeliveryError),
@@ -237,22 +246,35 @@ pub struct SessionNet {
     pub faults: SessionFaults,
 }
 
-/// The first participant whose protocol message for a session did not
-/// decode, and why, shared between the session's network and its owner.
-/// The run ends there: an authenticated sender that sends garbage will not
-/// send the message it owes.
+/// Whom a party holds responsible for breaking a session, shared between
+/// the session's network and its owner: the first participant whose
+/// message did not decode or repeated a round, or the one that fell silent
+/// while the others moved on. The run ends there.
 #[derive(Clone, Debug, Default)]
 pub struct SessionFaults {
-    malformed: Arc<OnceLock<(u16, String)>>,
-    /// TEST ONLY: every protocol message this party sends is garbage.
-    #[cfg(feature = "test-hooks")]
-    pub corrupt: bool,
+    accused: Arc<OnceLock<Accusation>>,
+}
+
+/// A participant held responsible for breaking a session, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accusation {
+    /// The participant's keygen index.
+    pub party: u16,
+    /// What it did (never quotes what it sent).
+    pub reason: String,
+    /// It sent nothing more, rather than something wrong: it may have died
+    /// or lost its network as well as misbehaved.
+    pub silent: bool,
 }
 
 impl SessionFaults {
-    /// The participant that sent a message that does not decode, and why.
-    pub fn malformed_by(&self) -> Option<(u16, String)> {
-        self.malformed.get().cloned()
+    /// The participant held responsible, if any.
+    pub fn accused(&self) -> Option<Accusation> {
+        self.accused.get().cloned()
+    }
+
+    fn accuse(&self, party: u16, reason: String, silent: bool) {
+        let _ = self.accused.set(Accusation { party, reason, silent });
     }
 
     /// Records that `from` sent a protocol message that does not decode;
@@ -260,18 +282,79 @@ impl SessionFaults {
     fn malformed(&self, from: u16, error: &serde_json::Error) -> DeliveryError {
         // The decoder's words quote what the peer sent: kept to the log.
         tracing::debug!(from, %error, "a protocol message that does not decode");
-        let _ = self.malformed.set((from, format!("party {from} sent a protocol message that does not decode")));
+        self.accuse(from, format!("party {from} sent a protocol message that does not decode"), false);
         DeliveryError::Malformed(from)
     }
 
-    /// What this party sends: `payload`, or garbage from a party made to
-    /// misbehave (test builds only).
-    fn outgoing(&self, payload: Vec<u8>) -> Vec<u8> {
-        #[cfg(feature = "test-hooks")]
-        if self.corrupt {
-            return b"\"corrupt\"".to_vec();
+    /// Records that `from` sent a second message for `round` (an honest
+    /// party sends one per round, and the transports deliver each once).
+    fn repeated(&self, from: u16, round: u16) -> DeliveryError {
+        self.accuse(from, format!("party {from} sent a second message for round {round} of the protocol"), false);
+        DeliveryError::Repeated { party: from, round }
+    }
+
+    /// Records, when nobody sent anything for `idle`, who held the session
+    /// up: the participants that sent fewer rounds than the most any party
+    /// (this one included) sent, named when there is exactly one.
+    fn silence(&self, rounds: &Rounds, parties: &[u16], idle: Duration) -> DeliveryError {
+        let count = |p: &u16| rounds.get(p).map_or(0, std::collections::BTreeSet::len);
+        let most = parties.iter().map(count).max().unwrap_or(0);
+        let behind: Vec<u16> = parties.iter().copied().filter(|p| count(p) < most).collect();
+        if let [party] = behind[..] {
+            let reason = format!(
+                "party {party} sent nothing for {idle:?} after {} of the {most} rounds the others reached",
+                count(&party)
+            );
+            self.accuse(party, reason, true);
         }
-        payload
+        DeliveryError::Silent(idle)
+    }
+}
+
+/// The protocol rounds each party (keygen index) was seen sending in a
+/// session: received from the others, sent by this one.
+type Rounds = std::collections::BTreeMap<u16, std::collections::BTreeSet<u16>>;
+
+/// The party the library blames when it aborts a run: cggmp24
+/// (0.7.0-alpha.3) keeps its blame (`AbortBlame::faulty_party`, a protocol
+/// position) in error types it does not export, so it is read from their
+/// `Debug` form; `parties` maps the position to a keygen index. `None` when
+/// the error blames nobody, or several parties.
+fn blamed(error: &impl std::fmt::Debug, parties: &[u16]) -> Option<u16> {
+    let debug = format!("{error:?}");
+    let mut found = debug.split("faulty_party: ").skip(1).filter_map(|rest| {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<usize>().ok()
+    });
+    let first = found.next()?;
+    if found.any(|other| other != first) {
+        return None;
+    }
+    parties.get(first).copied()
+}
+
+/// A library error with its causes, for a reason that names the check
+/// that failed.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// `error` from a run among `parties`, as [`EngineError::Blamed`] when the
+/// library names the party that failed its checks.
+fn blame<E>(error: E, parties: &[u16]) -> EngineError
+where
+    E: std::error::Error + Into<EngineError>,
+{
+    match blamed(&error, parties) {
+        Some(party) => EngineError::Blamed { party, reason: with_causes(&error) },
+        None => error.into(),
     }
 }
 
@@ -281,14 +364,15 @@ impl SessionFaults {
 /// dropped: the protocol then times out or aborts, it never trusts them.
 fn delivery<M>(net: SessionNet) -> Result<MpcParty<M, Delivery<M>>, EngineError>
 where
-    M: Serialize + DeserializeOwned + Send + 'static,
+    M: Serialize + DeserializeOwned + ProtocolMessage + Send + 'static,
 {
     let SessionNet { session, me, parties, incoming, outgoing, idle_timeout, faults } = net;
     if !parties.contains(&me) {
         return Err(EngineError::NotAParticipant(me));
     }
-    let sent_faults = faults.clone();
     let positions = parties.clone();
+    let rounds = Arc::new(Mutex::new(Rounds::new()));
+    let sent_rounds = Arc::clone(&rounds);
     let mut next_id = 0u64;
     // Without a limit, a year: the protocol's own timeout ends the run first.
     let idle = idle_timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
@@ -296,22 +380,32 @@ where
     let incoming = received.filter_map(move |env| {
         let env: Envelope = match env {
             Ok(env) => env,
-            Err(_) => return std::future::ready(Some(Err(DeliveryError::Silent(idle)))),
+            Err(_) => {
+                let rounds = rounds.lock().unwrap_or_else(PoisonError::into_inner);
+                return std::future::ready(Some(Err(faults.silence(&rounds, &positions, idle))));
+            }
         };
         let sender = positions.iter().position(|p| *p == env.from);
-        let ours = env.session == session && env.channel == Channel::Protocol;
+        let ours = env.session == session && env.channel == Channel::Protocol && env.from != me;
         let msg = serde_json::from_slice::<M>(&env.payload);
         let out = match (sender, msg) {
             (Some(sender), Ok(msg)) if ours => {
-                next_id += 1;
-                Some(Ok(Incoming {
-                    id: next_id,
-                    sender: sender as u16,
-                    msg_type: if env.to.is_none() { MessageType::Broadcast } else { MessageType::P2P },
-                    msg,
-                }))
+                let round = msg.round();
+                let fresh =
+                    rounds.lock().unwrap_or_else(PoisonError::into_inner).entry(env.from).or_default().insert(round);
+                if fresh {
+                    next_id += 1;
+                    Some(Ok(Incoming {
+                        id: next_id,
+                        sender: sender as u16,
+                        msg_type: if env.to.is_none() { MessageType::Broadcast } else { MessageType::P2P },
+                        msg,
+                    }))
+                } else {
+                    Some(Err(faults.repeated(env.from, round)))
+                }
             }
-            (Some(_), Err(error)) if ours && env.from != me => Some(Err(faults.malformed(env.from, &error))),
+            (Some(_), Err(error)) if ours => Some(Err(faults.malformed(env.from, &error))),
             _ => {
                 tracing::debug!(from = env.from, "dropped a message that is not for this session");
                 None
@@ -322,13 +416,14 @@ where
     let mut seq = 0u64;
     let outgoing = futures::sink::unfold(outgoing, move |tx, out: Outgoing<M>| {
         seq += 1;
+        sent_rounds.lock().unwrap_or_else(PoisonError::into_inner).entry(me).or_default().insert(out.msg.round());
         let to = match out.recipient {
             MessageDestination::AllParties => Ok(None),
             MessageDestination::OneParty(j) => {
                 parties.get(usize::from(j)).copied().map(Some).ok_or(DeliveryError::NoSuchParty(j))
             }
         };
-        let payload = serde_json::to_vec(&out.msg).map_err(DeliveryError::Encode).map(|p| sent_faults.outgoing(p));
+        let payload = serde_json::to_vec(&out.msg).map_err(DeliveryError::Encode);
         let env = to
             .and_then(|to| Ok(Envelope { session, channel: Channel::Protocol, from: me, to, seq, payload: payload? }));
         async move {
@@ -361,6 +456,14 @@ pub enum DeliveryError {
     /// A participant sent a protocol message that does not decode.
     #[error("party {0} sent a protocol message that does not decode")]
     Malformed(u16),
+    /// A participant sent a second message for a round.
+    #[error("party {party} sent a second message for round {round} of the protocol")]
+    Repeated {
+        /// The participant.
+        party: u16,
+        /// The round.
+        round: u16,
+    },
 }
 
 /// Runs `protocol` on a thread of its own, driven by the current runtime.
@@ -408,13 +511,14 @@ pub fn generate_primes() -> Primes {
 /// parameters are switched on (a large share of signing time); CRT for this
 /// party's own modulus the library sets up itself.
 pub async fn aux_info(eid: &[u8], n: u16, primes: Primes, net: SessionNet) -> Result<Aux, EngineError> {
-    let i = net.me;
+    let (i, parties) = (net.me, net.parties.clone());
     let party = delivery(net)?;
-    Ok(cggmp24::aux_info_gen(ExecutionId::new(eid), i, n, primes)
+    cggmp24::aux_info_gen(ExecutionId::new(eid), i, n, primes)
         .enforce_reliable_broadcast(true)
         .precompute_multiexp_tables(true)
         .start(&mut OsRng, party)
-        .await?)
+        .await
+        .map_err(|e| blame(e, &parties))
 }
 
 /// Test fixture aux info (test builds only): per cluster size `n`, the aux
@@ -448,14 +552,15 @@ pub fn fixture_aux_info(json: &[u8], n: u16, me: u16) -> Result<(String, Aux), S
 
 /// Runs threshold key generation (`t` of `n`, HD-enabled) for party `net.me`.
 pub async fn keygen(eid: &[u8], n: u16, t: u16, net: SessionNet) -> Result<CoreShare, EngineError> {
-    let i = net.me;
+    let (i, parties) = (net.me, net.parties.clone());
     let party = delivery(net)?;
-    Ok(cggmp24::keygen::<Curve>(ExecutionId::new(eid), i, n)
+    cggmp24::keygen::<Curve>(ExecutionId::new(eid), i, n)
         .set_threshold(t)
         .hd_wallet(true)
         .enforce_reliable_broadcast(true)
         .start(&mut OsRng, party)
-        .await?)
+        .await
+        .map_err(|e| blame(e, &parties))
 }
 
 /// Joins a core share and aux info (from the same parties) into a key share.
@@ -529,10 +634,10 @@ pub async fn sign(
     let party = delivery(net)?;
     let builder = signing_builder(eid, i, &parties, share, path)?;
     let signature = match message {
-        Message::Payload(payload) => builder.sign(&mut OsRng, party, &payload.data_to_sign()).await?,
-        Message::Digest(digest) => builder.sign(&mut OsRng, party, &prehashed(digest)).await?,
+        Message::Payload(payload) => builder.sign(&mut OsRng, party, &payload.data_to_sign()).await,
+        Message::Digest(digest) => builder.sign(&mut OsRng, party, &prehashed(digest)).await,
     };
-    Ok(signature)
+    signature.map_err(|e| blame(e, &parties))
 }
 
 /// Runs presignature generation among `net.parties` for the key of `share`
@@ -544,7 +649,7 @@ pub async fn presign(eid: &[u8], share: &Share, path: &[u32], net: SessionNet) -
     let i = position(&parties, net.me)?;
     let party = delivery(net)?;
     let builder = signing_builder(eid, i, &parties, share, path)?;
-    let (secret, public) = builder.generate_presignature(&mut OsRng, party).await?;
+    let (secret, public) = builder.generate_presignature(&mut OsRng, party).await.map_err(|e| blame(e, &parties))?;
     Ok(Presig { secret, public, parties, path: path.to_vec() })
 }
 
@@ -588,9 +693,10 @@ pub struct PresigPublic {
 /// public key. Every party of the set must run this with its part of the
 /// same presignature, the same payload and the same path.
 ///
-/// The first partial signature from each party counts; anything from outside
-/// the set or that does not parse is ignored, and one that does not match
-/// its sender's commitment fails the session naming that sender.
+/// Anything from outside the set is ignored; a partial signature that does
+/// not parse, a second one from the same party, or one that does not match
+/// its sender's commitment fails the session naming that sender, and so
+/// does silence from a party while the others sent theirs.
 pub async fn sign_presigned(
     presig: Presig,
     share: &Share,
@@ -601,20 +707,25 @@ pub async fn sign_presigned(
     let SessionNet { session, me, parties, mut incoming, outgoing, idle_timeout, faults } = net;
     position(&parties, me)?;
     let (partial, public) = partial_sign(presig, &parties, path, payload)?;
-    let body = faults.outgoing(serde_json::to_vec(&partial).map_err(DeliveryError::Encode)?);
+    let body = serde_json::to_vec(&partial).map_err(DeliveryError::Encode)?;
     let envelope = Envelope { session, channel: Channel::Protocol, from: me, to: None, seq: 1, payload: body };
     outgoing.send(envelope).await.map_err(|_| DeliveryError::Closed)?;
     let mut partials = std::collections::BTreeMap::from([(me, partial)]);
     let idle = idle_timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
     while partials.len() < parties.len() {
-        let env = tokio::time::timeout(idle, incoming.recv())
-            .await
-            .map_err(|_| DeliveryError::Silent(idle))?
-            .ok_or(DeliveryError::Closed)?;
-        let fresh = parties.contains(&env.from) && !partials.contains_key(&env.from);
-        if env.session != session || env.channel != Channel::Protocol || !fresh {
+        let Ok(env) = tokio::time::timeout(idle, incoming.recv()).await else {
+            // One round here: who sent it is ahead of who did not.
+            let rounds: Rounds = partials.keys().map(|p| (*p, std::collections::BTreeSet::from([1]))).collect();
+            return Err(faults.silence(&rounds, &parties, idle).into());
+        };
+        let env = env.ok_or(DeliveryError::Closed)?;
+        let ours = env.session == session && env.channel == Channel::Protocol && env.from != me;
+        if !ours || !parties.contains(&env.from) {
             tracing::debug!(from = env.from, "dropped a message that is not a partial signature of this session");
             continue;
+        }
+        if partials.contains_key(&env.from) {
+            return Err(faults.repeated(env.from, 1).into());
         }
         match serde_json::from_slice::<Partial>(&env.payload) {
             Ok(partial) => {

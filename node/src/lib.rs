@@ -7,6 +7,8 @@
 
 pub mod api;
 pub mod engine;
+#[cfg(feature = "test-hooks")]
+pub mod hostile;
 pub mod identity;
 pub mod metrics;
 pub mod pool;
@@ -109,12 +111,19 @@ pub struct Args {
     #[arg(long, env = TEST_AUX_ENV, hide = true)]
     pub test_aux_fixture: Option<PathBuf>,
 
-    /// TEST ONLY: the node whose party index this is sends garbage in every
-    /// signing session (a compromised node). Only builds with the
-    /// `test-hooks` feature have this flag.
+    /// TEST ONLY: the node whose party index this is tampers with what it
+    /// sends in every signing session, as `--test-misbehaviour` says (a
+    /// compromised node). Only builds with the `test-hooks` feature have
+    /// this flag.
     #[cfg(feature = "test-hooks")]
     #[arg(long, env = TEST_CORRUPT_ENV, hide = true)]
     pub test_corrupt_signing: Option<u16>,
+
+    /// TEST ONLY: how the node of `--test-corrupt-signing` misbehaves.
+    /// Only builds with the `test-hooks` feature have this flag.
+    #[cfg(feature = "test-hooks")]
+    #[arg(long, env = TEST_MISBEHAVIOUR_ENV, hide = true, value_enum, default_value = "garbage")]
+    pub test_misbehaviour: hostile::Misbehaviour,
 
     /// TEST ONLY: this node's clock for grants runs this many seconds off
     /// the system clock (negative: behind), as a node whose clock drifted.
@@ -127,6 +136,9 @@ pub struct Args {
 /// The environment variable of the test-only misbehaving node; refused like
 /// [`TEST_PRIMES_ENV`] by a build without the `test-hooks` feature.
 pub const TEST_CORRUPT_ENV: &str = "TORCUS_TEST_CORRUPT_SIGNING";
+/// The environment variable of the test-only misbehaviour's kind; refused
+/// like [`TEST_CORRUPT_ENV`].
+pub const TEST_MISBEHAVIOUR_ENV: &str = "TORCUS_TEST_MISBEHAVIOUR";
 /// The environment variable of the test-only clock offset; refused like
 /// [`TEST_CORRUPT_ENV`].
 pub const TEST_CLOCK_OFFSET_ENV: &str = "TORCUS_TEST_CLOCK_OFFSET_SECS";
@@ -226,6 +238,8 @@ impl Args {
             #[cfg(feature = "test-hooks")]
             test_corrupt_signing,
             #[cfg(feature = "test-hooks")]
+            test_misbehaviour,
+            #[cfg(feature = "test-hooks")]
             test_clock_offset_secs,
         } = self;
         if command != "serve" {
@@ -238,7 +252,7 @@ impl Args {
             }
         }
         #[cfg(not(feature = "test-hooks"))]
-        for variable in [TEST_CORRUPT_ENV, TEST_CLOCK_OFFSET_ENV] {
+        for variable in [TEST_CORRUPT_ENV, TEST_MISBEHAVIOUR_ENV, TEST_CLOCK_OFFSET_ENV] {
             if std::env::var_os(variable).is_some() {
                 return Err(Error::TestHookInProduct(variable));
             }
@@ -432,7 +446,7 @@ impl Args {
         })?;
         #[cfg(feature = "test-hooks")]
         if test_corrupt_signing == Some(me) {
-            sessions.corrupt_signing();
+            sessions.misbehave(test_misbehaviour);
         }
         #[cfg(feature = "test-hooks")]
         if let Some(offset) = test_clock_offset_secs {
@@ -487,8 +501,10 @@ impl Args {
                         .sum()
                 };
                 let completed = count("completed");
-                let failed: u64 =
-                    ["aborted", "timeout", "unreachable", "protocol", "storage"].iter().map(|o| count(o)).sum();
+                let failed: u64 = ["aborted", "timeout", "unreachable", "misbehaved", "silent", "protocol", "storage"]
+                    .iter()
+                    .map(|o| count(o))
+                    .sum();
                 (completed, failed)
             };
             registry_client::spawn_heartbeats(client, registration, HEARTBEAT_INTERVAL, stats, stop.clone());

@@ -32,7 +32,7 @@ pub struct Router {
     /// Per session, the first party a send to failed, and why, until the
     /// session's owner takes it ([`Router::take_failure`]).
     failures: Mutex<HashMap<[u8; 32], (u16, String)>>,
-    /// Per open session, who sent it garbage ([`Router::take_malformed`]).
+    /// Per open session, whom it holds responsible ([`Router::take_accusation`]).
     faults: Mutex<HashMap<[u8; 32], SessionFaults>>,
 }
 
@@ -122,10 +122,11 @@ impl Router {
         })
     }
 
-    /// The first participant of `session` that sent a protocol message that
-    /// does not decode, and why; taken once.
-    pub fn take_malformed(&self, session: &[u8; 32]) -> Option<(u16, String)> {
-        self.faults.lock().unwrap_or_else(PoisonError::into_inner).remove(session)?.malformed_by()
+    /// The participant `session` holds responsible for breaking it (a
+    /// message that does not decode or repeats a round, or silence), and
+    /// why; taken once.
+    pub fn take_accusation(&self, session: &[u8; 32]) -> Option<crate::engine::Accusation> {
+        self.faults.lock().unwrap_or_else(PoisonError::into_inner).remove(session)?.accused()
     }
 
     /// The first party a send of `session` failed to, and why; taken once.

@@ -5,12 +5,14 @@
 //! checked with libsecp256k1. A wrong or missing partial signature fails the
 //! session (naming who sent a wrong one) instead of producing a bad
 //! signature or hanging, and a presignature made for one path or signer set
-//! refuses to sign for another.
+//! refuses to sign for another. A hostile signer (garbage, a replayed
+//! partial, silence) is named by the honest one.
 
 use std::time::Duration;
 
 use torcus_contract::HashAlgorithm;
 use torcus_node::engine::{self, EngineError, Payload, Presig, Share, memory};
+use torcus_node::hostile::{Hostile, Misbehaviour};
 use torcus_node::testing::fixture_aux;
 
 fn session(tag: &str) -> [u8; 32] {
@@ -110,9 +112,54 @@ async fn presigned_signing_exchanges_partials_and_fails_safely() {
     let runs = nets.into_iter().zip(presigs).map(|(mut net, presig)| {
         net.idle_timeout = Some(Duration::from_millis(300));
         let share = &shares[usize::from(net.me)];
-        async move { engine::sign_presigned(presig, share, payload, &[], net).await }
+        let faults = net.faults.clone();
+        async move { (engine::sign_presigned(presig, share, payload, &[], net).await, faults.accused()) }
     });
-    for result in futures::future::join_all(runs).await {
+    for (result, accused) in futures::future::join_all(runs).await {
         assert!(matches!(result, Err(EngineError::Delivery(engine::DeliveryError::Silent(_)))), "{result:?}");
+        let accused = accused.expect("the silent signer is named");
+        assert_eq!((accused.party, accused.silent), (2, true), "{accused:?}");
+    }
+
+    // A hostile signer (the nodes' test hook between its protocol and the
+    // network): garbage or the partial signature it sent in its previous
+    // session, which the honest signer names, outputting nothing; or its
+    // partial twice, which changes nothing.
+    for mode in [Misbehaviour::Garbage, Misbehaviour::Duplicate, Misbehaviour::Replay] {
+        let hostile = Hostile::new(mode);
+        // What a replay replays: a session before, which signs.
+        let sessions = if mode == Misbehaviour::Replay { 2 } else { 1 };
+        for n in 0..sessions {
+            let tag = format!("{mode:?}-{n}");
+            let presigs = presign(&shares, &set, &[], &format!("presign-{tag}")).await;
+            let nets = memory::network(session(&format!("sign-{tag}")), &set);
+            let payload = Payload { hash: HashAlgorithm::Sha256, bytes: b"hostile" };
+            let runs = nets.into_iter().zip(presigs).map(|(mut net, presig)| {
+                if net.me == 2 {
+                    hostile.wrap(&mut net);
+                }
+                net.idle_timeout = Some(Duration::from_secs(5));
+                let share = &shares[usize::from(net.me)];
+                let faults = net.faults.clone();
+                async move { (net.me, engine::sign_presigned(presig, share, payload, &[], net).await, faults.accused()) }
+            });
+            let results = futures::future::join_all(runs).await;
+            let (_, honest, accused) = results.into_iter().find(|(me, ..)| *me == 0).unwrap();
+            match (mode, n) {
+                // The exchange is one round: the honest signer is done with
+                // the first copy and never reads the second.
+                (Misbehaviour::Replay, 0) | (Misbehaviour::Duplicate, _) => {
+                    verify_independently(&shares[0], &[], &payload.digest(), &honest.unwrap());
+                }
+                (Misbehaviour::Replay, _) => {
+                    assert!(matches!(honest, Err(EngineError::BadPartial(2))), "{mode:?}: {honest:?}");
+                }
+                _ => {
+                    assert!(honest.is_err(), "{mode:?}: {honest:?}");
+                    let accused = accused.expect("the hostile signer is named");
+                    assert_eq!((accused.party, accused.silent), (2, false), "{mode:?}: {accused:?}");
+                }
+            }
+        }
     }
 }

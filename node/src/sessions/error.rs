@@ -42,12 +42,21 @@ pub enum SessionError {
         /// Whom it held responsible, if anyone.
         accused: Option<u16>,
     },
-    /// A participant sent a protocol message that does not decode.
+    /// A participant sent a protocol message that does not decode, or a
+    /// second message for a round.
     #[error("{reason}")]
     Misbehaved {
         /// The participant.
         party: u16,
         /// What it sent.
+        reason: String,
+    },
+    /// A participant sent nothing more while the others moved on.
+    #[error("{reason}")]
+    Silent {
+        /// The participant.
+        party: u16,
+        /// How far it got.
         reason: String,
     },
     /// The protocol failed.
@@ -97,16 +106,17 @@ pub struct Fault {
 
 impl SessionError {
     /// Who broke a failed session, as far as this node can tell: a
-    /// participant it could not send to, one whose message did not decode
-    /// or whose partial signature was false, or the one an Abort named
+    /// participant it could not send to, one whose message did not decode,
+    /// repeated a round or failed the library's checks, one that fell
+    /// silent, or the one an Abort named
     /// (then the Abort's sender is the accuser). An Abort that names nobody
     /// puts its sender and this node at odds. Either side of an accusation
     /// may be the liar, so the issuer keeps the two apart rather than
     /// excluding one.
     pub fn fault(&self) -> Option<Fault> {
         let party = match self {
-            Self::Unreachable { party, .. } | Self::Misbehaved { party, .. } => *party,
-            Self::Engine(engine::EngineError::BadPartial(party)) => *party,
+            Self::Unreachable { party, .. } | Self::Misbehaved { party, .. } | Self::Silent { party, .. } => *party,
+            Self::Engine(engine::EngineError::BadPartial(party) | engine::EngineError::Blamed { party, .. }) => *party,
             // A sender naming itself names nobody.
             Self::AbortedBy { party, accused: Some(accused), .. } if accused != party => {
                 return Some(Fault { party: *accused, accuser: Some(*party) });
@@ -130,10 +140,12 @@ impl SessionError {
             Self::KeyExists(_) => "key_exists",
             Self::NoSuchAux(_) => "no_such_aux",
             Self::Aborted(_) | Self::AbortedBy { .. } => "aborted",
+            Self::Engine(engine::EngineError::Blamed { .. } | engine::EngineError::BadPartial(_)) => "misbehaved",
             Self::Engine(_) => "protocol",
             Self::Timeout(_) => "timeout",
             Self::Unreachable { .. } => "unreachable",
             Self::Misbehaved { .. } => "misbehaved",
+            Self::Silent { .. } => "silent",
             Self::Preempted => "preempted",
             Self::Store(_) | Self::Corrupt(_) | Self::ShareFormat { .. } => "storage",
         }

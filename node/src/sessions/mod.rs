@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::future::Future;
 #[cfg(feature = "test-hooks")]
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
@@ -74,6 +74,10 @@ pub const KEYGEN_TIMEOUT: Duration = Duration::from_secs(300);
 pub const SIGN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest silence of every other party in a signing session.
 pub const SIGN_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a node accused in an Abort keeps running its protocol, for its
+/// own checks to name who broke the session (a false accuser fails them at
+/// once, with the message it sent before accusing).
+pub const ACCUSED_GRACE: Duration = Duration::from_secs(2);
 /// Longest silence of every other party in a keygen or aux info session.
 pub const KEYGEN_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest a presigning session may run.
@@ -202,9 +206,9 @@ pub struct Sessions<T: Transport> {
     foreground: watch::Sender<usize>,
     /// Presigning session ids seen lately, oldest first (bounded).
     seen_presign: Mutex<SeenIds>,
-    /// TEST ONLY: this node sends garbage in every signing session.
+    /// TEST ONLY: how this node tampers with its signing sessions.
     #[cfg(feature = "test-hooks")]
-    corrupt_signing: std::sync::atomic::AtomicBool,
+    hostile: OnceLock<Arc<crate::hostile::Hostile>>,
     /// TEST ONLY: seconds the grant clock runs off the system clock.
     #[cfg(feature = "test-hooks")]
     clock_offset: std::sync::atomic::AtomicI64,
@@ -333,7 +337,7 @@ impl<T: Transport> Sessions<T> {
             foreground: watch::Sender::new(0),
             seen_presign: Mutex::new(SeenIds::default()),
             #[cfg(feature = "test-hooks")]
-            corrupt_signing: std::sync::atomic::AtomicBool::new(false),
+            hostile: OnceLock::new(),
             #[cfg(feature = "test-hooks")]
             clock_offset: std::sync::atomic::AtomicI64::new(0),
         }))
@@ -575,15 +579,42 @@ impl<T: Transport> Sessions<T> {
     ) -> Result<O, SessionError> {
         let started = Instant::now();
         let aborted = async {
+            // An Abort that accuses this node is false (this node sent what
+            // its protocol computed) or the accuser's own doing. The session
+            // is over either way, but this node's protocol runs on for
+            // `ACCUSED_GRACE`: when its own checks fail meanwhile (the
+            // library's, or on a message the accuser sent before), that
+            // failure names who broke the session; else the Abort ends it.
+            let mut against_me: Option<(u16, String, tokio::time::Instant)> = None;
             loop {
-                match control.recv().await {
-                    Some((from, Control::Abort { reason, accused, .. }))
+                let received = match &against_me {
+                    Some((.., until)) => tokio::time::timeout_at(*until, control.recv()).await.ok(),
+                    None => Some(control.recv().await),
+                };
+                match received {
+                    Some(Some((from, Control::Abort { reason, accused, .. })))
                         if participants.contains(&from) && from != self.me =>
                     {
-                        break (from, reason, accused);
+                        if accused != Some(self.me) {
+                            break (from, reason, accused);
+                        }
+                        if against_me.is_none() {
+                            warn!(from, %reason, "a participant accuses this node; its own checks run on a moment");
+                            against_me = Some((from, reason, tokio::time::Instant::now() + ACCUSED_GRACE));
+                        }
                     }
-                    Some(_) => {}
-                    None => std::future::pending::<()>().await,
+                    Some(Some(_)) => {}
+                    // Closed: nothing more will come; the grace still runs.
+                    Some(None) => match &against_me {
+                        Some((.., until)) => tokio::time::sleep_until(*until).await,
+                        None => std::future::pending::<()>().await,
+                    },
+                    None => {}
+                }
+                if let Some((from, reason, until)) = &against_me
+                    && tokio::time::Instant::now() >= *until
+                {
+                    break (*from, reason.clone(), Some(self.me));
                 }
             }
         };
@@ -594,13 +625,19 @@ impl<T: Transport> Sessions<T> {
         // A message that did not decode, or a failed send, ends the
         // protocol early: say who broke it, rather than what the protocol
         // made of it.
-        let malformed = self.router.take_malformed(&session);
+        let accused = self.router.take_accusation(&session);
         let failure = self.router.take_failure(&session);
-        let result = match (result, malformed, failure) {
-            (Err(error), Some((party, reason)), _) if !error.is_abort() => {
-                Err(SessionError::Misbehaved { party, reason })
+        let result = match (result, accused, failure) {
+            // A failed send explains silence better than silence does.
+            (Err(error), Some(accused), failure) if !error.is_abort() && (!accused.silent || failure.is_none()) => {
+                let engine::Accusation { party, reason, silent } = accused;
+                Err(if silent {
+                    SessionError::Silent { party, reason }
+                } else {
+                    SessionError::Misbehaved { party, reason }
+                })
             }
-            (Err(error), None, Some((party, reason))) if !error.is_abort() => {
+            (Err(error), _, Some((party, reason))) if !error.is_abort() => {
                 Err(SessionError::Unreachable { party, reason })
             }
             (result, ..) => result,
@@ -657,8 +694,8 @@ impl<T: Transport> Sessions<T> {
                 #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut, reason = "the hook is compiled out"))]
                 let mut net = self.net(session, grant.participants.clone(), SIGN_IDLE_TIMEOUT);
                 #[cfg(feature = "test-hooks")]
-                {
-                    net.faults.corrupt = self.corrupt_signing.load(Ordering::Relaxed);
+                if let Some(hostile) = self.hostile.get() {
+                    hostile.wrap(&mut net);
                 }
                 let (signature, presigned) = match (presig, message) {
                     (Some(taken), SignMessage::Payload { hash, payload, .. }) => {
@@ -825,13 +862,12 @@ impl<T: Transport> Sessions<T> {
         now
     }
 
-    /// TEST ONLY: from now on, every protocol message this node sends in a
-    /// signing session is garbage (a compromised node, for the tests that
-    /// the others get by without it).
+    /// TEST ONLY: from now on, this node tampers with what it sends in
+    /// every signing session as `mode` says (a compromised node, for the
+    /// tests that the others name it and get by without it). Set once.
     #[cfg(feature = "test-hooks")]
-    pub fn corrupt_signing(&self) {
-        warn!("TEST HOOK: this node now sends garbage in every signing session");
-        self.corrupt_signing.store(true, Ordering::Relaxed);
+    pub fn misbehave(&self, mode: crate::hostile::Misbehaviour) {
+        let _ = self.hostile.set(crate::hostile::Hostile::new(mode));
     }
 
     /// The presignature a signing grant's initiator offers, if the grant can
