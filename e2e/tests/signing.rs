@@ -1617,3 +1617,64 @@ async fn node_pods_recreated_on_new_ips_are_found_again_and_requests_complete() 
     }
     ns.finish().await.unwrap();
 }
+
+/// The benchmark's 48-request burst, as a correctness test (issue 13): 48
+/// payload requests created at once on a 2-of-3 cluster whose pools hold
+/// four presignatures per signer set, so that pooled and full-protocol
+/// sessions run side by side and pools refill meanwhile. Every request
+/// completes, with a signature libsecp256k1 accepts over the SHA-256 of its
+/// own payload; the nodes completed exactly two signing sessions per
+/// request (none signed twice); some came from presignatures. How fast is
+/// the benchmark's business.
+#[tokio::test]
+async fn a_burst_of_48_requests_signs_each_exactly_once() {
+    const BURST: usize = 48;
+    let mut ns = TestNamespace::new("burst").await.unwrap();
+    let pools = serde_json::json!({"presignatures": {"poolSize": 4}});
+    let public_key = ready_cluster(&mut ns, cluster("vault", "quic", pools)).await;
+    // Every signer set's two members hold presignatures before the burst.
+    eventually("every pool holds a presignature", Duration::from_secs(300), || async {
+        let mut held = 0;
+        for i in 0..3 {
+            let (status, body) = ns.node_api_get("vault", i, "/p2p/presignatures").await?;
+            let pools: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let full = pools["pools"].as_array().into_iter().flatten().filter(|p| p["depth"].as_u64() > Some(0));
+            held += if status == 200 { full.count() } else { 0 };
+        }
+        Ok((held >= 6).then_some(()))
+    })
+    .await
+    .unwrap();
+    let sessions_before = completed_sign_sessions(&ns, "vault").await;
+    let presigned_before = presignatures_used(&ns, "vault").await;
+
+    let srs: Api<SigningRequest> = ns.api();
+    let payloads: Vec<String> = (0..BURST).map(|i| format!("burst payment {i}")).collect();
+    let creates = payloads.iter().enumerate().map(|(i, payload)| {
+        let sr = request(&format!("burst-{i}"), "vault", serde_json::json!({"payload": hex::encode(payload)}));
+        let srs = srs.clone();
+        async move { srs.create(&PostParams::default(), &sr).await }
+    });
+    futures::future::try_join_all(creates).await.unwrap();
+    for (i, payload) in payloads.iter().enumerate() {
+        let sr = wait_final(&ns, &format!("burst-{i}"), Duration::from_secs(600)).await;
+        assert_signed(&sr, Sha256::digest(payload).into(), &public_key);
+    }
+    let sessions = completed_sign_sessions(&ns, "vault").await - sessions_before;
+    assert_eq!(sessions, 2.0 * BURST as f64, "two signers per request, each session once");
+    let presigned = presignatures_used(&ns, "vault").await - presigned_before;
+    assert!(presigned >= 2.0, "no request of the burst used a presignature");
+    eprintln!("burst: {BURST} requests, {presigned} partial signatures from presignatures");
+    ns.finish().await.unwrap();
+}
+
+/// Presignatures the nodes of `cluster` used, summed over the nodes (each
+/// signer of a presigned request counts its own).
+async fn presignatures_used(ns: &TestNamespace, cluster: &str) -> f64 {
+    let mut used = 0.0;
+    for i in 0..3 {
+        let (_, metrics) = ns.node_plain_get(cluster, i, "/metrics").await.unwrap();
+        used += metric(&metrics, "torcus_presignatures_used_total", &[]);
+    }
+    used
+}

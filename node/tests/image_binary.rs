@@ -68,10 +68,11 @@ fn the_image_binary_refuses_the_test_fixtures_and_hooks() {
         assert!(out.contains("does not take test fixtures"), "{out}");
     }
 
-    // The hooks that make a node corrupt its signing messages or run its
-    // grant clock off: no flag, and their variables stop the node.
+    // The hooks that make a node tamper with its signing messages or run
+    // its grant clock off: no flag, and their variables stop the node.
     for (flag, variable) in [
         ("--test-corrupt-signing=1", torcus_node::TEST_CORRUPT_ENV),
+        ("--test-misbehaviour=replay", torcus_node::TEST_MISBEHAVIOUR_ENV),
         ("--test-clock-offset-secs=100", torcus_node::TEST_CLOCK_OFFSET_ENV),
     ] {
         let (status, out) = run(&["serve", "--party-index=0", flag], None);
