@@ -1,4 +1,4 @@
-//! `cargo bench -p torcus-e2e --bench signing [-- REQUESTS] [burst | ready]`
+//! `cargo bench -p torcus-e2e --bench signing [-- REQUESTS] [burst | ready | sustained [minutes=M] [rate=R]]`
 //!
 //! The control plane end to end on the local API server, release build:
 //! latency from SigningRequest creation to `Completed` as a client sees it
@@ -22,6 +22,17 @@
 //! Nodes start from the test primes fixture, so safe-prime generation is
 //! not measured — except with `ready`, which measures only `kubectl apply`
 //! → `Ready` of a 2-of-3 cluster whose nodes generate their own primes.
+//!
+//! With `sustained`, a steady stream instead: payload requests created at R
+//! per second (default 0.5) for M minutes (default 10), open loop (each at
+//! its time, whether or not earlier ones finished), on a 2-of-3 cluster with
+//! warm pools of 16. Reports signatures per second, creation → Completed
+//! latency, the share served from presignatures, pool depth and requests in
+//! flight every 30 s, and peak resident memory of the nodes (against the
+//! 512 MiB limit their pods get) and of this process (the operator, with
+//! the harness, against the chart's 256 MiB); every request must complete,
+//! once (node session counters), and the raw library's presignature rate
+//! with each party on its own thread is the ceiling it is compared with.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +47,10 @@ fn main() {
     let requests: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(50);
     let burst_only = std::env::args().skip(1).any(|a| a == "burst");
     let ready_only = std::env::args().skip(1).any(|a| a == "ready");
+    let sustained_run = std::env::args().skip(1).any(|a| a == "sustained");
+    let setting = |name: &str, default: f64| -> f64 {
+        std::env::args().skip(1).find_map(|a| a.strip_prefix(&format!("{name}="))?.parse().ok()).unwrap_or(default)
+    };
     // The operator runs in this process: RUST_LOG shows what it decides.
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
@@ -45,13 +60,28 @@ fn main() {
         runtime.block_on(ready_with_real_primes());
         return;
     }
-    let (mut rows, notes) = runtime.block_on(run(requests, burst_only));
+    let (mut rows, mut notes) = if sustained_run {
+        runtime.block_on(sustained(setting("minutes", 10.0), setting("rate", 0.5)))
+    } else {
+        runtime.block_on(run(requests, burst_only))
+    };
     drop(runtime);
     // The library alone, last: nothing else shares the cores then.
     let primes: Vec<torcus_node::engine::Primes> =
         serde_json::from_str(&std::fs::read_to_string(torcus_node::testing::fixture()).expect("primes fixture"))
             .expect("primes");
     rows.extend(raw_library(requests.min(20), &primes));
+    if sustained_run {
+        // The ceiling: one presignature at a time, each party on a thread
+        // (so on a core) of its own, back to back.
+        let presign = rows.iter().find(|(name, _)| name.contains("party per thread") && name.ends_with("presignature"));
+        if let Some((_, stats)) = presign {
+            let ceiling = 1.0 / stats.quantile(0.5).as_secs_f64();
+            notes.push(format!(
+                "ceiling from the raw library (presignatures back to back, a thread per party, p50): {ceiling:.2} per second"
+            ));
+        }
+    }
 
     println!("\n| measurement | p50 | p90 | p99 | min | max | n |\n|---|---|---|---|---|---|---|");
     for (name, s) in &rows {
@@ -184,19 +214,167 @@ async fn run(requests: usize, burst_only: bool) -> (Vec<(String, Stats)>, Vec<St
     (rows, notes)
 }
 
-/// Peak resident set (VmHWM, KiB) of each node process still running.
+/// Peak resident set (VmHWM, KiB) of each node process of cluster `warm`
+/// still running.
 fn node_peak_rss_kib(ns: &TestNamespace) -> Vec<(String, u64)> {
+    cluster_memory_kib(ns, "warm", "VmHWM")
+}
+
+/// `field` (`VmHWM` or `VmRSS`, KiB) of each node process of `cluster`.
+fn cluster_memory_kib(ns: &TestNamespace, cluster: &str, field: &str) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for i in 0..3 {
-        let pod = format!("warm-{i}-0");
+        let pod = format!("{cluster}-{i}-0");
         let Some(pid) = ns.kubelet().pid(&ns.name, &pod) else { continue };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok());
-        if let Some(kib) = hwm {
+        if let Some(kib) = memory_kib(&pid.to_string(), field) {
             out.push((pod, kib));
         }
     }
     out
+}
+
+/// `field` of `/proc/<pid>/status`, KiB.
+fn memory_kib(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
+}
+
+/// The steady stream (see the module's documentation).
+async fn sustained(minutes: f64, rate: f64) -> (Vec<(String, Stats)>, Vec<String>) {
+    use futures::TryStreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    const NAME: &str = "steady";
+    let mut ns = TestNamespace::new("bench-steady").await.expect("namespace");
+    ns.start_kubelet().await.expect("kubelet");
+    ns.start_operator();
+    let clusters: Api<MpcCluster> = ns.api();
+    clusters.create(&PostParams::default(), &cluster(NAME, POOL)).await.expect("create cluster");
+    wait_ready(&clusters, NAME).await;
+    wait_pools_full(&ns, NAME).await;
+    let sessions_before = sign_sessions(&ns, NAME).await;
+
+    let total = (minutes * 60.0 * rate).round().max(1.0) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let srs: Api<SigningRequest> = ns.api();
+    let mut events = std::pin::pin!(
+        watcher(srs.clone(), watcher::Config::default().labels("bench=steady")).default_backoff().applied_objects()
+    );
+    let started = tokio::time::Instant::now();
+    // Open loop: request i is created at `started + i × interval`.
+    let creator = {
+        let srs = srs.clone();
+        tokio::spawn(async move {
+            let mut created = Vec::with_capacity(total);
+            for i in 0..total {
+                tokio::time::sleep_until(started + interval * u32::try_from(i).expect("count")).await;
+                let name = format!("steady-{i}");
+                let mut sr = request(&name, NAME, i, Kind::Payload);
+                sr.metadata.labels = Some([("bench".to_owned(), "steady".to_owned())].into());
+                srs.create(&PostParams::default(), &sr).await.expect("create");
+                created.push(started.elapsed());
+            }
+            created
+        })
+    };
+    let mut finals: std::collections::BTreeMap<usize, (torcus_crds::SigningRequestStatus, Duration)> =
+        Default::default();
+    let mut samples = Vec::new();
+    let mut next_sample = started;
+    let deadline = started + interval * u32::try_from(total).expect("count") + Duration::from_secs(180);
+    while finals.len() < total && tokio::time::Instant::now() < deadline {
+        if tokio::time::Instant::now() >= next_sample {
+            next_sample += Duration::from_secs(30);
+            let depths = pool_depths(&ns, NAME).await;
+            let rss: u64 = cluster_memory_kib(&ns, NAME, "VmRSS").iter().map(|(_, k)| k).max().copied().unwrap_or(0);
+            samples.push((
+                started.elapsed(),
+                depths.iter().sum::<u64>(),
+                depths.iter().min().copied(),
+                finals.len(),
+                rss,
+            ));
+        }
+        let wait = next_sample.min(deadline);
+        let Ok(Ok(Some(sr))) = tokio::time::timeout_at(wait, events.try_next()).await else { continue };
+        let status = sr.status.clone().unwrap_or_default();
+        let index = sr.name_any().strip_prefix("steady-").and_then(|i| i.parse().ok());
+        if let Some(index) = index
+            && status.phase.is_some_and(SigningPhase::is_final)
+            && !finals.contains_key(&index)
+        {
+            finals.insert(index, (status, started.elapsed()));
+        }
+    }
+    let created = creator.await.expect("creator");
+    let completed: Vec<_> = finals.values().filter(|(s, _)| s.phase == Some(SigningPhase::Completed)).collect();
+    let presigned = completed.iter().filter(|(s, _)| s.protocol == Some(SigningProtocol::Presigned)).count();
+    let latency: Vec<Duration> =
+        finals.iter().filter_map(|(i, (_, seen))| Some(seen.saturating_sub(*created.get(*i)?))).collect();
+    let node: Vec<Duration> =
+        completed.iter().filter_map(|(s, _)| s.timings.as_ref()?.signing_ms).map(Duration::from_millis).collect();
+    let span = finals.values().map(|(_, at)| *at).max().unwrap_or_default();
+    let sessions = sign_sessions(&ns, NAME).await - sessions_before;
+    let peak_nodes = cluster_memory_kib(&ns, NAME, "VmHWM");
+    let peak_self = memory_kib("self", "VmHWM").unwrap_or(0);
+    ns.finish().await.expect("cleanup");
+
+    let mut notes = vec![
+        format!(
+            "sustained: {total} payload requests at {rate} per second over {minutes} minutes: {} completed, {} final otherwise, {} not final by the deadline",
+            completed.len(),
+            finals.len() - completed.len(),
+            total - finals.len()
+        ),
+        format!(
+            "sustained: {:.3} signatures per second (completed / time from the first creation to the last final)",
+            completed.len() as f64 / span.as_secs_f64()
+        ),
+        format!("sustained: served from presignatures: {presigned} of {} completed", completed.len()),
+        format!("sustained: signing sessions completed on the nodes: {sessions} (two per request expected: {})", 2 * completed.len()),
+        "sustained: every 30 s — time s | presignatures held (sum over members) | least in a pool | requests final | largest node RSS MiB".to_owned(),
+    ];
+    for (at, sum, min, done, rss) in samples {
+        notes.push(format!(
+            "  {:>6.0} | {sum:>4} | {:>3} | {done:>5} | {:.1}",
+            at.as_secs_f64(),
+            min.map_or("-".to_owned(), |m| m.to_string()),
+            rss as f64 / 1024.0
+        ));
+    }
+    for (pod, kib) in peak_nodes {
+        notes.push(format!(
+            "sustained: peak resident memory of node {pod}: {:.1} MiB of its 512 MiB limit",
+            kib as f64 / 1024.0
+        ));
+    }
+    notes.push(format!(
+        "sustained: peak resident memory of this process (operator, API clients, the harness): {:.1} MiB (the chart limits the operator to 256 MiB)",
+        peak_self as f64 / 1024.0
+    ));
+    let rows = vec![
+        ("sustained: creation → seen final".to_owned(), Stats(latency)),
+        ("sustained: node-only signing".to_owned(), Stats(node)),
+    ];
+    (rows, notes)
+}
+
+/// Signing sessions the nodes of `cluster` completed, summed (each
+/// participant counts its own).
+async fn sign_sessions(ns: &TestNamespace, cluster: &str) -> f64 {
+    let mut total = 0.0;
+    for i in 0..3 {
+        if let Ok((_, text)) = ns.node_plain_get(cluster, i, "/metrics").await {
+            total += text
+                .lines()
+                .filter(|l| l.starts_with("torcus_node_sessions_total") && l.contains(r#"kind="sign""#))
+                .filter(|l| l.contains(r#"outcome="completed""#))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+    }
+    total
 }
 
 fn cluster(name: &str, pool: u16) -> MpcCluster {

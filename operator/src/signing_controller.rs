@@ -54,6 +54,9 @@ use crate::{Error, Result, crypto, signers};
 pub const MAX_ATTEMPTS: u16 = 4;
 /// How long a request may wait for its cluster's key or nodes.
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest a request waits in one reconcile for a session slot of its
+/// cluster before it says it is queued (and tries again).
+const QUEUE_WAIT: Duration = Duration::from_secs(20);
 /// How long approvals stay in memory under a policy without rate or spend
 /// limits, for a limit added later to count them.
 const UNLIMITED_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -221,6 +224,21 @@ impl<'a> Reconcile<'a> {
                 format!("{} of {} nodes healthy; {} needed", healthy.len(), mpc.spec.nodes, mpc.spec.threshold);
             return self.wait("WaitingForNodes", message).await;
         }
+        // Admission: at most so many sessions of this cluster at once (see
+        // `SESSIONS_PER_NODE`); the others queue here, first come first
+        // served, and say so when the wait is long.
+        let cluster_uid = mpc.uid().unwrap_or_default();
+        let Some(_slot) =
+            self.ctx.signing.session_slot(&cluster_uid, mpc.spec.nodes, mpc.spec.threshold, QUEUE_WAIT).await
+        else {
+            let running = crate::signing_state::cluster_sessions(mpc.spec.nodes, mpc.spec.threshold);
+            let message = format!(
+                "queued: cluster {} runs {running} signing sessions at once, all taken for {}s",
+                mpc.name_any(),
+                QUEUE_WAIT.as_secs()
+            );
+            return self.wait("Queued", message).await;
+        };
         let kind = GrantKind::Sign { key: spec.key.clone(), message, derivation_path: path };
         self.status.public_key = Some(public_key);
         self.status.reason = None;

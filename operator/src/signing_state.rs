@@ -28,6 +28,23 @@ pub struct SigningState {
     /// dispute ([`signers`]). Memory only: after a restart a request starts
     /// over with none, which costs at most attempts.
     disputes: Mutex<HashMap<String, Vec<signers::Dispute>>>,
+    /// Per MpcCluster uid, the signing sessions it may run at once
+    /// ([`SigningState::session_slot`]).
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// Signing sessions one node is given at once, on average: the full
+/// protocol computes for about a second per party, and more sessions at
+/// once only share the node's cores among them until their rounds miss the
+/// idle timeout (measured: a burst of 48 full-protocol requests on a 2-of-3
+/// cluster without this limit failed requests on silence).
+pub const SESSIONS_PER_NODE: usize = 2;
+
+/// The signing sessions a cluster of `nodes` with `threshold` runs at once:
+/// each involves `threshold` nodes, so that on average each node runs
+/// [`SESSIONS_PER_NODE`]; at least one.
+pub fn cluster_sessions(nodes: u16, threshold: u16) -> usize {
+    (SESSIONS_PER_NODE * usize::from(nodes) / usize::from(threshold.max(1))).max(1)
 }
 
 /// Requests whose disputes are kept at once; beyond, all are forgotten.
@@ -49,8 +66,54 @@ impl SigningState {
         disputes.clone()
     }
 
+    /// A slot to run one signing session of cluster `uid` (of `nodes` with
+    /// `threshold`), waiting up to `wait` for one; first come, first served.
+    /// `None`: every slot stayed taken (the request waits, and says why).
+    pub(crate) async fn session_slot(
+        &self,
+        uid: &str,
+        nodes: u16,
+        threshold: u16,
+        wait: std::time::Duration,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slots = {
+            let mut all = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            let slots = all
+                .entry(uid.to_owned())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(cluster_sessions(nodes, threshold))));
+            Arc::clone(slots)
+        };
+        tokio::time::timeout(wait, slots.acquire_owned()).await.ok()?.ok()
+    }
+
     /// Forgets the disputes of request `uid`, which is over.
     pub(crate) fn settle(&self, uid: &str) {
         self.disputes.lock().unwrap_or_else(PoisonError::into_inner).remove(uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_runs_about_two_sessions_per_node_at_once() {
+        // (nodes, threshold) → sessions at once.
+        for (nodes, threshold, sessions) in [(3, 2, 3), (5, 3, 3), (7, 4, 3), (16, 11, 2), (2, 2, 2), (1, 1, 2)] {
+            assert_eq!(cluster_sessions(nodes, threshold), sessions, "{nodes}/{threshold}");
+        }
+        assert_eq!(cluster_sessions(3, 0), 6, "a zero threshold (refused at admission) divides by one");
+    }
+
+    #[tokio::test]
+    async fn slots_are_per_cluster_and_taken_back_when_a_session_ends() {
+        let state = SigningState::default();
+        let wait = std::time::Duration::from_millis(50);
+        let held: Vec<_> = futures::future::join_all((0..3).map(|_| state.session_slot("a", 3, 2, wait))).await;
+        assert!(held.iter().all(Option::is_some), "three sessions of a 2-of-3 cluster at once");
+        assert!(state.session_slot("a", 3, 2, wait).await.is_none(), "a fourth waits");
+        assert!(state.session_slot("b", 3, 2, wait).await.is_some(), "another cluster has slots of its own");
+        drop(held);
+        assert!(state.session_slot("a", 3, 2, wait).await.is_some(), "an ended session frees its slot");
     }
 }
