@@ -1678,3 +1678,53 @@ async fn presignatures_used(ns: &TestNamespace, cluster: &str) -> f64 {
     }
     used
 }
+
+/// Larger clusters (issue 13, scale): a 5-of-3 and a 7-of-4 cluster side by
+/// side reach Ready with their keys, and each signs a raw digest (full
+/// protocol) and a payload with a signer set of exactly its threshold,
+/// checked with libsecp256k1.
+#[tokio::test]
+async fn clusters_of_five_and_seven_nodes_sign() {
+    let mut ns = TestNamespace::new("scale").await.unwrap();
+    ns.start_kubelet().await.unwrap();
+    ns.start_operator();
+    let clusters: Api<MpcCluster> = ns.api();
+    let sizes = [("five", 5u16, 3u16), ("seven", 7, 4)];
+    for (name, nodes, threshold) in sizes {
+        let mut mpc = cluster(name, "quic", serde_json::json!({"presignatures": {"poolSize": 0}}));
+        mpc.spec.nodes = nodes;
+        mpc.spec.threshold = threshold;
+        clusters.create(&PostParams::default(), &mpc).await.unwrap();
+    }
+    let srs: Api<SigningRequest> = ns.api();
+    for (name, nodes, threshold) in sizes {
+        let public_key = eventually(&format!("cluster {name} Ready with its key"), KEYGEN_WAIT, || async {
+            let status = clusters.get(name).await?.status.unwrap_or_default();
+            let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            Ok(ready.then(|| status.keys.iter().find(|k| k.name == "default")?.public_key.clone()).flatten())
+        })
+        .await
+        .unwrap();
+        let digest = [nodes as u8; 32];
+        let payload = format!("{name} pays");
+        let asks = [
+            (format!("{name}-digest"), serde_json::json!({"digest": hex::encode(digest)}), digest),
+            (
+                format!("{name}-payload"),
+                serde_json::json!({"payload": hex::encode(&payload)}),
+                Sha256::digest(&payload).into(),
+            ),
+        ];
+        for (request_name, spec, signed) in asks {
+            srs.create(&PostParams::default(), &request(&request_name, name, spec)).await.unwrap();
+            let sr = wait_final(&ns, &request_name, SIGN_WAIT * 3).await;
+            assert_signed(&sr, signed, &public_key);
+            let mut participants = sr.status.unwrap().participants;
+            participants.sort_unstable();
+            participants.dedup();
+            assert_eq!(participants.len(), usize::from(threshold), "{request_name}: {participants:?}");
+            assert!(participants.iter().all(|p| *p < nodes), "{request_name}: {participants:?}");
+        }
+    }
+    ns.finish().await.unwrap();
+}

@@ -286,42 +286,83 @@ impl SessionFaults {
         DeliveryError::Malformed(from)
     }
 
-    /// Records that `from` sent a second message for `round` (an honest
-    /// party sends one per round, and the transports deliver each once).
+    /// Records that `from` sent another message for `round` than the one
+    /// it sent before (an honest party sends one per round; an identical
+    /// copy is dropped as a transport's repeat).
     fn repeated(&self, from: u16, round: u16) -> DeliveryError {
-        self.accuse(from, format!("party {from} sent a second message for round {round} of the protocol"), false);
+        self.accuse(
+            from,
+            format!("party {from} sent a second, different message for round {round} of the protocol"),
+            false,
+        );
         DeliveryError::Repeated { party: from, round }
     }
 
-    /// Records, when nobody sent anything for `idle`, who held the session
-    /// up: the participants that sent fewer rounds than the most any party
-    /// (this one included) sent, named when there is exactly one.
-    fn silence(&self, rounds: &Rounds, parties: &[u16], idle: Duration) -> DeliveryError {
-        let count = |p: &u16| rounds.get(p).map_or(0, std::collections::BTreeSet::len);
-        let most = parties.iter().map(count).max().unwrap_or(0);
-        let behind: Vec<u16> = parties.iter().copied().filter(|p| count(p) < most).collect();
-        if let [party] = behind[..] {
-            let reason = format!(
-                "party {party} sent nothing for {idle:?} after {} of the {most} rounds the others reached",
-                count(&party)
-            );
-            self.accuse(party, reason, true);
+    /// Records, when nothing came for `idle` since this node last received
+    /// or sent, who held the session up. Named only in a session of two,
+    /// and only when the other party sent fewer rounds than this node: with
+    /// more parties, one that withholds its messages from a second can make
+    /// that second look behind to a third.
+    fn silence(&self, seen: &Seen, parties: &[u16], me: u16, idle: Duration) -> DeliveryError {
+        let count = |party: u16| seen.keys().filter(|(p, _)| *p == party).count();
+        if let [a, b] = parties {
+            let other = if *a == me { *b } else { *a };
+            let (theirs, mine) = (count(other), count(me));
+            if theirs < mine {
+                let reason = format!(
+                    "party {other} sent nothing for {idle:?} after {theirs} of the {mine} rounds this node reached"
+                );
+                self.accuse(other, reason, true);
+            }
         }
         DeliveryError::Silent(idle)
     }
 }
 
-/// The protocol rounds each party (keygen index) was seen sending in a
-/// session: received from the others, sent by this one.
-type Rounds = std::collections::BTreeMap<u16, std::collections::BTreeSet<u16>>;
+/// The protocol messages seen in a session, by (sender's keygen index,
+/// round), with the SHA-256 of each: received from the others, sent by this
+/// node.
+type Seen = std::collections::BTreeMap<(u16, u16), [u8; 32]>;
 
-/// The party the library blames when it aborts a run: cggmp24
-/// (0.7.0-alpha.3) keeps its blame (`AbortBlame::faulty_party`, a protocol
-/// position) in error types it does not export, so it is read from their
-/// `Debug` form; `parties` maps the position to a keygen index. `None` when
-/// the error blames nobody, or several parties.
-fn blamed(error: &impl std::fmt::Debug, parties: &[u16]) -> Option<u16> {
+/// Checks of the library whose blame names the party that failed them: a
+/// proof or decommitment the named party sent. The reliability checks of
+/// the echo rounds (`Round1aNotReliable`, `Round1NotReliable`) are not
+/// among them: there `faulty_party` is only a party whose echo differs
+/// from this node's view, which an equivocating third party can make an
+/// honest one.
+const ATTRIBUTING_ABORTS: [&str; 9] = [
+    "EncProofOfK(",
+    "InvalidPsi(",
+    "InvalidPsiPrimePrime(",
+    "InvalidDecommitment",
+    "InvalidSchnorrProof(",
+    "MissingChainCode(",
+    "InvalidModProof",
+    "InvalidFacProof",
+    "InvalidRingPedersenParameters",
+];
+
+/// The party to hold responsible for a run among `parties` that the library
+/// aborted (a check failed on what another party sent), if one can be:
+/// - the party the library blames, for a check that attributes
+///   ([`ATTRIBUTING_ABORTS`]). cggmp24 (0.7.0-alpha.3) keeps its blame
+///   (`AbortBlame::faulty_party`, a protocol position) in types it does not
+///   export, so it is read from their `Debug` form; `parties` maps the
+///   position to a keygen index. Never this node, nor one of several.
+/// - in a session of two, the other party, for any abort: this node sent
+///   what its protocol computed, so whatever failed came from the other.
+fn blamed(error: &impl std::fmt::Debug, parties: &[u16], me: u16) -> Option<u16> {
     let debug = format!("{error:?}");
+    if !debug.contains("Aborted(") {
+        // Input/output or a bug of this node's: nobody to name.
+        return None;
+    }
+    if let [a, b] = parties {
+        return Some(if *a == me { *b } else { *a });
+    }
+    if debug.contains("NotReliable") || !ATTRIBUTING_ABORTS.iter().any(|check| debug.contains(check)) {
+        return None;
+    }
     let mut found = debug.split("faulty_party: ").skip(1).filter_map(|rest| {
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         digits.parse::<usize>().ok()
@@ -330,7 +371,7 @@ fn blamed(error: &impl std::fmt::Debug, parties: &[u16]) -> Option<u16> {
     if found.any(|other| other != first) {
         return None;
     }
-    parties.get(first).copied()
+    parties.get(first).copied().filter(|party| *party != me)
 }
 
 /// A library error with its causes, for a reason that names the check
@@ -346,13 +387,13 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     out
 }
 
-/// `error` from a run among `parties`, as [`EngineError::Blamed`] when the
-/// library names the party that failed its checks.
-fn blame<E>(error: E, parties: &[u16]) -> EngineError
+/// `error` from a run of `me` among `parties`, as [`EngineError::Blamed`]
+/// when it names a party ([`blamed`]).
+fn blame<E>(error: E, parties: &[u16], me: u16) -> EngineError
 where
     E: std::error::Error + Into<EngineError>,
 {
-    match blamed(&error, parties) {
+    match blamed(&error, parties, me) {
         Some(party) => EngineError::Blamed { party, reason: with_causes(&error) },
         None => error.into(),
     }
@@ -371,19 +412,36 @@ where
         return Err(EngineError::NotAParticipant(me));
     }
     let positions = parties.clone();
-    let rounds = Arc::new(Mutex::new(Rounds::new()));
-    let sent_rounds = Arc::clone(&rounds);
+    let seen = Arc::new(Mutex::new(Seen::new()));
+    let sent_seen = Arc::clone(&seen);
     let mut next_id = 0u64;
     // Without a limit, a year: the protocol's own timeout ends the run first.
     let idle = idle_timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
-    let received = tokio_stream::StreamExt::timeout(tokio_stream::wrappers::ReceiverStream::new(incoming), idle);
-    let incoming = received.filter_map(move |env| {
-        let env: Envelope = match env {
-            Ok(env) => env,
-            Err(_) => {
-                let rounds = rounds.lock().unwrap_or_else(PoisonError::into_inner);
-                return std::future::ready(Some(Err(faults.silence(&rounds, &positions, idle))));
+    // Silence counts from the last message received or sent: a node that
+    // computed a long round itself does not blame the others for it.
+    let activity = Arc::new(Mutex::new(tokio::time::Instant::now()));
+    let sent_activity = Arc::clone(&activity);
+    let received = futures::stream::unfold((incoming, activity), move |(mut rx, activity)| async move {
+        loop {
+            let since = *activity.lock().unwrap_or_else(PoisonError::into_inner);
+            match tokio::time::timeout_at(since + idle, rx.recv()).await {
+                Ok(Some(env)) => {
+                    *activity.lock().unwrap_or_else(PoisonError::into_inner) = tokio::time::Instant::now();
+                    return Some((Some(env), (rx, activity)));
+                }
+                Ok(None) => return None,
+                // Nothing since: silence. Else this node sent meanwhile.
+                Err(_) if *activity.lock().unwrap_or_else(PoisonError::into_inner) == since => {
+                    return Some((None, (rx, activity)));
+                }
+                Err(_) => {}
             }
+        }
+    });
+    let incoming = received.filter_map(move |env| {
+        let Some(env) = env else {
+            let seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+            return std::future::ready(Some(Err(faults.silence(&seen, &positions, me, idle))));
         };
         let sender = positions.iter().position(|p| *p == env.from);
         let ours = env.session == session && env.channel == Channel::Protocol && env.from != me;
@@ -391,18 +449,23 @@ where
         let out = match (sender, msg) {
             (Some(sender), Ok(msg)) if ours => {
                 let round = msg.round();
-                let fresh =
-                    rounds.lock().unwrap_or_else(PoisonError::into_inner).entry(env.from).or_default().insert(round);
-                if fresh {
-                    next_id += 1;
-                    Some(Ok(Incoming {
-                        id: next_id,
-                        sender: sender as u16,
-                        msg_type: if env.to.is_none() { MessageType::Broadcast } else { MessageType::P2P },
-                        msg,
-                    }))
-                } else {
-                    Some(Err(faults.repeated(env.from, round)))
+                let digest: [u8; 32] = sha2_v010::Sha256::digest(&env.payload).into();
+                let earlier = seen.lock().unwrap_or_else(PoisonError::into_inner).insert((env.from, round), digest);
+                match earlier {
+                    None => {
+                        next_id += 1;
+                        Some(Ok(Incoming {
+                            id: next_id,
+                            sender: sender as u16,
+                            msg_type: if env.to.is_none() { MessageType::Broadcast } else { MessageType::P2P },
+                            msg,
+                        }))
+                    }
+                    Some(earlier) if earlier == digest => {
+                        tracing::debug!(from = env.from, round, "dropped a repeat of a message");
+                        None
+                    }
+                    Some(_) => Some(Err(faults.repeated(env.from, round))),
                 }
             }
             (Some(_), Err(error)) if ours => Some(Err(faults.malformed(env.from, &error))),
@@ -416,7 +479,7 @@ where
     let mut seq = 0u64;
     let outgoing = futures::sink::unfold(outgoing, move |tx, out: Outgoing<M>| {
         seq += 1;
-        sent_rounds.lock().unwrap_or_else(PoisonError::into_inner).entry(me).or_default().insert(out.msg.round());
+        sent_seen.lock().unwrap_or_else(PoisonError::into_inner).insert((me, out.msg.round()), [0; 32]);
         let to = match out.recipient {
             MessageDestination::AllParties => Ok(None),
             MessageDestination::OneParty(j) => {
@@ -426,8 +489,10 @@ where
         let payload = serde_json::to_vec(&out.msg).map_err(DeliveryError::Encode);
         let env = to
             .and_then(|to| Ok(Envelope { session, channel: Channel::Protocol, from: me, to, seq, payload: payload? }));
+        let activity = Arc::clone(&sent_activity);
         async move {
             tx.send(env?).await.map_err(|_| DeliveryError::Closed)?;
+            *activity.lock().unwrap_or_else(PoisonError::into_inner) = tokio::time::Instant::now();
             Ok::<_, DeliveryError>(tx)
         }
     });
@@ -518,7 +583,7 @@ pub async fn aux_info(eid: &[u8], n: u16, primes: Primes, net: SessionNet) -> Re
         .precompute_multiexp_tables(true)
         .start(&mut OsRng, party)
         .await
-        .map_err(|e| blame(e, &parties))
+        .map_err(|e| blame(e, &parties, i))
 }
 
 /// Test fixture aux info (test builds only): per cluster size `n`, the aux
@@ -560,7 +625,7 @@ pub async fn keygen(eid: &[u8], n: u16, t: u16, net: SessionNet) -> Result<CoreS
         .enforce_reliable_broadcast(true)
         .start(&mut OsRng, party)
         .await
-        .map_err(|e| blame(e, &parties))
+        .map_err(|e| blame(e, &parties, i))
 }
 
 /// Joins a core share and aux info (from the same parties) into a key share.
@@ -629,15 +694,15 @@ pub async fn sign(
     path: &[u32],
     net: SessionNet,
 ) -> Result<Signature, EngineError> {
-    let parties = net.parties.clone();
-    let i = position(&parties, net.me)?;
+    let (parties, me) = (net.parties.clone(), net.me);
+    let i = position(&parties, me)?;
     let party = delivery(net)?;
     let builder = signing_builder(eid, i, &parties, share, path)?;
     let signature = match message {
         Message::Payload(payload) => builder.sign(&mut OsRng, party, &payload.data_to_sign()).await,
         Message::Digest(digest) => builder.sign(&mut OsRng, party, &prehashed(digest)).await,
     };
-    signature.map_err(|e| blame(e, &parties))
+    signature.map_err(|e| blame(e, &parties, me))
 }
 
 /// Runs presignature generation among `net.parties` for the key of `share`
@@ -645,11 +710,12 @@ pub async fn sign(
 /// The result belongs to exactly this signer set and path and is used at
 /// most once.
 pub async fn presign(eid: &[u8], share: &Share, path: &[u32], net: SessionNet) -> Result<Presig, EngineError> {
-    let parties = net.parties.clone();
-    let i = position(&parties, net.me)?;
+    let (parties, me) = (net.parties.clone(), net.me);
+    let i = position(&parties, me)?;
     let party = delivery(net)?;
     let builder = signing_builder(eid, i, &parties, share, path)?;
-    let (secret, public) = builder.generate_presignature(&mut OsRng, party).await.map_err(|e| blame(e, &parties))?;
+    let (secret, public) =
+        builder.generate_presignature(&mut OsRng, party).await.map_err(|e| blame(e, &parties, me))?;
     Ok(Presig { secret, public, parties, path: path.to_vec() })
 }
 
@@ -693,10 +759,10 @@ pub struct PresigPublic {
 /// public key. Every party of the set must run this with its part of the
 /// same presignature, the same payload and the same path.
 ///
-/// Anything from outside the set is ignored; a partial signature that does
-/// not parse, a second one from the same party, or one that does not match
-/// its sender's commitment fails the session naming that sender, and so
-/// does silence from a party while the others sent theirs.
+/// Anything from outside the set, or a repeat of a partial signature, is
+/// ignored; one that does not parse, a second different one from the same
+/// party, or one that does not match its sender's commitment fails the
+/// session naming that sender, and so does silence (in a session of two).
 pub async fn sign_presigned(
     presig: Presig,
     share: &Share,
@@ -711,12 +777,12 @@ pub async fn sign_presigned(
     let envelope = Envelope { session, channel: Channel::Protocol, from: me, to: None, seq: 1, payload: body };
     outgoing.send(envelope).await.map_err(|_| DeliveryError::Closed)?;
     let mut partials = std::collections::BTreeMap::from([(me, partial)]);
+    // One round: what each party sent in it (this node's own counted too).
+    let mut seen = Seen::from([((me, 0), [0; 32])]);
     let idle = idle_timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
     while partials.len() < parties.len() {
         let Ok(env) = tokio::time::timeout(idle, incoming.recv()).await else {
-            // One round here: who sent it is ahead of who did not.
-            let rounds: Rounds = partials.keys().map(|p| (*p, std::collections::BTreeSet::from([1]))).collect();
-            return Err(faults.silence(&rounds, &parties, idle).into());
+            return Err(faults.silence(&seen, &parties, me, idle).into());
         };
         let env = env.ok_or(DeliveryError::Closed)?;
         let ours = env.session == session && env.channel == Channel::Protocol && env.from != me;
@@ -724,8 +790,11 @@ pub async fn sign_presigned(
             tracing::debug!(from = env.from, "dropped a message that is not a partial signature of this session");
             continue;
         }
-        if partials.contains_key(&env.from) {
-            return Err(faults.repeated(env.from, 1).into());
+        let digest: [u8; 32] = sha2_v010::Sha256::digest(&env.payload).into();
+        match seen.insert((env.from, 0), digest) {
+            None => {}
+            Some(earlier) if earlier == digest => continue,
+            Some(_) => return Err(faults.repeated(env.from, 0).into()),
         }
         match serde_json::from_slice::<Partial>(&env.payload) {
             Ok(partial) => {
@@ -858,6 +927,133 @@ pub mod memory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A two-round protocol's messages, for the delivery adapter alone.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    enum TwoRounds {
+        First(u32),
+        Second(u32),
+    }
+
+    impl ProtocolMessage for TwoRounds {
+        fn round(&self) -> u16 {
+            match self {
+                Self::First(_) => 0,
+                Self::Second(_) => 1,
+            }
+        }
+    }
+
+    /// Party 0's side of a session among `parties`: its incoming stream
+    /// and outgoing sink, the sender of what it receives, its faults, and
+    /// the receiver of what it sends.
+    struct Inbox {
+        incoming: IncomingStream<TwoRounds>,
+        outgoing: OutgoingSink<TwoRounds>,
+        tx: mpsc::Sender<Envelope>,
+        faults: SessionFaults,
+        _sent: mpsc::Receiver<Envelope>,
+    }
+
+    fn inbox(parties: Vec<u16>, idle: Option<Duration>) -> Inbox {
+        let (tx, incoming) = mpsc::channel(16);
+        let (outgoing, sent) = mpsc::channel(16);
+        let faults = SessionFaults::default();
+        let net = SessionNet {
+            session: [1; 32],
+            me: 0,
+            parties,
+            incoming,
+            outgoing,
+            idle_timeout: idle,
+            faults: faults.clone(),
+        };
+        let mut parts = None;
+        let _ = delivery::<TwoRounds>(net).unwrap().map_delivery(|d| parts = Some(d));
+        let (incoming, outgoing) = parts.unwrap();
+        Inbox { incoming, outgoing, tx, faults, _sent: sent }
+    }
+
+    fn from(party: u16, msg: &TwoRounds) -> Envelope {
+        let payload = serde_json::to_vec(msg).unwrap();
+        Envelope { session: [1; 32], channel: Channel::Protocol, from: party, to: None, seq: 1, payload }
+    }
+
+    #[tokio::test]
+    async fn a_repeat_is_dropped_and_a_different_message_for_a_round_names_its_sender() {
+        let Inbox { mut incoming, tx, faults, .. } = inbox(vec![0, 3, 5], None);
+        tx.send(from(3, &TwoRounds::First(7))).await.unwrap();
+        tx.send(from(3, &TwoRounds::First(7))).await.unwrap();
+        tx.send(from(5, &TwoRounds::First(7))).await.unwrap();
+        tx.send(from(3, &TwoRounds::Second(1))).await.unwrap();
+        tx.send(from(5, &TwoRounds::First(8))).await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let msg = incoming.next().await.unwrap().unwrap();
+            got.push((msg.sender, msg.msg));
+        }
+        // Protocol positions: party 3 is 1, party 5 is 2; the repeat is gone.
+        assert_eq!(got, [(1, TwoRounds::First(7)), (2, TwoRounds::First(7)), (1, TwoRounds::Second(1))]);
+        let error = incoming.next().await.unwrap().unwrap_err();
+        assert!(matches!(error, DeliveryError::Repeated { party: 5, round: 0 }), "{error}");
+        let accused = faults.accused().unwrap();
+        assert_eq!((accused.party, accused.silent), (5, false), "{accused:?}");
+    }
+
+    #[tokio::test]
+    async fn silence_names_the_other_of_two_when_it_is_behind_and_nobody_among_more() {
+        use futures::SinkExt as _;
+        let idle = Some(Duration::from_millis(100));
+        // Two parties: this one sent round 0 and round 1, the other only
+        // round 0, then nothing.
+        let Inbox { mut incoming, mut outgoing, tx, faults, _sent } = inbox(vec![0, 4], idle);
+        for msg in [TwoRounds::First(1), TwoRounds::Second(1)] {
+            outgoing.send(Outgoing { recipient: MessageDestination::AllParties, msg }).await.unwrap();
+        }
+        tx.send(from(4, &TwoRounds::First(2))).await.unwrap();
+        assert!(incoming.next().await.unwrap().is_ok());
+        let error = incoming.next().await.unwrap().unwrap_err();
+        assert!(matches!(error, DeliveryError::Silent(_)), "{error}");
+        let accused = faults.accused().unwrap();
+        assert_eq!((accused.party, accused.silent), (4, true), "{accused:?}");
+
+        // Level with this node: nobody is named.
+        let Inbox { mut incoming, mut outgoing, tx, faults, _sent } = inbox(vec![0, 4], idle);
+        outgoing.send(Outgoing { recipient: MessageDestination::AllParties, msg: TwoRounds::First(1) }).await.unwrap();
+        tx.send(from(4, &TwoRounds::First(2))).await.unwrap();
+        assert!(incoming.next().await.unwrap().is_ok());
+        assert!(incoming.next().await.unwrap().is_err());
+        assert_eq!(faults.accused(), None);
+
+        // Three parties, one behind: nobody is named (a party withholding
+        // from one other could make that one look behind).
+        let Inbox { mut incoming, mut outgoing, tx, faults, _sent } = inbox(vec![0, 4, 6], idle);
+        outgoing.send(Outgoing { recipient: MessageDestination::AllParties, msg: TwoRounds::First(1) }).await.unwrap();
+        tx.send(from(4, &TwoRounds::First(2))).await.unwrap();
+        assert!(incoming.next().await.unwrap().is_ok());
+        assert!(incoming.next().await.unwrap().is_err());
+        assert_eq!(faults.accused(), None);
+    }
+
+    #[test]
+    fn library_blame_is_taken_only_where_it_attributes() {
+        // The shapes of cggmp24's `Debug` output (0.7.0-alpha.3).
+        let proof = "SigningError(Aborted(EncProofOfK([(AbortBlame { faulty_party: 2, data_message: 3, proof_message: 4 }, InvalidProof)])))";
+        let echo = "SigningError(Aborted(Round1aNotReliable([AbortBlame { faulty_party: 1, data_message: 3, proof_message: 3 }])))";
+        let io = "SigningError(IoError(ReceiveMessage(..)))";
+        let two = "SigningError(Aborted(EncProofOfK([(AbortBlame { faulty_party: 1, .. }), (AbortBlame { faulty_party: 2, .. })])))";
+        // Positions map to keygen indices.
+        assert_eq!(blamed(&proof, &[4, 7, 9], 4), Some(9));
+        assert_eq!(blamed(&proof, &[9, 7, 4], 9), Some(4));
+        assert_eq!(blamed(&proof, &[4, 7, 9], 9), None, "never this node");
+        assert_eq!(blamed(&echo, &[4, 7, 9], 4), None, "an echo check attributes nothing among three");
+        assert_eq!(blamed(&two, &[4, 7, 9], 4), None, "several blamed: nobody");
+        assert_eq!(blamed(&io, &[4, 7, 9], 4), None);
+        // Between two, any abort is the other's doing; input/output is not.
+        assert_eq!(blamed(&echo, &[4, 7], 4), Some(7));
+        assert_eq!(blamed(&echo, &[4, 7], 7), Some(4));
+        assert_eq!(blamed(&io, &[4, 7], 4), None);
+    }
 
     #[test]
     fn payload_digests_match_the_published_hashes() {

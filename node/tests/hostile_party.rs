@@ -6,11 +6,17 @@
 //! messages out of order. Its messages stay authenticated: it is an
 //! insider, not a stranger on the network.
 //!
-//! Each session it breaks ends within the signing deadline at the honest
-//! initiator, with the reason and the blame naming node 2, and no
-//! signature; the next request, without it, signs (checked with
-//! libsecp256k1). Reordering breaks nothing: the protocol takes a later
-//! round's message early, and that session signs too.
+//! Each session it breaks ends at the honest initiator with 503 (a session
+//! that ran into its deadline would answer 504), the reason and the blame
+//! naming node 2, and no signature; the next request, without it, signs
+//! (checked with libsecp256k1). Two do no harm, and those sessions sign:
+//! reordering (the protocol takes a later round's message early) and exact
+//! duplicates (dropped as a transport's repeat). An earlier round's message
+//! sent again in place of the current one is such a repeat: the current
+//! round's message never comes, and node 2 is named silent. (A different
+//! message for a round already seen is named at once: the engine's own
+//! tests cover it; a valid one can only come from another session, which
+//! is `replay`.)
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -72,8 +78,10 @@ async fn a_party_tampering_with_its_messages_is_named_and_the_others_sign_withou
     let modes = [
         ("garbage", "misbehaved"),
         ("silent", "silent"),
-        ("duplicate", "misbehaved"),
-        ("wrong-round", "misbehaved"),
+        ("duplicate", "signed"),
+        // A repeat of an earlier round's message is dropped; the round's
+        // own message never comes.
+        ("wrong-round", "silent"),
         ("replay", "misbehaved"),
         ("reorder", "signed"),
     ];
@@ -103,8 +111,6 @@ async fn a_party_tampering_with_its_messages_is_named_and_the_others_sign_withou
             assert_eq!(body["blamed"], 2, "{mode}: {body}");
             assert!(body["error"].as_str().unwrap_or_default().contains("party 2"), "{mode}: {body}");
             assert!(body.get("r").is_none() && body.get("signature").is_none(), "{mode}: {body}");
-            // Ended by the node, not by the test's client: no hang.
-            assert!(took < torcus_node::sessions::SIGN_TIMEOUT, "{mode}: took {took:?}");
         }
         // The hook really tampered with that session (it reports when node
         // 2's side of the session ends, once the Abort reached it).
@@ -128,5 +134,5 @@ async fn a_party_tampering_with_its_messages_is_named_and_the_others_sign_withou
         let line = format!(r#"torcus_node_sessions_total{{kind="any",outcome="{outcome}"}} "#);
         metrics.lines().find_map(|l| l.strip_prefix(&line)?.parse().ok()).unwrap_or(0.0)
     };
-    assert_eq!((count("misbehaved"), count("silent")), (4.0, 1.0), "{metrics}");
+    assert_eq!((count("misbehaved"), count("silent")), (2.0, 2.0), "{metrics}");
 }

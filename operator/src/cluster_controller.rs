@@ -92,6 +92,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&mpc.uid().unwrap_or_default());
+        ctx.signing.forget_slots(&mpc.uid().unwrap_or_default());
         return Ok(Action::await_change());
     }
     let lifetimes = match cluster_plan::check_spec(mpc) {

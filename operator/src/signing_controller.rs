@@ -227,10 +227,7 @@ impl<'a> Reconcile<'a> {
         // Admission: at most so many sessions of this cluster at once (see
         // `SESSIONS_PER_NODE`); the others queue here, first come first
         // served, and say so when the wait is long.
-        let cluster_uid = mpc.uid().unwrap_or_default();
-        let Some(_slot) =
-            self.ctx.signing.session_slot(&cluster_uid, mpc.spec.nodes, mpc.spec.threshold, QUEUE_WAIT).await
-        else {
+        let Some(_slot) = self.session_slot(&mpc).await else {
             let running = crate::signing_state::cluster_sessions(mpc.spec.nodes, mpc.spec.threshold);
             let message = format!(
                 "queued: cluster {} runs {running} signing sessions at once, all taken for {}s",
@@ -304,6 +301,12 @@ impl<'a> Reconcile<'a> {
         }
         let nodes = self.nodes(&mpc).await?;
         let initiator = grant.grant.initiator();
+        // What follows may send a grant (this one, or a retry's): under a
+        // session slot, as in `decide` (after a restart, every request in
+        // flight comes through here at once).
+        let Some(_slot) = self.session_slot(&mpc).await else {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        };
         let Some(url) = nodes.get(&initiator).map(|n| n.url.clone()) else {
             return self.retry(&mpc, &nodes, format!("initiator {initiator} has no address"), NO_FAULT).await;
         };
@@ -323,6 +326,13 @@ impl<'a> Reconcile<'a> {
             Ok(None) => self.retry(&mpc, &nodes, "the grant expired before its session ran".into(), NO_FAULT).await,
             Err(e) => self.retry(&mpc, &nodes, e.to_string(), NO_FAULT).await,
         }
+    }
+
+    /// A slot to run one signing session of `mpc`, waiting up to
+    /// [`QUEUE_WAIT`] (see `SigningState::session_slot`).
+    async fn session_slot(&self, mpc: &MpcCluster) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let uid = mpc.uid().unwrap_or_default();
+        self.ctx.signing.session_slot(&uid, mpc.spec.nodes, mpc.spec.threshold, QUEUE_WAIT).await
     }
 
     /// Sends the attempt's grant to its initiator and records the outcome.

@@ -86,6 +86,12 @@ impl SigningState {
         tokio::time::timeout(wait, slots.acquire_owned()).await.ok()?.ok()
     }
 
+    /// Forgets the session slots of cluster `uid`, which is being deleted
+    /// (sessions holding one end on their own).
+    pub(crate) fn forget_slots(&self, uid: &str) {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner).remove(uid);
+    }
+
     /// Forgets the disputes of request `uid`, which is over.
     pub(crate) fn settle(&self, uid: &str) {
         self.disputes.lock().unwrap_or_else(PoisonError::into_inner).remove(uid);
