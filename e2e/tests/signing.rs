@@ -1718,8 +1718,12 @@ async fn clusters_of_five_and_seven_nodes_sign() {
         for (request_name, spec, signed) in asks {
             srs.create(&PostParams::default(), &request(&request_name, name, spec)).await.unwrap();
             let sr = wait_final(&ns, &request_name, SIGN_WAIT * 3).await;
-            assert_signed(&sr, signed, &public_key);
-            let mut participants = sr.status.unwrap().participants;
+            let status = sr.status.unwrap();
+            assert_eq!(status.phase, Some(SigningPhase::Completed), "{request_name}: {:?}", status.reason);
+            independent::verify_status(&status, &signed, &public_key)
+                .unwrap_or_else(|e| panic!("{request_name}: the signature does not check out: {e}"));
+            assert!(status.participants.contains(&status.initiator.unwrap()), "{request_name}");
+            let mut participants = status.participants;
             participants.sort_unstable();
             participants.dedup();
             assert_eq!(participants.len(), usize::from(threshold), "{request_name}: {participants:?}");
