@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::future::Future;
 #[cfg(feature = "test-hooks")]
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
@@ -208,7 +208,7 @@ pub struct Sessions<T: Transport> {
     seen_presign: Mutex<SeenIds>,
     /// TEST ONLY: how this node tampers with its signing sessions.
     #[cfg(feature = "test-hooks")]
-    hostile: OnceLock<Arc<crate::hostile::Hostile>>,
+    hostile: std::sync::OnceLock<Arc<crate::hostile::Hostile>>,
     /// TEST ONLY: seconds the grant clock runs off the system clock.
     #[cfg(feature = "test-hooks")]
     clock_offset: std::sync::atomic::AtomicI64,
@@ -337,7 +337,7 @@ impl<T: Transport> Sessions<T> {
             foreground: watch::Sender::new(0),
             seen_presign: Mutex::new(SeenIds::default()),
             #[cfg(feature = "test-hooks")]
-            hostile: OnceLock::new(),
+            hostile: std::sync::OnceLock::new(),
             #[cfg(feature = "test-hooks")]
             clock_offset: std::sync::atomic::AtomicI64::new(0),
         }))
