@@ -111,4 +111,25 @@ fn main() {
 
     let config = ClusterConfig::sample("vault", "signing", 3, 2);
     write("cluster_config", "sample", &serde_json::to_vec(&config).expect("json"));
+
+    // The node's decoders: frames on a stream, TCP frames, sealed envelopes.
+    use torcus_node::fuzz_checks::{IDENTITY_SEEDS, TCP_NOW_MS, seal_as_party_0, sealed_original};
+    use torcus_node::transport::tcp::sign_frame;
+    let original = sealed_original();
+    let mut stream = Vec::new();
+    for env in [original.clone(), Envelope { channel: Channel::Hello, payload: vec![], ..original.clone() }] {
+        let body = encode(&env);
+        stream.extend_from_slice(&u32::try_from(body.len()).expect("small").to_be_bytes());
+        stream.extend_from_slice(&body);
+    }
+    write("stream_frames", "two-frames", &stream);
+    let key = SigningKey::from_bytes(&IDENTITY_SEEDS[0]);
+    let message = sign_frame(&key, 0, 1, TCP_NOW_MS, 7, &encode(&original));
+    write("tcp_frame", "message", &message[4..]);
+    let hello = sign_frame(&key, 0, 1, TCP_NOW_MS - 1_000, 8, &[]);
+    write("tcp_frame", "hello", &hello[4..]);
+    assert!(torcus_node::fuzz_checks::tcp_frame_accepted(&message[4..]), "the seed frame is accepted");
+    let sealed = encode(&seal_as_party_0(original));
+    assert!(torcus_node::fuzz_checks::sealed_envelope_opened(&sealed), "the seed envelope opens");
+    write("sealed_envelope", "sealed", &sealed);
 }

@@ -7,6 +7,8 @@
 
 pub mod api;
 pub mod engine;
+#[cfg(feature = "fuzz-checks")]
+pub mod fuzz_checks;
 #[cfg(feature = "test-hooks")]
 pub mod hostile;
 pub mod identity;

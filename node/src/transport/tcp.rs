@@ -369,14 +369,7 @@ impl TcpTransport {
     /// Parses a frame body and checks its signature (for this node as the
     /// receiver) and timestamp.
     fn open<'a>(&self, body: &'a [u8], now_ms: u64) -> Result<Sealed<'a>, Reject> {
-        let sealed = Sealed::parse(body).ok_or(Reject::Malformed)?;
-        let key = self.peer_keys.get(&sealed.sender).ok_or(Reject::UnknownPeer)?;
-        let message = signed_message(sealed.sender, self.me, sealed.timestamp_ms, sealed.nonce, sealed.body);
-        key.verify_strict(&message, &sealed.signature).map_err(|_| Reject::BadSignature)?;
-        if sealed.timestamp_ms.abs_diff(now_ms) > self.window_ms {
-            return Err(Reject::StaleTimestamp);
-        }
-        Ok(sealed)
+        open_frame(body, self.me, &self.peer_keys, self.window_ms, now_ms)
     }
 
     /// Records that `sender` used `nonce`; refuses a nonce seen within the window.
@@ -536,14 +529,34 @@ pub fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Parses a frame body received by party `me` and checks its signature
+/// (by the sender it names, among `peer_keys`, for `me`) and its timestamp
+/// (within `window_ms` of `now_ms`).
+pub(crate) fn open_frame<'a>(
+    body: &'a [u8],
+    me: u16,
+    peer_keys: &HashMap<u16, VerifyingKey>,
+    window_ms: u64,
+    now_ms: u64,
+) -> Result<Sealed<'a>, Reject> {
+    let sealed = Sealed::parse(body).ok_or(Reject::Malformed)?;
+    let key = peer_keys.get(&sealed.sender).ok_or(Reject::UnknownPeer)?;
+    let message = signed_message(sealed.sender, me, sealed.timestamp_ms, sealed.nonce, sealed.body);
+    key.verify_strict(&message, &sealed.signature).map_err(|_| Reject::BadSignature)?;
+    if sealed.timestamp_ms.abs_diff(now_ms) > window_ms {
+        return Err(Reject::StaleTimestamp);
+    }
+    Ok(sealed)
+}
+
 /// A frame body split into its fields (not yet verified).
 #[derive(Debug)]
-struct Sealed<'a> {
-    sender: u16,
-    timestamp_ms: u64,
-    nonce: u64,
+pub(crate) struct Sealed<'a> {
+    pub(crate) sender: u16,
+    pub(crate) timestamp_ms: u64,
+    pub(crate) nonce: u64,
     signature: Signature,
-    body: &'a [u8],
+    pub(crate) body: &'a [u8],
 }
 
 impl<'a> Sealed<'a> {
@@ -564,7 +577,7 @@ impl<'a> Sealed<'a> {
 
 /// Why a hello or message was refused; the label is the metric's `reason`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reject {
+pub(crate) enum Reject {
     /// The connection ended before a hello.
     NoHello,
     /// The first frame is not a hello.
