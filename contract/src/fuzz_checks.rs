@@ -74,3 +74,25 @@ pub fn cluster_config(data: &[u8]) {
         let _ = config.check();
     }
 }
+
+/// Runs every input of `targets`' checked-in corpora (`<fuzz>/corpus/<target>/`,
+/// the seeds) and every input a fuzzer ever crashed on
+/// (`<fuzz>/regressions/<target>/`) through its target's check; panics
+/// naming the first input that fails, or a target without seeds.
+pub fn replay_corpora(fuzz: &std::path::Path, targets: &[(&str, Check)]) {
+    for (target, check) in targets {
+        let mut seeds = 0;
+        for folder in ["corpus", "regressions"] {
+            let Ok(entries) = std::fs::read_dir(fuzz.join(folder).join(target)) else { continue };
+            for entry in entries {
+                let path = entry.expect("a corpus entry").path();
+                let input = std::fs::read(&path).expect("a corpus input");
+                if std::panic::catch_unwind(|| check(&input)).is_err() {
+                    panic!("{target}: {} fails its check", path.display());
+                }
+                seeds += usize::from(folder == "corpus");
+            }
+        }
+        assert!(seeds > 0, "fuzz target {target} has no seed corpus in fuzz/corpus/{target}");
+    }
+}
