@@ -13,6 +13,8 @@ pub mod fuzz_checks;
 pub mod hostile;
 pub mod identity;
 pub mod metrics;
+#[cfg(feature = "test-util")]
+pub mod netlab;
 pub mod pool;
 pub mod presign_schedule;
 pub mod registry_client;

@@ -3,7 +3,7 @@
 //! transports) an in-process relay; grants are made and signed the way the
 //! operator does. Shared by the process tests and the benchmark.
 
-use std::net::{TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +16,11 @@ use torcus_contract::{ClusterConfig, Grant, GrantKind, HashAlgorithm, Peer, Sign
 #[derive(Debug)]
 pub struct Cluster {
     _relay: Option<RelayServer>,
+    /// The nodes' network namespaces, for clusters made with
+    /// [`Cluster::in_netlab`]; `None` on loopback. Dropped after the nodes.
+    pub lab: Option<crate::netlab::NetLab>,
+    /// Each node's address: 127.0.0.1, or its own in the lab.
+    hosts: Vec<IpAddr>,
     binary: PathBuf,
     dir: tempfile::TempDir,
     /// The configuration every node reads.
@@ -51,14 +56,18 @@ fn free_udp() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A certificate of `ca` for party `i` of `vault/demo` (names `node-<i>`
-/// and 127.0.0.1), valid for an hour.
-fn node_leaf(ca: &CertificateAuthority, i: u16) -> torcus_certs::IssuedCertificate {
+/// A certificate of `ca` for party `i` of `vault/demo` (names `node-<i>`,
+/// 127.0.0.1 and `host`), valid for an hour.
+fn node_leaf(ca: &CertificateAuthority, i: u16, host: IpAddr) -> torcus_certs::IssuedCertificate {
     let identity = Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Node { party_index: i } };
+    let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    if !host.is_loopback() {
+        ips.push(host);
+    }
     ca.issue(
         &identity,
         &[format!("node-{i}")],
-        &["127.0.0.1".parse().unwrap()],
+        &ips,
         torcus_certs::Duration::hours(1),
         OffsetDateTime::now_utc(),
     )
@@ -77,8 +86,20 @@ fn replace_file(path: &Path, bytes: &[u8]) {
 /// certificate of `ca` for party `i` of `vault/demo` (names `node-<i>` and
 /// 127.0.0.1), its key, the CA, and the node's identity and seal keys.
 pub fn write_node_tls(tls: &Path, ca: &CertificateAuthority, i: u16, identity_key: &SigningKey, seal_seed: &[u8; 32]) {
+    write_node_tls_for(tls, ca, i, IpAddr::V4(Ipv4Addr::LOCALHOST), identity_key, seal_seed);
+}
+
+/// [`write_node_tls`] for a node reached at `host`.
+fn write_node_tls_for(
+    tls: &Path,
+    ca: &CertificateAuthority,
+    i: u16,
+    host: IpAddr,
+    identity_key: &SigningKey,
+    seal_seed: &[u8; 32],
+) {
     std::fs::create_dir_all(tls).unwrap();
-    let cert = node_leaf(ca, i);
+    let cert = node_leaf(ca, i, host);
     std::fs::write(tls.join("tls.crt"), &cert.cert_pem).unwrap();
     std::fs::write(tls.join("tls.key"), cert.key_pem.expose()).unwrap();
     std::fs::write(tls.join("ca.crt"), ca.cert_pem()).unwrap();
@@ -107,9 +128,18 @@ impl RelayServer {
         limits: torcus_operator::relay::RelayLimits,
         build: impl FnOnce(torcus_operator::relay::Relay) -> torcus_operator::relay::Relay,
     ) -> Self {
+        Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), limits, build).await
+    }
+
+    /// [`RelayServer::start_with`], listening on `ip`.
+    pub async fn start_on(
+        ip: IpAddr,
+        limits: torcus_operator::relay::RelayLimits,
+        build: impl FnOnce(torcus_operator::relay::Relay) -> torcus_operator::relay::Relay,
+    ) -> Self {
         let registry = prometheus::Registry::new();
         let relay = std::sync::Arc::new(build(torcus_operator::relay::Relay::new(&registry, limits).unwrap()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         let shutdown = stop.clone();
@@ -186,7 +216,17 @@ impl Cluster {
     /// together in their first keygen (from the primes fixture), as
     /// product nodes do.
     pub async fn generating_aux(binary: &Path, n: u16, t: u16, transport: &str) -> Self {
-        Self::build(binary, n, t, transport, 0, vec![vec![]], false).await
+        Self::build(binary, n, t, transport, 0, vec![vec![]], false, None).await
+    }
+
+    /// Like [`Cluster::new`], each node in a network namespace of its own
+    /// (see [`crate::netlab`]), so that a test can delay, drop and cut its
+    /// packets; `None` where namespaces cannot be made and CI did not
+    /// require them.
+    pub async fn in_netlab(binary: &Path, n: u16, t: u16, transport: &str) -> Option<Self> {
+        let netem = binary.with_file_name("torcus-netem");
+        let lab = crate::netlab::NetLab::create(n, &netem)?;
+        Some(Self::build(binary, n, t, transport, 0, vec![vec![]], true, Some(lab)).await)
     }
 
     /// Like [`Cluster::new`], with pools of `pool_size` presignatures per
@@ -204,7 +244,7 @@ impl Cluster {
         pool_size: u16,
         paths: Vec<Vec<u32>>,
     ) -> Self {
-        Self::build(binary, n, t, transport, pool_size, paths, true).await
+        Self::build(binary, n, t, transport, pool_size, paths, true, None).await
     }
 
     async fn build(
@@ -215,7 +255,12 @@ impl Cluster {
         pool_size: u16,
         paths: Vec<Vec<u32>>,
         aux_fixture: bool,
+        lab: Option<crate::netlab::NetLab>,
     ) -> Self {
+        let hosts: Vec<IpAddr> = (0..n)
+            .map(|i| lab.as_ref().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |lab| lab.host(i)))
+            .collect();
+        let gateway = lab.as_ref().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |lab| lab.gateway());
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::generate("test CA", torcus_certs::Duration::days(1), OffsetDateTime::now_utc())
             .unwrap();
@@ -230,7 +275,7 @@ impl Cluster {
         if transport == "http" || transport == "hybrid" {
             // As the operator serves it: requests signed by a node of this cluster only.
             let bundle = ca.cert_pem().to_owned();
-            let server = RelayServer::start_with(Default::default(), |relay| {
+            let server = RelayServer::start_on(gateway, Default::default(), |relay| {
                 relay.with_signed_requests(move |cluster| (cluster == "vault/demo").then(|| bundle.clone()))
             })
             .await;
@@ -240,7 +285,7 @@ impl Cluster {
         config.peers = (0..n)
             .map(|index| Peer {
                 index,
-                host: "127.0.0.1".into(),
+                host: hosts[usize::from(index)].to_string(),
                 p2p_port: free_udp(),
                 http_port: free_tcp(),
                 identity_key: None,
@@ -266,13 +311,15 @@ impl Cluster {
         std::fs::write(dir.path().join("cluster.json"), serde_json::to_vec(&config).unwrap()).unwrap();
         for i in 0..n {
             let tls = dir.path().join(format!("tls-{i}"));
-            write_node_tls(&tls, &ca, i, &identities[usize::from(i)], &seal_seeds[usize::from(i)]);
+            write_node_tls_for(&tls, &ca, i, hosts[usize::from(i)], &identities[usize::from(i)], &seal_seeds[usize::from(i)]);
             std::fs::write(tls.join("store.key"), hex::encode([i as u8 + 1; 32])).unwrap();
         }
         let operator = Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Operator };
         let http = api_client(&ca, &operator);
         let mut cluster = Self {
             _relay: relay,
+            lab,
+            hosts,
             binary: binary.to_owned(),
             dir,
             config,
@@ -299,7 +346,10 @@ impl Cluster {
     pub fn start_with_args(&mut self, i: u16, args: &[&str]) {
         let d = self.dir.path();
         let log = std::fs::File::create(d.join(format!("node-{i}.log"))).unwrap();
-        let mut command = Command::new(&self.binary);
+        let mut command = match &self.lab {
+            Some(lab) => lab.command(i, &self.binary),
+            None => Command::new(&self.binary),
+        };
         command.args(args);
         if self.aux_fixture {
             command.arg(format!("--test-aux-fixture={}", aux_fixture().display()));
@@ -310,7 +360,7 @@ impl Cluster {
             .arg(format!("--config={}", d.join("cluster.json").display()))
             .arg(format!("--tls-dir={}", d.join(format!("tls-{i}")).display()))
             .arg(format!("--data-dir={}", d.join(format!("data-{i}")).display()))
-            .arg("--listen-ip=127.0.0.1")
+            .arg(format!("--listen-ip={}", self.hosts[usize::from(i)]))
             .arg(format!("--metrics-port={}", self.metrics_ports[usize::from(i)]))
             .arg(format!("--test-primes-fixture={}", fixture().display()))
             .env("RUST_LOG", "info")
@@ -381,7 +431,7 @@ impl Cluster {
         for i in 0..self.config.nodes {
             let tls = self.tls_dir(i);
             if let Some(ca) = leaves_from {
-                let cert = node_leaf(ca, i);
+                let cert = node_leaf(ca, i, self.host(i));
                 replace_file(&tls.join("tls.key"), cert.key_pem.expose().as_bytes());
                 replace_file(&tls.join("tls.crt"), cert.cert_pem.as_bytes());
             }
@@ -397,6 +447,16 @@ impl Cluster {
         self.http = api_client_trusting(ca, &operator, bundle);
     }
 
+    /// The relay the harness serves for the http and hybrid transports.
+    pub fn relay(&self) -> Option<&RelayServer> {
+        self._relay.as_ref()
+    }
+
+    /// Node `i`'s address.
+    pub fn host(&self, i: u16) -> IpAddr {
+        self.hosts[usize::from(i)]
+    }
+
     /// Node `i`'s TLS folder (`tls.crt`, `tls.key`, `ca.crt`, its other keys).
     pub fn tls_dir(&self, i: u16) -> PathBuf {
         self.dir.path().join(format!("tls-{i}"))
@@ -404,12 +464,12 @@ impl Cluster {
 
     /// URL of `path` on node `i`'s API (mutual TLS).
     pub fn url(&self, i: u16, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.config.peers[usize::from(i)].http_port)
+        format!("https://{}:{}{path}", self.hosts[usize::from(i)], self.config.peers[usize::from(i)].http_port)
     }
 
     /// URL of `path` on node `i`'s plain HTTP port (`/metrics`, `/healthz`, `/readyz`).
     pub fn plain_url(&self, i: u16, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.metrics_ports[usize::from(i)])
+        format!("http://{}:{}{path}", self.hosts[usize::from(i)], self.metrics_ports[usize::from(i)])
     }
 
     /// Waits until every running node is ready; fails at once, with its log,
