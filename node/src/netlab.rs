@@ -71,9 +71,10 @@ impl NetLab {
     /// require them (`TORCUS_REQUIRE_NETNS`). `netem` is the `torcus-netem`
     /// binary.
     pub fn create(nodes: u16, netem: &Path) -> Option<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
         let able = quietly("ip", &["netns", "list"]) && quietly("iptables", &["--version"]) && {
             // Root, or at least allowed to make a namespace.
-            let probe = format!("torcus-probe-{}", std::process::id());
+            let probe = format!("torcus-probe-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
             let made = quietly("ip", &["netns", "add", &probe]);
             made && quietly("ip", &["netns", "del", &probe])
         };
@@ -88,7 +89,6 @@ impl NetLab {
         assert!(nodes <= 200, "one /24 per lab");
         // A /24 of 10.213.0.0/16 no other lab on this machine has: the
         // bridge's name is the claim (creating it fails if it exists).
-        static NEXT: AtomicU32 = AtomicU32::new(0);
         let start = std::process::id().wrapping_mul(31);
         let subnet = (0..250)
             .map(|k| ((start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)).wrapping_add(k)) % 250 + 1) as u8)
@@ -109,6 +109,10 @@ impl NetLab {
             run("ip", &["link", "set", &host_end, "up"]);
             lab.exec(i, "ip", &["link", "set", "lo", "up"]);
             lab.exec(i, "ip", &["addr", "add", &format!("{}/24", lab.host(i)), "dev", "eth0"]);
+            // Wire-sized packets: without this, TCP and QUIC hand the veth
+            // 64 KiB segmentation-offload batches, and a 1 % loss rule would
+            // drop a whole batch at a time, a few times a session.
+            lab.exec(i, "ip", &["link", "set", "dev", "eth0", "gso_max_segs", "1"]);
             lab.exec(i, "ip", &["link", "set", "eth0", "up"]);
         }
         Some(lab)
@@ -177,7 +181,20 @@ impl NetLab {
         self.exec(
             i,
             "iptables",
-            &["-A", "OUTPUT", "-o", "eth0", "-m", "comment", "--comment", "torcus-delay", "-j", "NFQUEUE", "--queue-num", "0"],
+            &[
+                "-A",
+                "OUTPUT",
+                "-o",
+                "eth0",
+                "-m",
+                "comment",
+                "--comment",
+                "torcus-delay",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                "0",
+            ],
         );
     }
 

@@ -64,14 +64,8 @@ fn node_leaf(ca: &CertificateAuthority, i: u16, host: IpAddr) -> torcus_certs::I
     if !host.is_loopback() {
         ips.push(host);
     }
-    ca.issue(
-        &identity,
-        &[format!("node-{i}")],
-        &ips,
-        torcus_certs::Duration::hours(1),
-        OffsetDateTime::now_utc(),
-    )
-    .unwrap()
+    ca.issue(&identity, &[format!("node-{i}")], &ips, torcus_certs::Duration::hours(1), OffsetDateTime::now_utc())
+        .unwrap()
 }
 
 /// Replaces file `path` with `bytes` at once (written beside it, renamed
@@ -216,7 +210,7 @@ impl Cluster {
     /// together in their first keygen (from the primes fixture), as
     /// product nodes do.
     pub async fn generating_aux(binary: &Path, n: u16, t: u16, transport: &str) -> Self {
-        Self::build(binary, n, t, transport, 0, vec![vec![]], false, None).await
+        Self::build(binary, n, t, transport, (0, vec![vec![]]), false, None).await
     }
 
     /// Like [`Cluster::new`], each node in a network namespace of its own
@@ -226,7 +220,7 @@ impl Cluster {
     pub async fn in_netlab(binary: &Path, n: u16, t: u16, transport: &str) -> Option<Self> {
         let netem = binary.with_file_name("torcus-netem");
         let lab = crate::netlab::NetLab::create(n, &netem)?;
-        Some(Self::build(binary, n, t, transport, 0, vec![vec![]], true, Some(lab)).await)
+        Some(Self::build(binary, n, t, transport, (0, vec![vec![]]), true, Some(lab)).await)
     }
 
     /// Like [`Cluster::new`], with pools of `pool_size` presignatures per
@@ -244,7 +238,7 @@ impl Cluster {
         pool_size: u16,
         paths: Vec<Vec<u32>>,
     ) -> Self {
-        Self::build(binary, n, t, transport, pool_size, paths, true, None).await
+        Self::build(binary, n, t, transport, (pool_size, paths), true, None).await
     }
 
     async fn build(
@@ -252,14 +246,12 @@ impl Cluster {
         n: u16,
         t: u16,
         transport: &str,
-        pool_size: u16,
-        paths: Vec<Vec<u32>>,
+        (pool_size, paths): (u16, Vec<Vec<u32>>),
         aux_fixture: bool,
         lab: Option<crate::netlab::NetLab>,
     ) -> Self {
-        let hosts: Vec<IpAddr> = (0..n)
-            .map(|i| lab.as_ref().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |lab| lab.host(i)))
-            .collect();
+        let hosts: Vec<IpAddr> =
+            (0..n).map(|i| lab.as_ref().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |lab| lab.host(i))).collect();
         let gateway = lab.as_ref().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |lab| lab.gateway());
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::generate("test CA", torcus_certs::Duration::days(1), OffsetDateTime::now_utc())
@@ -311,7 +303,14 @@ impl Cluster {
         std::fs::write(dir.path().join("cluster.json"), serde_json::to_vec(&config).unwrap()).unwrap();
         for i in 0..n {
             let tls = dir.path().join(format!("tls-{i}"));
-            write_node_tls_for(&tls, &ca, i, hosts[usize::from(i)], &identities[usize::from(i)], &seal_seeds[usize::from(i)]);
+            write_node_tls_for(
+                &tls,
+                &ca,
+                i,
+                hosts[usize::from(i)],
+                &identities[usize::from(i)],
+                &seal_seeds[usize::from(i)],
+            );
             std::fs::write(tls.join("store.key"), hex::encode([i as u8 + 1; 32])).unwrap();
         }
         let operator = Identity { namespace: "vault".into(), cluster: "demo".into(), role: Role::Operator };

@@ -41,15 +41,16 @@ enum Fault {
     Loss(f64),
 }
 
-/// Keygen on a clean network, then one signature under each fault on every
-/// node (with the signer set changing, so each pair of nodes is exercised).
+/// Keygen on a clean network, then under each fault on every node signatures
+/// (the signer set changing, so each pair of nodes is exercised) until the
+/// fault has taken at least 3 packets.
 async fn signs_through_latency_and_loss(transport: &str) {
     let Some(mut cluster) = Cluster::in_netlab(binary(), 3, 2, transport).await else { return };
     cluster.wait_ready().await;
     let public_key = cluster.keygen("default").await;
     let faults = [Fault::Delay(50), Fault::Delay(200), Fault::Loss(1.0), Fault::Loss(5.0)];
-    let sets = [vec![0, 1], vec![1, 2], vec![0, 2], vec![0, 1]];
-    for (n, (fault, signers)) in faults.into_iter().zip(sets).enumerate() {
+    let sets = [vec![0, 1], vec![1, 2], vec![0, 2]];
+    for (n, fault) in faults.into_iter().enumerate() {
         let lab = cluster.lab.as_mut().unwrap();
         let rule = match fault {
             Fault::Delay(ms) => {
@@ -61,19 +62,31 @@ async fn signs_through_latency_and_loss(transport: &str) {
                 "torcus-loss"
             }
         };
-        let started = Instant::now();
-        let body = cluster.sign("default", signers.clone(), payload(&[n as u8 + 61; 40]), vec![]).await;
-        let took = started.elapsed();
-        assert_eq!(body["publicKey"], public_key.as_str());
-        let lab = cluster.lab.as_mut().unwrap();
-        let taken: u64 = (0..3).map(|i| lab.packets(i, rule)).sum();
-        eprintln!("{transport}, {fault:?} on every node, signers {signers:?}: signed in {took:?}; {taken} packets {rule}");
-        assert!(taken > 0, "{fault:?}: no packet went through the fault");
-        if let Fault::Delay(ms) = fault {
-            // The request's answer alone crosses one delayed hop, and the
-            // protocol's rounds several: a signature cannot come sooner.
-            assert!(took >= Duration::from_millis(3 * ms), "{fault:?}: signed in {took:?}");
+        // Signatures until the fault has taken a few packets (1 % of a
+        // signature's few dozen packets is often none), at most 20.
+        let (mut signed, mut taken, mut slowest) = (0u8, 0, Duration::ZERO);
+        while taken < 3 && signed < 20 {
+            let signers = &sets[usize::from(signed) % sets.len()];
+            let started = Instant::now();
+            let body =
+                cluster.sign("default", signers.clone(), payload(&[n as u8 * 20 + signed + 61; 40]), vec![]).await;
+            slowest = slowest.max(started.elapsed());
+            assert_eq!(body["publicKey"], public_key.as_str());
+            if let Fault::Delay(ms) = fault {
+                // The request's answer alone crosses one delayed hop, and the
+                // protocol's rounds several: a signature cannot come sooner.
+                let took = started.elapsed();
+                assert!(took >= Duration::from_millis(3 * ms), "{fault:?}: signed in {took:?}");
+            }
+            signed += 1;
+            let lab = cluster.lab.as_ref().unwrap();
+            taken = (0..3).map(|i| lab.packets(i, rule)).sum();
         }
+        eprintln!(
+            "{transport}, {fault:?} on every node: {signed} signatures, the slowest in {slowest:?}; {taken} packets {rule}"
+        );
+        assert!(taken >= 3, "{fault:?}: {taken} packets went through the fault in {signed} signatures");
+        let lab = cluster.lab.as_mut().unwrap();
         (0..3).for_each(|i| lab.heal(i));
     }
 }
@@ -138,7 +151,8 @@ async fn a_partitioned_node_fails_its_sessions_by_name_and_signs_again_once_heal
     eprintln!("a session with the partitioned node: {status} after {took:?}: {body}");
     assert_eq!(status, 503, "{body}");
     let text = body.to_string();
-    assert!(text.contains("party 2") || body["blamed"] == 2, "the partitioned node is named: {body}");
+    let named = text.contains("party 2") || text.contains("participants [2]") || body["blamed"] == 2;
+    assert!(named, "the partitioned node is named: {body}");
     assert!(took < Duration::from_secs(60), "it failed within the session's deadline, not {took:?}");
     // The signer set without it is not held up.
     let started = Instant::now();
@@ -207,7 +221,10 @@ async fn hybrid_falls_back_to_the_relay_when_the_direct_path_is_cut_and_returns_
     let dropped: u64 = (0..3).map(|i| lab.packets(i, "torcus-cut")).sum();
     let mut failures = 0.0;
     for i in 0..3 {
-        failures += sample(&cluster.metrics(i).await, r#"torcus_p2p_connection_failures_total{reason="connect",transport="quic"}"#);
+        failures += sample(
+            &cluster.metrics(i).await,
+            r#"torcus_p2p_connection_failures_total{reason="connect",transport="quic"}"#,
+        );
     }
     eprintln!("cut: paths (p2p, relay) {before:?} -> {cut:?}; {dropped} packets dropped, {failures} failed dials");
     assert!(dropped > 0, "the cut dropped nothing");
