@@ -109,9 +109,11 @@ impl NetLab {
             run("ip", &["link", "set", &host_end, "up"]);
             lab.exec(i, "ip", &["link", "set", "lo", "up"]);
             lab.exec(i, "ip", &["addr", "add", &format!("{}/24", lab.host(i)), "dev", "eth0"]);
-            // Wire-sized packets: without this, TCP and QUIC hand the veth
+            // Wire-sized TCP segments: without this, TCP hands the veth
             // 64 KiB segmentation-offload batches, and a 1 % loss rule would
-            // drop a whole batch at a time, a few times a session.
+            // drop a whole batch at a time, a few times a session. (UDP
+            // segmentation offload, which QUIC uses, still passes netfilter
+            // as one packet per batch of datagrams.)
             lab.exec(i, "ip", &["link", "set", "dev", "eth0", "gso_max_segs", "1"]);
             lab.exec(i, "ip", &["link", "set", "eth0", "up"]);
         }

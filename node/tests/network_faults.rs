@@ -43,7 +43,7 @@ enum Fault {
 
 /// Keygen on a clean network, then under each fault on every node signatures
 /// (the signer set changing, so each pair of nodes is exercised) until the
-/// fault has taken at least 3 packets.
+/// fault has taken a packet.
 async fn signs_through_latency_and_loss(transport: &str) {
     let Some(mut cluster) = Cluster::in_netlab(binary(), 3, 2, transport).await else { return };
     cluster.wait_ready().await;
@@ -62,14 +62,15 @@ async fn signs_through_latency_and_loss(transport: &str) {
                 "torcus-loss"
             }
         };
-        // Signatures until the fault has taken a few packets (1 % of a
-        // signature's few dozen packets is often none), at most 20.
+        // Signatures until the fault has taken a packet, at most 60: 1 % of
+        // a signature's packets is often none, the more so over QUIC, whose
+        // UDP segmentation offload passes netfilter as one packet per batch
+        // of datagrams (so a drop there is a burst).
         let (mut signed, mut taken, mut slowest) = (0u8, 0, Duration::ZERO);
-        while taken < 3 && signed < 20 {
+        while taken == 0 && signed < 60 {
             let signers = &sets[usize::from(signed) % sets.len()];
             let started = Instant::now();
-            let body =
-                cluster.sign("default", signers.clone(), payload(&[n as u8 * 20 + signed + 61; 40]), vec![]).await;
+            let body = cluster.sign("default", signers.clone(), payload(&[n as u8 * 60 + signed; 40]), vec![]).await;
             slowest = slowest.max(started.elapsed());
             assert_eq!(body["publicKey"], public_key.as_str());
             if let Fault::Delay(ms) = fault {
@@ -85,7 +86,7 @@ async fn signs_through_latency_and_loss(transport: &str) {
         eprintln!(
             "{transport}, {fault:?} on every node: {signed} signatures, the slowest in {slowest:?}; {taken} packets {rule}"
         );
-        assert!(taken >= 3, "{fault:?}: {taken} packets went through the fault in {signed} signatures");
+        assert!(taken > 0, "{fault:?}: no packet went through the fault in {signed} signatures");
         let lab = cluster.lab.as_mut().unwrap();
         (0..3).for_each(|i| lab.heal(i));
     }
