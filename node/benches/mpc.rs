@@ -19,6 +19,13 @@
 //! sustained rate in signatures per second and the share that used a
 //! presignature, beside the raw library's presigning rate on the same cores.
 //!
+//! "added latency" (QUIC, n=3/t=2, root only): each node in a network
+//! namespace of its own with every packet it receives held 0, 50 and 200 ms
+//! (`torcus_node::netlab`); p50 and p99 of 5·RUNS full-protocol signatures
+//! each, against the floor no implementation can beat: the clean p50 plus
+//! 8 one-way hops (handshake, presigning rounds, partial signatures, answer)
+//! times the delay.
+//!
 //! FILTERs, when given, keep only the setups whose name contains one of
 //! them, e.g. `-- 5 "cggmp24 n=3" "quic n=3"` for the presignature numbers.
 
@@ -72,6 +79,10 @@ fn main() {
             }
             rows.extend(node_rows);
         }
+    }
+    let setup = "torcus-node quic n=3 t=2, added latency";
+    if wanted(setup) {
+        notes.extend(runtime.block_on(under_latency(runs * 5)));
     }
     println!("\n| setup | operation | median | min | max | runs |\n|---|---|---|---|---|---|");
     for (setup, op, stats) in rows {
@@ -177,6 +188,65 @@ async fn nodes(n: u16, t: u16, transport: &str, runs: usize) -> Vec<Row> {
         (setup.clone(), "sign, full protocol (HTTP to signature)".into(), Some(Stats(sign))),
         (setup, "sign from a presignature".into(), None),
     ]
+}
+
+/// One-way hops from the signing request to its answer in a full-protocol
+/// session: the handshake (proposal, ack, start), the three presigning
+/// rounds, the partial signatures, and the answer. With every packet held
+/// `d`, no implementation of this exchange answers in less than `HOPS · d`
+/// more than it takes on a clean network.
+const HOPS: u32 = 8;
+
+/// Full-protocol signing, QUIC, n=3 t=2, each node in a namespace of its own
+/// (`torcus_node::netlab`) with every packet it receives held 0, 50 and 200 ms:
+/// `count` signatures each, p50 and p99, against the floor (p50 on the
+/// clean network plus `HOPS` times the delay). Needs root; says so otherwise.
+async fn under_latency(count: usize) -> Vec<String> {
+    let binary = Path::new(env!("CARGO_BIN_EXE_torcus-node"));
+    let Some(mut cluster) = Cluster::in_netlab(binary, 3, 2, "quic").await else {
+        return vec!["added latency: skipped (network namespaces need root, ip and iptables)".into()];
+    };
+    eprintln!("torcus-node quic n=3 t=2, added latency ...");
+    cluster.wait_ready().await;
+    cluster.keygen("k0").await;
+    let sets = signer_sets(3, 2);
+    let mut notes = Vec::new();
+    let mut clean_p50 = Duration::ZERO;
+    for delay in [0u64, 50, 200] {
+        if delay > 0 {
+            let lab = cluster.lab.as_mut().expect("a lab");
+            (0..3).for_each(|i| lab.delay(i, delay));
+        }
+        let mut samples = Vec::with_capacity(count);
+        for run in 0..count {
+            let message = payload(&[(run % 256) as u8, delay as u8, 7]);
+            samples.push(time(cluster.sign("k0", sets[run % sets.len()].clone(), message, vec![])).await.1);
+        }
+        samples.sort();
+        let quantile = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+        let (p50, p99) = (quantile(0.5), quantile(0.99));
+        if delay == 0 {
+            clean_p50 = p50;
+            notes.push(format!(
+                "quic n=3 t=2, full protocol, clean namespaces: p50 {}, p99 {} over {count}",
+                ms(p50),
+                ms(p99)
+            ));
+        } else {
+            let floor = clean_p50 + Duration::from_millis(delay) * HOPS;
+            notes.push(format!(
+                "quic n=3 t=2, full protocol, +{delay} ms on every packet: p50 {}, p99 {} over {count}; \
+                 floor {} (clean p50 + {HOPS} hops x {delay} ms): p99 is {:.2}x the floor",
+                ms(p50),
+                ms(p99),
+                ms(floor),
+                p99.as_secs_f64() / floor.as_secs_f64()
+            ));
+            let lab = cluster.lab.as_mut().expect("a lab");
+            (0..3).for_each(|i| lab.heal(i));
+        }
+    }
+    notes
 }
 
 /// Sustained signing with presignature pools (4 per set) over `transport`:

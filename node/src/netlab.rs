@@ -7,11 +7,15 @@
 //! and the relay it serves listen. Nothing leaves these namespaces: the bridge
 //! has no uplink and nothing is routed.
 //!
-//! The faults are real: the kernel drops or holds the node's packets.
-//! - loss: an iptables `statistic` rule drops a share of what the node sends;
-//! - latency: every packet the node sends goes through the netfilter queue to
-//!   `torcus-netem`, which lets it go on after a fixed delay (this kernel has
-//!   no `netem` qdisc; see that binary);
+//! The faults are real: the kernel drops or holds the node's packets, on
+//! arrival (as a bad link loses or holds them: the sender's kernel saw them
+//! leave; see [`NetLab::loss`] and [`NetLab::delay`] for why not on the way
+//! out).
+//! - loss: an iptables `statistic` rule drops a share of what the node
+//!   receives;
+//! - latency: every packet the node receives goes through the netfilter
+//!   queue to `torcus-netem`, which lets it go on after a fixed delay (this
+//!   kernel has no `netem` qdisc; see that binary);
 //! - a partition: everything to and from the node is dropped (a cable pulled
 //!   without the link going down: peers see silence, not refusals);
 //! - a cut direct path: only traffic between the node and other nodes is
@@ -89,9 +93,9 @@ impl NetLab {
         assert!(nodes <= 200, "one /24 per lab");
         // A /24 of 10.213.0.0/16 no other lab on this machine has: the
         // bridge's name is the claim (creating it fails if it exists).
-        let start = std::process::id().wrapping_mul(31);
+        let start = std::process::id().wrapping_mul(31).wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
         let subnet = (0..250)
-            .map(|k| ((start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)).wrapping_add(k)) % 250 + 1) as u8)
+            .map(|k| (start.wrapping_add(k) % 250 + 1) as u8)
             .find(|s| quietly("ip", &["link", "add", &Self::bridge_name(*s), "type", "bridge"]))
             .expect("a free subnet for the lab");
         let lab = Self { subnet, nodes, netem: netem.to_owned(), delayers: (0..nodes).map(|_| None).collect() };
@@ -156,14 +160,20 @@ impl NetLab {
         run("ip", &all)
     }
 
-    /// Node `i` loses `percent` % of the packets it sends, at random.
+    /// Node `i` loses `percent` % of the packets it receives, at random.
+    /// Dropped on arrival, as a lossy link drops them: the sender's kernel
+    /// saw the packet leave (a drop on its own way out would hand it an
+    /// error instead, and TCP would just try again at once).
     pub fn loss(&self, i: u16, percent: f64) {
         let probability = format!("{}", percent / 100.0);
-        let rule = ["-o", "eth0", "-m", "statistic", "--mode", "random", "--probability", &probability];
-        self.rule(i, "OUTPUT", &rule, "torcus-loss");
+        let rule = ["-i", "eth0", "-m", "statistic", "--mode", "random", "--probability", &probability];
+        self.rule(i, "INPUT", &rule, "torcus-loss");
     }
 
-    /// Node `i`'s packets leave `ms` milliseconds late (after any loss).
+    /// Packets reach node `i` `ms` milliseconds late (after any loss).
+    /// Held on arrival, not on the way out: a packet held in the sender's
+    /// own queue would still count against its socket, and TCP would send
+    /// less while it waits, which a slow link does not make it do.
     pub fn delay(&mut self, i: u16, ms: u64) {
         assert!(self.delayers[usize::from(i)].is_none(), "node {i} is delayed already");
         let mut child = self
@@ -174,52 +184,45 @@ impl NetLab {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        let stdout = child.stdout.take();
+        // Held here at once, so that it goes with the lab whatever happens next.
+        self.delayers[usize::from(i)] = Some(child);
         // The queue is bound once it says so; a rule before that would drop.
         let mut ready = String::new();
-        let stdout = child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready).unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout.unwrap()), &mut ready).unwrap();
         assert_eq!(ready.trim(), "ready", "torcus-netem did not start");
-        self.delayers[usize::from(i)] = Some(child);
-        self.exec(
-            i,
-            "iptables",
-            &[
-                "-A",
-                "OUTPUT",
-                "-o",
-                "eth0",
-                "-m",
-                "comment",
-                "--comment",
-                "torcus-delay",
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                "0",
-            ],
-        );
+        let rule = ["-w", "-A", "INPUT", "-i", "eth0", "-m", "comment", "--comment", "torcus-delay"];
+        self.exec(i, "iptables", &[&rule[..], &["-j", "NFQUEUE", "--queue-num", "0"]].concat());
     }
 
-    /// Everything to and from node `i` is dropped, in both directions.
+    /// Node `i` is cut off: whatever reaches it is dropped, what it sends
+    /// is dropped where it arrives at the other nodes, and what it sends to
+    /// the gateway is dropped on its way out (the test's own namespace gets
+    /// no rules). Its link stays up: peers hear silence, not refusals.
     pub fn partition(&self, i: u16) {
-        self.rule(i, "OUTPUT", &["-o", "eth0"], "torcus-partition");
         self.rule(i, "INPUT", &["-i", "eth0"], "torcus-partition");
+        self.rule(i, "OUTPUT", &["-o", "eth0", "-d", &self.gateway().to_string()], "torcus-partition");
+        let from = self.host(i).to_string();
+        for j in (0..self.nodes).filter(|j| *j != i) {
+            self.rule(j, "INPUT", &["-i", "eth0", "-s", &from], &format!("torcus-partition-of-{i}"));
+        }
     }
 
-    /// Traffic between node `i` and the other nodes is dropped; the gateway
-    /// (the test process and the relay) stays reachable.
+    /// Traffic between node `i` and the other nodes is dropped where it
+    /// arrives, both ways; the gateway (the test process and the relay)
+    /// stays reachable.
     pub fn cut_peers(&self, i: u16) {
+        let from = self.host(i).to_string();
         for j in (0..self.nodes).filter(|j| *j != i) {
-            let peer = self.host(j).to_string();
-            self.rule(i, "OUTPUT", &["-o", "eth0", "-d", &peer], "torcus-cut");
-            self.rule(i, "INPUT", &["-i", "eth0", "-s", &peer], "torcus-cut");
+            self.rule(i, "INPUT", &["-i", "eth0", "-s", &self.host(j).to_string()], "torcus-cut");
+            self.rule(j, "INPUT", &["-i", "eth0", "-s", &from], &format!("torcus-cut-of-{i}"));
         }
     }
 
     /// Inserts a counting DROP rule for `matching` in `chain`, ahead of the
     /// delay (a dropped packet is never held).
     fn rule(&self, i: u16, chain: &str, matching: &[&str], comment: &str) {
-        let mut args = vec!["-I", chain, "1"];
+        let mut args = vec!["-w", "-I", chain, "1"];
         args.extend_from_slice(matching);
         args.extend_from_slice(&["-m", "comment", "--comment", comment, "-j", "DROP"]);
         self.exec(i, "iptables", &args);
@@ -231,7 +234,7 @@ impl NetLab {
     pub fn packets(&self, i: u16, comment: &str) -> u64 {
         let mut total = 0;
         for chain in ["OUTPUT", "INPUT"] {
-            let listing = self.exec(i, "iptables", &["-L", chain, "-v", "-n", "-x"]);
+            let listing = self.exec(i, "iptables", &["-w", "-L", chain, "-v", "-n", "-x"]);
             for line in listing.lines().filter(|l| l.contains(&format!("/* {comment} */"))) {
                 total += line.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
             }
@@ -239,10 +242,19 @@ impl NetLab {
         total
     }
 
-    /// Node `i`'s network is whole again: its rules go, its delay stops.
+    /// Node `i`'s network is whole again: its rules go (and the other
+    /// nodes' rules against it), its delay stops.
     pub fn heal(&mut self, i: u16) {
-        self.exec(i, "iptables", &["-F", "OUTPUT"]);
-        self.exec(i, "iptables", &["-F", "INPUT"]);
+        self.exec(i, "iptables", &["-w", "-F", "OUTPUT"]);
+        self.exec(i, "iptables", &["-w", "-F", "INPUT"]);
+        for j in (0..self.nodes).filter(|j| *j != i) {
+            let listing = self.exec(j, "iptables", &["-w", "-S", "INPUT"]);
+            let against = [format!("torcus-partition-of-{i}"), format!("torcus-cut-of-{i}")];
+            for line in listing.lines().filter(|l| against.iter().any(|a| l.split_whitespace().any(|w| w == a))) {
+                let rule: Vec<&str> = line.split_whitespace().skip(2).collect();
+                self.exec(j, "iptables", &[&["-w", "-D", "INPUT"][..], &rule].concat());
+            }
+        }
         if let Some(mut child) = self.delayers[usize::from(i)].take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -186,9 +186,16 @@ pub fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/primes.json")
 }
 
-/// The aux info fixture (`engine::AuxFixture`) for clusters of 3, 5 and 7.
+/// The aux info fixture (`engine::AuxFixture`) for clusters of 3, 5, 7 and 16.
 pub fn aux_fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/aux-info.json")
+}
+
+/// The id under which nodes started with the aux info fixture hold their
+/// part of it, for a cluster of `n` (the same on every node).
+pub fn fixture_aux_id(n: u16) -> String {
+    let json = std::fs::read(aux_fixture()).unwrap();
+    crate::engine::fixture_aux_info(&json, n, 0).unwrap().0
 }
 
 /// Party `me`'s aux info for a cluster of `n` from the aux info fixture.
@@ -546,7 +553,19 @@ impl Cluster {
     /// its own part is done; the others store theirs a moment later).
     pub async fn keygen(&self, key: &str) -> String {
         let all: Vec<u16> = (0..self.config.nodes).collect();
-        let grant = self.grant(GrantKind::keygen(key), all);
+        let kind = match self.aux_fixture {
+            // The nodes hold the fixture's aux info under its id; a keygen
+            // that names it (as the operator names the aux info its nodes
+            // report) runs only the keygen rounds. Naming none would have
+            // the nodes generate new aux info first.
+            true => GrantKind::Keygen {
+                key: key.into(),
+                aux_info: Some(fixture_aux_id(self.config.nodes)),
+                supersedes: Vec::new(),
+            },
+            false => GrantKind::keygen(key),
+        };
+        let grant = self.grant(kind, all);
         let (status, body) = self.post(grant.grant.initiator(), "/p2p/keygen", &grant).await;
         assert_eq!(status, 200, "{body}\n{}", self.log(grant.grant.initiator()));
         let public_key = body["publicKey"].as_str().expect("publicKey").to_owned();

@@ -329,6 +329,22 @@ async fn hybrid_three_nodes() {
     keygen_and_sign_over("hybrid", false).await;
 }
 
+/// The largest cluster an MpcCluster may be: 16 nodes, threshold 11 (aux
+/// info from the fixture), a keygen among all 16 over QUIC, every node
+/// holding its share of the same key. (Signing with 11 is not here: eleven
+/// parties' proofs on these 2 cores take longer than a signing session's
+/// 60 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_sixteen_nodes_threshold_eleven_keygen() {
+    let cluster = Cluster::new(binary(), 16, 11, "quic").await;
+    cluster.wait_ready().await;
+    let started = Instant::now();
+    // Waits for every node to hold a share of this public key.
+    let public_key = cluster.keygen("default").await;
+    eprintln!("16 nodes: keygen in {:?}: {public_key}", started.elapsed());
+    assert_eq!(public_key.len(), 66, "{public_key}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_five_nodes_threshold_three() {
     let cluster = Cluster::new(binary(), 5, 3, "quic").await;

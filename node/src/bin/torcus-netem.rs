@@ -2,9 +2,10 @@
 //!
 //! This machine's kernel has no `netem` queueing discipline, so the network
 //! fault tests delay packets the way netem would, with the kernel's netfilter
-//! queue: in a node's network namespace, `iptables -A OUTPUT -o eth0 -j
-//! NFQUEUE --queue-num 0` hands every packet the node sends to this process,
-//! which lets it go on (an ACCEPT verdict) `--delay-ms` after it was queued.
+//! queue: in a node's network namespace, `iptables -A INPUT -i eth0 -j
+//! NFQUEUE --queue-num 0` hands every packet the node receives to this
+//! process, which lets it go on (an ACCEPT verdict) `--delay-ms` after it was
+//! queued.
 //! The packets are the node's real ones, held in the kernel meanwhile; loss
 //! and partitions are plain iptables rules beside it.
 //!
@@ -59,6 +60,7 @@ fn main() -> std::io::Result<()> {
                     queue.set_nonblocking(true);
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error),
             }
         }
