@@ -113,11 +113,12 @@ impl NetLab {
             run("ip", &["link", "set", &host_end, "up"]);
             lab.exec(i, "ip", &["link", "set", "lo", "up"]);
             lab.exec(i, "ip", &["addr", "add", &format!("{}/24", lab.host(i)), "dev", "eth0"]);
-            // Wire-sized TCP segments: without this, TCP hands the veth
-            // 64 KiB segmentation-offload batches, and a 1 % loss rule would
-            // drop a whole batch at a time, a few times a session. (UDP
-            // segmentation offload, which QUIC uses, still passes netfilter
-            // as one packet per batch of datagrams.)
+            // Wire-sized packets: TCP (segmentation offload) and QUIC (UDP
+            // segmentation offload) hand the device batches of up to 64 KiB;
+            // with one segment per packet at most, the sender splits them
+            // before they cross, so the rules where they arrive see each
+            // packet as a wire would carry it (1 % loss is 1 % of packets,
+            // not of batches).
             lab.exec(i, "ip", &["link", "set", "dev", "eth0", "gso_max_segs", "1"]);
             lab.exec(i, "ip", &["link", "set", "eth0", "up"]);
         }
