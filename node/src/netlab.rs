@@ -184,13 +184,14 @@ impl NetLab {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap();
-        let stdout = child.stdout.take();
+            .expect("ip netns exec torcus-netem starts (ip was found when the lab was made)");
+        let stdout = child.stdout.take().expect("stdout was piped above");
         // Held here at once, so that it goes with the lab whatever happens next.
         self.delayers[usize::from(i)] = Some(child);
         // The queue is bound once it says so; a rule before that would drop.
         let mut ready = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout.unwrap()), &mut ready).unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready)
+            .expect("torcus-netem's first line");
         assert_eq!(ready.trim(), "ready", "torcus-netem did not start");
         let rule = ["-w", "-A", "INPUT", "-i", "eth0", "-m", "comment", "--comment", "torcus-delay"];
         self.exec(i, "iptables", &[&rule[..], &["-j", "NFQUEUE", "--queue-num", "0"]].concat());

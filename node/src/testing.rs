@@ -65,7 +65,7 @@ fn node_leaf(ca: &CertificateAuthority, i: u16, host: IpAddr) -> torcus_certs::I
         ips.push(host);
     }
     ca.issue(&identity, &[format!("node-{i}")], &ips, torcus_certs::Duration::hours(1), OffsetDateTime::now_utc())
-        .unwrap()
+        .expect("the test CA issues a node certificate")
 }
 
 /// Replaces file `path` with `bytes` at once (written beside it, renamed
@@ -133,7 +133,7 @@ impl RelayServer {
     ) -> Self {
         let registry = prometheus::Registry::new();
         let relay = std::sync::Arc::new(build(torcus_operator::relay::Relay::new(&registry, limits).unwrap()));
-        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("a free port on the relay's address");
         let addr = listener.local_addr().unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         let shutdown = stop.clone();
@@ -181,6 +181,15 @@ pub fn samples(registry: &prometheus::Registry) -> std::collections::BTreeMap<St
         .collect()
 }
 
+/// The value of sample `name_and_labels` (as the text format writes it) in
+/// a node's metrics text; 0 when absent.
+pub fn sample(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().expect("a number after the sample's name"))
+}
+
 /// The pregenerated primes fixture.
 pub fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/primes.json")
@@ -194,8 +203,8 @@ pub fn aux_fixture() -> PathBuf {
 /// The id under which nodes started with the aux info fixture hold their
 /// part of it, for a cluster of `n` (the same on every node).
 pub fn fixture_aux_id(n: u16) -> String {
-    let json = std::fs::read(aux_fixture()).unwrap();
-    crate::engine::fixture_aux_info(&json, n, 0).unwrap().0
+    let json = std::fs::read(aux_fixture()).expect("the checked-in aux info fixture");
+    crate::engine::fixture_aux_info(&json, n, 0).unwrap_or_else(|e| panic!("aux fixture for {n}: {e}")).0
 }
 
 /// Party `me`'s aux info for a cluster of `n` from the aux info fixture.

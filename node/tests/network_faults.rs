@@ -19,18 +19,10 @@ use std::time::{Duration, Instant};
 
 use torcus_contract::GrantKind;
 use torcus_contract::api::{GrantRequest, PresignatureChoice};
-use torcus_node::testing::{Cluster, payload, verify};
+use torcus_node::testing::{Cluster, payload, sample, verify};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_torcus-node"))
-}
-
-/// The value of sample `name_and_labels` in a metrics text; 0 when absent.
-fn sample(metrics: &str, name_and_labels: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
 #[derive(Clone, Copy, Debug)]

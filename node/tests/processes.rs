@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use torcus_certs::{CertificateAuthority, OffsetDateTime};
 use torcus_contract::api::PresignatureChoice;
 use torcus_contract::{GrantKind, HashAlgorithm, SignMessage};
-use torcus_node::testing::{Cluster, digest, payload, verify};
+use torcus_node::testing::{Cluster, digest, payload, sample, verify};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_torcus-node"))
@@ -276,14 +276,6 @@ async fn wait_for_reloads(cluster: &Cluster, nodes: &[u16], count: u32) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-}
-
-/// The value of sample `name_and_labels` in a metrics text; 0 when absent.
-fn sample(metrics: &str, name_and_labels: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
 /// Keygen, signing with two signer sets and an HD path, and a restarted
