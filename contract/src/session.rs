@@ -22,7 +22,7 @@
 //! only when every participant did; otherwise the session runs the full protocol.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -54,6 +54,33 @@ pub fn presign_execution_id(key: &str, path: &[u32], participants: &[u16], sessi
     }
     eid.extend_from_slice(session_id);
     eid
+}
+
+/// Longest a signing or presigning session among `signers` parties may run
+/// once started: a minute for two, and 6 s more for each further signer.
+/// Every party proves statements to every other, so the work of a session
+/// grows with the square of its size and each party's share of it with
+/// the size; a fixed limit that suits three signers cuts off eleven on a
+/// small machine. The operator waits for a signature a little longer than
+/// this ([`sign_deadline`] is the node's limit, not the caller's).
+pub fn sign_deadline(signers: usize) -> Duration {
+    const BASE: Duration = Duration::from_secs(60);
+    const PER_SIGNER: Duration = Duration::from_secs(6);
+    let extra = u32::try_from(signers.saturating_sub(2)).unwrap_or(u32::MAX).min(64);
+    BASE + PER_SIGNER * extra
+}
+
+/// Longest a signing or presigning session among `signers` may go without
+/// a message from any of them (counted from this node's last message sent
+/// or received): 15 s up to three signers, 2 s more for each further one.
+/// On a shared CPU each party's part of a round takes longer the more
+/// parties it proves to, and the silence a party waits through is the
+/// round the others compute.
+pub fn sign_idle_deadline(signers: usize) -> Duration {
+    const BASE: Duration = Duration::from_secs(15);
+    const PER_SIGNER: Duration = Duration::from_secs(2);
+    let extra = u32::try_from(signers.saturating_sub(3)).unwrap_or(u32::MAX).min(64);
+    BASE + PER_SIGNER * extra
 }
 
 /// Picks `threshold` of the `healthy` party indices for the grant `grant_id`.
@@ -621,6 +648,29 @@ mod hex_list {
 mod tests {
     use std::collections::{BTreeMap, HashSet, VecDeque};
     use std::time::Duration;
+
+    #[test]
+    fn sign_deadline_grows_with_the_signers() {
+        assert_eq!(sign_deadline(2), Duration::from_secs(60));
+        assert_eq!(sign_deadline(3), Duration::from_secs(66));
+        assert_eq!(sign_deadline(11), Duration::from_secs(114));
+        assert_eq!(sign_deadline(16), Duration::from_secs(144));
+        // Never below a minute, and bounded whatever the count.
+        assert_eq!(sign_deadline(0), Duration::from_secs(60));
+        assert_eq!(sign_deadline(usize::MAX), Duration::from_secs(60 + 6 * 64));
+    }
+
+    #[test]
+    fn sign_idle_deadline_grows_beyond_three_signers() {
+        assert_eq!(sign_idle_deadline(2), Duration::from_secs(15));
+        assert_eq!(sign_idle_deadline(3), Duration::from_secs(15));
+        assert_eq!(sign_idle_deadline(11), Duration::from_secs(31));
+        assert_eq!(sign_idle_deadline(usize::MAX), Duration::from_secs(15 + 2 * 64));
+        // Always well inside the session's own deadline.
+        for n in 0..=16 {
+            assert!(sign_idle_deadline(n) * 2 < sign_deadline(n), "{n}");
+        }
+    }
 
     use ed25519_dalek::SigningKey;
 

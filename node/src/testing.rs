@@ -519,6 +519,20 @@ impl Cluster {
         std::fs::read_to_string(self.dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
     }
 
+    /// What a failed session leaves to read: the whole log of node `first`
+    /// (its initiator) and the last lines of every other node's, since the
+    /// cause is often on a participant.
+    pub fn logs_after_failure(&self, first: u16) -> String {
+        let mut out = format!("--- node {first} ---\n{}", self.log(first));
+        for i in (0..self.config.nodes).filter(|i| *i != first) {
+            let log = self.log(i);
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(12)..].join("\n");
+            out.push_str(&format!("--- node {i} (last lines) ---\n{tail}\n"));
+        }
+        out
+    }
+
     /// A grant signed with the cluster's grant key.
     pub fn grant(&self, kind: GrantKind, participants: Vec<u16>) -> SignedGrant {
         let now = torcus_contract::unix_now();
@@ -576,7 +590,7 @@ impl Cluster {
         };
         let grant = self.grant(kind, all);
         let (status, body) = self.post(grant.grant.initiator(), "/p2p/keygen", &grant).await;
-        assert_eq!(status, 200, "{body}\n{}", self.log(grant.grant.initiator()));
+        assert_eq!(status, 200, "{body}\n{}", self.logs_after_failure(grant.grant.initiator()));
         let public_key = body["publicKey"].as_str().expect("publicKey").to_owned();
         for i in (0..self.config.nodes).filter(|i| self.nodes[usize::from(*i)].is_some()) {
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -618,8 +632,9 @@ impl Cluster {
         let grant = self.grant(GrantKind::Sign { key: key.into(), message, derivation_path: path }, signers);
         let request = GrantRequest { grant, presignature };
         let body = serde_json::to_value(&request).unwrap();
-        let (status, body) = self.post_json(request.grant.grant.initiator(), "/p2p/sign", &body).await;
-        assert_eq!(status, 200, "{body}");
+        let initiator = request.grant.grant.initiator();
+        let (status, body) = self.post_json(initiator, "/p2p/sign", &body).await;
+        assert_eq!(status, 200, "{body}\n{}", self.logs_after_failure(initiator));
         verify(&body, &digest);
         body
     }

@@ -22,9 +22,13 @@ use torcus_contract::api::{
 
 /// Longest a key generation (aux info included) may take end to end.
 pub const KEYGEN_CALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-/// Longest a signing session may take end to end (the node's own limits
-/// are shorter; this only bounds a hung connection).
-pub const SIGN_CALL_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longest a signing session among `signers` may take end to end: the
+/// node's own limit ([`torcus_contract::session::sign_deadline`]) plus
+/// time for the handshake and the answer; this only bounds a hung
+/// connection.
+pub fn sign_call_timeout(signers: usize) -> Duration {
+    torcus_contract::session::sign_deadline(signers) + Duration::from_secs(30)
+}
 /// Longest a read-only call may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -219,7 +223,8 @@ impl NodeClient {
     ) -> Result<(Outcome, Duration), CallError> {
         let started = Instant::now();
         let body = GrantRequest { grant: grant.clone(), presignature };
-        let outcome = self.post(base, api::SIGN_PATH, &body, SIGN_CALL_TIMEOUT).await?;
+        let timeout = sign_call_timeout(grant.grant.participants.len());
+        let outcome = self.post(base, api::SIGN_PATH, &body, timeout).await?;
         Ok((outcome, started.elapsed()))
     }
 

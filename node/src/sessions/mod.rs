@@ -70,18 +70,12 @@ use crate::used_sessions::FileUsedSessions;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a keygen (with aux info) may run.
 pub const KEYGEN_TIMEOUT: Duration = Duration::from_secs(300);
-/// Longest a signing session may run.
-pub const SIGN_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest silence of every other party in a signing session.
-pub const SIGN_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a node accused in an Abort keeps running its protocol, for its
 /// own checks to name who broke the session (a false accuser fails them at
 /// once, with the message it sent before accusing).
 pub const ACCUSED_GRACE: Duration = Duration::from_secs(2);
 /// Longest silence of every other party in a keygen or aux info session.
 pub const KEYGEN_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Longest a presigning session may run.
-pub const PRESIGN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a member of a proposed presigning session waits for this node
 /// to be free (no grant session for [`PRESIGN_QUIET`], no other presigning
 /// session) before it refuses; well inside the initiator's
@@ -556,7 +550,8 @@ impl<T: Transport> Sessions<T> {
         self.set_status(grant.session_id(), SessionStatus::Running);
         let (timeout, kind) = match &grant.kind {
             GrantKind::Keygen { .. } => (KEYGEN_TIMEOUT, "keygen"),
-            GrantKind::Sign { .. } => (SIGN_TIMEOUT, "sign"),
+            // A signing session and a presigning one share the limit.
+            GrantKind::Sign { .. } => (torcus_contract::session::sign_deadline(grant.participants.len()), "sign"),
         };
         let protocol = {
             let (sessions, grant) = (Arc::clone(self), grant.clone());
@@ -691,8 +686,9 @@ impl<T: Transport> Sessions<T> {
             }
             GrantKind::Sign { key, message, derivation_path } => {
                 let share = self.share(key)?;
+                let idle = torcus_contract::session::sign_idle_deadline(grant.participants.len());
                 #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut, reason = "the hook is compiled out"))]
-                let mut net = self.net(session, grant.participants.clone(), SIGN_IDLE_TIMEOUT);
+                let mut net = self.net(session, grant.participants.clone(), idle);
                 #[cfg(feature = "test-hooks")]
                 if let Some(hostile) = self.hostile.get() {
                     hostile.wrap(&mut net);

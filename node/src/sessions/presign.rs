@@ -11,9 +11,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use torcus_contract::{Control, InitiatorHandshake, ParticipantHandshake};
 use tracing::{debug, info, warn};
 
-use super::{
-    HANDSHAKE_TIMEOUT, PREEMPTED, PRESIGN_JOIN_WAIT, PRESIGN_TIMEOUT, SIGN_IDLE_TIMEOUT, SessionError, Sessions,
-};
+use super::{HANDSHAKE_TIMEOUT, PREEMPTED, PRESIGN_JOIN_WAIT, SessionError, Sessions};
 use crate::engine::{self, Presig, Share};
 use crate::pool::PoolId;
 use crate::presign_schedule::{Ended, Join, Next, PresignSchedule};
@@ -260,7 +258,7 @@ impl<T: Transport> Sessions<T> {
         control: mpsc::Receiver<(u16, Control)>,
     ) -> Result<Presig, SessionError> {
         let eid = torcus_contract::presign_execution_id(&pool.key, &pool.path, &pool.set, &session);
-        let net = self.net(session, pool.set.clone(), SIGN_IDLE_TIMEOUT);
+        let net = self.net(session, pool.set.clone(), torcus_contract::session::sign_idle_deadline(pool.set.len()));
         let path = pool.path.clone();
         let protocol = async {
             // Signing first: a grant session starting here ends this one
@@ -270,7 +268,8 @@ impl<T: Transport> Sessions<T> {
                 () = self.foreground_running() => Err(SessionError::Preempted),
             }
         };
-        self.run_started(session, &pool.set, "presign", PRESIGN_TIMEOUT, protocol, control).await
+        let deadline = torcus_contract::session::sign_deadline(pool.set.len());
+        self.run_started(session, &pool.set, "presign", deadline, protocol, control).await
     }
 
     /// Closes a presigning session; a presignature goes into the pool under
