@@ -507,6 +507,13 @@ pub trait Handshake {
     fn participants(&self) -> &[u16];
     /// The session.
     fn session(&self) -> [u8; 32];
+    /// Parties whose answer this side still waits for and may ask again:
+    /// for the initiator, the participants that have not acked (a proposal
+    /// may be lost with its connection; a participant answers a repeated
+    /// one with its ack again); for a participant, nobody.
+    fn awaiting(&self) -> Vec<u16> {
+        Vec::new()
+    }
 }
 
 impl Handshake for InitiatorHandshake {
@@ -552,6 +559,13 @@ impl Handshake for InitiatorHandshake {
 
     fn session(&self) -> [u8; 32] {
         self.session_id
+    }
+
+    fn awaiting(&self) -> Vec<u16> {
+        match self.state {
+            HandshakeState::Waiting => self.missing(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -769,6 +783,24 @@ mod tests {
         assert_eq!(hs.state(), HandshakeState::Started);
         assert_eq!(hs.on_ack(6), None, "start is sent once");
         assert_eq!(hs.poll_timeout(t0 + Duration::from_secs(60)), None, "started sessions do not time out here");
+    }
+
+    #[test]
+    fn only_an_initiator_still_waiting_asks_again() {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(5);
+        let mut hs = InitiatorHandshake::new(SID, vec![0, 2, 4], 0, deadline);
+        assert_eq!(Handshake::awaiting(&hs), vec![2, 4]);
+        hs.on_ack(2);
+        assert_eq!(Handshake::awaiting(&hs), vec![4]);
+        hs.on_ack(4);
+        assert_eq!(Handshake::awaiting(&hs), Vec::<u16>::new(), "started");
+        let mut late = InitiatorHandshake::new(SID, vec![0, 2], 0, deadline);
+        late.poll_timeout(deadline);
+        assert_eq!(Handshake::awaiting(&late), Vec::<u16>::new(), "timed out");
+        let g = grant(vec![0, 2]);
+        let participant = ParticipantHandshake::new(&g, 2, deadline);
+        assert_eq!(Handshake::awaiting(&participant), Vec::<u16>::new());
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub struct NodeMetrics {
     pub grants_rejected: IntCounterVec,
     /// Control messages that were malformed or for no known session.
     pub dropped_control: IntCounter,
+    /// Proposals sent or received again, by event: `resent` (the initiator
+    /// sent one again to a party that had not acked), `acked_again` (a
+    /// participant answered a repeat with its ack), `ignored` (a repeat of
+    /// one not acked yet or of a session already run here).
+    pub proposals_repeated: IntCounterVec,
     /// Calls to the API refused before any handler ran, by reason:
     /// `handshake` (no client certificate, one of another CA, not TLS),
     /// `not_operator` (a valid certificate that is not this cluster's
@@ -100,6 +105,14 @@ impl NodeMetrics {
         registry.register(Box::new(peer_addresses.clone()))?;
         let dropped_control =
             IntCounter::new("torcus_node_control_dropped_total", "Control messages malformed or for no session")?;
+        let proposals_repeated = IntCounterVec::new(
+            Opts::new("torcus_node_proposals_repeated_total", "Session proposals sent or received again, by event"),
+            &["event"],
+        )?;
+        for event in ["resent", "acked_again", "ignored"] {
+            proposals_repeated.with_label_values(&[event]);
+        }
+        registry.register(Box::new(proposals_repeated.clone()))?;
         let ready = IntGauge::new("torcus_node_ready", "1 while the node's configuration and TLS identity check out")?;
         registry.register(Box::new(sessions.clone()))?;
         registry.register(Box::new(session_duration.clone()))?;
@@ -128,6 +141,7 @@ impl NodeMetrics {
             session_duration,
             grants_rejected,
             dropped_control,
+            proposals_repeated,
             api_refused,
             tls_reloads,
             peer_addresses,

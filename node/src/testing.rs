@@ -664,6 +664,18 @@ impl Cluster {
         self.presignatures(i).await.pools.into_iter().find(|p| p.key == key && p.path == path && p.participants == set)
     }
 
+    /// What node `i` says of `session` (`GET /p2p/session/{id}`); `None`
+    /// when it has not seen it.
+    pub async fn session_status(&self, i: u16, session: &[u8; 32]) -> Option<torcus_contract::api::SessionStatus> {
+        let path = torcus_contract::api::session_path(session);
+        let response = self.http.get(self.url(i, &path)).send().await.expect("session status");
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        Some(serde_json::from_slice(&response.bytes().await.expect("body")).expect("a session status"))
+    }
+
     /// Node `i`'s `/metrics` text.
     pub async fn metrics(&self, i: u16) -> String {
         self.http.get(self.plain_url(i, "/metrics")).send().await.expect("metrics").text().await.expect("metrics text")

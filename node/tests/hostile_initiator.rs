@@ -17,9 +17,10 @@ use std::time::Duration;
 use sha2::Digest;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use torcus_contract::api::SessionStatus;
 use torcus_contract::{Control, GrantKind, SignMessage, SignedGrant};
 use torcus_node::engine::{Channel, Envelope};
-use torcus_node::testing::{Cluster, digest, payload};
+use torcus_node::testing::{Cluster, digest, payload, sample};
 use torcus_node::transport::relay::{RelayConfig, RelayTransport, RequestSigner};
 use torcus_node::transport::seal::{self, SealedTransport, Sealer};
 use torcus_node::transport::{Transport, TransportMetrics};
@@ -67,6 +68,17 @@ impl Impostor {
         let payload = serde_json::to_vec(control).unwrap();
         let env = Envelope { session, channel: Channel::Control, from: 0, to: Some(to), seq: 0, payload };
         self.transport.send(to, env).await.unwrap();
+    }
+
+    /// The next control message of `session` sent to party 0 within `wait`.
+    async fn try_receive(&mut self, session: [u8; 32], wait: Duration) -> Option<(u16, Control)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let env = tokio::time::timeout_at(deadline, self.incoming.recv()).await.ok()?.expect("the relay runs");
+            if env.channel == Channel::Control && env.session == session {
+                return Some((env.from, serde_json::from_slice(&env.payload).unwrap()));
+            }
+        }
     }
 
     /// The next control message of `session` sent to party 0.
@@ -154,4 +166,53 @@ async fn a_participant_never_spends_a_presignature_on_a_raw_digest() {
     let (code, body) = cluster.post(1, torcus_contract::api::SIGN_PATH, &grant).await;
     assert_eq!(code, 200, "the initiator's own proposal still runs: {body}");
     torcus_node::testing::verify(&body, &sha2::Sha256::digest(b"not yours").into());
+}
+
+/// The initiator sends its proposal again to a participant that has not
+/// acked (a proposal can be lost with its connection). A repeat is
+/// answered with the same ack and never starts a second session; once the
+/// session has ended, a repeat gets no answer at all (it is not refused as
+/// a replay either, which would abort a session still running elsewhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_proposal_is_acked_again_and_never_runs_twice() {
+    let mut cluster = Cluster::new(binary(), 3, 2, "http").await;
+    cluster.wait_ready().await;
+    cluster.keygen("default").await;
+    cluster.kill(0);
+    let mut impostor = Impostor::new(&cluster);
+    let grant = grant_initiated_by_0(&cluster, payload(b"proposed twice"));
+    let session = grant.grant.session_id();
+    let proposal = Control::Proposal { grant, presignature: None };
+
+    impostor.send(2, session, &proposal).await;
+    let (from, ack) = impostor.receive(session).await;
+    assert_eq!(from, 2);
+    assert!(matches!(ack, Control::Ack { .. }), "{ack:?}");
+    impostor.send(2, session, &proposal).await;
+    let (from, again) = impostor.receive(session).await;
+    assert_eq!((from, &again), (2, &ack), "the same ack again");
+    let metrics = cluster.metrics(2).await;
+    assert_eq!(sample(&metrics, r#"torcus_node_proposals_repeated_total{event="acked_again"}"#), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"torcus_node_grants_rejected_total{reason="replayed"}"#), 0.0, "{metrics}");
+    assert_eq!(cluster.session_status(2, &session).await, Some(SessionStatus::Proposed));
+
+    // The session ends (the initiator gives up), and is not run again.
+    let abort = Control::Abort { session_id: session, from: 0, reason: "test over".into(), accused: None };
+    impostor.send(2, session, &abort).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !matches!(cluster.session_status(2, &session).await, Some(SessionStatus::Failed { .. })) {
+        assert!(tokio::time::Instant::now() < deadline, "the session did not end on party 2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    impostor.send(2, session, &proposal).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sample(&cluster.metrics(2).await, r#"torcus_node_proposals_repeated_total{event="ignored"}"#) < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the late repeat was not seen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(impostor.try_receive(session, Duration::from_secs(2)).await.is_none(), "no answer to a late repeat");
+    let metrics = cluster.metrics(2).await;
+    assert_eq!(sample(&metrics, r#"torcus_node_grants_rejected_total{reason="replayed"}"#), 0.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"torcus_node_sessions_total{kind="sign",outcome="completed"}"#), 0.0, "{metrics}");
+    assert!(matches!(cluster.session_status(2, &session).await, Some(SessionStatus::Failed { .. })));
 }

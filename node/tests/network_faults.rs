@@ -7,7 +7,9 @@
 //! - a partitioned node fails the sessions it is in, promptly and by name,
 //!   while the other signer sets sign; once it heals it signs again;
 //! - hybrid falls back to the relay when the direct paths are cut and goes
-//!   back to them when they heal.
+//!   back to them when they heal;
+//! - a proposal lost to a brief partition is sent again, and the session
+//!   signs.
 //!
 //! Each step asserts that the fault was reached (its iptables rules counted
 //! the packets they took), and every signature is checked with libsecp256k1.
@@ -169,6 +171,44 @@ async fn a_partitioned_node_fails_its_sessions_by_name_and_signs_again_once_heal
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     eprintln!("healed: signed with it again after {} attempts", n - 73);
+}
+
+/// A proposal lost with its connection: node 2 is cut off long enough for
+/// the QUIC connections to it to time out, a session with it starts, and
+/// the first dial to it fails (the log says so) before the partition
+/// heals. The initiator sends the proposal again to whoever has not acked,
+/// and the session signs within its handshake; with one proposal per
+/// session it would have failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_lost_to_a_brief_partition_is_sent_again() {
+    let Some(mut cluster) = Cluster::in_netlab(binary(), 3, 2, "quic").await else { return };
+    cluster.wait_ready().await;
+    cluster.keygen("default").await;
+    assert_eq!(try_sign(&cluster, vec![0, 2], 2, 90).await.0, 200);
+
+    cluster.lab.as_ref().unwrap().partition(2);
+    // Past the QUIC idle timeout (10 s): no connection to node 2 is left.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let lab = cluster.lab.take().expect("the lab");
+    let started = Instant::now();
+    let healer = tokio::spawn(async move {
+        // After the first dial's 3 s, within the 10 s handshake.
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let dropped = lab.packets(2, "torcus-partition");
+        let mut lab = lab;
+        lab.heal(2);
+        (lab, dropped)
+    });
+    let (status, body) = try_sign(&cluster, vec![0, 2], 2, 91).await;
+    let (lab, dropped) = healer.await.expect("the healer");
+    cluster.lab = Some(lab);
+    eprintln!("signed through a partition healed after 3.5 s: {status} in {:?}", started.elapsed());
+    assert!(dropped > 0, "the partition dropped nothing");
+    assert_eq!(status, 200, "{body}");
+    // Of signers 0 and 2, with 2 avoided, 0 initiates.
+    assert!(cluster.log(0).contains("could not send a control message"), "no proposal lost: {}", cluster.log(0));
+    let metrics = cluster.metrics(0).await;
+    assert!(sample(&metrics, r#"torcus_node_proposals_repeated_total{event="resent"}"#) >= 1.0, "{metrics}");
 }
 
 /// Hybrid: direct QUIC paths cut between every pair of nodes (the relay

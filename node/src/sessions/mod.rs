@@ -68,6 +68,15 @@ use crate::used_sessions::FileUsedSessions;
 /// How long the initiator waits for every acknowledgement, and a
 /// participant for Start.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the initiator sends its proposal again to the participants
+/// that have not acked. A proposal is lost with its connection (a dial
+/// whose handshake packets were lost, a peer that restarted), and one lost
+/// proposal would otherwise cost the session; a participant answers a
+/// repeated proposal with the ack it sent, and never runs a session twice.
+pub const PROPOSAL_RESEND: Duration = Duration::from_secs(2);
+/// Proposals being answered at once; more are dropped (each is one
+/// authenticated peer's, and is answered within [`HANDSHAKE_TIMEOUT`]).
+const MAX_PENDING_PROPOSALS: usize = 256;
 /// Longest a keygen (with aux info) may run.
 pub const KEYGEN_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a node accused in an Abort keeps running its protocol, for its
@@ -157,6 +166,13 @@ pub enum Offer {
 /// Where control messages of one session go: (authenticated sender, message).
 type ControlSender = mpsc::Sender<(u16, Control)>;
 
+/// See [`Sessions::repeated_proposal`].
+enum Repeated {
+    First,
+    AckAgain(Box<Control>),
+    Ignore,
+}
+
 /// The node's session logic over transport `T`.
 pub struct Sessions<T: Transport> {
     me: u16,
@@ -181,6 +197,9 @@ pub struct Sessions<T: Transport> {
     /// Id of the aux info stored here, if any.
     aux_id: Mutex<Option<String>>,
     handshakes: Mutex<HashMap<[u8; 32], ControlSender>>,
+    /// Proposals this node is answering as a participant, by session: the
+    /// ack once sent, for a repeated proposal to get it again.
+    proposals: Mutex<HashMap<[u8; 32], Option<Control>>>,
     statuses: Mutex<HashMap<[u8; 32], SessionStatus>>,
     metrics: crate::metrics::NodeMetrics,
     /// Presignatures, in memory only.
@@ -321,6 +340,7 @@ impl<T: Transport> Sessions<T> {
             primes_fixture,
             aux_id: Mutex::new(aux_id),
             handshakes: Mutex::new(HashMap::new()),
+            proposals: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             metrics,
             pools,
@@ -423,7 +443,7 @@ impl<T: Transport> Sessions<T> {
             }
             let proposal = Control::Proposal { grant: signed.clone(), presignature: handshake.offered() };
             self.broadcast_control(&grant.participants, session, &proposal).await;
-            let started_with = self.handshake(&mut handshake, &mut control).await?;
+            let started_with = self.handshake(&mut handshake, &mut control, Some(&proposal)).await?;
             // Not started with it: dropped here (counted as discarded).
             let presig = started_with.and_then(|id| offered.take().filter(|taken| taken.id() == id));
             drop(offered);
@@ -463,8 +483,31 @@ impl<T: Transport> Sessions<T> {
         };
         match control {
             Control::Proposal { grant, presignature } => {
+                let session = grant.grant.session_id();
+                // Only the initiator's proposals are tracked: any other's is
+                // refused by `participate` and must not shadow the real one.
+                let tracked = env.from == grant.grant.initiator();
+                if tracked {
+                    match self.repeated_proposal(session) {
+                        Repeated::First => {}
+                        Repeated::AckAgain(ack) => {
+                            self.metrics.proposals_repeated.with_label_values(&["acked_again"]).inc();
+                            self.send_control(env.from, session, &ack).await;
+                            return;
+                        }
+                        Repeated::Ignore => {
+                            self.metrics.proposals_repeated.with_label_values(&["ignored"]).inc();
+                            return;
+                        }
+                    }
+                }
                 let this = Arc::clone(self);
-                tokio::spawn(async move { this.participate(env.from, grant, presignature).await });
+                tokio::spawn(async move {
+                    Arc::clone(&this).participate(env.from, grant, presignature).await;
+                    if tracked {
+                        this.proposals.lock().unwrap_or_else(PoisonError::into_inner).remove(&session);
+                    }
+                });
             }
             Control::PresignProposal { session_id, key, path, participants, held } => {
                 let this = Arc::clone(self);
@@ -518,9 +561,13 @@ impl<T: Transport> Sessions<T> {
         // Taken out of the pool now, before acking: from here on no other
         // session can have it, whatever this one turns into.
         let mut reserved = offered.and_then(|id| self.reserve_presignature(&grant, &id));
-        self.send_control(from, session, &handshake.ack_with(reserved.as_ref().map(Taken::id))).await;
+        let ack = handshake.ack_with(reserved.as_ref().map(Taken::id));
+        if let Some(kept) = self.proposals.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&session) {
+            *kept = Some(ack.clone());
+        }
+        self.send_control(from, session, &ack).await;
         let result = async {
-            let started_with = self.handshake(&mut handshake, &mut control).await?;
+            let started_with = self.handshake(&mut handshake, &mut control, None).await?;
             let presig = match (started_with, reserved.take()) {
                 // The full protocol; a presignature set aside is dropped.
                 (None, _) => None,
@@ -804,15 +851,33 @@ impl<T: Transport> Sessions<T> {
     /// protocol); an Abort from a participant, or the deadline, ends the
     /// session (the deadline with an Abort to the others saying what was
     /// missing).
+    /// Drives `handshake` on the control messages of its session until it
+    /// starts or ends; `resend`, the initiator's proposal, goes again every
+    /// [`PROPOSAL_RESEND`] to the parties that have not answered.
     async fn handshake(
         &self,
         handshake: &mut impl Handshake,
         control: &mut mpsc::Receiver<(u16, Control)>,
+        resend: Option<&Control>,
     ) -> Result<Option<[u8; 32]>, SessionError> {
+        let mut next_resend = Instant::now() + PROPOSAL_RESEND;
         loop {
             let deadline = handshake.deadline();
-            let step = match tokio::time::timeout_at(deadline.into(), control.recv()).await {
+            let wake = if resend.is_some() { deadline.min(next_resend) } else { deadline };
+            let step = match tokio::time::timeout_at(wake.into(), control.recv()).await {
                 Ok(Some((from, message))) => handshake.on_control(from, message),
+                Err(_) if Instant::now() < deadline => {
+                    let awaiting = handshake.awaiting();
+                    if let Some(proposal) = resend.filter(|_| !awaiting.is_empty()) {
+                        let resent = u64::try_from(awaiting.len()).unwrap_or(u64::MAX);
+                        self.metrics.proposals_repeated.with_label_values(&["resent"]).inc_by(resent);
+                        // In the background: a dial to a party that does not
+                        // answer must not hold up the acks of the others.
+                        self.send_control_detached(awaiting, handshake.session(), proposal);
+                    }
+                    next_resend = Instant::now() + PROPOSAL_RESEND;
+                    continue;
+                }
                 // Closed (the node is shutting down) counts as the deadline.
                 Ok(None) | Err(_) => match handshake.on_time(Instant::now().max(deadline)) {
                     HandshakeStep::Waiting => {
@@ -952,10 +1017,54 @@ impl<T: Transport> Sessions<T> {
         statuses.insert(session, status);
     }
 
+    /// Sends `control` to every other participant, to all at once: a party
+    /// that does not answer costs the others nothing.
     async fn broadcast_control(&self, participants: &[u16], session: [u8; 32], control: &Control) {
-        for &to in participants.iter().filter(|p| **p != self.me) {
-            self.send_control(to, session, control).await;
+        let sends = participants.iter().filter(|p| **p != self.me).map(|&to| self.send_control(to, session, control));
+        futures::future::join_all(sends).await;
+    }
+
+    /// Sends `control` to each of `to` in tasks of their own.
+    fn send_control_detached(&self, to: Vec<u16>, session: [u8; 32], control: &Control) {
+        let Ok(payload) = serde_json::to_vec(control) else { return };
+        for to in to {
+            let transport = Arc::clone(&self.transport);
+            let env = Envelope {
+                session,
+                channel: Channel::Control,
+                from: self.me,
+                to: Some(to),
+                seq: 0,
+                payload: payload.clone(),
+            };
+            tokio::spawn(async move {
+                if let Err(error) = transport.send(to, env).await {
+                    tracing::debug!(to, %error, "could not send a control message again");
+                }
+            });
         }
+    }
+
+    /// What to do with a proposal of `session` from its initiator: answer
+    /// it (the first), send the ack again (a repeat of one being answered),
+    /// or drop it (a repeat of one whose ack is not out yet, of a session
+    /// this node has already run, or one too many at once).
+    fn repeated_proposal(&self, session: [u8; 32]) -> Repeated {
+        let mut proposals = self.proposals.lock().unwrap_or_else(PoisonError::into_inner);
+        // Statuses first: a session ends (its status set) a moment before
+        // its proposal is forgotten, and an ended one is never acked again.
+        let seen = self.statuses.lock().unwrap_or_else(PoisonError::into_inner).get(&session).cloned();
+        if matches!(seen, Some(SessionStatus::Completed { .. } | SessionStatus::Failed { .. })) {
+            return Repeated::Ignore;
+        }
+        if let Some(kept) = proposals.get(&session) {
+            return kept.clone().map_or(Repeated::Ignore, |ack| Repeated::AckAgain(Box::new(ack)));
+        }
+        if seen.is_some() || proposals.len() >= MAX_PENDING_PROPOSALS {
+            return Repeated::Ignore;
+        }
+        proposals.insert(session, None);
+        Repeated::First
     }
 
     /// Tells party `to` that this node will not take part in `session`, and why.

@@ -138,7 +138,7 @@ impl<T: Transport> Sessions<T> {
                 held: self.pools.ids(pool),
             };
             self.broadcast_control(set, session, &proposal).await;
-            self.handshake(&mut handshake, &mut control).await?;
+            self.handshake(&mut handshake, &mut control, None).await?;
             self.presign(session, pool, share, control).await
         }
         .await;
@@ -164,7 +164,7 @@ impl<T: Transport> Sessions<T> {
         let mut handshake = ParticipantHandshake::for_session(session, participants, from, self.me, deadline);
         self.send_control(from, session, &handshake.ack()).await;
         let result = async {
-            self.handshake(&mut handshake, &mut control).await?;
+            self.handshake(&mut handshake, &mut control, None).await?;
             self.presign(session, &pool, share, control).await
         }
         .await;
