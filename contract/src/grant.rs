@@ -441,6 +441,18 @@ pub fn sign(grant: Grant, key: &SigningKey) -> SignedGrant {
 }
 
 impl SignedGrant {
+    /// The grant, if it is well formed ([`Grant::check`]) and `issuer`
+    /// signed it (strict Ed25519); nothing about time, membership or
+    /// replay, and nothing recorded. [`SignedGrant::verify`] starts with it.
+    pub fn authentic(&self, issuer: &VerifyingKey) -> Result<&Grant, GrantError> {
+        let grant = &self.grant;
+        grant.check()?;
+        issuer
+            .verify_strict(&grant.canonical_bytes(), &Signature::from_bytes(&self.signature))
+            .map_err(|_| GrantError::BadSignature)?;
+        Ok(grant)
+    }
+
     /// Accepts the grant for party `me` at unix time `now`, or says why not.
     ///
     /// Checks, in order: version, shape ([`Grant::check`]), the signature by
@@ -457,11 +469,7 @@ impl SignedGrant {
         now: u64,
         used: &mut impl UsedSessions,
     ) -> Result<&Grant, GrantError> {
-        let grant = &self.grant;
-        grant.check()?;
-        issuer
-            .verify_strict(&grant.canonical_bytes(), &Signature::from_bytes(&self.signature))
-            .map_err(|_| GrantError::BadSignature)?;
+        let grant = self.authentic(issuer)?;
         if grant.issued_at > now.saturating_add(CLOCK_SKEW_SECS) {
             return Err(GrantError::NotYetValid { issued_at: grant.issued_at, now });
         }
@@ -1060,6 +1068,23 @@ pub(crate) mod tests {
             assert!(matches!(err, GrantError::BadSignature), "{name}: {err}");
             assert!(used.is_empty(), "{name}");
         }
+    }
+
+    #[test]
+    fn authentic_checks_shape_and_signature_and_records_nothing() {
+        let key = issuer().verifying_key();
+        let signed = sign(grant(), &issuer());
+        assert_eq!(signed.authentic(&key).unwrap(), &signed.grant);
+        // Authentic again: nothing was recorded, and time is not looked at.
+        assert!(signed.authentic(&key).is_ok());
+        let mut tampered = signed.clone();
+        tampered.grant.participants = vec![0, 1];
+        assert!(matches!(tampered.authentic(&key), Err(GrantError::BadSignature)));
+        // No participants: refused as malformed, where `initiator` would panic.
+        let empty = sign(Grant { participants: vec![], ..grant() }, &issuer());
+        assert!(matches!(empty.authentic(&key), Err(GrantError::Malformed(m)) if m.contains("no participants")));
+        let stranger = SigningKey::from_bytes(&[9; 32]).verifying_key();
+        assert!(matches!(signed.authentic(&stranger), Err(GrantError::BadSignature)));
     }
 
     #[test]

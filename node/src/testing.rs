@@ -516,7 +516,12 @@ impl Cluster {
 
     /// Node `i`'s log.
     pub fn log(&self, i: u16) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    /// Where node `i` writes its log.
+    pub fn log_path(&self, i: u16) -> PathBuf {
+        self.dir.path().join(format!("node-{i}.log"))
     }
 
     /// What a failed session leaves to read: the whole log of node `first`
@@ -680,6 +685,25 @@ impl Cluster {
     pub async fn metrics(&self, i: u16) -> String {
         self.http.get(self.plain_url(i, "/metrics")).send().await.expect("metrics").text().await.expect("metrics text")
     }
+}
+
+/// `text` without terminal colour sequences (ESC [ ... letter), as node
+/// logs written to a file have them.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A raw digest to sign (always the full protocol).

@@ -216,3 +216,30 @@ async fn a_repeated_proposal_is_acked_again_and_never_runs_twice() {
     assert_eq!(sample(&metrics, r#"torcus_node_sessions_total{kind="sign",outcome="completed"}"#), 0.0, "{metrics}");
     assert!(matches!(cluster.session_status(2, &session).await, Some(SessionStatus::Failed { .. })));
 }
+
+/// A proposal whose grant names no participants (signed by the real
+/// grant key, so only its shape is wrong) is refused with the reason, and
+/// the node's control messages keep flowing: a session among the real
+/// nodes right after it signs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_naming_no_participants_is_refused_and_the_node_goes_on() {
+    let mut cluster = Cluster::new(binary(), 3, 2, "http").await;
+    cluster.wait_ready().await;
+    cluster.keygen("default").await;
+    cluster.kill(0);
+    let mut impostor = Impostor::new(&cluster);
+    let kind = GrantKind::Sign { key: "default".into(), message: payload(b"nobody"), derivation_path: vec![] };
+    let grant = cluster.grant(kind, Vec::new());
+    let session = grant.grant.session_id();
+    impostor.send(2, session, &Control::Proposal { grant, presignature: None }).await;
+    let (from, refused) = impostor.receive(session).await;
+    assert_eq!(from, 2);
+    assert!(matches!(&refused, Control::Abort { reason, .. } if reason.contains("no participants")), "{refused:?}");
+    let metrics = cluster.metrics(2).await;
+    assert_eq!(sample(&metrics, r#"torcus_node_grants_rejected_total{reason="malformed"}"#), 1.0, "{metrics}");
+    assert!(!cluster.log(2).contains("panicked"), "{}", cluster.log(2));
+    // Parties 1 and 2 still run a session (its control messages go
+    // through the same loop on party 2).
+    let body = cluster.sign("default", vec![1, 2], payload(b"still here"), vec![]).await;
+    assert_eq!(body["presigned"], false, "{body}");
+}

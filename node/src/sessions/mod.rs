@@ -74,9 +74,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// proposal would otherwise cost the session; a participant answers a
 /// repeated proposal with the ack it sent, and never runs a session twice.
 pub const PROPOSAL_RESEND: Duration = Duration::from_secs(2);
-/// Proposals being answered at once; more are dropped (each is one
-/// authenticated peer's, and is answered within [`HANDSHAKE_TIMEOUT`]).
+/// Proposals of sessions being run here as a participant at once (each of
+/// a grant the operator signed, tracked until its session ends); more are
+/// dropped.
 const MAX_PENDING_PROPOSALS: usize = 256;
+/// How often a participant sends its ack again for repeats of one proposal.
+const ACK_AGAIN_EVERY: Duration = Duration::from_secs(1);
 /// Longest a keygen (with aux info) may run.
 pub const KEYGEN_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a node accused in an Abort keeps running its protocol, for its
@@ -166,6 +169,15 @@ pub enum Offer {
 /// Where control messages of one session go: (authenticated sender, message).
 type ControlSender = mpsc::Sender<(u16, Control)>;
 
+/// A proposal this node answers as a participant.
+#[derive(Default)]
+struct Pending {
+    /// The ack, once sent.
+    ack: Option<Control>,
+    /// When the ack was last sent again.
+    sent_again: Option<Instant>,
+}
+
 /// See [`Sessions::repeated_proposal`].
 enum Repeated {
     First,
@@ -199,7 +211,7 @@ pub struct Sessions<T: Transport> {
     handshakes: Mutex<HashMap<[u8; 32], ControlSender>>,
     /// Proposals this node is answering as a participant, by session: the
     /// ack once sent, for a repeated proposal to get it again.
-    proposals: Mutex<HashMap<[u8; 32], Option<Control>>>,
+    proposals: Mutex<HashMap<[u8; 32], Pending>>,
     statuses: Mutex<HashMap<[u8; 32], SessionStatus>>,
     metrics: crate::metrics::NodeMetrics,
     /// Presignatures, in memory only.
@@ -442,7 +454,10 @@ impl<T: Transport> Sessions<T> {
                 handshake.offer_presignature(taken.id());
             }
             let proposal = Control::Proposal { grant: signed.clone(), presignature: handshake.offered() };
-            self.broadcast_control(&grant.participants, session, &proposal).await;
+            // In the background: the acks of the parties that answer are
+            // taken while a dial to one that does not still waits.
+            let others: Vec<u16> = grant.participants.iter().copied().filter(|p| *p != self.me).collect();
+            self.send_control_detached(others, session, &proposal, false);
             let started_with = self.handshake(&mut handshake, &mut control, Some(&proposal)).await?;
             // Not started with it: dropped here (counted as discarded).
             let presig = started_with.and_then(|id| offered.take().filter(|taken| taken.id() == id));
@@ -484,15 +499,20 @@ impl<T: Transport> Sessions<T> {
         match control {
             Control::Proposal { grant, presignature } => {
                 let session = grant.grant.session_id();
-                // Only the initiator's proposals are tracked: any other's is
-                // refused by `participate` and must not shadow the real one.
-                let tracked = env.from == grant.grant.initiator();
+                // Only proposals of grants the operator signed, from their
+                // initiator, are tracked: any other is refused by
+                // `participate` and must neither shadow the real one nor
+                // fill the table. (Checked before `initiator`, which needs
+                // participants.)
+                let tracked = grant.authentic(&self.grant_key).is_ok_and(|grant| env.from == grant.initiator());
                 if tracked {
                     match self.repeated_proposal(session) {
                         Repeated::First => {}
                         Repeated::AckAgain(ack) => {
                             self.metrics.proposals_repeated.with_label_values(&["acked_again"]).inc();
-                            self.send_control(env.from, session, &ack).await;
+                            // Not in this loop: the way back to the
+                            // initiator may be what lost the first ack.
+                            self.send_control_detached(vec![env.from], session, &ack, true);
                             return;
                         }
                         Repeated::Ignore => {
@@ -531,6 +551,11 @@ impl<T: Transport> Sessions<T> {
     async fn participate(self: Arc<Self>, from: u16, signed: SignedGrant, offered: Option<[u8; 32]>) {
         let session = signed.grant.session_id();
         let participants = signed.grant.participants.clone();
+        if let Err(error) = signed.grant.check() {
+            self.metrics.grants_rejected.with_label_values(&[error.reason()]).inc();
+            self.refuse(from, session, format!("party {} refused the grant: {error}", self.me)).await;
+            return;
+        }
         // Checked before the grant is: verifying records its session as
         // used, and a proposal from anyone but the initiator must not burn
         // the session the initiator is about to propose.
@@ -562,8 +587,8 @@ impl<T: Transport> Sessions<T> {
         // session can have it, whatever this one turns into.
         let mut reserved = offered.and_then(|id| self.reserve_presignature(&grant, &id));
         let ack = handshake.ack_with(reserved.as_ref().map(Taken::id));
-        if let Some(kept) = self.proposals.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&session) {
-            *kept = Some(ack.clone());
+        if let Some(pending) = self.proposals.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&session) {
+            pending.ack = Some(ack.clone());
         }
         self.send_control(from, session, &ack).await;
         let result = async {
@@ -850,10 +875,8 @@ impl<T: Transport> Sessions<T> {
     /// Returns the presignature the session starts with (`None`: the full
     /// protocol); an Abort from a participant, or the deadline, ends the
     /// session (the deadline with an Abort to the others saying what was
-    /// missing).
-    /// Drives `handshake` on the control messages of its session until it
-    /// starts or ends; `resend`, the initiator's proposal, goes again every
-    /// [`PROPOSAL_RESEND`] to the parties that have not answered.
+    /// missing). `resend`, the initiator's proposal, goes again every
+    /// [`PROPOSAL_RESEND`] to the parties that have not acked.
     async fn handshake(
         &self,
         handshake: &mut impl Handshake,
@@ -873,7 +896,7 @@ impl<T: Transport> Sessions<T> {
                         self.metrics.proposals_repeated.with_label_values(&["resent"]).inc_by(resent);
                         // In the background: a dial to a party that does not
                         // answer must not hold up the acks of the others.
-                        self.send_control_detached(awaiting, handshake.session(), proposal);
+                        self.send_control_detached(awaiting, handshake.session(), proposal, true);
                     }
                     next_resend = Instant::now() + PROPOSAL_RESEND;
                     continue;
@@ -991,6 +1014,9 @@ impl<T: Transport> Sessions<T> {
         self.router.close(&session);
         let status = match result {
             Ok(outcome) => {
+                // One line per session: the durable record of what this
+                // node's share took part in (the counters restart with it).
+                info!(session = %hex::encode(session), kind = outcome_kind(outcome), "session completed");
                 self.metrics.sessions.with_label_values(&[outcome_kind(outcome), "completed"]).inc();
                 SessionStatus::Completed { outcome: outcome.clone() }
             }
@@ -1024,8 +1050,13 @@ impl<T: Transport> Sessions<T> {
         futures::future::join_all(sends).await;
     }
 
-    /// Sends `control` to each of `to` in tasks of their own.
-    fn send_control_detached(&self, to: Vec<u16>, session: [u8; 32], control: &Control) {
+    /// Sends `control` to each of `to` in tasks of their own; `again` says
+    /// it was sent before (a failure is then only logged at debug level).
+    /// The tasks are not cancelled: a send cut in the middle of a frame
+    /// would break the connection it was on. One that ends after its
+    /// session did is harmless: a transport delivers in order per peer, so
+    /// an Abort sent after it arrives after it.
+    fn send_control_detached(&self, to: Vec<u16>, session: [u8; 32], control: &Control, again: bool) {
         let Ok(payload) = serde_json::to_vec(control) else { return };
         for to in to {
             let transport = Arc::clone(&self.transport);
@@ -1038,8 +1069,10 @@ impl<T: Transport> Sessions<T> {
                 payload: payload.clone(),
             };
             tokio::spawn(async move {
-                if let Err(error) = transport.send(to, env).await {
-                    tracing::debug!(to, %error, "could not send a control message again");
+                match transport.send(to, env).await {
+                    Ok(()) => {}
+                    Err(error) if again => tracing::debug!(to, %error, "could not send a control message again"),
+                    Err(error) => warn!(to, %error, "could not send a control message"),
                 }
             });
         }
@@ -1047,8 +1080,9 @@ impl<T: Transport> Sessions<T> {
 
     /// What to do with a proposal of `session` from its initiator: answer
     /// it (the first), send the ack again (a repeat of one being answered),
-    /// or drop it (a repeat of one whose ack is not out yet, of a session
-    /// this node has already run, or one too many at once).
+    /// or drop it (a repeat of one whose ack is not out yet or was sent
+    /// again less than [`ACK_AGAIN_EVERY`] ago, of a session this node has
+    /// already run, or one too many at once).
     fn repeated_proposal(&self, session: [u8; 32]) -> Repeated {
         let mut proposals = self.proposals.lock().unwrap_or_else(PoisonError::into_inner);
         // Statuses first: a session ends (its status set) a moment before
@@ -1057,13 +1091,21 @@ impl<T: Transport> Sessions<T> {
         if matches!(seen, Some(SessionStatus::Completed { .. } | SessionStatus::Failed { .. })) {
             return Repeated::Ignore;
         }
-        if let Some(kept) = proposals.get(&session) {
-            return kept.clone().map_or(Repeated::Ignore, |ack| Repeated::AckAgain(Box::new(ack)));
+        if let Some(pending) = proposals.get_mut(&session) {
+            let now = Instant::now();
+            let due = pending.sent_again.is_none_or(|at| now.duration_since(at) >= ACK_AGAIN_EVERY);
+            return match &pending.ack {
+                Some(ack) if due => {
+                    pending.sent_again = Some(now);
+                    Repeated::AckAgain(Box::new(ack.clone()))
+                }
+                _ => Repeated::Ignore,
+            };
         }
         if seen.is_some() || proposals.len() >= MAX_PENDING_PROPOSALS {
             return Repeated::Ignore;
         }
-        proposals.insert(session, None);
+        proposals.insert(session, Pending::default());
         Repeated::First
     }
 
