@@ -48,12 +48,28 @@ impl Drop for Cluster {
     }
 }
 
-fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A port of 127.0.0.1 free now for both TCP and UDP, from below the
+/// kernel's ephemeral range (32768 and up unless configured otherwise).
+/// A port from `bind(0)`, released for the node to bind a moment later,
+/// can be taken in between by any process's next outgoing connection (a
+/// 16-node cluster lost a node that way in CI); the kernel never hands out
+/// ports from here, so only another harness could, and each test process
+/// starts at its own offset.
+fn free_port() -> u16 {
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let offset = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = u16::try_from(FIRST + (offset + step) % SPAN).expect("below 32000");
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+            && UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port from {FIRST} to {}", FIRST + SPAN)
 }
 
 /// A certificate of `ca` for party `i` of `vault/demo` (names `node-<i>`,
@@ -294,8 +310,8 @@ impl Cluster {
             .map(|index| Peer {
                 index,
                 host: hosts[usize::from(index)].to_string(),
-                p2p_port: free_udp(),
-                http_port: free_tcp(),
+                p2p_port: free_port(),
+                http_port: free_port(),
                 identity_key: None,
                 seal_key: None,
                 // As the operator publishes it: the node checks its store key against it.
@@ -341,7 +357,7 @@ impl Cluster {
             grant_key,
             nodes: (0..n).map(|_| None).collect(),
             aux_fixture,
-            metrics_ports: (0..n).map(|_| free_tcp()).collect(),
+            metrics_ports: (0..n).map(|_| free_port()).collect(),
             http,
             ca,
         };
