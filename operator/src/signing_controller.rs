@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 use crate::apiserver::FIELD_MANAGER;
 use crate::context::Context;
 use crate::grants::{self, GrantParts};
-use crate::node_client::NodeAddr;
+use crate::node_client::{self, NodeAddr};
 use crate::policy::{self, Approval, Ledger};
 use crate::presignatures::{self, Freshness};
 use crate::resources::{LABEL_CLUSTER, LABEL_PARTY};
@@ -63,6 +63,19 @@ const UNLIMITED_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// A failure that names nobody.
 const NO_FAULT: (Option<u16>, Option<u16>) = (None, None);
+/// What a signing session may take before it runs, on top of
+/// [`node_client::sign_call_timeout`]: the nodes' handshake.
+const HANDSHAKE_ALLOWANCE: Duration = Duration::from_secs(15);
+
+/// What the participants of a failed attempt know of its session.
+enum Elsewhere {
+    /// It completed on one of them: its outcome.
+    Completed(Outcome),
+    /// It is still running on one of them.
+    Running,
+    /// Neither.
+    Unknown,
+}
 
 /// The grant a status records, re-made from it and the spec.
 enum Recorded {
@@ -319,9 +332,16 @@ impl<'a> Reconcile<'a> {
                 self.retry(&mpc, &nodes, reason, (blamed, accuser)).await
             }
             // What was reserved for it is not known after a restart: the
-            // initiator chooses.
+            // initiator chooses. Unless the session ran without it: an
+            // initiator killed after its session completed has forgotten it.
             Ok(None) if grant.grant.expires_at > torcus_contract::unix_now() + 5 => {
-                self.sign(&mpc, Attempt { grant, url, presignature: PresignatureChoice::Any }).await
+                match self.attempt_elsewhere(&nodes).await {
+                    Elsewhere::Completed(outcome) => self.complete(outcome, None, pools).await,
+                    Elsewhere::Running => Ok(Action::requeue(Duration::from_secs(1))),
+                    Elsewhere::Unknown => {
+                        self.sign(&mpc, Attempt { grant, url, presignature: PresignatureChoice::Any }).await
+                    }
+                }
             }
             Ok(None) => self.retry(&mpc, &nodes, "the grant expired before its session ran".into(), NO_FAULT).await,
             Err(e) => self.retry(&mpc, &nodes, e.to_string(), NO_FAULT).await,
@@ -360,19 +380,8 @@ impl<'a> Reconcile<'a> {
                 .fail("ProtocolError", "the initiator answered with something other than a signature".into())
                 .await;
         };
-        // The key recorded before the grant was issued: the cluster's key,
-        // or the one the operator derived from it.
-        let under = self.status.public_key.clone().unwrap_or_default();
-        let digest = match crypto::digest(&self.sr.spec) {
-            Ok(d) => d,
-            Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
-        };
-        if let Err(e) = crypto::verify(&under, &digest, &sig) {
-            return self.fail("SignatureInvalid", format!("the returned signature was refused: {e}")).await;
-        }
-        if sig.public_key != under {
-            let message = format!("the initiator reports key {} for a signature under {under}", sig.public_key);
-            return self.fail("SignatureInvalid", message).await;
+        if let Err((reason, message)) = self.check_signature(&sig) {
+            return self.fail(reason, message).await;
         }
         let cluster = &self.sr.spec.cluster;
         for party in &self.status.participants {
@@ -403,6 +412,21 @@ impl<'a> Reconcile<'a> {
         Ok(Action::await_change())
     }
 
+    /// Whether `sig` is this request's: over its digest, under the key
+    /// recorded before the grant was issued (the cluster's key, or the one
+    /// the operator derived from it). Else the failure's reason and message.
+    fn check_signature(&self, sig: &SignatureOut) -> std::result::Result<(), (&'static str, String)> {
+        let under = self.status.public_key.clone().unwrap_or_default();
+        let digest = crypto::digest(&self.sr.spec).map_err(|e| ("InvalidRequest", e.to_string()))?;
+        crypto::verify(&under, &digest, sig)
+            .map_err(|e| ("SignatureInvalid", format!("the returned signature was refused: {e}")))?;
+        if sig.public_key != under {
+            let message = format!("the initiator reports key {} for a signature under {under}", sig.public_key);
+            return Err(("SignatureInvalid", message));
+        }
+        Ok(())
+    }
+
     /// Starts another attempt after a failed one, or fails the request.
     /// `fault` is whom the initiator held responsible and who accused it
     /// (see [`signers`]): the two are not put in one session of this
@@ -415,6 +439,20 @@ impl<'a> Reconcile<'a> {
         why: String,
         fault: (Option<u16>, Option<u16>),
     ) -> Result<Action> {
+        // A failed call is not always a failed session: the initiator may
+        // have been killed, or its answer lost, after the session completed.
+        // A new grant would sign the message a second time; every
+        // participant ends a session with the signature, so ask them first.
+        match self.attempt_elsewhere(nodes).await {
+            Elsewhere::Completed(outcome) => {
+                info!(request = %self.sr.name_any(), namespace = %self.ns, %why, "the failed call's session completed: its signature is taken from a participant");
+                let pools = mpc.spec.presignatures.pool_size > 0;
+                return self.complete(outcome, None, pools).await;
+            }
+            // Ends within the session's deadline; asked again then.
+            Elsewhere::Running => return Ok(Action::requeue(Duration::from_secs(1))),
+            Elsewhere::Unknown => {}
+        }
         warn!(request = %self.sr.name_any(), namespace = %self.ns, attempt = self.status.attempts, %why, ?fault, "signing attempt failed");
         let new = match self.status.initiator {
             Some(initiator) => signers::disputes(initiator, &self.status.participants, fault.0, fault.1),
@@ -683,6 +721,46 @@ impl<'a> Reconcile<'a> {
             nodes.insert(index, Node { url, healthy: ready && !offline.contains(&index) });
         }
         Ok(nodes)
+    }
+
+    /// What the participants of the recorded attempt say of its session:
+    /// completed on any of them with a signature that checks out for this
+    /// request (a participant's word is not taken: one that answers junk
+    /// is passed over), still running on any (only while its grant could
+    /// still be running: a node whose status is stuck cannot hold the
+    /// request), or neither (failed, or not known to the nodes that answer).
+    async fn attempt_elsewhere(&self, nodes: &BTreeMap<u16, Node>) -> Elsewhere {
+        let session = self.status.session_id.as_deref().and_then(|id| hex::decode(id).ok());
+        let Some(session) = session.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()) else {
+            return Elsewhere::Unknown;
+        };
+        let asks = self
+            .status
+            .participants
+            .iter()
+            .filter_map(|party| nodes.get(party))
+            .map(|node| self.ctx.nodes.session(&node.url, &session));
+        let mut running = false;
+        for answer in futures::future::join_all(asks).await {
+            match answer {
+                Ok(Some(SessionStatus::Completed { outcome: Outcome::Signature(sig) })) => {
+                    match self.check_signature(&sig) {
+                        Ok(()) => return Elsewhere::Completed(Outcome::Signature(sig)),
+                        Err((_, why)) => {
+                            warn!(request = %self.sr.name_any(), %why, "a participant reported a signature that does not check out")
+                        }
+                    }
+                }
+                Ok(Some(SessionStatus::Proposed | SessionStatus::Running)) => running = true,
+                _ => {}
+            }
+        }
+        // The longest the session can run: its handshake, the nodes'
+        // deadline for its signers, and the call's margin.
+        let issued_at = self.status.grant.as_ref().map_or(0, |g| g.issued_at);
+        let longest = node_client::sign_call_timeout(self.status.participants.len()) + HANDSHAKE_ALLOWANCE;
+        let overdue = torcus_contract::unix_now() > issued_at.saturating_add(longest.as_secs());
+        if running && !overdue { Elsewhere::Running } else { Elsewhere::Unknown }
     }
 
     /// Parties whose API does not answer a health check within a second.
