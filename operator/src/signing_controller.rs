@@ -73,8 +73,9 @@ enum Elsewhere {
     Completed(Outcome),
     /// It is still running on one of them.
     Running,
-    /// Neither.
-    Unknown,
+    /// Neither. `lost`: the participants that did not answer, or have no
+    /// record of the session (restarted since, or never reached).
+    Unknown { lost: Vec<u16> },
 }
 
 /// The grant a status records, re-made from it and the spec.
@@ -338,7 +339,7 @@ impl<'a> Reconcile<'a> {
                 match self.attempt_elsewhere(&nodes).await {
                     Elsewhere::Completed(outcome) => self.complete(outcome, None, pools).await,
                     Elsewhere::Running => Ok(Action::requeue(Duration::from_secs(1))),
-                    Elsewhere::Unknown => {
+                    Elsewhere::Unknown { .. } => {
                         self.sign(&mpc, Attempt { grant, url, presignature: PresignatureChoice::Any }).await
                     }
                 }
@@ -443,7 +444,7 @@ impl<'a> Reconcile<'a> {
         // have been killed, or its answer lost, after the session completed.
         // A new grant would sign the message a second time; every
         // participant ends a session with the signature, so ask them first.
-        match self.attempt_elsewhere(nodes).await {
+        let lost = match self.attempt_elsewhere(nodes).await {
             Elsewhere::Completed(outcome) => {
                 info!(request = %self.sr.name_any(), namespace = %self.ns, %why, "the failed call's session completed: its signature is taken from a participant");
                 let pools = mpc.spec.presignatures.pool_size > 0;
@@ -451,18 +452,20 @@ impl<'a> Reconcile<'a> {
             }
             // Ends within the session's deadline; asked again then.
             Elsewhere::Running => return Ok(Action::requeue(Duration::from_secs(1))),
-            Elsewhere::Unknown => {}
-        }
-        warn!(request = %self.sr.name_any(), namespace = %self.ns, attempt = self.status.attempts, %why, ?fault, "signing attempt failed");
+            Elsewhere::Unknown { lost } => lost,
+        };
+        warn!(request = %self.sr.name_any(), namespace = %self.ns, attempt = self.status.attempts, %why, ?fault, ?lost, "signing attempt failed");
         let new = match self.status.initiator {
             Some(initiator) => signers::disputes(initiator, &self.status.participants, fault.0, fault.1),
             None => Vec::new(),
         };
-        let disputes = self.ctx.signing.add_disputes(&self.uid, &new);
-        if self.status.attempts >= attempts_allowed(mpc.spec.nodes, mpc.spec.threshold) {
-            let message = format!("{} attempts failed; the last: {why}", self.status.attempts);
+        let failures = self.ctx.signing.add_failure(&self.uid, &new, !lost.is_empty());
+        let budget = AttemptBudget::of(mpc.spec.nodes, mpc.spec.threshold);
+        if let Some(spent) = budget.spent(self.status.attempts, failures.crashes) {
+            let message = format!("{} attempts failed ({spent}); the last: {why}", self.status.attempts);
             return self.fail("SigningFailed", message).await;
         }
+        let disputes = failures.disputes;
         // Nodes that do not answer now are left out of the next attempt.
         let unresponsive = self.unresponsive(nodes).await;
         for party in &unresponsive {
@@ -732,16 +735,18 @@ impl<'a> Reconcile<'a> {
     async fn attempt_elsewhere(&self, nodes: &BTreeMap<u16, Node>) -> Elsewhere {
         let session = self.status.session_id.as_deref().and_then(|id| hex::decode(id).ok());
         let Some(session) = session.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()) else {
-            return Elsewhere::Unknown;
+            return Elsewhere::Unknown { lost: Vec::new() };
         };
         let asks = self
             .status
             .participants
             .iter()
-            .filter_map(|party| nodes.get(party))
-            .map(|node| self.ctx.nodes.session(&node.url, &session));
+            .filter_map(|party| nodes.get(party).map(|node| (*party, node)))
+            .map(|(party, node)| async move { (party, self.ctx.nodes.session(&node.url, &session).await) });
         let mut running = false;
-        for answer in futures::future::join_all(asks).await {
+        let mut lost: Vec<u16> =
+            self.status.participants.iter().copied().filter(|party| !nodes.contains_key(party)).collect();
+        for (party, answer) in futures::future::join_all(asks).await {
             match answer {
                 Ok(Some(SessionStatus::Completed { outcome: Outcome::Signature(sig) })) => {
                     match self.check_signature(&sig) {
@@ -752,7 +757,8 @@ impl<'a> Reconcile<'a> {
                     }
                 }
                 Ok(Some(SessionStatus::Proposed | SessionStatus::Running)) => running = true,
-                _ => {}
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => lost.push(party),
             }
         }
         // The longest the session can run: its handshake, the nodes'
@@ -760,7 +766,7 @@ impl<'a> Reconcile<'a> {
         let issued_at = self.status.grant.as_ref().map_or(0, |g| g.issued_at);
         let longest = node_client::sign_call_timeout(self.status.participants.len()) + HANDSHAKE_ALLOWANCE;
         let overdue = torcus_contract::unix_now() > issued_at.saturating_add(longest.as_secs());
-        if running && !overdue { Elsewhere::Running } else { Elsewhere::Unknown }
+        if running && !overdue { Elsewhere::Running } else { Elsewhere::Unknown { lost } }
     }
 
     /// Parties whose API does not answer a health check within a second.
@@ -1064,6 +1070,46 @@ fn attempts_allowed(nodes: u16, threshold: u16) -> u16 {
     MAX_ATTEMPTS.max(nodes.saturating_sub(threshold).saturating_add(2))
 }
 
+/// Failed attempts a request may have when a participant of each had
+/// restarted or could not be reached, as a multiple of
+/// [`attempts_allowed`]: a crashed node is no reason to give up on a
+/// request, but a request cannot retry forever either.
+const CRASH_ALLOWANCE: u16 = 3;
+
+/// How many failed attempts a request may have before it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AttemptBudget {
+    /// Attempts that failed with every participant up and knowing the
+    /// session: the protocol failed, or a party broke it.
+    faults: u16,
+    /// Attempts in all, however they failed.
+    total: u16,
+}
+
+impl AttemptBudget {
+    fn of(nodes: u16, threshold: u16) -> Self {
+        let faults = attempts_allowed(nodes, threshold);
+        Self { faults, total: faults.saturating_mul(CRASH_ALLOWANCE) }
+    }
+
+    /// After `attempts` failed, `crashes` of them with a participant that
+    /// had restarted or did not answer: `None` while another may run, else
+    /// which limit was reached.
+    fn spent(self, attempts: u16, crashes: u16) -> Option<String> {
+        let faults = attempts.saturating_sub(crashes);
+        if faults >= self.faults {
+            Some(format!("{faults} with every participant up, the most allowed"))
+        } else if attempts >= self.total {
+            Some(format!(
+                "{crashes} of them with a participant restarted or unreachable; {} in all is the most allowed",
+                self.total
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 /// Whether the nodes' refusal of a grant is one a new grant for the same
 /// request cannot cure.
 fn is_final_refusal(reason: &str) -> bool {
@@ -1251,6 +1297,21 @@ mod tests {
         }
         // A threshold above the node count (refused at admission) gives no fewer.
         assert_eq!(attempts_allowed(2, 3), MAX_ATTEMPTS);
+    }
+    #[test]
+    fn attempts_lost_to_crashed_nodes_do_not_use_up_the_budget_for_faults() {
+        let budget = AttemptBudget::of(5, 3);
+        assert_eq!(budget, AttemptBudget { faults: MAX_ATTEMPTS, total: MAX_ATTEMPTS * CRASH_ALLOWANCE });
+        // Four failures with every participant up: the request fails.
+        assert_eq!(budget.spent(3, 0), None);
+        assert!(budget.spent(4, 0).is_some_and(|why| why.contains("4 with every participant up")));
+        // Four failures, one of them while a participant was down: one more.
+        assert_eq!(budget.spent(4, 1), None);
+        assert!(budget.spent(5, 1).is_some());
+        // Crashes alone: up to the total, not beyond.
+        assert_eq!(budget.spent(11, 11), None);
+        assert!(budget.spent(12, 12).is_some_and(|why| why.contains("12 in all")));
+        assert!(budget.spent(12, 9).is_some());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What the SigningRequest controller keeps between reconciles: the policy
-//! ledgers, the statuses it wrote, the presignature pools and the disputes
-//! of failed attempts. Memory only; the API server holds the rest.
+//! ledgers, the statuses it wrote, the presignature pools and what failed
+//! attempts showed. Memory only; the API server holds the rest.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,10 +24,11 @@ pub struct SigningState {
     /// The nodes' presignature pools, and the presignature reserved for
     /// each session.
     pub presignatures: Arc<Presignatures>,
-    /// Per request uid, the pairs of parties its failed attempts put in
-    /// dispute ([`signers`]). Memory only: after a restart a request starts
+    /// Per request uid, what its failed attempts showed: the pairs of
+    /// parties they put in dispute ([`signers`]) and how many failed with
+    /// a participant down. Memory only: after a restart a request starts
     /// over with none, which costs at most attempts.
-    disputes: Mutex<HashMap<String, Vec<signers::Dispute>>>,
+    failures: Mutex<HashMap<String, Failures>>,
     /// Per MpcCluster uid, the signing sessions it may run at once
     /// ([`SigningState::session_slot`]).
     slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
@@ -47,23 +48,36 @@ pub fn cluster_sessions(nodes: u16, threshold: u16) -> usize {
     (SESSIONS_PER_NODE * usize::from(nodes) / usize::from(threshold.max(1))).max(1)
 }
 
-/// Requests whose disputes are kept at once; beyond, all are forgotten.
-const MAX_DISPUTED_REQUESTS: usize = 4096;
+/// What the failed attempts of one request showed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Failures {
+    /// The pairs of parties not to be put in one session again.
+    pub disputes: Vec<signers::Dispute>,
+    /// Attempts that failed while a participant had restarted or could
+    /// not be reached.
+    pub crashes: u16,
+}
+
+/// Requests whose failures are kept at once; beyond, all are forgotten.
+const MAX_FAILED_REQUESTS: usize = 4096;
 
 impl SigningState {
-    /// Records `new` disputes for request `uid`; returns all of its disputes.
-    pub(crate) fn add_disputes(&self, uid: &str, new: &[signers::Dispute]) -> Vec<signers::Dispute> {
-        let mut all = self.disputes.lock().unwrap_or_else(PoisonError::into_inner);
-        if all.len() >= MAX_DISPUTED_REQUESTS && !all.contains_key(uid) {
+    /// Records a failed attempt of request `uid`: the `new` disputes it
+    /// showed, and whether a participant had crashed (restarted, or did not
+    /// answer). Returns what all its failed attempts showed.
+    pub(crate) fn add_failure(&self, uid: &str, new: &[signers::Dispute], crashed: bool) -> Failures {
+        let mut all = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if all.len() >= MAX_FAILED_REQUESTS && !all.contains_key(uid) {
             all.clear();
         }
-        let disputes = all.entry(uid.to_owned()).or_default();
+        let failures = all.entry(uid.to_owned()).or_default();
         for dispute in new {
-            if !disputes.contains(dispute) {
-                disputes.push(*dispute);
+            if !failures.disputes.contains(dispute) {
+                failures.disputes.push(*dispute);
             }
         }
-        disputes.clone()
+        failures.crashes = failures.crashes.saturating_add(u16::from(crashed));
+        failures.clone()
     }
 
     /// A slot to run one signing session of cluster `uid` (of `nodes` with
@@ -92,9 +106,9 @@ impl SigningState {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner).remove(uid);
     }
 
-    /// Forgets the disputes of request `uid`, which is over.
+    /// Forgets the failures of request `uid`, which is over.
     pub(crate) fn settle(&self, uid: &str) {
-        self.disputes.lock().unwrap_or_else(PoisonError::into_inner).remove(uid);
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner).remove(uid);
     }
 }
 
