@@ -239,8 +239,8 @@ impl<'a> Reconcile<'a> {
             return self.wait("WaitingForNodes", message).await;
         }
         // Admission: at most so many sessions of this cluster at once (see
-        // `SESSIONS_PER_NODE`); the others queue here, first come first
-        // served, and say so when the wait is long.
+        // `SESSIONS_PER_NODE`); the others queue here, oldest first, and
+        // say so when the wait is long.
         let Some(_slot) = self.session_slot(&mpc).await else {
             let running = crate::signing_state::cluster_sessions(mpc.spec.nodes, mpc.spec.threshold);
             let message = format!(
@@ -351,9 +351,11 @@ impl<'a> Reconcile<'a> {
 
     /// A slot to run one signing session of `mpc`, waiting up to
     /// [`QUEUE_WAIT`] (see `SigningState::session_slot`).
-    async fn session_slot(&self, mpc: &MpcCluster) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    async fn session_slot(&self, mpc: &MpcCluster) -> Option<crate::signing_state::SessionSlot> {
         let uid = mpc.uid().unwrap_or_default();
-        self.ctx.signing.session_slot(&uid, mpc.spec.nodes, mpc.spec.threshold, QUEUE_WAIT).await
+        let created = self.sr.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_millisecond());
+        let ticket = (created, self.uid.clone());
+        self.ctx.signing.session_slot(&uid, mpc.spec.nodes, mpc.spec.threshold, &ticket, QUEUE_WAIT).await
     }
 
     /// Sends the attempt's grant to its initiator and records the outcome.

@@ -2,8 +2,11 @@
 //! ledgers, the statuses it wrote, the presignature pools and what failed
 //! attempts showed. Memory only; the API server holds the rest.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use torcus_crds::SigningRequestStatus;
 
@@ -31,7 +34,56 @@ pub struct SigningState {
     failures: Mutex<HashMap<String, Failures>>,
     /// Per MpcCluster uid, the signing sessions it may run at once
     /// ([`SigningState::session_slot`]).
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    slots: Mutex<HashMap<String, Arc<Slots>>>,
+}
+
+/// A request's place in its cluster's queue for a session slot: oldest
+/// first (creation time in milliseconds, then uid).
+pub(crate) type Ticket = (i64, String);
+
+/// The session slots of one cluster, handed out in the order of the
+/// requests' tickets.
+#[derive(Debug, Default)]
+struct Slots {
+    queue: Mutex<Queue>,
+    /// Woken when a slot is given back.
+    freed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// Slots taken.
+    taken: usize,
+    /// The tickets of requests waiting, with when each lapses: a request
+    /// that stopped asking (deleted, or failed for another reason) is
+    /// dropped [`TICKET_GRACE`] after its last wait ended; one that asks
+    /// again within it keeps its place.
+    waiting: BTreeMap<Ticket, Instant>,
+}
+
+/// How long a waiting request keeps its place between two asks, beyond
+/// the wait of one ask: its reconcile publishes that it is queued and
+/// comes back within a few seconds.
+const TICKET_GRACE: Duration = Duration::from_secs(15);
+/// Requests one cluster's queue keeps a place for.
+const MAX_WAITING: usize = 1024;
+/// How often a waiting request looks at the queue again without being
+/// woken (a ticket ahead of it may have lapsed).
+const QUEUE_POLL: Duration = Duration::from_secs(1);
+
+/// A session slot taken; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct SessionSlot {
+    slots: Arc<Slots>,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut queue = self.slots.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.taken = queue.taken.saturating_sub(1);
+        drop(queue);
+        self.slots.freed.notify_waiters();
+    }
 }
 
 /// Signing sessions one node is given at once, on average: the full
@@ -81,23 +133,57 @@ impl SigningState {
     }
 
     /// A slot to run one signing session of cluster `uid` (of `nodes` with
-    /// `threshold`), waiting up to `wait` for one; first come, first served.
-    /// `None`: every slot stayed taken (the request waits, and says why).
+    /// `threshold`) for the request holding `ticket`, waiting up to `wait`
+    /// for one. Slots go to the oldest ticket first, also across waits:
+    /// `None` (every slot stayed taken, or went to older requests) keeps
+    /// the request's place for when it asks again (it says why it waits
+    /// meanwhile), so under a load above what the cluster can sign the
+    /// oldest requests sign first, and none waits past its pending limit
+    /// while newer ones go ahead.
     pub(crate) async fn session_slot(
         &self,
         uid: &str,
         nodes: u16,
         threshold: u16,
-        wait: std::time::Duration,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        ticket: &Ticket,
+        wait: Duration,
+    ) -> Option<SessionSlot> {
         let slots = {
             let mut all = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-            let slots = all
-                .entry(uid.to_owned())
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(cluster_sessions(nodes, threshold))));
-            Arc::clone(slots)
+            Arc::clone(all.entry(uid.to_owned()).or_default())
         };
-        tokio::time::timeout(wait, slots.acquire_owned()).await.ok()?.ok()
+        let capacity = cluster_sessions(nodes, threshold);
+        let deadline = Instant::now() + wait;
+        loop {
+            // Registered before the queue is read: a slot given back after
+            // the read wakes it.
+            let freed = slots.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut queue = slots.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                let now = Instant::now();
+                queue.waiting.retain(|_, lapses| *lapses > now);
+                // Beyond the bound a request waits without a place, behind all.
+                if queue.waiting.len() < MAX_WAITING || queue.waiting.contains_key(ticket) {
+                    queue.waiting.insert(ticket.clone(), deadline + TICKET_GRACE);
+                }
+                let ahead = match queue.waiting.contains_key(ticket) {
+                    true => queue.waiting.range(..ticket).count(),
+                    false => queue.waiting.len(),
+                };
+                if queue.taken + ahead < capacity {
+                    queue.taken += 1;
+                    queue.waiting.remove(ticket);
+                    return Some(SessionSlot { slots: Arc::clone(&slots) });
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let _ = tokio::time::timeout_at(deadline.min(now + QUEUE_POLL), freed).await;
+        }
     }
 
     /// Forgets the session slots of cluster `uid`, which is being deleted
@@ -125,15 +211,62 @@ mod tests {
         assert_eq!(cluster_sessions(3, 0), 6, "a zero threshold (refused at admission) divides by one");
     }
 
+    fn ticket(created: i64) -> Ticket {
+        (created, format!("uid-{created}"))
+    }
+
     #[tokio::test]
     async fn slots_are_per_cluster_and_taken_back_when_a_session_ends() {
         let state = SigningState::default();
-        let wait = std::time::Duration::from_millis(50);
-        let held: Vec<_> = futures::future::join_all((0..3).map(|_| state.session_slot("a", 3, 2, wait))).await;
+        let wait = Duration::from_millis(50);
+        let tickets: Vec<Ticket> = (0..5).map(ticket).collect();
+        let held: Vec<_> =
+            futures::future::join_all(tickets[..3].iter().map(|t| state.session_slot("a", 3, 2, t, wait))).await;
         assert!(held.iter().all(Option::is_some), "three sessions of a 2-of-3 cluster at once");
-        assert!(state.session_slot("a", 3, 2, wait).await.is_none(), "a fourth waits");
-        assert!(state.session_slot("b", 3, 2, wait).await.is_some(), "another cluster has slots of its own");
+        assert!(state.session_slot("a", 3, 2, &tickets[3], wait).await.is_none(), "a fourth waits");
+        assert!(
+            state.session_slot("b", 3, 2, &tickets[4], wait).await.is_some(),
+            "another cluster has slots of its own"
+        );
         drop(held);
-        assert!(state.session_slot("a", 3, 2, wait).await.is_some(), "an ended session frees its slot");
+        assert!(state.session_slot("a", 3, 2, &tickets[3], wait).await.is_some(), "an ended session frees its slot");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_request_gets_the_next_slot_even_between_its_waits() {
+        let state = SigningState::default();
+        let wait = Duration::from_secs(20);
+        // A 2-of-2 cluster: two sessions at once, both taken.
+        let (first, second) = (
+            state.session_slot("a", 2, 2, &ticket(1), wait).await,
+            state.session_slot("a", 2, 2, &ticket(2), wait).await,
+        );
+        assert!(first.is_some() && second.is_some());
+        // The old request waits its 20 s in vain and goes off to say so.
+        assert!(state.session_slot("a", 2, 2, &ticket(10), wait).await.is_none());
+        // A newer one is waiting when a slot comes free: it must not take
+        // the old one's place, though the old one is not waiting just then.
+        let newer = tokio::spawn({
+            let state = Arc::new(state);
+            let state2 = Arc::clone(&state);
+            async move { (state2.session_slot("a", 2, 2, &ticket(20), Duration::from_secs(5)).await.is_some(), state) }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(first);
+        let (newer_got_one, state) = newer.await.unwrap();
+        assert!(!newer_got_one, "a newer request took the older one's slot");
+        // The old one asks again and takes it.
+        let old = state.session_slot("a", 2, 2, &ticket(10), wait).await;
+        assert!(old.is_some(), "the oldest request gets the slot");
+        // Both taken again; two more wait, the older one asks once only.
+        assert!(state.session_slot("a", 2, 2, &ticket(20), Duration::from_millis(10)).await.is_none());
+        assert!(state.session_slot("a", 2, 2, &ticket(5), Duration::from_millis(10)).await.is_none());
+        drop(second);
+        // A request that stops asking loses its place once its grace is
+        // over: the slot is kept for it that long, not forever.
+        let started = tokio::time::Instant::now();
+        assert!(state.session_slot("a", 2, 2, &ticket(20), Duration::from_secs(60)).await.is_some());
+        let waited = started.elapsed();
+        assert!(waited >= TICKET_GRACE && waited <= TICKET_GRACE + QUEUE_POLL * 2, "waited {waited:?}");
     }
 }
