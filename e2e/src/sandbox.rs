@@ -327,6 +327,7 @@ async fn supervise_inner(dir: &Path, fixtures: &Fixtures) -> anyhow::Result<()> 
                 .map(|(variable, path)| (variable.to_owned(), path.display().to_string()))
                 .collect(),
             new_ip_on_recreate: false,
+            network: None,
         },
     )
     .await?;

@@ -108,6 +108,8 @@ pub struct TestNamespace {
     test_hooks: torcus_operator::test_hooks::TestHooks,
     /// Its kubelet gives a re-created pod a new IP.
     new_ips: bool,
+    /// Network namespaces its pods run in ([`Self::in_network_namespaces`]).
+    network: Option<crate::kubelet::PodNetwork>,
 }
 
 /// How many tests of one test binary run node processes at once
@@ -182,6 +184,7 @@ impl TestNamespace {
             _slot: None,
             test_hooks: Default::default(),
             new_ips: false,
+            network: None,
         })
     }
 
@@ -197,6 +200,7 @@ impl TestNamespace {
             _slot: None,
             test_hooks: self.test_hooks,
             new_ips: self.new_ips,
+            network: self.network.clone(),
         }
     }
 
@@ -204,6 +208,19 @@ impl TestNamespace {
     /// again a new IP, as a real cluster does.
     pub fn new_ips_on_recreate(&mut self) {
         self.new_ips = true;
+    }
+
+    /// Makes the kubelet this namespace starts run its pods in `network`'s
+    /// namespaces (one each), which the test made on a bridge whose address
+    /// in the test's namespace is `gateway`: the operator listens there,
+    /// and the nodes reach it there. Before the kubelet and the operator
+    /// start. The test keeps what made the namespaces until this is
+    /// dropped (declared before it).
+    pub fn in_network_namespaces(&mut self, network: crate::kubelet::PodNetwork, gateway: std::net::IpAddr) {
+        assert!(self.kubelet.is_none() && self.operator.is_none(), "before the kubelet and the operator start");
+        let port = crate::process::free_port().expect("a free port");
+        self.registry_url = Some(format!("http://{gateway}:{port}"));
+        self.network = Some(network);
     }
 
     /// Makes every operator this namespace starts from now on misbehave as
@@ -335,6 +352,7 @@ impl TestNamespace {
             work_dir: dir.join(format!("kubelet-{}", self.name)),
             extra_env,
             new_ip_on_recreate: self.new_ips,
+            network: self.network.clone(),
         };
         self.kubelet = Some(Kubelet::start(self.client.clone(), config).await?);
         Ok(())

@@ -1869,6 +1869,85 @@ async fn chaos_kills_and_holds_lose_no_request_and_sign_none_twice() {
     ns.finish().await.unwrap();
 }
 
+/// Issue 13, part 3, end to end: each node pod in a network namespace of
+/// its own (the kubelet runs it there; the operator listens on the bridge),
+/// one node cut off by the kernel. Requests made right after the cut reach
+/// the operator before it knows: those whose first signer set holds the
+/// cut node fail that attempt and are signed by the others. Once it heals,
+/// the node signs again.
+#[tokio::test]
+async fn a_partitioned_node_is_routed_around_and_signs_again_once_healed() {
+    // Declared first, dropped last: after the kubelet killed the processes.
+    let netem = torcus_e2e::kubelet::node_binary().unwrap().with_file_name("torcus-netem");
+    let Some(mut lab) = torcus_node::netlab::NetLab::create(3, &netem) else { return };
+    let mut ns = TestNamespace::new("partition").await.unwrap();
+    let namespaces = (0..3)
+        .map(|i| match lab.host(i) {
+            std::net::IpAddr::V4(ip) => (lab.namespace(i), ip),
+            std::net::IpAddr::V6(_) => unreachable!("the lab's hosts are IPv4"),
+        })
+        .collect();
+    ns.in_network_namespaces(torcus_e2e::kubelet::PodNetwork { namespaces }, lab.gateway());
+    let public_key = ready_cluster(&mut ns, cluster("vault", "quic", serde_json::json!({}))).await;
+    const CUT: u16 = 2;
+    let slot = ns.kubelet().network_slot(&ns.name, &format!("vault-{CUT}-0")).expect("a namespace for the pod");
+    lab.partition(slot);
+    let srs: Api<SigningRequest> = ns.api();
+    let signed = |name: String, payload: Vec<u8>| {
+        let (ns, srs, public_key) = (&ns, srs.clone(), public_key.clone());
+        async move {
+            let sr = request(&name, "vault", serde_json::json!({"payload": hex::encode(&payload)}));
+            srs.create(&PostParams::default(), &sr).await.unwrap();
+            // Up to two attempts of a session that waits for the cut node.
+            let status = wait_final(ns, &name, Duration::from_secs(240)).await.status.unwrap();
+            assert_eq!(status.phase, Some(SigningPhase::Completed), "{name}: {:?}", status.reason);
+            independent::verify_status(&status, &Sha256::digest(&payload).into(), &public_key)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            status
+        }
+    };
+    let cut_off = futures::future::join_all(
+        (0..4u8).map(|i| signed(format!("cut-{i}"), format!("while node {CUT} is cut off: {i}").into_bytes())),
+    )
+    .await;
+    // Reached: the kernel dropped the node's packets.
+    let dropped = lab.packets(slot, "torcus-partition");
+    assert!(dropped > 0, "the partition took no packet");
+    for (i, status) in cut_off.iter().enumerate() {
+        assert!(!status.participants.contains(&CUT), "cut-{i} signed with the cut node: {:?}", status.participants);
+    }
+    let retried = cut_off.iter().filter(|s| s.attempts > 1).count();
+    eprintln!(
+        "partition: 4 of 4 signed without node {CUT}, {retried} after a failed attempt; {dropped} packets dropped"
+    );
+
+    lab.heal(slot);
+    // Healed: the node is ready again, and a request put on it signs.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = ns.api();
+    eventually("the healed node ready", Duration::from_secs(120), || async {
+        let pod = pods.get(&format!("vault-{CUT}-0")).await?;
+        let ready = pod
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        Ok(ready.then_some(()))
+    })
+    .await
+    .unwrap();
+    let mut with_it = None;
+    for i in 0..12u8 {
+        let status = signed(format!("healed-{i}"), format!("after the heal: {i}").into_bytes()).await;
+        if status.participants.contains(&CUT) {
+            with_it = Some(status);
+            break;
+        }
+    }
+    let status = with_it.expect("the healed node in one of 12 signer sets (each holds it with probability 2/3)");
+    eprintln!("partition healed: node {CUT} signed with {:?}", status.participants);
+    ns.finish().await.unwrap();
+}
+
 /// Session ids of the signing sessions a node's log says completed.
 fn completed_sign_sessions_logged(log: &str) -> Vec<String> {
     let plain = torcus_node::testing::strip_ansi(log);

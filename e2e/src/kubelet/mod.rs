@@ -2,8 +2,9 @@
 //! binds the pods no scheduler binds, and runs each pod's container as a
 //! local process (the `torcus-node` binary for `torcus-node` images), with
 //! Secret, ConfigMap, projected, emptyDir and PVC volumes as folders under a
-//! work dir, a loopback pod IP, probes, restarts and pod status like the real
-//! kubelet reports. Everything else about a pod (resources, security
+//! work dir, a loopback pod IP (or, for network fault tests, a network
+//! namespace per pod that the test made, see [`KubeletConfig::network`]),
+//! probes, restarts and pod status like the real kubelet reports. Everything else about a pod (resources, security
 //! contexts, init containers, images) is out of scope.
 //!
 //! Work dir layout: `pods/<ns>_<pod>_<uid>/volumes/<volume>` (removed with the
@@ -106,6 +107,20 @@ pub struct KubeletConfig {
     /// A pod deleted and made again gets a new IP, as on a real cluster
     /// (by default a pod name keeps its IP for the kubelet's life).
     pub new_ip_on_recreate: bool,
+    /// Pods in network namespaces: each pod name, in the order pods first
+    /// get an IP, takes one of the lab's namespaces and its address as pod
+    /// IP, and its processes run inside it (see
+    /// [`KubeletHandle::network_slot`]). By default pods share this
+    /// machine's network on loopback IPs.
+    pub network: Option<PodNetwork>,
+}
+
+/// Network namespaces for pods ([`KubeletConfig::network`]), made (and
+/// removed) by the test, which injects faults in them.
+#[derive(Clone, Debug, Default)]
+pub struct PodNetwork {
+    /// Each namespace's name and the address its interface has.
+    pub namespaces: Vec<(String, Ipv4Addr)>,
 }
 
 /// Entry point: [`Kubelet::start`].
@@ -186,6 +201,12 @@ impl KubeletHandle {
     /// (unless [`KubeletConfig::new_ip_on_recreate`]).
     pub fn pod_ip(&self, namespace: &str, name: &str) -> Option<IpAddr> {
         self.shared.lock().ips.get(&key(namespace, name)).map(|ip| IpAddr::V4(*ip))
+    }
+
+    /// Which of the [`KubeletConfig::network`] lab's namespaces pod `name`
+    /// runs in, once it has an IP.
+    pub fn network_slot(&self, namespace: &str, name: &str) -> Option<u16> {
+        self.shared.lock().network_slots.get(&key(namespace, name)).copied()
     }
 
     /// The process id of the pod's running process.
@@ -313,6 +334,8 @@ struct State {
     hosts: BTreeMap<PodKey, Vec<String>>,
     /// IPs of deleted pods, not handed out again while others are free.
     retired: HashSet<Ipv4Addr>,
+    /// The lab namespace of each pod name ([`KubeletConfig::network`]).
+    network_slots: HashMap<PodKey, u16>,
     /// The hosts file as last written.
     hosts_text: String,
 }
@@ -347,6 +370,17 @@ impl Shared {
         if let Some(ip) = state.ips.get(key) {
             return Some(*ip);
         }
+        if let Some(network) = &self.config.network {
+            // A namespace per pod name, kept for the kubelet's life.
+            let next = u16::try_from(state.network_slots.len()).ok()?;
+            let slot = *state.network_slots.entry(key.clone()).or_insert(next);
+            let Some((_, ip)) = network.namespaces.get(usize::from(slot)) else {
+                warn!(pod = ?key, namespaces = network.namespaces.len(), "no network namespace left for the pod");
+                return None;
+            };
+            state.ips.insert(key.clone(), *ip);
+            return Some(*ip);
+        }
         let (a, b) = self.subnet;
         let used: HashSet<Ipv4Addr> = state.ips.values().chain(&state.retired).copied().collect();
         let ip = match (2..=254).map(|d| Ipv4Addr::new(127, a, b, d)).find(|ip| !used.contains(ip)) {
@@ -374,6 +408,23 @@ impl Shared {
             if let Some(ip) = state.ips.remove(key) {
                 state.retired.insert(ip);
             }
+        }
+    }
+
+    /// `program args` run in pod `key`'s network namespace, when pods have
+    /// namespaces (`ip netns exec` enters it and execs the program, which
+    /// keeps the process id).
+    fn in_network(&self, key: &PodKey, program: PathBuf, args: Vec<String>) -> (PathBuf, Vec<String>) {
+        let slot = self.lock().network_slots.get(key).copied();
+        let namespace = slot.and_then(|slot| self.config.network.as_ref()?.namespaces.get(usize::from(slot)));
+        match namespace {
+            Some((namespace, _)) => {
+                let mut wrapped =
+                    vec!["netns".to_owned(), "exec".to_owned(), namespace.clone(), program.display().to_string()];
+                wrapped.extend(args);
+                (PathBuf::from("ip"), wrapped)
+            }
+            None => (program, args),
         }
     }
 

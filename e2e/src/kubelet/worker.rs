@@ -424,6 +424,7 @@ impl Worker {
                 true => with_hosts(&self.shared.hosts_file(), &launch.program, &launch.args),
                 false => (launch.program.clone(), launch.args.clone()),
             };
+            let (program, args) = self.shared.in_network(&self.key, program, args);
             let mut command = tokio::process::Command::new(program);
             command
                 .args(args)
