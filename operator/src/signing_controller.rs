@@ -461,7 +461,13 @@ impl<'a> Reconcile<'a> {
             Some(initiator) => signers::disputes(initiator, &self.status.participants, fault.0, fault.1),
             None => Vec::new(),
         };
-        let failures = self.ctx.signing.add_failure(&self.uid, &new, !lost.is_empty());
+        // Counted once per session, however often this runs for it (a
+        // reconcile that failed after this line comes back here).
+        let crashed = match (lost.is_empty(), &self.status.session_id) {
+            (false, Some(session)) => Some(session.as_str()),
+            _ => None,
+        };
+        let failures = self.ctx.signing.add_failure(&self.uid, &new, crashed);
         let budget = AttemptBudget::of(mpc.spec.nodes, mpc.spec.threshold);
         if let Some(spent) = budget.spent(self.status.attempts, failures.crashes) {
             let message = format!("{} attempts failed ({spent}); the last: {why}", self.status.attempts);
@@ -477,8 +483,21 @@ impl<'a> Reconcile<'a> {
             Ok(kind) => kind,
             Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
         };
+        // So are the parties that had lost the session, while enough others
+        // remain: one just restarted, or one that claims to have (an
+        // attempt it breaks that way costs it its place in the next).
+        let mut exclude = unresponsive;
+        let lost_shares = self.ctx.shares_lost(mpc, kind.key());
+        let without_lost = healthy_indices(nodes)
+            .into_iter()
+            .filter(|i| !exclude.contains(i) && !lost.contains(i) && !lost_shares.contains(i))
+            .count();
+        if without_lost >= usize::from(mpc.spec.threshold) {
+            let more: Vec<u16> = lost.iter().copied().filter(|party| !exclude.contains(party)).collect();
+            exclude.extend(more);
+        }
         self.status.reason = Some(format!("attempt {} failed: {why}", self.status.attempts));
-        let attempt = match self.new_attempt(mpc, nodes, kind, &unresponsive, &disputes).await {
+        let attempt = match self.new_attempt(mpc, nodes, kind, &exclude, &disputes).await {
             Ok(next) => next,
             Err(Error::InvalidSpec(message)) => return self.fail("NotEnoughNodes", message).await,
             Err(e) => return Err(e),

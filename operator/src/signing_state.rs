@@ -2,7 +2,7 @@
 //! ledgers, the statuses it wrote, the presignature pools and what failed
 //! attempts showed. Memory only; the API server holds the rest.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -108,6 +108,8 @@ pub(crate) struct Failures {
     /// Attempts that failed while a participant had restarted or could
     /// not be reached.
     pub crashes: u16,
+    /// Their sessions, so that each counts once.
+    crashed: BTreeSet<String>,
 }
 
 /// Requests whose failures are kept at once; beyond, all are forgotten.
@@ -115,9 +117,10 @@ const MAX_FAILED_REQUESTS: usize = 4096;
 
 impl SigningState {
     /// Records a failed attempt of request `uid`: the `new` disputes it
-    /// showed, and whether a participant had crashed (restarted, or did not
-    /// answer). Returns what all its failed attempts showed.
-    pub(crate) fn add_failure(&self, uid: &str, new: &[signers::Dispute], crashed: bool) -> Failures {
+    /// showed, and, when a participant had crashed (restarted, or did not
+    /// answer), its session id. Returns what all its failed attempts
+    /// showed; a session recorded again counts once.
+    pub(crate) fn add_failure(&self, uid: &str, new: &[signers::Dispute], crashed: Option<&str>) -> Failures {
         let mut all = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         if all.len() >= MAX_FAILED_REQUESTS && !all.contains_key(uid) {
             all.clear();
@@ -128,7 +131,13 @@ impl SigningState {
                 failures.disputes.push(*dispute);
             }
         }
-        failures.crashes = failures.crashes.saturating_add(u16::from(crashed));
+        // Bounded by the attempts a request has (see the controller's budget).
+        if let Some(session) = crashed
+            && failures.crashed.len() < usize::from(u16::MAX)
+            && failures.crashed.insert(session.to_owned())
+        {
+            failures.crashes = failures.crashes.saturating_add(1);
+        }
         failures.clone()
     }
 
@@ -209,6 +218,18 @@ mod tests {
             assert_eq!(cluster_sessions(nodes, threshold), sessions, "{nodes}/{threshold}");
         }
         assert_eq!(cluster_sessions(3, 0), 6, "a zero threshold (refused at admission) divides by one");
+    }
+
+    #[test]
+    fn a_crashed_attempt_counts_once_however_often_it_is_recorded() {
+        let state = SigningState::default();
+        assert_eq!(state.add_failure("r", &[], Some("s1")).crashes, 1);
+        assert_eq!(state.add_failure("r", &[], Some("s1")).crashes, 1, "the same session again");
+        assert_eq!(state.add_failure("r", &[], None).crashes, 1, "a failure with every participant up");
+        assert_eq!(state.add_failure("r", &[], Some("s2")).crashes, 2);
+        assert_eq!(state.add_failure("other", &[], Some("s1")).crashes, 1, "per request");
+        state.settle("r");
+        assert_eq!(state.add_failure("r", &[], None).crashes, 0, "forgotten once the request is over");
     }
 
     fn ticket(created: i64) -> Ticket {
