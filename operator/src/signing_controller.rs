@@ -67,6 +67,14 @@ const NO_FAULT: (Option<u16>, Option<u16>) = (None, None);
 /// [`node_client::sign_call_timeout`]: the nodes' handshake.
 const HANDSHAKE_ALLOWANCE: Duration = Duration::from_secs(15);
 
+/// Parties a new attempt leaves out: `always`, and `if_enough_remain` while
+/// a signer set remains without them.
+#[derive(Clone, Copy, Debug, Default)]
+struct LeftOut<'a> {
+    always: &'a [u16],
+    if_enough_remain: &'a [u16],
+}
+
 /// What the participants of a failed attempt know of its session.
 enum Elsewhere {
     /// It completed on one of them: its outcome.
@@ -253,7 +261,7 @@ impl<'a> Reconcile<'a> {
         let kind = GrantKind::Sign { key: spec.key.clone(), message, derivation_path: path };
         self.status.public_key = Some(public_key);
         self.status.reason = None;
-        let attempt = match self.new_attempt(&mpc, &nodes, kind, &[], &[]).await {
+        let attempt = match self.new_attempt(&mpc, &nodes, kind, LeftOut::default(), &[]).await {
             Ok(next) => next,
             Err(Error::InvalidSpec(message)) => return self.wait("WaitingForNodes", message).await,
             Err(e) => return Err(e),
@@ -469,7 +477,7 @@ impl<'a> Reconcile<'a> {
         };
         let failures = self.ctx.signing.add_failure(&self.uid, &new, crashed);
         let budget = AttemptBudget::of(mpc.spec.nodes, mpc.spec.threshold);
-        if let Some(spent) = budget.spent(self.status.attempts, failures.crashes) {
+        if let Some(spent) = budget.spent(self.status.attempts, failures.crashes()) {
             let message = format!("{} attempts failed ({spent}); the last: {why}", self.status.attempts);
             return self.fail("SigningFailed", message).await;
         }
@@ -483,21 +491,12 @@ impl<'a> Reconcile<'a> {
             Ok(kind) => kind,
             Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
         };
-        // So are the parties that had lost the session, while enough others
-        // remain: one just restarted, or one that claims to have (an
+        // So, while enough others remain, are the parties that had lost the
+        // session: one just restarted, or one that claims to have (an
         // attempt it breaks that way costs it its place in the next).
-        let mut exclude = unresponsive;
-        let lost_shares = self.ctx.shares_lost(mpc, kind.key());
-        let without_lost = healthy_indices(nodes)
-            .into_iter()
-            .filter(|i| !exclude.contains(i) && !lost.contains(i) && !lost_shares.contains(i))
-            .count();
-        if without_lost >= usize::from(mpc.spec.threshold) {
-            let more: Vec<u16> = lost.iter().copied().filter(|party| !exclude.contains(party)).collect();
-            exclude.extend(more);
-        }
         self.status.reason = Some(format!("attempt {} failed: {why}", self.status.attempts));
-        let attempt = match self.new_attempt(mpc, nodes, kind, &exclude, &disputes).await {
+        let left_out = LeftOut { always: &unresponsive, if_enough_remain: &lost };
+        let attempt = match self.new_attempt(mpc, nodes, kind, left_out, &disputes).await {
             Ok(next) => next,
             Err(Error::InvalidSpec(message)) => return self.fail("NotEnoughNodes", message).await,
             Err(e) => return Err(e),
@@ -527,14 +526,18 @@ impl<'a> Reconcile<'a> {
         mpc: &MpcCluster,
         nodes: &BTreeMap<u16, Node>,
         kind: GrantKind,
-        exclude: &[u16],
+        left_out: LeftOut<'_>,
         disputes: &[signers::Dispute],
     ) -> Result<Attempt> {
         // Nor a node that holds no share of the key (a volume lost).
         let lost = self.ctx.shares_lost(mpc, kind.key());
-        let healthy: Vec<u16> =
-            healthy_indices(nodes).into_iter().filter(|i| !exclude.contains(i) && !lost.contains(i)).collect();
         let threshold = mpc.spec.threshold;
+        let mut healthy: Vec<u16> =
+            healthy_indices(nodes).into_iter().filter(|i| !left_out.always.contains(i) && !lost.contains(i)).collect();
+        let fewer: Vec<u16> = healthy.iter().copied().filter(|i| !left_out.if_enough_remain.contains(i)).collect();
+        if fewer.len() >= usize::from(threshold) {
+            healthy = fewer;
+        }
         let pools = mpc.spec.presignatures.pool_size > 0;
         // Only a payload the nodes hash, at a path pooled before the
         // presignatures were made, may use one.
@@ -1319,6 +1322,7 @@ mod tests {
         // A threshold above the node count (refused at admission) gives no fewer.
         assert_eq!(attempts_allowed(2, 3), MAX_ATTEMPTS);
     }
+
     #[test]
     fn attempts_lost_to_crashed_nodes_do_not_use_up_the_budget_for_faults() {
         let budget = AttemptBudget::of(5, 3);

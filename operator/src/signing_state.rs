@@ -105,11 +105,16 @@ pub fn cluster_sessions(nodes: u16, threshold: u16) -> usize {
 pub(crate) struct Failures {
     /// The pairs of parties not to be put in one session again.
     pub disputes: Vec<signers::Dispute>,
-    /// Attempts that failed while a participant had restarted or could
-    /// not be reached.
-    pub crashes: u16,
-    /// Their sessions, so that each counts once.
+    /// The sessions of attempts that failed while a participant had
+    /// restarted or could not be reached (a set: each counts once).
     crashed: BTreeSet<String>,
+}
+
+impl Failures {
+    /// How many attempts failed while a participant had crashed.
+    pub fn crashes(&self) -> u16 {
+        u16::try_from(self.crashed.len()).unwrap_or(u16::MAX)
+    }
 }
 
 /// Requests whose failures are kept at once; beyond, all are forgotten.
@@ -132,11 +137,8 @@ impl SigningState {
             }
         }
         // Bounded by the attempts a request has (see the controller's budget).
-        if let Some(session) = crashed
-            && failures.crashed.len() < usize::from(u16::MAX)
-            && failures.crashed.insert(session.to_owned())
-        {
-            failures.crashes = failures.crashes.saturating_add(1);
+        if let Some(session) = crashed {
+            failures.crashed.insert(session.to_owned());
         }
         failures.clone()
     }
@@ -223,13 +225,13 @@ mod tests {
     #[test]
     fn a_crashed_attempt_counts_once_however_often_it_is_recorded() {
         let state = SigningState::default();
-        assert_eq!(state.add_failure("r", &[], Some("s1")).crashes, 1);
-        assert_eq!(state.add_failure("r", &[], Some("s1")).crashes, 1, "the same session again");
-        assert_eq!(state.add_failure("r", &[], None).crashes, 1, "a failure with every participant up");
-        assert_eq!(state.add_failure("r", &[], Some("s2")).crashes, 2);
-        assert_eq!(state.add_failure("other", &[], Some("s1")).crashes, 1, "per request");
+        assert_eq!(state.add_failure("r", &[], Some("s1")).crashes(), 1);
+        assert_eq!(state.add_failure("r", &[], Some("s1")).crashes(), 1, "the same session again");
+        assert_eq!(state.add_failure("r", &[], None).crashes(), 1, "a failure with every participant up");
+        assert_eq!(state.add_failure("r", &[], Some("s2")).crashes(), 2);
+        assert_eq!(state.add_failure("other", &[], Some("s1")).crashes(), 1, "per request");
         state.settle("r");
-        assert_eq!(state.add_failure("r", &[], None).crashes, 0, "forgotten once the request is over");
+        assert_eq!(state.add_failure("r", &[], None).crashes(), 0, "forgotten once the request is over");
     }
 
     fn ticket(created: i64) -> Ticket {

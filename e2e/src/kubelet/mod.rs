@@ -4,8 +4,9 @@
 //! Secret, ConfigMap, projected, emptyDir and PVC volumes as folders under a
 //! work dir, a loopback pod IP (or, for network fault tests, a network
 //! namespace per pod that the test made, see [`KubeletConfig::network`]),
-//! probes, restarts and pod status like the real kubelet reports. Everything else about a pod (resources, security
-//! contexts, init containers, images) is out of scope.
+//! probes, restarts and pod status like the real kubelet reports. Everything
+//! else about a pod (resources, security contexts, init containers, images)
+//! is out of scope.
 //!
 //! Work dir layout: `pods/<ns>_<pod>_<uid>/volumes/<volume>` (removed with the
 //! pod), `pvc/<ns>/<claim>` (kept: the node's key shares live there),
