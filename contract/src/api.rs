@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::SignedGrant;
+use crate::{Scheme, SignedGrant};
 
 /// Path of the keygen endpoint.
 pub const KEYGEN_PATH: &str = "/p2p/keygen";
@@ -90,14 +90,38 @@ pub enum Outcome {
     Keygen {
         /// Key name.
         key: String,
-        /// Compressed SEC1 public key, hex.
+        /// The key's scheme.
+        #[serde(default, skip_serializing_if = "is_ecdsa")]
+        scheme: Scheme,
+        /// Public key, hex: compressed SEC1 on secp256k1 (both schemes),
+        /// 32 bytes for Ed25519.
         public_key: String,
         /// SLIP-10 chain code, hex (see [`KeyInfo::chain_code`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         chain_code: Option<String>,
     },
-    /// A message was signed.
+    /// A message was signed (ECDSA).
     Signature(SignatureOut),
+    /// A message was signed with a FROST key.
+    FrostSignature(FrostSignatureOut),
+}
+
+/// A BIP-340 or Ed25519 signature as the API returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrostSignatureOut {
+    /// The key's scheme.
+    pub scheme: Scheme,
+    /// The 64-byte signature, hex: BIP-340 (x(R) ‖ s) or RFC 8032 (R ‖ S).
+    pub signature: String,
+    /// The key it verifies under, hex: the x-only Taproot output key
+    /// (BIP-341 key-path spend) for `schnorr-bip340`, the 32-byte Ed25519
+    /// key for `eddsa-ed25519`.
+    pub public_key: String,
+}
+
+fn is_ecdsa(scheme: &Scheme) -> bool {
+    *scheme == Scheme::EcdsaSecp256k1
 }
 
 /// An ECDSA signature as the API returns it.
@@ -162,7 +186,10 @@ pub struct AuxInfoId {
 pub struct KeyInfo {
     /// Key name.
     pub name: String,
-    /// Compressed SEC1 public key, hex.
+    /// The key's scheme.
+    #[serde(default, skip_serializing_if = "is_ecdsa")]
+    pub scheme: Scheme,
+    /// Public key, hex, as in [`Outcome::Keygen`].
     pub public_key: String,
     /// SLIP-10 chain code, hex: with the public key, the extended public
     /// key every derived key comes from. Public material (like an xpub):

@@ -54,8 +54,81 @@ const INITIATOR_DOMAIN: &[u8] = b"torcus-initiator:";
 
 const KIND_KEYGEN: u8 = 0x01;
 const KIND_SIGN: u8 = 0x02;
+const KIND_FROST_KEYGEN: u8 = 0x03;
+const KIND_FROST_SIGN: u8 = 0x04;
 const MESSAGE_DIGEST: u8 = 0x01;
 const MESSAGE_PAYLOAD: u8 = 0x02;
+const MESSAGE_RAW: u8 = 0x03;
+
+/// The signature scheme of a key. A key's scheme is fixed when it is
+/// generated: a share is never used under another one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheme {
+    /// Threshold ECDSA on secp256k1 (CGGMP24), as Ethereum and Bitcoin's
+    /// pre-Taproot outputs use.
+    #[default]
+    EcdsaSecp256k1,
+    /// BIP-340 Schnorr on secp256k1 (FROST), signing for the BIP-341
+    /// key-path spend of a Taproot output.
+    SchnorrBip340,
+    /// Ed25519 (RFC 8032, FROST), as Solana, Cardano and Stellar use.
+    EddsaEd25519,
+}
+
+impl Scheme {
+    /// Every scheme, in a fixed order.
+    pub const ALL: [Self; 3] = [Self::EcdsaSecp256k1, Self::SchnorrBip340, Self::EddsaEd25519];
+
+    /// The name used in the API, in grants' JSON and as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EcdsaSecp256k1 => "ecdsa-secp256k1",
+            Self::SchnorrBip340 => "schnorr-bip340",
+            Self::EddsaEd25519 => "eddsa-ed25519",
+        }
+    }
+
+    /// The scheme of an API name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether it is one of the FROST schemes (no aux info, no presignatures).
+    pub fn is_frost(self) -> bool {
+        !matches!(self, Self::EcdsaSecp256k1)
+    }
+
+    /// Whether keys of this scheme derive child keys (non-hardened BIP-32 /
+    /// SLIP-10 on secp256k1). Ed25519 has no standard non-hardened
+    /// derivation: its signing grants carry no path.
+    pub fn derives(self) -> bool {
+        !matches!(self, Self::EddsaEd25519)
+    }
+
+    /// Bytes of a public key as grants and the API carry it: compressed
+    /// SEC1 on secp256k1, 32 bytes for Ed25519.
+    pub fn public_key_len(self) -> usize {
+        match self {
+            Self::EcdsaSecp256k1 | Self::SchnorrBip340 => 33,
+            Self::EddsaEd25519 => 32,
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            Self::EcdsaSecp256k1 => 0x01,
+            Self::SchnorrBip340 => 0x02,
+            Self::EddsaEd25519 => 0x03,
+        }
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// How a payload is hashed into the digest that is signed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -122,6 +195,14 @@ pub enum SignMessage {
         #[serde(with = "hex")]
         digest: [u8; 32],
     },
+    /// A message signed as it is, with no hash applied by anybody: Ed25519
+    /// (RFC 8032) hashes the message itself as part of the signature.
+    /// Only an `eddsa-ed25519` grant carries it, and it carries nothing else.
+    Raw {
+        /// The message, at most [`MAX_PAYLOAD_BYTES`].
+        #[serde(with = "hex")]
+        message: Vec<u8>,
+    },
 }
 
 impl SignMessage {
@@ -131,10 +212,20 @@ impl SignMessage {
         Self::Payload { hash, payload, digest }
     }
 
-    /// The 32-byte digest that is signed.
-    pub fn digest(&self) -> [u8; 32] {
+    /// The 32-byte digest that is signed; none for a raw message.
+    pub fn digest(&self) -> Option<[u8; 32]> {
         match self {
-            Self::Digest { digest } | Self::Payload { digest, .. } => *digest,
+            Self::Digest { digest } | Self::Payload { digest, .. } => Some(*digest),
+            Self::Raw { .. } => None,
+        }
+    }
+
+    /// The bytes the signature scheme takes as its message: the digest, or
+    /// the raw message.
+    pub fn signed_bytes(&self) -> &[u8] {
+        match self {
+            Self::Digest { digest } | Self::Payload { digest, .. } => digest,
+            Self::Raw { message } => message,
         }
     }
 
@@ -155,6 +246,7 @@ impl std::fmt::Debug for SignMessage {
                 .field("bytes", &payload.len())
                 .field("digest", &hex::encode(digest))
                 .finish(),
+            Self::Raw { message } => f.debug_struct("Raw").field("bytes", &message.len()).finish(),
         }
     }
 }
@@ -190,6 +282,35 @@ pub enum GrantKind {
         /// empty signs with the key itself.
         derivation_path: Vec<u32>,
     },
+    /// Generate the FROST key `key` of `scheme` (`schnorr-bip340` or
+    /// `eddsa-ed25519`): keygen alone, with no aux info.
+    FrostKeygen {
+        /// Key name, as listed in the cluster configuration.
+        key: String,
+        /// The key's scheme; never `ecdsa-secp256k1`.
+        scheme: Scheme,
+        /// As for [`GrantKind::Keygen`]: public keys (hex, in the scheme's
+        /// [`Scheme::public_key_len`]) of earlier runs that ended on some
+        /// nodes only.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        supersedes: Vec<String>,
+    },
+    /// Sign one message with the FROST key `key` of `scheme`, with the full
+    /// two-round protocol (FROST keeps no presignatures).
+    FrostSign {
+        /// Key name, as listed in the cluster configuration.
+        key: String,
+        /// The key's scheme: the nodes refuse a grant whose scheme is not
+        /// the one their share was generated for.
+        scheme: Scheme,
+        /// What is signed: for `schnorr-bip340` a 32-byte digest (a
+        /// requester's, such as a BIP-341 sighash, or a hashed payload), for
+        /// `eddsa-ed25519` a raw message.
+        message: SignMessage,
+        /// Non-hardened BIP-32 child indices (`schnorr-bip340` only; empty
+        /// for `eddsa-ed25519`).
+        derivation_path: Vec<u32>,
+    },
 }
 
 impl GrantKind {
@@ -201,8 +322,24 @@ impl GrantKind {
     /// The key the grant is about.
     pub fn key(&self) -> &str {
         match self {
-            Self::Keygen { key, .. } | Self::Sign { key, .. } => key,
+            Self::Keygen { key, .. }
+            | Self::Sign { key, .. }
+            | Self::FrostKeygen { key, .. }
+            | Self::FrostSign { key, .. } => key,
         }
+    }
+
+    /// The scheme of the key the grant is about.
+    pub fn scheme(&self) -> Scheme {
+        match self {
+            Self::Keygen { .. } | Self::Sign { .. } => Scheme::EcdsaSecp256k1,
+            Self::FrostKeygen { scheme, .. } | Self::FrostSign { scheme, .. } => *scheme,
+        }
+    }
+
+    /// Whether it generates a key (of any scheme).
+    pub fn is_keygen(&self) -> bool {
+        matches!(self, Self::Keygen { .. } | Self::FrostKeygen { .. })
     }
 }
 
@@ -250,8 +387,15 @@ impl Grant {
     /// | 8 + n   | `key`: byte length as u64, then UTF-8 bytes              |
     /// | 1 (+8+n)| keygen only: `aux_info`: 0 absent, or 1 then as `key`    |
     /// | 8 + …   | keygen only: `supersedes`: count as u64, then each as `key` |
-    /// | 1 + …   | sign only: message tag, `0x01` digest then its 32 bytes, or `0x02` payload then the hash tag (`0x01` sha256, `0x02` keccak256, `0x03` sha256d), the payload's byte length as u64 and its bytes, and the 32-byte digest |
+    /// | 1 + …   | sign only: message tag, `0x01` digest then its 32 bytes, or `0x02` payload then the hash tag (`0x01` sha256, `0x02` keccak256, `0x03` sha256d), the payload's byte length as u64 and its bytes, and the 32-byte digest, or `0x03` raw message then its byte length as u64 and its bytes |
     /// | 8 + 4·k | sign only: `derivation_path`: count as u64, then each u32 |
+    ///
+    /// A FROST grant has kind tag `0x03` (keygen) or `0x04` (sign), then the
+    /// scheme tag (`0x02` schnorr-bip340, `0x03` eddsa-ed25519), then `key`;
+    /// a FROST keygen continues with `supersedes`, a FROST sign with the
+    /// message and `derivation_path`, each as above. ECDSA grants keep the
+    /// layout they had, byte for byte.
+    ///
     /// | 8 + 2·p | `participants`: count as u64, then each u16              |
     /// | 16      | `nonce`                                                  |
     /// | 8       | `issued_at` as u64                                       |
@@ -262,7 +406,11 @@ impl Grant {
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let Self { version, grant_id, namespace, cluster, kind, participants, nonce, issued_at, expires_at } = self;
         let payload_len = match kind {
-            GrantKind::Sign { message: SignMessage::Payload { payload, .. }, .. } => payload.len(),
+            GrantKind::Sign { message, .. } | GrantKind::FrostSign { message, .. } => match message {
+                SignMessage::Payload { payload, .. } => payload.len(),
+                SignMessage::Raw { message } => message.len(),
+                SignMessage::Digest { .. } => 0,
+            },
             _ => 0,
         };
         let mut out = Vec::with_capacity(128 + namespace.len() + cluster.len() + payload_len);
@@ -290,22 +438,22 @@ impl Grant {
             GrantKind::Sign { key, message, derivation_path } => {
                 out.push(KIND_SIGN);
                 put_bytes(&mut out, key.as_bytes());
-                match message {
-                    SignMessage::Digest { digest } => {
-                        out.push(MESSAGE_DIGEST);
-                        out.extend_from_slice(digest);
-                    }
-                    SignMessage::Payload { hash, payload, digest } => {
-                        out.push(MESSAGE_PAYLOAD);
-                        out.push(hash.tag());
-                        put_bytes(&mut out, payload);
-                        out.extend_from_slice(digest);
-                    }
+                put_message(&mut out, message, derivation_path);
+            }
+            GrantKind::FrostKeygen { key, scheme, supersedes } => {
+                out.push(KIND_FROST_KEYGEN);
+                out.push(scheme.tag());
+                put_bytes(&mut out, key.as_bytes());
+                put_len(&mut out, supersedes.len());
+                for public_key in supersedes {
+                    put_bytes(&mut out, public_key.as_bytes());
                 }
-                put_len(&mut out, derivation_path.len());
-                for index in derivation_path {
-                    out.extend_from_slice(&index.to_be_bytes());
-                }
+            }
+            GrantKind::FrostSign { key, scheme, message, derivation_path } => {
+                out.push(KIND_FROST_SIGN);
+                out.push(scheme.tag());
+                put_bytes(&mut out, key.as_bytes());
+                put_message(&mut out, message, derivation_path);
             }
         }
         put_len(&mut out, participants.len());
@@ -385,22 +533,54 @@ impl Grant {
         let hex_of = |s: &str, bytes: usize| {
             s.len() == 2 * bytes && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
-        if let GrantKind::Keygen { aux_info, supersedes, .. } = &self.kind {
-            if let Some(id) = aux_info.as_deref().filter(|id| !hex_of(id, 32)) {
-                return malformed(format!("aux info id {id:?} is not 64 lowercase hex digits"));
-            }
-            if let Some(pk) = supersedes.iter().find(|pk| !hex_of(pk, 33)) {
-                return malformed(format!("superseded public key {pk:?} is not 66 lowercase hex digits"));
-            }
+        let scheme = self.kind.scheme();
+        if let GrantKind::Keygen { aux_info: Some(id), .. } = &self.kind
+            && !hex_of(id, 32)
+        {
+            return malformed(format!("aux info id {id:?} is not 64 lowercase hex digits"));
         }
-        if let GrantKind::Sign { derivation_path, message, .. } = &self.kind {
-            if let SignMessage::Payload { hash, payload, digest } = message {
-                if payload.len() > MAX_PAYLOAD_BYTES {
-                    return malformed(format!("payload is {} bytes, above {MAX_PAYLOAD_BYTES}", payload.len()));
+        if let GrantKind::Keygen { supersedes, .. } | GrantKind::FrostKeygen { supersedes, .. } = &self.kind
+            && let Some(pk) = supersedes.iter().find(|pk| !hex_of(pk, scheme.public_key_len()))
+        {
+            return malformed(format!(
+                "superseded public key {pk:?} is not {} lowercase hex digits",
+                2 * scheme.public_key_len()
+            ));
+        }
+        if let GrantKind::FrostKeygen { scheme: Scheme::EcdsaSecp256k1, .. }
+        | GrantKind::FrostSign { scheme: Scheme::EcdsaSecp256k1, .. } = &self.kind
+        {
+            return malformed("a FROST grant for an ecdsa-secp256k1 key".into());
+        }
+        if let GrantKind::Sign { derivation_path, message, .. }
+        | GrantKind::FrostSign { derivation_path, message, .. } = &self.kind
+        {
+            match (scheme, message) {
+                (Scheme::EddsaEd25519, SignMessage::Raw { .. }) => {}
+                (Scheme::EddsaEd25519, _) => {
+                    return malformed("an eddsa-ed25519 key signs a raw message, not a digest".into());
                 }
-                if hash.digest(payload) != *digest {
-                    return Err(GrantError::DigestMismatch { hash: *hash });
+                (_, SignMessage::Raw { .. }) => {
+                    return malformed(format!("a {scheme} key signs a 32-byte digest, not a raw message"));
                 }
+                _ => {}
+            }
+            if !scheme.derives() && !derivation_path.is_empty() {
+                return malformed(format!("a {scheme} key has no derivation"));
+            }
+            match message {
+                SignMessage::Payload { hash, payload, digest } => {
+                    if payload.len() > MAX_PAYLOAD_BYTES {
+                        return malformed(format!("payload is {} bytes, above {MAX_PAYLOAD_BYTES}", payload.len()));
+                    }
+                    if hash.digest(payload) != *digest {
+                        return Err(GrantError::DigestMismatch { hash: *hash });
+                    }
+                }
+                SignMessage::Raw { message } if message.len() > MAX_PAYLOAD_BYTES => {
+                    return malformed(format!("message is {} bytes, above {MAX_PAYLOAD_BYTES}", message.len()));
+                }
+                _ => {}
             }
             if derivation_path.len() > MAX_DERIVATION_DEPTH {
                 return malformed(format!("derivation path is {} deep", derivation_path.len()));
@@ -629,6 +809,29 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
 }
 
+fn put_message(out: &mut Vec<u8>, message: &SignMessage, derivation_path: &[u32]) {
+    match message {
+        SignMessage::Digest { digest } => {
+            out.push(MESSAGE_DIGEST);
+            out.extend_from_slice(digest);
+        }
+        SignMessage::Payload { hash, payload, digest } => {
+            out.push(MESSAGE_PAYLOAD);
+            out.push(hash.tag());
+            put_bytes(out, payload);
+            out.extend_from_slice(digest);
+        }
+        SignMessage::Raw { message } => {
+            out.push(MESSAGE_RAW);
+            put_bytes(out, message);
+        }
+    }
+    put_len(out, derivation_path.len());
+    for index in derivation_path {
+        out.extend_from_slice(&index.to_be_bytes());
+    }
+}
+
 fn put_len(out: &mut Vec<u8>, len: usize) {
     // usize is at most 64 bits on every supported target: lossless.
     out.extend_from_slice(&(len as u64).to_be_bytes());
@@ -697,7 +900,7 @@ pub(crate) mod tests {
         fn path(g: &mut Grant) -> &mut Vec<u32> {
             match &mut g.kind {
                 GrantKind::Sign { derivation_path, .. } => derivation_path,
-                GrantKind::Keygen { .. } => unreachable!("the sample grant is a sign grant"),
+                _ => unreachable!("the sample grant is an ECDSA sign grant"),
             }
         }
         vec![
@@ -744,6 +947,27 @@ pub(crate) mod tests {
                     *message = SignMessage::payload(HashAlgorithm::Sha256, b"hello torcut".to_vec());
                 }
             }),
+            ("scheme", |g| {
+                if let GrantKind::Sign { key, message, derivation_path } = g.kind.clone() {
+                    g.kind = GrantKind::FrostSign { key, scheme: Scheme::SchnorrBip340, message, derivation_path };
+                }
+            }),
+            ("frost keygen", |g| {
+                g.kind =
+                    GrantKind::FrostKeygen { key: "default".into(), scheme: Scheme::SchnorrBip340, supersedes: vec![] }
+            }),
+            ("frost keygen scheme", |g| {
+                g.kind =
+                    GrantKind::FrostKeygen { key: "default".into(), scheme: Scheme::EddsaEd25519, supersedes: vec![] }
+            }),
+            ("raw message", |g| {
+                g.kind = GrantKind::FrostSign {
+                    key: "default".into(),
+                    scheme: Scheme::EddsaEd25519,
+                    message: SignMessage::Raw { message: b"hello torcus".to_vec() },
+                    derivation_path: vec![],
+                }
+            }),
             ("derivation index", |g| path(g)[1] += 1),
             ("derivation order", |g| path(g).reverse()),
             ("derivation longer", |g| path(g).push(0)),
@@ -755,6 +979,49 @@ pub(crate) mod tests {
             ("issued at", |g| g.issued_at -= 1),
             ("expires at", |g| g.expires_at += 1),
         ]
+    }
+
+    #[test]
+    fn schemes_take_only_the_messages_and_paths_they_sign() {
+        let frost = |scheme, message, derivation_path| {
+            let mut g = grant();
+            g.kind = GrantKind::FrostSign { key: "k".into(), scheme, message, derivation_path };
+            g.check()
+        };
+        let raw = || SignMessage::Raw { message: b"m".to_vec() };
+        let digest = || SignMessage::Digest { digest: [1; 32] };
+        let payload = || SignMessage::payload(HashAlgorithm::Sha256, b"m".to_vec());
+        frost(Scheme::EddsaEd25519, raw(), vec![]).unwrap();
+        frost(Scheme::SchnorrBip340, digest(), vec![1, 2]).unwrap();
+        frost(Scheme::SchnorrBip340, payload(), vec![]).unwrap();
+        for (scheme, message, path, why) in [
+            (Scheme::EddsaEd25519, digest(), vec![], "signs a raw message, not a digest"),
+            (Scheme::EddsaEd25519, payload(), vec![], "signs a raw message, not a digest"),
+            (Scheme::EddsaEd25519, raw(), vec![0], "has no derivation"),
+            (Scheme::SchnorrBip340, raw(), vec![], "signs a 32-byte digest"),
+            (Scheme::EcdsaSecp256k1, digest(), vec![], "a FROST grant for an ecdsa-secp256k1 key"),
+            (Scheme::SchnorrBip340, digest(), vec![HARDENED_INDEX], "hardened"),
+        ] {
+            match frost(scheme, message, path) {
+                Err(GrantError::Malformed(m)) => assert!(m.contains(why), "{scheme}: {m}"),
+                other => panic!("{scheme}: {other:?}"),
+            }
+        }
+        let mut ecdsa = grant();
+        ecdsa.kind = GrantKind::Sign { key: "k".into(), message: raw(), derivation_path: vec![] };
+        assert!(matches!(ecdsa.check(), Err(GrantError::Malformed(m)) if m.contains("not a raw message")));
+        let mut big = grant();
+        big.kind = GrantKind::FrostSign {
+            key: "k".into(),
+            scheme: Scheme::EddsaEd25519,
+            message: SignMessage::Raw { message: vec![0; MAX_PAYLOAD_BYTES + 1] },
+            derivation_path: vec![],
+        };
+        assert!(matches!(big.check(), Err(GrantError::Malformed(_))));
+        for scheme in Scheme::ALL {
+            assert_eq!(Scheme::parse(scheme.as_str()), Some(scheme));
+            assert_eq!(serde_json::to_value(scheme).unwrap(), scheme.as_str());
+        }
     }
 
     #[test]
@@ -813,7 +1080,7 @@ pub(crate) mod tests {
         assert!(bytes.windows(kind.len()).any(|w| w == kind), "sign kind layout");
 
         let message = SignMessage::payload(HashAlgorithm::Keccak256, b"xy".to_vec());
-        let digest = message.digest();
+        let digest = message.digest().unwrap();
         sign.kind = GrantKind::Sign { key: "k".into(), message, derivation_path: vec![] };
         sign.check().unwrap();
         let bytes = sign.canonical_bytes();
@@ -839,6 +1106,30 @@ pub(crate) mod tests {
             let g = Grant { kind: bad, ..g.clone() };
             assert!(matches!(g.check(), Err(GrantError::Malformed(_))), "{:?}", g.kind);
         }
+
+        // FROST: kind tag, scheme tag, then the rest as for ECDSA.
+        let mut frost = g.clone();
+        frost.kind = GrantKind::FrostSign {
+            key: "k".into(),
+            scheme: Scheme::EddsaEd25519,
+            message: SignMessage::Raw { message: b"xy".to_vec() },
+            derivation_path: vec![],
+        };
+        frost.check().unwrap();
+        let kind = [
+            0x04, 0x03, 0, 0, 0, 0, 0, 0, 0, 1, b'k', 0x03, 0, 0, 0, 0, 0, 0, 0, 2, b'x', b'y', 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert!(frost.canonical_bytes().windows(kind.len()).any(|w| w == kind), "frost sign layout");
+        let ed_key = "c".repeat(64);
+        frost.kind =
+            GrantKind::FrostKeygen { key: "k".into(), scheme: Scheme::SchnorrBip340, supersedes: vec![ed_key.clone()] };
+        assert!(matches!(frost.check(), Err(GrantError::Malformed(_))), "a 32-byte key superseded for a secp256k1 key");
+        frost.kind =
+            GrantKind::FrostKeygen { key: "k".into(), scheme: Scheme::EddsaEd25519, supersedes: vec![ed_key.clone()] };
+        frost.check().unwrap();
+        let mut kind = vec![0x03, 0x03, 0, 0, 0, 0, 0, 0, 0, 1, b'k', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 64];
+        kind.extend(ed_key.as_bytes());
+        assert!(frost.canonical_bytes().windows(kind.len()).any(|w| w == kind), "frost keygen layout");
 
         let mut eid = b"torcus-eid:".to_vec();
         eid.extend(g.session_id());

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use torcus_contract::envelope::{self, Channel, Envelope};
 use torcus_contract::{
     Control, Grant, GrantError, GrantKind, HandshakeState, HashAlgorithm, InitiatorHandshake, MemoryUsedSessions,
-    SignMessage, select_participants, select_participants_preferring,
+    Scheme, SignMessage, select_participants, select_participants_preferring,
 };
 
 fn channel() -> impl Strategy<Value = Channel> {
@@ -51,6 +51,25 @@ fn kind() -> impl Strategy<Value = GrantKind> {
             .prop_map(|(key, aux_info, supersedes)| GrantKind::Keygen { key, aux_info, supersedes }),
         (name, message(), proptest::collection::vec(0..torcus_contract::HARDENED_INDEX, 0..4))
             .prop_map(|(key, message, derivation_path)| GrantKind::Sign { key, message, derivation_path }),
+        (name, proptest::collection::vec(hex(32), 0..3)).prop_map(|(key, supersedes)| GrantKind::FrostKeygen {
+            key,
+            scheme: Scheme::EddsaEd25519,
+            supersedes
+        }),
+        (name, message(), proptest::collection::vec(0..torcus_contract::HARDENED_INDEX, 0..4)).prop_map(
+            |(key, message, derivation_path)| GrantKind::FrostSign {
+                key,
+                scheme: Scheme::SchnorrBip340,
+                message,
+                derivation_path
+            }
+        ),
+        (name, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(key, message)| GrantKind::FrostSign {
+            key,
+            scheme: Scheme::EddsaEd25519,
+            message: SignMessage::Raw { message },
+            derivation_path: vec![]
+        }),
     ]
 }
 
@@ -96,11 +115,21 @@ fn changed(grant: &Grant, field: u8, byte: u8) -> Option<Grant> {
         4 => other.issued_at -= 1,
         5 => other.expires_at += 1,
         6 => match &mut other.kind {
-            GrantKind::Keygen { key, .. } | GrantKind::Sign { key, .. } => key.push('k'),
+            GrantKind::Keygen { key, .. }
+            | GrantKind::Sign { key, .. }
+            | GrantKind::FrostKeygen { key, .. }
+            | GrantKind::FrostSign { key, .. } => key.push('k'),
         },
         _ => match &mut other.kind {
             GrantKind::Keygen { aux_info, .. } => *aux_info = aux_info.is_none().then(|| "ab".repeat(32)),
-            GrantKind::Sign { derivation_path, .. } => derivation_path.push(u32::from(byte)),
+            GrantKind::FrostKeygen { scheme, .. } => *scheme = Scheme::SchnorrBip340,
+            GrantKind::FrostSign { scheme: Scheme::EddsaEd25519, message, .. } => {
+                let SignMessage::Raw { message } = message else { return None };
+                message.push(byte);
+            }
+            GrantKind::Sign { derivation_path, .. } | GrantKind::FrostSign { derivation_path, .. } => {
+                derivation_path.push(u32::from(byte))
+            }
         },
     }
     (other != *grant).then_some(other)

@@ -36,6 +36,8 @@ pub const MAX_NODES: u16 = 16;
 )]
 #[kube(validation = Rule::new("size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("name must be a DNS label of at most 40 characters: it prefixes the names of the cluster's pods, Services and Secrets"))]
 #[x_kube(validation = Rule::new("self.threshold <= self.nodes").message("threshold must not be greater than nodes"))]
+#[x_kube(validation = Rule::new("!has(self.keySchemes) || self.keySchemes.all(k, k in self.keys)").message("every key in keySchemes must be listed in keys"))]
+#[x_kube(validation = Rule::new("!has(self.keySchemes) || self.keySchemes.all(k, (has(oldSelf.keySchemes) && k in oldSelf.keySchemes) || !(k in oldSelf.keys))").message("a key's scheme is set when the key is added: a key that exists already keeps the scheme it was generated with"))]
 #[serde(rename_all = "camelCase")]
 pub struct MpcClusterSpec {
     /// Number of parties (n). Immutable: changing it would need resharing the
@@ -69,6 +71,15 @@ pub struct MpcClusterSpec {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     #[x_kube(validation = Rule::new("oldSelf.all(k, k in self)").message("keys may be added but not removed"))]
     pub keys: Vec<String>,
+
+    /// The signature scheme of each key that is not threshold ECDSA on
+    /// secp256k1 (the default for a key not named here), by key name:
+    /// `schnorr-bip340` (Bitcoin Taproot, FROST) or `eddsa-ed25519` (FROST).
+    /// Set when the key is added; immutable.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    #[x_kube(validation = Rule::new("oldSelf.all(k, k in self && self[k] == oldSelf[k])").message("a key's scheme is immutable"))]
+    pub key_schemes: std::collections::BTreeMap<String, KeyScheme>,
 
     /// Node container image. Defaults to the image the operator was started with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +119,27 @@ pub enum Curve {
     /// secp256k1, as used by Bitcoin and Ethereum (CGGMP24 threshold ECDSA).
     #[default]
     Secp256k1,
+}
+
+/// The signature scheme of a key.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyScheme {
+    /// Threshold ECDSA on secp256k1 (CGGMP24): Ethereum, Bitcoin before Taproot.
+    #[default]
+    EcdsaSecp256k1,
+    /// BIP-340 Schnorr on secp256k1 (FROST), for the BIP-341 key-path spend
+    /// of a Taproot output.
+    SchnorrBip340,
+    /// Ed25519 (RFC 8032, FROST): Solana, Cardano, Stellar and others.
+    EddsaEd25519,
+}
+
+impl MpcClusterSpec {
+    /// The scheme of key `key` (ECDSA unless `keySchemes` names another).
+    pub fn scheme_of(&self, key: &str) -> KeyScheme {
+        self.key_schemes.get(key).copied().unwrap_or_default()
+    }
 }
 
 /// Transport settings.
@@ -419,9 +451,31 @@ pub struct NodeStatus {
 pub struct KeyStatus {
     /// Key name from `spec.keys`.
     pub name: String,
-    /// Compressed SEC1 public key, hex.
+    /// The key's scheme; absent for ECDSA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<KeyScheme>,
+    /// Public key, hex, in the scheme's own form: compressed SEC1 (33
+    /// bytes) for ECDSA, x-only (32 bytes, BIP-340) for Schnorr, 32 bytes
+    /// for Ed25519.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// `schnorr-bip340` only: the key as compressed SEC1 (33 bytes, hex),
+    /// the form that, with `chainCode`, derives child keys (BIP-32 public
+    /// derivation); `publicKey` is its x-only form, the Taproot internal key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed_public_key: Option<String>,
+    /// `schnorr-bip340` only: the x-only output key (hex) of the Taproot
+    /// output whose internal key is `publicKey`, with no script tree
+    /// (BIP-341, BIP-86 style); the key its signatures verify under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taproot_output_key: Option<String>,
+    /// `schnorr-bip340` only: the mainnet address (`bc1p…`, bech32m) of
+    /// that Taproot output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitcoin_address: Option<String>,
+    /// `eddsa-ed25519` only: the key in base58, as Solana shows addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solana_address: Option<String>,
     /// Ethereum address of the key, `0x`-prefixed, EIP-55 checksummed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ethereum_address: Option<String>,
@@ -431,6 +485,15 @@ pub struct KeyStatus {
     /// under it. Public material: it cannot sign, but links derived keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain_code: Option<String>,
+}
+
+impl KeyStatus {
+    /// The public key as the nodes report it: compressed SEC1 for both
+    /// secp256k1 schemes (`compressedPublicKey` for BIP-340), 32 bytes for
+    /// Ed25519.
+    pub fn nodes_public_key(&self) -> Option<&str> {
+        self.compressed_public_key.as_deref().or(self.public_key.as_deref())
+    }
 }
 
 /// Certificate expiry, for people and alerts.

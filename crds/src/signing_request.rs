@@ -58,13 +58,17 @@ pub struct SigningRequestSpec {
     /// The 32-byte message digest to sign, as 64 hex digits. Its preimage is
     /// unknown to the nodes, so it is always signed with the full
     /// interactive protocol, never from a presignature; prefer `payload`.
+    /// For a `schnorr-bip340` key, the BIP-341 sighash to sign. Refused for
+    /// an `eddsa-ed25519` key, which signs a message, not a digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(0x)?[0-9a-fA-F]{64}$"))]
     pub digest: Option<String>,
 
     /// A payload to hash with `hash` and sign, encoded as `payloadEncoding`
     /// (at most 128 KiB as hex, 192 KiB as base64). Every node hashes it
-    /// itself, so it may be signed from a presignature.
+    /// itself, so it may be signed from a presignature. For an
+    /// `eddsa-ed25519` key the payload is the message, signed as it is
+    /// (Ed25519 hashes it as part of the signature), so `hash` must be unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 262_144))]
     pub payload: Option<String>,
@@ -248,18 +252,29 @@ impl SigningPhase {
     }
 }
 
-/// An ECDSA signature over secp256k1.
+/// A signature: ECDSA over secp256k1, BIP-340 Schnorr or Ed25519, as the
+/// key's scheme is.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Signature {
-    /// r, 32 bytes hex.
+    /// The key's scheme; absent for ECDSA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<crate::KeyScheme>,
+    /// r, 32 bytes hex: ECDSA's r, BIP-340's x(R), or Ed25519's encoded R.
     pub r: String,
-    /// s, 32 bytes hex, normalized to the lower half of the order.
+    /// s, 32 bytes hex: ECDSA's s (normalized to the lower half of the
+    /// order), BIP-340's s (big-endian), or Ed25519's S (little-endian).
     pub s: String,
-    /// Recovery id (0 or 1) for public-key recovery.
-    pub recovery_id: u8,
-    /// ASN.1 DER encoding, hex.
-    pub der: String,
+    /// The whole signature as the scheme writes it, hex: r ‖ s (64 bytes;
+    /// for BIP-340 and Ed25519 the standard encoding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<String>,
+    /// ECDSA only: recovery id (0 or 1) for public-key recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_id: Option<u8>,
+    /// ECDSA only: ASN.1 DER encoding, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub der: Option<String>,
     /// First bytes of r‖s for printer columns.
     pub short: String,
 }

@@ -99,7 +99,7 @@ async fn require_operator(
 }
 
 async fn keygen<T: Transport>(State(state): State<Arc<ApiState<T>>>, Json(req): Json<GrantRequest>) -> Response {
-    if !matches!(req.grant.grant.kind, GrantKind::Keygen { .. }) {
+    if !req.grant.grant.kind.is_keygen() {
         return bad_request("this endpoint takes keygen grants");
     }
     if !req.presignature.is_any() {
@@ -109,7 +109,7 @@ async fn keygen<T: Transport>(State(state): State<Arc<ApiState<T>>>, Json(req): 
 }
 
 async fn sign<T: Transport>(State(state): State<Arc<ApiState<T>>>, Json(req): Json<GrantRequest>) -> Response {
-    if !matches!(req.grant.grant.kind, GrantKind::Sign { .. }) {
+    if !matches!(req.grant.grant.kind, GrantKind::Sign { .. } | GrantKind::FrostSign { .. }) {
         return bad_request("this endpoint takes signing grants");
     }
     let presignature = match req.presignature {
@@ -189,9 +189,10 @@ fn answer(result: Result<Outcome, SessionError>) -> Response {
         Ok(outcome) => Json(outcome).into_response(),
         Err(error) => {
             let status = match &error {
-                SessionError::NotInitiator { .. } | SessionError::KeyExists(_) | SessionError::NoSuchAux(_) => {
-                    StatusCode::CONFLICT
-                }
+                SessionError::NotInitiator { .. }
+                | SessionError::KeyExists(_)
+                | SessionError::NoSuchAux(_)
+                | SessionError::WrongScheme { .. } => StatusCode::CONFLICT,
                 SessionError::Grant(_) => StatusCode::FORBIDDEN,
                 SessionError::UnknownKey(_) => StatusCode::NOT_FOUND,
                 SessionError::Aborted(_)

@@ -51,6 +51,7 @@ use tokio::sync::mpsc;
 use torcus_contract::HashAlgorithm;
 use zeroize::Zeroizing;
 
+pub mod frost;
 #[cfg(feature = "test-util")]
 pub mod raw;
 
@@ -123,6 +124,9 @@ pub enum EngineError {
     /// Exchanging partial signatures failed.
     #[error("exchanging partial signatures: {0}")]
     Delivery(#[from] DeliveryError),
+    /// FROST signing failed, with nobody to blame.
+    #[error("{0}")]
+    Frost(String),
 }
 
 /// Why stored key material cannot be used.
@@ -646,7 +650,41 @@ pub fn encode_share(share: &Share) -> Result<Zeroizing<Vec<u8>>, EngineError> {
         .map_err(|e| EngineError::InvalidShare(e.to_string()))
 }
 
-/// Reads a share [`encode_share`] wrote, or says what else it is.
+/// A stored key share of any scheme.
+#[derive(Clone)]
+pub enum AnyShare {
+    /// A CGGMP24 ECDSA share (core share and aux info).
+    Ecdsa(Share),
+    /// A FROST share (BIP-340 or Ed25519).
+    Frost(frost::FrostShare),
+}
+
+impl std::fmt::Debug for AnyShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ecdsa(_) => f.write_str("AnyShare::Ecdsa(..)"),
+            Self::Frost(share) => share.fmt(f),
+        }
+    }
+}
+
+/// Reads a share [`encode_share`] or [`frost::FrostShare::encode`] wrote,
+/// or says what else it is.
+pub fn decode_any_share(bytes: &[u8]) -> Result<AnyShare, ShareFormatError> {
+    #[derive(Deserialize)]
+    struct Tagged {
+        format: Option<String>,
+        share: Option<serde_json::Value>,
+    }
+    if let Ok(Tagged { format: Some(format), share: Some(share) }) = serde_json::from_slice(bytes)
+        && let Some(frost) = frost::FrostShare::decode(&format, share)
+    {
+        return frost.map(AnyShare::Frost);
+    }
+    decode_share(bytes).map(AnyShare::Ecdsa)
+}
+
+/// Reads an ECDSA share [`encode_share`] wrote, or says what else it is.
 pub fn decode_share(bytes: &[u8]) -> Result<Share, ShareFormatError> {
     #[derive(Deserialize)]
     struct Tagged {

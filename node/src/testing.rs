@@ -596,7 +596,6 @@ impl Cluster {
     /// once every running node holds its share (the initiator answers when
     /// its own part is done; the others store theirs a moment later).
     pub async fn keygen(&self, key: &str) -> String {
-        let all: Vec<u16> = (0..self.config.nodes).collect();
         let kind = match self.aux_fixture {
             // The nodes hold the fixture's aux info under its id; a keygen
             // that names it (as the operator names the aux info its nodes
@@ -609,6 +608,17 @@ impl Cluster {
             },
             false => GrantKind::keygen(key),
         };
+        self.keygen_of(key, kind).await
+    }
+
+    /// Runs the keygen of a FROST key of `scheme` (no aux info) and
+    /// returns its public key, once every running node holds its share.
+    pub async fn keygen_frost(&self, key: &str, scheme: torcus_contract::Scheme) -> String {
+        self.keygen_of(key, GrantKind::FrostKeygen { key: key.into(), scheme, supersedes: Vec::new() }).await
+    }
+
+    async fn keygen_of(&self, key: &str, kind: GrantKind) -> String {
+        let all: Vec<u16> = (0..self.config.nodes).collect();
         let grant = self.grant(kind, all);
         let (status, body) = self.post(grant.grant.initiator(), "/p2p/keygen", &grant).await;
         assert_eq!(status, 200, "{body}\n{}", self.logs_after_failure(grant.grant.initiator()));
@@ -649,7 +659,7 @@ impl Cluster {
         path: Vec<u32>,
         presignature: PresignatureChoice,
     ) -> serde_json::Value {
-        let digest = message.digest();
+        let digest = message.digest().expect("ECDSA signs a digest");
         let grant = self.grant(GrantKind::Sign { key: key.into(), message, derivation_path: path }, signers);
         let request = GrantRequest { grant, presignature };
         let body = serde_json::to_value(&request).unwrap();
@@ -662,6 +672,37 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Signs `message` with the FROST key `key` of `scheme` through the
+    /// initiator of a fresh grant; returns the node's answer (a
+    /// `FrostSignatureOut`), for the caller to verify independently.
+    pub async fn sign_frost(
+        &self,
+        key: &str,
+        scheme: torcus_contract::Scheme,
+        signers: Vec<u16>,
+        message: SignMessage,
+        path: Vec<u32>,
+    ) -> torcus_contract::api::FrostSignatureOut {
+        let kind = GrantKind::FrostSign { key: key.into(), scheme, message, derivation_path: path };
+        let grant = self.grant(kind, signers);
+        let initiator = grant.grant.initiator();
+        let (status, body) = self.post(initiator, "/p2p/sign", &grant).await;
+        assert_eq!(status, 200, "{body}\n{}", self.logs_after_failure(initiator));
+        assert_eq!(body["type"], "frostSignature", "{body}");
+        serde_json::from_value(body).expect("a FROST signature")
+    }
+
+    /// Node `i`'s keys (`GET /p2p/keys`) and aux info (`GET /p2p/aux-info`), as JSON.
+    pub async fn keys_and_aux(&self, i: u16) -> (Vec<serde_json::Value>, serde_json::Value) {
+        let get = |path: &str| {
+            let request = self.http.get(self.url(i, path));
+            async move { serde_json::from_slice(&request.send().await.unwrap().bytes().await.unwrap()).unwrap() }
+        };
+        let keys: serde_json::Value = get("/p2p/keys").await;
+        let aux = get(torcus_contract::api::AUX_INFO_PATH).await;
+        (keys.as_array().cloned().unwrap_or_default(), aux)
+    }
+
     /// Node `i`'s presignature pools (`GET /p2p/presignatures`).
     pub async fn presignatures(&self, i: u16) -> torcus_contract::api::PresignaturePools {
         let response = self.http.get(self.url(i, "/p2p/presignatures")).send().await.expect("presignatures");

@@ -126,8 +126,8 @@ async fn three_parties_threshold_two() {
     let status = |public_key: &[u8]| torcus_crds::KeyStatus {
         name: "default".into(),
         public_key: Some(hex::encode(public_key)),
-        ethereum_address: None,
         chain_code: Some(hex::encode(chain_code)),
+        ..torcus_crds::KeyStatus::default()
     };
     let derive = torcus_operator::crypto::signing_public_key;
     let child = derive(&status(&key.to_bytes(true)), &path).unwrap();

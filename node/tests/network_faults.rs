@@ -120,7 +120,7 @@ async fn try_sign(cluster: &Cluster, signers: Vec<u16>, avoid: u16, n: u8) -> (u
     let request = GrantRequest { grant, presignature: PresignatureChoice::Any };
     let (status, body) = cluster.post_json(initiator, "/p2p/sign", &serde_json::to_value(&request).unwrap()).await;
     if status == 200 {
-        verify(&body, &message.digest());
+        verify(&body, &message.digest().expect("ECDSA signs a digest"));
     }
     (status, body)
 }

@@ -362,8 +362,12 @@ async fn observe(ctx: &Context, mpc: &MpcCluster, ns: &str) -> Result<Observed> 
 /// that does not answer (down, restarting) is not counted: that is what
 /// `status.nodes` and the registry show.
 async fn shares_lost(ctx: &Context, mpc: &MpcCluster, ns: &str, observed: &Observed) -> Vec<(String, Vec<u16>)> {
-    let recorded: Vec<(String, String)> =
-        mpc.status.iter().flat_map(|s| &s.keys).filter_map(|k| Some((k.name.clone(), k.public_key.clone()?))).collect();
+    let recorded: Vec<(String, String)> = mpc
+        .status
+        .iter()
+        .flat_map(|s| &s.keys)
+        .filter_map(|k| Some((k.name.clone(), k.nodes_public_key()?.to_owned())))
+        .collect();
     if recorded.is_empty() {
         return Vec::new();
     }

@@ -479,12 +479,7 @@ mod tests {
 
     fn with_key(mut mpc: MpcCluster) -> MpcCluster {
         mpc.status = Some(MpcClusterStatus {
-            keys: vec![KeyStatus {
-                name: "default".into(),
-                public_key: Some("02ab".into()),
-                ethereum_address: None,
-                chain_code: None,
-            }],
+            keys: vec![KeyStatus { name: "default".into(), public_key: Some("02ab".into()), ..KeyStatus::default() }],
             ..MpcClusterStatus::default()
         });
         mpc

@@ -1,15 +1,16 @@
 //! What the operator computes about keys and signatures itself, without
 //! trusting the nodes: the message a SigningRequest asks to sign and its
-//! digest, the Ethereum address of a public key, and whether a returned
-//! signature verifies.
+//! digest, the public forms and addresses of a key (Ethereum, Taproot,
+//! Solana), the key a derived signature verifies under, and whether a
+//! returned signature verifies, for every scheme.
 
 use base64::Engine as _;
 use k256::ecdsa::signature::hazmat::PrehashVerifier;
 use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
 use sha3::{Digest, Keccak256};
-use torcus_contract::SignMessage;
-use torcus_contract::api::SignatureOut;
-use torcus_crds::{HashAlgorithm, KeyStatus, PayloadEncoding, SigningRequestSpec};
+use torcus_contract::api::{FrostSignatureOut, SignatureOut};
+use torcus_contract::{Scheme, SignMessage};
+use torcus_crds::{HashAlgorithm, KeyScheme, KeyStatus, PayloadEncoding, SigningRequestSpec};
 
 /// Why a request or a signature is unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -41,6 +42,50 @@ pub enum CryptoError {
     /// Derivation failed.
     #[error("cannot derive along the path: {0}")]
     Derivation(String),
+    /// The request asks of the key what its scheme does not do.
+    #[error("{0}")]
+    Scheme(String),
+}
+
+/// The contract's name of a key scheme.
+pub fn scheme(key: KeyScheme) -> Scheme {
+    match key {
+        KeyScheme::EcdsaSecp256k1 => Scheme::EcdsaSecp256k1,
+        KeyScheme::SchnorrBip340 => Scheme::SchnorrBip340,
+        KeyScheme::EddsaEd25519 => Scheme::EddsaEd25519,
+    }
+}
+
+/// What a request signs with a key of `scheme`: as [`message`] for the
+/// secp256k1 schemes; for Ed25519 the payload itself, unhashed, and
+/// neither a digest nor a hash.
+pub fn message_for(spec: &SigningRequestSpec, scheme: Scheme) -> Result<SignMessage, CryptoError> {
+    if scheme != Scheme::EddsaEd25519 {
+        return message(spec);
+    }
+    if spec.digest.is_some() {
+        return Err(CryptoError::Scheme(format!(
+            "key {} is an eddsa-ed25519 key, which signs a message, not a digest: set payload to the message",
+            spec.key
+        )));
+    }
+    if spec.hash.is_some() {
+        return Err(CryptoError::Scheme(format!(
+            "key {} is an eddsa-ed25519 key, which signs the payload as it is (Ed25519 hashes it itself): unset hash",
+            spec.key
+        )));
+    }
+    if spec.derivation_path.is_some() {
+        return Err(CryptoError::Scheme(format!(
+            "key {} is an eddsa-ed25519 key, which has no standard non-hardened derivation: unset derivationPath",
+            spec.key
+        )));
+    }
+    let message = payload_bytes(spec)?.ok_or(CryptoError::NothingToSign)?;
+    if message.len() > torcus_contract::MAX_PAYLOAD_BYTES {
+        return Err(CryptoError::PayloadTooLarge(message.len()));
+    }
+    Ok(SignMessage::Raw { message })
 }
 
 /// The payload's bytes, decoded as the request says.
@@ -84,7 +129,7 @@ pub fn message(spec: &SigningRequestSpec) -> Result<SignMessage, CryptoError> {
 
 /// The 32-byte digest to sign: the request's digest, or the hash of its payload.
 pub fn digest(spec: &SigningRequestSpec) -> Result<[u8; 32], CryptoError> {
-    Ok(message(spec)?.digest())
+    message(spec)?.digest().ok_or(CryptoError::NothingToSign)
 }
 
 /// `m/0/7` → `[0, 7]`; every index non-hardened.
@@ -98,11 +143,36 @@ pub fn derivation_path(path: Option<&str>) -> Result<Vec<u32>, CryptoError> {
     parts.map(|p| p.parse::<u32>().ok().filter(|i| *i < torcus_contract::HARDENED_INDEX).ok_or_else(bad)).collect()
 }
 
-/// The public key (compressed, hex) a signature with `key` along `path`
-/// verifies under: the key itself, or the key the operator derives from its
-/// public key and chain code (SLIP-10, as the nodes sign).
+/// The public key (hex) a signature with `key` along `path` verifies
+/// under, derived here from public material:
+/// - ECDSA: the key itself, or the child key the operator derives from its
+///   public key and chain code (SLIP-10, as the nodes sign), compressed;
+/// - BIP-340: the x-only output key of the Taproot output whose internal
+///   key is that (derived) key, with no script tree (BIP-341);
+/// - Ed25519: the key itself (no derivation).
 pub fn signing_public_key(key: &KeyStatus, path: &[u32]) -> Result<String, CryptoError> {
-    let public_key = key.public_key.as_deref().ok_or(CryptoError::PublicKey)?;
+    match key.scheme.unwrap_or_default() {
+        KeyScheme::EcdsaSecp256k1 => {
+            let public_key = key.public_key.as_deref().ok_or(CryptoError::PublicKey)?;
+            derive_secp256k1(key, public_key, path)
+        }
+        KeyScheme::SchnorrBip340 => {
+            let internal = key.compressed_public_key.as_deref().ok_or(CryptoError::PublicKey)?;
+            let internal = hex::decode(derive_secp256k1(key, internal, path)?).map_err(|_| CryptoError::PublicKey)?;
+            taproot_output_key(&internal).map(hex::encode)
+        }
+        KeyScheme::EddsaEd25519 => {
+            if !path.is_empty() {
+                return Err(CryptoError::Scheme(format!("key {} is an eddsa-ed25519 key: no derivation", key.name)));
+            }
+            key.public_key.clone().ok_or(CryptoError::PublicKey)
+        }
+    }
+}
+
+/// The compressed secp256k1 key `public_key` of `key` (hex), derived along
+/// `path` with the key's chain code.
+fn derive_secp256k1(key: &KeyStatus, public_key: &str, path: &[u32]) -> Result<String, CryptoError> {
     if path.is_empty() {
         return Ok(public_key.to_owned());
     }
@@ -120,6 +190,102 @@ pub fn signing_public_key(key: &KeyStatus, path: &[u32]) -> Result<String, Crypt
     )
     .map_err(|e| CryptoError::Derivation(e.to_string()))?;
     Ok(hex::encode(child.public_key.to_bytes(true)))
+}
+
+/// The x-only output key (BIP-341) of the Taproot output whose internal
+/// key is the compressed secp256k1 key `internal`, with no script tree:
+/// Q = lift_x(x(P)) + int(hash_TapTweak(x(P)))·G, as the nodes tweak.
+pub fn taproot_output_key(internal: &[u8]) -> Result<[u8; 32], CryptoError> {
+    use givre::Ciphersuite as _;
+    use givre::ciphersuite::Bitcoin;
+    use givre::generic_ec::{NonZero, Point, curves::Secp256k1};
+    let point = Point::<Secp256k1>::from_bytes(internal).map_err(|_| CryptoError::PublicKey)?;
+    let point = NonZero::from_point(point).ok_or(CryptoError::PublicKey)?;
+    let output = givre::signing::taproot::tweak_public_key::<Bitcoin>(Bitcoin::normalize_point(point), None)
+        .ok_or_else(|| CryptoError::Derivation("the Taproot tweak is undefined for this key".into()))?;
+    Bitcoin::normalize_point(output).to_bytes().as_ref().try_into().map_err(|_| CryptoError::PublicKey)
+}
+
+/// The mainnet Taproot address (`bc1p…`, segwit v1, bech32m) of an x-only
+/// output key.
+pub fn taproot_address(output_key: &[u8; 32]) -> Result<String, CryptoError> {
+    bech32::segwit::encode_v1(bech32::hrp::BC, output_key).map_err(|e| CryptoError::Derivation(e.to_string()))
+}
+
+/// What status shows of a key of `scheme` the nodes generated, from the
+/// public key they report (compressed SEC1 on secp256k1, 32 bytes for
+/// Ed25519) and chain code: the key in the scheme's own form and its
+/// address. Fails on a key that is not a valid point of the scheme.
+pub fn key_status(
+    name: &str,
+    scheme: Scheme,
+    public_key: &str,
+    chain_code: Option<String>,
+) -> Result<KeyStatus, CryptoError> {
+    let mut status = KeyStatus { name: name.to_owned(), chain_code, ..KeyStatus::default() };
+    match scheme {
+        Scheme::EcdsaSecp256k1 => {
+            status.ethereum_address = Some(ethereum_address(public_key)?);
+            status.public_key = Some(public_key.to_owned());
+        }
+        Scheme::SchnorrBip340 => {
+            let key = parse_public_key(public_key)?;
+            let compressed = key.to_encoded_point(true);
+            let output = taproot_output_key(compressed.as_bytes())?;
+            status.scheme = Some(KeyScheme::SchnorrBip340);
+            status.public_key = Some(hex::encode(&compressed.as_bytes()[1..]));
+            status.compressed_public_key = Some(public_key.to_owned());
+            status.taproot_output_key = Some(hex::encode(output));
+            status.bitcoin_address = Some(taproot_address(&output)?);
+        }
+        Scheme::EddsaEd25519 => {
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(public_key, &mut bytes).map_err(|_| CryptoError::PublicKey)?;
+            ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| CryptoError::PublicKey)?;
+            status.scheme = Some(KeyScheme::EddsaEd25519);
+            status.public_key = Some(public_key.to_owned());
+            status.solana_address = Some(bs58::encode(bytes).into_string());
+            // Ed25519 keys do not derive: a chain code would only mislead.
+            status.chain_code = None;
+        }
+    }
+    Ok(status)
+}
+
+/// Checks a FROST signature the nodes returned for `message`, under
+/// `public_key_hex` (from [`signing_public_key`]): BIP-340 with k256's
+/// Schnorr verifier, Ed25519 with ed25519-dalek's strict verification. The
+/// key the nodes name must be that key.
+pub fn verify_frost(
+    scheme: Scheme,
+    public_key_hex: &str,
+    message: &SignMessage,
+    sig: &FrostSignatureOut,
+) -> Result<(), CryptoError> {
+    let fail = |m: &str| CryptoError::Signature(m.to_owned());
+    if sig.scheme != scheme {
+        return Err(fail(&format!("a {} signature for a {scheme} key", sig.scheme)));
+    }
+    if !sig.public_key.eq_ignore_ascii_case(public_key_hex) {
+        return Err(fail("the nodes signed under another key"));
+    }
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(public_key_hex, &mut key).map_err(|_| CryptoError::PublicKey)?;
+    let mut bytes = [0u8; 64];
+    hex::decode_to_slice(&sig.signature, &mut bytes).map_err(|_| fail("the signature is not 64 bytes of hex"))?;
+    match scheme {
+        Scheme::SchnorrBip340 => {
+            let key = k256::schnorr::VerifyingKey::from_bytes(&key).map_err(|_| CryptoError::PublicKey)?;
+            let signature = k256::schnorr::Signature::try_from(&bytes[..]).map_err(|e| fail(&e.to_string()))?;
+            key.verify_raw(message.signed_bytes(), &signature).map_err(|e| fail(&e.to_string()))
+        }
+        Scheme::EddsaEd25519 => {
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|_| CryptoError::PublicKey)?;
+            key.verify_strict(message.signed_bytes(), &ed25519_dalek::Signature::from_bytes(&bytes))
+                .map_err(|e| fail(&e.to_string()))
+        }
+        Scheme::EcdsaSecp256k1 => Err(fail("an ECDSA key does not sign with FROST")),
+    }
 }
 
 /// EIP-55 checksummed Ethereum address of a compressed public key (hex).
@@ -184,8 +350,8 @@ mod tests {
         let key = KeyStatus {
             name: "default".into(),
             public_key: Some("035a784662a4a20a65bf6aab9ae98a6c068a81c52e4b032c0fb5400c706cfccc56".into()),
-            ethereum_address: None,
             chain_code: Some("47fdacbd0f1097043b78c63c20c34ef4ed9a111d980047ad16282c7ae6236141".into()),
+            ..KeyStatus::default()
         };
         assert_eq!(
             signing_public_key(&key, &[1]).unwrap(),
@@ -196,6 +362,83 @@ mod tests {
         let no_chain = KeyStatus { chain_code: None, ..key.clone() };
         assert_eq!(signing_public_key(&no_chain, &[1]), Err(CryptoError::NoChainCode("default".into())));
         assert_eq!(signing_public_key(&no_chain, &[]).unwrap(), key.public_key.unwrap());
+    }
+
+    #[test]
+    fn taproot_keys_and_addresses_match_bip86() {
+        // BIP-86 test vector m/86'/0'/0'/0/0: internal key, output key, address.
+        let internal = "cc8a4bc64d897bddc5fbc2f670f7a8ba0b386779106cf1223c6fc5d7cd6fc115";
+        let output = "a60869f0dbcf1dc659c9cecbaf8050135ea9e8cdc487053f1dc6880949dc684c";
+        for prefix in ["02", "03"] {
+            let compressed = format!("{prefix}{internal}");
+            let key = taproot_output_key(&hex::decode(&compressed).unwrap()).unwrap();
+            assert_eq!(hex::encode(key), output);
+            let status = key_status("btc", Scheme::SchnorrBip340, &compressed, Some("cc".repeat(32))).unwrap();
+            assert_eq!(status.public_key.as_deref(), Some(internal), "x-only");
+            assert_eq!(status.compressed_public_key.as_deref(), Some(compressed.as_str()));
+            assert_eq!(status.taproot_output_key.as_deref(), Some(output));
+            assert_eq!(
+                status.bitcoin_address.as_deref(),
+                Some("bc1p5cyxnuxmeuwuvkwfem96lqzszd02n6xdcjrs20cac6yqjjwudpxqkedrcr")
+            );
+            assert_eq!(signing_public_key(&status, &[]).unwrap(), output, "a key-path spend signs under Q");
+            assert_ne!(signing_public_key(&status, &[1]).unwrap(), output, "a derived key is another");
+        }
+    }
+
+    #[test]
+    fn frost_signatures_are_checked_against_published_vectors() {
+        // BIP-340 test vector 0, with k256's verifier.
+        let bip340 = FrostSignatureOut {
+            scheme: Scheme::SchnorrBip340,
+            signature: "e907831f80848d1069a5371b402410364bdf1c5f8307b0084c55f1ce2dca821525f66a4a85ea8b71e482a74f382d2ce5ebeee8fdb2172f477df4900d310536c0".into(),
+            public_key: "f9308a019258c31049344f85f89d5229b531c845836f99b08601f113bce036f9".into(),
+        };
+        let zero = SignMessage::Digest { digest: [0; 32] };
+        verify_frost(Scheme::SchnorrBip340, &bip340.public_key, &zero, &bip340).unwrap();
+        let one = SignMessage::Digest { digest: [1; 32] };
+        assert!(verify_frost(Scheme::SchnorrBip340, &bip340.public_key, &one, &bip340).is_err());
+        assert!(verify_frost(Scheme::EddsaEd25519, &bip340.public_key, &zero, &bip340).is_err(), "another scheme");
+        // RFC 8032 TEST 2, with ed25519-dalek's strict verification.
+        let ed = FrostSignatureOut {
+            scheme: Scheme::EddsaEd25519,
+            signature: "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00".into(),
+            public_key: "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c".into(),
+        };
+        let message = SignMessage::Raw { message: vec![0x72] };
+        verify_frost(Scheme::EddsaEd25519, &ed.public_key, &message, &ed).unwrap();
+        let other = SignMessage::Raw { message: vec![0x73] };
+        assert!(verify_frost(Scheme::EddsaEd25519, &ed.public_key, &other, &ed).is_err());
+        let mut elsewhere = ed.clone();
+        elsewhere.public_key = "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025".into();
+        assert!(verify_frost(Scheme::EddsaEd25519, &ed.public_key, &message, &elsewhere).is_err(), "the nodes' key");
+        let status = key_status("sol", Scheme::EddsaEd25519, &ed.public_key, Some("cc".repeat(32))).unwrap();
+        assert_eq!(status.chain_code, None, "Ed25519 keys do not derive");
+        assert_eq!(
+            status.solana_address.as_deref().map(|a| bs58::decode(a).into_vec().unwrap()),
+            Some(hex::decode(&ed.public_key).unwrap())
+        );
+        assert!(signing_public_key(&status, &[0]).is_err());
+    }
+
+    #[test]
+    fn ed25519_keys_sign_a_message_and_nothing_else() {
+        let mut s = spec();
+        s.payload = Some("68656c6c6f".into());
+        assert_eq!(message_for(&s, Scheme::EddsaEd25519).unwrap(), SignMessage::Raw { message: b"hello".to_vec() });
+        assert!(matches!(message_for(&s, Scheme::SchnorrBip340).unwrap(), SignMessage::Payload { .. }));
+        let mut hashed = s.clone();
+        hashed.hash = Some(HashAlgorithm::Sha256);
+        let mut derived = s.clone();
+        derived.derivation_path = Some("m/0".into());
+        let mut digest = spec();
+        digest.digest = Some("ab".repeat(32));
+        for (bad, says) in [(hashed, "unset hash"), (derived, "derivationPath"), (digest, "not a digest")] {
+            match message_for(&bad, Scheme::EddsaEd25519) {
+                Err(CryptoError::Scheme(m)) => assert!(m.contains(says), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     fn spec() -> SigningRequestSpec {

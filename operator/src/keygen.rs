@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, ResourceExt};
-use torcus_contract::GrantKind;
 use torcus_contract::api::Outcome;
+use torcus_contract::{GrantKind, Scheme};
 use torcus_crds::{KeyStatus, MpcCluster};
 use tracing::{info, warn};
 
@@ -144,7 +144,11 @@ impl Keygens {
             if any_running(&state, mpc) {
                 return;
             }
-            let next = missing.iter().find(|key| match state.get(&id(mpc, key)) {
+            // FROST keys first: they need no aux info, so they never wait
+            // behind an ECDSA key's safe primes.
+            let frost = |key: &&String| crypto::scheme(mpc.spec.scheme_of(key)).is_frost();
+            let mut ordered = missing.iter().filter(frost).chain(missing.iter().filter(|key| !frost(key)));
+            let next = ordered.find(|key| match state.get(&id(mpc, key)) {
                 Some(State::Running | State::Done(_)) => false,
                 Some(State::Failed { at }) => at.elapsed() >= RETRY_AFTER,
                 Some(State::Conflict { at, .. }) => at.elapsed() >= CONFLICT_RECHECK,
@@ -280,12 +284,22 @@ pub fn plan(nodes: &[NodeHolds], threshold: u16, allowed: &[String]) -> Plan {
 
 /// Asks every node what it holds of `key`; any node that does not answer
 /// fails the lot (deciding without it could supersede its share).
-async fn survey(nodes: &NodeClient, key: &str, urls: &[NodeAddr]) -> Result<Vec<NodeHolds>, String> {
+/// A node that holds the key under another scheme fails the lot too: its
+/// share is of another key, which no keygen supersedes.
+async fn survey(nodes: &NodeClient, key: &str, scheme: Scheme, urls: &[NodeAddr]) -> Result<Vec<NodeHolds>, String> {
     let mut holds = Vec::with_capacity(urls.len());
     for (i, url) in urls.iter().enumerate() {
         let keys = nodes.keys(url).await.map_err(|e| format!("node {i} did not list its keys: {e}"))?;
         let aux_info = nodes.aux_info(url).await.map_err(|e| format!("node {i} did not name its aux info: {e}"))?;
-        let key = keys.into_iter().find(|k| k.name == key).map(|k| (k.public_key, k.chain_code));
+        let held = keys.into_iter().find(|k| k.name == key);
+        if let Some(other) = held.as_ref().filter(|k| k.scheme != scheme) {
+            return Err(format!(
+                "node {i} holds key {key} as a {} key, but the cluster names it {scheme}; \
+                 the share stays, and the key is not generated again",
+                other.scheme
+            ));
+        }
+        let key = held.map(|k| (k.public_key, k.chain_code));
         holds.push(NodeHolds { key, aux_info });
     }
     Ok(holds)
@@ -329,11 +343,12 @@ async fn run(env: &KeygenEnv, mpc: &MpcCluster, key: &str, urls: &[NodeAddr]) ->
         .get(ANNOTATION_SUPERSEDE)
         .map(|v| v.split(',').map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).collect())
         .unwrap_or_default();
-    let surveyed = survey(&env.nodes, key, urls).await?;
+    let scheme = crypto::scheme(mpc.spec.scheme_of(key));
+    let surveyed = survey(&env.nodes, key, scheme, urls).await?;
     let (aux_info, supersedes) = match plan(&surveyed, mpc.spec.threshold, &allowed) {
         Plan::Record { public_key, chain_code } => {
             info!(cluster = %name, %key, "every node holds the key already; recording it");
-            return Ok(key_status(key, &public_key, chain_code)?);
+            return Ok(key_status(key, scheme, &public_key, chain_code)?);
         }
         Plan::Conflict { reason } => return Err(KeygenError::Conflict(reason)),
         Plan::Generate { aux_info, supersedes } => (aux_info, supersedes),
@@ -349,21 +364,31 @@ async fn run(env: &KeygenEnv, mpc: &MpcCluster, key: &str, urls: &[NodeAddr]) ->
     let signing_key = grants::signing_key(&env.client, mpc).await.map_err(|e| e.to_string())?;
     let all: Vec<u16> = (0..mpc.spec.nodes).collect();
     let parts = GrantParts::fresh(grants::KEYGEN_GRANT_TTL_SECS, |_| Some(all)).ok_or("no participants")?;
-    let kind = GrantKind::Keygen { key: key.to_owned(), aux_info, supersedes };
+    let kind = match scheme {
+        Scheme::EcdsaSecp256k1 => GrantKind::Keygen { key: key.to_owned(), aux_info, supersedes },
+        // No aux info: FROST needs no Paillier keys.
+        _ => GrantKind::FrostKeygen { key: key.to_owned(), scheme, supersedes },
+    };
     let grant = grants::issue(&signing_key, &ns, &name, kind, &parts).map_err(|e| e.to_string())?;
     env.metrics.grants_issued.with_label_values(&["keygen"]).inc();
     let initiator = grant.grant.initiator();
     let url = urls.get(usize::from(initiator)).ok_or("initiator has no address")?;
-    let note = format!("generating key {key} with {n} nodes; party {initiator} initiates");
+    let note = format!("generating {scheme} key {key} with {n} nodes; party {initiator} initiates");
     event(&env.recorder, mpc, EventType::Normal, "KeygenStarted", "GenerateKey", note).await;
     let started = Instant::now();
     match env.nodes.keygen(url, &grant).await {
-        Ok(Outcome::Keygen { key: got, public_key, chain_code }) if got == key => {
+        Ok(Outcome::Keygen { key: got, scheme: got_scheme, public_key, chain_code })
+            if got == key && got_scheme == scheme =>
+        {
             confirm(&env.nodes, key, &public_key, chain_code.as_ref(), urls).await?;
-            let status = key_status(key, &public_key, chain_code)?;
+            let status = key_status(key, scheme, &public_key, chain_code)?;
+            let address = [&status.ethereum_address, &status.bitcoin_address, &status.solana_address]
+                .into_iter()
+                .find_map(|a| a.as_deref())
+                .unwrap_or_default();
             let note = format!(
-                "generated key {key}: public key {public_key}, address {} in {:.1}s",
-                status.ethereum_address.as_deref().unwrap_or_default(),
+                "generated {scheme} key {key}: public key {}, address {address} in {:.1}s",
+                status.public_key.as_deref().unwrap_or_default(),
                 started.elapsed().as_secs_f64()
             );
             info!(cluster = %name, "{note}");
@@ -418,14 +443,9 @@ async fn confirm(
     }
 }
 
-fn key_status(key: &str, public_key: &str, chain_code: Option<String>) -> Result<KeyStatus, String> {
-    let address = crypto::ethereum_address(public_key).map_err(|e| e.to_string())?;
-    Ok(KeyStatus {
-        name: key.to_owned(),
-        public_key: Some(public_key.to_owned()),
-        ethereum_address: Some(address),
-        chain_code,
-    })
+fn key_status(key: &str, scheme: Scheme, public_key: &str, chain_code: Option<String>) -> Result<KeyStatus, String> {
+    crypto::key_status(key, scheme, public_key, chain_code)
+        .map_err(|e| format!("the nodes' public key {public_key}: {e}"))
 }
 
 #[cfg(test)]

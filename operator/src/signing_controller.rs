@@ -33,8 +33,8 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
-use torcus_contract::api::{Outcome, PresignatureChoice, SessionStatus, SignatureOut};
-use torcus_contract::{GrantKind, SignMessage, SignedGrant};
+use torcus_contract::api::{FrostSignatureOut, Outcome, PresignatureChoice, SessionStatus, SignatureOut};
+use torcus_contract::{GrantKind, Scheme, SignMessage, SignedGrant};
 use torcus_crds::{
     IssuedGrant, KeyStatus, MpcCluster, Signature, SigningPhase, SigningProtocol, SigningRequest, SigningRequestStatus,
     Timings,
@@ -198,10 +198,9 @@ impl<'a> Reconcile<'a> {
     /// A new (or waiting) request: validate, run the policy, issue a grant.
     async fn decide(&mut self) -> Result<Action> {
         let spec = &self.sr.spec;
-        let message = match crypto::message(spec) {
-            Ok(m) => m,
-            Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
-        };
+        if let Err(e) = crypto::message(spec) {
+            return self.fail("InvalidRequest", e.to_string()).await;
+        }
         let path = match crypto::derivation_path(spec.derivation_path.as_deref()) {
             Ok(p) => p,
             Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
@@ -215,6 +214,12 @@ impl<'a> Reconcile<'a> {
                 format!("cluster {} has no key named {} (keys: {})", spec.cluster, spec.key, mpc.spec.keys.join(", "));
             return self.fail("UnknownKey", message).await;
         }
+        // What the key's scheme signs: an Ed25519 key takes no digest, no
+        // hash and no path. Refused before the policy counts the request.
+        let kind = match self.kind(&mpc) {
+            Ok(kind) => kind,
+            Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
+        };
         // Policy first: a denial needs no nodes. Decision and count in one
         // step under the ledger lock; an approval is recorded once. The
         // status's `approvedAt` is never taken as the approval: only the
@@ -258,7 +263,6 @@ impl<'a> Reconcile<'a> {
             );
             return self.wait("Queued", message).await;
         };
-        let kind = GrantKind::Sign { key: spec.key.clone(), message, derivation_path: path };
         self.status.public_key = Some(public_key);
         self.status.reason = None;
         let attempt = match self.new_attempt(&mpc, &nodes, kind, LeftOut::default(), &[]).await {
@@ -296,7 +300,6 @@ impl<'a> Reconcile<'a> {
         {
             self.status.public_key = Some(public_key);
         }
-        let pools = mpc.spec.presignatures.pool_size > 0;
         let grant = match self.recorded_grant(&mpc).await? {
             Recorded::Proven(grant) => grant,
             Recorded::Unproven(grant, why) => {
@@ -309,7 +312,7 @@ impl<'a> Reconcile<'a> {
                         && let Ok(Some(SessionStatus::Completed { outcome })) =
                             self.ctx.nodes.session(&node.url, &grant.grant.session_id()).await
                     {
-                        return self.complete(outcome, None, pools).await;
+                        return self.complete(outcome, None, &mpc).await;
                     }
                 }
                 return self.refuse_status(why).await;
@@ -333,7 +336,7 @@ impl<'a> Reconcile<'a> {
             return self.retry(&mpc, &nodes, format!("initiator {initiator} has no address"), NO_FAULT).await;
         };
         match self.ctx.nodes.session(&url, &grant.grant.session_id()).await {
-            Ok(Some(SessionStatus::Completed { outcome })) => self.complete(outcome, None, pools).await,
+            Ok(Some(SessionStatus::Completed { outcome })) => self.complete(outcome, None, &mpc).await,
             Ok(Some(SessionStatus::Proposed | SessionStatus::Running)) => {
                 Ok(Action::requeue(Duration::from_millis(500)))
             }
@@ -344,8 +347,8 @@ impl<'a> Reconcile<'a> {
             // initiator chooses. Unless the session ran without it: an
             // initiator killed after its session completed has forgotten it.
             Ok(None) if grant.grant.expires_at > torcus_contract::unix_now() + 5 => {
-                match self.attempt_elsewhere(&nodes).await {
-                    Elsewhere::Completed(outcome) => self.complete(outcome, None, pools).await,
+                match self.attempt_elsewhere(&mpc, &nodes).await {
+                    Elsewhere::Completed(outcome) => self.complete(outcome, None, &mpc).await,
                     Elsewhere::Running => Ok(Action::requeue(Duration::from_secs(1))),
                     Elsewhere::Unknown { .. } => {
                         self.sign(&mpc, Attempt { grant, url, presignature: PresignatureChoice::Any }).await
@@ -368,9 +371,8 @@ impl<'a> Reconcile<'a> {
 
     /// Sends the attempt's grant to its initiator and records the outcome.
     async fn sign(&mut self, mpc: &MpcCluster, attempt: Attempt) -> Result<Action> {
-        let pools = mpc.spec.presignatures.pool_size > 0;
         match self.ctx.nodes.sign(&attempt.url, &attempt.grant, attempt.presignature).await {
-            Ok((outcome, took)) => self.complete(outcome, Some(took), pools).await,
+            Ok((outcome, took)) => self.complete(outcome, Some(took), mpc).await,
             Err(e) if is_final_refusal(&e.reason()) => {
                 self.ctx.metrics.grants_rejected.with_label_values(&[&e.reason()]).inc();
                 self.fail("GrantRefused", format!("the nodes refused the grant: {e}")).await
@@ -383,17 +385,19 @@ impl<'a> Reconcile<'a> {
         }
     }
 
-    /// Checks and records a session's outcome; `pools` says whether the
-    /// cluster keeps presignatures at all.
-    async fn complete(&mut self, outcome: Outcome, took: Option<Duration>, pools: bool) -> Result<Action> {
-        let Outcome::Signature(sig) = outcome else {
-            return self
-                .fail("ProtocolError", "the initiator answered with something other than a signature".into())
-                .await;
-        };
-        if let Err((reason, message)) = self.check_signature(&sig) {
+    /// Checks and records a session's outcome.
+    async fn complete(&mut self, outcome: Outcome, took: Option<Duration>, mpc: &MpcCluster) -> Result<Action> {
+        let pools = mpc.spec.presignatures.pool_size > 0;
+        if let Err((reason, message)) = self.check_outcome(mpc, &outcome) {
             return self.fail(reason, message).await;
         }
+        let sig = match outcome {
+            Outcome::Signature(sig) => sig,
+            Outcome::FrostSignature(sig) => return self.complete_frost(&sig, took).await,
+            Outcome::Keygen { .. } => {
+                return self.fail("ProtocolError", "the initiator answered with a key, not a signature".into()).await;
+            }
+        };
         let cluster = &self.sr.spec.cluster;
         for party in &self.status.participants {
             self.ctx.registry.record_outcome(&self.cluster_ns, cluster, *party, true);
@@ -423,9 +427,50 @@ impl<'a> Reconcile<'a> {
         Ok(Action::await_change())
     }
 
-    /// Whether `sig` is this request's: over its digest, under the key
-    /// recorded before the grant was issued (the cluster's key, or the one
-    /// the operator derived from it). Else the failure's reason and message.
+    /// Records a checked FROST signature (the full protocol: FROST keeps
+    /// no presignatures).
+    async fn complete_frost(&mut self, sig: &FrostSignatureOut, took: Option<Duration>) -> Result<Action> {
+        let cluster = &self.sr.spec.cluster;
+        for party in &self.status.participants {
+            self.ctx.registry.record_outcome(&self.cluster_ns, cluster, *party, true);
+        }
+        if let (Some(initiator), Some(took)) = (self.status.initiator, took) {
+            self.ctx.registry.record_latency(&self.cluster_ns, cluster, initiator, took);
+        }
+        self.ctx.metrics.initiator_sessions.with_label_values(&["full"]).inc();
+        self.status.protocol = Some(SigningProtocol::Full);
+        self.status.protocol_reason = None;
+        self.status.signature = Some(frost_signature_status(sig));
+        let timings = self.status.timings.get_or_insert_with(Timings::default);
+        timings.signing_ms = took.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.status.reason = None;
+        self.ctx.signing.settle(&self.uid);
+        self.publish(SigningPhase::Completed).await?;
+        Ok(Action::await_change())
+    }
+
+    /// Whether `outcome` is a signature of this request: of the key's
+    /// scheme, over its message, under the key recorded before the grant was
+    /// issued (the cluster's key, or the one the operator derived from it).
+    /// Else the failure's reason and message.
+    fn check_outcome(&self, mpc: &MpcCluster, outcome: &Outcome) -> std::result::Result<(), (&'static str, String)> {
+        let scheme = crypto::scheme(mpc.spec.scheme_of(&self.sr.spec.key));
+        match (scheme, outcome) {
+            (Scheme::EcdsaSecp256k1, Outcome::Signature(sig)) => self.check_signature(sig),
+            (Scheme::SchnorrBip340 | Scheme::EddsaEd25519, Outcome::FrostSignature(sig)) => {
+                let under = self.status.public_key.clone().unwrap_or_default();
+                let message =
+                    crypto::message_for(&self.sr.spec, scheme).map_err(|e| ("InvalidRequest", e.to_string()))?;
+                crypto::verify_frost(scheme, &under, &message, sig)
+                    .map_err(|e| ("SignatureInvalid", format!("the returned signature was refused: {e}")))
+            }
+            _ => {
+                Err(("ProtocolError", format!("the initiator answered with something other than a {scheme} signature")))
+            }
+        }
+    }
+
+    /// Whether `sig` is this request's ECDSA signature (see `check_outcome`).
     fn check_signature(&self, sig: &SignatureOut) -> std::result::Result<(), (&'static str, String)> {
         let under = self.status.public_key.clone().unwrap_or_default();
         let digest = crypto::digest(&self.sr.spec).map_err(|e| ("InvalidRequest", e.to_string()))?;
@@ -454,11 +499,10 @@ impl<'a> Reconcile<'a> {
         // have been killed, or its answer lost, after the session completed.
         // A new grant would sign the message a second time; every
         // participant ends a session with the signature, so ask them first.
-        let lost = match self.attempt_elsewhere(nodes).await {
+        let lost = match self.attempt_elsewhere(mpc, nodes).await {
             Elsewhere::Completed(outcome) => {
                 info!(request = %self.sr.name_any(), namespace = %self.ns, %why, "the failed call's session completed: its signature is taken from a participant");
-                let pools = mpc.spec.presignatures.pool_size > 0;
-                return self.complete(outcome, None, pools).await;
+                return self.complete(outcome, None, mpc).await;
             }
             // Ends within the session's deadline; asked again then.
             Elsewhere::Running => return Ok(Action::requeue(Duration::from_secs(1))),
@@ -487,7 +531,7 @@ impl<'a> Reconcile<'a> {
         for party in &unresponsive {
             self.ctx.registry.record_outcome(&self.cluster_ns, &mpc.name_any(), *party, false);
         }
-        let kind = match self.kind() {
+        let kind = match self.kind(mpc) {
             Ok(kind) => kind,
             Err(e) => return self.fail("InvalidRequest", e.to_string()).await,
         };
@@ -559,6 +603,8 @@ impl<'a> Reconcile<'a> {
             _ => None,
         };
         self.status.protocol_reason = match (pools, &usable, &reserved) {
+            // FROST keeps no presignatures: there is no reason to give.
+            _ if kind.scheme().is_frost() => None,
             (false, ..) | (true, Ok(_), Some(_)) => None,
             (true, Err(reason), _) => Some((*reason).to_owned()),
             (true, Ok(_), None) => Some(full_protocol_reason::POOL_EMPTY.to_owned()),
@@ -640,12 +686,17 @@ impl<'a> Reconcile<'a> {
         }
     }
 
-    /// The grant the spec asks for, but for the parts only a grant has.
-    fn kind(&self) -> std::result::Result<GrantKind, crypto::CryptoError> {
+    /// The grant the spec asks for of a key of `mpc`, but for the parts
+    /// only a grant has.
+    fn kind(&self, mpc: &MpcCluster) -> std::result::Result<GrantKind, crypto::CryptoError> {
         let spec = &self.sr.spec;
-        let message = crypto::message(spec)?;
+        let scheme = crypto::scheme(mpc.spec.scheme_of(&spec.key));
+        let message = crypto::message_for(spec, scheme)?;
         let path = crypto::derivation_path(spec.derivation_path.as_deref())?;
-        Ok(GrantKind::Sign { key: spec.key.clone(), message, derivation_path: path })
+        Ok(match scheme {
+            Scheme::EcdsaSecp256k1 => GrantKind::Sign { key: spec.key.clone(), message, derivation_path: path },
+            _ => GrantKind::FrostSign { key: spec.key.clone(), scheme, message, derivation_path: path },
+        })
     }
 
     /// Re-makes the grant recorded in the status (Ed25519 signatures are
@@ -673,7 +724,7 @@ impl<'a> Reconcile<'a> {
             },
             (Err(why), _) | (_, Err(why)) => return Ok(Recorded::Unproven(None, why)),
         };
-        let kind = match self.kind() {
+        let kind = match self.kind(mpc) {
             Ok(kind) => kind,
             Err(e) => return Ok(Recorded::Unproven(None, e.to_string())),
         };
@@ -756,7 +807,7 @@ impl<'a> Reconcile<'a> {
     /// is passed over), still running on any (only while its grant could
     /// still be running: a node whose status is stuck cannot hold the
     /// request), or neither (failed, or not known to the nodes that answer).
-    async fn attempt_elsewhere(&self, nodes: &BTreeMap<u16, Node>) -> Elsewhere {
+    async fn attempt_elsewhere(&self, mpc: &MpcCluster, nodes: &BTreeMap<u16, Node>) -> Elsewhere {
         let session = self.status.session_id.as_deref().and_then(|id| hex::decode(id).ok());
         let Some(session) = session.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()) else {
             return Elsewhere::Unknown { lost: Vec::new() };
@@ -772,9 +823,9 @@ impl<'a> Reconcile<'a> {
             self.status.participants.iter().copied().filter(|party| !nodes.contains_key(party)).collect();
         for (party, answer) in futures::future::join_all(asks).await {
             match answer {
-                Ok(Some(SessionStatus::Completed { outcome: Outcome::Signature(sig) })) => {
-                    match self.check_signature(&sig) {
-                        Ok(()) => return Elsewhere::Completed(Outcome::Signature(sig)),
+                Ok(Some(SessionStatus::Completed { outcome })) if !matches!(outcome, Outcome::Keygen { .. }) => {
+                    match self.check_outcome(mpc, &outcome) {
+                        Ok(()) => return Elsewhere::Completed(outcome),
                         Err((_, why)) => {
                             warn!(request = %self.sr.name_any(), %why, "a participant reported a signature that does not check out")
                         }
@@ -1157,11 +1208,32 @@ fn healthy_indices(nodes: &BTreeMap<u16, Node>) -> Vec<u16> {
 
 fn signature_status(sig: &SignatureOut) -> Signature {
     Signature {
+        scheme: None,
         r: sig.r.clone(),
         s: sig.s.clone(),
-        recovery_id: sig.recovery_id,
-        der: sig.der.clone(),
+        bytes: Some(format!("{}{}", sig.r, sig.s)),
+        recovery_id: Some(sig.recovery_id),
+        der: Some(sig.der.clone()),
         short: format!("{}…", &sig.r[..sig.r.len().min(16)]),
+    }
+}
+
+/// A checked FROST signature (64 bytes of hex) as status shows it.
+fn frost_signature_status(sig: &FrostSignatureOut) -> Signature {
+    let (r, s) = sig.signature.split_at(sig.signature.len() / 2);
+    let scheme = match sig.scheme {
+        Scheme::SchnorrBip340 => torcus_crds::KeyScheme::SchnorrBip340,
+        Scheme::EddsaEd25519 => torcus_crds::KeyScheme::EddsaEd25519,
+        Scheme::EcdsaSecp256k1 => torcus_crds::KeyScheme::EcdsaSecp256k1,
+    };
+    Signature {
+        scheme: Some(scheme),
+        r: r.to_owned(),
+        s: s.to_owned(),
+        bytes: Some(sig.signature.clone()),
+        recovery_id: None,
+        der: None,
+        short: format!("{}…", &sig.signature[..sig.signature.len().min(16)]),
     }
 }
 

@@ -22,6 +22,16 @@ pub enum SessionError {
     /// The key is not held here.
     #[error("no key named {0:?}")]
     UnknownKey(String),
+    /// The key is held here under another scheme than the grant's.
+    #[error("key {key:?} is a {held} key, not {wanted}")]
+    WrongScheme {
+        /// The key.
+        key: String,
+        /// Its scheme here.
+        held: torcus_contract::Scheme,
+        /// The grant's.
+        wanted: torcus_contract::Scheme,
+    },
     /// The key exists already; keys are never generated twice.
     #[error("key {0:?} exists already")]
     KeyExists(String),
@@ -138,6 +148,7 @@ impl SessionError {
             Self::NotInitiator { .. } => "not_initiator",
             Self::UnknownKey(_) => "unknown_key",
             Self::KeyExists(_) => "key_exists",
+            Self::WrongScheme { .. } => "wrong_scheme",
             Self::NoSuchAux(_) => "no_such_aux",
             Self::Aborted(_) | Self::AbortedBy { .. } => "aborted",
             Self::Engine(engine::EngineError::Blamed { .. } | engine::EngineError::BadPartial(_)) => "misbehaved",

@@ -44,7 +44,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use torcus_contract::{
-    Control, Grant, GrantError, GrantKind, Handshake, HandshakeStep, InitiatorHandshake, ParticipantHandshake,
+    Control, Grant, GrantError, GrantKind, Handshake, HandshakeStep, InitiatorHandshake, ParticipantHandshake, Scheme,
     SignMessage, SignedGrant, UsedSessions,
 };
 use tracing::{Instrument, info, warn};
@@ -57,7 +57,8 @@ pub use error::{Fault, SessionError};
 use presign::SeenIds;
 pub use presign::led_sets;
 
-use crate::engine::{self, Aux, Channel, Envelope, Presig, Primes, Share};
+use crate::engine::frost::FrostShare;
+use crate::engine::{self, AnyShare, Aux, Channel, Envelope, Presig, Primes, Share};
 use crate::pool::{PoolId, Pools, Taken};
 use crate::presign_schedule::PresignSchedule;
 use crate::router::Router;
@@ -152,7 +153,7 @@ struct StoredAux {
     aux: Aux,
 }
 
-pub use torcus_contract::api::{KeyInfo, Outcome, PresignaturePools, SessionStatus, SignatureOut};
+pub use torcus_contract::api::{FrostSignatureOut, KeyInfo, Outcome, PresignaturePools, SessionStatus, SignatureOut};
 
 /// Which presignature an initiator offers (the API's
 /// [`torcus_contract::api::PresignatureChoice`], with the id parsed).
@@ -178,6 +179,35 @@ struct Pending {
     sent_again: Option<Instant>,
 }
 
+/// A key share held in memory, by scheme.
+#[derive(Clone)]
+enum Held {
+    Ecdsa(Arc<Share>),
+    Frost(Arc<FrostShare>),
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Held").field(&self.scheme()).finish()
+    }
+}
+
+impl Held {
+    fn scheme(&self) -> Scheme {
+        match self {
+            Self::Ecdsa(_) => Scheme::EcdsaSecp256k1,
+            Self::Frost(share) => share.scheme(),
+        }
+    }
+
+    fn encode(&self) -> Result<Zeroizing<Vec<u8>>, engine::EngineError> {
+        match self {
+            Self::Ecdsa(share) => engine::encode_share(share),
+            Self::Frost(share) => share.encode(),
+        }
+    }
+}
+
 /// See [`Sessions::repeated_proposal`].
 enum Repeated {
     First,
@@ -197,7 +227,7 @@ pub struct Sessions<T: Transport> {
     router: Arc<Router>,
     store: ShareStore,
     used: Mutex<FileUsedSessions>,
-    shares: Mutex<HashMap<String, Arc<Share>>>,
+    shares: Mutex<HashMap<String, Held>>,
     /// Safe primes for the next aux info, kept until that aux info is
     /// stored (a failed run retries with the same primes).
     primes: Mutex<Option<Primes>>,
@@ -307,9 +337,13 @@ impl<T: Transport> Sessions<T> {
         for name in store.list()? {
             if let Some(key) = name.strip_prefix("key-") {
                 let bytes = store.get(&name)?.ok_or_else(|| SessionError::Corrupt(name.clone()))?;
-                let share = engine::decode_share(&bytes)
+                let share = engine::decode_any_share(&bytes)
                     .map_err(|error| SessionError::ShareFormat { name: name.clone(), error })?;
-                shares.insert(key.to_owned(), Arc::new(share));
+                let held = match share {
+                    AnyShare::Ecdsa(share) => Held::Ecdsa(Arc::new(share)),
+                    AnyShare::Frost(share) => Held::Frost(Arc::new(share)),
+                };
+                shares.insert(key.to_owned(), held);
             }
         }
         info!(me, keys = shares.len(), "loaded key shares");
@@ -621,9 +655,11 @@ impl<T: Transport> Sessions<T> {
     ) -> Result<Outcome, SessionError> {
         self.set_status(grant.session_id(), SessionStatus::Running);
         let (timeout, kind) = match &grant.kind {
-            GrantKind::Keygen { .. } => (KEYGEN_TIMEOUT, "keygen"),
+            GrantKind::Keygen { .. } | GrantKind::FrostKeygen { .. } => (KEYGEN_TIMEOUT, "keygen"),
             // A signing session and a presigning one share the limit.
-            GrantKind::Sign { .. } => (torcus_contract::session::sign_deadline(grant.participants.len()), "sign"),
+            GrantKind::Sign { .. } | GrantKind::FrostSign { .. } => {
+                (torcus_contract::session::sign_deadline(grant.participants.len()), "sign")
+            }
         };
         let protocol = {
             let (sessions, grant) = (Arc::clone(self), grant.clone());
@@ -732,29 +768,30 @@ impl<T: Transport> Sessions<T> {
                 let net = self.net(session, grant.participants.clone(), KEYGEN_IDLE_TIMEOUT);
                 let core = engine::keygen(&eid, n, self.threshold, net).await?;
                 let share = engine::complete(core, aux)?;
-                let bytes = engine::encode_share(&share)?;
-                let KeyInfo { public_key, chain_code, .. } = key_info(key, &share);
-                // Checked again now, not only before the ack: a keygen of
-                // the same key may have ended here in the meantime.
-                let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(old) = shares.get(key) {
-                    let old_key = key_info(key, old).public_key;
-                    if !supersedes.contains(&old_key) {
-                        return Err(SessionError::KeyExists(key.clone()));
-                    }
-                    // Set aside, never deleted: an operator mistake stays
-                    // recoverable by hand.
-                    let old_bytes = engine::encode_share(old)?;
-                    let aside = format!("superseded-{key}-{}-{}", &old_key[..16], torcus_contract::unix_now());
-                    self.store.put(&aside, &old_bytes)?;
-                    warn!(key, superseded = %old_key, "set aside the share of an incomplete earlier keygen");
+                self.keep_new_key(key, Held::Ecdsa(Arc::new(share)), supersedes)
+            }
+            GrantKind::FrostKeygen { key, scheme, supersedes } => {
+                // No aux info, no primes: FROST needs no Paillier keys.
+                let n = u16::try_from(grant.participants.len()).unwrap_or(u16::MAX);
+                let net = self.net(session, grant.participants.clone(), KEYGEN_IDLE_TIMEOUT);
+                let share = engine::frost::keygen(*scheme, &eid, n, self.threshold, net).await?;
+                self.keep_new_key(key, Held::Frost(Arc::new(share)), supersedes)
+            }
+            GrantKind::FrostSign { key, message, derivation_path, .. } => {
+                let share = self.frost_share(key, grant.kind.scheme())?;
+                let idle = torcus_contract::session::sign_idle_deadline(grant.participants.len());
+                #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut, reason = "the hook is compiled out"))]
+                let mut net = self.net(session, grant.participants.clone(), idle);
+                #[cfg(feature = "test-hooks")]
+                if let Some(hostile) = self.hostile.get() {
+                    hostile.wrap(&mut net);
                 }
-                self.store.put(&format!("key-{key}"), &bytes)?;
-                shares.insert(key.clone(), Arc::new(share));
-                drop(shares);
-                info!(key, %public_key, "generated a key");
-                self.presigner_wake.notify_one();
-                Ok(Outcome::Keygen { key: key.clone(), public_key, chain_code })
+                let signed = engine::frost::sign(&share, message.signed_bytes(), derivation_path, net).await?;
+                Ok(Outcome::FrostSignature(FrostSignatureOut {
+                    scheme: share.scheme(),
+                    signature: hex::encode(signed.signature),
+                    public_key: hex::encode(signed.public_key),
+                }))
             }
             GrantKind::Sign { key, message, derivation_path } => {
                 let share = self.share(key)?;
@@ -773,17 +810,46 @@ impl<T: Transport> Sessions<T> {
                     }
                     // Never offered, never reserved for a digest (see
                     // `offer_presignature`); dropped unused if it were.
-                    (Some(_), SignMessage::Digest { .. }) => {
+                    (Some(_), SignMessage::Digest { .. } | SignMessage::Raw { .. }) => {
                         return Err(SessionError::Aborted("a presignature never signs a raw digest".into()));
                     }
                     (None, message) => {
-                        (engine::sign(&eid, &share, engine_message(message), derivation_path, net).await?, false)
+                        (engine::sign(&eid, &share, engine_message(message)?, derivation_path, net).await?, false)
                     }
                 };
-                let digest = message.digest();
+                let digest = message.digest().ok_or_else(|| SessionError::Aborted("ECDSA signs a digest".into()))?;
                 Ok(Outcome::Signature(signature_out(&share, &digest, derivation_path, &signature, presigned)?))
             }
         }
+    }
+
+    /// Stores the share of a new key and holds it; a share of the key held
+    /// already is set aside if the grant supersedes its public key, and
+    /// refused otherwise.
+    fn keep_new_key(&self, key: &str, held: Held, supersedes: &[String]) -> Result<Outcome, SessionError> {
+        let bytes = held.encode()?;
+        let KeyInfo { public_key, chain_code, scheme, .. } = key_info(key, &held);
+        // Checked again now, not only before the ack: a keygen of the same
+        // key may have ended here in the meantime.
+        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = shares.get(key) {
+            let old_key = key_info(key, old).public_key;
+            if !supersedes.contains(&old_key) {
+                return Err(SessionError::KeyExists(key.to_owned()));
+            }
+            // Set aside, never deleted: an operator mistake stays
+            // recoverable by hand.
+            let old_bytes = old.encode()?;
+            let aside = format!("superseded-{key}-{}-{}", &old_key[..16], torcus_contract::unix_now());
+            self.store.put(&aside, &old_bytes)?;
+            warn!(key, superseded = %old_key, "set aside the share of an incomplete earlier keygen");
+        }
+        self.store.put(&format!("key-{key}"), &bytes)?;
+        shares.insert(key.to_owned(), held);
+        drop(shares);
+        info!(key, %scheme, %public_key, "generated a key");
+        self.presigner_wake.notify_one();
+        Ok(Outcome::Keygen { key: key.to_owned(), scheme, public_key, chain_code })
     }
 
     /// Aux info: the stored one the grant names, or (the grant names
@@ -828,13 +894,31 @@ impl<T: Transport> Sessions<T> {
         net
     }
 
-    fn share(&self, key: &str) -> Result<Arc<Share>, SessionError> {
+    fn held(&self, key: &str) -> Result<Held, SessionError> {
         self.shares
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(key)
             .cloned()
             .ok_or_else(|| SessionError::UnknownKey(key.into()))
+    }
+
+    /// The ECDSA share of `key`; an error if the key is of another scheme.
+    fn share(&self, key: &str) -> Result<Arc<Share>, SessionError> {
+        match self.held(key)? {
+            Held::Ecdsa(share) => Ok(share),
+            Held::Frost(share) => {
+                Err(SessionError::WrongScheme { key: key.into(), held: share.scheme(), wanted: Scheme::EcdsaSecp256k1 })
+            }
+        }
+    }
+
+    /// The FROST share of `key`, which must be of `scheme`.
+    fn frost_share(&self, key: &str, scheme: Scheme) -> Result<Arc<FrostShare>, SessionError> {
+        match self.held(key)? {
+            Held::Frost(share) if share.scheme() == scheme => Ok(share),
+            held => Err(SessionError::WrongScheme { key: key.into(), held: held.scheme(), wanted: scheme }),
+        }
     }
 
     fn verify<'g>(&self, signed: &'g SignedGrant) -> Result<&'g Grant, SessionError> {
@@ -866,7 +950,27 @@ impl<T: Transport> Sessions<T> {
                     _ => Ok(()),
                 }
             }
+            GrantKind::FrostKeygen { key, supersedes, .. } => {
+                match self.shares.lock().unwrap_or_else(PoisonError::into_inner).get(key) {
+                    Some(old) if !supersedes.contains(&key_info(key, old).public_key) => {
+                        Err(SessionError::KeyExists(key.clone()))
+                    }
+                    _ => Ok(()),
+                }
+            }
             GrantKind::Sign { key, .. } => self.share(key).map(|_| ()),
+            GrantKind::FrostSign { key, scheme, .. } => {
+                // FROST signs with exactly the threshold: more signers
+                // would not make a signature, fewer cannot.
+                if grant.participants.len() != usize::from(self.threshold) {
+                    return Err(SessionError::Aborted(format!(
+                        "a FROST signature takes exactly {} signers, the grant names {}",
+                        self.threshold,
+                        grant.participants.len()
+                    )));
+                }
+                self.frost_share(key, *scheme).map(|_| ())
+            }
         }
     }
 
@@ -1128,17 +1232,23 @@ impl<T: Transport> Sessions<T> {
 }
 
 /// What `GET /p2p/keys` says of a share: public material only.
-fn key_info(name: &str, share: &Share) -> KeyInfo {
+fn key_info(name: &str, held: &Held) -> KeyInfo {
+    let (public_key, chain_code) = match held {
+        Held::Ecdsa(share) => (share.shared_public_key.to_bytes(true).to_vec(), engine::chain_code(share)),
+        Held::Frost(share) => (share.public_key(), share.chain_code()),
+    };
     KeyInfo {
         name: name.to_owned(),
-        public_key: hex::encode(share.shared_public_key.to_bytes(true)),
-        chain_code: engine::chain_code(share).map(hex::encode),
+        scheme: held.scheme(),
+        public_key: hex::encode(public_key),
+        chain_code: chain_code.map(hex::encode),
     }
 }
 
 fn outcome_kind(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Keygen { .. } => "keygen",
+        Outcome::FrostSignature(_) => "sign",
         Outcome::Signature(_) => "sign",
     }
 }
@@ -1156,12 +1266,14 @@ impl UsedSessions for UsedOnDisk<'_> {
 }
 
 /// The engine's view of a grant's message.
-fn engine_message(message: &SignMessage) -> engine::Message<'_> {
+fn engine_message(message: &SignMessage) -> Result<engine::Message<'_>, SessionError> {
     match message {
         SignMessage::Payload { hash, payload, .. } => {
-            engine::Message::Payload(engine::Payload { hash: *hash, bytes: payload })
+            Ok(engine::Message::Payload(engine::Payload { hash: *hash, bytes: payload }))
         }
-        SignMessage::Digest { digest } => engine::Message::Digest(digest),
+        SignMessage::Digest { digest } => Ok(engine::Message::Digest(digest)),
+        // `Grant::check` keeps raw messages out of ECDSA grants already.
+        SignMessage::Raw { .. } => Err(SessionError::Aborted("ECDSA does not sign a raw message".into())),
     }
 }
 
