@@ -91,6 +91,27 @@ pub fn taproot_address(output: &XOnlyPublicKey) -> String {
     out
 }
 
+/// Base58 with Bitcoin's alphabet, as Solana writes keys: the bytes as one
+/// big-endian number in base 58, a `1` for each leading zero byte.
+pub fn base58(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+    let mut digits: Vec<u8> = Vec::new(); // base 58, least significant first
+    for byte in bytes {
+        let mut carry = u32::from(*byte);
+        for digit in &mut digits {
+            carry += u32::from(*digit) << 8;
+            *digit = (carry % 58) as u8;
+            carry /= 58;
+        }
+        while carry > 0 {
+            digits.push((carry % 58) as u8);
+            carry /= 58;
+        }
+    }
+    let zeros = bytes.iter().take_while(|b| **b == 0).count();
+    std::iter::repeat_n('1', zeros).chain(digits.iter().rev().map(|d| char::from(ALPHABET[usize::from(*d)]))).collect()
+}
+
 /// Checks a BIP-340 signature (64 bytes, hex) over the 32-byte `message`
 /// under the x-only key `key`, with libsecp256k1.
 pub fn verify_bip340(message: &[u8; 32], key: &XOnlyPublicKey, signature_hex: &str) -> Result<(), Mismatch> {
@@ -275,6 +296,15 @@ mod tests {
             other.push(0);
             assert!(verify_ed25519_openssl(&other, key, signature).is_err());
         }
+    }
+
+    #[test]
+    fn base58_matches_known_encodings() {
+        // The Solana system program's id (32 zero bytes) and Bitcoin's
+        // base58 examples.
+        assert_eq!(base58(&[0; 32]), "11111111111111111111111111111111");
+        assert_eq!(base58(b"hello world"), "StV1DL6CwTryKyV");
+        assert_eq!(base58(&[0, 0, 0x28, 0x7f, 0xb4, 0xcd]), "11233QC4");
     }
 
     #[test]

@@ -522,6 +522,58 @@ where
     }
 }
 
+/// Changes cluster `cluster` to transport `mode` and watches its pods until
+/// every one runs the new configuration: never more than one of the three
+/// is down (gone, terminating or not ready) at a time. Gives up after `within`.
+pub async fn roll_transport(ns: &TestNamespace, cluster: &str, mode: &str, within: Duration) {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::ResourceExt as _;
+    const HASH: &str = "mpc.torcus.io/config-hash";
+    let pods: Api<Pod> = ns.api();
+    let hashes = |list: &[Pod]| -> Vec<Option<String>> {
+        (0..3)
+            .map(|i| {
+                let pod = list.iter().find(|p| p.name_any() == format!("{cluster}-{i}-0"))?;
+                pod.annotations().get(HASH).cloned()
+            })
+            .collect()
+    };
+    let before = hashes(&pods.list(&kube::api::ListParams::default()).await.unwrap().items);
+    assert!(before.iter().all(Option::is_some), "{before:?}");
+    let clusters: Api<torcus_crds::MpcCluster> = ns.api();
+    let patch = serde_json::json!({"spec": {"transport": {"mode": mode}}});
+    clusters.patch(cluster, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+
+    let mut most_down = 0;
+    let mut rolled = 0;
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        let list = pods.list(&kube::api::ListParams::default()).await.unwrap().items;
+        let mut down = 0;
+        rolled = 0;
+        for (i, old) in before.iter().enumerate() {
+            let pod = list.iter().find(|p| p.name_any() == format!("{cluster}-{i}-0"));
+            let ready = pod.is_some_and(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.status
+                        .iter()
+                        .flat_map(|s| s.conditions.iter().flatten())
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            down += usize::from(!ready);
+            let hash = pod.and_then(|p| p.annotations().get(HASH).cloned());
+            rolled += usize::from(ready && hash.is_some() && hash != *old);
+        }
+        most_down = most_down.max(down);
+        if rolled == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(rolled, 3, "every node runs the {mode} configuration");
+    assert_eq!(most_down, 1, "the nodes rolled one at a time");
+}
+
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

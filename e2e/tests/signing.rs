@@ -429,64 +429,13 @@ async fn transport_signs(transport: &str, roll_to: Option<&str>) {
         assert!(peak.saturating_sub(rss_before) < 64 << 20, "RSS {rss_before} -> {peak} bytes");
     }
     if let Some(mode) = roll_to {
-        roll_transport(&ns, mode).await;
+        torcus_e2e::testing::roll_transport(&ns, "vault", mode, KEYGEN_WAIT).await;
         let digest = [0x77; 32];
         let sr = request("after-roll", "vault", serde_json::json!({"digest": hex::encode(digest)}));
         srs.create(&PostParams::default(), &sr).await.unwrap();
         assert_signed(&wait_final(&ns, "after-roll", SIGN_WAIT).await, digest, &public_key);
     }
     ns.finish().await.unwrap();
-}
-
-/// Changes cluster `vault` to transport `mode` and watches its pods until
-/// every one runs the new configuration: never more than one of the three
-/// is down (gone, terminating or not ready) at a time.
-async fn roll_transport(ns: &TestNamespace, mode: &str) {
-    use k8s_openapi::api::core::v1::Pod;
-    const HASH: &str = "mpc.torcus.io/config-hash";
-    let pods: Api<Pod> = ns.api();
-    let hashes = |list: &[Pod]| -> Vec<Option<String>> {
-        (0..3)
-            .map(|i| {
-                let pod = list.iter().find(|p| p.name_any() == format!("vault-{i}-0"))?;
-                pod.annotations().get(HASH).cloned()
-            })
-            .collect()
-    };
-    let before = hashes(&pods.list(&ListParams::default()).await.unwrap().items);
-    assert!(before.iter().all(Option::is_some), "{before:?}");
-    let clusters: Api<MpcCluster> = ns.api();
-    let patch = serde_json::json!({"spec": {"transport": {"mode": mode}}});
-    clusters.patch("vault", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
-
-    let mut most_down = 0;
-    let mut rolled = 0;
-    let deadline = std::time::Instant::now() + KEYGEN_WAIT;
-    while std::time::Instant::now() < deadline {
-        let list = pods.list(&ListParams::default()).await.unwrap().items;
-        let mut down = 0;
-        rolled = 0;
-        for (i, old) in before.iter().enumerate() {
-            let pod = list.iter().find(|p| p.name_any() == format!("vault-{i}-0"));
-            let ready = pod.is_some_and(|p| {
-                p.metadata.deletion_timestamp.is_none()
-                    && p.status
-                        .iter()
-                        .flat_map(|s| s.conditions.iter().flatten())
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-            });
-            down += usize::from(!ready);
-            let hash = pod.and_then(|p| p.annotations().get(HASH).cloned());
-            rolled += usize::from(ready && hash.is_some() && hash != *old);
-        }
-        most_down = most_down.max(down);
-        if rolled == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(rolled, 3, "every node runs the {mode} configuration");
-    assert_eq!(most_down, 1, "the nodes rolled one at a time");
 }
 
 #[tokio::test]
