@@ -11,6 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Scheme;
+
 /// `POST`: a node registers ([`RegistryMessage::Register`] in a [`SignedMessage`]).
 pub const REGISTER_PATH: &str = "/registry/v1/register";
 /// `POST`: a node heartbeats ([`RegistryMessage::Heartbeat`] in a [`SignedMessage`]).
@@ -106,6 +108,80 @@ pub struct Registration {
     /// operator's clock. Separate from `started_at` because a node may register long after
     /// it started (the operator was down, or restarted).
     pub sent_at: u64,
+    /// What this build runs; absent from a build older than capabilities, which runs
+    /// threshold ECDSA only (see [`Capabilities::of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+}
+
+/// Most schemes, transports or keys one message may list: more is refused, not cut.
+pub const MAX_LISTED: usize = 16;
+/// Longest protocol or transport name a message may carry.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// What a node's build can run, as it registers: the operator grants a session only to
+/// nodes that run its scheme, so during a rolling upgrade no session starts that an old
+/// node cannot finish.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    /// The signature schemes it runs, each with the protocol it runs it with.
+    pub schemes: Vec<SchemeSupport>,
+    /// The grant format it verifies ([`crate::GRANT_VERSION`]).
+    pub grant_version: u8,
+    /// The transports it serves: `quic`, `tcp`, `http` (the relay), `hybrid`.
+    pub transports: Vec<String>,
+}
+
+/// A scheme a node runs, and with what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemeSupport {
+    /// The scheme.
+    pub scheme: Scheme,
+    /// The protocol and its version, such as `cggmp24/0.7.0-alpha.3`.
+    pub protocol: String,
+}
+
+impl Capabilities {
+    /// Whether a node that registered with `capabilities` runs `scheme`. A registration
+    /// without them comes from a build that predates FROST: ECDSA only.
+    pub fn of(capabilities: Option<&Self>, scheme: Scheme) -> bool {
+        match capabilities {
+            Some(capabilities) => capabilities.schemes.iter().any(|s| s.scheme == scheme),
+            None => scheme == Scheme::EcdsaSecp256k1,
+        }
+    }
+
+    /// Why these capabilities cannot be taken (too many entries, names too long), if so.
+    pub fn invalid(&self) -> Option<&'static str> {
+        if self.schemes.len() > MAX_LISTED || self.transports.len() > MAX_LISTED {
+            return Some("too many schemes or transports");
+        }
+        let long = |s: &str| s.len() > MAX_NAME_LEN;
+        if self.schemes.iter().any(|s| long(&s.protocol)) || self.transports.iter().any(|t| long(t)) {
+            return Some("a protocol or transport name is too long");
+        }
+        None
+    }
+}
+
+/// A key share a node holds, as its heartbeat lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldKey {
+    /// Key name.
+    pub name: String,
+    /// Its scheme.
+    pub scheme: Scheme,
+}
+
+/// Why a list of held keys cannot be taken, if so.
+pub fn invalid_keys(keys: &[HeldKey]) -> Option<&'static str> {
+    if keys.len() > MAX_LISTED {
+        return Some("too many keys");
+    }
+    keys.iter().any(|k| k.name.len() > MAX_NAME_LEN).then_some("a key name is too long")
 }
 
 /// A node saying it is alive, with its own session counters.
@@ -127,6 +203,9 @@ pub struct Heartbeat {
     pub sessions_failed: u64,
     /// Seconds since the node process started.
     pub uptime_secs: u64,
+    /// The key shares it holds now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<HeldKey>,
 }
 
 /// The body of a registry POST.
@@ -175,6 +254,12 @@ pub struct NodeRecord {
     pub sessions_ok: u64,
     /// Sessions that failed on the node, by its own last report.
     pub sessions_failed: u64,
+    /// What its build runs, as it registered (absent: an older build, ECDSA only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+    /// The key shares it holds, by its last heartbeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<HeldKey>,
 }
 
 /// A summary of one cluster's nodes.
@@ -215,6 +300,7 @@ mod tests {
             sessions_ok: 7,
             sessions_failed: 1,
             uptime_secs: 60,
+            keys: Vec::new(),
         }
     }
 
@@ -243,11 +329,39 @@ mod tests {
             version: "0.1.0".into(),
             started_at: 1,
             sent_at: 2,
+            capabilities: None,
         };
-        let json = serde_json::to_value(RegistryMessage::Register(registration)).unwrap();
+        let json = serde_json::to_value(RegistryMessage::Register(registration.clone())).unwrap();
         assert_eq!(json["kind"], "register");
         assert_eq!(json["httpPort"], 8080);
         assert_eq!(json["startedAt"], 1);
+        assert!(json.get("capabilities").is_none(), "an older build's registration, as it was");
+    }
+
+    #[test]
+    fn a_registration_without_capabilities_runs_ecdsa_only() {
+        assert!(Capabilities::of(None, Scheme::EcdsaSecp256k1));
+        assert!(!Capabilities::of(None, Scheme::SchnorrBip340));
+        let support = |scheme| SchemeSupport { scheme, protocol: "p/1".into() };
+        let caps = Capabilities {
+            schemes: vec![support(Scheme::EcdsaSecp256k1), support(Scheme::EddsaEd25519)],
+            grant_version: crate::GRANT_VERSION,
+            transports: vec!["quic".into()],
+        };
+        assert!(Capabilities::of(Some(&caps), Scheme::EddsaEd25519));
+        assert!(!Capabilities::of(Some(&caps), Scheme::SchnorrBip340));
+        assert_eq!(caps.invalid(), None);
+        let many = Capabilities { transports: vec!["quic".into(); MAX_LISTED + 1], ..caps.clone() };
+        assert!(many.invalid().is_some());
+        let long = Capabilities {
+            schemes: vec![SchemeSupport { scheme: Scheme::EcdsaSecp256k1, protocol: "x".repeat(65) }],
+            ..caps
+        };
+        assert!(long.invalid().is_some());
+        let key = |name: &str| HeldKey { name: name.into(), scheme: Scheme::SchnorrBip340 };
+        assert_eq!(invalid_keys(&[key("btc")]), None);
+        assert!(invalid_keys(&vec![key("k"); MAX_LISTED + 1]).is_some());
+        assert!(invalid_keys(&[key(&"k".repeat(65))]).is_some());
     }
 
     #[test]

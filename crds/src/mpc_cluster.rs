@@ -443,6 +443,21 @@ pub struct NodeStatus {
     /// Whether the registry considers the node online.
     #[serde(default)]
     pub online: bool,
+    /// The node's version, as it registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The schemes its build runs, each as `scheme protocol/version`; a node
+    /// that registered without them is a build from before FROST, which runs
+    /// `ecdsa-secp256k1` only. A session goes only to nodes that run its
+    /// scheme.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemes: Vec<String>,
+    /// The transports it serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transports: Vec<String>,
+    /// The key shares it holds, by name, as its last heartbeat said.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
 }
 
 /// One generated key.

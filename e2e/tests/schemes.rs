@@ -278,3 +278,127 @@ async fn a_participant_killed_during_a_frost_session_is_retried_around() {
     independent::verify_bip340(&digest, &output, &signature(&sr).1).unwrap();
     ns.finish().await.unwrap();
 }
+
+/// The schemes cluster `vault`'s node `index` runs, as its status shows them.
+async fn node_schemes(ns: &TestNamespace, index: u16) -> Vec<String> {
+    let clusters: Api<MpcCluster> = ns.api();
+    let status = clusters.get("vault").await.unwrap().status.unwrap_or_default();
+    status.nodes.iter().find(|n| n.index == index).map(|n| n.schemes.clone()).unwrap_or_default()
+}
+
+/// Has the nodes `old` play a build from before FROST (the test hook reads
+/// the file at start-up) and restarts the nodes `restart`, then waits until
+/// every node's status shows what it runs now.
+async fn roll(ns: &TestNamespace, file: &std::path::Path, old: &[u16], restart: &[u16]) {
+    let listed: Vec<String> = old.iter().map(u16::to_string).collect();
+    std::fs::write(file, listed.join(" ")).unwrap();
+    for index in restart {
+        ns.kubelet().kill(&ns.name, &format!("vault-{index}-0")).unwrap();
+    }
+    for index in 0..3u16 {
+        let want_frost = !old.contains(&index);
+        eventually(&format!("node {index} to show whether it runs FROST"), SIGN_WAIT, || async {
+            let schemes = node_schemes(ns, index).await;
+            let frost = schemes.iter().any(|s| s.starts_with("schnorr-bip340 "));
+            Ok((!schemes.is_empty() && frost == want_frost).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// A rolling upgrade, played by a test hook that has chosen nodes run as a
+/// build from before FROST (ECDSA only, as they advertise): a FROST key's
+/// keygen waits for every node, with the reason; a FROST request goes only
+/// to signer sets of nodes that run it; with too few such nodes it waits,
+/// saying why, and signs once they are back.
+#[tokio::test]
+async fn during_a_rolling_upgrade_frost_sessions_go_only_to_nodes_that_run_frost() {
+    let mut ns = TestNamespace::new("frost-upgrade").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("old-builds");
+    std::fs::write(&file, "1").unwrap();
+    let env = vec![("TORCUS_TEST_OLD_BUILD_PARTIES".to_owned(), file.display().to_string())];
+    ns.start_kubelet_with_env(torcus_e2e::kubelet::node_binary().unwrap(), env).await.unwrap();
+    ns.start_operator();
+    let clusters: Api<MpcCluster> = ns.api();
+    let schemes = serde_json::json!({"btc": "schnorr-bip340"});
+    clusters.create(&PostParams::default(), &cluster("vault", "quic", &["default", "btc"], schemes)).await.unwrap();
+
+    // Node 1 runs an old build: the ECDSA key is generated, the BIP-340
+    // key's keygen waits, and the cluster says for which node.
+    let waiting = eventually("the BIP-340 keygen waiting for node 1", KEYGEN_WAIT, || async {
+        let status = clusters.get("vault").await?.status.unwrap_or_default();
+        let default_done = status.keys.iter().any(|k| k.name == "default" && k.public_key.is_some());
+        let keys = status.conditions.iter().find(|c| c.type_ == "KeysReady").cloned();
+        Ok(keys.filter(|c| default_done && c.status == "False" && c.reason == "WaitingForCapableNodes"))
+    })
+    .await
+    .unwrap();
+    assert!(waiting.message.contains("key btc (schnorr-bip340) waits for nodes [1]"), "{}", waiting.message);
+    assert_eq!(node_schemes(&ns, 1).await, ["ecdsa-secp256k1"], "an old build registers without capabilities");
+    let schemes_0 = node_schemes(&ns, 0).await;
+    assert!(schemes_0.iter().any(|s| s.starts_with("eddsa-ed25519 frost-givre/")), "{schemes_0:?}");
+    assert!(!key_exists(&clusters, "btc").await);
+
+    // Node 1 upgraded: the key is generated.
+    roll(&ns, &file, &[], &[1]).await;
+    let keys = ready_keys(&ns).await;
+    let output = output_key(key(&keys, "btc"), &[]);
+    // Each node's heartbeat lists the shares it holds; status shows them.
+    let nodes = eventually("every node listing its shares", SIGN_WAIT, || async {
+        let nodes = clusters.get("vault").await?.status.unwrap_or_default().nodes;
+        Ok(nodes.iter().all(|n| n.keys == ["btc", "default"]).then_some(nodes))
+    })
+    .await
+    .unwrap();
+    assert!(nodes.iter().all(|n| n.transports == ["quic"] && n.version.is_some()), "{nodes:?}");
+
+    // Node 1 is back on the old build (a rollback, or the upgrade's next
+    // round): BIP-340 requests are signed by nodes 0 and 2 only.
+    roll(&ns, &file, &[1], &[1]).await;
+    let srs: Api<SigningRequest> = ns.api();
+    for i in 0..4u8 {
+        let digest: [u8; 32] = Sha256::digest([i]).into();
+        let sr = sign(&ns, &format!("mixed-{i}"), "btc", serde_json::json!({"digest": hex::encode(digest)})).await;
+        independent::verify_bip340(&digest, &output, &signature(&sr).1).unwrap();
+        let status = sr.status.unwrap();
+        assert_eq!(status.participants, [0, 2], "mixed-{i}: only nodes that run BIP-340");
+        assert_eq!(status.attempts, 1, "mixed-{i}: no attempt went to the old node");
+    }
+
+    // Nodes 1 and 2 on the old build: too few nodes run BIP-340, and the
+    // request says so instead of starting a session; once they are
+    // upgraded, it is signed.
+    roll(&ns, &file, &[1, 2], &[2]).await;
+    let digest: [u8; 32] = Sha256::digest(b"waits").into();
+    srs.create(&PostParams::default(), &request("waits", "btc", serde_json::json!({"digest": hex::encode(digest)})))
+        .await
+        .unwrap();
+    // Approved by the policy, then waiting: its reason says for what.
+    let why = eventually("the request to wait for capable nodes", SIGN_WAIT, || async {
+        let status = srs.get("waits").await?.status.unwrap_or_default();
+        Ok(status.reason.filter(|_| status.phase == Some(SigningPhase::Approved)))
+    })
+    .await
+    .unwrap();
+    assert!(
+        why.contains("1 of 3 healthy nodes run schnorr-bip340; 2 needed: nodes [1, 2] run a build without it"),
+        "{why}"
+    );
+    assert!(srs.get("waits").await.unwrap().status.unwrap().grant_id.is_none(), "no grant was issued");
+    roll(&ns, &file, &[], &[1, 2]).await;
+    let sr = eventually("the waiting request to be signed", SIGN_WAIT, || async {
+        let sr = srs.get("waits").await?;
+        Ok(sr.status.as_ref().and_then(|s| s.phase).is_some_and(SigningPhase::is_final).then_some(sr))
+    })
+    .await
+    .unwrap();
+    independent::verify_bip340(&digest, &output, &signature(&sr).1).unwrap();
+    ns.finish().await.unwrap();
+}
+
+async fn key_exists(clusters: &Api<MpcCluster>, name: &str) -> bool {
+    let status = clusters.get("vault").await.unwrap().status.unwrap_or_default();
+    status.keys.iter().any(|k| k.name == name && k.public_key.is_some())
+}

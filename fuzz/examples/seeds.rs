@@ -7,9 +7,9 @@ use std::path::Path;
 
 use ed25519_dalek::SigningKey;
 use torcus_contract::envelope::{Channel, Envelope, encode};
-use torcus_contract::registry::{Heartbeat, Registration};
+use torcus_contract::registry::{Capabilities, Heartbeat, HeldKey, Registration, SchemeSupport};
 use torcus_contract::{
-    ClusterConfig, Control, Grant, GrantKind, HashAlgorithm, RegistryMessage, SignMessage, SignedMessage,
+    ClusterConfig, Control, Grant, GrantKind, HashAlgorithm, RegistryMessage, Scheme, SignMessage, SignedMessage,
 };
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -56,7 +56,21 @@ fn main() {
         derivation_path: vec![],
     });
     let keygen = sign(GrantKind::Keygen { key: "default".into(), aux_info: Some("ab".repeat(32)), supersedes: vec![] });
-    for (name, signed) in [("sign-digest", &digest), ("sign-payload", &payload), ("keygen", &keygen)] {
+    let frost_keygen =
+        sign(GrantKind::FrostKeygen { key: "sol".into(), scheme: Scheme::EddsaEd25519, supersedes: vec![] });
+    let frost_sign = sign(GrantKind::FrostSign {
+        key: "sol".into(),
+        scheme: Scheme::EddsaEd25519,
+        message: SignMessage::Raw { message: b"a Solana message".to_vec() },
+        derivation_path: vec![],
+    });
+    for (name, signed) in [
+        ("sign-digest", &digest),
+        ("sign-payload", &payload),
+        ("keygen", &keygen),
+        ("frost-keygen", &frost_keygen),
+        ("frost-sign", &frost_sign),
+    ] {
         write("grant", name, &serde_json::to_vec(signed).expect("json"));
     }
 
@@ -90,6 +104,11 @@ fn main() {
         version: "0.1.0".into(),
         started_at: 1_800_000_000_000,
         sent_at: 1_800_000_000_500,
+        capabilities: Some(Capabilities {
+            schemes: vec![SchemeSupport { scheme: Scheme::SchnorrBip340, protocol: "frost-givre/0.2.0".into() }],
+            grant_version: 3,
+            transports: vec!["quic".into()],
+        }),
     });
     let heartbeat = RegistryMessage::Heartbeat(Heartbeat {
         namespace: "signing".into(),
@@ -99,6 +118,7 @@ fn main() {
         sessions_ok: 4,
         sessions_failed: 1,
         uptime_secs: 60,
+        keys: vec![HeldKey { name: "btc".into(), scheme: Scheme::SchnorrBip340 }],
     });
     for (name, message) in [("register", register), ("heartbeat", heartbeat)] {
         let signed = SignedMessage {

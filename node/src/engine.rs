@@ -650,6 +650,18 @@ pub fn encode_share(share: &Share) -> Result<Zeroizing<Vec<u8>>, EngineError> {
         .map_err(|e| EngineError::InvalidShare(e.to_string()))
 }
 
+/// The schemes this build runs, with the protocol (and its library
+/// version) it runs each with, as the node advertises them.
+pub fn schemes() -> Vec<torcus_contract::registry::SchemeSupport> {
+    use torcus_contract::Scheme;
+    use torcus_contract::registry::SchemeSupport;
+    vec![
+        SchemeSupport { scheme: Scheme::EcdsaSecp256k1, protocol: "cggmp24/0.7.0-alpha.3".into() },
+        SchemeSupport { scheme: Scheme::SchnorrBip340, protocol: "frost-givre/0.2.0".into() },
+        SchemeSupport { scheme: Scheme::EddsaEd25519, protocol: "frost-givre/0.2.0".into() },
+    ]
+}
+
 /// A stored key share of any scheme.
 #[derive(Clone)]
 pub enum AnyShare {

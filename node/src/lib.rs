@@ -135,6 +135,15 @@ pub struct Args {
     #[cfg(feature = "test-hooks")]
     #[arg(long, env = TEST_CLOCK_OFFSET_ENV, hide = true, allow_hyphen_values = true)]
     pub test_clock_offset_secs: Option<i64>,
+
+    /// TEST ONLY: a file listing party indices (separated by spaces, commas
+    /// or lines); the node whose index it lists at start-up plays a build
+    /// from before FROST: it advertises, and runs, threshold ECDSA only. A
+    /// rolling upgrade's old node. Only builds with the `test-hooks` feature
+    /// have this flag.
+    #[cfg(feature = "test-hooks")]
+    #[arg(long, env = TEST_OLD_BUILD_ENV, hide = true)]
+    pub test_old_build_parties: Option<PathBuf>,
 }
 
 /// The environment variable of the test-only misbehaving node; refused like
@@ -146,6 +155,9 @@ pub const TEST_MISBEHAVIOUR_ENV: &str = "TORCUS_TEST_MISBEHAVIOUR";
 /// The environment variable of the test-only clock offset; refused like
 /// [`TEST_CORRUPT_ENV`].
 pub const TEST_CLOCK_OFFSET_ENV: &str = "TORCUS_TEST_CLOCK_OFFSET_SECS";
+/// The environment variable of the test-only older build; refused like
+/// [`TEST_CORRUPT_ENV`].
+pub const TEST_OLD_BUILD_ENV: &str = "TORCUS_TEST_OLD_BUILD_PARTIES";
 
 /// The environment variable of the test-only primes fixture. A build
 /// without the `test-fixtures` feature refuses to start when it is set,
@@ -245,6 +257,8 @@ impl Args {
             test_misbehaviour,
             #[cfg(feature = "test-hooks")]
             test_clock_offset_secs,
+            #[cfg(feature = "test-hooks")]
+            test_old_build_parties,
         } = self;
         if command != "serve" {
             return Err(Error::UnknownCommand(command));
@@ -256,7 +270,7 @@ impl Args {
             }
         }
         #[cfg(not(feature = "test-hooks"))]
-        for variable in [TEST_CORRUPT_ENV, TEST_MISBEHAVIOUR_ENV, TEST_CLOCK_OFFSET_ENV] {
+        for variable in [TEST_CORRUPT_ENV, TEST_MISBEHAVIOUR_ENV, TEST_CLOCK_OFFSET_ENV, TEST_OLD_BUILD_ENV] {
             if std::env::var_os(variable).is_some() {
                 return Err(Error::TestHookInProduct(variable));
             }
@@ -432,6 +446,20 @@ impl Args {
         };
         #[cfg(not(feature = "test-fixtures"))]
         let primes_fixture = None;
+        #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut, reason = "only a test hook narrows it"))]
+        let mut schemes = engine::schemes();
+        #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut, reason = "only a test hook sets it"))]
+        let mut old_build = false;
+        #[cfg(feature = "test-hooks")]
+        if let Some(path) = &test_old_build_parties {
+            let listed = std::fs::read_to_string(path).unwrap_or_default();
+            let parties = listed.split(|c: char| c.is_whitespace() || c == ',').filter_map(|p| p.parse::<u16>().ok());
+            if parties.into_iter().any(|p| p == me) {
+                warn!("playing a build from before FROST (test hook): ECDSA only, no capabilities advertised");
+                schemes.retain(|s| s.scheme == contract::Scheme::EcdsaSecp256k1);
+                old_build = true;
+            }
+        }
         let sessions = Sessions::new(SessionsParts {
             me,
             nodes: cluster.nodes,
@@ -447,6 +475,7 @@ impl Args {
             primes_fixture,
             used,
             metrics: metrics.clone(),
+            schemes: schemes.iter().map(|s| s.scheme).collect(),
         })?;
         #[cfg(feature = "test-hooks")]
         if test_corrupt_signing == Some(me) {
@@ -495,8 +524,14 @@ impl Args {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 started_at: unix_millis(),
                 sent_at: unix_millis(),
+                // A build from before capabilities sent none (test hook).
+                capabilities: (!old_build).then(|| contract::registry::Capabilities {
+                    schemes,
+                    grant_version: contract::GRANT_VERSION,
+                    transports: vec![cluster.transport.to_string()],
+                }),
             };
-            let sessions = metrics.sessions.clone();
+            let (held, sessions) = (Arc::clone(&sessions), metrics.sessions.clone());
             let stats = move || {
                 let count = |outcome: &str| -> u64 {
                     ["keygen", "sign", "any"]
@@ -509,7 +544,7 @@ impl Args {
                     .iter()
                     .map(|o| count(o))
                     .sum();
-                (completed, failed)
+                (completed, failed, held.held_keys())
             };
             registry_client::spawn_heartbeats(client, registration, HEARTBEAT_INTERVAL, stats, stop.clone());
         }

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use torcus_certs::SecretPem;
-use torcus_contract::registry::{self, HEARTBEAT_PATH, REGISTER_PATH};
+use torcus_contract::registry::{self, HEARTBEAT_PATH, HeldKey, REGISTER_PATH};
 use torcus_contract::{Heartbeat, NodeRecord, Registration, RegistryError, RegistryMessage, SignedMessage};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -196,13 +196,14 @@ impl RegistryClient {
 }
 
 /// Registers `registration`, retrying with capped exponential backoff, then heartbeats every
-/// `interval` with the session counters `stats` returns (completed, failed), until `stop`.
+/// `interval` with the session counters `stats` returns (completed, failed) and the key
+/// shares held, until `stop`.
 /// When the operator answers a heartbeat with 404 (it restarted and forgot), registers again.
 pub fn spawn_heartbeats(
     client: Arc<RegistryClient>,
     registration: Registration,
     interval: Duration,
-    stats: impl Fn() -> (u64, u64) + Send + 'static,
+    stats: impl Fn() -> (u64, u64, Vec<HeldKey>) + Send + 'static,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     let span = info_span!("registry", party = client.party, cluster = %client.cluster);
@@ -221,7 +222,7 @@ async fn heartbeat_loop(
     client: &RegistryClient,
     registration: &Registration,
     interval: Duration,
-    stats: impl Fn() -> (u64, u64) + Send,
+    stats: impl Fn() -> (u64, u64, Vec<HeldKey>) + Send,
 ) {
     loop {
         register_until_accepted(client, registration).await;
@@ -231,7 +232,7 @@ async fn heartbeat_loop(
         let mut failing = false;
         loop {
             ticker.tick().await;
-            let (sessions_ok, sessions_failed) = stats();
+            let (sessions_ok, sessions_failed, keys) = stats();
             let heartbeat = Heartbeat {
                 namespace: String::new(),
                 cluster: String::new(),
@@ -240,6 +241,7 @@ async fn heartbeat_loop(
                 sessions_ok,
                 sessions_failed,
                 uptime_secs: unix_ms().saturating_sub(registration.started_at) / 1000,
+                keys,
             };
             match client.heartbeat(&heartbeat).await {
                 Ok(_) => {
@@ -361,6 +363,7 @@ mod tests {
             version: "test".into(),
             started_at: unix_ms(),
             sent_at: 0,
+            capabilities: None,
         }
     }
 
@@ -391,6 +394,7 @@ mod tests {
             sessions_ok: 1,
             sessions_failed: 2,
             uptime_secs: 3,
+            keys: Vec::new(),
         });
         let signed = client.sign(&message).await.unwrap();
         assert_eq!(signed.certificate, first.cert_pem);
@@ -448,6 +452,8 @@ mod tests {
             started_at: 0,
             sessions_ok: 0,
             sessions_failed: 0,
+            capabilities: None,
+            keys: Vec::new(),
         }
     }
 
@@ -506,7 +512,13 @@ mod tests {
         assert_eq!(client.nodes().await.unwrap().len(), 2);
 
         let stop = CancellationToken::new();
-        let task = spawn_heartbeats(client.clone(), registration(), Duration::from_millis(50), || (5, 1), stop.clone());
+        let task = spawn_heartbeats(
+            client.clone(),
+            registration(),
+            Duration::from_millis(50),
+            || (5, 1, Vec::new()),
+            stop.clone(),
+        );
         // Refused once (retried after the backoff), registered, forgotten at the first
         // heartbeat, registered again, then heartbeating.
         let kinds = |stub: &Stub| {

@@ -301,7 +301,7 @@ async fn reconcile_inner(mpc: &MpcCluster, ctx: &Arc<Context>, step: &mut &'stat
             nodes: ctx.nodes.clone(),
             metrics: Arc::clone(&ctx.metrics),
         };
-        ctx.keygens.start(&env, mpc, &plan.missing_keys, &urls);
+        ctx.keygens.start(&env, mpc, &plan.startable_keys, &urls);
     }
     secret_records::persist(&ctx.client, mpc, &mut recorded).await?;
     let old_phase = mpc.status.as_ref().and_then(|s| s.phase);

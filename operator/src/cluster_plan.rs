@@ -131,6 +131,9 @@ pub struct StatusPlan {
     pub status: MpcClusterStatus,
     /// Keys the spec lists that have no public key yet, in spec order.
     pub missing_keys: Vec<String>,
+    /// The missing keys whose keygen may start: every node runs the key's
+    /// scheme (a FROST key waits for nodes on a build from before FROST).
+    pub startable_keys: Vec<String>,
     /// When keys are missing and every node is ready with an address: each
     /// node's pod IP (node `i` at index `i`), for a keygen to run on.
     pub keygen_on: Option<Vec<String>>,
@@ -160,6 +163,13 @@ pub fn status(
                 health_score: record.map(|r| (r.health_score * 100.0).round() / 100.0),
                 last_heartbeat: record.and_then(|r| r.last_heartbeat).map(heartbeat_time),
                 online: record.is_some_and(|r| r.online),
+                version: record.map(|r| r.version.clone()),
+                schemes: record.map(node_schemes).unwrap_or_default(),
+                transports: record
+                    .and_then(|r| r.capabilities.as_ref())
+                    .map(|c| c.transports.clone())
+                    .unwrap_or_default(),
+                keys: record.map(|r| r.keys.iter().map(|k| k.name.clone()).collect()).unwrap_or_default(),
             }
         })
         .collect();
@@ -172,15 +182,53 @@ pub fn status(
         .filter(|k| !keys.iter().any(|s| &s.name == *k && s.public_key.is_some()))
         .cloned()
         .collect();
+    // A keygen runs on every node: a FROST key's waits until every node's
+    // build runs its scheme (ECDSA runs on every build).
+    let lacking = |key: &String| -> Vec<u16> {
+        let scheme = crate::crypto::scheme(mpc.spec.scheme_of(key));
+        if !scheme.is_frost() {
+            return Vec::new();
+        }
+        (0..mpc.spec.nodes)
+            .filter(|i| {
+                let record = observed.nodes.get(usize::from(*i)).and_then(|n| n.record.as_ref());
+                !record.is_some_and(|r| torcus_contract::registry::Capabilities::of(r.capabilities.as_ref(), scheme))
+            })
+            .collect()
+    };
+    let waiting: Vec<String> = missing_keys
+        .iter()
+        .filter_map(|key| {
+            let lacking = lacking(key);
+            (!lacking.is_empty()).then(|| {
+                format!(
+                    "key {key} ({}) waits for nodes {lacking:?}, whose build does not run its scheme (or has not \
+                     registered yet): its keygen starts once every node does",
+                    crate::crypto::scheme(mpc.spec.scheme_of(key))
+                )
+            })
+        })
+        .collect();
+    let startable_keys: Vec<String> = missing_keys.iter().filter(|k| lacking(k).is_empty()).cloned().collect();
     let addresses: Option<Vec<String>> = nodes.iter().map(|n| n.address.clone().filter(|_| n.ready)).collect();
     let keygen_on = addresses.filter(|_| !missing_keys.is_empty() && observed.keygen_held.is_empty());
     let mut status = cluster_status(mpc, nodes, keys, grant_public_key, certificates);
     if !missing_keys.is_empty() {
+        report_keys_waiting(&mut status, &waiting);
         report_keygen_held(&mut status, &observed.keygen_held);
     }
     report_key_conflicts(&mut status, &observed.conflicts);
     report_shares_lost(mpc, &mut status, &observed.shares_lost);
-    StatusPlan { status, missing_keys, keygen_on, online }
+    StatusPlan { status, missing_keys, startable_keys, keygen_on, online }
+}
+
+/// The schemes a node's record says it runs, as status shows them.
+fn node_schemes(record: &torcus_contract::NodeRecord) -> Vec<String> {
+    match &record.capabilities {
+        Some(capabilities) => capabilities.schemes.iter().map(|s| format!("{} {}", s.scheme, s.protocol)).collect(),
+        // Registered without capabilities: a build from before FROST.
+        None => vec![torcus_contract::Scheme::EcdsaSecp256k1.to_string()],
+    }
 }
 
 /// What decides when a cluster is looked at again.
@@ -279,6 +327,19 @@ fn report_shares_lost(mpc: &MpcCluster, status: &mut MpcClusterStatus, lost: &[(
 }
 
 /// Says in `KeysReady` why missing keys are not generated yet.
+/// Marks `KeysReady` false with the keys that wait for nodes able to run
+/// their scheme, naming them.
+fn report_keys_waiting(status: &mut MpcClusterStatus, waiting: &[String]) {
+    if waiting.is_empty() {
+        return;
+    }
+    if let Some(condition) = status.conditions.iter_mut().find(|c| c.type_ == "KeysReady") {
+        condition.status = "False".to_owned();
+        condition.reason = "WaitingForCapableNodes".to_owned();
+        condition.message = waiting.join("; ");
+    }
+}
+
 fn report_keygen_held(status: &mut MpcClusterStatus, held: &[String]) {
     if held.is_empty() {
         return;
@@ -610,6 +671,8 @@ mod tests {
             started_at: 1_699_999_000_000,
             sessions_ok: 3,
             sessions_failed: 0,
+            capabilities: None,
+            keys: Vec::new(),
         });
         let plan = status(&cluster("demo", 3, 2), &observed, "ab".into(), certs());
         let node = &plan.status.nodes[0];

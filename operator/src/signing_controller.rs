@@ -150,6 +150,17 @@ struct Reconcile<'a> {
 struct Node {
     url: NodeAddr,
     healthy: bool,
+    /// What the node's build runs, as it registered (`None`: not
+    /// registered, or a build from before capabilities).
+    capabilities: Option<torcus_contract::registry::Capabilities>,
+}
+
+impl Node {
+    /// Whether the node can run a session of `scheme`. Every build runs
+    /// ECDSA; a FROST scheme only a node that registered saying so.
+    fn runs(&self, scheme: Scheme) -> bool {
+        !scheme.is_frost() || torcus_contract::registry::Capabilities::of(self.capabilities.as_ref(), scheme)
+    }
 }
 
 impl<'a> Reconcile<'a> {
@@ -250,6 +261,20 @@ impl<'a> Reconcile<'a> {
             let message =
                 format!("{} of {} nodes healthy; {} needed", healthy.len(), mpc.spec.nodes, mpc.spec.threshold);
             return self.wait("WaitingForNodes", message).await;
+        }
+        // During a rolling upgrade, only nodes whose build runs the key's
+        // scheme take part: no session starts that one cannot finish.
+        let scheme = kind.scheme();
+        let lacking: Vec<u16> = healthy.iter().copied().filter(|i| !nodes[i].runs(scheme)).collect();
+        if healthy.len() - lacking.len() < usize::from(mpc.spec.threshold) {
+            let message = format!(
+                "{} of {} healthy nodes run {scheme}; {} needed: nodes {lacking:?} run a build without it \
+                 (a rolling upgrade in progress?)",
+                healthy.len() - lacking.len(),
+                healthy.len(),
+                mpc.spec.threshold
+            );
+            return self.wait("WaitingForCapableNodes", message).await;
         }
         // Admission: at most so many sessions of this cluster at once (see
         // `SESSIONS_PER_NODE`); the others queue here, oldest first, and
@@ -576,8 +601,13 @@ impl<'a> Reconcile<'a> {
         // Nor a node that holds no share of the key (a volume lost).
         let lost = self.ctx.shares_lost(mpc, kind.key());
         let threshold = mpc.spec.threshold;
-        let mut healthy: Vec<u16> =
-            healthy_indices(nodes).into_iter().filter(|i| !left_out.always.contains(i) && !lost.contains(i)).collect();
+        // Nor one whose build does not run the key's scheme.
+        let scheme = kind.scheme();
+        let mut healthy: Vec<u16> = healthy_indices(nodes)
+            .into_iter()
+            .filter(|i| !left_out.always.contains(i) && !lost.contains(i))
+            .filter(|i| nodes.get(i).is_some_and(|node| node.runs(scheme)))
+            .collect();
         let fewer: Vec<u16> = healthy.iter().copied().filter(|i| !left_out.if_enough_remain.contains(i)).collect();
         if fewer.len() >= usize::from(threshold) {
             healthy = fewer;
@@ -796,7 +826,8 @@ impl<'a> Reconcile<'a> {
             let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else { continue };
             let ready = pod.metadata.deletion_timestamp.is_none() && crate::apiserver::pod_ready(pod);
             let url = NodeAddr::new(&self.cluster_ns, &cluster, index, &ip, torcus_contract::HTTP_PORT);
-            nodes.insert(index, Node { url, healthy: ready && !offline.contains(&index) });
+            let capabilities = self.ctx.registry.node(&self.cluster_ns, &cluster, index).and_then(|r| r.capabilities);
+            nodes.insert(index, Node { url, healthy: ready && !offline.contains(&index), capabilities });
         }
         Ok(nodes)
     }

@@ -246,6 +246,8 @@ pub struct Sessions<T: Transport> {
     metrics: crate::metrics::NodeMetrics,
     /// Presignatures, in memory only.
     pools: Pools<Presig>,
+    /// The schemes this node runs.
+    schemes: Vec<Scheme>,
     /// The derivation paths whose presignatures are kept (per key).
     presign_paths: Vec<Vec<u32>>,
     /// When this node may presign (the policy; `crate::presign_schedule`).
@@ -306,6 +308,9 @@ pub struct SessionsParts<T> {
     pub used: FileUsedSessions,
     /// Metrics.
     pub metrics: crate::metrics::NodeMetrics,
+    /// The schemes this node runs (every one its build has, but in tests
+    /// that play an older build): a grant of another is refused.
+    pub schemes: Vec<Scheme>,
 }
 
 impl<T> std::fmt::Debug for SessionsParts<T> {
@@ -332,6 +337,7 @@ impl<T: Transport> Sessions<T> {
             primes_fixture,
             used,
             metrics,
+            schemes,
         } = parts;
         let mut shares = HashMap::new();
         for name in store.list()? {
@@ -391,6 +397,7 @@ impl<T: Transport> Sessions<T> {
             metrics,
             pools,
             presign_paths: presignature_paths,
+            schemes,
             schedule: Mutex::new(PresignSchedule::new(PRESIGN_QUIET, PRESIGN_BACKOFF)),
             presigner_wake: Notify::new(),
             schedule_changed: Notify::new(),
@@ -440,6 +447,22 @@ impl<T: Transport> Sessions<T> {
     /// Id of the aux info stored here (as `GET /p2p/aux-info` shows it).
     pub fn aux_id(&self) -> Option<String> {
         self.aux_id.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The schemes this node runs.
+    pub fn schemes(&self) -> &[Scheme] {
+        &self.schemes
+    }
+
+    /// Names and schemes of the key shares held here, for heartbeats.
+    pub fn held_keys(&self) -> Vec<torcus_contract::registry::HeldKey> {
+        let shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys: Vec<_> = shares
+            .iter()
+            .map(|(name, held)| torcus_contract::registry::HeldKey { name: name.clone(), scheme: held.scheme() })
+            .collect();
+        keys.sort_by(|a, b| a.name.cmp(&b.name));
+        keys
     }
 
     /// Names and public keys of the keys held here.
@@ -936,6 +959,10 @@ impl<T: Transport> Sessions<T> {
 
     /// Checks that this node can take part at all, before acknowledging.
     fn precheck(&self, grant: &Grant) -> Result<(), SessionError> {
+        let scheme = grant.kind.scheme();
+        if !self.schemes.contains(&scheme) {
+            return Err(SessionError::Aborted(format!("this build of the node does not run {scheme}")));
+        }
         match &grant.kind {
             GrantKind::Keygen { key, aux_info, supersedes } => {
                 if let Some(old) = self.shares.lock().unwrap_or_else(PoisonError::into_inner).get(key)

@@ -38,6 +38,8 @@ pub(super) struct NodeState {
     pub(super) last_sent_at: u64,
     pub(super) sessions_ok: u64,
     pub(super) sessions_failed: u64,
+    /// The key shares it holds, by its last heartbeat.
+    pub(super) keys: Vec<torcus_contract::registry::HeldKey>,
     /// Disjoint, ordered spans `[start, end)` during which a heartbeat covered the node.
     /// Overlapping covers merge, so a node heartbeating too often still takes one entry.
     pub(super) covered: VecDeque<(Instant, Instant)>,
@@ -64,6 +66,7 @@ impl NodeState {
             last_sent_at: 0,
             sessions_ok: 0,
             sessions_failed: 0,
+            keys: Vec::new(),
             covered: VecDeque::new(),
             outcomes: VecDeque::new(),
             latency: None,

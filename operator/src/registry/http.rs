@@ -88,8 +88,13 @@ impl App {
         if message_kind != kind {
             return Err(wrong_kind());
         }
-        if let RegistryMessage::Register(registration) = &message {
-            validate(registration).map_err(malformed)?;
+        match &message {
+            RegistryMessage::Register(registration) => validate(registration).map_err(malformed)?,
+            RegistryMessage::Heartbeat(heartbeat) => {
+                if let Some(why) = torcus_contract::registry::invalid_keys(&heartbeat.keys) {
+                    return Err(malformed(why));
+                }
+            }
         }
         let signature = hex::decode(&signed.signature).map_err(|_| malformed("signature is not hex"))?;
 

@@ -242,6 +242,7 @@ impl NodeRegistry {
         node.last_heartbeat_ms = Some(now.unix_ms);
         node.sessions_ok = heartbeat.sessions_ok;
         node.sessions_failed = heartbeat.sessions_failed;
+        node.keys = heartbeat.keys;
         node.seen(now.instant, cover, self.settings.window);
         let record = self.record(heartbeat.party, node, now.instant);
         *state.heartbeats.entry((heartbeat.namespace, heartbeat.cluster)).or_default() += 1;
@@ -272,6 +273,8 @@ impl NodeRegistry {
             started_at: registration.started_at,
             sessions_ok: node.sessions_ok,
             sessions_failed: node.sessions_failed,
+            capabilities: registration.capabilities.clone(),
+            keys: node.keys.clone(),
         }
     }
 
@@ -308,6 +311,9 @@ fn validate(registration: &Registration) -> Result<(), &'static str> {
     }
     if registration.version.len() > MAX_VERSION_LEN {
         return Err("version is too long");
+    }
+    if let Some(why) = registration.capabilities.as_ref().and_then(|c| c.invalid()) {
+        return Err(why);
     }
     Ok(())
 }
@@ -433,6 +439,7 @@ mod tests {
             version: "0.1.0".into(),
             started_at: unix_ms() - 1000,
             sent_at: unix_ms(),
+            capabilities: None,
         }
     }
 
@@ -445,6 +452,7 @@ mod tests {
             sessions_ok: 3,
             sessions_failed: 1,
             uptime_secs: 1,
+            keys: Vec::new(),
         }
     }
 
