@@ -389,17 +389,16 @@ impl Grant {
     /// | 8 + …   | keygen only: `supersedes`: count as u64, then each as `key` |
     /// | 1 + …   | sign only: message tag, `0x01` digest then its 32 bytes, or `0x02` payload then the hash tag (`0x01` sha256, `0x02` keccak256, `0x03` sha256d), the payload's byte length as u64 and its bytes, and the 32-byte digest, or `0x03` raw message then its byte length as u64 and its bytes |
     /// | 8 + 4·k | sign only: `derivation_path`: count as u64, then each u32 |
+    /// | 8 + 2·p | `participants`: count as u64, then each u16              |
+    /// | 16      | `nonce`                                                  |
+    /// | 8       | `issued_at` as u64                                       |
+    /// | 8       | `expires_at` as u64                                      |
     ///
     /// A FROST grant has kind tag `0x03` (keygen) or `0x04` (sign), then the
     /// scheme tag (`0x02` schnorr-bip340, `0x03` eddsa-ed25519), then `key`;
     /// a FROST keygen continues with `supersedes`, a FROST sign with the
     /// message and `derivation_path`, each as above. ECDSA grants keep the
     /// layout they had, byte for byte.
-    ///
-    /// | 8 + 2·p | `participants`: count as u64, then each u16              |
-    /// | 16      | `nonce`                                                  |
-    /// | 8       | `issued_at` as u64                                       |
-    /// | 8       | `expires_at` as u64                                      |
     ///
     /// The JSON form is only how a grant travels; a change of this layout is a
     /// change of [`GRANT_VERSION`] and of the domain tag.

@@ -137,8 +137,10 @@ pub struct Capabilities {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SchemeSupport {
-    /// The scheme.
-    pub scheme: Scheme,
+    /// The scheme's name ([`Scheme::as_str`]). A name, not a [`Scheme`]:
+    /// a newer node may run a scheme this operator does not know, and its
+    /// registration must still be taken.
+    pub scheme: String,
     /// The protocol and its version, such as `cggmp24/0.7.0-alpha.3`.
     pub protocol: String,
 }
@@ -148,7 +150,7 @@ impl Capabilities {
     /// without them comes from a build that predates FROST: ECDSA only.
     pub fn of(capabilities: Option<&Self>, scheme: Scheme) -> bool {
         match capabilities {
-            Some(capabilities) => capabilities.schemes.iter().any(|s| s.scheme == scheme),
+            Some(capabilities) => capabilities.schemes.iter().any(|s| s.scheme == scheme.as_str()),
             None => scheme == Scheme::EcdsaSecp256k1,
         }
     }
@@ -159,7 +161,8 @@ impl Capabilities {
             return Some("too many schemes or transports");
         }
         let long = |s: &str| s.len() > MAX_NAME_LEN;
-        if self.schemes.iter().any(|s| long(&s.protocol)) || self.transports.iter().any(|t| long(t)) {
+        let long_scheme = |s: &SchemeSupport| long(&s.scheme) || long(&s.protocol);
+        if self.schemes.iter().any(long_scheme) || self.transports.iter().any(|t| long(t)) {
             return Some("a protocol or transport name is too long");
         }
         None
@@ -172,8 +175,8 @@ impl Capabilities {
 pub struct HeldKey {
     /// Key name.
     pub name: String,
-    /// Its scheme.
-    pub scheme: Scheme,
+    /// Its scheme's name (a name, for the reason given at [`SchemeSupport`]).
+    pub scheme: String,
 }
 
 /// Why a list of held keys cannot be taken, if so.
@@ -181,7 +184,9 @@ pub fn invalid_keys(keys: &[HeldKey]) -> Option<&'static str> {
     if keys.len() > MAX_LISTED {
         return Some("too many keys");
     }
-    keys.iter().any(|k| k.name.len() > MAX_NAME_LEN).then_some("a key name is too long")
+    keys.iter()
+        .any(|k| k.name.len() > MAX_NAME_LEN || k.scheme.len() > MAX_NAME_LEN)
+        .then_some("a key name is too long")
 }
 
 /// A node saying it is alive, with its own session counters.
@@ -342,7 +347,7 @@ mod tests {
     fn a_registration_without_capabilities_runs_ecdsa_only() {
         assert!(Capabilities::of(None, Scheme::EcdsaSecp256k1));
         assert!(!Capabilities::of(None, Scheme::SchnorrBip340));
-        let support = |scheme| SchemeSupport { scheme, protocol: "p/1".into() };
+        let support = |scheme: Scheme| SchemeSupport { scheme: scheme.as_str().into(), protocol: "p/1".into() };
         let caps = Capabilities {
             schemes: vec![support(Scheme::EcdsaSecp256k1), support(Scheme::EddsaEd25519)],
             grant_version: crate::GRANT_VERSION,
@@ -354,11 +359,24 @@ mod tests {
         let many = Capabilities { transports: vec!["quic".into(); MAX_LISTED + 1], ..caps.clone() };
         assert!(many.invalid().is_some());
         let long = Capabilities {
-            schemes: vec![SchemeSupport { scheme: Scheme::EcdsaSecp256k1, protocol: "x".repeat(65) }],
-            ..caps
+            schemes: vec![
+                support(Scheme::EcdsaSecp256k1),
+                SchemeSupport { scheme: "s".into(), protocol: "x".repeat(65) },
+            ],
+            ..caps.clone()
         };
+        // A scheme this build does not know is kept, not refused: a newer node's.
+        let newer: Capabilities = serde_json::from_value(serde_json::json!({
+            "schemes": [{"scheme": "ecdsa-secp256k1", "protocol": "p/1"}, {"scheme": "schnorr-musig9", "protocol": "p/9"}],
+            "grantVersion": 9, "transports": ["quic"],
+        }))
+        .unwrap();
+        assert!(
+            Capabilities::of(Some(&newer), Scheme::EcdsaSecp256k1)
+                && !Capabilities::of(Some(&newer), Scheme::EddsaEd25519)
+        );
         assert!(long.invalid().is_some());
-        let key = |name: &str| HeldKey { name: name.into(), scheme: Scheme::SchnorrBip340 };
+        let key = |name: &str| HeldKey { name: name.into(), scheme: Scheme::SchnorrBip340.as_str().into() };
         assert_eq!(invalid_keys(&[key("btc")]), None);
         assert!(invalid_keys(&vec![key("k"); MAX_LISTED + 1]).is_some());
         assert!(invalid_keys(&[key(&"k".repeat(65))]).is_some());

@@ -38,6 +38,7 @@ pub const MAX_NODES: u16 = 16;
 #[x_kube(validation = Rule::new("self.threshold <= self.nodes").message("threshold must not be greater than nodes"))]
 #[x_kube(validation = Rule::new("!has(self.keySchemes) || self.keySchemes.all(k, k in self.keys)").message("every key in keySchemes must be listed in keys"))]
 #[x_kube(validation = Rule::new("!has(self.keySchemes) || self.keySchemes.all(k, (has(oldSelf.keySchemes) && k in oldSelf.keySchemes) || !(k in oldSelf.keys))").message("a key's scheme is set when the key is added: a key that exists already keeps the scheme it was generated with"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.keySchemes) || (has(self.keySchemes) && oldSelf.keySchemes.all(k, k in self.keySchemes && self.keySchemes[k] == oldSelf.keySchemes[k]))").message("a key's scheme is immutable: keySchemes entries may be added with their keys, never removed or changed"))]
 #[serde(rename_all = "camelCase")]
 pub struct MpcClusterSpec {
     /// Number of parties (n). Immutable: changing it would need resharing the

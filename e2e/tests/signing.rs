@@ -4,7 +4,8 @@
 //! with libsecp256k1 (`torcus_e2e::independent`, never the k256 the
 //! operator checks with), which protocol ran and why, policy denials, a
 //! dead node, an operator restart in the middle of a batch, and 200
-//! requests through random kills and holds of nodes.
+//! requests through random kills and holds of nodes. Keys of every scheme
+//! (`signing/schemes.rs`) run in this binary too, on the same control plane.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +17,10 @@ use sha2::{Digest, Sha256};
 use torcus_crds::{MpcCluster, SigningPhase, SigningProtocol, SigningRequest};
 use torcus_e2e::independent;
 use torcus_e2e::testing::{TestNamespace, eventually};
+
+/// Keys of every scheme: ECDSA, BIP-340 for Taproot, Ed25519.
+#[path = "signing/schemes.rs"]
+mod schemes;
 
 /// Aux info and keygen with fixture primes on 2 cores, plus pod start-up,
 /// while another test's cluster may be presigning beside it.

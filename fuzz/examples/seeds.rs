@@ -105,7 +105,7 @@ fn main() {
         started_at: 1_800_000_000_000,
         sent_at: 1_800_000_000_500,
         capabilities: Some(Capabilities {
-            schemes: vec![SchemeSupport { scheme: Scheme::SchnorrBip340, protocol: "frost-givre/0.2.0".into() }],
+            schemes: vec![SchemeSupport { scheme: "schnorr-bip340".into(), protocol: "frost-givre/0.2.0".into() }],
             grant_version: 3,
             transports: vec!["quic".into()],
         }),
@@ -118,7 +118,7 @@ fn main() {
         sessions_ok: 4,
         sessions_failed: 1,
         uptime_secs: 60,
-        keys: vec![HeldKey { name: "btc".into(), scheme: Scheme::SchnorrBip340 }],
+        keys: vec![HeldKey { name: "btc".into(), scheme: "schnorr-bip340".into() }],
     });
     for (name, message) in [("register", register), ("heartbeat", heartbeat)] {
         let signed = SignedMessage {

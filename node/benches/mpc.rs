@@ -80,6 +80,19 @@ fn main() {
             rows.extend(node_rows);
         }
     }
+    // FROST: the raw library (cggmp24's keygen on the scheme's curve, givre's
+    // signing), each party on its own thread, beside nodes over QUIC.
+    for scheme in [torcus_contract::Scheme::SchnorrBip340, torcus_contract::Scheme::EddsaEd25519] {
+        let (n, t) = (3u16, 2u16);
+        let setup = format!("raw frost {scheme} n={n} t={t}, {}", Layout::Threads.label());
+        if wanted(&setup) {
+            rows.extend(raw_frost(&setup, scheme, n, t, runs));
+        }
+        let setup = format!("torcus-node quic frost {scheme} n={n} t={t}");
+        if wanted(&setup) {
+            rows.extend(runtime.block_on(frost_nodes(&setup, scheme, n, t, runs)));
+        }
+    }
     let setup = "torcus-node quic n=3 t=2, added latency";
     if wanted(setup) {
         notes.extend(runtime.block_on(under_latency(runs * 5)));
@@ -163,6 +176,51 @@ fn raw_library(setup: &str, layout: Layout, n: u16, t: u16, runs: usize, primes:
     .into_iter()
     .map(|(op, times)| (setup.to_owned(), op.to_owned(), Some(Stats(times))))
     .collect()
+}
+
+/// FROST keygen and signing in the raw library, each party on its own thread.
+fn raw_frost(setup: &str, scheme: torcus_contract::Scheme, n: u16, t: u16, runs: usize) -> Vec<Row> {
+    eprintln!("{setup} ...");
+    let (mut shares, mut keygen) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let (out, took) = raw::frost_keygen(Layout::Threads, scheme, n, t, &run.to_string());
+        shares = out;
+        keygen.push(took);
+    }
+    let signers: Vec<u16> = (0..t).collect();
+    let sign = (0..runs).map(|_| raw::frost_sign(Layout::Threads, &shares, &signers)).collect();
+    vec![
+        (setup.to_owned(), "keygen".into(), Some(Stats(keygen))),
+        (setup.to_owned(), "sign, full protocol".into(), Some(Stats(sign))),
+    ]
+}
+
+/// FROST keygen and signing on `torcus-node` processes over QUIC, through
+/// their HTTP API (grant to answer).
+async fn frost_nodes(setup: &str, scheme: torcus_contract::Scheme, n: u16, t: u16, runs: usize) -> Vec<Row> {
+    eprintln!("{setup} ...");
+    let cluster = Cluster::new(Path::new(env!("CARGO_BIN_EXE_torcus-node")), n, t, "quic").await;
+    cluster.wait_ready().await;
+    let mut keygen = Vec::new();
+    for k in 0..runs {
+        keygen.push(time(cluster.keygen_frost(&format!("f{k}"), scheme)).await.1);
+    }
+    let mut sign = Vec::new();
+    for run in 0..runs {
+        let signers: Vec<u16> =
+            (0..t).map(|j| (j + run as u16) % n).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let message = match scheme {
+            torcus_contract::Scheme::EddsaEd25519 => {
+                torcus_contract::SignMessage::Raw { message: format!("message {run}").into_bytes() }
+            }
+            _ => digest([run as u8; 32]),
+        };
+        sign.push(time(cluster.sign_frost("f0", scheme, signers, message, vec![])).await.1);
+    }
+    vec![
+        (setup.to_owned(), "keygen (no aux info)".into(), Some(Stats(keygen))),
+        (setup.to_owned(), "sign, full protocol (HTTP to signature)".into(), Some(Stats(sign))),
+    ]
 }
 
 /// `torcus-node` processes over `transport`, driven through their HTTP API.

@@ -645,9 +645,39 @@ pub fn encode_share(share: &Share) -> Result<Zeroizing<Vec<u8>>, EngineError> {
         format: &'static str,
         share: &'a Share,
     }
-    serde_json::to_vec(&Tagged { format: SHARE_FORMAT, share })
-        .map(Zeroizing::new)
-        .map_err(|e| EngineError::InvalidShare(e.to_string()))
+    secret_json(&Tagged { format: SHARE_FORMAT, share })
+}
+
+/// `value` as JSON in a buffer that is zeroized when dropped, written once
+/// into a buffer of exactly its length: no reallocation leaves a copy of
+/// secret material behind in freed memory.
+pub(crate) fn secret_json<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, EngineError> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let invalid = |e: serde_json::Error| EngineError::InvalidShare(e.to_string());
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_err(invalid)?;
+    let mut out = Zeroizing::new(Vec::with_capacity(count.0));
+    serde_json::to_writer(&mut *out, value).map_err(invalid)?;
+    Ok(out)
+}
+
+/// Reads a stored share's typed content straight from its bytes (no
+/// untyped copy of the secret in between).
+fn typed_share<S: DeserializeOwned>(bytes: &[u8]) -> Result<S, ShareFormatError> {
+    #[derive(Deserialize)]
+    struct Typed<S> {
+        share: S,
+    }
+    serde_json::from_slice::<Typed<S>>(bytes).map(|t| t.share).map_err(|e| ShareFormatError::Unreadable(e.to_string()))
 }
 
 /// The schemes this build runs, with the protocol (and its library
@@ -656,9 +686,9 @@ pub fn schemes() -> Vec<torcus_contract::registry::SchemeSupport> {
     use torcus_contract::Scheme;
     use torcus_contract::registry::SchemeSupport;
     vec![
-        SchemeSupport { scheme: Scheme::EcdsaSecp256k1, protocol: "cggmp24/0.7.0-alpha.3".into() },
-        SchemeSupport { scheme: Scheme::SchnorrBip340, protocol: "frost-givre/0.2.0".into() },
-        SchemeSupport { scheme: Scheme::EddsaEd25519, protocol: "frost-givre/0.2.0".into() },
+        SchemeSupport { scheme: Scheme::EcdsaSecp256k1.as_str().into(), protocol: "cggmp24/0.7.0-alpha.3".into() },
+        SchemeSupport { scheme: Scheme::SchnorrBip340.as_str().into(), protocol: "frost-givre/0.2.0".into() },
+        SchemeSupport { scheme: Scheme::EddsaEd25519.as_str().into(), protocol: "frost-givre/0.2.0".into() },
     ]
 }
 
@@ -686,10 +716,9 @@ pub fn decode_any_share(bytes: &[u8]) -> Result<AnyShare, ShareFormatError> {
     #[derive(Deserialize)]
     struct Tagged {
         format: Option<String>,
-        share: Option<serde_json::Value>,
     }
-    if let Ok(Tagged { format: Some(format), share: Some(share) }) = serde_json::from_slice(bytes)
-        && let Some(frost) = frost::FrostShare::decode(&format, share)
+    if let Ok(Tagged { format: Some(format) }) = serde_json::from_slice(bytes)
+        && let Some(frost) = frost::FrostShare::decode(&format, bytes)
     {
         return frost.map(AnyShare::Frost);
     }
@@ -701,15 +730,13 @@ pub fn decode_share(bytes: &[u8]) -> Result<Share, ShareFormatError> {
     #[derive(Deserialize)]
     struct Tagged {
         format: Option<String>,
-        share: Option<serde_json::Value>,
+        share: Option<serde::de::IgnoredAny>,
         core: Option<serde::de::IgnoredAny>,
         aux: Option<serde::de::IgnoredAny>,
     }
     let tagged: Tagged = serde_json::from_slice(bytes).map_err(|e| ShareFormatError::Unreadable(e.to_string()))?;
     match tagged {
-        Tagged { format: Some(format), share: Some(share), .. } if format == SHARE_FORMAT => {
-            serde_json::from_value(share).map_err(|e| ShareFormatError::Unreadable(e.to_string()))
-        }
+        Tagged { format: Some(format), share: Some(_), .. } if format == SHARE_FORMAT => typed_share(bytes),
         Tagged { format: Some(format), .. } => Err(ShareFormatError::Unreadable(format!("unknown format {format:?}"))),
         // cggmp21 0.6 serialised `KeyShare` as is: `{"core": …, "aux": …}`.
         Tagged { format: None, core: Some(_), aux: Some(_), .. } => Err(ShareFormatError::Cggmp21),

@@ -456,7 +456,7 @@ impl Args {
             let parties = listed.split(|c: char| c.is_whitespace() || c == ',').filter_map(|p| p.parse::<u16>().ok());
             if parties.into_iter().any(|p| p == me) {
                 warn!("playing a build from before FROST (test hook): ECDSA only, no capabilities advertised");
-                schemes.retain(|s| s.scheme == contract::Scheme::EcdsaSecp256k1);
+                schemes.retain(|s| s.scheme == contract::Scheme::EcdsaSecp256k1.as_str());
                 old_build = true;
             }
         }
@@ -475,7 +475,7 @@ impl Args {
             primes_fixture,
             used,
             metrics: metrics.clone(),
-            schemes: schemes.iter().map(|s| s.scheme).collect(),
+            schemes: schemes.iter().filter_map(|s| contract::Scheme::parse(&s.scheme)).collect(),
         })?;
         #[cfg(feature = "test-hooks")]
         if test_corrupt_signing == Some(me) {

@@ -67,7 +67,6 @@ async fn bip340_and_ed25519_keys_sign_next_to_an_ecdsa_key() {
     // spend of the output whose internal key is the generated key.
     let output = taproot_output_key(&hex::decode(&taproot).unwrap());
     let payload = SignMessage::payload(HashAlgorithm::Sha256, b"a taproot spend".to_vec());
-    let payload_digest = payload.digest().unwrap();
     for (message, signers) in [(digest([5; 32]), vec![0, 1]), (payload, vec![1, 2])] {
         let signed_digest = message.digest().unwrap();
         let out = cluster.sign_frost("btc", Scheme::SchnorrBip340, signers, message, vec![]).await;
@@ -76,7 +75,6 @@ async fn bip340_and_ed25519_keys_sign_next_to_an_ecdsa_key() {
         verify_bip340(&signed_digest, &output, &out.signature).unwrap();
         assert!(verify_bip340(&[6; 32], &output, &out.signature).is_err(), "it verifies for its message only");
     }
-    let _ = payload_digest;
 
     // Ed25519: the message itself, as Solana signs a transaction message.
     let message = b"a Solana transaction message, signed as it is".to_vec();
@@ -135,6 +133,14 @@ async fn bip340_and_ed25519_keys_sign_next_to_an_ecdsa_key() {
     )
     .await;
     assert_eq!((status, body["reason"].as_str()), (403, Some("malformed")), "{body}");
+    // A keygen of another scheme never replaces a FROST share, even one
+    // that names its public key as superseded.
+    let grant = cluster.grant(
+        GrantKind::Keygen { key: "btc".into(), aux_info: None, supersedes: vec![taproot.clone()] },
+        vec![0, 1, 2],
+    );
+    let (status, body) = cluster.post(grant.grant.initiator(), "/p2p/keygen", &grant).await;
+    assert_eq!((status, body["reason"].as_str()), (409, Some("wrong_scheme")), "{body}");
     // FROST signs with exactly the threshold.
     let (status, body) = refused(
         GrantKind::FrostSign {

@@ -202,8 +202,8 @@ pub fn status(
             let lacking = lacking(key);
             (!lacking.is_empty()).then(|| {
                 format!(
-                    "key {key} ({}) waits for nodes {lacking:?}, whose build does not run its scheme (or has not \
-                     registered yet): its keygen starts once every node does",
+                    "key {key} ({}) waits for nodes {lacking:?}, whose build does not run its scheme, or which have \
+                     not registered with this operator yet: its keygen starts once every node does",
                     crate::crypto::scheme(mpc.spec.scheme_of(key))
                 )
             })

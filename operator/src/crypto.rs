@@ -223,6 +223,8 @@ pub fn key_status(
     chain_code: Option<String>,
 ) -> Result<KeyStatus, CryptoError> {
     let mut status = KeyStatus { name: name.to_owned(), chain_code, ..KeyStatus::default() };
+    // As this operator writes hex (lowercase), whatever the nodes sent.
+    let public_key = &hex::encode(hex::decode(public_key).map_err(|_| CryptoError::PublicKey)?);
     match scheme {
         Scheme::EcdsaSecp256k1 => {
             status.ethereum_address = Some(ethereum_address(public_key)?);

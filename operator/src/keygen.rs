@@ -165,18 +165,19 @@ impl Keygens {
                 (Arc::clone(self), env.clone(), mpc.clone(), key.clone(), node_urls.to_vec());
             tokio::spawn(async move {
                 let result = run(&env, &mpc, &key, &urls).await;
+                let scheme = crypto::scheme(mpc.spec.scheme_of(&key)).as_str();
                 let next = match result {
                     Ok(status) => State::Done(status),
                     Err(KeygenError::Conflict(reason)) => {
                         warn!(cluster = %mpc.name_any(), %key, %reason, "nodes disagree on a key");
-                        env.metrics.keygens.with_label_values(&["conflict"]).inc();
+                        env.metrics.keygens.with_label_values(&["conflict", scheme]).inc();
                         let note = format!("key {key} is not recorded: {reason}");
                         event(&env.recorder, &mpc, EventType::Warning, "KeyConflict", "GenerateKey", note).await;
                         State::Conflict { at: Instant::now(), reason }
                     }
                     Err(KeygenError::Failed(message)) => {
                         warn!(cluster = %mpc.name_any(), %key, %message, "keygen failed");
-                        env.metrics.keygens.with_label_values(&["failed"]).inc();
+                        env.metrics.keygens.with_label_values(&["failed", scheme]).inc();
                         let note = format!("key {key}: {message}; retrying in {}s", RETRY_AFTER.as_secs());
                         event(&env.recorder, &mpc, EventType::Warning, "KeygenFailed", "GenerateKey", note).await;
                         State::Failed { at: Instant::now() }
@@ -392,7 +393,7 @@ async fn run(env: &KeygenEnv, mpc: &MpcCluster, key: &str, urls: &[NodeAddr]) ->
                 started.elapsed().as_secs_f64()
             );
             info!(cluster = %name, "{note}");
-            env.metrics.keygens.with_label_values(&["completed"]).inc();
+            env.metrics.keygens.with_label_values(&["completed", scheme.as_str()]).inc();
             event(&env.recorder, mpc, EventType::Normal, "KeyGenerated", "GenerateKey", note).await;
             Ok(status)
         }

@@ -104,8 +104,10 @@ impl Metrics {
             &["kind"],
         )?;
         let leader = IntGauge::new("torcus_operator_leader", "1 while this replica holds leadership and reconciles")?;
-        let keygens =
-            IntCounterVec::new(Opts::new("torcus_keygens_total", "Key generations, by outcome"), &["outcome"])?;
+        let keygens = IntCounterVec::new(
+            Opts::new("torcus_keygens_total", "Key generations, by outcome and scheme"),
+            &["outcome", "scheme"],
+        )?;
         let signing_requests = IntCounterVec::new(
             Opts::new("torcus_signing_requests_total", "SigningRequests entering a phase, by phase"),
             &["phase"],
@@ -126,10 +128,10 @@ impl Metrics {
         let signing_latency = HistogramVec::new(
             HistogramOpts::new(
                 "torcus_signing_request_duration_seconds",
-                "From SigningRequest creation to its final phase, by phase",
+                "From SigningRequest creation to its final phase, by phase and key scheme",
             )
             .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
-            &["phase"],
+            &["phase", "scheme"],
         )?;
         let initiator_sessions = IntCounterVec::new(
             Opts::new("torcus_initiator_sessions_total", "Signing sessions the operator started, by initiator type"),

@@ -143,6 +143,9 @@ struct Reconcile<'a> {
     cluster_ns: String,
     uid: String,
     status: SigningRequestStatus,
+    /// The scheme of the request's key, once its cluster was read (a
+    /// metrics label; `unknown` before).
+    scheme: &'static str,
 }
 
 /// A node of the cluster as the controller sees it.
@@ -182,7 +185,7 @@ impl<'a> Reconcile<'a> {
         };
         let ns = sr.namespace().unwrap_or_default();
         let cluster_ns = sr.spec.cluster_namespace.clone().unwrap_or_else(|| ns.clone());
-        Self { sr, ctx, ns, cluster_ns, uid, status }
+        Self { sr, ctx, ns, cluster_ns, uid, status, scheme: "unknown" }
     }
 
     async fn run(mut self) -> Result<Action> {
@@ -225,6 +228,7 @@ impl<'a> Reconcile<'a> {
                 format!("cluster {} has no key named {} (keys: {})", spec.cluster, spec.key, mpc.spec.keys.join(", "));
             return self.fail("UnknownKey", message).await;
         }
+        self.scheme = crypto::scheme(mpc.spec.scheme_of(&spec.key)).as_str();
         // What the key's scheme signs: an Ed25519 key takes no digest, no
         // hash and no path. Refused before the policy counts the request.
         let kind = match self.kind(&mpc) {
@@ -269,7 +273,7 @@ impl<'a> Reconcile<'a> {
         if healthy.len() - lacking.len() < usize::from(mpc.spec.threshold) {
             let message = format!(
                 "{} of {} healthy nodes run {scheme}; {} needed: nodes {lacking:?} run a build without it \
-                 (a rolling upgrade in progress?)",
+                 (a rolling upgrade in progress?), or have not registered with this operator yet",
                 healthy.len() - lacking.len(),
                 healthy.len(),
                 mpc.spec.threshold
@@ -317,6 +321,7 @@ impl<'a> Reconcile<'a> {
         let Some(mpc) = clusters.get_opt(&self.sr.spec.cluster).await? else {
             return self.fail("UnknownCluster", "the MpcCluster was deleted while signing".into()).await;
         };
+        self.scheme = crypto::scheme(mpc.spec.scheme_of(&self.sr.spec.key)).as_str();
         // The key the signature must verify under, from the cluster's
         // status, never from the request's.
         let spec_path = crypto::derivation_path(self.sr.spec.derivation_path.as_deref()).unwrap_or_default();
@@ -479,7 +484,7 @@ impl<'a> Reconcile<'a> {
     /// issued (the cluster's key, or the one the operator derived from it).
     /// Else the failure's reason and message.
     fn check_outcome(&self, mpc: &MpcCluster, outcome: &Outcome) -> std::result::Result<(), (&'static str, String)> {
-        let scheme = crypto::scheme(mpc.spec.scheme_of(&self.sr.spec.key));
+        let scheme = self.key_scheme(mpc).map_err(|e| ("InvalidRequest", e.to_string()))?;
         match (scheme, outcome) {
             (Scheme::EcdsaSecp256k1, Outcome::Signature(sig)) => self.check_signature(sig),
             (Scheme::SchnorrBip340 | Scheme::EddsaEd25519, Outcome::FrostSignature(sig)) => {
@@ -663,8 +668,9 @@ impl<'a> Reconcile<'a> {
             .ok_or_else(|| Error::InvalidSpec(format!("initiator {initiator} is not among the nodes found")))?;
         let presignature = match reserved {
             Some((set, id)) if set == parts.participants => PresignatureChoice::Id(id),
-            // Any the nodes hold are reserved for other sessions.
-            _ if pools => PresignatureChoice::None,
+            // Any the nodes hold are reserved for other sessions; FROST
+            // has none.
+            _ if pools || scheme.is_frost() => PresignatureChoice::None,
             _ => PresignatureChoice::Any,
         };
         debug!(request = %self.sr.name_any(), ?healthy, participants = ?parts.participants, ?presignature, "issued a signing grant");
@@ -716,11 +722,28 @@ impl<'a> Reconcile<'a> {
         }
     }
 
+    /// The scheme of the request's key: the one it was generated with, once
+    /// it exists (status is what the nodes hold; a spec that says otherwise
+    /// is refused, not followed), else the spec's.
+    fn key_scheme(&self, mpc: &MpcCluster) -> std::result::Result<Scheme, crypto::CryptoError> {
+        let spec = crypto::scheme(mpc.spec.scheme_of(&self.sr.spec.key));
+        let Some(key) = self.key(mpc) else { return Ok(spec) };
+        let generated = crypto::scheme(key.scheme.unwrap_or_default());
+        if generated != spec {
+            return Err(crypto::CryptoError::Scheme(format!(
+                "key {} was generated as a {generated} key, but the cluster's keySchemes now says {spec}; \
+                 a key's scheme cannot change",
+                key.name
+            )));
+        }
+        Ok(generated)
+    }
+
     /// The grant the spec asks for of a key of `mpc`, but for the parts
     /// only a grant has.
     fn kind(&self, mpc: &MpcCluster) -> std::result::Result<GrantKind, crypto::CryptoError> {
         let spec = &self.sr.spec;
-        let scheme = crypto::scheme(mpc.spec.scheme_of(&spec.key));
+        let scheme = self.key_scheme(mpc)?;
         let message = crypto::message_for(spec, scheme)?;
         let path = crypto::derivation_path(spec.derivation_path.as_deref())?;
         Ok(match scheme {
@@ -1101,7 +1124,7 @@ impl<'a> Reconcile<'a> {
         self.ctx.metrics.signing_requests.with_label_values(&[&name]).inc();
         if phase.is_final() {
             let seconds = self.age_ms() as f64 / 1000.0;
-            self.ctx.metrics.signing_latency.with_label_values(&[&name]).observe(seconds);
+            self.ctx.metrics.signing_latency.with_label_values(&[&name, self.scheme]).observe(seconds);
         }
         let note = match phase {
             SigningPhase::Signing if old == Some(SigningPhase::Signing) => return,

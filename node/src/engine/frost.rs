@@ -87,22 +87,20 @@ impl FrostShare {
             format: &'static str,
             share: &'a S,
         }
-        let json = match self {
-            Self::Bip340(share) => serde_json::to_vec(&Tagged { format: BIP340_FORMAT, share }),
-            Self::Ed25519(share) => serde_json::to_vec(&Tagged { format: ED25519_FORMAT, share }),
-        };
-        json.map(Zeroizing::new).map_err(|e| EngineError::InvalidShare(e.to_string()))
+        match self {
+            Self::Bip340(share) => super::secret_json(&Tagged { format: BIP340_FORMAT, share }),
+            Self::Ed25519(share) => super::secret_json(&Tagged { format: ED25519_FORMAT, share }),
+        }
     }
 
-    /// Reads a share [`FrostShare::encode`] wrote; `None` when `format` is
-    /// not a FROST format. The library validates the share as it reads it
-    /// (points on the curve and in the prime-order subgroup, the secret
-    /// share matching its public share).
-    pub fn decode(format: &str, share: serde_json::Value) -> Option<Result<Self, ShareFormatError>> {
-        let unreadable = |e: serde_json::Error| ShareFormatError::Unreadable(e.to_string());
+    /// Reads a share [`FrostShare::encode`] wrote (`bytes`, tagged
+    /// `format`); `None` when `format` is not a FROST format. The library
+    /// validates the share as it reads it (points on the curve and in the
+    /// prime-order subgroup, the secret share matching its public share).
+    pub fn decode(format: &str, bytes: &[u8]) -> Option<Result<Self, ShareFormatError>> {
         match format {
-            BIP340_FORMAT => Some(serde_json::from_value(share).map(Self::Bip340).map_err(unreadable)),
-            ED25519_FORMAT => Some(serde_json::from_value(share).map(Self::Ed25519).map_err(unreadable)),
+            BIP340_FORMAT => Some(super::typed_share(bytes).map(Self::Bip340)),
+            ED25519_FORMAT => Some(super::typed_share(bytes).map(Self::Ed25519)),
             _ => None,
         }
     }

@@ -171,3 +171,85 @@ pub fn presign_and_sign(layout: Layout, shares: &[Share], signers: &[u16], tag: 
     signature.verify(&shares[0].shared_public_key, &payload.data_to_sign()).expect("the signature verifies");
     (presign_took, started.elapsed())
 }
+
+/// FROST keygen of a `scheme` key, `t` of `n` (cggmp24's keygen on the
+/// scheme's curve, no aux info), timed.
+pub fn frost_keygen(
+    layout: Layout,
+    scheme: torcus_contract::Scheme,
+    n: u16,
+    t: u16,
+    tag: &str,
+) -> (Vec<super::frost::FrostShare>, Duration) {
+    use super::frost::FrostShare;
+    use givre::generic_ec::curves::{Ed25519, Secp256k1};
+    let eid = format!("raw-frost-keygen-{tag}");
+    match scheme {
+        torcus_contract::Scheme::EddsaEd25519 => {
+            let (out, took) = run(layout, n, |i, party| {
+                let eid = eid.clone();
+                async move {
+                    cggmp24::keygen::<Ed25519>(ExecutionId::new(eid.as_bytes()), i, n)
+                        .set_threshold(t)
+                        .hd_wallet(false)
+                        .enforce_reliable_broadcast(true)
+                        .start(&mut OsRng, party)
+                        .await
+                        .expect("raw FROST keygen")
+                }
+            });
+            (out.into_iter().map(FrostShare::Ed25519).collect(), took)
+        }
+        _ => {
+            let (out, took) = run(layout, n, |i, party| {
+                let eid = eid.clone();
+                async move {
+                    cggmp24::keygen::<Secp256k1>(ExecutionId::new(eid.as_bytes()), i, n)
+                        .set_threshold(t)
+                        .hd_wallet(true)
+                        .enforce_reliable_broadcast(true)
+                        .start(&mut OsRng, party)
+                        .await
+                        .expect("raw FROST keygen")
+                }
+            });
+            (out.into_iter().map(FrostShare::Bip340).collect(), took)
+        }
+    }
+}
+
+/// One FROST signing (givre's two rounds) by `signers` (keygen indices,
+/// exactly the threshold), BIP-340 with the Taproot tweak or Ed25519, timed.
+pub fn frost_sign(layout: Layout, shares: &[super::frost::FrostShare], signers: &[u16]) -> Duration {
+    use super::frost::FrostShare;
+    use givre::ciphersuite::{Bitcoin, Ed25519};
+    let t = signers.len() as u16;
+    let message = [7u8; 32];
+    let (_, took) = match &shares[0] {
+        FrostShare::Bip340(_) => run(layout, t, |j, party| {
+            let FrostShare::Bip340(share) = &shares[usize::from(signers[usize::from(j)])] else {
+                panic!("one scheme per key")
+            };
+            async move {
+                givre::signing::<Bitcoin>(j, share, signers, &message)
+                    .set_taproot_tweak(None)
+                    .expect("a taproot tweak")
+                    .sign(&mut OsRng, party)
+                    .await
+                    .expect("raw FROST signing");
+            }
+        }),
+        FrostShare::Ed25519(_) => run(layout, t, |j, party| {
+            let FrostShare::Ed25519(share) = &shares[usize::from(signers[usize::from(j)])] else {
+                panic!("one scheme per key")
+            };
+            async move {
+                givre::signing::<Ed25519>(j, share, signers, &message)
+                    .sign(&mut OsRng, party)
+                    .await
+                    .expect("raw FROST signing");
+            }
+        }),
+    };
+    took
+}

@@ -454,14 +454,20 @@ impl<T: Transport> Sessions<T> {
         &self.schemes
     }
 
-    /// Names and schemes of the key shares held here, for heartbeats.
+    /// Names and schemes of the key shares held here, for heartbeats: the
+    /// first [`torcus_contract::registry::MAX_LISTED`] by name (what the
+    /// operator takes; more would cost the whole heartbeat).
     pub fn held_keys(&self) -> Vec<torcus_contract::registry::HeldKey> {
         let shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
         let mut keys: Vec<_> = shares
             .iter()
-            .map(|(name, held)| torcus_contract::registry::HeldKey { name: name.clone(), scheme: held.scheme() })
+            .map(|(name, held)| torcus_contract::registry::HeldKey {
+                name: name.clone(),
+                scheme: held.scheme().as_str().to_owned(),
+            })
             .collect();
         keys.sort_by(|a, b| a.name.cmp(&b.name));
+        keys.truncate(torcus_contract::registry::MAX_LISTED);
         keys
     }
 
@@ -856,6 +862,11 @@ impl<T: Transport> Sessions<T> {
         // key may have ended here in the meantime.
         let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = shares.get(key) {
+            // Never a share of another scheme, whatever the grant names:
+            // that is another key, not an earlier run of this one.
+            if old.scheme() != scheme {
+                return Err(SessionError::WrongScheme { key: key.to_owned(), held: old.scheme(), wanted: scheme });
+            }
             let old_key = key_info(key, old).public_key;
             if !supersedes.contains(&old_key) {
                 return Err(SessionError::KeyExists(key.to_owned()));
@@ -965,10 +976,13 @@ impl<T: Transport> Sessions<T> {
         }
         match &grant.kind {
             GrantKind::Keygen { key, aux_info, supersedes } => {
-                if let Some(old) = self.shares.lock().unwrap_or_else(PoisonError::into_inner).get(key)
-                    && !supersedes.contains(&key_info(key, old).public_key)
-                {
-                    return Err(SessionError::KeyExists(key.clone()));
+                if let Some(old) = self.shares.lock().unwrap_or_else(PoisonError::into_inner).get(key) {
+                    if old.scheme() != scheme {
+                        return Err(SessionError::WrongScheme { key: key.clone(), held: old.scheme(), wanted: scheme });
+                    }
+                    if !supersedes.contains(&key_info(key, old).public_key) {
+                        return Err(SessionError::KeyExists(key.clone()));
+                    }
                 }
                 match aux_info {
                     Some(id) if self.aux_id().as_deref() != Some(id.as_str()) => {
@@ -979,6 +993,9 @@ impl<T: Transport> Sessions<T> {
             }
             GrantKind::FrostKeygen { key, supersedes, .. } => {
                 match self.shares.lock().unwrap_or_else(PoisonError::into_inner).get(key) {
+                    Some(old) if old.scheme() != scheme => {
+                        Err(SessionError::WrongScheme { key: key.clone(), held: old.scheme(), wanted: scheme })
+                    }
                     Some(old) if !supersedes.contains(&key_info(key, old).public_key) => {
                         Err(SessionError::KeyExists(key.clone()))
                     }

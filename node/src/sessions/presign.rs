@@ -102,8 +102,15 @@ impl<T: Transport> Sessions<T> {
     /// Every pool this node leads (key, path, set), with its depth, in a
     /// stable order.
     fn led_pools(&self, sets: &[Vec<u16>]) -> Vec<(PoolId, usize)> {
-        let mut keys: Vec<String> =
-            self.shares.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        // ECDSA keys only: FROST keeps no presignatures.
+        let mut keys: Vec<String> = self
+            .shares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, held)| matches!(held, super::Held::Ecdsa(_)))
+            .map(|(name, _)| name.clone())
+            .collect();
         keys.sort();
         let mut led = Vec::new();
         for key in &keys {

@@ -179,6 +179,8 @@ async fn a_key_of_each_scheme_signs_over_quic_and_over_the_relay() {
             serde_json::json!({"spec": {"keySchemes": {"default": "schnorr-bip340"}}}),
             "a key that exists already keeps the scheme",
         ),
+        (serde_json::json!({"spec": {"keySchemes": null}}), "never removed or changed"),
+        (serde_json::json!({"spec": {"keySchemes": {"btc": null}}}), "never removed or changed"),
     ] {
         let refused = clusters.patch("vault", &params, &Patch::Merge(&patch)).await.unwrap_err().to_string();
         assert!(refused.contains(says), "{refused}");
