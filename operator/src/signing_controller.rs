@@ -421,9 +421,11 @@ impl<'a> Reconcile<'a> {
         if let Err((reason, message)) = self.check_outcome(mpc, &outcome) {
             return self.fail(reason, message).await;
         }
-        let sig = match outcome {
-            Outcome::Signature(sig) => sig,
-            Outcome::FrostSignature(sig) => return self.complete_frost(&sig, took).await,
+        // FROST keeps no presignatures: always the full protocol, with no
+        // reason to give for it.
+        let (signature, presigned, ecdsa) = match &outcome {
+            Outcome::Signature(sig) => (signature_status(sig), sig.presigned, true),
+            Outcome::FrostSignature(sig) => (frost_signature_status(sig), false, false),
             Outcome::Keygen { .. } => {
                 return self.fail("ProtocolError", "the initiator answered with a key, not a signature".into()).await;
             }
@@ -435,42 +437,22 @@ impl<'a> Reconcile<'a> {
         if let (Some(initiator), Some(took)) = (self.status.initiator, took) {
             self.ctx.registry.record_latency(&self.cluster_ns, cluster, initiator, took);
         }
-        let initiator_type = if sig.presigned { "presigned" } else { "full" };
+        let initiator_type = if presigned { "presigned" } else { "full" };
         self.ctx.metrics.initiator_sessions.with_label_values(&[initiator_type]).inc();
-        if sig.presigned {
+        if presigned {
             self.status.protocol = Some(SigningProtocol::Presigned);
             self.status.protocol_reason = None;
         } else {
             self.status.protocol = Some(SigningProtocol::Full);
             // The reason recorded when no presignature was reserved;
             // otherwise one was, and a participant did not hold it.
-            if self.status.protocol_reason.is_none() && pools {
+            if !ecdsa {
+                self.status.protocol_reason = None;
+            } else if self.status.protocol_reason.is_none() && pools {
                 self.status.protocol_reason = Some(full_protocol_reason::NOT_HELD.to_owned());
             }
         }
-        self.status.signature = Some(signature_status(&sig));
-        let timings = self.status.timings.get_or_insert_with(Timings::default);
-        timings.signing_ms = took.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.status.reason = None;
-        self.ctx.signing.settle(&self.uid);
-        self.publish(SigningPhase::Completed).await?;
-        Ok(Action::await_change())
-    }
-
-    /// Records a checked FROST signature (the full protocol: FROST keeps
-    /// no presignatures).
-    async fn complete_frost(&mut self, sig: &FrostSignatureOut, took: Option<Duration>) -> Result<Action> {
-        let cluster = &self.sr.spec.cluster;
-        for party in &self.status.participants {
-            self.ctx.registry.record_outcome(&self.cluster_ns, cluster, *party, true);
-        }
-        if let (Some(initiator), Some(took)) = (self.status.initiator, took) {
-            self.ctx.registry.record_latency(&self.cluster_ns, cluster, initiator, took);
-        }
-        self.ctx.metrics.initiator_sessions.with_label_values(&["full"]).inc();
-        self.status.protocol = Some(SigningProtocol::Full);
-        self.status.protocol_reason = None;
-        self.status.signature = Some(frost_signature_status(sig));
+        self.status.signature = Some(signature);
         let timings = self.status.timings.get_or_insert_with(Timings::default);
         timings.signing_ms = took.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.status.reason = None;

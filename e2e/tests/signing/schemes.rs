@@ -20,6 +20,8 @@ use torcus_crds::{KeyScheme, KeyStatus, MpcCluster, SigningPhase, SigningRequest
 use torcus_e2e::independent;
 use torcus_e2e::testing::{TestNamespace, eventually, roll_transport};
 
+use super::wait_final;
+
 /// Aux info (for the ECDSA key) and three keygens on 2 cores, plus pod
 /// start-up, while another test's cluster may be busy beside it.
 const KEYGEN_WAIT: Duration = Duration::from_secs(420);
@@ -58,12 +60,7 @@ fn request(name: &str, key: &str, spec: serde_json::Value) -> SigningRequest {
 async fn sign(ns: &TestNamespace, name: &str, key: &str, spec: serde_json::Value) -> SigningRequest {
     let srs: Api<SigningRequest> = ns.api();
     srs.create(&PostParams::default(), &request(name, key, spec)).await.unwrap();
-    eventually(&format!("SigningRequest {name} to end"), SIGN_WAIT, || async {
-        let sr = srs.get(name).await?;
-        Ok(sr.status.as_ref().and_then(|s| s.phase).is_some_and(SigningPhase::is_final).then_some(sr))
-    })
-    .await
-    .unwrap()
+    wait_final(ns, name, SIGN_WAIT).await
 }
 
 /// Waits until cluster `vault` is Ready with all of its keys.
@@ -266,12 +263,7 @@ async fn a_participant_killed_during_a_frost_session_is_retried_around() {
     })
     .await
     .unwrap();
-    let sr = eventually(&format!("{name} to end"), SIGN_WAIT * 3, || async {
-        let sr = srs.get(&name).await?;
-        Ok(sr.status.as_ref().and_then(|s| s.phase).is_some_and(SigningPhase::is_final).then_some(sr))
-    })
-    .await
-    .unwrap();
+    let sr = wait_final(&ns, &name, SIGN_WAIT * 3).await;
     let status = sr.status.as_ref().unwrap();
     assert_eq!(status.phase, Some(SigningPhase::Completed), "{:?}", status.reason);
     eprintln!("{name}: {} attempts; signed by {:?}; {:?}", status.attempts, status.participants, status.timings);
@@ -390,12 +382,7 @@ async fn during_a_rolling_upgrade_frost_sessions_go_only_to_nodes_that_run_frost
     );
     assert!(srs.get("waits").await.unwrap().status.unwrap().grant_id.is_none(), "no grant was issued");
     roll(&ns, &file, &[], &[1, 2]).await;
-    let sr = eventually("the waiting request to be signed", SIGN_WAIT, || async {
-        let sr = srs.get("waits").await?;
-        Ok(sr.status.as_ref().and_then(|s| s.phase).is_some_and(SigningPhase::is_final).then_some(sr))
-    })
-    .await
-    .unwrap();
+    let sr = wait_final(&ns, "waits", SIGN_WAIT).await;
     independent::verify_bip340(&digest, &output, &signature(&sr).1).unwrap();
     ns.finish().await.unwrap();
 }

@@ -808,13 +808,7 @@ impl<T: Transport> Sessions<T> {
             }
             GrantKind::FrostSign { key, message, derivation_path, .. } => {
                 let share = self.frost_share(key, grant.kind.scheme())?;
-                let idle = torcus_contract::session::sign_idle_deadline(grant.participants.len());
-                #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut, reason = "the hook is compiled out"))]
-                let mut net = self.net(session, grant.participants.clone(), idle);
-                #[cfg(feature = "test-hooks")]
-                if let Some(hostile) = self.hostile.get() {
-                    hostile.wrap(&mut net);
-                }
+                let net = self.signing_net(grant);
                 let signed = engine::frost::sign(&share, message.signed_bytes(), derivation_path, net).await?;
                 Ok(Outcome::FrostSignature(FrostSignatureOut {
                     scheme: share.scheme(),
@@ -824,13 +818,7 @@ impl<T: Transport> Sessions<T> {
             }
             GrantKind::Sign { key, message, derivation_path } => {
                 let share = self.share(key)?;
-                let idle = torcus_contract::session::sign_idle_deadline(grant.participants.len());
-                #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut, reason = "the hook is compiled out"))]
-                let mut net = self.net(session, grant.participants.clone(), idle);
-                #[cfg(feature = "test-hooks")]
-                if let Some(hostile) = self.hostile.get() {
-                    hostile.wrap(&mut net);
-                }
+                let net = self.signing_net(grant);
                 let (signature, presigned) = match (presig, message) {
                     (Some(taken), SignMessage::Payload { hash, payload, .. }) => {
                         self.metrics.presignatures_used.inc();
@@ -917,6 +905,19 @@ impl<T: Transport> Sessions<T> {
         // Used: the next new aux info gets primes of its own.
         *self.primes.lock().unwrap_or_else(PoisonError::into_inner) = None;
         Ok(stored.aux)
+    }
+
+    /// The network of a signing session (ECDSA or FROST), with a test
+    /// build's tampering hook in it when one is set.
+    fn signing_net(&self, grant: &Grant) -> engine::SessionNet {
+        let idle = torcus_contract::session::sign_idle_deadline(grant.participants.len());
+        #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut, reason = "the hook is compiled out"))]
+        let mut net = self.net(grant.session_id(), grant.participants.clone(), idle);
+        #[cfg(feature = "test-hooks")]
+        if let Some(hostile) = self.hostile.get() {
+            hostile.wrap(&mut net);
+        }
+        net
     }
 
     /// The session's network. Between two messages a party computes at
