@@ -78,7 +78,11 @@ fn chart_version_and_images_match_the_workspace() {
         let text = read(&repo().join(dockerfile));
         for needle in [
             format!("cargo build --release --locked -p {package} --bin {package}"),
-            "FROM gcr.io/distroless/cc-debian12:nonroot".to_owned(),
+            // Upstream's bases by default; scripts/build-images.sh names local ones.
+            "ARG RUST_IMAGE=rust:1-bookworm\n".to_owned(),
+            "ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot\n".to_owned(),
+            "FROM ${RUST_IMAGE} AS build\n".to_owned(),
+            "FROM ${RUNTIME_IMAGE}\n".to_owned(),
             format!("USER {uid}:{uid}", uid = torcus_operator::resources::NODE_UID),
             format!("ENTRYPOINT [\"/usr/local/bin/{package}\"]"),
         ] {

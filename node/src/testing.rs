@@ -37,6 +37,38 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// The cluster CA, which also issues the certificates of a test's own clients.
     pub ca: CertificateAuthority,
+    /// Starts the nodes some other way than as local processes of
+    /// `binary` with the test fixtures (see [`Cluster::launched_by`]).
+    launcher: Option<Launcher>,
+}
+
+/// What a node is started with: its files, as the pod's volumes hold them,
+/// and its command line without the paths.
+#[derive(Debug)]
+pub struct NodeLaunch<'a> {
+    /// The party index.
+    pub index: u16,
+    /// The folder holding `cluster.json` (the config volume).
+    pub config_dir: &'a Path,
+    /// The node's TLS folder (the `tls` volume).
+    pub tls_dir: &'a Path,
+    /// The node's data folder (its volume claim).
+    pub data_dir: &'a Path,
+    /// `serve`, the party index, the listen address and the metrics port.
+    pub args: Vec<String>,
+    /// Where the node's output goes.
+    pub log: &'a Path,
+}
+
+/// Makes the command that runs a node, for [`Cluster::launched_by`]: a
+/// container runtime running the node's image, for example. The command's
+/// process stands for the node: it is killed to stop it.
+pub struct Launcher(pub Box<dyn Fn(&NodeLaunch<'_>) -> Command + Send + Sync>);
+
+impl std::fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Launcher")
+    }
 }
 
 impl Drop for Cluster {
@@ -245,6 +277,14 @@ impl Cluster {
         Self::build(binary, n, t, transport, (0, vec![vec![]]), false, None).await
     }
 
+    /// Like [`Cluster::generating_aux`], with each node started by
+    /// `launcher` with no test fixture and no test flag: a product build,
+    /// which generates its own safe primes. `binary` is only named in
+    /// messages.
+    pub async fn launched_by(binary: &Path, n: u16, t: u16, transport: &str, launcher: Launcher) -> Self {
+        Self::build_with(binary, n, t, transport, (0, vec![vec![]]), false, None, Some(launcher)).await
+    }
+
     /// Like [`Cluster::new`], each node in a network namespace of its own
     /// (see [`crate::netlab`]), so that a test can delay, drop and cut its
     /// packets; `None` where namespaces cannot be made and CI did not
@@ -278,9 +318,23 @@ impl Cluster {
         n: u16,
         t: u16,
         transport: &str,
+        pool: (u16, Vec<Vec<u32>>),
+        aux_fixture: bool,
+        lab: Option<crate::netlab::NetLab>,
+    ) -> Self {
+        Self::build_with(binary, n, t, transport, pool, aux_fixture, lab, None).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn build_with(
+        binary: &Path,
+        n: u16,
+        t: u16,
+        transport: &str,
         (pool_size, paths): (u16, Vec<Vec<u32>>),
         aux_fixture: bool,
         lab: Option<crate::netlab::NetLab>,
+        launcher: Option<Launcher>,
     ) -> Self {
         let hosts: Vec<IpAddr> =
             (0..n).map(|i| lab.as_ref().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |lab| lab.host(i))).collect();
@@ -360,6 +414,7 @@ impl Cluster {
             metrics_ports: (0..n).map(|_| free_port()).collect(),
             http,
             ca,
+            launcher,
         };
         for i in 0..n {
             cluster.start(i);
@@ -376,6 +431,31 @@ impl Cluster {
     /// (test-only flags such as `--test-clock-offset-secs`).
     pub fn start_with_args(&mut self, i: u16, args: &[&str]) {
         let d = self.dir.path();
+        if let Some(launcher) = &self.launcher {
+            assert!(args.is_empty(), "a launched node takes no test flags: {args:?}");
+            let (config_dir, tls_dir, data_dir) =
+                (d.join("config"), d.join(format!("tls-{i}")), d.join(format!("data-{i}")));
+            for dir in [&config_dir, &data_dir] {
+                std::fs::create_dir_all(dir).unwrap();
+            }
+            std::fs::copy(d.join("cluster.json"), config_dir.join("cluster.json")).unwrap();
+            let launch = NodeLaunch {
+                index: i,
+                config_dir: &config_dir,
+                tls_dir: &tls_dir,
+                data_dir: &data_dir,
+                args: vec![
+                    "serve".to_owned(),
+                    format!("--party-index={i}"),
+                    format!("--listen-ip={}", self.hosts[usize::from(i)]),
+                    format!("--metrics-port={}", self.metrics_ports[usize::from(i)]),
+                ],
+                log: &d.join(format!("node-{i}.log")),
+            };
+            let child = (launcher.0)(&launch).stdin(Stdio::null()).spawn().unwrap();
+            self.nodes[usize::from(i)] = Some(child);
+            return;
+        }
         let log = std::fs::File::create(d.join(format!("node-{i}.log"))).unwrap();
         let mut command = match &self.lab {
             Some(lab) => lab.command(i, &self.binary),

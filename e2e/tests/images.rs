@@ -1,0 +1,475 @@
+//! The published images, built and run: `scripts/build-images.sh` builds
+//! `ghcr.io/torcus/torcus-node` and `ghcr.io/torcus/torcus-operator` from the
+//! Dockerfiles with buildah (no Docker daemon), and this test unpacks the OCI
+//! archives it writes (the files `ctr images import` would load) and runs
+//! them with runc, a real OCI runtime, under the security context the pods
+//! get:
+//! - three node containers, each configured from the operator's own
+//!   StatefulSet for the party (user and groups, read-only root filesystem,
+//!   no capabilities, no privilege escalation, the memory limit, the
+//!   volumes at their mount paths with the files as the kubelet writes them
+//!   for the pod's `fsGroup`), generate a BIP-340 key and sign with it, and
+//!   the signature verifies with libsecp256k1;
+//! - the operator's container, under the chart's `securityContext`, starts.
+//!
+//! What runc does not show here, and the real kubelet would: the pods' own
+//! network namespaces and fixed ports (the containers share the host's
+//! network, each on its own ports), the `RuntimeDefault` seccomp profile,
+//! and the kubelet's own handling of `fsGroup` (written here as it does it).
+//!
+//! Needs root, buildah and runc (`.ci/run` installs them); without them the
+//! test says so and passes, unless `TORCUS_REQUIRE_IMAGES=1` (CI) makes that
+//! a failure.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::{Container, PodSecurityContext, PodSpec};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use torcus_contract::{HashAlgorithm, Scheme, SignMessage};
+use torcus_crds::MpcCluster;
+use torcus_e2e::independent;
+use torcus_node::testing::{Cluster, Launcher, NodeLaunch};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+/// Why images cannot be built and run here, if they cannot.
+fn missing_tools() -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if status_field(&uid, "Uid").split_whitespace().nth(1) != Some("0") {
+        return Some("not root (buildah's store and runc's containers need it)".into());
+    }
+    ["buildah", "runc"]
+        .into_iter()
+        .find(|tool| Command::new(tool).arg("--version").output().is_err())
+        .map(|tool| format!("{tool} is not installed"))
+}
+
+/// An image unpacked from its OCI archive: its root filesystem and the
+/// `config` of its image configuration.
+struct Image {
+    rootfs: PathBuf,
+    config: Value,
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Unpacks the OCI archive `archive` into `into`: the index's one manifest,
+/// its configuration, and its layers in order (tar reads gzip itself).
+fn unpack(archive: &Path, into: &Path) -> Image {
+    let layout = into.join("layout");
+    let rootfs = into.join("rootfs");
+    std::fs::create_dir_all(&layout).unwrap();
+    std::fs::create_dir_all(&rootfs).unwrap();
+    let tar = |file: &Path, dir: &Path| {
+        let status = Command::new("tar").arg("-xf").arg(file).arg("-C").arg(dir).status().unwrap();
+        assert!(status.success(), "tar -xf {}: {status}", file.display());
+    };
+    tar(archive, &layout);
+    let blob =
+        |digest: &Value| layout.join("blobs/sha256").join(digest.as_str().unwrap().trim_start_matches("sha256:"));
+    let index = read_json(&layout.join("index.json"));
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 1, "one image per archive: {index}");
+    let manifest = read_json(&blob(&manifests[0]["digest"]));
+    let config = read_json(&blob(&manifest["config"]["digest"]));
+    for layer in manifest["layers"].as_array().unwrap() {
+        tar(&blob(&layer["digest"]), &rootfs);
+    }
+    Image { rootfs, config: config["config"].clone() }
+}
+
+/// Containers of one test, deleted (killed first) when dropped.
+struct Runc {
+    state: PathBuf,
+    ids: Mutex<Vec<String>>,
+}
+
+impl Runc {
+    fn new() -> Self {
+        let state = PathBuf::from(format!("/run/torcus-images-test-{}", std::process::id()));
+        Self { state, ids: Mutex::new(Vec::new()) }
+    }
+
+    /// `runc run` of the bundle in `bundle`, in the foreground: the
+    /// command's process is the container's runtime, and the container's
+    /// output is its output.
+    fn run(&self, id: &str, bundle: &Path) -> Command {
+        self.ids.lock().unwrap().push(id.to_owned());
+        let mut command = Command::new("runc");
+        command.arg("--root").arg(&self.state).args(["run", "--bundle"]).arg(bundle).arg(id);
+        command
+    }
+
+    /// The container's first process, as the host sees it.
+    fn pid(&self, id: &str) -> u32 {
+        let out = Command::new("runc").arg("--root").arg(&self.state).args(["state", id]).output().unwrap();
+        assert!(out.status.success(), "runc state {id}: {}", String::from_utf8_lossy(&out.stderr));
+        let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(state["status"], "running", "{state}");
+        u32::try_from(state["pid"].as_u64().unwrap()).unwrap()
+    }
+}
+
+impl Drop for Runc {
+    fn drop(&mut self) {
+        for id in self.ids.lock().unwrap().drain(..) {
+            let _ = Command::new("runc").arg("--root").arg(&self.state).args(["delete", "--force", &id]).status();
+        }
+        // runc removes each container's cgroups; their parent is ours.
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(hierarchy.path().join("torcus-images-test"));
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+/// A volume of the pod, given to the container at a mount path.
+enum Volume {
+    /// A folder of the host (Secret, ConfigMap, claim), read-only or not.
+    Folder(PathBuf),
+    /// An `emptyDir` (on tmpfs here).
+    Empty,
+}
+
+/// Memory quantities as the pod specs write them (`512Mi`, `1Gi`).
+fn bytes(quantity: &str) -> i64 {
+    let (number, unit) = quantity.split_at(quantity.find(|c: char| !c.is_ascii_digit()).unwrap_or(quantity.len()));
+    let scale = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        other => panic!("unit {other} of {quantity}"),
+    };
+    number.parse::<i64>().unwrap() * scale
+}
+
+/// The OCI runtime configuration of `container` of a pod with security
+/// context `pod`, as a kubelet and containerd give it: the image's
+/// entrypoint and environment, the container's `args` and `env`, user and
+/// groups, root filesystem, capabilities, no-new-privileges and memory limit
+/// from the specs. Mounts come from the container's `volumeMounts`, their
+/// sources from `volumes` (by name).
+fn runtime_config(
+    image: &Image,
+    pod: &PodSecurityContext,
+    container: &Container,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    volumes: &BTreeMap<String, Volume>,
+    cgroup: &str,
+) -> Value {
+    let context = container.security_context.clone().unwrap_or_default();
+    let uid = context.run_as_user.or(pod.run_as_user).expect("the pod names its user");
+    let gid = context.run_as_group.or(pod.run_as_group).expect("the pod names its group");
+    if context.run_as_non_root.or(pod.run_as_non_root) == Some(true) {
+        assert_ne!(uid, 0, "runAsNonRoot with user 0 would not start");
+    }
+    // Dropping ALL leaves no capability; nothing is added back.
+    let drop = context.capabilities.as_ref().and_then(|c| c.drop.clone()).unwrap_or_default();
+    assert_eq!(drop, ["ALL"], "the container drops every capability");
+    let add = context.capabilities.as_ref().and_then(|c| c.add.clone()).unwrap_or_default();
+    let capabilities: Vec<String> = add.iter().map(|c| format!("CAP_{c}")).collect();
+
+    let mut process_env: Vec<String> =
+        image.config["Env"].as_array().into_iter().flatten().map(|e| e.as_str().unwrap().to_owned()).collect();
+    process_env.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    let mut process_args: Vec<String> =
+        image.config["Entrypoint"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_owned()).collect();
+    process_args.extend(args.iter().cloned());
+
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    for mount in container.volume_mounts.iter().flatten() {
+        let read_only = mount.read_only == Some(true);
+        match volumes.get(&mount.name).unwrap_or_else(|| panic!("no volume {} for the mount", mount.name)) {
+            Volume::Folder(dir) => mounts.push(json!({
+                "destination": mount.mount_path, "type": "bind", "source": dir,
+                "options": ["rbind", if read_only { "ro" } else { "rw" }, "nosuid", "nodev"],
+            })),
+            Volume::Empty => mounts.push(json!({
+                "destination": mount.mount_path, "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777"],
+            })),
+        }
+    }
+    let limits = container.resources.as_ref().and_then(|r| r.limits.clone()).unwrap_or_default();
+    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    if let Some(memory) = limits.get("memory") {
+        resources["memory"] = json!({"limit": bytes(&memory.0)});
+    }
+
+    json!({
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "terminal": false,
+            "user": {"uid": uid, "gid": gid, "additionalGids": pod.fs_group.into_iter().collect::<Vec<_>>()},
+            "args": process_args,
+            "env": process_env,
+            "cwd": image.config["WorkingDir"].as_str().filter(|d| !d.is_empty()).unwrap_or("/"),
+            "capabilities": {
+                "bounding": capabilities, "effective": capabilities, "permitted": capabilities,
+                "inheritable": [], "ambient": [],
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": context.allow_privilege_escalation == Some(false),
+        },
+        "root": {"path": image.rootfs, "readonly": context.read_only_root_filesystem == Some(true)},
+        "hostname": "torcus",
+        "mounts": mounts,
+        "linux": {
+            "cgroupsPath": cgroup,
+            "resources": resources,
+            // The host's network (see the module comment); the rest private.
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    })
+}
+
+/// Gives `dir` and its files to the pod's `fsGroup` the way the kubelet does
+/// for a volume of a pod that sets one: the group becomes `group`, files get
+/// group read (and write, unless `read_only`), folders the set-group-ID bit.
+fn apply_fs_group(dir: &Path, group: u32, mode: u32, read_only: bool) {
+    let chown = |path: &Path| std::os::unix::fs::chown(path, Some(0), Some(group)).unwrap();
+    chown(dir);
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        chown(&path);
+        let group_bits = if read_only { 0o040 } else { 0o060 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | group_bits)).unwrap();
+    }
+}
+
+fn status_field<'a>(status: &'a str, field: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("no {field} in\n{status}"))
+        .trim()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_images_sign_under_the_pods_security_context() {
+    if let Some(why) = missing_tools() {
+        assert!(std::env::var("TORCUS_REQUIRE_IMAGES").as_deref() != Ok("1"), "TORCUS_REQUIRE_IMAGES=1, but {why}");
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/build-images.sh"))
+        .current_dir(repo())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "build-images.sh: {}\n{report}{}", out.status, String::from_utf8_lossy(&out.stderr));
+    eprintln!("images built in {:.0?}:\n{report}", started.elapsed());
+    let version = env!("CARGO_PKG_VERSION");
+    let images = repo().join(".cache/images");
+    let work = tempfile::tempdir().unwrap();
+
+    // The node image: its configuration agrees with the pod the operator makes.
+    let node = unpack(&images.join("torcus-node.oci.tar"), &work.path().join("node"));
+    let mpc: MpcCluster =
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join("examples/mpccluster.yaml")).unwrap()).unwrap();
+    let ctx = torcus_operator::resources::BuildContext {
+        default_node_image: <torcus_operator::Args as clap::Parser>::try_parse_from(["torcus-operator"])
+            .unwrap()
+            .node_image,
+        registry_url: None,
+        cluster_domain: "cluster.local".into(),
+        secret_propagation: std::time::Duration::from_secs(60),
+    };
+    let pod = |index: u16| -> PodSpec {
+        let set = torcus_operator::resources::stateful_set(&mpc, index, "hash", &ctx);
+        set.spec.unwrap().template.spec.unwrap()
+    };
+    let spec = pod(0);
+    let container = &spec.containers[0];
+    assert_eq!(container.image.as_deref(), Some(format!("ghcr.io/torcus/torcus-node:{version}").as_str()));
+    let security = spec.security_context.clone().unwrap();
+    assert_eq!(node.config["User"], format!("{0}:{0}", security.run_as_user.unwrap()), "{}", node.config);
+    for port in container.ports.iter().flatten() {
+        let key = format!("{}/{}", port.container_port, port.protocol.as_deref().unwrap_or("TCP").to_lowercase());
+        assert!(node.config["ExposedPorts"].get(&key).is_some(), "the image exposes {key}: {}", node.config);
+    }
+
+    // Three node containers. The harness writes each node's files as the
+    // operator's Secrets and ConfigMap hold them; here they become the pod's
+    // volumes, with the ownership and modes the kubelet gives them.
+    let runc = Arc::new(Runc::new());
+    let node_rootfs = Arc::new(node);
+    let launcher = {
+        let runc = Arc::clone(&runc);
+        let image = Arc::clone(&node_rootfs);
+        let bundles = work.path().join("bundles");
+        let pods: Vec<PodSpec> = (0..3).map(pod).collect();
+        Launcher(Box::new(move |launch: &NodeLaunch<'_>| {
+            let spec = &pods[usize::from(launch.index)];
+            let fs_group = u32::try_from(spec.security_context.as_ref().unwrap().fs_group.unwrap()).unwrap();
+            let projected = spec.volumes.iter().flatten().find(|v| v.name == "tls").unwrap();
+            let mode = u32::try_from(projected.projected.as_ref().unwrap().default_mode.unwrap()).unwrap();
+            apply_fs_group(launch.tls_dir, fs_group, mode, true);
+            apply_fs_group(launch.config_dir, fs_group, 0o644, true);
+            apply_fs_group(launch.data_dir, fs_group, 0o600, false);
+            let volumes = BTreeMap::from([
+                ("tls".to_owned(), Volume::Folder(launch.tls_dir.to_owned())),
+                ("config".to_owned(), Volume::Folder(launch.config_dir.to_owned())),
+                (torcus_operator::resources::DATA_VOLUME.to_owned(), Volume::Folder(launch.data_dir.to_owned())),
+                ("tmp".to_owned(), Volume::Empty),
+            ]);
+            // The container's own environment, with what the kubelet fills
+            // in from the pod (its address, name and namespace).
+            let host = launch.args.iter().find_map(|a| a.strip_prefix("--listen-ip=")).unwrap().to_owned();
+            let container = &spec.containers[0];
+            let env: BTreeMap<String, String> = container
+                .env
+                .iter()
+                .flatten()
+                .map(|e| {
+                    let value = match e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
+                        Some(field) if field.field_path == "status.podIP" => host.clone(),
+                        Some(field) if field.field_path == "metadata.name" => format!("demo-node-{}-0", launch.index),
+                        Some(_) => "vault".to_owned(),
+                        None => e.value.clone().unwrap(),
+                    };
+                    (e.name.clone(), value)
+                })
+                .chain([("RUST_LOG".to_owned(), "info".to_owned())])
+                .collect();
+            // The pod's args (`serve`), then the harness's ports; the paths
+            // come from the environment above.
+            assert_eq!(container.args.as_deref(), Some(&launch.args[..1]));
+            let id = format!("node-{}-{}", launch.index, std::process::id());
+            let config = runtime_config(
+                &image,
+                spec.security_context.as_ref().unwrap(),
+                container,
+                &launch.args,
+                &env,
+                &volumes,
+                &format!("/torcus-images-test/{id}"),
+            );
+            let bundle = bundles.join(&id);
+            std::fs::create_dir_all(&bundle).unwrap();
+            std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+            let _ = Command::new("runc").arg("--root").arg(&runc.state).args(["delete", "--force", &id]).status();
+            let log = std::fs::File::create(launch.log).unwrap();
+            let mut command = runc.run(&id, &bundle);
+            command.stdout(log.try_clone().unwrap()).stderr(log);
+            command
+        }))
+    };
+    let binary = node_rootfs.rootfs.join("usr/local/bin/torcus-node");
+    let cluster = Cluster::launched_by(&binary, 3, 2, "quic", launcher).await;
+    cluster.wait_ready().await;
+
+    // The node's process, as the kernel runs it.
+    let id = format!("node-0-{}", std::process::id());
+    let pid = runc.pid(&id);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert_eq!(status_field(&status, "Uid").split_whitespace().collect::<Vec<_>>(), ["65532"; 4], "{status}");
+    assert_eq!(status_field(&status, "Gid").split_whitespace().collect::<Vec<_>>(), ["65532"; 4], "{status}");
+    assert_eq!(status_field(&status, "Groups"), "65532", "{status}");
+    for field in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(&status, field), "0000000000000000", "{field}: {status}");
+    }
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{status}");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let root = mounts.lines().find(|l| l.split(' ').nth(4) == Some("/")).unwrap();
+    assert!(root.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro"), "read-only root: {root}");
+    let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/torcus-images-test/{id}/memory.limit_in_bytes"))
+        .unwrap();
+    let expected = bytes(&container.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0);
+    assert_eq!(limit.trim().parse::<i64>().unwrap(), expected, "the pod's memory limit");
+
+    // A BIP-340 key, generated and used by the image's nodes; the signature
+    // is checked with libsecp256k1 under the Taproot output key.
+    let internal = cluster.keygen_frost("btc", Scheme::SchnorrBip340).await;
+    let output = independent::taproot_output_key(&hex::decode(&internal).unwrap()).unwrap();
+    let message: [u8; 32] = Sha256::digest(b"signed in a container").into();
+    let signature = cluster
+        .sign_frost(
+            "btc",
+            Scheme::SchnorrBip340,
+            vec![0, 2],
+            SignMessage::payload(HashAlgorithm::Sha256, b"signed in a container".to_vec()),
+            vec![],
+        )
+        .await;
+    independent::verify_bip340(&message, &output, &signature.signature).unwrap();
+    eprintln!("a signature from the node image, {:.0?} after the build started", started.elapsed());
+
+    // The share was written by the node's user into its volume, sealed.
+    let data = cluster.tls_dir(0).with_file_name("data-0");
+    let mut shares = Vec::new();
+    let mut pending = vec![data.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(entry.path());
+            } else {
+                shares.push(entry.path());
+            }
+        }
+    }
+    let owned: Vec<_> = shares
+        .iter()
+        .filter(|p| std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(p).unwrap()) == 65532)
+        .collect();
+    assert!(!owned.is_empty(), "files of uid 65532 in the data volume: {shares:?}");
+    drop(cluster);
+
+    // The operator's image, under the chart's security context.
+    let operator = unpack(&images.join("torcus-operator.oci.tar"), &work.path().join("operator"));
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join("charts/torcus/values.yaml")).unwrap()).unwrap();
+    let pod_security: PodSecurityContext = serde_yaml::from_value(values["podSecurityContext"].clone()).unwrap();
+    let container = Container {
+        name: "operator".into(),
+        security_context: Some(serde_yaml::from_value(values["securityContext"].clone()).unwrap()),
+        resources: Some(serde_yaml::from_value(values["resources"].clone()).unwrap()),
+        ..Container::default()
+    };
+    assert_eq!(operator.config["User"], format!("{0}:{0}", pod_security.run_as_user.unwrap()));
+    assert!(operator.config["ExposedPorts"].get("8080/tcp").is_some(), "{}", operator.config);
+    let id = format!("operator-{}", std::process::id());
+    let config = runtime_config(
+        &operator,
+        &pod_security,
+        &container,
+        &["--help".to_owned()],
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+        &format!("/torcus-images-test/{id}"),
+    );
+    let bundle = work.path().join("bundles").join(&id);
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let out = runc.run(&id, &bundle).stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the operator's image: {}\n{text}", out.status);
+    assert!(text.contains("Usage: torcus-operator"), "{text}");
+}
