@@ -91,7 +91,6 @@ if ((full)); then
     # rust:1-bookworm, made here: Debian's compilers and this machine's stable
     # Rust toolchain where the official image keeps it.
     echo "building $rust_base from Debian packages and the local Rust toolchain" >&2
-    rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
     toolchain=$(rustc +stable --print sysroot)
     command -v debootstrap >/dev/null || { echo "--full needs debootstrap (apt-get install debootstrap)" >&2; exit 1; }
     work=$(mktemp -d)
@@ -103,7 +102,10 @@ if ((full)); then
     for tool in cargo rustc rustdoc; do
       ln -s "/usr/local/rustup/toolchains/stable-x86_64-unknown-linux-gnu/bin/$tool" "$work/rootfs/usr/local/cargo/bin/$tool"
     done
-    [[ -d $rustup_home ]] || true
+    # The build stage downloads crates and Debian packages as this machine
+    # does, so it trusts what this machine trusts (a local builder image,
+    # never published; the runtime base keeps Debian's roots only).
+    cp "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$work/rootfs/etc/ssl/certs/ca-certificates.crt"
     container=$("${bah[@]}" from scratch)
     "${bah[@]}" copy --quiet "$container" "$work/rootfs" / >/dev/null
     "${bah[@]}" config --env RUSTUP_HOME=/usr/local/rustup --env CARGO_HOME=/usr/local/cargo \

@@ -688,17 +688,34 @@ impl TestNamespace {
         Ok((account, lease))
     }
 
-    /// A kubeconfig file in `dir` that authenticates as ServiceAccount
-    /// `account` of this namespace, with a token the API server issued for
-    /// it (TokenRequest), and nothing else.
-    pub fn service_account_kubeconfig(&self, account: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    /// A token the API server issues (TokenRequest) for ServiceAccount
+    /// `account` of this namespace, valid for two hours.
+    pub fn service_account_token(&self, account: &str) -> anyhow::Result<String> {
         let out = self.kubectl().args(["create", "token", account, "--duration=2h"]).output()?;
         anyhow::ensure!(out.status.success(), "kubectl create token: {}", String::from_utf8_lossy(&out.stderr));
-        let token = String::from_utf8(out.stdout)?.trim().to_owned();
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// The API server's URL and its CA certificate (PEM), as a pod finds
+    /// them: the `kubernetes` Service's address and the ServiceAccount
+    /// volume's `ca.crt`.
+    pub fn api_server(&self) -> anyhow::Result<(String, Vec<u8>)> {
+        use base64::Engine as _;
         let admin: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&shared().kubeconfig)?)?;
         let cluster = &admin["clusters"][0]["cluster"];
         let server = cluster["server"].as_str().context("admin kubeconfig has no server")?;
         let ca = cluster["certificate-authority-data"].as_str().context("admin kubeconfig has no CA data")?;
+        Ok((server.to_owned(), base64::engine::general_purpose::STANDARD.decode(ca)?))
+    }
+
+    /// A kubeconfig file in `dir` that authenticates as ServiceAccount
+    /// `account` of this namespace, with a token the API server issued for
+    /// it (TokenRequest), and nothing else.
+    pub fn service_account_kubeconfig(&self, account: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+        use base64::Engine as _;
+        let token = self.service_account_token(account)?;
+        let (server, ca) = self.api_server()?;
+        let ca = base64::engine::general_purpose::STANDARD.encode(ca);
         let config = serde_yaml::to_string(&serde_json::json!({
             "apiVersion": "v1",
             "kind": "Config",
@@ -724,21 +741,54 @@ impl TestNamespace {
         kubeconfig: &Path,
         lease: &str,
     ) -> anyhow::Result<OperatorProcess> {
+        self.spawn_operator_with(instance, lease, |invocation| {
+            let mut command = std::process::Command::new(crate::kubelet::operator_binary()?);
+            command
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("KUBECONFIG", kubeconfig)
+                .envs(invocation.env.iter().map(|(k, v)| (k, v)))
+                .args(&invocation.args);
+            Ok(command)
+        })
+    }
+
+    /// Like [`Self::spawn_operator_process`], with the operator run by the
+    /// command `make` returns for its environment and arguments (a
+    /// container runtime running the operator's image, for example), which
+    /// gives it its credentials.
+    pub fn spawn_operator_with(
+        &self,
+        instance: &str,
+        lease: &str,
+        make: impl FnOnce(&OperatorInvocation) -> anyhow::Result<std::process::Command>,
+    ) -> anyhow::Result<OperatorProcess> {
         let registry_url = self.registry_url.clone().context("no registry URL")?;
         let http_addr = format!("127.0.0.1:{}", crate::process::free_port()?);
         let dir = tempfile::tempdir()?;
         let log = dir.path().join(format!("{instance}.log"));
-        let mut command = std::process::Command::new(crate::kubelet::operator_binary()?);
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
-            .env("POD_NAME", instance)
-            .args(["--namespace", &self.name, "--node-image", "torcus/torcus-node:e2e"])
-            .args(["--registry-url", &registry_url, "--http-addr", &http_addr])
-            .args(["--lease-name", lease, "--lease-namespace", &self.name, "--instance", instance]);
-        let process = crate::process::Process::spawn(&format!("operator {instance}"), command, &log)?;
+        let invocation = OperatorInvocation {
+            env: vec![("RUST_LOG".into(), "info".into()), ("POD_NAME".into(), instance.into())],
+            args: [
+                "--namespace",
+                &self.name,
+                "--node-image",
+                "torcus/torcus-node:e2e",
+                "--registry-url",
+                &registry_url,
+                "--http-addr",
+                &http_addr,
+                "--lease-name",
+                lease,
+                "--lease-namespace",
+                &self.name,
+                "--instance",
+                instance,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        };
+        let process = crate::process::Process::spawn(&format!("operator {instance}"), make(&invocation)?, &log)?;
         Ok(OperatorProcess {
             instance: instance.to_owned(),
             url: format!("http://{http_addr}"),
@@ -747,6 +797,16 @@ impl TestNamespace {
             _dir: dir,
         })
     }
+}
+
+/// How [`TestNamespace::spawn_operator_with`] runs an operator: its
+/// environment and arguments, without credentials.
+#[derive(Debug)]
+pub struct OperatorInvocation {
+    /// Environment variables (log filter, pod name).
+    pub env: Vec<(String, String)>,
+    /// Command-line arguments.
+    pub args: Vec<String>,
 }
 
 impl TestNamespace {

@@ -1,8 +1,8 @@
 //! The published images, built and run: `scripts/build-images.sh` builds
 //! `ghcr.io/torcus/torcus-node` and `ghcr.io/torcus/torcus-operator` from the
-//! Dockerfiles with buildah (no Docker daemon), and this test unpacks the OCI
-//! archives it writes (the files `ctr images import` would load) and runs
-//! them with runc, a real OCI runtime, under the security context the pods
+//! Dockerfiles with buildah (no Docker daemon), and these tests unpack the OCI
+//! archives it writes (the files `ctr images import` would load) and run
+//! them with runc, a real OCI runtime, under the security context their pods
 //! get:
 //! - three node containers, each configured from the operator's own
 //!   StatefulSet for the party (user and groups, read-only root filesystem,
@@ -10,15 +10,21 @@
 //!   volumes at their mount paths with the files as the kubelet writes them
 //!   for the pod's `fsGroup`), generate a BIP-340 key and sign with it, and
 //!   the signature verifies with libsecp256k1;
-//! - the operator's container, under the chart's `securityContext`, starts.
+//! - the operator's container, configured from the chart's Deployment and
+//!   given its ServiceAccount's token where the kubelet puts it, leads,
+//!   runs a cluster (whose nodes run on the process kubelet) on the chart's
+//!   RBAC, and signs a request that libsecp256k1 verifies.
 //!
-//! What runc does not show here, and the real kubelet would: the pods' own
-//! network namespaces and fixed ports (the containers share the host's
-//! network, each on its own ports), the `RuntimeDefault` seccomp profile,
-//! and the kubelet's own handling of `fsGroup` (written here as it does it).
+//! The kernel's view of each container's process (user, groups,
+//! capabilities, no-new-privileges, read-only root, memory cgroup) is
+//! asserted. What runc alone does not show, and the real kubelet would: the
+//! pods' own network namespaces and fixed ports (the containers share the
+//! host's network, each on its own ports), the `RuntimeDefault` seccomp
+//! profile, and the kubelet's own handling of `fsGroup` and of the token
+//! (written here as it does them).
 //!
 //! Needs root, buildah and runc (`.ci/run` installs them); without them the
-//! test says so and passes, unless `TORCUS_REQUIRE_IMAGES=1` (CI) makes that
+//! tests say so and pass, unless `TORCUS_REQUIRE_IMAGES=1` (CI) makes that
 //! a failure.
 
 use std::collections::BTreeMap;
@@ -26,7 +32,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, PodSecurityContext, PodSpec};
 use serde_json::{Value, json};
@@ -50,6 +56,30 @@ fn missing_tools() -> Option<String> {
         .into_iter()
         .find(|tool| Command::new(tool).arg("--version").output().is_err())
         .map(|tool| format!("{tool} is not installed"))
+}
+
+/// Builds both images with `scripts/build-images.sh` (one build at a time:
+/// it holds a lock) and returns the folder of their OCI archives.
+fn build_images() -> PathBuf {
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/build-images.sh"))
+        .current_dir(repo())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "build-images.sh: {}\n{report}{}", out.status, String::from_utf8_lossy(&out.stderr));
+    eprintln!("images built (or found up to date) in {:.0?}:\n{report}", started.elapsed());
+    repo().join(".cache/images")
+}
+
+/// Skips the test, unless CI requires it, where images cannot be built.
+fn skip() -> bool {
+    let Some(why) = missing_tools() else { return false };
+    assert!(std::env::var("TORCUS_REQUIRE_IMAGES").as_deref() != Ok("1"), "TORCUS_REQUIRE_IMAGES=1, but {why}");
+    eprintln!("skipping: {why}");
+    true
 }
 
 /// An image unpacked from its OCI archive: its root filesystem and the
@@ -95,8 +125,8 @@ struct Runc {
 }
 
 impl Runc {
-    fn new() -> Self {
-        let state = PathBuf::from(format!("/run/torcus-images-test-{}", std::process::id()));
+    fn new(test: &str) -> Self {
+        let state = PathBuf::from(format!("/run/torcus-images-test-{}-{test}", std::process::id()));
         Self { state, ids: Mutex::new(Vec::new()) }
     }
 
@@ -245,6 +275,35 @@ fn runtime_config(
     })
 }
 
+/// Writes `config` as the runtime configuration of bundle `dir`.
+fn bundle(dir: &Path, config: &Value) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(config).unwrap()).unwrap();
+    dir.to_owned()
+}
+
+/// The state of the container `id` (its first process), as the kernel
+/// sees it: user and groups, capabilities, no-new-privileges, whether the
+/// root filesystem is read-only, and the memory cgroup's limit.
+fn assert_confined(runc: &Runc, id: &str, uid: i64, groups: &str, memory_limit: i64) {
+    let pid = runc.pid(id);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = uid.to_string();
+    assert_eq!(status_field(&status, "Uid").split_whitespace().collect::<Vec<_>>(), [uid.as_str(); 4], "{status}");
+    assert_eq!(status_field(&status, "Gid").split_whitespace().collect::<Vec<_>>(), [uid.as_str(); 4], "{status}");
+    assert_eq!(status_field(&status, "Groups"), groups, "{status}");
+    for field in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(&status, field), "0000000000000000", "{field}: {status}");
+    }
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{status}");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let root = mounts.lines().find(|l| l.split(' ').nth(4) == Some("/")).unwrap();
+    assert!(root.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro"), "read-only root: {root}");
+    let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/torcus-images-test/{id}/memory.limit_in_bytes"))
+        .unwrap();
+    assert_eq!(limit.trim().parse::<i64>().unwrap(), memory_limit, "the pod's memory limit");
+}
+
 /// Gives `dir` and its files to the pod's `fsGroup` the way the kubelet does
 /// for a volume of a pod that sets one: the group becomes `group`, files get
 /// group read (and write, unless `read_only`), folders the set-group-ID bit.
@@ -270,23 +329,12 @@ fn status_field<'a>(status: &'a str, field: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_images_sign_under_the_pods_security_context() {
-    if let Some(why) = missing_tools() {
-        assert!(std::env::var("TORCUS_REQUIRE_IMAGES").as_deref() != Ok("1"), "TORCUS_REQUIRE_IMAGES=1, but {why}");
-        eprintln!("skipping: {why}");
+    if skip() {
         return;
     }
     let started = Instant::now();
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/build-images.sh"))
-        .current_dir(repo())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "build-images.sh: {}\n{report}{}", out.status, String::from_utf8_lossy(&out.stderr));
-    eprintln!("images built in {:.0?}:\n{report}", started.elapsed());
+    let images = build_images();
     let version = env!("CARGO_PKG_VERSION");
-    let images = repo().join(".cache/images");
     let work = tempfile::tempdir().unwrap();
 
     // The node image: its configuration agrees with the pod the operator makes.
@@ -318,7 +366,7 @@ async fn the_images_sign_under_the_pods_security_context() {
     // Three node containers. The harness writes each node's files as the
     // operator's Secrets and ConfigMap hold them; here they become the pod's
     // volumes, with the ownership and modes the kubelet gives them.
-    let runc = Arc::new(Runc::new());
+    let runc = Arc::new(Runc::new("nodes"));
     let node_rootfs = Arc::new(node);
     let launcher = {
         let runc = Arc::clone(&runc);
@@ -371,9 +419,7 @@ async fn the_images_sign_under_the_pods_security_context() {
                 &volumes,
                 &format!("/torcus-images-test/{id}"),
             );
-            let bundle = bundles.join(&id);
-            std::fs::create_dir_all(&bundle).unwrap();
-            std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+            let bundle = bundle(&bundles.join(&id), &config);
             let _ = Command::new("runc").arg("--root").arg(&runc.state).args(["delete", "--force", &id]).status();
             let log = std::fs::File::create(launch.log).unwrap();
             let mut command = runc.run(&id, &bundle);
@@ -385,24 +431,12 @@ async fn the_images_sign_under_the_pods_security_context() {
     let cluster = Cluster::launched_by(&binary, 3, 2, "quic", launcher).await;
     cluster.wait_ready().await;
 
-    // The node's process, as the kernel runs it.
-    let id = format!("node-0-{}", std::process::id());
-    let pid = runc.pid(&id);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert_eq!(status_field(&status, "Uid").split_whitespace().collect::<Vec<_>>(), ["65532"; 4], "{status}");
-    assert_eq!(status_field(&status, "Gid").split_whitespace().collect::<Vec<_>>(), ["65532"; 4], "{status}");
-    assert_eq!(status_field(&status, "Groups"), "65532", "{status}");
-    for field in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert_eq!(status_field(&status, field), "0000000000000000", "{field}: {status}");
+    // Every node's process, as the kernel runs it.
+    let uid = security.run_as_user.unwrap();
+    let memory = bytes(&container.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0);
+    for i in 0..3 {
+        assert_confined(&runc, &format!("node-{i}-{}", std::process::id()), uid, &uid.to_string(), memory);
     }
-    assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{status}");
-    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
-    let root = mounts.lines().find(|l| l.split(' ').nth(4) == Some("/")).unwrap();
-    assert!(root.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro"), "read-only root: {root}");
-    let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/torcus-images-test/{id}/memory.limit_in_bytes"))
-        .unwrap();
-    let expected = bytes(&container.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0);
-    assert_eq!(limit.trim().parse::<i64>().unwrap(), expected, "the pod's memory limit");
 
     // A BIP-340 key, generated and used by the image's nodes; the signature
     // is checked with libsecp256k1 under the Taproot output key.
@@ -440,36 +474,152 @@ async fn the_images_sign_under_the_pods_security_context() {
         .filter(|p| std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(p).unwrap()) == 65532)
         .collect();
     assert!(!owned.is_empty(), "files of uid 65532 in the data volume: {shares:?}");
-    drop(cluster);
+}
 
-    // The operator's image, under the chart's security context.
-    let operator = unpack(&images.join("torcus-operator.oci.tar"), &work.path().join("operator"));
-    let values: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(repo().join("charts/torcus/values.yaml")).unwrap()).unwrap();
-    let pod_security: PodSecurityContext = serde_yaml::from_value(values["podSecurityContext"].clone()).unwrap();
-    let container = Container {
-        name: "operator".into(),
-        security_context: Some(serde_yaml::from_value(values["securityContext"].clone()).unwrap()),
-        resources: Some(serde_yaml::from_value(values["resources"].clone()).unwrap()),
-        ..Container::default()
-    };
-    assert_eq!(operator.config["User"], format!("{0}:{0}", pod_security.run_as_user.unwrap()));
-    assert!(operator.config["ExposedPorts"].get("8080/tcp").is_some(), "{}", operator.config);
+/// The chart's operator Deployment, rendered by `helm template` for
+/// `namespace` (watching only it): its pod spec.
+fn chart_operator_pod(namespace: &str) -> PodSpec {
+    let home = tempfile::tempdir().unwrap();
+    let out = torcus_e2e::helm::command(home.path())
+        .unwrap()
+        .args(["template", "torcus", "--namespace", namespace, "--set", &format!("watchNamespaces={{{namespace}}}")])
+        .arg(torcus_e2e::helm::chart_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let deployment = yaml
+        .split("\n---\n")
+        .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
+        .find(|doc| doc["kind"] == "Deployment")
+        .expect("the chart renders a Deployment");
+    serde_yaml::from_value(deployment["spec"]["template"]["spec"].clone()).unwrap()
+}
+
+/// The operator's image in a container under the chart's pod: its
+/// security context and memory limit, and the credentials the kubelet
+/// gives it (the ServiceAccount's token, `ca.crt` and namespace at the
+/// in-cluster path, and the `kubernetes` Service's address in the
+/// environment). It leads, creates a cluster's children on the chart's
+/// rights, issues the keygen and a signing grant, and the signature it
+/// writes verifies with libsecp256k1. The cluster's nodes run on the
+/// process kubelet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_image_signs_on_the_charts_rights() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Api, PostParams};
+    use torcus_crds::{SigningPhase, SigningRequest};
+    use torcus_e2e::testing::{TestNamespace, eventually};
+
+    if skip() {
+        return;
+    }
+    let images = build_images();
+    let work = tempfile::tempdir().unwrap();
+    let image = unpack(&images.join("torcus-operator.oci.tar"), &work.path().join("operator"));
+    let mut ns = TestNamespace::new("image-operator").await.unwrap();
+    let pod = chart_operator_pod(&ns.name);
+    assert_eq!(pod.automount_service_account_token, None, "the operator's pod gets its ServiceAccount's token");
+    let security = pod.security_context.clone().unwrap();
+    let container = pod.containers[0].clone();
+    assert_eq!(image.config["User"], format!("{0}:{0}", security.run_as_user.unwrap()), "{}", image.config);
+    for port in container.ports.iter().flatten() {
+        assert!(image.config["ExposedPorts"].get(format!("{}/tcp", port.container_port)).is_some(), "{}", image.config);
+    }
+
+    let (account, lease) = ns.apply_chart_rbac().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some(account.as_str()));
+    // The ServiceAccount volume as the kubelet writes it for a pod with a
+    // user and no fsGroup: the token readable by that user only.
+    let credentials = work.path().join("serviceaccount");
+    std::fs::create_dir_all(&credentials).unwrap();
+    let (server, ca) = ns.api_server().unwrap();
+    std::fs::write(credentials.join("token"), ns.service_account_token(&account).unwrap()).unwrap();
+    std::fs::write(credentials.join("ca.crt"), ca).unwrap();
+    std::fs::write(credentials.join("namespace"), &ns.name).unwrap();
+    let uid = security.run_as_user.unwrap();
+    std::os::unix::fs::chown(credentials.join("token"), Some(u32::try_from(uid).unwrap()), None).unwrap();
+    std::fs::set_permissions(credentials.join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let address = server.trim_start_matches("https://").to_owned();
+    let (host, port) = address.rsplit_once(':').unwrap();
+
+    ns.start_kubelet().await.unwrap();
+    ns.operator_pod("operator-a").await.unwrap();
+    let service = ns.serve_leader_service().await.unwrap();
+    let runc = Runc::new("operator");
     let id = format!("operator-{}", std::process::id());
-    let config = runtime_config(
-        &operator,
-        &pod_security,
-        &container,
-        &["--help".to_owned()],
-        &BTreeMap::new(),
-        &BTreeMap::new(),
-        &format!("/torcus-images-test/{id}"),
-    );
-    let bundle = work.path().join("bundles").join(&id);
-    std::fs::create_dir_all(&bundle).unwrap();
-    std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    let out = runc.run(&id, &bundle).stdin(Stdio::null()).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the operator's image: {}\n{text}", out.status);
-    assert!(text.contains("Usage: torcus-operator"), "{text}");
+    let operator = ns
+        .spawn_operator_with("operator-a", &lease, |invocation| {
+            let mut env: BTreeMap<String, String> = invocation.env.iter().cloned().collect();
+            env.insert("KUBERNETES_SERVICE_HOST".into(), host.to_owned());
+            env.insert("KUBERNETES_SERVICE_PORT".into(), port.to_owned());
+            let mut container = container.clone();
+            container.volume_mounts = Some(vec![k8s_openapi::api::core::v1::VolumeMount {
+                name: "serviceaccount".into(),
+                mount_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+                read_only: Some(true),
+                ..Default::default()
+            }]);
+            let volumes = BTreeMap::from([("serviceaccount".to_owned(), Volume::Folder(credentials.clone()))]);
+            let config = runtime_config(
+                &image,
+                &security,
+                &container,
+                &invocation.args,
+                &env,
+                &volumes,
+                &format!("/torcus-images-test/{id}"),
+            );
+            Ok(runc.run(&id, &bundle(&work.path().join("bundles").join(&id), &config)))
+        })
+        .unwrap();
+    service.route(&operator);
+    let leases: Api<Lease> = ns.api();
+    eventually("the operator's container to lead", Duration::from_secs(60), || async {
+        Ok(leases.get_opt(&lease).await?.and_then(|l| l.spec?.holder_identity).filter(|h| h == "operator-a"))
+    })
+    .await
+    .unwrap();
+    let memory = bytes(&container.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0);
+    assert_confined(&runc, &id, uid, "", memory);
+
+    let clusters: Api<MpcCluster> = ns.api();
+    let mpc: MpcCluster = serde_json::from_value(json!({
+        "apiVersion": "mpc.torcus.io/v1alpha1",
+        "kind": "MpcCluster",
+        "metadata": {"name": "vault"},
+        "spec": {"nodes": 3, "threshold": 2, "transport": {"mode": "quic"}, "presignatures": {"poolSize": 0}},
+    }))
+    .unwrap();
+    clusters.create(&PostParams::default(), &mpc).await.unwrap();
+    let public_key = eventually("cluster Ready with its key", Duration::from_secs(420), || async {
+        let status = clusters.get("vault").await?.status.unwrap_or_default();
+        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        Ok(ready.then(|| status.keys.iter().find(|k| k.name == "default").and_then(|k| k.public_key.clone())).flatten())
+    })
+    .await
+    .unwrap();
+    let digest: [u8; 32] = Sha256::digest(b"granted by the operator's image").into();
+    let srs: Api<SigningRequest> = ns.api();
+    let sr: SigningRequest = serde_json::from_value(json!({
+        "apiVersion": "mpc.torcus.io/v1alpha1",
+        "kind": "SigningRequest",
+        "metadata": {"name": "from-image"},
+        "spec": {"cluster": "vault", "digest": hex::encode(digest)},
+    }))
+    .unwrap();
+    srs.create(&PostParams::default(), &sr).await.unwrap();
+    let done = eventually("the request to end", Duration::from_secs(120), || async {
+        let sr = srs.get("from-image").await?;
+        Ok(sr.status.filter(|s| s.phase.is_some_and(SigningPhase::is_final)))
+    })
+    .await
+    .unwrap();
+    assert_eq!(done.phase, Some(SigningPhase::Completed), "{done:?}");
+    independent::verify_status(&done, &digest, &public_key).unwrap();
+    // It stops on SIGTERM (runc passes it on), as a pod being replaced.
+    let mut operator = operator;
+    let ended = operator.terminate().await.unwrap();
+    assert!(ended.success(), "the operator's container ended with {ended:?}");
+    ns.finish().await.unwrap();
 }
