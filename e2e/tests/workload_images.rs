@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, PodSecurityContext, PodSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use torcus_contract::{HashAlgorithm, Scheme, SignMessage};
@@ -389,7 +390,7 @@ async fn the_images_sign_under_the_pods_security_context() {
             ]);
             // The container's own environment, with what the kubelet fills
             // in from the pod (its address, name and namespace).
-            let host = launch.args.iter().find_map(|a| a.strip_prefix("--listen-ip=")).unwrap().to_owned();
+            let host = launch.pod_ip.to_string();
             let container = &spec.containers[0];
             let env: BTreeMap<String, String> = container
                 .env
@@ -406,19 +407,22 @@ async fn the_images_sign_under_the_pods_security_context() {
                 })
                 .chain([("RUST_LOG".to_owned(), "info".to_owned())])
                 .collect();
-            // The pod's args (`serve`), then the harness's ports; the paths
-            // come from the environment above.
-            assert_eq!(container.args.as_deref(), Some(&launch.args[..1]));
+            // The pod's args; everything else comes from the environment.
             let id = format!("node-{}-{}", launch.index, std::process::id());
-            let config = runtime_config(
+            let mut config = runtime_config(
                 &image,
                 spec.security_context.as_ref().unwrap(),
                 container,
-                &launch.args,
+                container.args.as_deref().unwrap_or_default(),
                 &env,
                 &volumes,
                 &format!("/torcus-images-test/{id}"),
             );
+            // The pod's network: its own namespace and address.
+            config["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "network", "path": launch.network_namespace}));
             let bundle = bundle(&bundles.join(&id), &config);
             let _ = Command::new("runc").arg("--root").arg(&runc.state).args(["delete", "--force", &id]).status();
             let log = std::fs::File::create(launch.log).unwrap();
@@ -428,8 +432,28 @@ async fn the_images_sign_under_the_pods_security_context() {
         }))
     };
     let binary = node_rootfs.rootfs.join("usr/local/bin/torcus-node");
-    let cluster = Cluster::launched_by(&binary, 3, 2, "quic", launcher).await;
+    let cluster = Cluster::launched_by(&binary, 3, 2, "quic", launcher).await.expect("network namespaces (root)");
     cluster.wait_ready().await;
+
+    // The pods' probes, as the kubelet runs them: each named port resolved
+    // in the container's ports, asked at the pod's address.
+    for i in 0..3 {
+        let spec = pod(i);
+        let container = &spec.containers[0];
+        for probe in [&container.readiness_probe, &container.liveness_probe] {
+            let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("an HTTP probe");
+            let port = match &get.port {
+                IntOrString::Int(port) => *port,
+                IntOrString::String(name) => {
+                    container.ports.iter().flatten().find(|p| p.name.as_ref() == Some(name)).unwrap().container_port
+                }
+            };
+            let addr = std::net::SocketAddr::new(cluster.host(i), u16::try_from(port).unwrap());
+            let path = get.path.as_deref().unwrap_or("/");
+            let (status, body) = torcus_e2e::kubelet::http_get(addr, path, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(status, 200, "probe {addr}{path}: {body}");
+        }
+    }
 
     // Every node's process, as the kernel runs it.
     let uid = security.run_as_user.unwrap();

@@ -42,8 +42,10 @@ pub struct Cluster {
     launcher: Option<Launcher>,
 }
 
-/// What a node is started with: its files, as the pod's volumes hold them,
-/// and its command line without the paths.
+/// What a node is started with, as its pod has it: its files (what the
+/// pod's volumes hold) and its network namespace and address. The node is
+/// configured as the pod configures it: it listens on its address on the
+/// ports every pod uses, and takes everything else from its environment.
 #[derive(Debug)]
 pub struct NodeLaunch<'a> {
     /// The party index.
@@ -54,8 +56,10 @@ pub struct NodeLaunch<'a> {
     pub tls_dir: &'a Path,
     /// The node's data folder (its volume claim).
     pub data_dir: &'a Path,
-    /// `serve`, the party index, the listen address and the metrics port.
-    pub args: Vec<String>,
+    /// The node's network namespace (`/run/netns/…`): the pod's network.
+    pub network_namespace: PathBuf,
+    /// The node's address in it: the pod IP.
+    pub pod_ip: IpAddr,
     /// Where the node's output goes.
     pub log: &'a Path,
 }
@@ -278,11 +282,15 @@ impl Cluster {
     }
 
     /// Like [`Cluster::generating_aux`], with each node started by
-    /// `launcher` with no test fixture and no test flag: a product build,
-    /// which generates its own safe primes. `binary` is only named in
-    /// messages.
-    pub async fn launched_by(binary: &Path, n: u16, t: u16, transport: &str, launcher: Launcher) -> Self {
-        Self::build_with(binary, n, t, transport, (0, vec![vec![]]), false, None, Some(launcher)).await
+    /// `launcher` with no test fixture and no test flag (a product build,
+    /// which generates its own safe primes), in a network namespace of its
+    /// own (see [`crate::netlab`]) where it listens on the ports every pod
+    /// uses. `binary` is only named in messages. `None` where namespaces
+    /// cannot be made and CI did not require them.
+    pub async fn launched_by(binary: &Path, n: u16, t: u16, transport: &str, launcher: Launcher) -> Option<Self> {
+        // No delay is added to these nodes: the lab's delay program is not needed.
+        let lab = crate::netlab::NetLab::create(n, Path::new("/nonexistent/torcus-netem"))?;
+        Some(Self::build_with(binary, n, t, transport, (0, vec![vec![]]), false, Some(lab), Some(launcher)).await)
     }
 
     /// Like [`Cluster::new`], each node in a network namespace of its own
@@ -360,12 +368,15 @@ impl Cluster {
             config.registry_url = Some(server.url());
             relay = Some(server);
         }
+        // Each launched node has an address of its own, and the pod's ports.
+        let pod_ports = launcher.is_some();
+        let port = |fixed: u16| if pod_ports { fixed } else { free_port() };
         config.peers = (0..n)
             .map(|index| Peer {
                 index,
                 host: hosts[usize::from(index)].to_string(),
-                p2p_port: free_port(),
-                http_port: free_port(),
+                p2p_port: port(torcus_contract::P2P_PORT),
+                http_port: port(torcus_contract::HTTP_PORT),
                 identity_key: None,
                 seal_key: None,
                 // As the operator publishes it: the node checks its store key against it.
@@ -411,7 +422,7 @@ impl Cluster {
             grant_key,
             nodes: (0..n).map(|_| None).collect(),
             aux_fixture,
-            metrics_ports: (0..n).map(|_| free_port()).collect(),
+            metrics_ports: (0..n).map(|_| port(torcus_contract::METRICS_PORT)).collect(),
             http,
             ca,
             launcher,
@@ -439,17 +450,14 @@ impl Cluster {
                 std::fs::create_dir_all(dir).unwrap();
             }
             std::fs::copy(d.join("cluster.json"), config_dir.join("cluster.json")).unwrap();
+            let lab = self.lab.as_ref().expect("launched nodes run in the lab");
             let launch = NodeLaunch {
                 index: i,
                 config_dir: &config_dir,
                 tls_dir: &tls_dir,
                 data_dir: &data_dir,
-                args: vec![
-                    "serve".to_owned(),
-                    format!("--party-index={i}"),
-                    format!("--listen-ip={}", self.hosts[usize::from(i)]),
-                    format!("--metrics-port={}", self.metrics_ports[usize::from(i)]),
-                ],
+                network_namespace: Path::new("/run/netns").join(lab.namespace(i)),
+                pod_ip: self.hosts[usize::from(i)],
                 log: &d.join(format!("node-{i}.log")),
             };
             let child = (launcher.0)(&launch).stdin(Stdio::null()).spawn().unwrap();
