@@ -38,6 +38,17 @@ for arg in "$@"; do
   esac
 done
 
+# Run from a test, this script inherits what cargo and rustup set for test
+# processes (LD_LIBRARY_PATH, RUSTUP_TOOLCHAIN, CARGO_PKG_*, ...), some of
+# which build scripts watch: the release build would differ from, and
+# redo, the one a shell (or CI, beforehand) made. Build as a shell would.
+while read -r name; do
+  case "$name" in
+    CARGO_HOME | CARGO_TARGET_DIR | CARGO_BUILD_* | CARGO_REGISTRIES_* | CARGO_NET_* | CARGO_HTTP_*) ;;
+    CARGO | CARGO_* | RUSTUP_TOOLCHAIN | RUSTUP_TOOLCHAIN_SOURCE | RUST_RECURSION_COUNT | LD_LIBRARY_PATH) unset "$name" ;;
+  esac
+done < <(compgen -e)
+
 command -v buildah >/dev/null || { echo "buildah is required (apt-get install buildah)" >&2; exit 1; }
 out=${TORCUS_IMAGES_DIR:-$top/.cache/images}
 mkdir -p "$out"
@@ -140,3 +151,5 @@ for name in node operator; do
   size=$(stat -c %s "$out/torcus-$name.oci.tar")
   echo "$image ${id:0:12} $size bytes $(($(date +%s) - started)) s"
 done
+# The images these tags held before: nothing refers to them now.
+"${bah[@]}" rmi --prune >/dev/null 2>&1 || true

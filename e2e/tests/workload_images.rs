@@ -17,11 +17,14 @@
 //!
 //! The kernel's view of each container's process (user, groups,
 //! capabilities, no-new-privileges, read-only root, memory cgroup) is
-//! asserted. What runc alone does not show, and the real kubelet would: the
-//! pods' own network namespaces and fixed ports (the containers share the
-//! host's network, each on its own ports), the `RuntimeDefault` seccomp
-//! profile, and the kubelet's own handling of `fsGroup` and of the token
-//! (written here as it does them).
+//! asserted. Each container runs under containerd's default seccomp profile
+//! (`RuntimeDefault`, written by `e2e/seccomp` from containerd's source);
+//! the node containers each have a network namespace of their own, as pods
+//! do, and listen on the pods' ports, where the test runs the pods' probes.
+//! What runc alone does not show, and the real kubelet would: the kubelet's
+//! own handling of `fsGroup` and of the token (written here as it does
+//! them); and the operator's container shares the host's network (it
+//! reaches the API server on loopback).
 //!
 //! Needs root, buildah and runc (`.ci/run` installs them); without them the
 //! tests say so and pass, unless `TORCUS_REQUIRE_IMAGES=1` (CI) makes that
@@ -240,6 +243,11 @@ fn runtime_config(
             })),
         }
     }
+    // RuntimeDefault: containerd's default profile, as it gives it to a
+    // container without capabilities (e2e/seccomp writes it).
+    let profile = context.seccomp_profile.as_ref().or(pod.seccomp_profile.as_ref()).map(|p| p.type_.as_str());
+    assert_eq!(profile, Some("RuntimeDefault"), "the pod runs under the runtime's seccomp profile");
+    let seccomp = read_json(&repo().join("e2e/seccomp/runtime-default.json"));
     let limits = container.resources.as_ref().and_then(|r| r.limits.clone()).unwrap_or_default();
     let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
     if let Some(memory) = limits.get("memory") {
@@ -267,6 +275,7 @@ fn runtime_config(
         "linux": {
             "cgroupsPath": cgroup,
             "resources": resources,
+            "seccomp": seccomp,
             // The host's network (see the module comment); the rest private.
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
             "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
@@ -297,6 +306,9 @@ fn assert_confined(runc: &Runc, id: &str, uid: i64, groups: &str, memory_limit: 
         assert_eq!(status_field(&status, field), "0000000000000000", "{field}: {status}");
     }
     assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{status}");
+    // Mode 2: a seccomp filter; one, the profile's.
+    assert_eq!(status_field(&status, "Seccomp"), "2", "{status}");
+    assert_eq!(status_field(&status, "Seccomp_filters"), "1", "{status}");
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     let root = mounts.lines().find(|l| l.split(' ').nth(4) == Some("/")).unwrap();
     assert!(root.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro"), "read-only root: {root}");

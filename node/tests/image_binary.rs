@@ -21,12 +21,22 @@ fn product_binary() -> PathBuf {
     let command = "cargo build --release --locked -p torcus-node --bin torcus-node";
     assert!(dockerfile.contains(command), "Dockerfile.node builds with `{command}`");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(&workspace)
-        .args(command.split(' ').skip(1))
-        .stdin(Stdio::null())
-        .status()
-        .unwrap();
+    // As a shell runs it (and scripts/build-images.sh, before this test in
+    // CI): without what cargo sets for test processes, which build scripts
+    // may watch, so that the build is the one already made, not redone.
+    let mut cargo = Command::new("cargo");
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let kept = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&name.as_ref())
+            || ["CARGO_BUILD_", "CARGO_REGISTRIES_", "CARGO_NET_", "CARGO_HTTP_"].iter().any(|p| name.starts_with(p));
+        let injected = name.starts_with("CARGO")
+            || ["RUSTUP_TOOLCHAIN", "RUSTUP_TOOLCHAIN_SOURCE", "RUST_RECURSION_COUNT", "LD_LIBRARY_PATH"]
+                .contains(&name.as_ref());
+        if injected && !kept {
+            cargo.env_remove(name.as_ref());
+        }
+    }
+    let status = cargo.current_dir(&workspace).args(command.split(' ').skip(1)).stdin(Stdio::null()).status().unwrap();
     assert!(status.success(), "{command}: {status}");
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
     target.join("release/torcus-node")
