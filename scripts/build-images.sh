@@ -60,7 +60,9 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 [[ -n $version ]] || { echo "no workspace version in Cargo.toml" >&2; exit 1; }
 runtime_base=localhost/torcus/cc-debian12:nonroot
 rust_base=localhost/torcus/rust:bookworm
-bah=(buildah --root "$out/storage" --runroot "/run/torcus-buildah-$(id -u)" --storage-driver overlay)
+# A store's run state (locks, mounts) is its own: two checkouts never share it.
+bah=(buildah --root "$out/storage" --runroot "/run/torcus-buildah-$(printf %s "$out" | sha256sum | cut -c1-12)"
+  --storage-driver overlay)
 
 # The runtime base: what gcr.io/distroless/cc-debian12:nonroot holds that the
 # binaries use. Rebuilt only when this script changes.
