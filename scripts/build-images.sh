@@ -8,10 +8,11 @@
 #
 # The Dockerfiles stay the published recipe. Their base images are ARGs whose
 # defaults are the upstream ones (rust:1-bookworm, distroless cc-debian12);
-# here, where no registry is reachable, the runtime base is made from Debian
-# bookworm's own packages (glibc and libgcc, what the binaries link, and the
-# files distroless adds: the `nonroot` user 65532, /tmp, CA certificates,
-# time zones) and given as RUNTIME_IMAGE.
+# here, where no registry is reachable, the runtime base is made from this
+# machine's Debian packages, which must be bookworm's, as distroless's are
+# (glibc and libgcc, what the binaries link, and the files distroless adds:
+# the `nonroot` user 65532, /tmp, CA certificates, time zones), and given as
+# RUNTIME_IMAGE.
 #
 # By default the build stage is not run inside the build: the workspace builds
 # the binaries with the Dockerfiles' own cargo command (checked below), and a
@@ -38,31 +39,60 @@ for arg in "$@"; do
   esac
 done
 
-# Run from a test, this script inherits what cargo and rustup set for test
-# processes (LD_LIBRARY_PATH, RUSTUP_TOOLCHAIN, CARGO_PKG_*, ...), some of
-# which build scripts watch: the release build would differ from, and
-# redo, the one a shell (or CI, beforehand) made. Build as a shell would.
+# The binaries are built as the Dockerfiles build them: nothing from the
+# caller's environment may change what is compiled. Run from a test, this
+# script inherits what cargo and rustup set for test processes
+# (LD_LIBRARY_PATH, RUSTUP_TOOLCHAIN, CARGO_PKG_*, ...), and a shell may
+# carry RUSTFLAGS (`--cfg feature=...`), a build target or a target
+# directory of its own: all dropped. Where crates come from (CARGO_HOME,
+# registries, network settings) stays. node/tests/image_binary.rs keeps the
+# same list, so its build is this one.
 while read -r name; do
   case "$name" in
-    CARGO_HOME | CARGO_TARGET_DIR | CARGO_BUILD_* | CARGO_REGISTRIES_* | CARGO_NET_* | CARGO_HTTP_*) ;;
-    CARGO | CARGO_* | RUSTUP_TOOLCHAIN | RUSTUP_TOOLCHAIN_SOURCE | RUST_RECURSION_COUNT | LD_LIBRARY_PATH) unset "$name" ;;
+    CARGO_HOME | CARGO_REGISTRIES_* | CARGO_NET_* | CARGO_HTTP_* | CARGO_BUILD_JOBS) ;;
+    CARGO | CARGO_* | RUSTFLAGS | RUSTDOCFLAGS | RUSTC | RUSTC_WRAPPER | RUSTC_WORKSPACE_WRAPPER | RUSTUP_TOOLCHAIN \
+      | RUSTUP_TOOLCHAIN_SOURCE | RUST_RECURSION_COUNT | LD_LIBRARY_PATH) unset "$name" ;;
   esac
 done < <(compgen -e)
+# A target directory of their own: test builds of the node (with the
+# fixtures, e2e/src/kubelet/binary.rs) never share a path with them.
+export CARGO_TARGET_DIR=$top/target/image
 
 command -v buildah >/dev/null || { echo "buildah is required (apt-get install buildah)" >&2; exit 1; }
+# The base's glibc is the one the binaries are linked against here; upstream
+# it is cc-debian12's (bookworm's): the two must be the same.
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+[[ $codename == bookworm ]] || {
+  echo "the runtime base is made from this machine's Debian packages, which must be bookworm's (as in distroless cc-debian12); this machine has '${codename:-unknown}'" >&2
+  exit 1
+}
 out=${TORCUS_IMAGES_DIR:-$top/.cache/images}
 mkdir -p "$out"
-# One build at a time per store (tests and a user may both call this).
+# One build at a time per store (tests and a user may both call this); a
+# holder that hangs fails the next caller after half an hour.
 exec 9>"$out/.lock"
-flock 9
+flock -w 1800 9 || { echo "$out/.lock: another build has held it for 30 minutes" >&2; exit 1; }
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 [[ -n $version ]] || { echo "no workspace version in Cargo.toml" >&2; exit 1; }
 runtime_base=localhost/torcus/cc-debian12:nonroot
 rust_base=localhost/torcus/rust:bookworm
 # A store's run state (locks, mounts) is its own: two checkouts never share it.
-bah=(buildah --root "$out/storage" --runroot "/run/torcus-buildah-$(printf %s "$out" | sha256sum | cut -c1-12)"
-  --storage-driver overlay)
+runroot=/run/torcus-buildah-$(printf %s "$out" | sha256sum | cut -c1-12)
+bah=(buildah --root "$out/storage" --runroot "$runroot" --storage-driver overlay)
+# On any exit: no working container, scratch folder or mount is left
+# behind (the store is this script's alone, so every container in it is).
+work=
+cleanup() {
+  "${bah[@]}" rm --all >/dev/null 2>&1 || true
+  "${bah[@]}" unmount --all >/dev/null 2>&1 || true
+  if [[ -n $work ]]; then
+    umount -R "$work/rootfs/proc" "$work/rootfs/sys" "$work/rootfs/dev" 2>/dev/null || true
+    rm -rf --one-file-system "$work"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 143' TERM INT
 
 # The runtime base: what gcr.io/distroless/cc-debian12:nonroot holds that the
 # binaries use. Rebuilt only when this script changes.
@@ -70,7 +100,6 @@ stamp=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
 if [[ $("${bah[@]}" inspect --type image --format '{{index .ImageAnnotations "org.torcus.recipe"}}' "$runtime_base" 2>/dev/null) != "$stamp" ]]; then
   echo "building $runtime_base from Debian packages" >&2
   work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
   debs=(libc6 libgcc-s1 tzdata netbase ca-certificates)
   (cd "$work" && apt-get download "${debs[@]}" >/dev/null 2>&1) \
     || { apt-get update -qq && (cd "$work" && apt-get download "${debs[@]}" >/dev/null); }
@@ -90,15 +119,19 @@ if [[ $("${bah[@]}" inspect --type image --format '{{index .ImageAnnotations "or
   chmod 0700 "$rootfs/root" "$rootfs/home/nonroot"
   chown 65532:65532 "$rootfs/home/nonroot"
   container=$("${bah[@]}" from scratch)
-  "${bah[@]}" copy --quiet "$container" "$rootfs" / >/dev/null
+  # Copied into the mounted container as they are, owners included
+  # (`buildah copy` would make everything root's, /home/nonroot too).
+  mnt=$("${bah[@]}" mount "$container")
+  cp -a "$rootfs/." "$mnt/"
+  "${bah[@]}" unmount "$container" >/dev/null
   "${bah[@]}" config --user 65532:65532 --workingdir /home/nonroot --env PATH=/usr/local/bin:/usr/bin:/bin \
     --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt --annotation "org.torcus.recipe=$stamp" "$container"
   "${bah[@]}" commit --quiet --rm "$container" "$runtime_base" >/dev/null
   rm -rf "$work"
-  trap - EXIT
+  work=
 fi
 
-build_args=(--build-arg "RUNTIME_IMAGE=$runtime_base" --pull=never --layers=false)
+build_args=(--build-arg "RUNTIME_IMAGE=$runtime_base" --pull=never --layers=false --force-rm)
 if ((full)); then
   if ! "${bah[@]}" inspect --type image "$rust_base" >/dev/null 2>&1; then
     # rust:1-bookworm, made here: Debian's compilers and this machine's stable
@@ -107,7 +140,6 @@ if ((full)); then
     toolchain=$(rustc +stable --print sysroot)
     command -v debootstrap >/dev/null || { echo "--full needs debootstrap (apt-get install debootstrap)" >&2; exit 1; }
     work=$(mktemp -d)
-    trap 'rm -rf "$work"' EXIT
     debootstrap --variant=minbase --include=gcc,libc6-dev,make,ca-certificates,curl bookworm "$work/rootfs" \
       "$(sed -n 's/^URIs: //p;s/^deb \([^ ]*\) bookworm main.*/\1/p' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -n1)" >&2
     mkdir -p "$work/rootfs/usr/local/rustup/toolchains" "$work/rootfs/usr/local/cargo/bin"
@@ -124,8 +156,8 @@ if ((full)); then
     "${bah[@]}" config --env RUSTUP_HOME=/usr/local/rustup --env CARGO_HOME=/usr/local/cargo \
       --env PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$container"
     "${bah[@]}" commit --quiet --rm "$container" "$rust_base" >/dev/null
-    rm -rf "$work"
-    trap - EXIT
+    rm -rf --one-file-system "$work"
+    work=
   fi
   build_args+=(--build-arg "RUST_IMAGE=$rust_base" --isolation chroot)
 fi
@@ -140,15 +172,16 @@ for name in node operator; do
     command=$(grep -o "cargo build --release --locked -p torcus-$name --bin torcus-$name" "$dockerfile") \
       || { echo "$dockerfile has no 'cargo build --release --locked -p torcus-$name --bin torcus-$name'" >&2; exit 1; }
     $command >&2
-    target=${CARGO_TARGET_DIR:-$top/target}
     context=$out/context-$name
     rm -rf "$context"
-    install -D -m 0755 "$target/release/torcus-$name" "$context/out/torcus-$name"
+    install -D -m 0755 "$CARGO_TARGET_DIR/release/torcus-$name" "$context/out/torcus-$name"
     args+=(--build-context "build=$context")
   fi
   "${bah[@]}" build --quiet "${args[@]}" -f "$dockerfile" -t "$image" . >/dev/null
-  rm -f "$out/torcus-$name.oci.tar"
-  "${bah[@]}" push --quiet "$image" "oci-archive:$out/torcus-$name.oci.tar:$image" >/dev/null
+  # Written aside and renamed: a reader never sees half an archive.
+  rm -f "$out/.torcus-$name.oci.tar.new"
+  "${bah[@]}" push --quiet "$image" "oci-archive:$out/.torcus-$name.oci.tar.new:$image" >/dev/null
+  mv -f "$out/.torcus-$name.oci.tar.new" "$out/torcus-$name.oci.tar"
   id=$("${bah[@]}" inspect --type image --format '{{.FromImageID}}' "$image")
   size=$(stat -c %s "$out/torcus-$name.oci.tar")
   echo "$image ${id:0:12} $size bytes $(($(date +%s) - started)) s"

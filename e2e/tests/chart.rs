@@ -88,6 +88,9 @@ fn chart_version_and_images_match_the_workspace() {
         ] {
             assert!(text.contains(&needle), "{dockerfile} lacks `{needle}`");
         }
+        // The image is the runtime stage: the last one.
+        let last = text.lines().rfind(|l| l.starts_with("FROM "));
+        assert_eq!(last, Some("FROM ${RUNTIME_IMAGE}"), "{dockerfile}'s last stage");
     }
 }
 

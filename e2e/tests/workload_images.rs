@@ -62,20 +62,28 @@ fn missing_tools() -> Option<String> {
         .map(|tool| format!("{tool} is not installed"))
 }
 
-/// Builds both images with `scripts/build-images.sh` (one build at a time:
-/// it holds a lock) and returns the folder of their OCI archives.
+/// Builds both images with `scripts/build-images.sh`, once for this test
+/// process (its tests share the archives; the script holds a lock against
+/// other callers and replaces each archive whole), and returns the folder
+/// of their OCI archives (`TORCUS_IMAGES_DIR`, as the script takes it).
 fn build_images() -> PathBuf {
-    let started = Instant::now();
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/build-images.sh"))
-        .current_dir(repo())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "build-images.sh: {}\n{report}{}", out.status, String::from_utf8_lossy(&out.stderr));
-    eprintln!("images built (or found up to date) in {:.0?}:\n{report}", started.elapsed());
-    repo().join(".cache/images")
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let started = Instant::now();
+            let out = Command::new("bash")
+                .arg(repo().join("scripts/build-images.sh"))
+                .current_dir(repo())
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let report = String::from_utf8_lossy(&out.stdout).into_owned();
+            let errors = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "build-images.sh: {}\n{report}{errors}", out.status);
+            eprintln!("images built (or found up to date) in {:.0?}:\n{report}", started.elapsed());
+            std::env::var_os("TORCUS_IMAGES_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join(".cache/images"))
+        })
+        .clone()
 }
 
 /// Skips the test, unless CI requires it, where images cannot be built.
@@ -130,8 +138,30 @@ struct Runc {
 
 impl Runc {
     fn new(test: &str) -> Self {
+        Self::sweep();
         let state = PathBuf::from(format!("/run/torcus-images-test-{}-{test}", std::process::id()));
         Self { state, ids: Mutex::new(Vec::new()) }
+    }
+
+    /// Deletes what an earlier test process that was killed (and so never
+    /// dropped its `Runc`) left running: its containers, their state.
+    fn sweep() {
+        for entry in std::fs::read_dir("/run").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("torcus-images-test-").and_then(|r| r.split('-').next()) else {
+                continue;
+            };
+            if Path::new("/proc").join(pid).exists() {
+                continue;
+            }
+            let list = Command::new("runc").arg("--root").arg(entry.path()).args(["list", "-q"]).output();
+            for id in list.iter().flat_map(|out| {
+                String::from_utf8_lossy(&out.stdout).into_owned().lines().map(str::to_owned).collect::<Vec<_>>()
+            }) {
+                let _ = Command::new("runc").arg("--root").arg(entry.path()).args(["delete", "--force", &id]).status();
+            }
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 
     /// `runc run` of the bundle in `bundle`, in the foreground: the
@@ -159,10 +189,12 @@ impl Drop for Runc {
         for id in self.ids.lock().unwrap().drain(..) {
             let _ = Command::new("runc").arg("--root").arg(&self.state).args(["delete", "--force", &id]).status();
         }
-        // runc removes each container's cgroups; their parent is ours.
+        // runc removes each container's cgroups; their parent is ours (in
+        // each v1 hierarchy, or at the top of the v2 one).
         for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
             let _ = std::fs::remove_dir(hierarchy.path().join("torcus-images-test"));
         }
+        let _ = std::fs::remove_dir("/sys/fs/cgroup/torcus-images-test");
         let _ = std::fs::remove_dir_all(&self.state);
     }
 }
@@ -214,6 +246,15 @@ fn runtime_config(
     assert_eq!(drop, ["ALL"], "the container drops every capability");
     let add = context.capabilities.as_ref().and_then(|c| c.add.clone()).unwrap_or_default();
     let capabilities: Vec<String> = add.iter().map(|c| format!("CAP_{c}")).collect();
+    // The supplementary groups containerd gives (since CVE-2023-25173): the
+    // primary group, then the pod's supplemental groups and fsGroup (the
+    // image's /etc/group lists no member for user 65532).
+    let mut groups = vec![gid];
+    for group in pod.supplemental_groups.iter().flatten().chain(pod.fs_group.as_ref()) {
+        if !groups.contains(group) {
+            groups.push(*group);
+        }
+    }
 
     let mut process_env: Vec<String> =
         image.config["Env"].as_array().into_iter().flatten().map(|e| e.as_str().unwrap().to_owned()).collect();
@@ -258,7 +299,7 @@ fn runtime_config(
         "ociVersion": "1.0.2-dev",
         "process": {
             "terminal": false,
-            "user": {"uid": uid, "gid": gid, "additionalGids": pod.fs_group.into_iter().collect::<Vec<_>>()},
+            "user": {"uid": uid, "gid": gid, "additionalGids": groups},
             "args": process_args,
             "env": process_env,
             "cwd": image.config["WorkingDir"].as_str().filter(|d| !d.is_empty()).unwrap_or("/"),
@@ -312,23 +353,49 @@ fn assert_confined(runc: &Runc, id: &str, uid: i64, groups: &str, memory_limit: 
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     let root = mounts.lines().find(|l| l.split(' ').nth(4) == Some("/")).unwrap();
     assert!(root.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro"), "read-only root: {root}");
-    let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/torcus-images-test/{id}/memory.limit_in_bytes"))
-        .unwrap();
-    assert_eq!(limit.trim().parse::<i64>().unwrap(), memory_limit, "the pod's memory limit");
+    // The memory limit of the process's own cgroup: `memory.limit_in_bytes`
+    // in the v1 memory hierarchy, `memory.max` in a v2 (unified) one.
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v1 = cgroups.lines().find_map(|l| {
+        let mut fields = l.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))
+    });
+    let file = v1.unwrap_or_else(|| {
+        let path = cgroups.lines().find_map(|l| l.strip_prefix("0::")).expect("a memory cgroup");
+        format!("/sys/fs/cgroup{path}/memory.max")
+    });
+    assert!(file.contains(&format!("/torcus-images-test/{id}/")), "the container's own cgroup: {cgroups}");
+    let limit = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(limit.trim().parse::<i64>().unwrap(), memory_limit, "the pod's memory limit ({file})");
 }
 
-/// Gives `dir` and its files to the pod's `fsGroup` the way the kubelet does
-/// for a volume of a pod that sets one: the group becomes `group`, files get
-/// group read (and write, unless `read_only`), folders the set-group-ID bit.
-fn apply_fs_group(dir: &Path, group: u32, mode: u32, read_only: bool) {
-    let chown = |path: &Path| std::os::unix::fs::chown(path, Some(0), Some(group)).unwrap();
-    chown(dir);
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2775)).unwrap();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        chown(&path);
-        let group_bits = if read_only { 0o040 } else { 0o060 };
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | group_bits)).unwrap();
+/// Gives the volume `dir` to the pod's `fsGroup` as the kubelet's
+/// `SetVolumeOwnership` does: every file and folder below it, recursively,
+/// keeps its owner and gets group `group`, and its mode gains group read
+/// (and write, unless `read_only`); folders also gain the execute bits and
+/// set-group-ID. `files`: the mode a Secret or ConfigMap volume writes its
+/// files with (`defaultMode`), before that; `None` keeps the files' own (a
+/// claim's).
+fn apply_fs_group(dir: &Path, group: u32, files: Option<u32>, read_only: bool) {
+    let mask = if read_only { 0o440 } else { 0o660 };
+    let mut pending = vec![dir.to_owned()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        std::os::unix::fs::lchown(&path, None, Some(group)).unwrap();
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            (meta.permissions().mode() & 0o7777) | mask | 0o110 | 0o2000
+        } else {
+            files.unwrap_or(meta.permissions().mode() & 0o7777) | mask
+        };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 }
 
@@ -391,9 +458,9 @@ async fn the_images_sign_under_the_pods_security_context() {
             let fs_group = u32::try_from(spec.security_context.as_ref().unwrap().fs_group.unwrap()).unwrap();
             let projected = spec.volumes.iter().flatten().find(|v| v.name == "tls").unwrap();
             let mode = u32::try_from(projected.projected.as_ref().unwrap().default_mode.unwrap()).unwrap();
-            apply_fs_group(launch.tls_dir, fs_group, mode, true);
-            apply_fs_group(launch.config_dir, fs_group, 0o644, true);
-            apply_fs_group(launch.data_dir, fs_group, 0o600, false);
+            apply_fs_group(launch.tls_dir, fs_group, Some(mode), true);
+            apply_fs_group(launch.config_dir, fs_group, Some(0o644), true);
+            apply_fs_group(launch.data_dir, fs_group, None, false);
             let volumes = BTreeMap::from([
                 ("tls".to_owned(), Volume::Folder(launch.tls_dir.to_owned())),
                 ("config".to_owned(), Volume::Folder(launch.config_dir.to_owned())),
@@ -412,7 +479,8 @@ async fn the_images_sign_under_the_pods_security_context() {
                     let value = match e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
                         Some(field) if field.field_path == "status.podIP" => host.clone(),
                         Some(field) if field.field_path == "metadata.name" => format!("demo-node-{}-0", launch.index),
-                        Some(_) => "vault".to_owned(),
+                        Some(field) if field.field_path == "metadata.namespace" => "default".to_owned(),
+                        Some(field) => panic!("the node's pod asks for {} of itself", field.field_path),
                         None => e.value.clone().unwrap(),
                     };
                     (e.name.clone(), value)
@@ -444,6 +512,16 @@ async fn the_images_sign_under_the_pods_security_context() {
         }))
     };
     let binary = node_rootfs.rootfs.join("usr/local/bin/torcus-node");
+    // The image's own binary is the product build: no test fixture or hook.
+    torcus_node::testing::assert_refuses_test_switches(&binary);
+    // And the home of its user is that user's (distroless makes it so).
+    let home = std::fs::metadata(node_rootfs.rootfs.join("home/nonroot")).unwrap();
+    let uid = u32::try_from(security.run_as_user.unwrap()).unwrap();
+    assert_eq!(
+        (std::os::unix::fs::MetadataExt::uid(&home), std::os::unix::fs::MetadataExt::gid(&home)),
+        (uid, uid),
+        "/home/nonroot in the image"
+    );
     let cluster = Cluster::launched_by(&binary, 3, 2, "quic", launcher).await.expect("network namespaces (root)");
     cluster.wait_ready().await;
 
@@ -586,7 +664,26 @@ async fn the_operator_image_signs_on_the_charts_rights() {
     let id = format!("operator-{}", std::process::id());
     let operator = ns
         .spawn_operator_with("operator-a", &lease, |invocation| {
-            let mut env: BTreeMap<String, String> = invocation.env.iter().cloned().collect();
+            // The chart's environment, what the kubelet fills in from the pod
+            // included; the harness's arguments (its namespace, ports and
+            // lease, which clap takes over the environment) and log filter
+            // on top.
+            let mut env: BTreeMap<String, String> = container
+                .env
+                .iter()
+                .flatten()
+                .map(|e| {
+                    let value = match e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
+                        Some(field) if field.field_path == "metadata.namespace" => ns.name.clone(),
+                        Some(field) if field.field_path == "metadata.name" => "operator-a".to_owned(),
+                        Some(field) => panic!("the operator's pod asks for {} of itself", field.field_path),
+                        None => e.value.clone().unwrap_or_default(),
+                    };
+                    (e.name.clone(), value)
+                })
+                .collect();
+            assert!(env.contains_key("TORCUS_LOG_FORMAT") && env.contains_key("TORCUS_WATCH_NAMESPACE"), "{env:?}");
+            env.extend(invocation.env.iter().cloned());
             env.insert("KUBERNETES_SERVICE_HOST".into(), host.to_owned());
             env.insert("KUBERNETES_SERVICE_PORT".into(), port.to_owned());
             let mut container = container.clone();
@@ -617,7 +714,17 @@ async fn the_operator_image_signs_on_the_charts_rights() {
     .await
     .unwrap();
     let memory = bytes(&container.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0);
-    assert_confined(&runc, &id, uid, "", memory);
+    assert_confined(&runc, &id, uid, &uid.to_string(), memory);
+    // The chart's probes, at the address the harness gave it (the host's
+    // network: not the pod's port 8080, which tests side by side share).
+    for probe in [&container.readiness_probe, &container.liveness_probe] {
+        let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("an HTTP probe");
+        assert_eq!(get.port, IntOrString::String("http".into()), "the probes use the container's port");
+        let addr: std::net::SocketAddr = operator.url.trim_start_matches("http://").parse().unwrap();
+        let path = get.path.as_deref().unwrap_or("/");
+        let (status, body) = torcus_e2e::kubelet::http_get(addr, path, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(status, 200, "probe {addr}{path}: {body}");
+    }
 
     let clusters: Api<MpcCluster> = ns.api();
     let mpc: MpcCluster = serde_json::from_value(json!({

@@ -65,8 +65,11 @@ pub struct NodeLaunch<'a> {
 }
 
 /// Makes the command that runs a node, for [`Cluster::launched_by`]: a
-/// container runtime running the node's image, for example. The command's
-/// process stands for the node: it is killed to stop it.
+/// container runtime running the node's image, for example. The cluster
+/// kills the command's process when it is dropped or told to kill the node
+/// ([`Cluster::kill`]); a runtime whose container outlives its process
+/// (`runc run` does, when SIGKILLed) leaves stopping the container to the
+/// launcher's owner, so such a cluster is not for tests that kill nodes.
 pub struct Launcher(pub Box<dyn Fn(&NodeLaunch<'_>) -> Command + Send + Sync>);
 
 impl std::fmt::Debug for Launcher {
@@ -906,4 +909,63 @@ pub fn routed<T>(
             (router, transport)
         })
         .unzip()
+}
+
+/// Asserts that `binary` is a product build of `torcus-node`, the one an
+/// image holds: it has no flag for a test fixture (safe primes, aux info) or
+/// a test hook, and refuses to start when a fixture's or a hook's
+/// environment variable is set, before it reads anything. A node with
+/// public primes or aux info would hold a key share anyone can recover; one
+/// with a hook would break or skew every session it joins.
+pub fn assert_refuses_test_switches(binary: &Path) {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = tempfile::tempdir().expect("a scratch folder");
+    let run = |args: &[&str], env: Option<(&str, &str)>| {
+        let mut command = Command::new(binary);
+        command.args(args).current_dir(dir.path()).stdin(Stdio::null());
+        for variable in
+            [crate::TEST_PRIMES_ENV, crate::TEST_AUX_ENV, crate::TEST_CORRUPT_ENV, crate::TEST_MISBEHAVIOUR_ENV]
+                .into_iter()
+                .chain([crate::TEST_CLOCK_OFFSET_ENV, crate::TEST_OLD_BUILD_ENV])
+        {
+            command.env_remove(variable);
+        }
+        if let Some((key, value)) = env {
+            command.env(key, value);
+        }
+        let out = command.output().unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+        (out.status, String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let primes = fixtures.join("primes.json").display().to_string();
+    let aux = fixtures.join("aux-info.json").display().to_string();
+    // No such flags: clap refuses them as unknown.
+    for flag in [
+        format!("--test-primes-fixture={primes}"),
+        format!("--test-aux-fixture={aux}"),
+        "--test-corrupt-signing=1".to_owned(),
+        "--test-misbehaviour=replay".to_owned(),
+        "--test-clock-offset-secs=100".to_owned(),
+        "--test-old-build-parties=1".to_owned(),
+    ] {
+        let (status, out) = run(&["serve", "--party-index=0", &flag], None);
+        assert_eq!(status.code(), Some(2), "clap refuses {flag}: {out}");
+        let name = flag.split('=').next().unwrap_or_default();
+        assert!(out.contains(&format!("unexpected argument '{name}")), "{flag}: {out}");
+    }
+    // With the variables instead: refused before anything is read or bound
+    // (the configuration named here does not even exist).
+    let serve = ["serve", "--party-index=0", "--config=missing.json", "--tls-dir=.", "--data-dir=."];
+    for (variable, value, says) in [
+        (crate::TEST_PRIMES_ENV, primes.as_str(), "does not take test fixtures"),
+        (crate::TEST_AUX_ENV, aux.as_str(), "does not take test fixtures"),
+        (crate::TEST_CORRUPT_ENV, "1", "has no test hooks"),
+        (crate::TEST_MISBEHAVIOUR_ENV, "replay", "has no test hooks"),
+        (crate::TEST_CLOCK_OFFSET_ENV, "100", "has no test hooks"),
+        (crate::TEST_OLD_BUILD_ENV, "1", "has no test hooks"),
+    ] {
+        let (status, out) = run(&serve, Some((variable, value)));
+        assert!(!status.success(), "{variable}: {out}");
+        assert!(out.contains(&format!("{variable} is set, but this build")), "{variable}: {out}");
+        assert!(out.contains(says), "{variable}: {out}");
+    }
 }
