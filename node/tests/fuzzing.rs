@@ -6,6 +6,11 @@
 //! `fuzz/regressions/<target>/`, where `fuzz_corpora.rs` replays it on
 //! every run. CI installs cargo-fuzz and sets `TORCUS_REQUIRE_FUZZ`, so
 //! there a missing toolchain fails; elsewhere the test says it did not run.
+//!
+//! It lives in `torcus-node` (whose tests run after the end-to-end ones) so
+//! that CI can build the targets beforehand, in the background while the
+//! end-to-end tests wait on the API server; `cargo fuzz build` here then
+//! finds them built, as run from a shell (see `fuzz_command`).
 
 use std::path::Path;
 use std::process::Command;
@@ -18,8 +23,22 @@ fn every_fuzz_target_runs_clean_for_its_time() {
     let cargo = "cargo";
     let fuzz_command = || {
         let mut command = Command::new(cargo);
-        // The outer cargo's toolchain must not pin the inner one to stable.
-        command.env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTC").env_remove("RUSTDOC");
+        // As from a shell: without what cargo and rustup set for test
+        // processes. The outer cargo's toolchain must not pin the inner one
+        // to stable, and what build scripts watch (LD_LIBRARY_PATH, ...)
+        // must not differ from the build `.ci/run` made beforehand.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let kept = name == "CARGO_HOME"
+                || ["CARGO_REGISTRIES_", "CARGO_NET_", "CARGO_HTTP_"].iter().any(|p| name.starts_with(p));
+            let injected = name.starts_with("CARGO")
+                || ["RUSTUP_TOOLCHAIN", "RUSTUP_TOOLCHAIN_SOURCE", "RUST_RECURSION_COUNT", "LD_LIBRARY_PATH"]
+                    .contains(&name.as_ref())
+                || ["RUSTC", "RUSTDOC"].contains(&name.as_ref());
+            if injected && !kept {
+                command.env_remove(name.as_ref());
+            }
+        }
         command.current_dir(&fuzz).args(["+nightly", "fuzz"]);
         command
     };
