@@ -45,13 +45,13 @@ done
 # (LD_LIBRARY_PATH, RUSTUP_TOOLCHAIN, CARGO_PKG_*, ...), and a shell may
 # carry RUSTFLAGS (`--cfg feature=...`), a build target or a target
 # directory of its own: all dropped. Where crates come from (CARGO_HOME,
-# registries, network settings) stays. node/tests/image_binary.rs keeps the
-# same list, so its build is this one.
+# registries, network settings) stays. torcus_node::testing::shell_cargo
+# (node/src/testing.rs) keeps the same list, so the tests' builds are this one.
 while read -r name; do
   case "$name" in
     CARGO_HOME | CARGO_REGISTRIES_* | CARGO_NET_* | CARGO_HTTP_* | CARGO_BUILD_JOBS) ;;
-    CARGO | CARGO_* | RUSTFLAGS | RUSTDOCFLAGS | RUSTC | RUSTC_WRAPPER | RUSTC_WORKSPACE_WRAPPER | RUSTUP_TOOLCHAIN \
-      | RUSTUP_TOOLCHAIN_SOURCE | RUST_RECURSION_COUNT | LD_LIBRARY_PATH) unset "$name" ;;
+    CARGO | CARGO_* | RUSTFLAGS | RUSTDOCFLAGS | RUSTC | RUSTDOC | RUSTC_WRAPPER | RUSTC_WORKSPACE_WRAPPER \
+      | CLIPPY_ARGS | RUSTUP_TOOLCHAIN | RUSTUP_TOOLCHAIN_SOURCE | RUST_RECURSION_COUNT | LD_LIBRARY_PATH) unset "$name" ;;
   esac
 done < <(compgen -e)
 # A target directory of their own: test builds of the node (with the

@@ -911,6 +911,42 @@ pub fn routed<T>(
         .unzip()
 }
 
+/// `cargo` as a shell runs it, for a build nested in a test: without what
+/// cargo and rustup set for test processes (`CARGO_*`, the toolchain pin,
+/// `LD_LIBRARY_PATH`, which build scripts watch) and without what changes
+/// what is compiled (`RUSTFLAGS`, a rustc or wrapper such as `.ci/run`'s
+/// clippy-driver, a target directory). Where crates come from
+/// (`CARGO_HOME`, registry, network and HTTP settings) and the job count
+/// stay. `scripts/build-images.sh` drops the same list: a build from a test
+/// and one from the script or `.ci/run` then share their artifacts.
+pub fn shell_cargo() -> Command {
+    let mut cargo = Command::new("cargo");
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let kept = ["CARGO_HOME", "CARGO_BUILD_JOBS"].contains(&name.as_ref())
+            || ["CARGO_REGISTRIES_", "CARGO_NET_", "CARGO_HTTP_"].iter().any(|p| name.starts_with(p));
+        let dropped = name.starts_with("CARGO")
+            || [
+                "RUSTFLAGS",
+                "RUSTDOCFLAGS",
+                "RUSTC",
+                "RUSTDOC",
+                "RUSTC_WRAPPER",
+                "RUSTC_WORKSPACE_WRAPPER",
+                "CLIPPY_ARGS",
+                "RUSTUP_TOOLCHAIN",
+                "RUSTUP_TOOLCHAIN_SOURCE",
+                "RUST_RECURSION_COUNT",
+                "LD_LIBRARY_PATH",
+            ]
+            .contains(&name.as_ref());
+        if dropped && !kept {
+            cargo.env_remove(name.as_ref());
+        }
+    }
+    cargo
+}
+
 /// Asserts that `binary` is a product build of `torcus-node`, the one an
 /// image holds: it has no flag for a test fixture (safe primes, aux info) or
 /// a test hook, and refuses to start when a fixture's or a hook's

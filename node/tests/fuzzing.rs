@@ -13,32 +13,18 @@
 //! finds them built, as run from a shell (see `fuzz_command`).
 
 use std::path::Path;
-use std::process::Command;
 
 #[test]
 fn every_fuzz_target_runs_clean_for_its_time() {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    // The rustup proxy on the PATH, which understands `+nightly` (`$CARGO` is
-    // the stable toolchain's own cargo, which does not).
-    let cargo = "cargo";
+    // `shell_cargo` runs the rustup proxy on the PATH, which understands
+    // `+nightly` (`$CARGO` is the stable toolchain's own cargo, which does
+    // not).
     let fuzz_command = || {
-        let mut command = Command::new(cargo);
-        // As from a shell: without what cargo and rustup set for test
-        // processes. The outer cargo's toolchain must not pin the inner one
-        // to stable, and what build scripts watch (LD_LIBRARY_PATH, ...)
-        // must not differ from the build `.ci/run` made beforehand.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            let kept = name == "CARGO_HOME"
-                || ["CARGO_REGISTRIES_", "CARGO_NET_", "CARGO_HTTP_"].iter().any(|p| name.starts_with(p));
-            let injected = name.starts_with("CARGO")
-                || ["RUSTUP_TOOLCHAIN", "RUSTUP_TOOLCHAIN_SOURCE", "RUST_RECURSION_COUNT", "LD_LIBRARY_PATH"]
-                    .contains(&name.as_ref())
-                || ["RUSTC", "RUSTDOC"].contains(&name.as_ref());
-            if injected && !kept {
-                command.env_remove(name.as_ref());
-            }
-        }
+        // As from a shell (`.ci/run` builds the targets beforehand from
+        // one): the outer cargo's toolchain must not pin the inner one to
+        // stable, and nothing build scripts watch may differ.
+        let mut command = torcus_node::testing::shell_cargo();
         command.current_dir(&fuzz).args(["+nightly", "fuzz"]);
         command
     };

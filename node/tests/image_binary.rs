@@ -10,7 +10,7 @@
 //! waits on a node's readiness runs beside it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// The release binary of `torcus-node` as `Dockerfile.node` builds it:
 /// `cargo build --release --locked -p torcus-node --bin torcus-node`, run
@@ -21,32 +21,8 @@ fn product_binary() -> PathBuf {
     let command = "cargo build --release --locked -p torcus-node --bin torcus-node";
     assert!(dockerfile.contains(command), "Dockerfile.node builds with `{command}`");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap();
-    // The script's environment: nothing of the caller's (what cargo sets for
-    // test processes, RUSTFLAGS, a target or target directory of its own)
-    // changes what is compiled; where crates come from stays. Keep this
-    // list the script's.
-    let mut cargo = Command::new("cargo");
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let kept = ["CARGO_HOME", "CARGO_BUILD_JOBS"].contains(&name.as_ref())
-            || ["CARGO_REGISTRIES_", "CARGO_NET_", "CARGO_HTTP_"].iter().any(|p| name.starts_with(p));
-        let dropped = name.starts_with("CARGO")
-            || [
-                "RUSTFLAGS",
-                "RUSTDOCFLAGS",
-                "RUSTC",
-                "RUSTC_WRAPPER",
-                "RUSTC_WORKSPACE_WRAPPER",
-                "RUSTUP_TOOLCHAIN",
-                "RUSTUP_TOOLCHAIN_SOURCE",
-                "RUST_RECURSION_COUNT",
-                "LD_LIBRARY_PATH",
-            ]
-            .contains(&name.as_ref());
-        if dropped && !kept {
-            cargo.env_remove(name.as_ref());
-        }
-    }
+    // The script's environment (its list is `shell_cargo`'s).
+    let mut cargo = torcus_node::testing::shell_cargo();
     let target = workspace.join("target/image");
     cargo.env("CARGO_TARGET_DIR", &target);
     let status = cargo.current_dir(&workspace).args(command.split(' ').skip(1)).stdin(Stdio::null()).status().unwrap();
