@@ -40,20 +40,10 @@ for arg in "$@"; do
 done
 
 # The binaries are built as the Dockerfiles build them: nothing from the
-# caller's environment may change what is compiled. Run from a test, this
-# script inherits what cargo and rustup set for test processes
-# (LD_LIBRARY_PATH, RUSTUP_TOOLCHAIN, CARGO_PKG_*, ...), and a shell may
-# carry RUSTFLAGS (`--cfg feature=...`), a build target or a target
-# directory of its own: all dropped. Where crates come from (CARGO_HOME,
-# registries, network settings) stays. torcus_node::testing::shell_cargo
-# (node/src/testing.rs) keeps the same list, so the tests' builds are this one.
-while read -r name; do
-  case "$name" in
-    CARGO_HOME | CARGO_REGISTRIES_* | CARGO_NET_* | CARGO_HTTP_* | CARGO_BUILD_JOBS) ;;
-    CARGO | CARGO_* | RUSTFLAGS | RUSTDOCFLAGS | RUSTC | RUSTDOC | RUSTC_WRAPPER | RUSTC_WORKSPACE_WRAPPER \
-      | CLIPPY_ARGS | RUSTUP_TOOLCHAIN | RUSTUP_TOOLCHAIN_SOURCE | RUST_RECURSION_COUNT | LD_LIBRARY_PATH) unset "$name" ;;
-  esac
-done < <(compgen -e)
+# caller's environment may change what is compiled (run from a test, this
+# script inherits what cargo sets for test processes; a shell may carry
+# RUSTFLAGS or a target directory of its own).
+source "$top/scripts/shell-env.sh"
 # A target directory of their own: test builds of the node (with the
 # fixtures, e2e/src/kubelet/binary.rs) never share a path with them.
 export CARGO_TARGET_DIR=$top/target/image

@@ -917,8 +917,9 @@ pub fn routed<T>(
 /// what is compiled (`RUSTFLAGS`, a rustc or wrapper such as `.ci/run`'s
 /// clippy-driver, a target directory). Where crates come from
 /// (`CARGO_HOME`, registry, network and HTTP settings) and the job count
-/// stay. `scripts/build-images.sh` drops the same list: a build from a test
-/// and one from the script or `.ci/run` then share their artifacts.
+/// stay. `scripts/shell-env.sh` drops the same list for
+/// `scripts/build-images.sh` and `.ci/run`'s background builds: a build
+/// from a test and one from them then share their artifacts.
 pub fn shell_cargo() -> Command {
     let mut cargo = Command::new("cargo");
     for (name, _) in std::env::vars_os() {

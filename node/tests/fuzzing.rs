@@ -8,9 +8,9 @@
 //! there a missing toolchain fails; elsewhere the test says it did not run.
 //!
 //! It lives in `torcus-node` (whose tests run after the end-to-end ones) so
-//! that CI can build the targets beforehand, in the background while the
-//! end-to-end tests wait on the API server; `cargo fuzz build` here then
-//! finds them built, as run from a shell (see `fuzz_command`).
+//! that CI can build the targets beforehand, in the background at low
+//! priority beside the end-to-end tests; `cargo fuzz build` here then finds
+//! them built, as run from a shell (see `fuzz_command`).
 
 use std::path::Path;
 
