@@ -1,4 +1,5 @@
-# Sourced by e2e/controlplane/build.sh and e2e/helm/build.sh: builds a Go
+# Sourced by e2e/controlplane/build.sh, e2e/helm/build.sh and
+# e2e/realnode/build.sh: builds a Go
 # tool into a cache folder once per change of its sources, one build at a
 # time (tests and the sandbox may ask at once), and prints its path.
 #
@@ -41,6 +42,9 @@ go_tool() {
   ( go_tool_compile "$bin.tmp.$$" )
   kill "$go_tool_ticker" 2>/dev/null || true
   trap - EXIT
+  # BIN may be a folder of tools (e2e/realnode/build.sh): the old one goes
+  # first, or the new one would land inside it.
+  rm -rf "$bin"
   mv "$bin.tmp.$$" "$bin"
   echo "$stamp" > "$out/stamp"
   echo "built $name in $(( $(date +%s) - start ))s" >&2

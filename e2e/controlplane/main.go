@@ -1,11 +1,15 @@
 // Command torcus-controlplane is the local Kubernetes control plane Torcus tests
 // and the sandbox run on: the upstream etcd, kube-apiserver,
-// kube-controller-manager and kubectl, linked into one binary from their Go
-// modules and chosen by the first argument.
+// kube-controller-manager, kube-scheduler, kubelet, kube-proxy and kubectl,
+// linked into one binary from their Go modules and chosen by the first
+// argument. The scheduler, kubelet and proxy run only for the sandbox's real
+// node (`torcus-sandbox up --real-node`); the other tests' pods run on the
+// process kubelet.
 //
 //	torcus-controlplane etcd --data-dir ...
 //	torcus-controlplane kube-apiserver --etcd-servers ...
 //	torcus-controlplane kube-controller-manager --kubeconfig ...
+//	torcus-controlplane kubelet --config ...
 //	torcus-controlplane kubectl get pods
 //
 // Nothing here is re-implemented: each sub-command is the upstream main
@@ -13,6 +17,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -29,9 +34,12 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
-const usage = `usage: %s <etcd|kube-apiserver|kube-controller-manager|kubectl> [args...]
+const usage = `usage: %s <etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl> [args...]
 `
 
 func main() {
@@ -41,7 +49,7 @@ func main() {
 	name := self
 	args := os.Args[1:]
 	switch name {
-	case "etcd", "kube-apiserver", "kube-controller-manager", "kubectl":
+	case "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl":
 	default:
 		if len(args) == 0 {
 			fmt.Fprintf(os.Stderr, usage, self)
@@ -63,6 +71,12 @@ func main() {
 		os.Exit(cli.Run(apiserver.NewAPIServerCommand()))
 	case "kube-controller-manager":
 		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
+	case "kube-scheduler":
+		os.Exit(cli.Run(scheduler.NewSchedulerCommand()))
+	case "kubelet":
+		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
+	case "kube-proxy":
+		os.Exit(cli.Run(proxy.NewProxyCommand()))
 	case "kubectl":
 		logs.GlogSetter(kubectlcmd.GetLogVerbosity(os.Args)) //nolint:errcheck
 		command := kubectlcmd.NewDefaultKubectlCommand()

@@ -1,8 +1,12 @@
 //! A real Kubernetes control plane on loopback: upstream etcd,
 //! kube-apiserver and kube-controller-manager from the binary
 //! `e2e/controlplane/` builds, on free 127.0.0.1 ports with fresh
-//! certificates, plus a kubeconfig for clients and kubectl.
+//! certificates, plus a kubeconfig for clients and kubectl. For the sandbox's
+//! real node the API server listens on the host end of the node's veth
+//! instead ([`ControlPlane::start_on`]), where the node's kubelet and pods
+//! reach it.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,6 +27,13 @@ serviceaccount-controller,serviceaccount-token-controller,disruption-controller,
 endpoints-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller,\
 persistentvolumeclaim-protection-controller";
 
+/// What a real node needs besides: the node lifecycle controller takes the
+/// `not-ready` taint off a Ready node, and the PV binder binds the node
+/// StatefulSets' claims to the sandbox's local volumes, and the Helm chart
+/// installs the operator as a Deployment.
+const REAL_NODE_CONTROLLERS: &str =
+    "node-lifecycle-controller,persistentvolume-binder-controller,deployment-controller,replicaset-controller";
+
 /// A running local control plane. Dropping it stops every process.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -38,19 +49,33 @@ impl ControlPlane {
     /// Starts etcd, kube-apiserver and kube-controller-manager with their
     /// state in `dir`, and returns once the API server is ready.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_on(dir, IpAddr::from([127, 0, 0, 1])).await
+    }
+
+    /// [`Self::start`] with the API server on `address` (its advertised
+    /// address too, so the `kubernetes` Service's endpoint). An address other
+    /// than loopback is for a real node: the controllers it needs run too.
+    pub async fn start_on(dir: &Path, address: IpAddr) -> anyhow::Result<Self> {
         let binary = binary()?;
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
-        let pki = pki::write(&dir.join("pki"))?;
+        let pki = pki::write(&dir.join("pki"), address)?;
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs)?;
 
         let etcd_port = free_port()?;
         let etcd_peer_port = free_port()?;
         let api_port = free_port()?;
-        let server = format!("https://127.0.0.1:{api_port}");
+        let server = format!("https://{}", std::net::SocketAddr::new(address, api_port));
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &pki))?;
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_yaml(&server, &pki.ca_pem, "torcus-admin", &pki.admin_crt, &pki.admin_key),
+        )?;
+        if !address.is_loopback() {
+            let node = kubeconfig_yaml(&server, &pki.ca_pem, pki::REAL_NODE, &pki.node_crt, &pki.node_key);
+            std::fs::write(dir.join("node.kubeconfig"), node)?;
+        }
 
         let mut processes = Vec::new();
         let component = |name: &str| {
@@ -76,7 +101,13 @@ impl ControlPlane {
         let mut apiserver = component("kube-apiserver");
         apiserver
             .arg(format!("--etcd-servers={client_url}"))
-            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+            .arg(format!("--bind-address={address}"))
+            .arg(format!("--advertise-address={address}"))
+            // A real kubelet (logs, exec) is reached at its node's address,
+            // with a client certificate.
+            .arg("--kubelet-preferred-address-types=InternalIP")
+            .arg(format!("--kubelet-client-certificate={}", pki.kubelet_client_crt.display()))
+            .arg(format!("--kubelet-client-key={}", pki.kubelet_client_key.display()))
             .arg(format!("--secure-port={api_port}"))
             .arg(format!("--tls-cert-file={}", pki.server_crt.display()))
             .arg(format!("--tls-private-key-file={}", pki.server_key.display()))
@@ -85,7 +116,10 @@ impl ControlPlane {
             .arg(format!("--service-account-signing-key-file={}", pki.sa_key.display()))
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
             .arg("--service-cluster-ip-range=10.0.0.0/24")
-            .arg("--authorization-mode=RBAC")
+            // Node first, as kubeadm sets it: a real node's kubelet reads
+            // only what its own pods use.
+            .arg("--authorization-mode=Node,RBAC")
+            .arg("--enable-admission-plugins=NodeRestriction")
             .arg(format!("--cert-dir={}", dir.join("apiserver").display()))
             .args(["--enable-priority-and-fairness=false", "--profiling=false", "--v=0"]);
         processes.push(Process::spawn("kube-apiserver", apiserver, &logs.join("kube-apiserver.log"))?);
@@ -97,7 +131,11 @@ impl ControlPlane {
         let mut manager = component("kube-controller-manager");
         manager
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--controllers={CONTROLLERS}"))
+            .arg(if address.is_loopback() {
+                format!("--controllers={CONTROLLERS}")
+            } else {
+                format!("--controllers={CONTROLLERS},{REAL_NODE_CONTROLLERS}")
+            })
             .args(["--leader-elect=false", "--use-service-account-credentials=false"])
             .arg(format!("--service-account-private-key-file={}", pki.sa_key.display()))
             .arg(format!("--root-ca-file={}", pki.ca_crt.display()))
@@ -211,7 +249,7 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     crate::process::go_tool("TORCUS_CONTROLPLANE_BIN", "controlplane/build.sh")
 }
 
-fn kubeconfig_yaml(server: &str, pki: &pki::Files) -> String {
+fn kubeconfig_yaml(server: &str, ca: &str, user: &str, crt: &str, key: &str) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     format!(
         "apiVersion: v1
@@ -222,7 +260,7 @@ clusters:
     server: {server}
     certificate-authority-data: {ca}
 users:
-- name: torcus-admin
+- name: {user}
   user:
     client-certificate-data: {crt}
     client-key-data: {key}
@@ -230,11 +268,11 @@ contexts:
 - name: torcus
   context:
     cluster: torcus
-    user: torcus-admin
+    user: {user}
 current-context: torcus
 ",
-        ca = b64(&pki.ca_pem),
-        crt = b64(&pki.admin_crt),
-        key = b64(&pki.admin_key),
+        ca = b64(ca),
+        crt = b64(crt),
+        key = b64(key),
     )
 }

@@ -3,6 +3,9 @@
 //! runs the control plane, the operator and a process kubelet (Node
 //! `torcus-local`, running the `torcus-node` pods as local processes);
 //! `status` and `down` find it through the files it keeps in its folder.
+//! `up --real-node` runs a real node instead (`crate::realnode`: the
+//! upstream kubelet, containerd, runc, bridge CNI, kube-proxy, CoreDNS) and
+//! no operator, for the Helm chart to install.
 //!
 //! Folder layout: `kubeconfig`, `bin/kubectl`, `sandbox.pid` (supervisor),
 //! `ready` (written once everything is up), `sandbox.log`, `logs/`, `etcd/`,
@@ -43,6 +46,11 @@ enum Cmd {
         /// How long to wait for it to become ready.
         #[arg(long, default_value = "300")]
         timeout_secs: u64,
+        /// Run pods on a real node (upstream kubelet, containerd, runc,
+        /// bridge CNI, kube-proxy, CoreDNS) instead of the process kubelet,
+        /// with no operator: install it with the Helm chart. Needs root.
+        #[arg(long)]
+        real_node: bool,
         #[command(flatten)]
         fixtures: Fixtures,
     },
@@ -63,6 +71,9 @@ enum Cmd {
         /// The sandbox's folder.
         #[arg(long, default_value = ".torcus-sandbox")]
         dir: PathBuf,
+        /// See `up --real-node`.
+        #[arg(long)]
+        real_node: bool,
         #[command(flatten)]
         fixtures: Fixtures,
     },
@@ -116,15 +127,17 @@ impl Args {
     /// Carries out the command.
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Cmd::Up { dir, timeout_secs, fixtures } => up(&dir, Duration::from_secs(timeout_secs), &fixtures).await,
+            Cmd::Up { dir, timeout_secs, real_node, fixtures } => {
+                up(&dir, Duration::from_secs(timeout_secs), real_node, &fixtures).await
+            }
             Cmd::Status { dir } => status(&dir).await,
             Cmd::Down { dir } => down(&dir),
-            Cmd::Run { dir, fixtures } => supervise(&dir, &fixtures).await,
+            Cmd::Run { dir, real_node, fixtures } => supervise(&dir, real_node, &fixtures).await,
         }
     }
 }
 
-async fn up(dir: &Path, timeout: Duration, fixtures: &Fixtures) -> anyhow::Result<()> {
+async fn up(dir: &Path, timeout: Duration, real_node: bool, fixtures: &Fixtures) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
     if let Some(pid) = running_pid(&dir) {
@@ -142,11 +155,17 @@ async fn up(dir: &Path, timeout: Duration, fixtures: &Fixtures) -> anyhow::Resul
     // Build (or find) the control plane and the node now, so progress shows here.
     controlplane::binary()?;
     let node = crate::kubelet::node_binary()?;
+    if real_node {
+        crate::realnode::tools()?;
+    }
 
     let log = std::fs::File::create(dir.join("sandbox.log"))?;
     let mut supervisor = Command::new(std::env::current_exe()?);
     supervisor.arg("run").arg("--dir").arg(&dir).env("TORCUS_NODE_BIN", node);
     supervisor.args(fixtures.args()?);
+    if real_node {
+        supervisor.arg("--real-node");
+    }
     let mut child = supervisor
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -205,7 +224,12 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
     };
     println!("sandbox: running (supervisor pid {pid})");
     println!("api server: {api}");
-    println!("operator: {}", if dir.join("ready").exists() { "running" } else { "starting" });
+    if dir.join("realnode").exists() {
+        let state = if dir.join("ready").exists() { "ready" } else { "starting" };
+        println!("real node: {} ({state}; no operator: install the Helm chart)", crate::pki::REAL_NODE);
+    } else {
+        println!("operator: {}", if dir.join("ready").exists() { "running" } else { "starting" });
+    }
     println!("kubeconfig: {}", dir.join("kubeconfig").display());
     if let Ok(pids) = std::fs::read_to_string(dir.join("processes")) {
         print!("{pids}");
@@ -239,6 +263,9 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         }
     }
     stop_pods(dir);
+    if dir.join("realnode").exists() {
+        crate::realnode::cleanup_all(&dir.join("realnode"));
+    }
     for file in ["sandbox.pid", "ready", "processes"] {
         let _ = std::fs::remove_file(dir.join(file));
     }
@@ -274,11 +301,11 @@ fn stop_pods(dir: &Path) {
 
 /// The foreground supervisor: control plane, CRDs, operator, kubelet;
 /// stops on SIGTERM or Ctrl-C.
-async fn supervise(dir: &Path, fixtures: &Fixtures) -> anyhow::Result<()> {
+async fn supervise(dir: &Path, real_node: bool, fixtures: &Fixtures) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
     std::fs::write(dir.join("sandbox.pid"), std::process::id().to_string())?;
-    let result = supervise_inner(&dir, fixtures).await;
+    let result = if real_node { supervise_real_node(&dir).await } else { supervise_inner(&dir, fixtures).await };
     for file in ["sandbox.pid", "ready", "processes"] {
         let _ = std::fs::remove_file(dir.join(file));
     }
@@ -378,7 +405,7 @@ fn recorded_pids(dir: &Path) -> Vec<Pid> {
         .lines()
         .filter_map(|l| l.split("pid ").nth(1)?.split_whitespace().next()?.parse().ok())
         .map(Pid::from_raw)
-        .filter(|pid| runs(*pid, "torcus-controlplane"))
+        .filter(|pid| runs(*pid, "torcus-controlplane") || runs(*pid, "/realnode/bin/"))
         .collect()
 }
 
@@ -401,4 +428,47 @@ fn is_zombie(pid: Pid) -> bool {
         .ok()
         .and_then(|s| s.rsplit(')').next().map(|rest| rest.trim_start().starts_with('Z')))
         .unwrap_or(false)
+}
+
+/// The supervisor of `up --real-node`: the node's network, the control
+/// plane on its host end and the real node, with the images of
+/// `scripts/build-images.sh` imported; no operator (the Helm chart installs
+/// it, as a pod).
+async fn supervise_real_node(dir: &Path) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn,kube_client::client::builder=off".into()),
+        )
+        .try_init();
+    let images = crate::realnode::images()?;
+    crate::realnode::cleanup_all(&dir.join("realnode"));
+    for stale in ["etcd", "pki", "apiserver", "realnode"] {
+        let _ = std::fs::remove_dir_all(dir.join(stale));
+    }
+    let network = crate::realnode::Network::create()?;
+    let mut cp = ControlPlane::start_on(dir, network.host_address()).await?;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let _ = std::fs::remove_file(bin.join("kubectl"));
+    std::os::unix::fs::symlink(controlplane::binary()?, bin.join("kubectl"))?;
+    let mut node = crate::realnode::RealNode::start(&dir.join("realnode"), &cp, network, &images).await?;
+    let processes: String =
+        cp.pids().into_iter().chain(node.pids()).map(|(name, pid)| format!("{name}: pid {pid}\n")).collect();
+    std::fs::write(dir.join("processes"), processes)?;
+    std::fs::write(dir.join("ready"), "")?;
+    tracing::info!(server = cp.server(), node = crate::pki::REAL_NODE, "sandbox ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut watchdog = tokio::time::interval(Duration::from_secs(2));
+    let outcome = loop {
+        tokio::select! {
+            _ = term.recv() => break Ok(()),
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = watchdog.tick() => if let Err(e) = cp.check_running().and_then(|()| node.check_running()) { break Err(e) },
+        }
+    };
+    tracing::info!("stopping the sandbox");
+    node.stop();
+    cp.stop();
+    outcome
 }

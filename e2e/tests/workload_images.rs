@@ -337,7 +337,13 @@ fn bundle(dir: &Path, config: &Value) -> PathBuf {
 /// sees it: user and groups, capabilities, no-new-privileges, whether the
 /// root filesystem is read-only, and the memory cgroup's limit.
 fn assert_confined(runc: &Runc, id: &str, uid: i64, groups: &str, memory_limit: i64) {
-    let pid = runc.pid(id);
+    let file = assert_process_confined(runc.pid(id), uid, groups, memory_limit);
+    assert!(file.contains(&format!("/torcus-images-test/{id}/")), "the container's own cgroup: {file}");
+}
+
+/// What [`assert_confined`] checks of process `pid`, whoever started it;
+/// returns the file of its cgroup's memory limit.
+fn assert_process_confined(pid: u32, uid: i64, groups: &str, memory_limit: i64) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid = uid.to_string();
     assert_eq!(status_field(&status, "Uid").split_whitespace().collect::<Vec<_>>(), [uid.as_str(); 4], "{status}");
@@ -368,9 +374,9 @@ fn assert_confined(runc: &Runc, id: &str, uid: i64, groups: &str, memory_limit: 
         let path = cgroups.lines().find_map(|l| l.strip_prefix("0::")).expect("a memory cgroup");
         format!("/sys/fs/cgroup{path}/memory.max")
     });
-    assert!(file.contains(&format!("/torcus-images-test/{id}/")), "the container's own cgroup: {cgroups}");
     let limit = std::fs::read_to_string(&file).unwrap();
     assert_eq!(limit.trim().parse::<i64>().unwrap(), memory_limit, "the pod's memory limit ({file})");
+    file
 }
 
 /// Gives the volume `dir` to the pod's `fsGroup` as the kubelet's
@@ -765,4 +771,184 @@ async fn the_operator_image_signs_on_the_charts_rights() {
     let ended = operator.terminate().await.unwrap();
     assert!(ended.success(), "the operator's container ended with {ended:?}");
     ns.finish().await.unwrap();
+}
+
+/// `torcus-sandbox down` of a sandbox folder when dropped: a failing
+/// assertion leaves no real node running.
+struct SandboxDown(PathBuf);
+
+impl Drop for SandboxDown {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_torcus-sandbox")).arg("down").arg("--dir").arg(&self.0).output();
+    }
+}
+
+/// The processes of a pod's containers, as the host sees them: those in
+/// the pod's cgroup (named after its UID), but its sandbox's `pause`.
+fn pod_processes(uid: &str) -> Vec<u32> {
+    let cgroup = format!("/pod{uid}/");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&cgroup)))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() != "pause"))
+        .collect()
+}
+
+/// The production path, on a real node: `torcus-sandbox up --real-node`
+/// (the upstream kubelet with containerd, runc and the bridge CNI,
+/// kube-proxy and CoreDNS, in a network namespace of its own), the images
+/// `scripts/build-images.sh` builds imported into its containerd, and then
+/// what a user does: `helm install` of the chart, an MpcCluster applied
+/// (`examples/mpccluster.yaml`), keygen (safe primes and all: the images
+/// carry no fixture), a SigningRequest (`examples/signingrequest.yaml`)
+/// whose signature libsecp256k1 verifies, and `helm uninstall`. The
+/// operator runs as the chart's pods under its ServiceAccount and RBAC,
+/// reaching the API server through the `kubernetes` Service; the nodes find
+/// the operator and each other by their Service names through CoreDNS. The
+/// kernel's view of every container's process is checked against the
+/// chart's and the operator's security context and memory limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_on_a_real_node_signs() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams, PostParams};
+    use torcus_crds::{ClusterPhase, SigningPhase, SigningRequest};
+    use torcus_e2e::testing::eventually;
+
+    if skip() {
+        return;
+    }
+    let images = build_images();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("sandbox");
+    let started = Instant::now();
+    let up = Command::new(env!("CARGO_BIN_EXE_torcus-sandbox"))
+        .args(["up", "--real-node", "--timeout-secs", "600", "--dir"])
+        .arg(&dir)
+        .env("TORCUS_IMAGES_DIR", &images)
+        .output()
+        .unwrap();
+    let _down = SandboxDown(dir.clone());
+    assert!(
+        up.status.success(),
+        "sandbox up --real-node: {}{}\n{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr),
+        std::fs::read_to_string(dir.join("sandbox.log")).unwrap_or_default()
+    );
+    eprintln!("real node up in {:.0?}", started.elapsed());
+    let kubeconfig = dir.join("kubeconfig");
+    let client = torcus_e2e::controlplane::client_for(&kubeconfig).await.unwrap();
+    let helm = |args: &[&str]| {
+        let out = torcus_e2e::helm::command(&work.path().join("helm"))
+            .unwrap()
+            .env("KUBECONFIG", &kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "helm {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let chart = torcus_e2e::helm::chart_dir();
+
+    let installed = Instant::now();
+    helm(&[
+        "install",
+        "torcus",
+        chart.to_str().unwrap(),
+        "--namespace",
+        "torcus-system",
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "5m",
+    ]);
+    eprintln!("helm install --wait done in {:.0?}", installed.elapsed());
+    let system_pods: Api<Pod> = Api::namespaced(client.clone(), "torcus-system");
+    let operators = system_pods.list(&ListParams::default().labels("app.kubernetes.io/name=torcus")).await.unwrap();
+    assert_eq!(operators.items.len(), 2, "the chart's two operator replicas");
+    let deployment: Api<Deployment> = Api::namespaced(client.clone(), "torcus-system");
+    let chart_pod = deployment.get("torcus").await.unwrap().spec.unwrap().template.spec.unwrap();
+    let chart_limit = bytes(&chart_pod.containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0);
+    for pod in &operators.items {
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some(torcus_e2e::pki::REAL_NODE));
+        assert_eq!(spec.service_account_name.as_deref(), Some("torcus"), "the chart's ServiceAccount");
+        let status = pod.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        let processes = pod_processes(pod.metadata.uid.as_deref().unwrap());
+        assert_eq!(processes.len(), 1, "one operator process in pod {:?}", pod.metadata.name);
+        assert_process_confined(processes[0], 65532, "65532", chart_limit);
+    }
+
+    let mpc: MpcCluster =
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join("examples/mpccluster.yaml")).unwrap()).unwrap();
+    let clusters: Api<MpcCluster> = Api::namespaced(client.clone(), "default");
+    clusters.create(&PostParams::default(), &mpc).await.unwrap();
+    let public_key = eventually("keygen on the real node", Duration::from_secs(1200), || async {
+        let mpc = clusters.get("demo").await?;
+        let status = mpc.status.unwrap_or_default();
+        let key = status.keys.iter().find(|k| k.name == "default").and_then(|k| k.public_key.clone());
+        anyhow::ensure!(status.phase == Some(ClusterPhase::Ready) && key.is_some(), "phase {:?}", status.phase);
+        Ok(key)
+    })
+    .await
+    .unwrap();
+
+    let request: SigningRequest =
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join("examples/signingrequest.yaml")).unwrap()).unwrap();
+    let payload = hex::decode(request.spec.payload.as_deref().unwrap()).unwrap();
+    let requests: Api<SigningRequest> = Api::namespaced(client.clone(), "default");
+    requests.create(&PostParams::default(), &request).await.unwrap();
+    let status = eventually("the signature", Duration::from_secs(300), || async {
+        let status = requests.get("hello").await?.status.unwrap_or_default();
+        anyhow::ensure!(status.phase == Some(SigningPhase::Completed), "phase {:?}", status.phase);
+        Ok(Some(status))
+    })
+    .await
+    .unwrap();
+    let digest: [u8; 32] = Sha256::digest(&payload).into();
+    independent::verify_status(&status, &digest, &public_key).unwrap();
+    eprintln!("helm install to the first verified signature on the real node: {:.0?}", installed.elapsed());
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let nodes = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=torcus-node,app.kubernetes.io/instance=demo"))
+        .await
+        .unwrap();
+    assert_eq!(nodes.items.len(), 3, "one pod per party");
+    for pod in &nodes.items {
+        let spec = pod.spec.as_ref().unwrap();
+        let limit = bytes(&spec.containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0);
+        let processes = pod_processes(pod.metadata.uid.as_deref().unwrap());
+        assert_eq!(processes.len(), 1, "one node process in pod {:?}", pod.metadata.name);
+        assert_process_confined(processes[0], 65532, "65532", limit);
+    }
+
+    helm(&["uninstall", "torcus", "--namespace", "torcus-system", "--wait", "--timeout", "2m"]);
+    eventually("the operator's pods gone", Duration::from_secs(60), || async {
+        let left = system_pods.list(&ListParams::default().labels("app.kubernetes.io/name=torcus")).await?;
+        anyhow::ensure!(left.items.is_empty(), "{} operator pods left", left.items.len());
+        Ok(Some(()))
+    })
+    .await
+    .unwrap();
+
+    let down = Command::new(env!("CARGO_BIN_EXE_torcus-sandbox")).arg("down").arg("--dir").arg(&dir).output().unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&namespaces.stdout).contains(torcus_e2e::realnode::NETNS),
+        "the node's network namespace is gone"
+    );
+    for pod in nodes.items.iter().chain(&operators.items) {
+        assert_eq!(pod_processes(pod.metadata.uid.as_deref().unwrap()), Vec::<u32>::new(), "no container left running");
+    }
 }

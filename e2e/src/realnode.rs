@@ -1,0 +1,648 @@
+//! A real Kubernetes node for the sandbox (`torcus-sandbox up --real-node`):
+//! the upstream kubelet, kube-proxy and kube-scheduler (from the control
+//! plane's binary), containerd and its runc shim, the CNI bridge plugins and
+//! CoreDNS (from `e2e/realnode/`'s Go module), and runc from Debian. Pods run
+//! in real containers with their security context, resource limits, volumes
+//! and probes, on a pod network of their own.
+//!
+//! Everything is confined to this machine. The node lives in a network
+//! namespace of its own (`torcus-real`), joined to the host by one veth pair:
+//! the host end ([`HOST_ADDRESS`]) is where the API server and CoreDNS
+//! listen, the node end ([`NODE_ADDRESS`]) is the Node's InternalIP. Pods sit
+//! on a bridge in the node's namespace ([`POD_SUBNET`]); their traffic to the
+//! host is masqueraded behind the node's address, as on a real node. Only
+//! one real node runs on a machine at a time (the names and addresses are
+//! fixed).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+
+use crate::controlplane::{self, ControlPlane};
+use crate::pki::REAL_NODE;
+use crate::process::Process;
+
+/// The node's network namespace.
+pub const NETNS: &str = "torcus-real";
+/// The host end of the node's veth: the API server and CoreDNS.
+pub const HOST_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 31, 250, 1);
+/// The node end: the Node's InternalIP.
+pub const NODE_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 31, 250, 2);
+/// The pods' subnet on the node's bridge.
+pub const POD_SUBNET: &str = "10.244.0.0/24";
+const HOST_VETH: &str = "torcus-real0";
+/// The pod sandbox image, made by `e2e/realnode/pause-image.py`.
+const PAUSE_IMAGE: &str = "localhost/torcus/pause:1";
+/// Local PersistentVolumes made for the node StatefulSets' claims.
+const VOLUMES: usize = 8;
+/// Kernel settings the kubelet changes on start (it sets what it needs
+/// its pods to see); put back when the node stops.
+/// The cgroup the kubelet puts its pods under (its `cgroupRoot`), in every
+/// hierarchy: cleaning up touches this one and nothing of another kubelet
+/// the machine may run.
+const CGROUP_ROOT: &str = "torcus-real";
+const KUBELET_SYSCTLS: [&str; 3] = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"];
+
+/// The node's network: its namespace and veth pair. Dropping it deletes
+/// both (and with the namespace, every pod network interface in it).
+#[derive(Debug)]
+pub struct Network {
+    _private: (),
+}
+
+impl Network {
+    /// Makes the namespace and the veth pair, after removing any a killed
+    /// sandbox left behind.
+    pub fn create() -> anyhow::Result<Self> {
+        quietly("ip", &["netns", "del", NETNS]);
+        quietly("ip", &["link", "del", HOST_VETH]);
+        run("ip", &["netns", "add", NETNS])?;
+        let this = Self { _private: () };
+        run("ip", &["link", "add", HOST_VETH, "type", "veth", "peer", "name", "eth0", "netns", NETNS])?;
+        run("ip", &["addr", "add", &format!("{HOST_ADDRESS}/30"), "dev", HOST_VETH])?;
+        run("ip", &["link", "set", HOST_VETH, "up"])?;
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["addr", "add", &format!("{NODE_ADDRESS}/30"), "dev", "eth0"],
+            vec!["link", "set", "eth0", "up"],
+            vec!["route", "add", "default", "via", &HOST_ADDRESS.to_string()],
+        ] {
+            let mut all = vec!["netns", "exec", NETNS, "ip"];
+            all.extend(args);
+            run("ip", &all)?;
+        }
+        Ok(this)
+    }
+
+    /// The host end's address, where the API server is to listen.
+    pub fn host_address(&self) -> IpAddr {
+        IpAddr::V4(HOST_ADDRESS)
+    }
+
+    /// `program` run inside the node's namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", NETNS]).arg(program);
+        c
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        quietly("ip", &["netns", "del", NETNS]);
+        quietly("ip", &["link", "del", HOST_VETH]);
+    }
+}
+
+/// The OCI archives of the two images (`scripts/build-images.sh`'s, in
+/// `TORCUS_IMAGES_DIR` or `.cache/images/`), for the node's containerd.
+pub fn images() -> anyhow::Result<Vec<PathBuf>> {
+    let dir = std::env::var_os("TORCUS_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/images"));
+    ["torcus-node.oci.tar", "torcus-operator.oci.tar"]
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(name);
+            anyhow::ensure!(
+                path.is_file(),
+                "no image archive {}: build the images first with scripts/build-images.sh",
+                path.display()
+            );
+            Ok(path)
+        })
+        .collect()
+}
+
+/// The Go tools of the real node, built (or found up to date) by
+/// `e2e/realnode/build.sh`: a folder with `containerd`,
+/// `containerd-shim-runc-v2`, `ctr`, `coredns` and the CNI plugins.
+pub fn tools() -> anyhow::Result<PathBuf> {
+    crate::process::go_tool("TORCUS_REALNODE_DIR", "realnode/build.sh")
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out =
+        Command::new(program).args(args).stdin(Stdio::null()).output().with_context(|| format!("running {program}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+fn quietly(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A running real node. [`RealNode::stop`] (or dropping it) stops its
+/// processes, kills its containers, unmounts their volumes and puts back
+/// the kernel settings the kubelet changed; the [`Network`] goes with it.
+#[derive(Debug)]
+pub struct RealNode {
+    dir: PathBuf,
+    // Stopped newest first: CoreDNS, scheduler, proxy, kubelet, containerd.
+    processes: Vec<Process>,
+    network: Option<Network>,
+}
+
+impl RealNode {
+    /// Starts the node in `dir` (its own folder) for the control plane `cp`,
+    /// which must listen on `network`'s host end, with the OCI archives in
+    /// `images` imported into its containerd; returns once the Node is
+    /// Ready and its volumes exist.
+    pub async fn start(dir: &Path, cp: &ControlPlane, network: Network, images: &[PathBuf]) -> anyhow::Result<Self> {
+        let tools = tools()?;
+        let binary = controlplane::binary()?;
+        cleanup(dir);
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        let logs = dir.join("logs");
+        for sub in ["logs", "cni/net.d", "kubelet", "pods", "volume-plugins", "volumes"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let mut saved = String::new();
+        for key in KUBELET_SYSCTLS {
+            let value = std::fs::read_to_string(Path::new("/proc/sys").join(key))?;
+            saved.push_str(&format!("{key}={}\n", value.trim()));
+        }
+        std::fs::write(dir.join("sysctls.saved"), saved)?;
+        make_cgroup_root()?;
+        let mut this = Self { dir: dir.clone(), processes: Vec::new(), network: Some(network) };
+        let kubeconfig = cp.kubeconfig();
+        let node_kubeconfig = cp.dir().join("node.kubeconfig");
+        let ca = cp.dir().join("pki/ca.crt");
+        let files = Files { dir: &dir, tools: &tools, kubeconfig, ca: &ca };
+        files.write()?;
+
+        let in_node = |program: &Path| {
+            // nsenter joins the network namespace only (`ip netns exec`
+            // would also make a mount namespace of its own): the kubelet's
+            // volume mounts must be seen by containerd and its shims.
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{NETNS}")).arg(program);
+            c
+        };
+
+        let mut containerd = in_node(&tools.join("containerd"));
+        containerd.arg("--config").arg(dir.join("containerd.toml"));
+        containerd.env("PATH", path_with(&tools));
+        this.processes.push(Process::spawn("containerd", containerd, &logs.join("containerd.log"))?);
+        let socket = dir.join("containerd/containerd.sock");
+        this.wait("containerd's socket", Duration::from_secs(30), || Ok(socket.exists())).await?;
+        for image in std::iter::once(&tools.join("pause.oci.tar")).chain(images) {
+            let out = Command::new(tools.join("ctr"))
+                .arg("--address")
+                .arg(&socket)
+                .args(["-n", "k8s.io", "images", "import"])
+                .arg(image)
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "importing {}: {}",
+                image.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        let mut kubelet = in_node(&binary);
+        kubelet
+            .arg("kubelet")
+            .arg(format!("--config={}", dir.join("kubelet.yaml").display()))
+            .arg(format!("--kubeconfig={}", node_kubeconfig.display()))
+            .arg(format!("--root-dir={}", dir.join("kubelet").display()))
+            .arg(format!("--cert-dir={}", dir.join("kubelet/pki").display()))
+            .arg(format!("--hostname-override={REAL_NODE}"))
+            .arg(format!("--node-ip={NODE_ADDRESS}"))
+            .arg("--v=1");
+        this.processes.push(Process::spawn("kubelet", kubelet, &logs.join("kubelet.log"))?);
+
+        let mut proxy = in_node(&binary);
+        proxy.arg("kube-proxy").arg(format!("--config={}", dir.join("kube-proxy.yaml").display()));
+        this.processes.push(Process::spawn("kube-proxy", proxy, &logs.join("kube-proxy.log"))?);
+
+        let mut scheduler = Command::new(&binary);
+        scheduler
+            .arg("kube-scheduler")
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--authentication-kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--authorization-kubeconfig={}", kubeconfig.display()))
+            .args(["--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0"])
+            .env("TORCUS_DIE_WITH_PARENT", "1");
+        this.processes.push(Process::spawn("kube-scheduler", scheduler, &logs.join("kube-scheduler.log"))?);
+
+        let mut coredns = Command::new(tools.join("coredns"));
+        coredns.arg("-conf").arg(dir.join("Corefile"));
+        this.processes.push(Process::spawn("coredns", coredns, &logs.join("coredns.log"))?);
+
+        let client = cp.client().await?;
+        let nodes: Api<Node> = Api::all(client);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            this.check_running()?;
+            let node = nodes.get_opt(REAL_NODE).await?;
+            let ready = node
+                .as_ref()
+                .and_then(|n| n.status.as_ref()?.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let tainted = node
+                .as_ref()
+                .and_then(|n| n.spec.as_ref()?.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.key.starts_with("node.kubernetes.io/")));
+            if ready && !tainted {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "Node {REAL_NODE} not Ready and untainted after 120 s");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let out = cp.kubectl().args(["apply", "-f"]).arg(dir.join("storage.yaml")).output()?;
+        anyhow::ensure!(out.status.success(), "applying the local volumes: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(this)
+    }
+
+    /// Process ids of the node's daemons, for the sandbox's `processes` file.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.processes.iter().map(|p| (p.name().to_owned(), p.id())).collect()
+    }
+
+    /// Fails if one of the node's daemons has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.processes.iter_mut().try_for_each(Process::check_running)
+    }
+
+    /// The node's folder (logs in `logs/`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops everything: daemons, containers, mounts, network, settings.
+    pub fn stop(&mut self) {
+        while let Some(mut p) = self.processes.pop() {
+            p.stop(Duration::from_secs(10));
+        }
+        cleanup(&self.dir);
+        drop(self.network.take());
+    }
+
+    async fn wait(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut() -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            if done()? {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "waited {timeout:?} for {what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for RealNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Undoes what a real node in `dir` leaves behind when its daemons are
+/// gone, even killed: every process of its pods (found by their cgroups
+/// under [`CGROUP_ROOT`]) and its containerd shims, the mounts under `dir`
+/// and the kubelet's kernel settings. Safe to call when there is nothing to
+/// undo.
+pub fn cleanup(dir: &Path) {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let socket = dir.join("containerd/containerd.sock");
+    // Twice: a pod's processes can fork while the first pass kills.
+    for _ in 0..2 {
+        for pid in kubepods_pids().into_iter().chain(shims_of(&socket)) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    remove_kubepods_cgroups();
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| Path::new(m).starts_with(&dir))
+        .collect();
+    // Deepest first.
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        quietly("umount", &["-l", &m]);
+    }
+    if let Ok(saved) = std::fs::read_to_string(dir.join("sysctls.saved")) {
+        for line in saved.lines() {
+            if let Some((key, value)) = line.split_once('=') {
+                let _ = std::fs::write(Path::new("/proc/sys").join(key), value);
+            }
+        }
+        let _ = std::fs::remove_file(dir.join("sysctls.saved"));
+    }
+}
+
+/// [`cleanup`], and the node's network too: for a sandbox whose supervisor
+/// was killed.
+pub fn cleanup_all(dir: &Path) {
+    cleanup(dir);
+    quietly("ip", &["netns", "del", NETNS]);
+    quietly("ip", &["link", "del", HOST_VETH]);
+}
+
+/// Makes the kubelet's cgroup root in every hierarchy (it must exist); a
+/// cpuset cgroup takes its parent's CPUs and memory nodes.
+fn make_cgroup_root() -> anyhow::Result<()> {
+    for h in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
+        let path = h.path();
+        let is_hierarchy = path.join("cgroup.procs").exists();
+        if !is_hierarchy {
+            continue;
+        }
+        let root = path.join(CGROUP_ROOT);
+        std::fs::create_dir_all(&root).with_context(|| format!("making {}", root.display()))?;
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            if let (Ok(value), true) = (std::fs::read_to_string(path.join(file)), root.join(file).exists()) {
+                std::fs::write(root.join(file), value.trim())
+                    .with_context(|| format!("{}", root.join(file).display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pids in the kubelet's cgroups (under [`CGROUP_ROOT`] in the v1
+/// `pids` hierarchy, or the unified one).
+fn kubepods_pids() -> Vec<i32> {
+    let mut out = Vec::new();
+    for root in [
+        format!("/sys/fs/cgroup/pids/{CGROUP_ROOT}"),
+        format!("/sys/fs/cgroup/unified/{CGROUP_ROOT}"),
+        format!("/sys/fs/cgroup/{CGROUP_ROOT}"),
+    ] {
+        walk(Path::new(&root), &mut |d| {
+            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        });
+    }
+    out
+}
+
+/// Removes the kubelet's (now empty) cgroups in every hierarchy, deepest
+/// first, so the next node starts from none.
+fn remove_kubepods_cgroups() {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    for h in hierarchies.flatten() {
+        let mut dirs = Vec::new();
+        walk(&h.path().join(CGROUP_ROOT), &mut |d| dirs.push(d.to_owned()));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}
+
+fn walk(dir: &Path, visit: &mut impl FnMut(&Path)) {
+    if !dir.is_dir() {
+        return;
+    }
+    visit(dir);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), visit);
+            }
+        }
+    }
+}
+
+/// Pids of the containerd shims serving the containerd at `socket` (their
+/// `-address`), which outlive a containerd that is killed, as upstream.
+fn shims_of(socket: &Path) -> Vec<i32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let socket = socket.as_os_str().as_encoded_bytes();
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"/containerd-shim-runc-v2"))
+                && args.windows(2).any(|w| w[0] == b"-address" && w[1] == socket)
+        })
+        .collect()
+}
+
+fn path_with(tools: &Path) -> std::ffi::OsString {
+    let mut path = tools.as_os_str().to_owned();
+    if let Some(rest) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(rest);
+    }
+    path
+}
+
+/// The node's configuration files.
+struct Files<'a> {
+    dir: &'a Path,
+    tools: &'a Path,
+    kubeconfig: &'a Path,
+    ca: &'a Path,
+}
+
+impl Files<'_> {
+    fn write(&self) -> anyhow::Result<()> {
+        let dir = self.dir.display();
+        let tools = self.tools.display();
+        let kubeconfig = self.kubeconfig.display();
+        let ca = self.ca.display();
+        let files = [
+            // containerd 2's configuration (version 3). The CRI plugin may
+            // not lower a container's OOM score below its own: this machine
+            // withholds CAP_SYS_RESOURCE, as a container host may.
+            (
+                "containerd.toml",
+                format!(
+                    r#"version = 3
+root = "{dir}/containerd/root"
+state = "{dir}/containerd/state"
+[grpc]
+  address = "{dir}/containerd/containerd.sock"
+[ttrpc]
+  address = "{dir}/containerd/containerd.sock.ttrpc"
+[plugins.'io.containerd.cri.v1.runtime']
+  enable_selinux = false
+  netns_mounts_under_state_dir = true
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["{tools}"]
+    conf_dir = "{dir}/cni/net.d"
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "/usr/sbin/runc"
+        Root = "{dir}/runc"
+        SystemdCgroup = false
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+[plugins.'io.containerd.grpc.v1.cri']
+  disable_tcp_service = true
+"#
+                ),
+            ),
+            (
+                "cni/net.d/10-torcus.conflist",
+                format!(
+                    r#"{{
+  "cniVersion": "1.0.0",
+  "name": "torcus",
+  "plugins": [
+    {{"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+     "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{POD_SUBNET}"}}]], "routes": [{{"dst": "0.0.0.0/0"}}],
+              "dataDir": "{dir}/cni/ipam"}}}},
+    {{"type": "portmap", "capabilities": {{"portMappings": true}}}},
+    {{"type": "loopback"}}
+  ]
+}}
+"#
+                ),
+            ),
+            // cgroup v1 is what this machine has: allowed explicitly, as
+            // Kubernetes 1.35+ asks. Eviction thresholds low enough that a
+            // busy CI disk does not evict the test's pods.
+            (
+                "kubelet.yaml",
+                format!(
+                    r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: /{CGROUP_ROOT}
+containerRuntimeEndpoint: unix://{dir}/containerd/containerd.sock
+address: {NODE_ADDRESS}
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+authentication:
+  anonymous: {{enabled: false}}
+  webhook: {{enabled: true}}
+  x509: {{clientCAFile: {ca}}}
+authorization: {{mode: Webhook}}
+clusterDomain: cluster.local
+clusterDNS: [{HOST_ADDRESS}]
+resolvConf: {dir}/resolv.conf
+failSwapOn: false
+podLogsDir: {dir}/pods
+volumePluginDir: {dir}/volume-plugins
+evictionHard: {{memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+maxPods: 50
+"#
+                ),
+            ),
+            // What pods with `dnsPolicy: Default` get: only cluster DNS,
+            // never this machine's resolvers.
+            ("resolv.conf", format!("nameserver {HOST_ADDRESS}\n")),
+            (
+                "kube-proxy.yaml",
+                format!(
+                    r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clientConnection: {{kubeconfig: {kubeconfig}}}
+hostnameOverride: {REAL_NODE}
+clusterCIDR: {POD_SUBNET}
+bindAddress: {NODE_ADDRESS}
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+nodePortAddresses: [primary]
+conntrack: {{maxPerCore: 0}}
+"#
+                ),
+            ),
+            (
+                "Corefile",
+                format!(
+                    r#".:53 {{
+    bind {HOST_ADDRESS}
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 30
+}}
+"#
+                ),
+            ),
+            ("storage.yaml", storage_yaml(self.dir)),
+        ];
+        for (name, text) in files {
+            std::fs::write(self.dir.join(name), text).with_context(|| format!("writing {name}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The default StorageClass (no provisioner: local volumes made here,
+/// bound when a pod is scheduled) and the volumes, one folder each.
+fn storage_yaml(dir: &Path) -> String {
+    let mut yaml = String::from(
+        "apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local
+  annotations: {storageclass.kubernetes.io/is-default-class: \"true\"}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Retain
+",
+    );
+    for i in 0..VOLUMES {
+        let path = dir.join(format!("volumes/pv{i}"));
+        let _ = std::fs::create_dir_all(&path);
+        yaml.push_str(&format!(
+            "---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {REAL_NODE}-pv{i}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: local
+  local: {{path: {}}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{REAL_NODE}]}}]
+",
+            path.display()
+        ));
+    }
+    yaml
+}
