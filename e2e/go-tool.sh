@@ -43,9 +43,13 @@ go_tool() {
   kill "$go_tool_ticker" 2>/dev/null || true
   trap - EXIT
   # BIN may be a folder of tools (e2e/realnode/build.sh): the old one goes
-  # first, or the new one would land inside it.
-  rm -rf "$bin"
-  mv "$bin.tmp.$$" "$bin"
+  # first, or the new one would land inside it; only one this script made
+  # (it left a stamp beside it), never a folder of someone else's.
+  if [[ -d "$bin" && ! -L "$bin" ]]; then
+    [[ -f "$out/stamp" ]] || { echo "$bin exists and was not built here; not replacing it" >&2; exit 1; }
+    rm -rf "$bin"
+  fi
+  mv -T "$bin.tmp.$$" "$bin"
   echo "$stamp" > "$out/stamp"
   echo "built $name in $(( $(date +%s) - start ))s" >&2
   echo "$bin"

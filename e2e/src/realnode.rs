@@ -12,7 +12,15 @@
 //! on a bridge in the node's namespace ([`POD_SUBNET`]); their traffic to the
 //! host is masqueraded behind the node's address, as on a real node. Only
 //! one real node runs on a machine at a time (the names and addresses are
-//! fixed).
+//! fixed): its sandbox holds [`LOCK`].
+//!
+//! The kubelet, containerd (and so its shims and runc) and kube-proxy share
+//! a mount namespace of their own, kept in the node's folder: the kubelet's
+//! volume mounts are seen by the runtime and by nothing else, and the paths
+//! they write whatever their configuration says (`/run/containerd`,
+//! `/var/lib/kubelet/device-plugins`, `/var/log/containers`,
+//! `/var/lib/cni`) are folders of the node's own there, so a kubelet or
+//! containerd the machine runs itself is never touched.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -36,33 +44,56 @@ pub const NODE_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 31, 250, 2);
 /// The pods' subnet on the node's bridge.
 pub const POD_SUBNET: &str = "10.244.0.0/24";
 const HOST_VETH: &str = "torcus-real0";
+/// Held by the sandbox that runs the real node.
+pub const LOCK: &str = "/run/torcus-real.lock";
+/// Host folders the node's mount namespace covers with its own (the first
+/// two whole; under `/var/lib`, only what the kubelet and CNI write).
+const PRIVATE_PATHS: [(&str, &str); 4] = [
+    ("run", "/run"),
+    ("var-log", "/var/log"),
+    ("var-lib-kubelet", "/var/lib/kubelet"),
+    ("var-lib-cni", "/var/lib/cni"),
+];
 /// The pod sandbox image, made by `e2e/realnode/pause-image.py`.
 const PAUSE_IMAGE: &str = "localhost/torcus/pause:1";
 /// Local PersistentVolumes made for the node StatefulSets' claims.
 const VOLUMES: usize = 8;
-/// Kernel settings the kubelet changes on start (it sets what it needs
-/// its pods to see); put back when the node stops.
 /// The cgroup the kubelet puts its pods under (its `cgroupRoot`), in every
 /// hierarchy: cleaning up touches this one and nothing of another kubelet
 /// the machine may run.
 const CGROUP_ROOT: &str = "torcus-real";
-const KUBELET_SYSCTLS: [&str; 3] = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"];
+/// Kernel settings (under `/proc/sys`) the kubelet sets on start to what
+/// it wants its pods to see (`setupKernelTunables`); put back when the node
+/// stops.
+pub const KUBELET_SYSCTLS: [&str; 6] = [
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+];
 
 /// The node's network: its namespace and veth pair. Dropping it deletes
 /// both (and with the namespace, every pod network interface in it).
 #[derive(Debug)]
 pub struct Network {
-    _private: (),
+    _lock: std::fs::File,
 }
 
 impl Network {
-    /// Makes the namespace and the veth pair, after removing any a killed
-    /// sandbox left behind.
+    /// Takes [`LOCK`] (failing if another sandbox holds it) and makes the
+    /// namespace and the veth pair, after removing any a killed sandbox left
+    /// behind.
     pub fn create() -> anyhow::Result<Self> {
+        let lock = lock()?.context(
+            "another real node runs on this machine (its sandbox holds /run/torcus-real.lock): \
+             stop it first with `torcus-sandbox down --dir <its folder>`",
+        )?;
         quietly("ip", &["netns", "del", NETNS]);
         quietly("ip", &["link", "del", HOST_VETH]);
         run("ip", &["netns", "add", NETNS])?;
-        let this = Self { _private: () };
+        let this = Self { _lock: lock };
         run("ip", &["link", "add", HOST_VETH, "type", "veth", "peer", "name", "eth0", "netns", NETNS])?;
         run("ip", &["addr", "add", &format!("{HOST_ADDRESS}/30"), "dev", HOST_VETH])?;
         run("ip", &["link", "set", HOST_VETH, "up"])?;
@@ -83,12 +114,15 @@ impl Network {
     pub fn host_address(&self) -> IpAddr {
         IpAddr::V4(HOST_ADDRESS)
     }
+}
 
-    /// `program` run inside the node's namespace.
-    pub fn command(&self, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", NETNS]).arg(program);
-        c
+/// [`LOCK`], taken; `None` if another process holds it.
+fn lock() -> anyhow::Result<Option<std::fs::File>> {
+    let file = std::fs::File::options().create(true).truncate(false).write(true).open(LOCK)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::Error::new(e).context(LOCK)),
     }
 }
 
@@ -170,6 +204,13 @@ impl RealNode {
         cleanup(dir);
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
+        for (_, path) in PRIVATE_PATHS {
+            anyhow::ensure!(
+                !dir.starts_with(path),
+                "the real node's folder {} is under {path}, which its mount namespace covers",
+                dir.display()
+            );
+        }
         let logs = dir.join("logs");
         for sub in ["logs", "cni/net.d", "kubelet", "pods", "volume-plugins", "volumes"] {
             std::fs::create_dir_all(dir.join(sub))?;
@@ -181,6 +222,7 @@ impl RealNode {
         }
         std::fs::write(dir.join("sysctls.saved"), saved)?;
         make_cgroup_root()?;
+        let namespace = mount_namespace(&dir)?;
         let mut this = Self { dir: dir.clone(), processes: Vec::new(), network: Some(network) };
         let kubeconfig = cp.kubeconfig();
         let node_kubeconfig = cp.dir().join("node.kubeconfig");
@@ -189,11 +231,9 @@ impl RealNode {
         files.write()?;
 
         let in_node = |program: &Path| {
-            // nsenter joins the network namespace only (`ip netns exec`
-            // would also make a mount namespace of its own): the kubelet's
-            // volume mounts must be seen by containerd and its shims.
+            // Both namespaces' files are opened before either is entered.
             let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/run/netns/{NETNS}")).arg(program);
+            c.arg(format!("--mount={}", namespace.display())).arg(format!("--net=/run/netns/{NETNS}")).arg(program);
             c
         };
 
@@ -227,11 +267,15 @@ impl RealNode {
             .arg(format!("--cert-dir={}", dir.join("kubelet/pki").display()))
             .arg(format!("--hostname-override={REAL_NODE}"))
             .arg(format!("--node-ip={NODE_ADDRESS}"))
-            .arg("--v=1");
+            .arg("--v=1")
+            .env("TORCUS_DIE_WITH_PARENT", "1");
         this.processes.push(Process::spawn("kubelet", kubelet, &logs.join("kubelet.log"))?);
 
         let mut proxy = in_node(&binary);
-        proxy.arg("kube-proxy").arg(format!("--config={}", dir.join("kube-proxy.yaml").display()));
+        proxy
+            .arg("kube-proxy")
+            .arg(format!("--config={}", dir.join("kube-proxy.yaml").display()))
+            .env("TORCUS_DIE_WITH_PARENT", "1");
         this.processes.push(Process::spawn("kube-proxy", proxy, &logs.join("kube-proxy.log"))?);
 
         let mut scheduler = Command::new(&binary);
@@ -356,19 +400,68 @@ pub fn cleanup(dir: &Path) {
         }
         let _ = std::fs::remove_file(dir.join("sysctls.saved"));
     }
+    // Empty: everything the node wrote there went to its own folders.
+    if let Ok(made) = std::fs::read_to_string(dir.join("host-folders.made")) {
+        for path in made.lines() {
+            let _ = std::fs::remove_dir(path);
+        }
+        let _ = std::fs::remove_file(dir.join("host-folders.made"));
+    }
 }
 
 /// [`cleanup`], and the node's network too: for a sandbox whose supervisor
-/// was killed.
+/// was killed. Does nothing while another sandbox holds [`LOCK`]: the
+/// cgroups and the network are that one's.
 pub fn cleanup_all(dir: &Path) {
+    let Ok(Some(_lock)) = lock() else {
+        eprintln!("{LOCK} is held by another sandbox's real node: left alone");
+        return;
+    };
     cleanup(dir);
     quietly("ip", &["netns", "del", NETNS]);
     quietly("ip", &["link", "del", HOST_VETH]);
 }
 
+/// Makes the node's mount namespace, kept by a bind mount of it on
+/// `dir/mntns/mnt` (on a private mount, as the kernel requires), with a
+/// folder of the node's own over each of [`PRIVATE_PATHS`]. Host folders
+/// that do not exist are made for the bind and removed by [`cleanup`].
+fn mount_namespace(dir: &Path) -> anyhow::Result<PathBuf> {
+    let holder = dir.join("mntns");
+    std::fs::create_dir_all(&holder)?;
+    let holder_text = holder.display().to_string();
+    run("mount", &["--bind", &holder_text, &holder_text])?;
+    run("mount", &["--make-private", &holder_text])?;
+    let file = holder.join("mnt");
+    std::fs::File::create(&file)?;
+    let mut script = String::from("set -e\n");
+    let mut made = String::new();
+    for (name, path) in PRIVATE_PATHS {
+        let own = dir.join("host").join(name);
+        std::fs::create_dir_all(&own)?;
+        if !Path::new(path).exists() {
+            std::fs::create_dir_all(path)?;
+            made.push_str(path);
+            made.push('\n');
+        }
+        script.push_str(&format!("mount --bind '{}' '{path}'\n", own.display()));
+    }
+    std::fs::write(dir.join("host-folders.made"), made)?;
+    let namespace = format!("--mount={}", file.display());
+    run("unshare", &[&namespace, "--propagation", "private", "sh", "-c", &script])?;
+    Ok(file)
+}
+
 /// Makes the kubelet's cgroup root in every hierarchy (it must exist); a
 /// cpuset cgroup takes its parent's CPUs and memory nodes.
 fn make_cgroup_root() -> anyhow::Result<()> {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        // cgroup v2 alone (unified): one hierarchy, its root here. (This
+        // machine has v1; this branch has not run on one.)
+        let root = Path::new("/sys/fs/cgroup").join(CGROUP_ROOT);
+        std::fs::create_dir_all(&root).with_context(|| format!("making {}", root.display()))?;
+        return Ok(());
+    }
     for h in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
         let path = h.path();
         let is_hierarchy = path.join("cgroup.procs").exists();
@@ -508,6 +601,8 @@ state = "{dir}/containerd/state"
     sandbox = "{PAUSE_IMAGE}"
 [plugins.'io.containerd.grpc.v1.cri']
   disable_tcp_service = true
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
 "#
                 ),
             ),

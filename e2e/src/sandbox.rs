@@ -152,16 +152,20 @@ async fn up(dir: &Path, timeout: Duration, real_node: bool, fixtures: &Fixtures)
         );
     }
     let _ = std::fs::remove_file(dir.join("ready"));
+    // The folder holds the admin kubeconfig and the control plane's keys.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     // Build (or find) the control plane and the node now, so progress shows here.
     controlplane::binary()?;
-    let node = crate::kubelet::node_binary()?;
+    let mut supervisor = Command::new(std::env::current_exe()?);
     if real_node {
         crate::realnode::tools()?;
+        crate::realnode::images()?;
+    } else {
+        supervisor.env("TORCUS_NODE_BIN", crate::kubelet::node_binary()?);
     }
 
     let log = std::fs::File::create(dir.join("sandbox.log"))?;
-    let mut supervisor = Command::new(std::env::current_exe()?);
-    supervisor.arg("run").arg("--dir").arg(&dir).env("TORCUS_NODE_BIN", node);
+    supervisor.arg("run").arg("--dir").arg(&dir);
     supervisor.args(fixtures.args()?);
     if real_node {
         supervisor.arg("--real-node");
@@ -242,7 +246,19 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
 fn down(dir: &Path) -> anyhow::Result<()> {
     let dir = &dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
     let Some(pid) = running_pid(dir) else {
+        // A supervisor that was killed leaves what it started: the real
+        // node's daemons and containers in particular (the control plane
+        // and the process kubelet's pods end with it).
+        for child in recorded_pids(dir) {
+            let _ = kill(child, Signal::SIGKILL);
+        }
         stop_pods(dir);
+        if dir.join("realnode").exists() {
+            crate::realnode::cleanup_all(&dir.join("realnode"));
+        }
+        for file in ["ready", "processes"] {
+            let _ = std::fs::remove_file(dir.join(file));
+        }
         println!("sandbox: not running");
         return Ok(());
     };
@@ -321,7 +337,7 @@ async fn supervise_inner(dir: &Path, fixtures: &Fixtures) -> anyhow::Result<()> 
         .try_init();
     // State from an earlier run would hold another CA's certificates (and
     // the kubelet's volumes shares of clusters that no longer exist).
-    for stale in ["etcd", "pki", "apiserver", "kubelet"] {
+    for stale in ["etcd", "pki", "apiserver", "kubelet", "realnode"] {
         let _ = std::fs::remove_dir_all(dir.join(stale));
     }
     let mut cp = ControlPlane::start(dir).await?;
@@ -441,24 +457,38 @@ async fn supervise_real_node(dir: &Path) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,kube=warn,kube_client::client::builder=off".into()),
         )
         .try_init();
+    // From the start: a `down` (or an `up` that timed out) while the node
+    // starts stops it cleanly, instead of killing this process and
+    // orphaning the daemons.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let images = crate::realnode::images()?;
     crate::realnode::cleanup_all(&dir.join("realnode"));
     for stale in ["etcd", "pki", "apiserver", "realnode"] {
         let _ = std::fs::remove_dir_all(dir.join(stale));
     }
-    let network = crate::realnode::Network::create()?;
-    let mut cp = ControlPlane::start_on(dir, network.host_address()).await?;
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin)?;
-    let _ = std::fs::remove_file(bin.join("kubectl"));
-    std::os::unix::fs::symlink(controlplane::binary()?, bin.join("kubectl"))?;
-    let mut node = crate::realnode::RealNode::start(&dir.join("realnode"), &cp, network, &images).await?;
+    let starting = async {
+        let network = crate::realnode::Network::create()?;
+        let cp = ControlPlane::start_on(dir, network.host_address()).await?;
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin)?;
+        let _ = std::fs::remove_file(bin.join("kubectl"));
+        std::os::unix::fs::symlink(controlplane::binary()?, bin.join("kubectl"))?;
+        let node = crate::realnode::RealNode::start(&dir.join("realnode"), &cp, network, &images).await?;
+        anyhow::Ok((cp, node))
+    };
+    // Dropping a half-started node or control plane stops what it started.
+    let (mut cp, mut node) = tokio::select! {
+        started = starting => started?,
+        _ = term.recv() => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
     let processes: String =
         cp.pids().into_iter().chain(node.pids()).map(|(name, pid)| format!("{name}: pid {pid}\n")).collect();
     std::fs::write(dir.join("processes"), processes)?;
     std::fs::write(dir.join("ready"), "")?;
     tracing::info!(server = cp.server(), node = crate::pki::REAL_NODE, "sandbox ready");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut watchdog = tokio::time::interval(Duration::from_secs(2));
     let outcome = loop {
         tokio::select! {

@@ -823,6 +823,22 @@ async fn helm_install_on_a_real_node_signs() {
     let images = build_images();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("sandbox");
+    // What the node must leave as it found it: the kernel settings the
+    // kubelet changes, and the host folders a kubelet and containerd write
+    // whatever their configuration says.
+    let host_state = || {
+        let sysctls: Vec<String> = torcus_e2e::realnode::KUBELET_SYSCTLS
+            .iter()
+            .map(|k| format!("{k}={}", std::fs::read_to_string(Path::new("/proc/sys").join(k)).unwrap().trim()))
+            .collect();
+        let folders: Vec<String> =
+            ["/run/containerd", "/run/nri", "/var/lib/kubelet", "/var/lib/cni", "/var/log/containers", "/var/log/pods"]
+                .iter()
+                .map(|p| format!("{p}: {:?}", std::fs::read_dir(p).map(|d| d.count()).ok()))
+                .collect();
+        (sysctls, folders)
+    };
+    let before = host_state();
     let started = Instant::now();
     let up = Command::new(env!("CARGO_BIN_EXE_torcus-sandbox"))
         .args(["up", "--real-node", "--timeout-secs", "600", "--dir"])
@@ -941,8 +957,28 @@ async fn helm_install_on_a_real_node_signs() {
     .await
     .unwrap();
 
+    let daemons: Vec<u32> = std::fs::read_to_string(dir.join("processes"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split("pid ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(daemons.len() >= 8, "control plane and node daemons: {daemons:?}");
+    let kubelet_changed = host_state().0;
     let down = Command::new(env!("CARGO_BIN_EXE_torcus-sandbox")).arg("down").arg("--dir").arg(&dir).output().unwrap();
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    for pid in daemons {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.rsplit(')').next().unwrap().trim_start().starts_with('Z'),
+            "daemon {pid} left: {stat}"
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir_text = dir.canonicalize().unwrap().display().to_string();
+    assert!(!mounts.contains(&dir_text), "mounts left under the sandbox: {mounts}");
+    assert!(!Path::new("/sys/fs/cgroup/pids/torcus-real").exists(), "the node's cgroups are gone");
+    assert_ne!(kubelet_changed, before.0, "the kubelet changed kernel settings while it ran");
+    assert_eq!(host_state(), before, "kernel settings and host folders as before the node");
     let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(
         !String::from_utf8_lossy(&namespaces.stdout).contains(torcus_e2e::realnode::NETNS),
