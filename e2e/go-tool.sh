@@ -44,9 +44,13 @@ go_tool() {
   trap - EXIT
   # BIN may be a folder of tools (e2e/realnode/build.sh): the old one goes
   # first, or the new one would land inside it; only one this script made
-  # (it left a stamp beside it), never a folder of someone else's.
-  if [[ -d "$bin" && ! -L "$bin" ]]; then
-    [[ -f "$out/stamp" ]] || { echo "$bin exists and was not built here; not replacing it" >&2; exit 1; }
+  # (marked inside), never a folder of someone else's. A sandbox running
+  # tools from the old folder loses them: rebuild with no real node up.
+  if [[ -d "$bin.tmp.$$" ]]; then
+    touch "$bin.tmp.$$/.go-tool"
+  fi
+  if [[ -d "$bin" ]]; then
+    [[ -f "$bin/.go-tool" || -f "$out/stamp" ]] || { echo "$bin exists and was not built by go-tool.sh; not replacing it" >&2; exit 1; }
     rm -rf "$bin"
   fi
   mv -T "$bin.tmp.$$" "$bin"

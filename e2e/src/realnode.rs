@@ -44,8 +44,14 @@ pub const NODE_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 31, 250, 2);
 /// The pods' subnet on the node's bridge.
 pub const POD_SUBNET: &str = "10.244.0.0/24";
 const HOST_VETH: &str = "torcus-real0";
-/// Held by the sandbox that runs the real node.
+/// Held by the sandbox that runs the real node; holds its folder's path.
 pub const LOCK: &str = "/run/torcus-real.lock";
+/// The kernel settings as they were before the kubelet changed them, kept
+/// outside the node's folder (a killed test's folder may be gone when the
+/// next node cleans up after it) until they are put back.
+const SAVED_SYSCTLS: &str = "/run/torcus-real.sysctls";
+/// Host folders made for the node's mount namespace's binds.
+const MADE_FOLDERS: &str = "/run/torcus-real.made";
 /// Host folders the node's mount namespace covers with its own (the first
 /// two whole; under `/var/lib`, only what the kubelet and CNI write).
 const PRIVATE_PATHS: [(&str, &str); 4] = [
@@ -82,16 +88,23 @@ pub struct Network {
 }
 
 impl Network {
-    /// Takes [`LOCK`] (failing if another sandbox holds it) and makes the
-    /// namespace and the veth pair, after removing any a killed sandbox left
-    /// behind.
-    pub fn create() -> anyhow::Result<Self> {
-        let lock = lock()?.context(
-            "another real node runs on this machine (its sandbox holds /run/torcus-real.lock): \
-             stop it first with `torcus-sandbox down --dir <its folder>`",
-        )?;
+    /// Takes [`LOCK`] for the real node in `dir` (failing if another
+    /// sandbox holds it), cleans up after any node whose sandbox was killed
+    /// (the one the lock names, and `dir`'s), and makes the namespace and
+    /// the veth pair.
+    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        let mut lock = lock()?.with_context(|| {
+            format!(
+                "another real node runs on this machine, in {} (its sandbox holds {LOCK}): stop it first with \
+                 `torcus-sandbox down`",
+                owner()
+            )
+        })?;
+        clean_up_locked(dir);
         quietly("ip", &["netns", "del", NETNS]);
         quietly("ip", &["link", "del", HOST_VETH]);
+        lock.set_len(0)?;
+        std::io::Write::write_all(&mut lock, dir.display().to_string().as_bytes())?;
         run("ip", &["netns", "add", NETNS])?;
         let this = Self { _lock: lock };
         run("ip", &["link", "add", HOST_VETH, "type", "veth", "peer", "name", "eth0", "netns", NETNS])?;
@@ -116,6 +129,11 @@ impl Network {
     }
 }
 
+/// The folder of the real node [`LOCK`] names.
+fn owner() -> String {
+    std::fs::read_to_string(LOCK).unwrap_or_default().trim().to_owned()
+}
+
 /// [`LOCK`], taken; `None` if another process holds it.
 fn lock() -> anyhow::Result<Option<std::fs::File>> {
     let file = std::fs::File::options().create(true).truncate(false).write(true).open(LOCK)?;
@@ -130,6 +148,7 @@ impl Drop for Network {
     fn drop(&mut self) {
         quietly("ip", &["netns", "del", NETNS]);
         quietly("ip", &["link", "del", HOST_VETH]);
+        let _ = self._lock.set_len(0);
     }
 }
 
@@ -201,7 +220,6 @@ impl RealNode {
     pub async fn start(dir: &Path, cp: &ControlPlane, network: Network, images: &[PathBuf]) -> anyhow::Result<Self> {
         let tools = tools()?;
         let binary = controlplane::binary()?;
-        cleanup(dir);
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
         for (_, path) in PRIVATE_PATHS {
@@ -220,7 +238,7 @@ impl RealNode {
             let value = std::fs::read_to_string(Path::new("/proc/sys").join(key))?;
             saved.push_str(&format!("{key}={}\n", value.trim()));
         }
-        std::fs::write(dir.join("sysctls.saved"), saved)?;
+        std::fs::write(SAVED_SYSCTLS, saved)?;
         make_cgroup_root()?;
         let namespace = mount_namespace(&dir)?;
         let mut this = Self { dir: dir.clone(), processes: Vec::new(), network: Some(network) };
@@ -337,7 +355,8 @@ impl RealNode {
         while let Some(mut p) = self.processes.pop() {
             p.stop(Duration::from_secs(10));
         }
-        cleanup(&self.dir);
+        // The lock is held (by the network, dropped after).
+        clean_up_locked(&self.dir);
         drop(self.network.take());
     }
 
@@ -365,67 +384,145 @@ impl Drop for RealNode {
     }
 }
 
-/// Undoes what a real node in `dir` leaves behind when its daemons are
-/// gone, even killed: every process of its pods (found by their cgroups
-/// under [`CGROUP_ROOT`]) and its containerd shims, the mounts under `dir`
-/// and the kubelet's kernel settings. Safe to call when there is nothing to
-/// undo.
-pub fn cleanup(dir: &Path) {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-    let socket = dir.join("containerd/containerd.sock");
-    // Twice: a pod's processes can fork while the first pass kills.
-    for _ in 0..2 {
-        for pid in kubepods_pids().into_iter().chain(shims_of(&socket)) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+/// Undoes what the real node in `dir` left behind, for a sandbox whose
+/// supervisor was killed: takes [`LOCK`] (waiting a few seconds for a
+/// supervisor that is dying to let go of it) and cleans up as
+/// [`RealNode::stop`] does. While another sandbox's node holds the lock
+/// (which cleaned up after this one when it started), only what names
+/// `dir` is undone: the cgroups, settings and network are that node's.
+pub fn cleanup_all(dir: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lock = loop {
+        if let Some(lock) = lock()? {
+            break lock;
+        }
+        let holder = PathBuf::from(owner());
+        if Instant::now() > deadline || holder != dir.canonicalize().unwrap_or_else(|_| dir.to_owned()) {
+            clean_up_folders(&folders(dir, false));
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
+    };
+    clean_up_locked(dir);
+    quietly("ip", &["netns", "del", NETNS]);
+    quietly("ip", &["link", "del", HOST_VETH]);
+    lock.set_len(0)?;
+    Ok(())
+}
+
+/// With [`LOCK`] held: kills every process of the node in `dir` and of the
+/// node the lock names (any process whose command line names a path in
+/// their folders: containerd, its shims, the kubelet, kube-proxy, CoreDNS)
+/// and of their pods (the cgroups under [`CGROUP_ROOT`]), unmounts what is
+/// mounted under the folders, removes the cgroups and the host folders the
+/// mount namespace made, and puts the kernel settings back. Safe to call
+/// when there is nothing to undo.
+fn clean_up_locked(dir: &Path) {
+    // Twice: a pod's processes can fork while the first pass kills.
+    for _ in 0..2 {
+        for pid in kubepods_pids() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        clean_up_folders(&folders(dir, true));
     }
     remove_kubepods_cgroups();
-    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-        .filter(|m| Path::new(m).starts_with(&dir))
-        .collect();
-    // Deepest first.
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in mounts {
-        quietly("umount", &["-l", &m]);
-    }
-    if let Ok(saved) = std::fs::read_to_string(dir.join("sysctls.saved")) {
+    if let Ok(saved) = std::fs::read_to_string(SAVED_SYSCTLS) {
         for line in saved.lines() {
             if let Some((key, value)) = line.split_once('=') {
                 let _ = std::fs::write(Path::new("/proc/sys").join(key), value);
             }
         }
-        let _ = std::fs::remove_file(dir.join("sysctls.saved"));
+        let _ = std::fs::remove_file(SAVED_SYSCTLS);
     }
     // Empty: everything the node wrote there went to its own folders.
-    if let Ok(made) = std::fs::read_to_string(dir.join("host-folders.made")) {
+    if let Ok(made) = std::fs::read_to_string(MADE_FOLDERS) {
         for path in made.lines() {
             let _ = std::fs::remove_dir(path);
         }
-        let _ = std::fs::remove_file(dir.join("host-folders.made"));
+        let _ = std::fs::remove_file(MADE_FOLDERS);
     }
 }
 
-/// [`cleanup`], and the node's network too: for a sandbox whose supervisor
-/// was killed. Does nothing while another sandbox holds [`LOCK`]: the
-/// cgroups and the network are that one's.
-pub fn cleanup_all(dir: &Path) {
-    let Ok(Some(_lock)) = lock() else {
-        eprintln!("{LOCK} is held by another sandbox's real node: left alone");
-        return;
-    };
-    cleanup(dir);
-    quietly("ip", &["netns", "del", NETNS]);
-    quietly("ip", &["link", "del", HOST_VETH]);
+/// `dir`, and with `owner` the folder [`LOCK`] names: those that are a
+/// node's folder (absolute, named `realnode`), as every process's arguments
+/// are matched against them.
+fn folders(dir: &Path, owner: bool) -> Vec<PathBuf> {
+    let node_folder = |d: &Path| d.is_absolute() && d.components().count() > 2 && d.ends_with("realnode");
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let named = owner.then(|| PathBuf::from(self::owner()));
+    for d in std::iter::once(dir.canonicalize().unwrap_or_else(|_| dir.to_owned())).chain(named) {
+        if node_folder(&d) && !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs
+}
+
+/// Kills the processes naming a path in `dirs` and unmounts what is mounted
+/// under them.
+fn clean_up_folders(dirs: &[PathBuf]) {
+    for pid in dirs.iter().flat_map(|d| processes_naming(d)) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut mounts: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(unescape_mount_path))
+        .filter(|m| dirs.iter().any(|d| m.starts_with(d)))
+        .collect();
+    // Deepest first.
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in mounts {
+        let _ = Command::new("umount").arg("-l").arg(&m).stderr(Stdio::null()).status();
+    }
+}
+
+/// A mount point as `/proc/self/mountinfo` writes it (space, tab, newline
+/// and backslash as octal escapes), as a path.
+fn unescape_mount_path(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal =
+            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let Some(d) = octal {
+            out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from(String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// Pids of the processes (this one aside) with an argument naming a path
+/// in `dir`, on its own or as a flag's value (`--config=<dir>/...`).
+fn processes_naming(dir: &Path) -> Vec<i32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let me = i32::try_from(std::process::id()).unwrap_or_default();
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            cmdline.split(|b| *b == 0).any(|arg| {
+                let arg = String::from_utf8_lossy(arg);
+                let value = arg.split_once('=').map_or(arg.as_ref(), |(_, v)| v);
+                Path::new(arg.as_ref()).starts_with(dir) || Path::new(value).starts_with(dir)
+            })
+        })
+        .collect()
 }
 
 /// Makes the node's mount namespace, kept by a bind mount of it on
 /// `dir/mntns/mnt` (on a private mount, as the kernel requires), with a
 /// folder of the node's own over each of [`PRIVATE_PATHS`]. Host folders
-/// that do not exist are made for the bind and removed by [`cleanup`].
+/// that do not exist are made for the bind ([`MADE_FOLDERS`]) and removed
+/// at cleanup.
 fn mount_namespace(dir: &Path) -> anyhow::Result<PathBuf> {
     let holder = dir.join("mntns");
     std::fs::create_dir_all(&holder)?;
@@ -434,21 +531,28 @@ fn mount_namespace(dir: &Path) -> anyhow::Result<PathBuf> {
     run("mount", &["--make-private", &holder_text])?;
     let file = holder.join("mnt");
     std::fs::File::create(&file)?;
-    let mut script = String::from("set -e\n");
-    let mut made = String::new();
+    let mut binds = Vec::new();
     for (name, path) in PRIVATE_PATHS {
         let own = dir.join("host").join(name);
         std::fs::create_dir_all(&own)?;
         if !Path::new(path).exists() {
+            // Recorded first: a failure half-way still removes it.
+            let mut made = std::fs::File::options().create(true).append(true).open(MADE_FOLDERS)?;
+            std::io::Write::write_all(&mut made, format!("{path}\n").as_bytes())?;
             std::fs::create_dir_all(path)?;
-            made.push_str(path);
-            made.push('\n');
         }
-        script.push_str(&format!("mount --bind '{}' '{path}'\n", own.display()));
+        binds.push(own.display().to_string());
+        binds.push(path.to_owned());
     }
-    std::fs::write(dir.join("host-folders.made"), made)?;
+    // Inside the new namespace (private: nothing here reaches the host):
+    // what was mounted below each path goes first, so the namespace does
+    // not keep the host's mounts there alive, then the node's own folder.
+    let script = "set -e; while [ $# -gt 0 ]; do umount -R -l \"$2\" 2>/dev/null || true; \
+                  mount --bind \"$1\" \"$2\"; shift 2; done";
     let namespace = format!("--mount={}", file.display());
-    run("unshare", &[&namespace, "--propagation", "private", "sh", "-c", &script])?;
+    let mut args = vec![namespace.as_str(), "--propagation", "private", "sh", "-c", script, "sh"];
+    args.extend(binds.iter().map(String::as_str));
+    run("unshare", &args)?;
     Ok(file)
 }
 
@@ -502,9 +606,10 @@ fn kubepods_pids() -> Vec<i32> {
 /// first, so the next node starts from none.
 fn remove_kubepods_cgroups() {
     let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
-    for h in hierarchies.flatten() {
+    let unified = Path::new("/sys/fs/cgroup");
+    for h in hierarchies.flatten().map(|h| h.path()).chain(std::iter::once(unified.to_owned())) {
         let mut dirs = Vec::new();
-        walk(&h.path().join(CGROUP_ROOT), &mut |d| dirs.push(d.to_owned()));
+        walk(&h.join(CGROUP_ROOT), &mut |d| dirs.push(d.to_owned()));
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         for d in dirs {
             let _ = std::fs::remove_dir(&d);
@@ -524,23 +629,6 @@ fn walk(dir: &Path, visit: &mut impl FnMut(&Path)) {
             }
         }
     }
-}
-
-/// Pids of the containerd shims serving the containerd at `socket` (their
-/// `-address`), which outlive a containerd that is killed, as upstream.
-fn shims_of(socket: &Path) -> Vec<i32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let socket = socket.as_os_str().as_encoded_bytes();
-    procs
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.first().is_some_and(|a| a.ends_with(b"/containerd-shim-runc-v2"))
-                && args.windows(2).any(|w| w[0] == b"-address" && w[1] == socket)
-        })
-        .collect()
 }
 
 fn path_with(tools: &Path) -> std::ffi::OsString {

@@ -138,6 +138,7 @@ impl Args {
 }
 
 async fn up(dir: &Path, timeout: Duration, real_node: bool, fixtures: &Fixtures) -> anyhow::Result<()> {
+    let made = !dir.exists();
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
     if let Some(pid) = running_pid(&dir) {
@@ -152,8 +153,11 @@ async fn up(dir: &Path, timeout: Duration, real_node: bool, fixtures: &Fixtures)
         );
     }
     let _ = std::fs::remove_file(dir.join("ready"));
-    // The folder holds the admin kubeconfig and the control plane's keys.
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    // The folder holds the admin kubeconfig and the control plane's keys:
+    // one `up` made is for root's eyes only (one given may be shared).
+    if made {
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    }
     // Build (or find) the control plane and the node now, so progress shows here.
     controlplane::binary()?;
     let mut supervisor = Command::new(std::env::current_exe()?);
@@ -254,7 +258,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         }
         stop_pods(dir);
         if dir.join("realnode").exists() {
-            crate::realnode::cleanup_all(&dir.join("realnode"));
+            crate::realnode::cleanup_all(&dir.join("realnode"))?;
         }
         for file in ["ready", "processes"] {
             let _ = std::fs::remove_file(dir.join(file));
@@ -272,6 +276,11 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     // the hard way: the supervisor's process group, then each recorded pid.
     if alive(pid) {
         let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+        let _ = kill(pid, Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     for child in recorded_pids(dir) {
         if alive(child) {
@@ -279,8 +288,10 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         }
     }
     stop_pods(dir);
+    // What a supervisor stopped cleanly left is nothing; one killed left
+    // the node as it was.
     if dir.join("realnode").exists() {
-        crate::realnode::cleanup_all(&dir.join("realnode"));
+        crate::realnode::cleanup_all(&dir.join("realnode"))?;
     }
     for file in ["sandbox.pid", "ready", "processes"] {
         let _ = std::fs::remove_file(dir.join(file));
@@ -337,6 +348,9 @@ async fn supervise_inner(dir: &Path, fixtures: &Fixtures) -> anyhow::Result<()> 
         .try_init();
     // State from an earlier run would hold another CA's certificates (and
     // the kubelet's volumes shares of clusters that no longer exist).
+    if dir.join("realnode").exists() {
+        crate::realnode::cleanup_all(&dir.join("realnode"))?;
+    }
     for stale in ["etcd", "pki", "apiserver", "kubelet", "realnode"] {
         let _ = std::fs::remove_dir_all(dir.join(stale));
     }
@@ -462,12 +476,13 @@ async fn supervise_real_node(dir: &Path) -> anyhow::Result<()> {
     // orphaning the daemons.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let images = crate::realnode::images()?;
-    crate::realnode::cleanup_all(&dir.join("realnode"));
-    for stale in ["etcd", "pki", "apiserver", "realnode"] {
-        let _ = std::fs::remove_dir_all(dir.join(stale));
-    }
     let starting = async {
-        let network = crate::realnode::Network::create()?;
+        // Takes the machine's real-node lock and cleans up after a node
+        // whose sandbox was killed; only then is the old state removed.
+        let network = crate::realnode::Network::create(&dir.join("realnode"))?;
+        for stale in ["etcd", "pki", "apiserver", "realnode"] {
+            let _ = std::fs::remove_dir_all(dir.join(stale));
+        }
         let cp = ControlPlane::start_on(dir, network.host_address()).await?;
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin)?;
